@@ -1,0 +1,180 @@
+"""`train_one_epoch` and `predict_loader`: accelerator-aware loops that return plain numbers and arrays."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+SYNC_EVERY = 8  # batches between the cross-rank checks for a stop request or a non-finite loss
+
+
+@dataclass
+class EpochProgress:
+    """Running sums of one training epoch on this rank; saved in mid-epoch checkpoints."""
+
+    batches_done: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    seconds: float = 0.0
+    wait_seconds: float = 0.0
+    unreadable: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class EpochEnd:
+    """Why train_one_epoch returned, with what the caller needs to report it."""
+
+    progress: EpochProgress
+    stop: str | None = None  # None (epoch done), "signal" or "nonfinite"
+    nonfinite_step: int | None = None
+    checkpoints: list[int] = field(default_factory=list)
+
+
+def masked_loss(logits: torch.Tensor, labels: torch.Tensor, readable: torch.Tensor, class_weights: torch.Tensor | None,
+                label_smoothing: float) -> torch.Tensor:
+    """Cross-entropy averaged over the readable frames, with PyTorch's weighted-mean convention."""
+    per_frame = F.cross_entropy(logits.float(), labels, weight=class_weights, label_smoothing=label_smoothing, reduction="none")
+    weight = readable.float() if class_weights is None else class_weights[labels] * readable.float()
+    return (per_frame * readable.float()).sum() / weight.sum().clamp_min(1e-12)
+
+
+def train_one_epoch(model, loader, optimizer, accelerator: Accelerator, preset, *, epoch: int, epochs: int,
+                    progress: EpochProgress, class_weights: torch.Tensor | None = None, label_smoothing: float = 0.0,
+                    clip_grad_norm: float | None = None, on_optimizer_step: Callable[[], bool] = lambda: False,
+                    save_checkpoint: Callable[[EpochProgress], None] = lambda p: None,
+                    stop_requested: Callable[[], bool] = lambda: False, channels_last: bool = False) -> EpochEnd:
+    """One pass over `loader` (which already skips the `progress.batches_done` batches of a resumed epoch).
+
+    After each optimizer step `on_optimizer_step()` advances the LR schedule and says whether a
+    mid-epoch checkpoint is due; all ranks reach that point at the same step, so the save is collective.
+    Every SYNC_EVERY batches the ranks agree on stopping (a signal, a non-finite loss); between those
+    points nothing waits for the device, so the GPU is never stalled by bookkeeping."""
+    model.train()
+    preset.train()
+    device = accelerator.device
+    sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss x frames, correct, readable, unreadable
+    nonfinite_at = torch.full((), -1, device=device, dtype=torch.int64)
+    clock = {"start": time.perf_counter(), "wait": 0.0}
+    end = EpochEnd(progress)
+
+    def fold() -> EpochProgress:
+        # The only device → host copies of the loop: at sync points, checkpoints and the end of the epoch.
+        loss_sum, correct, readable, unreadable = sums.tolist()
+        sums.zero_()
+        progress.loss_sum += loss_sum
+        progress.correct += int(correct)
+        progress.seen += int(readable + unreadable)
+        progress.unreadable += int(unreadable)
+        now = time.perf_counter()
+        progress.seconds += now - clock["start"]
+        progress.wait_seconds += clock["wait"]
+        clock["start"], clock["wait"] = now, 0.0
+        return progress
+
+    bar = tqdm(total=len(loader) + progress.batches_done, initial=progress.batches_done, desc=f"epoch {epoch + 1}/{epochs}",
+               disable=None if accelerator.is_main_process else True, dynamic_ncols=True, leave=False)
+    iterator = iter(loader)
+    while True:
+        fetch = time.perf_counter()
+        try:
+            frames, labels, _, readable = next(iterator)
+        except StopIteration:
+            break
+        clock["wait"] += time.perf_counter() - fetch
+        with accelerator.accumulate(model):
+            inputs = preset(frames)
+            if channels_last:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            logits = model(inputs)
+            loss = masked_loss(logits, labels, readable, class_weights, label_smoothing)
+            accelerator.backward(loss)
+            if clip_grad_norm is not None and accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(model.parameters(), clip_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        step = progress.batches_done
+        progress.batches_done += 1
+        n_readable = readable.sum()
+        correct = ((logits.detach().argmax(dim=1) == labels) & readable).sum()
+        sums += torch.stack([loss.detach().double() * n_readable, correct.double(), n_readable.double(),
+                             (readable.numel() - n_readable).double()])
+        nonfinite_at = torch.where((nonfinite_at < 0) & ~torch.isfinite(loss.detach()), step, nonfinite_at)
+        bar.update(1)
+        if accelerator.sync_gradients and on_optimizer_step():
+            save_checkpoint(fold())
+            end.checkpoints.append(progress.batches_done)
+        if progress.batches_done % SYNC_EVERY == 0:
+            fold()
+            bar.set_postfix(loss=f"{progress.loss_sum / max(progress.seen - progress.unreadable, 1):.4f}")
+            if _agree_to_stop(accelerator, end, stop_requested, nonfinite_at):
+                break
+    bar.close()
+    fold()
+    if end.stop is None:
+        _agree_to_stop(accelerator, end, lambda: False, nonfinite_at)
+    return end
+
+
+def _agree_to_stop(accelerator: Accelerator, end: EpochEnd, stop_requested, nonfinite_at) -> bool:
+    """Sum each rank's (stop requested, loss non-finite) flags, so every rank stops at the same step."""
+    bad_step = int(nonfinite_at.item())
+    flags = torch.tensor([float(stop_requested()), float(bad_step >= 0)], device=accelerator.device)
+    flags = accelerator.reduce(flags, reduction="sum").tolist()
+    if flags[1] > 0:
+        end.stop, end.nonfinite_step = "nonfinite", bad_step if bad_step >= 0 else None
+    elif flags[0] > 0:
+        end.stop = "signal"
+    return end.stop is not None
+
+
+def reduce_progress(accelerator: Accelerator, progress: EpochProgress) -> dict[str, float]:
+    """Epoch totals over all ranks: loss, accuracy, images/s and the share of time spent waiting for data."""
+    totals = torch.tensor([progress.loss_sum, progress.correct, progress.seen, progress.unreadable],
+                          device=accelerator.device, dtype=torch.float64)
+    totals = accelerator.reduce(totals, reduction="sum").tolist()
+    loss_sum, correct, seen, unreadable = totals
+    readable = max(seen - unreadable, 1.0)
+    return {
+        "train_loss": loss_sum / readable,
+        "train_accuracy": correct / readable,
+        "images_per_second": seen / max(progress.seconds, 1e-9),
+        "data_wait_fraction": progress.wait_seconds / max(progress.seconds, 1e-9),
+        "epoch_seconds": progress.seconds,
+        "unreadable_frames": int(unreadable),
+    }
+
+
+@torch.no_grad()
+def predict_loader(model, loader, accelerator: Accelerator, preset, *, channels_last: bool = False,
+                   desc: str = "evaluate") -> dict[str, np.ndarray]:
+    """Softmax probabilities for every frame of `loader`, gathered from all ranks without duplicates.
+
+    Returns numpy arrays ordered by sample index: probs (N, K), labels, index, readable, loss (per frame)."""
+    model.eval()
+    preset.eval()
+    parts: dict[str, list[torch.Tensor]] = {"probs": [], "labels": [], "index": [], "readable": [], "loss": []}
+    for frames, labels, index, readable in tqdm(loader, desc=desc, disable=None if accelerator.is_main_process else True,
+                                                dynamic_ncols=True, leave=False):
+        inputs = preset(frames)
+        if channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with accelerator.autocast():  # the model may not be prepared (evaluation needs no DDP wrapper)
+            logits = model(inputs).float()
+        loss = F.cross_entropy(logits, labels, reduction="none")
+        batch = (logits.softmax(dim=1), labels, index, readable, loss)
+        for key, value in zip(parts, accelerator.gather_for_metrics(batch)):
+            parts[key].append(value.cpu())
+    out = {k: (torch.cat(v).numpy() if v else np.zeros((0,))) for k, v in parts.items()}
+    order = np.argsort(out["index"], kind="stable")
+    return {k: v[order] for k, v in out.items()}

@@ -1,0 +1,60 @@
+"""The one exception type for mistakes a user can fix, and the CLI wrapper that reports it.
+
+Every `carotid-*` command runs through `run_cli`: a `UserError` becomes one line
+`error: <what> — <how to fix>` on stderr and exit status 2; anything else is a bug or a
+fault and keeps its traceback (exit status 1).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+
+class UserError(Exception):
+    """A mistake in the user's input (a path, a sheet, an option, a model file)."""
+
+    def __init__(self, what: str, fix: str | None = None):
+        super().__init__(what if fix is None else f"{what} — {fix}")
+        self.what = what
+        self.fix = fix
+
+
+class StopTraining(Exception):
+    """Training stopped early on purpose (a signal or a non-finite loss); carries the exit status."""
+
+    def __init__(self, message: str, exit_status: int):
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
+def _is_main_rank() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _shutdown_distributed() -> None:
+    # Leaving a process group alive makes torch print a warning after our one-line error.
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception:  # noqa: BLE001 - best effort while already exiting
+        pass
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
+    """Run `main(argv)`; turn `UserError` / `StopTraining` into a message and an exit status."""
+    try:
+        status = main(argv) or 0
+    except UserError as err:
+        if _is_main_rank():
+            print(f"error: {err}", file=sys.stderr, flush=True)
+        status = 2
+    except StopTraining as stop:
+        if _is_main_rank():
+            print(str(stop), file=sys.stderr, flush=True)
+        status = stop.exit_status
+    _shutdown_distributed()
+    return status

@@ -1,0 +1,54 @@
+"""AdamW and the learning-rate schedules; schedules count optimizer steps, not micro-batches."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW; biases and normalisation weights (1-D tensors) get no weight decay."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim > 1 else no_decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+
+
+def lr_factor(step: int, *, kind: str, warmup_steps: int, total_steps: int, steps_per_epoch: int,
+              step_epochs: int, gamma: float) -> float:
+    """Multiplier of the peak LR after `step` optimizer steps: linear warm-up, then the schedule."""
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if kind == "cosine":
+        span = max(total_steps - warmup_steps, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup_steps, span) / span))
+    if kind == "step":
+        return gamma ** (step // (step_epochs * steps_per_epoch))
+    return 1.0
+
+
+def make_scheduler(optimizer, cfg, steps_per_epoch: int, monitor: str):
+    """LambdaLR for cosine/step/none (stepped per optimizer step); ReduceLROnPlateau per epoch."""
+    inner = getattr(optimizer, "optimizer", optimizer)  # schedule the torch optimizer Accelerate wraps
+    if cfg.scheduler == "plateau":
+        mode = "min" if monitor.endswith("loss") else "max"
+        return ReduceLROnPlateau(inner, mode=mode, factor=cfg.lr_gamma, patience=2)
+    total = steps_per_epoch * cfg.epochs
+    warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), max(total - 1, 0))
+    return LambdaLR(inner, _Factor(cfg.scheduler, warmup, total, steps_per_epoch, cfg.lr_step_epochs, cfg.lr_gamma))
+
+
+class _Factor:
+    """A picklable lr_lambda (LambdaLR saves callable objects' __dict__ in its state)."""
+
+    def __init__(self, kind: str, warmup: int, total: int, steps_per_epoch: int, step_epochs: int, gamma: float):
+        self.kind, self.warmup, self.total = kind, warmup, total
+        self.steps_per_epoch, self.step_epochs, self.gamma = steps_per_epoch, step_epochs, gamma
+
+    def __call__(self, step: int) -> float:
+        return lr_factor(step, kind=self.kind, warmup_steps=self.warmup, total_steps=self.total,
+                         steps_per_epoch=self.steps_per_epoch, step_epochs=self.step_epochs, gamma=self.gamma)

@@ -1,0 +1,83 @@
+"""Figures written into run and evaluation folders (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _number(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def save_figure(fig, path: str | Path) -> None:
+    """Render to a temporary name and rename, like every other file of a run."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def plot_curves(rows: list[dict], monitor: str, path: str | Path) -> None:
+    """Loss and the monitored metric per epoch, train and validation."""
+    epochs = [int(r["epoch"]) for r in rows]
+    fig, (loss_ax, metric_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, label in (("train_loss", "train"), ("val_loss", "validation")):
+        values = [_number(r.get(key)) for r in rows]
+        if any(v is not None for v in values):
+            loss_ax.plot(epochs, values, marker="o", label=label)
+    loss_ax.set(title="loss", xlabel="epoch")
+    loss_ax.legend()
+    metric = monitor.removeprefix("val_")
+    train_key = f"train_{metric}" if any(f"train_{metric}" in r for r in rows) else None
+    for key, label in ((train_key, "train"), (monitor, "validation")):
+        values = [_number(r.get(key)) for r in rows] if key else []
+        if any(v is not None for v in values):
+            metric_ax.plot(epochs, values, marker="o", label=label)
+    metric_ax.set(title=metric, xlabel="epoch")
+    if metric_ax.lines:
+        metric_ax.legend()
+    save_figure(fig, path)
+
+
+def plot_roc(levels: dict[str, tuple], class_names: list[str], positive_index: int, path: str | Path) -> None:
+    """ROC curves, one panel per level ('image', 'person'); binary: the positive class, else one-vs-rest."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    fig, axes = plt.subplots(1, len(levels), figsize=(5 * len(levels), 4.5), squeeze=False)
+    for ax, (level, (y_true, probs)) in zip(axes[0], levels.items()):
+        targets = [positive_index] if len(class_names) == 2 else range(len(class_names))
+        for k in targets:
+            y_k = (np.asarray(y_true) == k).astype(int)
+            if 0 < y_k.sum() < len(y_k):
+                fpr, tpr, _ = roc_curve(y_k, probs[:, k])
+                ax.plot(fpr, tpr, label=f"{class_names[k]} (AUC {roc_auc_score(y_k, probs[:, k]):.3f})")
+        ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
+        ax.set(title=f"ROC per {level}", xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.02))
+        if ax.lines[:-1]:
+            ax.legend(loc="lower right")
+    save_figure(fig, path)
+
+
+def plot_confusion(levels: dict[str, list[list[int]]], class_names: list[str], path: str | Path) -> None:
+    """Confusion matrices (rows: true class, columns: predicted), one panel per level."""
+    import numpy as np
+
+    fig, axes = plt.subplots(1, len(levels), figsize=(4.5 * len(levels), 4), squeeze=False)
+    for ax, (level, matrix) in zip(axes[0], levels.items()):
+        matrix = np.asarray(matrix)
+        ax.imshow(matrix, cmap="Blues")
+        for (i, j), value in np.ndenumerate(matrix):
+            ax.text(j, i, str(value), ha="center", va="center", color="white" if value > matrix.max() / 2 else "black")
+        ax.set(title=f"per {level}", xlabel="predicted", ylabel="true", xticks=range(len(class_names)),
+               yticks=range(len(class_names)), xticklabels=class_names, yticklabels=class_names)
+    save_figure(fig, path)

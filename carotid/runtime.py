@@ -1,0 +1,135 @@
+"""The process side of a run: the Accelerator, precision fallbacks, rank-0 work, signals and the run log."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration, InitProcessGroupKwargs
+from accelerate.utils import broadcast_object_list
+
+from carotid.errors import UserError
+
+T = TypeVar("T")
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(requested: str | None, on_cuda: bool) -> tuple[str, str | None]:
+    """(mixed precision to use, warning or None). The flag wins over `accelerate launch`'s setting."""
+    precision = requested or os.environ.get("ACCELERATE_MIXED_PRECISION", "no") or "no"
+    if precision == "bf16" and on_cuda and not torch.cuda.is_bf16_supported(including_emulation=False):
+        return "fp16", "warning: this GPU has no native bf16 (pre-Ampere); training in fp16 with loss scaling instead"
+    if precision == "bf16" and not on_cuda and not cpu_has_native_bf16():
+        return "no", ("warning: bf16 was asked for, but this CPU has no native bf16 and would run about 10x slower; "
+                      "training in fp32 instead")
+    if precision == "fp16" and not on_cuda:
+        return "no", "warning: fp16 needs a GPU; training in fp32 instead"
+    return precision, None
+
+
+def build_accelerator(mixed_precision: str | None, gradient_accumulation_steps: int, report_to: str | None,
+                      dist_timeout_minutes: int) -> tuple[Accelerator, str | None]:
+    """An Accelerator on CUDA when there is one, else on the CPU (where several processes use gloo)."""
+    on_cuda = torch.cuda.is_available()
+    precision, note = resolve_precision(mixed_precision, on_cuda)
+    if report_to == "tensorboard":
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise UserError("--report-to tensorboard needs the tensorboard package", "pip install 'carotid[tensorboard]'") from None
+    accelerator = Accelerator(
+        cpu=not on_cuda,
+        mixed_precision=precision,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        log_with=report_to,
+        step_scheduler_with_optimizer=False,  # our schedule counts optimizer steps itself
+        dataloader_config=DataLoaderConfiguration(non_blocking=on_cuda),
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(minutes=dist_timeout_minutes))],
+    )
+    if on_cuda:
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return accelerator, note
+
+
+def on_main(accelerator: Accelerator, fn: Callable[[], T]) -> T:
+    """Run `fn` on the main process only and hand its result (or its UserError) to every rank."""
+    box: list[Any] = [None]
+    if accelerator.is_main_process:
+        try:
+            box = [("ok", fn())]
+        except UserError as err:
+            box = [("user", (err.what, err.fix))]
+        except BaseException as err:
+            box = [("crash", repr(err))]
+            if accelerator.num_processes > 1:
+                broadcast_object_list(box, from_process=0)
+            raise
+    if accelerator.num_processes > 1:
+        broadcast_object_list(box, from_process=0)
+    status, value = box[0]
+    if status == "user":
+        raise UserError(*value)
+    if status == "crash":
+        raise RuntimeError(f"the main process failed: {value}")
+    return value
+
+
+class StopSignal:
+    """Remembers a SIGTERM/SIGINT (what Slurm and Ctrl-C send) so training stops at a step boundary.
+
+    A second Ctrl-C interrupts at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignal:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else "signal"
+
+
+class RunLog:
+    """Lines for the console (main process) and RUN/train.log."""
+
+    def __init__(self, accelerator: Accelerator, path: Path | None = None):
+        self.accelerator = accelerator
+        self.path = path
+
+    def __call__(self, message: str) -> None:
+        self.accelerator.print(message, flush=True)
+        if self.path is not None and self.accelerator.is_main_process:
+            with open(self.path, "a", encoding="utf-8") as handle:
+                for line in message.splitlines():
+                    handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")

@@ -1,0 +1,105 @@
+"""Shared fixtures: real image folders and .xlsx files in tmp_path, and the real CLIs in subprocesses.
+
+Everything runs on the CPU in fp32 with tiny images (32-48 px), small_cnn and num_workers 0, so the
+whole suite stays within a few minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import openpyxl
+import pytest
+import torch
+
+from carotid.demo import make_demo_data
+
+# Fast training options used across the suite.
+FAST = ["--model", "small_cnn", "--image-size", "32", "--batch-size", "8", "--num-workers", "0", "--lr", "1e-3",
+        "--bootstrap", "50"]
+
+
+def write_xlsx(path: Path, rows: list[list], sheet: str = "Sheet1", extra_sheets: dict[str, list[list]] | None = None) -> Path:
+    """An .xlsx file written with openpyxl: `rows` includes the header row."""
+    book = openpyxl.Workbook()
+    book.active.title = sheet
+    for row in rows:
+        book.active.append(row)
+    for name, sheet_rows in (extra_sheets or {}).items():
+        other = book.create_sheet(name)
+        for row in sheet_rows:
+            other.append(row)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    book.save(path)
+    return path
+
+
+def make_data(root: Path, persons: int = 12, frames: int = 4, size: int = 48, seed: int = 0) -> tuple[Path, Path]:
+    """Synthetic per-person PNG folders + label.xlsx (Chinese headers); returns (root dir, label file)."""
+    label = make_demo_data(root, persons=persons, frames=frames, size=size, seed=seed)
+    return root, label
+
+
+def subprocess_env(threads: int = 1) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": "",
+                "ACCELERATE_MIXED_PRECISION": "no", "TQDM_DISABLE": "1"})
+    return env
+
+
+def run_module(module: str, *args: str, nproc: int = 1, timeout: float = 300, launcher: bool = False,
+               extra_launch: list[str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m module args` (nproc 1, no launcher) or under `accelerate launch` on the CPU."""
+    if nproc > 1 or launcher:
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
+                   "--dynamo_backend", "no", "--num_processes", str(nproc)]
+        command += (["--multi_gpu"] if nproc > 1 else []) + (extra_launch or []) + ["-m", module, *args]
+    else:
+        command = [sys.executable, "-m", module, *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=subprocess_env(), cwd=cwd)
+
+
+def only_run_dir(output: Path) -> Path:
+    runs = sorted(p for p in output.iterdir() if p.name.startswith("train_"))
+    assert len(runs) == 1, f"expected one run directory in {output}, found {runs}"
+    return runs[0]
+
+
+def load_model(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> tuple[Path, Path]:
+    """12 persons x 4 frames of 48x36 px; shared read-only by the tests that only read data."""
+    return make_data(tmp_path_factory.mktemp("data") / "frames")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, data_dir) -> Path:
+    """One finished 2-epoch run (single process), reused by tests that only need its files."""
+    root, label = data_dir
+    output = tmp_path_factory.mktemp("trained")
+    result = run_module("carotid.train", "--root-dir", str(root), "--label-excel", str(label), "--output-dir", str(output),
+                        "--epochs", "2", "--train-ratio", "0.5", "--val-ratio", "0.25", "--test-ratio", "0.25", *FAST)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return only_run_dir(output)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """Tests that call main() in-process each get a fresh Accelerate singleton."""
+    yield
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    PartialState._reset_state()
