@@ -219,6 +219,8 @@ def read_yaml_defaults(path: str) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise UserError(f"{path} must be a mapping of option: value", "see configs/train/default.yaml")
+    if isinstance(data.get("options"), dict) and "versions" in data:
+        data = {k: v for k, v in data["options"].items() if k != "resume"}  # a run's config.yaml: repeat that run
     values = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")

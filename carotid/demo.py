@@ -5,7 +5,7 @@ intima-media walls, in speckle that fades with depth. "plaque" persons have an e
 from one wall into the lumen; "normal" persons have none. Frames of a person differ by the cardiac
 pulsation of the calibre, a small probe drift and fresh speckle.
 
-    python -m carotid.demo --out demo_data [--persons 40 --frames 12 --size 128 --seed 0]
+    python -m carotid.demo --out demo_data [--persons 60 --frames 12 --size 128 --seed 0]
 
 writes demo_data/<person_id>/…/frame_XXX.png and demo_data/label.xlsx (Chinese headers 患者编号 / 诊断).
 """
@@ -92,7 +92,7 @@ def write_label_excel(path: Path, rows: list[tuple[object, str]]) -> None:
     book.save(path)
 
 
-def make_demo_data(out: str | Path, persons: int = 40, frames: int = 12, size: int = 128, seed: int = 0) -> Path:
+def make_demo_data(out: str | Path, persons: int = 60, frames: int = 12, size: int = 128, seed: int = 0) -> Path:
     """Write the synthetic dataset; returns the path of its label.xlsx."""
     out = Path(out)
     if persons < 4:
@@ -120,7 +120,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
     parser = ArgumentParser(prog="carotid-demo", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--out", required=True, help="Folder to write the person folders and label.xlsx into.")
-    parser.add_argument("--persons", type=int, default=40, help="Number of persons, half of them with plaque (default: 40).")
+    parser.add_argument("--persons", type=int, default=60, help="Number of persons, half of them with plaque (default: 60).")
     parser.add_argument("--frames", type=int, default=12, help="Frames per person (default: 12).")
     parser.add_argument("--size", type=int, default=128, help="Frame width in pixels; height is 3/4 of it (default: 128).")
     parser.add_argument("--seed", type=int, default=0, help="Random seed (default: 0).")

@@ -40,7 +40,7 @@ def resolve_precision(requested: str | None, on_cuda: bool) -> tuple[str, str | 
 
 
 def build_accelerator(mixed_precision: str | None, gradient_accumulation_steps: int, report_to: str | None,
-                      dist_timeout_minutes: int) -> tuple[Accelerator, str | None]:
+                      dist_timeout_minutes: int, output_dir: str | None = None) -> tuple[Accelerator, str | None]:
     """An Accelerator on CUDA when there is one, else on the CPU (where several processes use gloo)."""
     on_cuda = torch.cuda.is_available()
     precision, note = resolve_precision(mixed_precision, on_cuda)
@@ -54,6 +54,7 @@ def build_accelerator(mixed_precision: str | None, gradient_accumulation_steps: 
         mixed_precision=precision,
         gradient_accumulation_steps=gradient_accumulation_steps,
         log_with=report_to,
+        project_dir=output_dir if report_to else None,  # trackers need a folder now; the run dir is set later
         step_scheduler_with_optimizer=False,  # our schedule counts optimizer steps itself
         dataloader_config=DataLoaderConfiguration(non_blocking=on_cuda),
         kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(minutes=dist_timeout_minutes))],

@@ -108,11 +108,11 @@ def create_run_dir(cfg: TrainConfig, manifest: DataManifest) -> Path:
 
 
 def describe(accelerator: Accelerator, cfg: TrainConfig, manifest: DataManifest, log: RunLog) -> None:
-    per_device = cfg.batch_size
-    effective = per_device * accelerator.num_processes * cfg.gradient_accumulation_steps
+    per_device, accumulation = cfg.batch_size, accelerator.gradient_accumulation_steps
+    effective = per_device * accelerator.num_processes * accumulation
     log(f"processes: {accelerator.num_processes} ({accelerator.distributed_type.value}), device: {accelerator.device}, "
         f"mixed precision: {accelerator.mixed_precision}")
-    log(f"batch: {per_device} per device x {accelerator.num_processes} processes x {cfg.gradient_accumulation_steps} "
+    log(f"batch: {per_device} per device x {accelerator.num_processes} processes x {accumulation} "
         f"accumulation steps = {effective} effective")
     for split in SPLITS:
         counts = manifest.counts(split)
@@ -173,6 +173,14 @@ def validate(model, loader, accelerator, preset, dataset, class_names, positive_
     return row, (labels, probs, persons)
 
 
+def person_class_weights(manifest: DataManifest) -> torch.Tensor:
+    """Loss weights n_persons / (n_classes x n_persons_of_class) over the training split.
+
+    Persons, not frames: a class whose persons happen to have many frames is not a common class."""
+    counts = np.bincount([manifest.person_labels[p] for p in manifest.splits["train"]], minlength=len(manifest.class_names))
+    return torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32)
+
+
 def better(value: float | None, best: float | None, monitor: str) -> bool:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return False
@@ -203,7 +211,7 @@ def train(cfg: TrainConfig, given: set[str] | frozenset = frozenset()) -> Path:
     else:
         ckpt.check_writable(cfg.output_dir)
     accelerator, precision_note = build_accelerator(cfg.mixed_precision, cfg.gradient_accumulation_steps, cfg.report_to,
-                                                    cfg.dist_timeout_minutes)
+                                                    cfg.dist_timeout_minutes, cfg.output_dir)
     set_seed(cfg.seed)
     manifest, root_dir, label_excel = on_main(accelerator, lambda: prepare_data(cfg, resume_run))
     cfg = dataclasses.replace(cfg, root_dir=root_dir, label_excel=label_excel)
@@ -247,7 +255,7 @@ def _fit(accelerator, cfg, manifest, model, run_dir, log, monitor, positive_inde
         model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
     else:
         model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
-    steps_per_epoch = math.ceil(len(train_loader) / cfg.gradient_accumulation_steps)
+    steps_per_epoch = math.ceil(len(train_loader) / accelerator.gradient_accumulation_steps)
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch, monitor)
     accelerator.register_for_checkpointing(scheduler)
     norm = NORMALIZATION[cfg.in_channels]
@@ -255,9 +263,7 @@ def _fit(accelerator, cfg, manifest, model, run_dir, log, monitor, positive_inde
     evaluate_preset = eval_preset(norm["mean"], norm["std"]).to(accelerator.device)
     class_weights = None
     if cfg.class_weights == "auto":
-        persons = np.bincount([manifest.person_labels[p] for p in manifest.splits["train"]], minlength=len(class_names))
-        class_weights = torch.tensor(persons.sum() / (len(class_names) * np.maximum(persons, 1)), dtype=torch.float32,
-                                     device=accelerator.device)
+        class_weights = person_class_weights(manifest).to(accelerator.device)
         log(f"class weights (inverse person frequency): {dict(zip(class_names, class_weights.tolist()))}")
 
     state = {"epoch": 0, "global_step": 0, "rows": [], "best": {"monitor": monitor, "value": None, "epoch": None,
@@ -274,7 +280,7 @@ def _fit(accelerator, cfg, manifest, model, run_dir, log, monitor, positive_inde
     if accelerator.is_main_process:
         ckpt.write_csv(run_dir / "metrics.csv", state["rows"], METRIC_COLUMNS)
     if cfg.report_to:
-        accelerator.project_configuration.set_directories(str(run_dir))
+        accelerator.project_configuration.logging_dir = str(run_dir)
         accelerator.init_trackers("tensorboard", config={k: v for k, v in config_to_dict(cfg).items()
                                                          if isinstance(v, (int, float, str, bool))})
 

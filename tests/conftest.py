@@ -94,12 +94,28 @@ def trained_run(tmp_path_factory, data_dir) -> Path:
     return only_run_dir(output)
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    """Tests that call main() in-process each get a fresh Accelerate singleton."""
-    yield
+def reset_accelerate() -> None:
+    """Forget Accelerate's process-wide singletons, so the next in-process run starts fresh."""
     from accelerate.state import AcceleratorState, GradientState, PartialState
 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
     PartialState._reset_state()
+
+
+def train_in_process(*args: str) -> int:
+    """carotid.train.main(args) in this process (no interpreter start-up: fast), with fresh Accelerate state."""
+    from carotid.train import main
+
+    reset_accelerate()
+    try:
+        return main(list(args))
+    finally:
+        reset_accelerate()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """Tests that call main() in-process each get a fresh Accelerate singleton."""
+    yield
+    reset_accelerate()
