@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+from sklearn.metrics import roc_auc_score, roc_curve
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -48,11 +51,12 @@ def plot_curves(rows: list[dict], monitor: str, path: str | Path) -> None:
     save_figure(fig, path)
 
 
-def plot_roc(levels: dict[str, tuple], class_names: list[str], positive_index: int, path: str | Path) -> None:
-    """ROC curves, one panel per level ('image', 'person'); binary: the positive class, else one-vs-rest."""
-    import numpy as np
-    from sklearn.metrics import roc_auc_score, roc_curve
+def plot_roc(levels: dict[str, tuple], class_names: list[str], positive_index: int, path: str | Path,
+             operating_points: dict[str, dict] | None = None) -> None:
+    """ROC curves, one panel per level ('image', 'person'); binary: the positive class, else one-vs-rest.
 
+    `operating_points` ({level: metrics with sensitivity, specificity, threshold}) marks where the
+    reported threshold sits on each binary curve, so a reader sees the trade-off that was chosen."""
     fig, axes = plt.subplots(1, len(levels), figsize=(5 * len(levels), 4.5), squeeze=False)
     for ax, (level, (y_true, probs)) in zip(axes[0], levels.items()):
         targets = [positive_index] if len(class_names) == 2 else range(len(class_names))
@@ -61,23 +65,31 @@ def plot_roc(levels: dict[str, tuple], class_names: list[str], positive_index: i
             if 0 < y_k.sum() < len(y_k):
                 fpr, tpr, _ = roc_curve(y_k, probs[:, k])
                 ax.plot(fpr, tpr, label=f"{class_names[k]} (AUC {roc_auc_score(y_k, probs[:, k]):.3f})")
+        point = (operating_points or {}).get(level)
+        if point and point.get("sensitivity") is not None and point.get("specificity") is not None:
+            ax.plot(1 - point["specificity"], point["sensitivity"], "o", color="black",
+                    label=f"threshold {point['threshold']:.3f}")
         ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
         ax.set(title=f"ROC per {level}", xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.02))
-        if ax.lines[:-1]:
+        if len(ax.lines) > 1:
             ax.legend(loc="lower right")
-    save_figure(fig, path)
+    _save_quietly(fig, path)
 
 
 def plot_confusion(levels: dict[str, list[list[int]]], class_names: list[str], path: str | Path) -> None:
     """Confusion matrices (rows: true class, columns: predicted), one panel per level."""
-    import numpy as np
-
     fig, axes = plt.subplots(1, len(levels), figsize=(4.5 * len(levels), 4), squeeze=False)
     for ax, (level, matrix) in zip(axes[0], levels.items()):
         matrix = np.asarray(matrix)
-        ax.imshow(matrix, cmap="Blues")
+        ax.imshow(matrix, cmap="Blues", vmin=0)
         for (i, j), value in np.ndenumerate(matrix):
             ax.text(j, i, str(value), ha="center", va="center", color="white" if value > matrix.max() / 2 else "black")
         ax.set(title=f"per {level}", xlabel="predicted", ylabel="true", xticks=range(len(class_names)),
                yticks=range(len(class_names)), xticklabels=class_names, yticklabels=class_names)
-    save_figure(fig, path)
+    _save_quietly(fig, path)
+
+
+def _save_quietly(fig, path: str | Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # missing glyphs, e.g. Chinese class names with a Latin-only font
+        save_figure(fig, path)

@@ -12,5 +12,8 @@ accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dyna
     --batch-size 16 --num-workers 2 --train-ratio 0.6 --val-ratio 0.2 --test-ratio 0.2 "$@"
 RUN="$(ls -d "$OUT"/train_* | sort | tail -n 1)"
 echo
-echo "models:      $RUN/models/best_model.pth, $RUN/models/final_model.pth"
-echo "test result: $RUN/eval_test_best/metrics.json (per image and per person, with 95% CIs)"
+echo "run:    $RUN"
+echo "models: $RUN/models/best_model.pth, $RUN/models/final_model.pth"
+echo "test metrics of best_model.pth ($RUN/eval_test_best/metrics.json):"
+python -c 'import json, sys; from carotid.evaluate import format_table; print(format_table(json.load(open(sys.argv[1]))))' \
+    "$RUN/eval_test_best/metrics.json"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +45,13 @@ def make_data(root: Path, persons: int = 12, frames: int = 4, size: int = 48, se
     return root, label
 
 
+def free_port() -> int:
+    """A free TCP port, so concurrent launches do not fight over Accelerate's default 29500."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def subprocess_env(threads: int = 1) -> dict[str, str]:
     env = dict(os.environ)
     env.update({"OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": "",
@@ -57,7 +65,8 @@ def run_module(module: str, *args: str, nproc: int = 1, timeout: float = 300, la
     if nproc > 1 or launcher:
         command = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
                    "--dynamo_backend", "no", "--num_processes", str(nproc)]
-        command += (["--multi_gpu"] if nproc > 1 else []) + (extra_launch or []) + ["-m", module, *args]
+        command += ["--multi_gpu", "--main_process_port", str(free_port())] if nproc > 1 else []
+        command += (extra_launch or []) + ["-m", module, *args]
     else:
         command = [sys.executable, "-m", module, *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=subprocess_env(), cwd=cwd)

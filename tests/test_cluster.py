@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 from accelerate.commands.config.config_args import load_config_from_file
 
-from tests.conftest import FAST, load_model, only_run_dir, read_json, subprocess_env
+from tests.conftest import FAST, free_port, load_model, only_run_dir, read_json, subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = ["single_gpu", "multi_gpu_ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp", "multi_node", "cpu_ddp"]
@@ -30,12 +29,6 @@ def test_slurm_script_is_valid_bash_and_uses_the_slurm_variables():
     subprocess.run(["bash", "-n", str(REPO / "scripts" / "slurm_train.sh")], check=True)
     for name in ("SLURM_NNODES", "SLURM_NODEID", "SLURM_JOB_NODELIST", "--machine_rank", "--main_process_ip", "--resume"):
         assert name in script
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import FAST, load_model, make_data, only_run_dir, run_module, subprocess_env, train_in_process
+from tests.conftest import FAST, free_port, load_model, make_data, only_run_dir, run_module, subprocess_env, train_in_process
 
 TIMING = {"epoch_seconds", "images_per_second", "data_wait_fraction"}
 
@@ -27,6 +27,7 @@ def launch(args: list[str], nproc: int) -> subprocess.Popen:
     prefix = [sys.executable, "-m", "carotid.train"]
     if nproc > 1:
         prefix = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(nproc),
+                  "--main_process_port", str(free_port()),
                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "carotid.train"]
     return subprocess.Popen(prefix + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=subprocess_env(), start_new_session=True)

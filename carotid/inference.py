@@ -1,0 +1,151 @@
+"""Apply a model file to frames on 1..N processes: the inference shared by evaluate.py and predict.py.
+
+Loads a model file safely, predicts every frame exactly once however many processes run, turns
+probabilities into labels (the model's binary threshold, else argmax) and per-person rows, and
+writes the per-image and per-person prediction tables.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+from carotid import checkpoint as ckpt
+from carotid.data import frame_dataset, make_loader
+from carotid.engine import predict_loader
+from carotid.errors import UserError
+from carotid.metrics import aggregate_persons, person_labels
+from carotid.models import build_model, load_matching
+from carotid.transforms import eval_preset
+
+
+@dataclass
+class FramePredictions:
+    """The readable frames of a set of items, in item order, with their class probabilities."""
+
+    paths: np.ndarray
+    person_ids: np.ndarray
+    labels: np.ndarray
+    probs: np.ndarray
+    unreadable: list[str] = field(default_factory=list)
+
+
+def load_model_for_inference(model_path: str | Path) -> tuple[torch.nn.Module, dict]:
+    """(model with the file's weights, the file's metadata). Safe: weights_only loading."""
+    data = ckpt.load_model_file(model_path)
+    model = build_model(data["arch"], data["num_classes"], data["in_channels"])
+    load_matching(model, data["state_dict"], f"model file {model_path}", data["arch"])
+    return model.eval(), data
+
+
+def check_cache_available(cache: bool) -> None:
+    if cache and importlib.util.find_spec("carotid.cache") is None:
+        raise UserError("--cache is not available in this installation of carotid", "drop --cache")
+
+
+def run_inference(accelerator: Accelerator, model: torch.nn.Module, data: dict, items: list[tuple[str, int, str]], *,
+                  batch_size: int, num_workers: int, cache: bool = False, cache_dir: str | None = None) -> FramePredictions:
+    """Probabilities of every frame in `items`, on all processes (each gets the gathered arrays).
+
+    Frames that cannot be decoded are left out and listed in `unreadable` (the cached dataset leaves
+    them out itself and names them in `excluded`)."""
+    dataset = frame_dataset(items, data["image_size"], data["in_channels"], cache=cache, cache_dir=cache_dir,
+                            accelerator=accelerator)
+    # prepare_data_loader, not prepare: the model needs no DDP/DeepSpeed wrapper to predict.
+    loader = accelerator.prepare_data_loader(make_loader(dataset, batch_size, train=False, num_workers=num_workers, seed=0,
+                                                         pin_memory=accelerator.device.type == "cuda"))
+    preset = eval_preset(data["normalization"]["mean"], data["normalization"]["std"]).to(accelerator.device)
+    out = exactly_once(predict_loader(model.to(accelerator.device), loader, accelerator, preset, desc="predict"), len(dataset))
+    ok = out["readable"].astype(bool)
+    paths, persons = np.array(dataset.paths, dtype=str), np.array(dataset.person_ids, dtype=str)
+    unreadable = [str(p) for p in paths[~ok]] + [str(p) for p in getattr(dataset, "excluded", {})]
+    return FramePredictions(paths[ok], persons[ok], out["labels"][ok], out["probs"][ok].astype(np.float64), unreadable)
+
+
+def exactly_once(out: dict[str, np.ndarray], n_items: int) -> dict[str, np.ndarray]:
+    """One row per sample index, and a check that every sample came back.
+
+    Accelerate pads the last batches so every process gets one, and gather_for_metrics drops the
+    padding again; keeping the first row of each index makes that independent of the Accelerate
+    version, so 1 and N processes give the same arrays."""
+    _, first = np.unique(out["index"], return_index=True)
+    out = {key: value[first] for key, value in out.items()}
+    if not np.array_equal(out["index"], np.arange(n_items)):
+        raise RuntimeError(f"distributed prediction returned {len(out['index'])} of {n_items} frames")
+    return out
+
+
+def decision_threshold(data: dict, threshold: float | None) -> tuple[float | None, str | None]:
+    """(binary threshold on the positive class, where it came from); (None, None) for multi-class models."""
+    if len(data["class_names"]) != 2:
+        return None, None
+    if threshold is not None:
+        return float(threshold), "--threshold"
+    if data.get("threshold") is not None:
+        return float(data["threshold"]), data.get("threshold_source", "model file: Youden's J on the validation persons")
+    return 0.5, "default 0.5: the model file holds no threshold"
+
+
+def positive_index(data: dict) -> int:
+    return int(data.get("positive_index", len(data["class_names"]) - 1))
+
+
+def predicted_labels(probs: np.ndarray, threshold: float | None, positive: int) -> np.ndarray:
+    """Class indices: binary by the threshold on the positive class, multi-class by argmax."""
+    if threshold is None:
+        return probs.argmax(axis=1)
+    return np.where(probs[:, positive] >= threshold, positive, 1 - positive)
+
+
+@dataclass
+class PersonPredictions:
+    """One row per person (sorted IDs): aggregated probabilities, frames, and the true class if labelled."""
+
+    person_ids: np.ndarray
+    probs: np.ndarray
+    n_frames: np.ndarray
+    labels: np.ndarray | None = None
+
+
+def person_predictions(preds: FramePredictions, aggregation: str, positive: int, labelled: bool = False) -> PersonPredictions:
+    person_ids, probs = aggregate_persons(preds.person_ids, preds.probs, aggregation, positive)
+    _, n_frames = np.unique(preds.person_ids, return_counts=True)
+    labels = person_labels(preds.person_ids, preds.labels, person_ids) if labelled else None
+    return PersonPredictions(person_ids, probs, n_frames, labels)
+
+
+def write_csv(path: Path, header: list[str], rows) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    ckpt.atomic_write_text(path, buffer.getvalue())
+
+
+def write_prediction_tables(frame_path: Path, person_path: Path, preds: FramePredictions, persons: PersonPredictions,
+                            class_names: list[str], threshold: float | None, positive: int) -> np.ndarray:
+    """The per-image and per-person CSVs (with a true_label column when labelled); returns the persons' labels."""
+    labelled = persons.labels is not None
+    truth = (lambda y: [class_names[y]]) if labelled else (lambda y: [])
+    probs = [f"prob_{name}" for name in class_names]
+    frame_predicted = predicted_labels(preds.probs, threshold, positive)
+    write_csv(frame_path, ["path", "person_id"] + ["true_label"] * labelled + probs + ["predicted_label"],
+              ([p, q, *truth(y), *_decimals(r), class_names[k]]
+               for p, q, y, r, k in zip(preds.paths, preds.person_ids, preds.labels, preds.probs, frame_predicted)))
+    person_predicted = predicted_labels(persons.probs, threshold, positive)
+    person_truth = persons.labels if labelled else np.zeros(len(persons.person_ids), dtype=int)
+    write_csv(person_path, ["person_id"] + ["true_label"] * labelled + ["n_frames"] + probs + ["predicted_label"],
+              ([q, *truth(y), n, *_decimals(r), class_names[k]]
+               for q, y, n, r, k in zip(persons.person_ids, person_truth, persons.n_frames, persons.probs, person_predicted)))
+    return person_predicted
+
+
+def _decimals(row: np.ndarray) -> list[str]:
+    return [f"{value:.6f}" for value in row]
