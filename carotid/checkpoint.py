@@ -18,8 +18,10 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +65,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and hasattr(err, "add_note"):
+            err.add_note(f"carotid: {path} was not replaced; the version written before (if any) is intact")
         raise
     _fsync_dir(path.parent)
 
@@ -122,10 +126,13 @@ def stage_run_dir(output_dir: str | Path) -> Path:
     out = Path(output_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        staging = out / f".train_{time.strftime('%Y%m%d_%H%M%S')}_{os.getpid()}.partial"
+        staging = out / f".train_{time.strftime('%Y%m%d_%H%M%S')}_{_HOST}_{os.getpid()}.partial"
         staging.mkdir()
     except OSError as err:
         raise UserError(f"cannot write to output dir {out} ({err.strerror})", "pass a writable --output-dir") from None
+    for stale in out.glob(".train_*.partial"):  # a run killed before it was published
+        if _left_by_dead_process(stale.name):
+            shutil.rmtree(stale, ignore_errors=True)
     return staging
 
 
@@ -190,7 +197,11 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise UserError(f"{run_dir} is not a carotid run directory (no config.yaml)", "pass a folder made by carotid-train")
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is not valid YAML ({str(err).splitlines()[0]})",
+                        "restore the run's config.yaml (carotid writes it; hand edits must keep it valid YAML)") from None
     if not isinstance(data, dict) or not isinstance(data.get("options"), dict):
         raise UserError(f"{path} is not a carotid run config", "pass a folder made by carotid-train")
     return data
@@ -200,7 +211,13 @@ def read_splits(run_dir: str | Path) -> dict[str, list[str]]:
     path = Path(run_dir) / "splits.json"
     if not path.is_file():
         raise UserError(f"{run_dir} has no splits.json", "pass a run directory made by carotid-train")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        splits = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is not valid JSON ({err})", "restore the run's splits.json") from None
+    if not isinstance(splits, dict) or not all(isinstance(splits.get(s), list) for s in ("train", "val", "test")):
+        raise UserError(f"{path} does not hold the train, val and test lists of person IDs", "restore the run's splits.json")
+    return splits
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,21 +239,70 @@ def load_model_file(path: str | Path) -> dict[str, Any]:
         raise UserError(f"model file not found: {path}", "check the path (models are in RUN/models/)")
     if not path.is_file():
         raise UserError(f"model path is not a file: {path}", "pass a .pth file such as RUN/models/best_model.pth")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - refused pickles and corrupt archives alike
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise UserError(f"{path} is not a safe carotid model file ({reason})",
-                        "only model files written by carotid (or plain tensors) can be loaded; never load untrusted pickles") from None
+    data = safe_torch_load(path, "model file")
     if not isinstance(data, dict) or data.get("format") != MODEL_FORMAT:
         raise UserError(f"{path} is not a carotid model file (no '{MODEL_FORMAT}' header)",
                         "pass RUN/models/best_model.pth or final_model.pth from carotid-train")
     missing = [k for k in MODEL_KEYS if k not in data]
     if missing:
         raise UserError(f"{path} is an incomplete carotid model file (missing {', '.join(missing)})", "re-export it with carotid-train")
-    if data.get("format_version", 0) > MODEL_FORMAT_VERSION:
-        raise UserError(f"{path} was written by a newer carotid (format {data['format_version']})", "upgrade carotid")
+    version = data.get("format_version", 0)
+    if not isinstance(version, int) or version > MODEL_FORMAT_VERSION:
+        raise UserError(f"{path} was written by a newer carotid (format {version})", "upgrade carotid")
+    problem = _model_file_problem(data)
+    if problem:
+        raise UserError(f"{path} is a damaged carotid model file ({problem})", "re-export it with carotid-train")
     return data
+
+
+def _model_file_problem(data: dict[str, Any]) -> str | None:
+    """What is wrong with a model file's fields (a file written by carotid has none of these)."""
+    state, names = data["state_dict"], data["class_names"]
+    if not isinstance(state, dict) or not state or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                           for k, v in state.items()):
+        return "'state_dict' is not a dict of tensors"
+    if not isinstance(data["arch"], str):
+        return f"'arch' is {data['arch']!r}"
+    if (not isinstance(names, (list, tuple)) or len(names) < 2 or not all(isinstance(n, str) for n in names)
+            or len(set(names)) != len(names)):
+        return f"'class_names' is {names!r}"
+    if data["num_classes"] != len(names):
+        return f"'num_classes' is {data['num_classes']!r} but there are {len(names)} class names"
+    if data["in_channels"] not in (1, 3) or isinstance(data["in_channels"], bool):
+        return f"'in_channels' is {data['in_channels']!r}"
+    if not isinstance(data["image_size"], int) or isinstance(data["image_size"], bool) or data["image_size"] < 1:
+        return f"'image_size' is {data['image_size']!r}"
+    norm = data["normalization"]
+    if not isinstance(norm, dict) or not all(isinstance(norm.get(k), (list, tuple)) and len(norm[k]) == data["in_channels"]
+                                             for k in ("mean", "std")):
+        return f"'normalization' is {norm!r}"
+    return None
+
+
+def safe_torch_load(path: str | Path, what: str) -> Any:
+    """torch.load with weights_only=True: tensors and plain values only, never a pickled callable."""
+    try:
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of files it then refuses
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - refused pickles and corrupt archives alike
+        raise UserError(f"{what} {path} {_refusal_reason(err)}",
+                        "only model files written by carotid (or plain state dicts of tensors) can be loaded; "
+                        "never unpickle a file you do not trust") from None
+
+
+def _refusal_reason(err: Exception) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # torch colours its message
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip()
+        called = re.search(r"GLOBAL (\S+)", detail)
+        if called:
+            return (f"was refused: loading it would call '{called.group(1)}', which a file of weights never needs "
+                    f"(a pickle like this can run any code)")
+        first = (detail.splitlines() or ["unsupported content"])[0].strip()
+        return f"was refused: it holds more than tensors and plain values ({first[:120]})"
+    first = (text.strip().splitlines() or [""])[0].strip()
+    return f"cannot be read as a PyTorch file: damaged or not a .pth ({type(err).__name__}{': ' + first[:120] if first else ''})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,11 +328,40 @@ def read_progress(checkpoint: Path) -> dict[str, Any]:
 
 
 def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
+    """Keep the last `keep` checkpoints; drop what killed saves left behind (temp folders and files)."""
+    run_dir = Path(run_dir)
     checkpoints = list_checkpoints(run_dir)
     for old in checkpoints[: max(len(checkpoints) - keep, 0)]:
         shutil.rmtree(old, ignore_errors=True)
-    for stale in (Path(run_dir) / "checkpoints").glob(".*.tmp"):
+    for stale in (run_dir / "checkpoints").glob(".*.tmp"):
         shutil.rmtree(stale, ignore_errors=True)
+    remove_leftovers(run_dir)
+
+
+def remove_leftovers(run_dir: str | Path) -> None:
+    """Delete the temp files of atomic writes whose process was killed (the real files are intact)."""
+    for folder in (Path(run_dir), Path(run_dir) / "models"):
+        for stale in folder.glob(".*.tmp-*"):
+            if _left_by_dead_process(stale.name):
+                stale.unlink(missing_ok=True)
+
+
+_HOST = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname()) or "host"
+
+
+def _left_by_dead_process(name: str) -> bool:
+    """Whether a temp file '.NAME.tmp-<pid>' or a staging folder '.train_<stamp>_<host>_<pid>.partial' was left
+    by a process of this machine that no longer runs (jobs on other nodes may share the output dir)."""
+    found = re.search(r"_([^_]+)_(\d+)\.partial$", name) or re.search(r"()\.tmp-(\d+)$", name)
+    if not found or found.group(1) not in ("", _HOST) or int(found.group(2)) == os.getpid():
+        return False
+    try:
+        os.kill(int(found.group(2)), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def resolve_resume(path: str | Path) -> tuple[Path, Path | None]:
@@ -280,6 +375,7 @@ def resolve_resume(path: str | Path) -> tuple[Path, Path | None]:
         raise UserError(f"--resume {path} is neither a run directory nor a checkpoint folder",
                         "pass output/train_YYYYMMDD_HHMMSS or one of its checkpoints/checkpoint-* folders")
     checkpoints = list_checkpoints(path)
+    remove_leftovers(path)  # a killed run may have left half-written temp files; its real files are whole
     return path, (checkpoints[-1] if checkpoints else None)
 
 
@@ -301,15 +397,28 @@ def save_training_state(accelerator, run_dir: str | Path, progress: dict[str, An
         folder.mkdir(exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        atomic_write_json(tmp / PROGRESS_FILE, progress)
-        _fsync_tree(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        _fsync_dir(folder)
-        prune_checkpoints(run_dir, keep)
+    try:
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            atomic_write_json(tmp / PROGRESS_FILE, progress)
+            _fsync_tree(tmp)
+            if final.exists():  # the same step saved again (a stop right after a checkpoint): swap, never delete first
+                aside = folder / f".{name}.old.tmp"
+                shutil.rmtree(aside, ignore_errors=True)
+                os.rename(final, aside)
+                os.rename(tmp, final)
+                shutil.rmtree(aside, ignore_errors=True)
+            else:
+                os.rename(tmp, final)
+            _fsync_dir(folder)
+            prune_checkpoints(run_dir, keep)
+    except Exception as err:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if hasattr(err, "add_note"):  # Python 3.11+: printed under the traceback
+            err.add_note(f"carotid: writing checkpoint {final} failed (a full disk?); the earlier checkpoints in {folder} "
+                         f"are intact: free some space and continue with --resume {run_dir}")
+        raise
     accelerator.wait_for_everyone()
     return final

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 import sys
 import types
 import typing
@@ -122,6 +123,12 @@ class TrainConfig:
             raise UserError(f"--image-size must be at least 16, got {self.image_size}", "use e.g. 224")
         if not self.lr > 0:
             raise UserError(f"--lr must be > 0, got {self.lr}", "use e.g. 1e-4")
+        for name in ("lr", "weight_decay", "warmup_epochs", "lr_gamma", "label_smoothing"):
+            if not math.isfinite(getattr(self, name)):
+                raise UserError(f"--{_flag(name)} must be a finite number, got {getattr(self, name)}",
+                                f"pass a number to --{_flag(name)}")
+        if not self.lr_gamma > 0:
+            raise UserError(f"--lr-gamma must be > 0, got {self.lr_gamma}", "use e.g. 0.1")
         if self.max_imgs_per_person is not None and self.max_imgs_per_person <= 0:
             raise UserError(f"--max-imgs-per-person must be ≥ 1, got {self.max_imgs_per_person}", "leave it out to keep every frame")
         _non_negative(self, "weight_decay", "warmup_epochs", "num_workers", "checkpoint_every_steps",
@@ -237,6 +244,11 @@ def read_yaml_defaults(path: str) -> dict[str, Any]:
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse that raises UserError, so bad flags get the same one-line error as everything else."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        # Python < 3.13 takes "-1e-3" for an option, so `--lr -1e-3` fails with "expected one argument".
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|nan)$")
 
     def error(self, message: str) -> typing.NoReturn:
         raise UserError(message, f"see {self.prog} --help")

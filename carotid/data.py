@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import unicodedata
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -144,7 +145,8 @@ def collect_persons(root_dir: str, table: LabelTable, max_imgs_per_person: int |
     """Match folders with sheet rows, cap each person's frames and drop unreadable ones.
 
     `persons` restricts the result to those IDs (e.g. one split of a finished run)."""
-    found = discover_frames(root_dir)
+    # Folder names copied from macOS are NFD; sheet IDs are read as NFC (labels.normalize_id).
+    found = {unicodedata.normalize("NFC", person): frames for person, frames in discover_frames(root_dir).items()}
     sheet_ids, folder_ids = set(table.labels), set(found)
     if not sheet_ids & folder_ids:
         raise UserError(
@@ -160,6 +162,12 @@ def collect_persons(root_dir: str, table: LabelTable, max_imgs_per_person: int |
                             "use the same --root-dir and --label-excel as the training run")
         wanted = sorted(persons)
     no_images = [p for p in wanted if not found[p]]
+    if len(no_images) == len(wanted):
+        raise UserError(
+            f"none of the {len(wanted)} labelled person folders in {root_dir} holds an image file "
+            f"(e.g. {wanted[0]}/; looked for {', '.join(sorted(IMAGE_SUFFIXES))})",
+            "put each person's frames (png, jpg, bmp, tif) in their folder or a sub-folder of it",
+        )
     capped = {p: spread_evenly(found[p], max_imgs_per_person) for p in wanted if found[p]}
     all_frames = [f for frames in capped.values() for f in frames]
     unreadable = find_unreadable(root_dir, all_frames)
@@ -307,11 +315,16 @@ def make_loader(dataset: Dataset, batch_size: int, *, train: bool, num_workers: 
         sampler = WeightedRandomSampler(weights, num_samples=len(labels), replacement=True, generator=sampler_generator)
     else:
         sampler = RandomSampler(dataset, generator=sampler_generator)
+    if getattr(dataset, "slices_in_process", False):
+        # Cached frames: slicing a memory map in this process is ~10x faster than shipping the same
+        # batch from worker processes (docs/PERFORMANCE.md), so no workers.
+        num_workers = 0
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
+        collate_fn=getattr(dataset, "collate_fn", None),
         drop_last=drop_last,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,

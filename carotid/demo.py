@@ -12,7 +12,6 @@ writes demo_data/<person_id>/…/frame_XXX.png and demo_data/label.xlsx (Chinese
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path

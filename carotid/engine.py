@@ -63,6 +63,7 @@ def train_one_epoch(model, loader, optimizer, accelerator: Accelerator, preset, 
     model.train()
     preset.train()
     device = accelerator.device
+    fp16 = accelerator.mixed_precision == "fp16"
     sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss x frames, correct, readable, unreadable
     nonfinite_at = torch.full((), -1, device=device, dtype=torch.int64)
     clock = {"start": time.perf_counter(), "wait": 0.0}
@@ -109,7 +110,9 @@ def train_one_epoch(model, loader, optimizer, accelerator: Accelerator, preset, 
         correct = ((logits.detach().argmax(dim=1) == labels) & readable).sum()
         sums += torch.stack([loss.detach().double() * n_readable, correct.double(), n_readable.double(),
                              (readable.numel() - n_readable).double()])
-        nonfinite_at = torch.where((nonfinite_at < 0) & ~torch.isfinite(loss.detach()), step, nonfinite_at)
+        if not (fp16 and accelerator.sync_gradients and accelerator.optimizer_step_was_skipped):
+            # fp16 overflow steps that the gradient scaler skips are expected, not a diverged run.
+            nonfinite_at = torch.where((nonfinite_at < 0) & ~torch.isfinite(loss.detach()), step, nonfinite_at)
         bar.update(1)
         if accelerator.sync_gradients and on_optimizer_step():
             save_checkpoint(fold())

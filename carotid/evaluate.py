@@ -152,7 +152,7 @@ def external_out_dir(model_path: Path, root_dir: str) -> Path:
 def collect_items(plan: EvalPlan, class_names: list[str]) -> tuple[list[tuple[str, int, str]], dict]:
     """(frames as (path, model class index, person_id), the data context for metrics.json). Main process only."""
     data = plan.data
-    table = read_labels(data["label_excel"], data["sheet"], data["id_column"], data["label_column"])
+    table = read_labels(data["label_excel"], data["sheet"], data["id_column"], data["label_column"], min_classes=1)
     unknown = sorted(set(table.class_names) - set(class_names))
     if unknown:
         raise UserError(f"label(s) {unknown} of {data['label_excel']} are not classes of the model {class_names}",

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import re
+import unicodedata
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,10 @@ LABEL_HEADERS = (
     "标签", "类别", "分类", "诊断", "分组", "结果", "标注",
 )
 OLE2_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # .xls and password-protected .xlsx are OLE2 containers
+# What a formula that failed leaves in its cell (a VLOOKUP that found nothing gives #N/A): never an ID or a label.
+EXCEL_ERRORS = frozenset({"#NULL!", "#DIV/0!", "#VALUE!", "#REF!", "#NAME?", "#NUM!", "#N/A", "#GETTING_DATA", "#SPILL!",
+                          "#CALC!", "#FIELD!", "#BLOCKED!", "#CONNECT!", "#BUSY!", "#UNKNOWN!", "#EXTERNAL!", "#PYTHON!"})
+EXCEL_DIGITS = 15  # Excel stores numbers with 15 significant digits; longer numeric IDs are already rounded
 
 
 @dataclass
@@ -49,13 +55,18 @@ def normalize_id(value: Any) -> str | None:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        if value != value:  # NaN cached from a formula error
+        if not math.isfinite(value):  # NaN/inf cached from a formula error
             return None
         return str(int(value)) if value.is_integer() else repr(value)
     if isinstance(value, (_dt.datetime, _dt.date)):
         return value.isoformat()
-    text = str(value).strip()
-    return text or None
+    # NFC: a name typed on one system and copied from macOS folder names on another compare equal.
+    text = unicodedata.normalize("NFC", str(value).strip())
+    return None if not text or text in EXCEL_ERRORS else text
+
+
+def is_excel_error(value: Any) -> bool:
+    return isinstance(value, str) and value.strip() in EXCEL_ERRORS
 
 
 def normalize_label(value: Any) -> str | None:
@@ -109,8 +120,12 @@ def _choose_column(headers: list[Any], wanted: str | None, known: tuple[str, ...
     shown = ", ".join(repr(str(h)) for h in headers if h is not None) or "(none)"
     if wanted is not None:
         key = _header_key(wanted)
+        if not key:  # would match the first column without a header
+            raise UserError(f"{flag} '{wanted}' is empty; the headers are {shown}", f"pass one of them to {flag}")
         if key not in keys:
             raise UserError(f"{flag} '{wanted}' is not a column header; the headers are {shown}", f"pass one of them to {flag}")
+        if keys.index(key) == taken:
+            raise UserError(f"{flag} '{wanted}' is also the ID column", f"pass the header of the {what} column to {flag}")
         return keys.index(key), f"{what} column '{headers[keys.index(key)]}' (from {flag})"
     for candidate in known:
         for i, key in enumerate(keys):
@@ -122,8 +137,11 @@ def _choose_column(headers: list[Any], wanted: str | None, known: tuple[str, ...
 
 
 def read_labels(path: str | Path, sheet: str | None = None, id_column: str | None = None,
-                label_column: str | None = None) -> LabelTable:
-    """Read person IDs and labels from an .xlsx sheet; every user mistake is a UserError."""
+                label_column: str | None = None, min_classes: int = 2) -> LabelTable:
+    """Read person IDs and labels from an .xlsx sheet; every user mistake is a UserError.
+
+    Training needs two classes; evaluating a model on an external cohort of one class (say, all
+    patients with plaque) is legitimate, so evaluate passes min_classes=1."""
     path = Path(path)
     workbook = _open_workbook(path)
     try:
@@ -140,10 +158,11 @@ def read_labels(path: str | Path, sheet: str | None = None, id_column: str | Non
     finally:
         workbook.close()
 
-    rows = [r for r in rows if any(normalize_id(v) is not None for v in r)]
-    if not rows:
+    # (Excel row number, cells) of the rows that hold anything; messages name rows as Excel numbers them.
+    numbered = [(number, r) for number, r in enumerate(rows, start=1) if any(normalize_id(v) is not None for v in r)]
+    if not numbered:
         raise UserError(f"sheet '{sheet_name}' of {path} is empty", "put a header row and one row per person on it")
-    headers = [normalize_id(h) for h in rows[0]]
+    headers = [normalize_id(h) for h in numbered[0][1]]
     id_idx, id_note = _choose_column(headers, id_column, ID_HEADERS, "ID", "--id-column", 0, None)
     label_idx, label_note = _choose_column(headers, label_column, LABEL_HEADERS, "label", "--label-column", 1 if id_idx != 1 else 0, id_idx)
     notes = [f"sheet '{sheet_name}': {id_note}, {label_note}"]
@@ -152,9 +171,15 @@ def read_labels(path: str | Path, sheet: str | None = None, id_column: str | Non
     first_row: dict[str, int] = {}
     conflicts: list[str] = []
     no_id = no_label = repeated = 0
-    for row_number, row in enumerate(rows[1:], start=2):
-        person_id = normalize_id(row[id_idx]) if id_idx < len(row) else None
-        label = normalize_label(row[label_idx]) if label_idx < len(row) else None
+    errors: list[str] = []
+    long_numbers: list[str] = []
+    for row_number, row in numbered[1:]:
+        id_cell = row[id_idx] if id_idx < len(row) else None
+        label_cell = row[label_idx] if label_idx < len(row) else None
+        person_id, label = normalize_id(id_cell), normalize_label(label_cell)
+        errors += [f"{cell.strip()} in row {row_number}" for cell in (id_cell, label_cell) if is_excel_error(cell)]
+        if isinstance(id_cell, (int, float)) and not isinstance(id_cell, bool) and person_id and abs(id_cell) >= 10**EXCEL_DIGITS:
+            long_numbers.append(person_id)
         if person_id is None:
             no_id += label is not None
             continue
@@ -172,6 +197,11 @@ def read_labels(path: str | Path, sheet: str | None = None, id_column: str | Non
         more = f" (and {len(conflicts) - 3} more)" if len(conflicts) > 3 else ""
         raise UserError(f"duplicate person IDs with conflicting labels in {path}: {'; '.join(conflicts[:3])}{more}",
                         "keep one row per person")
+    if errors:
+        notes.append(f"{len(errors)} cell(s) hold an Excel error value and count as empty (e.g. {errors[0]}): fix the formulas")
+    if long_numbers:
+        notes.append(f"{len(long_numbers)} ID(s) are numbers of more than {EXCEL_DIGITS} digits (e.g. {long_numbers[0]}); Excel "
+                     f"keeps only {EXCEL_DIGITS} digits, so they may not match their folders: store such IDs as text")
     if no_id:
         notes.append(f"{no_id} row(s) have a label but no ID and were skipped")
     if no_label:
@@ -179,8 +209,9 @@ def read_labels(path: str | Path, sheet: str | None = None, id_column: str | Non
     if repeated:
         notes.append(f"{repeated} repeated row(s) with the same label were merged")
     class_names = _sorted_classes(set(labels.values()))
-    if len(class_names) < 2:
+    if len(class_names) < min_classes:
         found = f"only '{class_names[0]}'" if class_names else "no labels"
-        raise UserError(f"{path} has {found} in column '{headers[label_idx]}'; a classifier needs at least two classes",
+        raise UserError(f"{path} has {found} in column '{headers[label_idx]}'; "
+                        + ("a classifier needs at least two classes" if min_classes > 1 else "nothing to evaluate"),
                         "check --label-column and the sheet's label cells")
     return LabelTable(labels, class_names, sheet_name, str(headers[id_idx]), str(headers[label_idx]), notes)

@@ -12,6 +12,7 @@ import torch
 import torchvision
 from torch import nn
 
+from carotid.checkpoint import safe_torch_load
 from carotid.config import ARCHITECTURES
 from carotid.errors import UserError
 
@@ -89,12 +90,7 @@ def read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{what} not found: {path}", "check the path")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - unpickling refusals and corrupt archives alike
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"{what} {path} is not a safe PyTorch weights file ({first[:200]})",
-                        "use a state dict saved with torch.save, or a model file written by carotid") from None
+    data = safe_torch_load(path, what)
     if isinstance(data, dict):
         for key in ("state_dict", "model"):
             if isinstance(data.get(key), dict):

@@ -1,45 +1,36 @@
 """Train a carotid-ultrasound classifier: `accelerate launch -m carotid.train --root-dir DATA --label-excel label.xlsx`.
 
-Reads top to bottom: options → data (read once on the main process) → model → run directory →
-Accelerate objects → epochs (train, validate, checkpoint, best model) → final model → test evaluation.
+`train(cfg)` reads top to bottom: options (and a resumed run's) → Accelerator → data, read once on the
+main process → model → run directory (only once everything the user gave is valid) → datasets →
+`carotid.trainer.Trainer` (epochs, checkpoints, best and final model) → evaluation of the test split.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import shutil
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
-from accelerate import Accelerator, skip_first_batches
+from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from carotid import checkpoint as ckpt
 from carotid.config import TrainConfig, config_to_dict, parse_train_args
-from carotid.data import SPLITS, DataManifest, EpochSeeds, collect_persons, frame_dataset, make_loader, split_persons
-from carotid.engine import EpochProgress, predict_loader, reduce_progress, train_one_epoch
+from carotid.data import SPLITS, DataManifest, collect_persons, frame_dataset, split_persons
 from carotid.errors import StopTraining, UserError, run_cli
 from carotid.labels import read_labels
-from carotid.metrics import aggregate_persons, epoch_metrics, youden_threshold
 from carotid.models import build_model, load_matching, read_state_dict
-from carotid.optim import make_optimizer, make_scheduler
-from carotid.plots import plot_curves
 from carotid.runtime import RunLog, StopSignal, build_accelerator, on_main
-from carotid.transforms import NORMALIZATION, eval_preset, train_preset
+from carotid.trainer import Trainer
 
 # Options a resumed run may change; every other option is fixed by the run's config.yaml.
 RESUMABLE_CHANGES = {"resume", "epochs", "num_workers", "report_to", "keep_checkpoints", "checkpoint_every_steps",
                      "early_stopping_patience", "test", "bootstrap", "person_aggregation", "cache", "cache_dir",
                      "dist_timeout_minutes", "root_dir", "label_excel", "output_dir"}
-METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy", "val_auc",
-                  "val_person_accuracy", "val_person_auc", "lr", "epoch_seconds", "images_per_second",
-                  "data_wait_fraction", "unreadable_frames"]
-
 
 # ---------------------------------------------------------------------------------------------
 # Options and data
@@ -80,6 +71,10 @@ def prepare_data(cfg: TrainConfig, resume_run: Path | None) -> tuple[DataManifes
         raise UserError(f"--positive-class '{cfg.positive_class}' is not a class; the classes are {table.class_names}",
                         "pass one of them")
     if resume_run is not None:
+        trained = ckpt.read_run_config(resume_run).get("class_names")
+        if trained is not None and list(trained) != table.class_names:
+            raise UserError(f"{label_excel} has classes {table.class_names}, the resumed run {resume_run} has {trained}",
+                            "resume with the label file the run was trained on (or start a new run with --load-model)")
         splits = ckpt.read_splits(resume_run)
         manifest = collect_persons(root_dir, table, cfg.max_imgs_per_person, persons=[p for s in SPLITS for p in splits[s]])
         manifest.splits, notes = splits, []
@@ -148,45 +143,9 @@ def init_from_model_file(model: torch.nn.Module, path: str, cfg: TrainConfig, cl
     load_matching(model, state, f"--load-model {path}", cfg.model)
 
 
-def save_model(accelerator: Accelerator, model, path: Path, meta: dict) -> None:
-    """Collective: consolidates the weights on every rank (needed under ZeRO-3/FSDP), main writes."""
-    state = accelerator.get_state_dict(model)
-    if accelerator.is_main_process:
-        from carotid.models import strip_prefixes
-
-        ckpt.save_model_file(path, strip_prefixes(state), **meta)
-    accelerator.wait_for_everyone()
-
-
 # ---------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------
-
-
-def validate(model, loader, accelerator, preset, dataset, class_names, positive_index, channels_last) -> tuple[dict, tuple]:
-    out = predict_loader(model, loader, accelerator, preset, channels_last=channels_last, desc="validate")
-    ok = out["readable"].astype(bool)
-    persons = np.asarray(dataset.person_ids)[out["index"][ok]]
-    labels, probs = out["labels"][ok], out["probs"][ok]
-    numbers = epoch_metrics(labels, probs, persons, class_names, positive_index)
-    row = {"val_loss": float(out["loss"][ok].mean())} | {f"val_{k}": v for k, v in numbers.items()}
-    return row, (labels, probs, persons)
-
-
-def person_class_weights(manifest: DataManifest) -> torch.Tensor:
-    """Loss weights n_persons / (n_classes x n_persons_of_class) over the training split.
-
-    Persons, not frames: a class whose persons happen to have many frames is not a common class."""
-    counts = np.bincount([manifest.person_labels[p] for p in manifest.splits["train"]], minlength=len(manifest.class_names))
-    return torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32)
-
-
-def better(value: float | None, best: float | None, monitor: str) -> bool:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return False
-    if best is None:
-        return True
-    return value < best if monitor.endswith("loss") else value > best
 
 
 def choose_monitor(cfg: TrainConfig, manifest: DataManifest, log: RunLog) -> str:
@@ -229,188 +188,37 @@ def train(cfg: TrainConfig, given: set[str] | frozenset = frozenset()) -> Path:
         log(precision_note)
     describe(accelerator, cfg, manifest, log)
     monitor = choose_monitor(cfg, manifest, log)
-    with StopSignal() as stop:
-        return _fit(accelerator, cfg, manifest, model, run_dir, log, monitor, positive_index, resume_from, stop)
-
-
-def _fit(accelerator, cfg, manifest, model, run_dir, log, monitor, positive_index, resume_from, stop: StopSignal) -> Path:
-    class_names = manifest.class_names
-    on_cuda = accelerator.device.type == "cuda"
-    datasets = {s: frame_dataset(manifest.items(s), cfg.image_size, cfg.in_channels, cache=cfg.cache,
-                                 cache_dir=cfg.cache_dir, accelerator=accelerator)
-                for s in ("train", "val") if manifest.splits[s]}
-    train_set = datasets["train"]
-    drop_last = len(train_set) >= cfg.batch_size * accelerator.num_processes  # fixed shapes, when the data allows
-    train_loader = make_loader(train_set, cfg.batch_size, train=True, num_workers=cfg.num_workers, seed=cfg.seed,
-                               balanced=cfg.balanced_sampler, drop_last=drop_last, pin_memory=on_cuda)
-    seeds = EpochSeeds(train_loader, cfg.seed)
-    val_loader = (make_loader(datasets["val"], cfg.batch_size, train=False, num_workers=cfg.num_workers, seed=cfg.seed,
-                              pin_memory=on_cuda) if "val" in datasets else None)
-    if on_cuda:
-        model = model.to(memory_format=torch.channels_last)
-    if cfg.compile:
-        model = torch.compile(model)
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
-    if val_loader is not None:
-        model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
-    else:
-        model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
-    steps_per_epoch = math.ceil(len(train_loader) / accelerator.gradient_accumulation_steps)
-    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch, monitor)
-    accelerator.register_for_checkpointing(scheduler)
-    norm = NORMALIZATION[cfg.in_channels]
-    augment = train_preset(cfg.augment, cfg.in_channels).to(accelerator.device)
-    evaluate_preset = eval_preset(norm["mean"], norm["std"]).to(accelerator.device)
-    class_weights = None
-    if cfg.class_weights == "auto":
-        class_weights = person_class_weights(manifest).to(accelerator.device)
-        log(f"class weights (inverse person frequency): {dict(zip(class_names, class_weights.tolist()))}")
-
-    state = {"epoch": 0, "global_step": 0, "rows": [], "best": {"monitor": monitor, "value": None, "epoch": None,
-                                                                "threshold": 0.5, "bad_epochs": 0}, "stopped_early": False}
-    progress = EpochProgress()
-    if resume_from is not None:
-        state, progress = _restore(accelerator, resume_from, run_dir, log)
-    ckpt_meta = {"arch": cfg.model, "num_classes": len(class_names), "class_names": class_names,
-                 "in_channels": cfg.in_channels, "image_size": cfg.image_size, "normalization": norm,
-                 "positive_index": positive_index, "person_aggregation": cfg.person_aggregation,
-                 "config": config_to_dict(cfg)}
-    if resume_from is not None:
-        _repair_best_model(accelerator, model, run_dir, state, ckpt_meta, log)
-    if accelerator.is_main_process:
-        ckpt.write_csv(run_dir / "metrics.csv", state["rows"], METRIC_COLUMNS)
-    if cfg.report_to:
-        accelerator.project_configuration.logging_dir = str(run_dir)
-        accelerator.init_trackers("tensorboard", config={k: v for k, v in config_to_dict(cfg).items()
-                                                         if isinstance(v, (int, float, str, bool))})
-
-    def on_optimizer_step() -> bool:
-        state["global_step"] += 1
-        if cfg.scheduler != "plateau":
-            scheduler.step()
-        return bool(cfg.checkpoint_every_steps) and state["global_step"] % cfg.checkpoint_every_steps == 0
-
-    def save_state(epoch_progress: EpochProgress, epoch_end: bool) -> Path:
-        payload = dict(state, epoch_progress=epoch_progress.to_dict(), world_size=accelerator.num_processes)
-        return ckpt.save_training_state(accelerator, run_dir, payload, global_step=state["global_step"],
-                                        epoch_end=epoch_end, keep=cfg.keep_checkpoints)
-
-    best = state["best"]
-    while state["epoch"] < cfg.epochs and not state["stopped_early"]:
-        epoch = state["epoch"]
-        if stop.requested:
-            raise _preempted(stop, run_dir, save_state(progress, epoch_end=progress.batches_done == 0), epoch, progress)
-        seeds.set_epoch(epoch)
-        loader = skip_first_batches(train_loader, progress.batches_done) if progress.batches_done else train_loader
-        end = train_one_epoch(model, loader, optimizer, accelerator, augment, epoch=epoch, epochs=cfg.epochs, progress=progress,
-                              class_weights=class_weights, label_smoothing=cfg.label_smoothing, clip_grad_norm=cfg.clip_grad_norm,
-                              on_optimizer_step=on_optimizer_step, save_checkpoint=lambda p: save_state(p, False),
-                              stop_requested=lambda: stop.requested, channels_last=on_cuda)
-        if end.stop == "nonfinite":
-            last = ckpt.list_checkpoints(run_dir)
-            raise StopTraining(f"error: the training loss became non-finite (NaN/inf) in epoch {epoch + 1} at batch "
-                               f"{end.nonfinite_step if end.nonfinite_step is not None else '?'} — lower --lr, or use "
-                               f"--clip-grad-norm / --mixed-precision bf16; the last good checkpoint is "
-                               f"{last[-1] if last else 'none'} and models/ holds the last good model files", 1)
-        if end.stop == "signal":
-            raise _preempted(stop, run_dir, save_state(progress, epoch_end=False), epoch, progress)
-
-        row = {"epoch": epoch + 1} | reduce_progress(accelerator, progress) | {"lr": optimizer.param_groups[0]["lr"]}
-        val_out = None
-        if val_loader is not None:
-            val_row, val_out = validate(model, val_loader, accelerator, evaluate_preset, datasets["val"], class_names,
-                                        positive_index, on_cuda)
-            row |= val_row
-        improved = better(row.get(monitor), best["value"], monitor)
-        if improved:
-            best.update(value=row[monitor], epoch=epoch + 1, bad_epochs=0, threshold=_threshold(val_out, cfg, positive_index))
-        else:
-            best["bad_epochs"] += 1
-        if cfg.scheduler == "plateau" and row.get(monitor) is not None:
-            scheduler.step(row[monitor])
-        state["rows"].append(row)
-        state["epoch"] = epoch + 1
-        state["stopped_early"] = bool(cfg.early_stopping_patience) and best["bad_epochs"] >= cfg.early_stopping_patience
-        progress = EpochProgress()
-        save_state(progress, epoch_end=True)  # before best_model.pth: see _repair_best_model
-        if improved:
-            save_model(accelerator, model, run_dir / "models" / "best_model.pth",
-                       ckpt_meta | {"epoch": epoch + 1, "metrics": row, "threshold": best["threshold"], "monitor": monitor})
-        if accelerator.is_main_process:
-            ckpt.write_csv(run_dir / "metrics.csv", state["rows"], METRIC_COLUMNS)
-        log(_epoch_line(row, monitor, improved))
-        accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "epoch"}, step=epoch + 1)
-        if state["stopped_early"]:
-            log(f"early stopping: {monitor} has not improved for {best['bad_epochs']} epoch(s)")
-
-    last_row = state["rows"][-1] if state["rows"] else {}
-    save_model(accelerator, model, run_dir / "models" / "final_model.pth",
-               ckpt_meta | {"epoch": state["epoch"], "metrics": last_row, "threshold": best["threshold"], "monitor": monitor})
-    if accelerator.is_main_process and state["rows"]:
-        plot_curves(state["rows"], monitor, run_dir / "curves.png")
-    log(f"best {monitor}: {best['value']} (epoch {best['epoch']}); models in {run_dir / 'models'}")
-    if cfg.report_to:
-        accelerator.end_training()
-    if cfg.test and manifest.splits["test"]:
-        from carotid.evaluate import evaluate_model
-
-        evaluate_model(accelerator, run_dir / "models" / "best_model.pth", manifest.items("test"), run_dir / "eval_test_best",
-                       split="test", batch_size=cfg.batch_size, num_workers=cfg.num_workers, bootstrap=cfg.bootstrap,
-                       aggregation=cfg.person_aggregation, seed=cfg.seed, cache=cfg.cache, cache_dir=cfg.cache_dir, log=log)
+    try:
+        # Datasets (and the frame cache) first: a signal during a long cache build simply ends the process.
+        datasets = {s: frame_dataset(manifest.items(s), cfg.image_size, cfg.in_channels, cache=cfg.cache,
+                                     cache_dir=cfg.cache_dir, accelerator=accelerator)
+                    for s in ("train", "val") if manifest.splits[s]}
+        report_cache(datasets, log)
+        trainer = Trainer(accelerator, cfg, manifest, model, datasets, run_dir, log, monitor, positive_index)
+        if resume_from is not None:
+            trainer.restore(resume_from)
+        with StopSignal() as stop:
+            trainer.fit(stop)
+        trainer.finish()
+    except UserError:
+        if resume_run is None and accelerator.is_main_process:
+            shutil.rmtree(run_dir, ignore_errors=True)  # a mistake found this late still leaves no half-made run
+        raise
+    except torch.OutOfMemoryError:
+        raise StopTraining(f"error: out of memory on {accelerator.device} with --batch-size {cfg.batch_size} at "
+                           f"--image-size {cfg.image_size} — start a new run with a lower --batch-size (and a higher "
+                           f"--gradient-accumulation-steps to keep the effective batch) or a lower --image-size; if another "
+                           f"process held the memory, continue this run with --resume {run_dir}", 1) from None
     return run_dir
 
 
-def _threshold(val_out, cfg: TrainConfig, positive_index: int) -> float:
-    """Binary operating point: Youden's J on the validation persons (0.5 when it cannot be chosen)."""
-    if val_out is None or val_out[1].shape[1] != 2:
-        return 0.5
-    labels, probs, persons = val_out
-    ids, person_probs = aggregate_persons(persons, probs, cfg.person_aggregation, positive_index)
-    first = {p: labels[i] for i, p in reversed(list(enumerate(persons)))}
-    threshold = youden_threshold(np.array([first[p] for p in ids]), person_probs, positive_index)
-    return 0.5 if threshold is None else threshold
-
-
-def _epoch_line(row: dict, monitor: str, improved: bool) -> str:
-    shown = [f"epoch {row['epoch']}", f"train_loss {row['train_loss']:.4f}", f"train_acc {row['train_accuracy']:.3f}"]
-    for key in ("val_loss", "val_accuracy", "val_auc", "val_person_auc"):
-        if row.get(key) is not None:
-            shown.append(f"{key} {row[key]:.4f}")
-    shown.append(f"{row['images_per_second']:.0f} img/s, data wait {row['data_wait_fraction']:.0%}")
-    return " | ".join(shown) + (f"  * best {monitor}" if improved else "")
-
-
-def _preempted(stop: StopSignal, run_dir: Path, saved: Path, epoch: int, progress: EpochProgress) -> StopTraining:
-    return StopTraining(f"stopped by {stop.name} in epoch {epoch + 1} after {progress.batches_done} batch(es); "
-                        f"checkpoint saved: {saved}\nresume with: accelerate launch -m carotid.train --resume {run_dir}",
-                        128 + (stop.signum or 15))
-
-
-def _restore(accelerator: Accelerator, checkpoint: Path, run_dir: Path, log: RunLog) -> tuple[dict, EpochProgress]:
-    progress = ckpt.read_progress(checkpoint)
-    if progress["world_size"] != accelerator.num_processes:
-        raise UserError(f"{checkpoint} was written by {progress['world_size']} process(es), this launch has "
-                        f"{accelerator.num_processes}", f"resume with --num_processes {progress['world_size']}, or start a new "
-                        f"run from {run_dir / 'models' / 'final_model.pth'} with --load-model")
-    accelerator.load_state(str(checkpoint))
-    state = {k: progress[k] for k in ("epoch", "global_step", "rows", "best", "stopped_early")}
-    epoch_progress = EpochProgress(**progress["epoch_progress"])
-    log(f"resumed from {checkpoint.name}: epoch {state['epoch'] + 1}, batch {epoch_progress.batches_done}, "
-        f"optimizer step {state['global_step']}")
-    return state, epoch_progress
-
-
-def _repair_best_model(accelerator, model, run_dir: Path, state: dict, meta: dict, log: RunLog) -> None:
-    """A kill between an epoch-end checkpoint and writing best_model.pth leaves the file one best behind;
-    the checkpoint holds exactly those weights, so write it again."""
-    best, path = state["best"], run_dir / "models" / "best_model.pth"
-    if best["epoch"] is None or best["epoch"] != state["epoch"] or not state["rows"]:
-        return
-    on_disk = ckpt.load_model_file(path)["epoch"] if path.exists() else None
-    if on_disk != best["epoch"]:
-        log(f"rewriting best_model.pth for epoch {best['epoch']} from the checkpoint")
-        save_model(accelerator, model, path, meta | {"epoch": best["epoch"], "metrics": state["rows"][-1],
-                                                     "threshold": best["threshold"], "monitor": best["monitor"]})
+def report_cache(datasets: dict, log: RunLog) -> None:
+    for split, dataset in datasets.items():
+        if getattr(dataset, "folder", None) is not None:
+            log(f"{split}: frames read from the cache in {dataset.folder}")
+        excluded = getattr(dataset, "excluded", None)
+        if excluded:
+            log(f"warning: {split}: {len(excluded)} frame(s) failed to decode and were left out, e.g. {next(iter(excluded))}")
 
 
 def _main(argv: Sequence[str] | None) -> int:

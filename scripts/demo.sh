@@ -14,6 +14,14 @@ RUN="$(ls -d "$OUT"/train_* | sort | tail -n 1)"
 echo
 echo "run:    $RUN"
 echo "models: $RUN/models/best_model.pth, $RUN/models/final_model.pth"
-echo "test metrics of best_model.pth ($RUN/eval_test_best/metrics.json):"
-python -c 'import json, sys; from carotid.evaluate import format_table; print(format_table(json.load(open(sys.argv[1]))))' \
-    "$RUN/eval_test_best/metrics.json"
+python - "$RUN/eval_test_best/metrics.json" <<'PY'
+import json, sys
+report = json.load(open(sys.argv[1]))
+person, ci = report["person"], (report.get("ci") or {}).get("person") or {}
+def show(key):
+    low_high = f" [{ci[key]['low']:.3f}, {ci[key]['high']:.3f}]" if ci.get(key) else ""
+    return f"{key} {person[key]:.3f}{low_high}" if person.get(key) is not None else f"{key} n/a"
+print(f"test split, per person ({report['n_persons']} persons, {report['n_images']} frames): "
+      + ", ".join(show(k) for k in ("auc", "sensitivity", "specificity", "accuracy")))
+print(f"all metrics: {sys.argv[1]}")
+PY

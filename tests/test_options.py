@@ -14,7 +14,7 @@ from carotid.engine import EpochProgress, train_one_epoch
 from carotid.models import build_model
 from carotid.optim import lr_factor, make_optimizer, make_scheduler
 from carotid.runtime import cpu_has_native_bf16
-from carotid.train import person_class_weights
+from carotid.trainer import person_class_weights
 from carotid.transforms import train_preset
 from tests.conftest import FAST, only_run_dir, reset_accelerate, train_in_process
 

@@ -1,0 +1,36 @@
+"""scripts/benchmark.py runs end to end in --quick mode and reports every figure and ratio."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import subprocess_env
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "benchmark.py"
+FIGURES = ["compute_ceiling_images_per_second", "uncached_train_images_per_second", "uncached_train_data_wait_fraction",
+           "cached_train_images_per_second", "cached_train_data_wait_fraction", "cache_build_seconds",
+           "loader_uncached_images_per_second", "loader_cached_images_per_second", "discovery_seconds", "find_seconds"]
+RATIOS = ["uncached_train_vs_ceiling", "cached_train_vs_ceiling", "cached_vs_uncached_train", "loader_cached_vs_uncached",
+          "discovery_vs_find"]
+
+
+def test_quick_benchmark_reports_every_figure(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--json", str(out), "--work-dir", str(tmp_path / "work")],
+                            capture_output=True, text=True, timeout=180, env=subprocess_env(threads=2))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text(encoding="utf-8"))
+    figures, ratios = report["figures"], report["ratios"]
+    for name in FIGURES:
+        assert isinstance(figures[name], float) and figures[name] >= 0, name
+    assert figures["frames"] == 4 * 6 and figures["discovery_files"] == 4 * 6
+    assert 0 <= figures["cached_train_data_wait_fraction"] <= 1
+    for name in RATIOS:
+        assert isinstance(ratios[name], float) and ratios[name] > 0, name
+    assert len(figures["epochs"]["cached"]) == 2 and report["machine"]["device"] == "cpu"
+    for line in ("(a) compute ceiling", "(c) train, cache", "loader cached/uncached", "discovery/find"):
+        assert line in result.stdout
+    assert (tmp_path / "work" / "cache").is_dir()  # the cache was built where asked, not in the user's cache folder
