@@ -32,14 +32,15 @@ def lr_factor(step: int, *, kind: str, warmup_steps: int, total_steps: int, step
 
 
 def make_scheduler(optimizer, cfg, steps_per_epoch: int, monitor: str):
-    """LambdaLR for cosine/step/none (stepped per optimizer step); ReduceLROnPlateau per epoch."""
-    inner = getattr(optimizer, "optimizer", optimizer)  # schedule the torch optimizer Accelerate wraps
+    """LambdaLR for cosine/step/none (stepped per optimizer step); ReduceLROnPlateau per epoch.
+
+    `optimizer` is the torch optimizer (not Accelerate's wrapper): schedulers check its type."""
     if cfg.scheduler == "plateau":
         mode = "min" if monitor.endswith("loss") else "max"
-        return ReduceLROnPlateau(inner, mode=mode, factor=cfg.lr_gamma, patience=2)
+        return ReduceLROnPlateau(optimizer, mode=mode, factor=cfg.lr_gamma, patience=2)
     total = steps_per_epoch * cfg.epochs
     warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), max(total - 1, 0))
-    return LambdaLR(inner, _Factor(cfg.scheduler, warmup, total, steps_per_epoch, cfg.lr_step_epochs, cfg.lr_gamma))
+    return LambdaLR(optimizer, _Factor(cfg.scheduler, warmup, total, steps_per_epoch, cfg.lr_step_epochs, cfg.lr_gamma))
 
 
 class _Factor:

@@ -57,7 +57,8 @@ class Trainer:
         self.model, self.optimizer, self.train_loader = prepared[:3]
         self.val_loader = prepared[3] if val_loader is not None else None
         steps_per_epoch = math.ceil(len(self.train_loader) / accelerator.gradient_accumulation_steps)
-        self.scheduler = make_scheduler(self.optimizer, cfg, steps_per_epoch, monitor)
+        # The schedule drives the torch optimizer itself: Accelerate's and DeepSpeed's wrappers share its param_groups.
+        self.scheduler = make_scheduler(optimizer, cfg, steps_per_epoch, monitor)
         accelerator.register_for_checkpointing(self.scheduler)
         norm = NORMALIZATION[cfg.in_channels]
         self.augment = train_preset(cfg.augment, cfg.in_channels).to(accelerator.device)

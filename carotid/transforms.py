@@ -1,8 +1,9 @@
 """Named presets that turn uint8 frame batches into normalised model input, on the training device.
 
 Decoding and resizing happen once per frame in data.py (or once per dataset with the cache); what is
-random happens here, on whole batches with per-sample parameters (kornia), so the loader only slices
-arrays and the GPU does the augmentation. The eval preset is deterministic: scale and normalise.
+random happens here, on whole batches with per-sample parameters, so the loader only slices arrays and
+the GPU does the augmentation. kornia, not torchvision.transforms.v2: v2 draws one set of parameters
+per call, which on a batch would move every frame of it the same way. The eval preset is deterministic.
 """
 
 from __future__ import annotations
