@@ -53,3 +53,15 @@ class _Factor:
     def __call__(self, step: int) -> float:
         return lr_factor(step, kind=self.kind, warmup_steps=self.warmup, total_steps=self.total,
                          steps_per_epoch=self.steps_per_epoch, step_epochs=self.step_epochs, gamma=self.gamma)
+
+
+def stretch_schedule(scheduler, total_steps: int) -> int | None:
+    """Give a restored schedule a new length (a resumed run with more or fewer --epochs).
+
+    LambdaLR restores its lr_lambda's attributes from the checkpoint, so without this a run resumed
+    with more epochs would continue at the end of the old cosine, i.e. at LR ~0. Returns the old length."""
+    factors = getattr(scheduler, "lr_lambdas", [])
+    if not factors or not isinstance(factors[0], _Factor) or factors[0].total == total_steps:
+        return None
+    old, factors[0].total = factors[0].total, total_steps
+    return old

@@ -25,7 +25,7 @@ from carotid.engine import EpochProgress, predict_loader, reduce_progress, train
 from carotid.errors import StopTraining, UserError
 from carotid.metrics import aggregate_persons, epoch_metrics, youden_threshold
 from carotid.models import strip_prefixes
-from carotid.optim import make_optimizer, make_scheduler
+from carotid.optim import make_optimizer, make_scheduler, stretch_schedule
 from carotid.plots import plot_curves
 from carotid.runtime import RunLog, StopSignal
 from carotid.transforms import NORMALIZATION, eval_preset, train_preset
@@ -57,6 +57,7 @@ class Trainer:
         self.model, self.optimizer, self.train_loader = prepared[:3]
         self.val_loader = prepared[3] if val_loader is not None else None
         steps_per_epoch = math.ceil(len(self.train_loader) / accelerator.gradient_accumulation_steps)
+        self.total_steps = steps_per_epoch * cfg.epochs
         # The schedule drives the torch optimizer itself: Accelerate's and DeepSpeed's wrappers share its param_groups.
         self.scheduler = make_scheduler(optimizer, cfg, steps_per_epoch, monitor)
         accelerator.register_for_checkpointing(self.scheduler)
@@ -105,6 +106,10 @@ class Trainer:
                             f"{self.accelerator.num_processes}", f"resume with --num_processes {saved['world_size']}, or "
                             f"start a new run with --load-model {self.run_dir / 'models' / 'best_model.pth'}")
         self.accelerator.load_state(str(checkpoint))
+        old_total = stretch_schedule(self.scheduler, self.total_steps)
+        if old_total is not None:
+            self.log(f"note: the run now has {self.cfg.epochs} epochs: its LR schedule was stretched from {old_total} "
+                     f"to {self.total_steps} optimizer steps")
         self.state = {k: saved[k] for k in ("epoch", "global_step", "rows", "best", "stopped_early")}
         self.state["best"].setdefault("threshold_source", None)  # checkpoints of earlier versions
         self.progress = EpochProgress(**saved["epoch_progress"])

@@ -112,3 +112,16 @@ def test_gradient_accumulation_2_x_b_matches_batch_2b(tmp_path):
             assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-4, abs=1e-5)
     wa, wb = (load_model(r / "models" / "final_model.pth")["state_dict"] for r in (big, acc))
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+
+
+def test_resume_with_more_epochs_stretches_the_schedule(small_data, tmp_path, capsys):
+    args = common(small_data, tmp_path)
+    args[args.index("--epochs") + 1] = "2"
+    assert train_in_process(*args) == 0
+    run_dir = only_run_dir(tmp_path)
+    assert float(rows(run_dir)[-1]["lr"]) < 1e-5, "the 2-epoch cosine ended near 0"
+    assert train_in_process("--resume", str(run_dir), "--epochs", "4") == 0
+    assert "LR schedule was stretched from 24 to 48 optimizer steps" in capsys.readouterr().out
+    lrs = [float(r["lr"]) for r in rows(run_dir)]
+    assert [r["epoch"] for r in rows(run_dir)] == ["1", "2", "3", "4"]
+    assert lrs[2] > 1e-4 and lrs[3] < lrs[2], "epochs 3-4 train on the stretched cosine, not at LR 0"
