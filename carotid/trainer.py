@@ -46,7 +46,8 @@ class Trainer:
         train_loader = make_loader(train_set, cfg.batch_size, train=True, num_workers=cfg.num_workers, seed=cfg.seed,
                                    balanced=cfg.balanced_sampler, drop_last=drop_last, pin_memory=self.on_cuda)
         self.seeds = EpochSeeds(train_loader, cfg.seed)
-        val_loader = (make_loader(datasets["val"], cfg.batch_size, train=False, num_workers=cfg.num_workers,
+        # No gradients to keep: evaluation batches can be twice the training batch in the same memory.
+        val_loader = (make_loader(datasets["val"], 2 * cfg.batch_size, train=False, num_workers=cfg.num_workers,
                                   seed=cfg.seed, pin_memory=self.on_cuda) if "val" in datasets else None)
         if self.on_cuda:
             model = model.to(memory_format=torch.channels_last)
@@ -215,7 +216,7 @@ class Trainer:
             cfg = self.cfg
             context = {"run_dir": str(self.run_dir), "data": {"root_dir": cfg.root_dir, "label_excel": cfg.label_excel}}
             evaluate_model(self.accelerator, self.run_dir / "models" / "best_model.pth", self.manifest.items("test"),
-                           self.run_dir / "eval_test_best", split="test", batch_size=cfg.batch_size,
+                           self.run_dir / "eval_test_best", split="test", batch_size=2 * cfg.batch_size,
                            num_workers=cfg.num_workers, bootstrap=cfg.bootstrap, aggregation=cfg.person_aggregation,
                            seed=cfg.seed, cache=cfg.cache, cache_dir=cfg.cache_dir, log=self.log, context=context)
 
