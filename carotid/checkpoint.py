@@ -239,7 +239,11 @@ def load_model_file(path: str | Path) -> dict[str, Any]:
         raise UserError(f"model file not found: {path}", "check the path (models are in RUN/models/)")
     if not path.is_file():
         raise UserError(f"model path is not a file: {path}", "pass a .pth file such as RUN/models/best_model.pth")
-    data = safe_torch_load(path, "model file")
+    return check_model_file(safe_torch_load(path, "model file"), path)
+
+
+def check_model_file(data: Any, path: str | Path) -> dict[str, Any]:
+    """`data` (what a weights_only load of `path` gave) if it is a sound carotid model file, else a UserError."""
     if not isinstance(data, dict) or data.get("format") != MODEL_FORMAT:
         raise UserError(f"{path} is not a carotid model file (no '{MODEL_FORMAT}' header)",
                         "pass RUN/models/best_model.pth or final_model.pth from carotid-train")

@@ -52,6 +52,13 @@ def _walk_images(folder: str, prefix: str, out: list[str], suffixes: frozenset[s
         _walk_images(os.path.join(folder, name), f"{prefix}{name}/", out)
 
 
+def frames_below(folder: str | Path, prefix: str = "") -> list[str]:
+    """Sorted image paths under `folder` (sub-folders included, hidden ones skipped), as prefix + relative path."""
+    frames: list[str] = []
+    _walk_images(str(folder), prefix, frames)
+    return sorted(frames)
+
+
 def discover_frames(root_dir: str | Path) -> dict[str, list[str]]:
     """{person_id: sorted frame paths relative to root_dir} for every sub-folder of root_dir."""
     root = Path(root_dir)
@@ -66,9 +73,7 @@ def discover_frames(root_dir: str | Path) -> dict[str, list[str]]:
             if entry.name.startswith("."):
                 continue
             if entry.is_dir():  # a symlinked person folder is followed
-                frames: list[str] = []
-                _walk_images(entry.path, f"{entry.name}/", frames)
-                persons[entry.name.strip()] = sorted(frames)
+                persons[entry.name.strip()] = frames_below(entry.path, f"{entry.name}/")
             elif is_image_name(entry.name):
                 loose_images += 1
     if not persons:
@@ -129,6 +134,12 @@ class DataManifest:
         """[(absolute frame path, class index, person_id)] of a split (all persons when None)."""
         persons = sorted(self.frames) if split is None else self.splits[split]
         return [(os.path.join(self.root_dir, f), self.person_labels[p], p) for p in persons for f in self.frames[p]]
+
+    def left_out_notes(self) -> list[str]:
+        """One line per kind of person left out (no folder, no sheet row, no image), with the first IDs."""
+        return [f"{self.report[key]['count']} {key.replace('_', ' ')} left out, e.g. {self.report[key]['first']}"
+                for key in ("persons_without_folder", "folders_without_label", "persons_without_images")
+                if self.report[key]["count"]]
 
     def counts(self, split: str) -> dict[str, dict[str, int]]:
         persons = {c: 0 for c in self.class_names}

@@ -161,10 +161,7 @@ def collect_items(plan: EvalPlan, class_names: list[str]) -> tuple[list[tuple[st
     index = {name: i for i, name in enumerate(class_names)}
     items = [(path, index[manifest.class_names[label]], person) for path, label, person in manifest.items()]
     report = manifest.report
-    notes = list(table.notes)
-    for key in ("persons_without_folder", "folders_without_label", "persons_without_images"):
-        if plan.persons is None and report[key]["count"]:
-            notes.append(f"{report[key]['count']} {key.replace('_', ' ')} left out, e.g. {report[key]['first']}")
+    notes = list(table.notes) + (manifest.left_out_notes() if plan.persons is None else [])
     if plan.label_sha256 and ckpt.file_sha256(data["label_excel"]) != plan.label_sha256:
         notes.append(f"{data['label_excel']} differs from the label file the run was trained with; labels may have changed")
     context = {"run_dir": str(plan.run_dir) if plan.run_dir else None,

@@ -87,10 +87,15 @@ def _replace_head(model: nn.Module, name: str, num_classes: int) -> None:
 
 def read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
     """Tensors of a weights file, loaded safely; accepts a bare state dict or one under 'state_dict'/'model'."""
+    return read_weights(path, what)[1]
+
+
+def read_weights(path: str | Path, what: str) -> tuple[object, dict[str, torch.Tensor]]:
+    """(what the safe load gave, its state dict): one read serves callers that also need the file's other fields."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{what} not found: {path}", "check the path")
-    data = safe_torch_load(path, what)
+    raw = data = safe_torch_load(path, what)
     if isinstance(data, dict):
         for key in ("state_dict", "model"):
             if isinstance(data.get(key), dict):
@@ -98,7 +103,7 @@ def read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
                 break
     if not isinstance(data, dict) or not data or not all(isinstance(v, torch.Tensor) for v in data.values()):
         raise UserError(f"{what} {path} holds no state dict of tensors", "pass a file saved with torch.save(model.state_dict())")
-    return strip_prefixes(data)
+    return raw, strip_prefixes(data)
 
 
 def load_matching(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str, arch: str) -> None:

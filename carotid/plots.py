@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from sklearn.metrics import roc_auc_score, roc_curve
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from carotid.checkpoint import atomic_write_bytes  # noqa: E402
+
 
 def _number(value) -> float | None:
     try:
@@ -21,12 +24,11 @@ def _number(value) -> float | None:
 
 
 def save_figure(fig, path: str | Path) -> None:
-    """Render to a temporary name and rename, like every other file of a run."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    """Render in memory, then write atomically like every other file of a run."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
-    tmp.replace(path)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def plot_curves(rows: list[dict], monitor: str, path: str | Path) -> None:

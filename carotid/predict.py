@@ -21,7 +21,7 @@ import numpy as np
 
 from carotid import checkpoint as ckpt
 from carotid.config import ArgumentParser
-from carotid.data import discover_frames, find_unreadable, is_image_name
+from carotid.data import discover_frames, find_unreadable, frames_below, is_image_name
 from carotid.errors import UserError, run_cli
 from carotid.inference import (FramePredictions, PersonPredictions, decision_threshold, load_model_for_inference,
                                person_predictions, positive_index, run_inference, write_csv, write_prediction_tables)
@@ -41,15 +41,6 @@ def detect_layout(folder: Path) -> str:
         return "person" if any(e.is_file() and is_image_name(e.name) for e in entries) else "persons"
 
 
-def images_below(folder: Path) -> list[str]:
-    """Image paths under `folder` (sub-folders included, hidden ones skipped), relative and sorted."""
-    found = []
-    for current, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found += [os.path.relpath(os.path.join(current, f), folder) for f in files if is_image_name(f)]
-    return sorted(found)
-
-
 def find_input_frames(folder: Path, layout: str) -> tuple[str, dict[str, list[str]], dict[str, str]]:
     """(layout used, {person_id: readable frame paths}, {unreadable path: reason}). Main process only."""
     if not folder.is_dir():
@@ -58,7 +49,7 @@ def find_input_frames(folder: Path, layout: str) -> tuple[str, dict[str, list[st
     if layout == "persons":
         relative = discover_frames(folder)
     else:
-        relative = {folder.resolve().name: images_below(folder)}
+        relative = {folder.resolve().name: frames_below(folder)}
     relative = {person: frames for person, frames in relative.items() if frames}
     if not relative:
         raise UserError(f"no images (png, jpg, bmp, tif) found in {folder}", "check --input (and --layout)")

@@ -23,7 +23,7 @@ from carotid.config import TrainConfig, config_to_dict, parse_train_args
 from carotid.data import SPLITS, DataManifest, collect_persons, frame_dataset, split_persons
 from carotid.errors import StopTraining, UserError, run_cli
 from carotid.labels import read_labels
-from carotid.models import build_model, load_matching, read_state_dict
+from carotid.models import build_model, load_matching, read_weights
 from carotid.runtime import RunLog, StopSignal, build_accelerator, on_main
 from carotid.trainer import Trainer
 
@@ -115,9 +115,8 @@ def describe(accelerator: Accelerator, cfg: TrainConfig, manifest: DataManifest,
         log(f"{split:>5}: {len(manifest.splits[split])} persons, {sum(counts['images'].values())} images ({parts})")
     for note in manifest.report["label_file"]["notes"] + manifest.report["split_notes"]:
         log(f"note: {note}")
-    for key in ("persons_without_folder", "folders_without_label", "persons_without_images"):
-        if manifest.report[key]["count"]:
-            log(f"note: {manifest.report[key]['count']} {key.replace('_', ' ')} left out, e.g. {manifest.report[key]['first']}")
+    for note in manifest.left_out_notes():
+        log(f"note: {note}")
     if manifest.report["unreadable_images"]:
         log(f"warning: {len(manifest.report['unreadable_images'])} unreadable image(s) skipped (listed in data_report.json)")
 
@@ -129,9 +128,9 @@ def describe(accelerator: Accelerator, cfg: TrainConfig, manifest: DataManifest,
 
 def init_from_model_file(model: torch.nn.Module, path: str, cfg: TrainConfig, class_names: list[str]) -> None:
     """--load-model: a carotid model file (checked against this run) or a bare state dict."""
-    state = read_state_dict(path, "--load-model file")
+    raw, state = read_weights(path, "--load-model file")
     try:
-        meta = ckpt.load_model_file(path)
+        meta = ckpt.check_model_file(raw, path)
     except UserError:
         meta = None  # a bare state dict: shapes are checked below
     if meta is not None:

@@ -23,7 +23,7 @@ from carotid.config import TrainConfig, config_to_dict
 from carotid.data import DataManifest, EpochSeeds, make_loader
 from carotid.engine import EpochProgress, predict_loader, reduce_progress, train_one_epoch
 from carotid.errors import StopTraining, UserError
-from carotid.metrics import aggregate_persons, epoch_metrics, youden_threshold
+from carotid.metrics import aggregate_persons, epoch_metrics, person_labels, youden_threshold
 from carotid.models import strip_prefixes
 from carotid.optim import make_optimizer, make_scheduler, stretch_schedule
 from carotid.plots import plot_curves
@@ -245,8 +245,7 @@ def operating_point(val_out: tuple | None, cfg: TrainConfig, positive_index: int
     if probs.shape[1] != 2:
         return {"threshold": None, "threshold_source": None}
     ids, person_probs = aggregate_persons(persons, probs, cfg.person_aggregation, positive_index)
-    first = {p: labels[i] for i, p in reversed(list(enumerate(persons)))}
-    threshold = youden_threshold(np.array([first[p] for p in ids]), person_probs, positive_index)
+    threshold = youden_threshold(person_labels(persons, labels, ids), person_probs, positive_index)
     if threshold is None:
         return {"threshold": 0.5, "threshold_source": "default 0.5 (one class in the validation split)"}
     return {"threshold": threshold, "threshold_source": f"Youden's J on the {len(ids)} validation persons"}

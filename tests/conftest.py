@@ -59,16 +59,21 @@ def subprocess_env(threads: int = 1) -> dict[str, str]:
     return env
 
 
+def module_command(module: str, *args: str, nproc: int = 1, launcher: bool = False,
+                   extra_launch: list[str] | None = None) -> list[str]:
+    """`python -m module args` (nproc 1, no launcher), or the same under `accelerate launch` on the CPU."""
+    if not (nproc > 1 or launcher):
+        return [sys.executable, "-m", module, *args]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
+               "--dynamo_backend", "no", "--num_processes", str(nproc)]
+    command += ["--multi_gpu", "--main_process_port", str(free_port())] if nproc > 1 else []
+    return command + (extra_launch or []) + ["-m", module, *args]
+
+
 def run_module(module: str, *args: str, nproc: int = 1, timeout: float = 300, launcher: bool = False,
                extra_launch: list[str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run `python -m module args` (nproc 1, no launcher) or under `accelerate launch` on the CPU."""
-    if nproc > 1 or launcher:
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
-                   "--dynamo_backend", "no", "--num_processes", str(nproc)]
-        command += ["--multi_gpu", "--main_process_port", str(free_port())] if nproc > 1 else []
-        command += (extra_launch or []) + ["-m", module, *args]
-    else:
-        command = [sys.executable, "-m", module, *args]
+    """Run module_command(...) to completion, capturing its output."""
+    command = module_command(module, *args, nproc=nproc, launcher=launcher, extra_launch=extra_launch)
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=subprocess_env(), cwd=cwd)
 
 

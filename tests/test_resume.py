@@ -6,14 +6,13 @@ import csv
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import FAST, free_port, load_model, make_data, only_run_dir, run_module, subprocess_env, train_in_process
+from tests.conftest import FAST, load_model, module_command, make_data, only_run_dir, run_module, subprocess_env, train_in_process
 
 TIMING = {"epoch_seconds", "images_per_second", "data_wait_fraction"}
 
@@ -24,13 +23,9 @@ def rows(run_dir: Path) -> list[dict[str, str]]:
 
 
 def launch(args: list[str], nproc: int) -> subprocess.Popen:
-    prefix = [sys.executable, "-m", "carotid.train"]
-    if nproc > 1:
-        prefix = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(nproc),
-                  "--main_process_port", str(free_port()),
-                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "carotid.train"]
-    return subprocess.Popen(prefix + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=subprocess_env(), start_new_session=True)
+    """carotid.train in the background, in its own process group (so the test can signal all of it)."""
+    return subprocess.Popen(module_command("carotid.train", *args, nproc=nproc), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=subprocess_env(), start_new_session=True)
 
 
 def wait_for(pattern: str, folder: Path, process: subprocess.Popen, timeout: float = 120) -> Path:

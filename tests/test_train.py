@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import openpyxl
 import pytest
 import torch
 import torch.nn.functional as F
@@ -67,7 +68,7 @@ def val_loss_in_one_process(run_dir: Path, model_file: dict) -> float:
     model.eval()
     labels = {"normal": 0, "plaque": 1}
     persons = read_json(run_dir / "splits.json")["val"]
-    sheet = {str(p): c for p, c in __import__("openpyxl").load_workbook(config["label_excel"]).active.iter_rows(min_row=2, values_only=True)}
+    sheet = {str(p): c for p, c in openpyxl.load_workbook(config["label_excel"]).active.iter_rows(min_row=2, values_only=True)}
     mean = torch.tensor(model_file["normalization"]["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(model_file["normalization"]["std"]).view(1, -1, 1, 1)
     losses = []
@@ -129,7 +130,7 @@ def test_load_model_mismatches_say_what_differs(trained_run, data_dir, tmp_path,
     assert train_in_process(*args, "--model", "resnet18") == 2
     assert "is a 'small_cnn' model, this run is 'resnet18'" in capsys.readouterr().err
     three = make_data(tmp_path / "three", persons=6, frames=1, size=32)[0]
-    book = __import__("openpyxl").load_workbook(three / "label.xlsx")
+    book = openpyxl.load_workbook(three / "label.xlsx")
     for i, row in enumerate(book.active.iter_rows(min_row=2)):
         row[1].value = ["a", "b", "c"][i % 3]
     book.save(three / "label.xlsx")
