@@ -27,7 +27,9 @@ CLASSES = ("normal", "plaque")
 def _smooth(noise: np.ndarray, passes: int = 2) -> np.ndarray:
     # A few box blurs turn white noise into the grainy, correlated texture of speckle.
     for _ in range(passes):
-        noise = (noise + np.roll(noise, 1, 0) + np.roll(noise, -1, 0) + np.roll(noise, 1, 1) + np.roll(noise, -1, 1)) / 5
+        noise = (
+            noise + np.roll(noise, 1, 0) + np.roll(noise, -1, 0) + np.roll(noise, 1, 1) + np.roll(noise, -1, 1)
+        ) / 5
     return noise
 
 
@@ -42,7 +44,7 @@ def synth_frame(rng: np.random.Generator, person: dict, t: float, width: int, he
     distance = np.abs(y - centre)
     echo = 0.3 + 0.1 * _smooth(rng.standard_normal((height, width)), 1)  # soft tissue
     echo = np.where(distance < radius, 0.04, echo)  # anechoic lumen
-    wall_profile = np.exp(-((distance - radius - wall / 2) / (wall / 2)) ** 2)
+    wall_profile = np.exp(-(((distance - radius - wall / 2) / (wall / 2)) ** 2))
     echo = echo + 0.9 * wall_profile  # bright intima-media complex, near and far wall
     if person["plaque"]:
         # An echogenic bulge from one wall into the lumen: bright, a little heterogeneous.
@@ -61,21 +63,23 @@ def make_persons(n: int, rng: np.random.Generator) -> list[dict]:
     persons = []
     for i in range(n):
         plaque = i % 2 == 1  # balanced classes
-        persons.append({
-            "id": 1001 + i,
-            "plaque": plaque,
-            "depth": rng.uniform(0.4, 0.6),
-            "angle": rng.uniform(-0.12, 0.12),
-            "radius": rng.uniform(0.09, 0.13),
-            "wall": rng.uniform(0.025, 0.04),
-            "gain": rng.uniform(0.8, 1.25),
-            "attenuation": rng.uniform(0.2, 0.8),
-            "phase": rng.uniform(0, 1),
-            "plaque_x": rng.uniform(0.3, 0.7),
-            "plaque_len": rng.uniform(0.1, 0.2),
-            "plaque_h": rng.uniform(0.45, 0.8),
-            "plaque_side": rng.choice([-1, 1]),
-        })
+        persons.append(
+            {
+                "id": 1001 + i,
+                "plaque": plaque,
+                "depth": rng.uniform(0.4, 0.6),
+                "angle": rng.uniform(-0.12, 0.12),
+                "radius": rng.uniform(0.09, 0.13),
+                "wall": rng.uniform(0.025, 0.04),
+                "gain": rng.uniform(0.8, 1.25),
+                "attenuation": rng.uniform(0.2, 0.8),
+                "phase": rng.uniform(0, 1),
+                "plaque_x": rng.uniform(0.3, 0.7),
+                "plaque_len": rng.uniform(0.1, 0.2),
+                "plaque_h": rng.uniform(0.45, 0.8),
+                "plaque_side": rng.choice([-1, 1]),
+            }
+        )
     return persons
 
 
@@ -97,7 +101,9 @@ def make_demo_data(out: str | Path, persons: int = 60, frames: int = 12, size: i
     if persons < 4:
         raise UserError(f"--persons must be at least 4, got {persons}", "the split needs persons of both classes")
     if frames < 1 or size < 32:
-        raise UserError(f"--frames must be ≥ 1 and --size ≥ 32, got {frames} and {size}", "use e.g. --frames 12 --size 128")
+        raise UserError(
+            f"--frames must be ≥ 1 and --size ≥ 32, got {frames} and {size}", "use e.g. --frames 12 --size 128"
+        )
     rng = np.random.default_rng(seed)
     width, height = size, size * 3 // 4  # ultrasound frames are wider than tall
     rows = []
@@ -115,15 +121,9 @@ def make_demo_data(out: str | Path, persons: int = 60, frames: int = 12, size: i
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    from carotid.config import ArgumentParser
+    from carotid.config import parse_demo_args
 
-    parser = ArgumentParser(prog="carotid-demo", description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    parser.add_argument("--out", required=True, help="Folder to write the person folders and label.xlsx into.")
-    parser.add_argument("--persons", type=int, default=60, help="Number of persons, half of them with plaque (default: 60).")
-    parser.add_argument("--frames", type=int, default=12, help="Frames per person (default: 12).")
-    parser.add_argument("--size", type=int, default=128, help="Frame width in pixels; height is 3/4 of it (default: 128).")
-    parser.add_argument("--seed", type=int, default=0, help="Random seed (default: 0).")
-    args = parser.parse_args(argv)
+    args = parse_demo_args(argv, __doc__.split("\n\n")[0])
     label_path = make_demo_data(args.out, args.persons, args.frames, args.size, args.seed)
     print(f"wrote {args.persons} persons x {args.frames} frames to {args.out} and labels to {label_path}")
     return 0

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,19 +17,38 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from carotid import checkpoint as ckpt
-from carotid.config import TrainConfig, config_to_dict, parse_train_args
-from carotid.data import SPLITS, DataManifest, collect_persons, frame_dataset, split_persons
+from carotid.config import TrainConfig, parse_train_args
+from carotid.data.labels import read_labels
+from carotid.data.loaders import frame_dataset
+from carotid.data.manifest import SPLITS, DataManifest, collect_persons
+from carotid.data.split import split_persons
 from carotid.errors import StopTraining, UserError, run_cli
-from carotid.labels import read_labels
-from carotid.models import build_model, load_matching, read_weights
-from carotid.runtime import RunLog, StopSignal, build_accelerator, on_main
-from carotid.trainer import Trainer
+from carotid.model.file import load_initial_weights, read_weights
+from carotid.model.registry import build_model
+from carotid.training import checkpoints
+from carotid.training import run_dir as run_folder
+from carotid.training.runtime import RunLog, StopSignal, build_accelerator, on_main
+from carotid.training.trainer import Trainer
 
 # Options a resumed run may change; every other option is fixed by the run's config.yaml.
-RESUMABLE_CHANGES = {"resume", "epochs", "num_workers", "report_to", "keep_checkpoints", "checkpoint_every_steps",
-                     "early_stopping_patience", "test", "bootstrap", "person_aggregation", "cache", "cache_dir",
-                     "dist_timeout_minutes", "root_dir", "label_excel", "output_dir"}
+RESUMABLE_CHANGES = {
+    "resume",
+    "epochs",
+    "num_workers",
+    "report_to",
+    "keep_checkpoints",
+    "checkpoint_every_steps",
+    "early_stopping_patience",
+    "test",
+    "bootstrap",
+    "person_aggregation",
+    "cache",
+    "cache_dir",
+    "dist_timeout_minutes",
+    "root_dir",
+    "label_excel",
+    "output_dir",
+}
 
 # ---------------------------------------------------------------------------------------------
 # Options and data
@@ -39,7 +57,7 @@ RESUMABLE_CHANGES = {"resume", "epochs", "num_workers", "report_to", "keep_check
 
 def merge_resume(cfg: TrainConfig, given: set[str], run_dir: Path) -> TrainConfig:
     """The run's saved options, with the few that may change taken from the command line."""
-    saved = ckpt.read_run_config(run_dir)["options"]
+    saved = run_folder.read_run_config(run_dir)["options"]
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     merged = {k: v for k, v in saved.items() if k in fields}
     for name in sorted(given):
@@ -48,8 +66,10 @@ def merge_resume(cfg: TrainConfig, given: set[str], run_dir: Path) -> TrainConfi
             merged[name] = ours
         elif merged.get(name) != ours:
             flag = name.replace("_", "-")
-            raise UserError(f"--{flag} {ours} differs from the resumed run's {merged.get(name)}",
-                            f"drop --{flag}; a resumed run keeps its options (start a new run with --load-model to change it)")
+            raise UserError(
+                f"--{flag} {ours} differs from the resumed run's {merged.get(name)}",
+                f"drop --{flag}; a resumed run keeps its options (start a new run with --load-model to change it)",
+            )
     merged["resume"] = cfg.resume
     return TrainConfig(**merged)
 
@@ -68,78 +88,63 @@ def prepare_data(cfg: TrainConfig, resume_run: Path | None) -> tuple[DataManifes
         raise UserError("no data given", "pass --root-dir DATA --label-excel label.xlsx (or --demo)")
     table = read_labels(label_excel, cfg.sheet, cfg.id_column, cfg.label_column)
     if cfg.positive_class is not None and cfg.positive_class not in table.class_names:
-        raise UserError(f"--positive-class '{cfg.positive_class}' is not a class; the classes are {table.class_names}",
-                        "pass one of them")
+        raise UserError(
+            f"--positive-class '{cfg.positive_class}' is not a class; the classes are {table.class_names}",
+            "pass one of them",
+        )
     if resume_run is not None:
-        trained = ckpt.read_run_config(resume_run).get("class_names")
+        trained = run_folder.read_run_config(resume_run).get("class_names")
         if trained is not None and list(trained) != table.class_names:
-            raise UserError(f"{label_excel} has classes {table.class_names}, the resumed run {resume_run} has {trained}",
-                            "resume with the label file the run was trained on (or start a new run with --load-model)")
-        splits = ckpt.read_splits(resume_run)
-        manifest = collect_persons(root_dir, table, cfg.max_imgs_per_person, persons=[p for s in SPLITS for p in splits[s]])
+            raise UserError(
+                f"{label_excel} has classes {table.class_names}, the resumed run {resume_run} has {trained}",
+                "resume with the label file the run was trained on (or start a new run with --load-model)",
+            )
+        splits = run_folder.read_splits(resume_run)
+        manifest = collect_persons(
+            root_dir, table, cfg.max_imgs_per_person, persons=[p for s in SPLITS for p in splits[s]]
+        )
         manifest.splits, notes = splits, []
     else:
         manifest = collect_persons(root_dir, table, cfg.max_imgs_per_person)
-        manifest.splits, notes = split_persons(manifest.person_labels, cfg.train_ratio, cfg.val_ratio, cfg.test_ratio, cfg.seed)
+        manifest.splits, notes = split_persons(
+            manifest.person_labels, cfg.train_ratio, cfg.val_ratio, cfg.test_ratio, cfg.seed
+        )
     manifest.report["split_notes"] = notes
     manifest.report["splits"] = {s: manifest.counts(s) for s in SPLITS}
     return manifest, str(Path(root_dir).resolve()), str(Path(label_excel).resolve())
 
 
-def create_run_dir(cfg: TrainConfig, manifest: DataManifest) -> Path:
-    """Write config.yaml, splits.json and data_report.json into a staging folder, then publish it."""
-    staging = ckpt.stage_run_dir(cfg.output_dir)
-    try:
-        extra = {"class_names": manifest.class_names, "versions": ckpt.software_versions(),
-                 "label_file_sha256": ckpt.file_sha256(cfg.label_excel), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        ckpt.write_run_config(staging / "config.yaml", config_to_dict(cfg), extra)
-        ckpt.atomic_write_json(staging / "splits.json", manifest.splits)
-        ckpt.atomic_write_json(staging / "data_report.json", manifest.report)
-        (staging / "models").mkdir()
-        return ckpt.publish_run_dir(staging)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
 def describe(accelerator: Accelerator, cfg: TrainConfig, manifest: DataManifest, log: RunLog) -> None:
     per_device, accumulation = cfg.batch_size, accelerator.gradient_accumulation_steps
     effective = per_device * accelerator.num_processes * accumulation
-    log(f"processes: {accelerator.num_processes} ({accelerator.distributed_type.value}), device: {accelerator.device}, "
-        f"mixed precision: {accelerator.mixed_precision}")
-    log(f"batch: {per_device} per device x {accelerator.num_processes} processes x {accumulation} "
-        f"accumulation steps = {effective} effective")
+    log(
+        f"processes: {accelerator.num_processes} ({accelerator.distributed_type.value}), device: {accelerator.device}, "
+        f"mixed precision: {accelerator.mixed_precision}"
+    )
+    log(
+        f"batch: {per_device} per device x {accelerator.num_processes} processes x {accumulation} "
+        f"accumulation steps = {effective} effective"
+    )
     for split in SPLITS:
         counts = manifest.counts(split)
-        parts = ", ".join(f"{c}: {counts['persons'][c]} persons / {counts['images'][c]} images" for c in manifest.class_names)
+        parts = ", ".join(
+            f"{c}: {counts['persons'][c]} persons / {counts['images'][c]} images" for c in manifest.class_names
+        )
         log(f"{split:>5}: {len(manifest.splits[split])} persons, {sum(counts['images'].values())} images ({parts})")
     for note in manifest.report["label_file"]["notes"] + manifest.report["split_notes"]:
         log(f"note: {note}")
     for note in manifest.left_out_notes():
         log(f"note: {note}")
     if manifest.report["unreadable_images"]:
-        log(f"warning: {len(manifest.report['unreadable_images'])} unreadable image(s) skipped (listed in data_report.json)")
+        log(
+            f"warning: {len(manifest.report['unreadable_images'])} unreadable image(s) skipped "
+            "(listed in data_report.json)"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
 # Model files
 # ---------------------------------------------------------------------------------------------
-
-
-def init_from_model_file(model: torch.nn.Module, path: str, cfg: TrainConfig, class_names: list[str]) -> None:
-    """--load-model: a carotid model file (checked against this run) or a bare state dict."""
-    raw, state = read_weights(path, "--load-model file")
-    try:
-        meta = ckpt.check_model_file(raw, path)
-    except UserError:
-        meta = None  # a bare state dict: shapes are checked below
-    if meta is not None:
-        if meta["arch"] != cfg.model:
-            raise UserError(f"--load-model {path} is a '{meta['arch']}' model, this run is '{cfg.model}'", f"pass --model {meta['arch']}")
-        if list(meta["class_names"]) != list(class_names):
-            raise UserError(f"--load-model {path} has classes {meta['class_names']}, this run's labels are {class_names}",
-                            "use a model trained on the same classes")
-    load_matching(model, state, f"--load-model {path}", cfg.model)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,7 +157,9 @@ def choose_monitor(cfg: TrainConfig, manifest: DataManifest, log: RunLog) -> str
         if cfg.monitor not in ("auto", "train_loss"):
             log(f"warning: no validation split; --monitor {cfg.monitor} replaced by train_loss")
         return "train_loss"
-    monitor = cfg.monitor if cfg.monitor != "auto" else ("val_auc" if len(manifest.class_names) == 2 else "val_accuracy")
+    monitor = (
+        cfg.monitor if cfg.monitor != "auto" else ("val_auc" if len(manifest.class_names) == 2 else "val_accuracy")
+    )
     val_classes = {manifest.person_labels[p] for p in manifest.splits["val"]}
     if "auc" in monitor and len(val_classes) < 2:
         log(f"warning: the validation split has one class, so {monitor} is undefined; monitoring val_loss instead")
@@ -164,23 +171,41 @@ def train(cfg: TrainConfig, given: set[str] | frozenset = frozenset()) -> Path:
     """Run (or resume) one training run; returns its run directory."""
     resume_run = resume_from = None
     if cfg.resume:
-        resume_run, resume_from = ckpt.resolve_resume(cfg.resume)
+        resume_run, resume_from = checkpoints.resolve_resume(cfg.resume)
         cfg = merge_resume(cfg, set(given), resume_run)
     else:
-        ckpt.check_writable(cfg.output_dir)
-    accelerator, precision_note = build_accelerator(cfg.mixed_precision, cfg.gradient_accumulation_steps, cfg.report_to,
-                                                    cfg.dist_timeout_minutes, cfg.output_dir)
+        run_folder.check_writable(cfg.output_dir)
+    accelerator, precision_note = build_accelerator(
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        report_to=cfg.report_to,
+        dist_timeout_minutes=cfg.dist_timeout_minutes,
+        output_dir=cfg.output_dir,
+    )
     set_seed(cfg.seed)
     manifest, root_dir, label_excel = on_main(accelerator, lambda: prepare_data(cfg, resume_run))
     cfg = dataclasses.replace(cfg, root_dir=root_dir, label_excel=label_excel)
     class_names = manifest.class_names
     positive_index = class_names.index(cfg.positive_class) if cfg.positive_class else len(class_names) - 1
-    model = build_model(cfg.model, len(class_names), cfg.in_channels, cfg.pretrained, cfg.pretrained_weights)
+    pretrained = read_weights(cfg.pretrained_weights, "pretrained weights")[1] if cfg.pretrained_weights else None
+    model = build_model(
+        cfg.model,
+        len(class_names),
+        cfg.in_channels,
+        cfg.pretrained,
+        pretrained,
+        source=f"pretrained weights {cfg.pretrained_weights}",
+    )
     if cfg.load_model:
-        init_from_model_file(model, cfg.load_model, cfg, class_names)
+        load_initial_weights(model, cfg.load_model, cfg.model, class_names)
 
     # Everything the user gave is valid: from here on there is a run directory.
-    run_dir = resume_run or on_main(accelerator, lambda: create_run_dir(cfg, manifest))
+    run_dir = resume_run or on_main(
+        accelerator,
+        lambda: run_folder.create_run_dir(
+            cfg.output_dir, dataclasses.asdict(cfg), cfg.label_excel, class_names, manifest.splits, manifest.report
+        ),
+    )
     log = RunLog(accelerator, run_dir / "train.log")
     log(f"{'resuming' if resume_run else 'run directory'}: {run_dir}")
     if precision_note:
@@ -189,9 +214,18 @@ def train(cfg: TrainConfig, given: set[str] | frozenset = frozenset()) -> Path:
     monitor = choose_monitor(cfg, manifest, log)
     try:
         # Datasets (and the frame cache) first: a signal during a long cache build simply ends the process.
-        datasets = {s: frame_dataset(manifest.items(s), cfg.image_size, cfg.in_channels, cache=cfg.cache,
-                                     cache_dir=cfg.cache_dir, accelerator=accelerator)
-                    for s in ("train", "val") if manifest.splits[s]}
+        datasets = {
+            s: frame_dataset(
+                manifest.frames_of(s),
+                cfg.image_size,
+                cfg.in_channels,
+                cache=cfg.cache,
+                cache_dir=cfg.cache_dir,
+                accelerator=accelerator,
+            )
+            for s in ("train", "val")
+            if manifest.splits[s]
+        }
         report_cache(datasets, log)
         trainer = Trainer(accelerator, cfg, manifest, model, datasets, run_dir, log, monitor, positive_index)
         if resume_from is not None:
@@ -204,10 +238,13 @@ def train(cfg: TrainConfig, given: set[str] | frozenset = frozenset()) -> Path:
             shutil.rmtree(run_dir, ignore_errors=True)  # a mistake found this late still leaves no half-made run
         raise
     except torch.OutOfMemoryError:
-        raise StopTraining(f"error: out of memory on {accelerator.device} with --batch-size {cfg.batch_size} at "
-                           f"--image-size {cfg.image_size} — start a new run with a lower --batch-size (and a higher "
-                           f"--gradient-accumulation-steps to keep the effective batch) or a lower --image-size; if another "
-                           f"process held the memory, continue this run with --resume {run_dir}", 1) from None
+        raise StopTraining(
+            f"error: out of memory on {accelerator.device} with --batch-size {cfg.batch_size} at "
+            f"--image-size {cfg.image_size} — start a new run with a lower --batch-size (and a higher "
+            f"--gradient-accumulation-steps to keep the effective batch) or a lower --image-size; if another "
+            f"process held the memory, continue this run with --resume {run_dir}",
+            1,
+        ) from None
     return run_dir
 
 
@@ -217,7 +254,10 @@ def report_cache(datasets: dict, log: RunLog) -> None:
             log(f"{split}: frames read from the cache in {dataset.folder}")
         excluded = getattr(dataset, "excluded", None)
         if excluded:
-            log(f"warning: {split}: {len(excluded)} frame(s) failed to decode and were left out, e.g. {next(iter(excluded))}")
+            log(
+                f"warning: {split}: {len(excluded)} frame(s) failed to decode and were left out, "
+                f"e.g. {next(iter(excluded))}"
+            )
 
 
 def _main(argv: Sequence[str] | None) -> int:

@@ -41,19 +41,42 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--image-size", type=int, default=224, help="Training resolution in pixels (default: 224).")
     add("--batch-size", type=int, default=32, help="Frames per batch (default: 32).")
     add("--mixed-precision", choices=("no", "fp16", "bf16"), default="no", help="Autocast precision (default: no).")
-    add("--compile", action="store_true", help="torch.compile the model for every figure (off by default, as in training).")
+    add(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model for every figure (off by default, as in training).",
+    )
     add("--compile-gain", action="store_true", help="Also measure the ceiling with torch.compile (figure a').")
-    add("--num-workers", type=int, default=min(os.cpu_count() or 1, 8), help="DataLoader workers (default: all cores, at most 8).")
-    add("--epochs", type=int, default=3, help="Epochs per training figure; the fastest after the first is reported (default: 3).")
+    add(
+        "--num-workers",
+        type=int,
+        default=min(os.cpu_count() or 1, 8),
+        help="DataLoader workers (default: all cores, at most 8).",
+    )
+    add(
+        "--epochs",
+        type=int,
+        default=3,
+        help="Epochs per training figure; the fastest after the first is reported (default: 3).",
+    )
     add("--persons", type=int, default=8, help="Persons in the generated dataset (default: 8).")
     add("--frames", type=int, default=40, help="800x600 JPEG frames per generated person (default: 40).")
     add("--root-dir", help="Use this dataset instead of generating one (needs --label-excel).")
     add("--label-excel", help="Label file of --root-dir.")
     add("--max-imgs-per-person", type=int, help="Cap frames per person of --root-dir.")
     add("--cache-dir", help="Frame cache folder (default: a fresh one in the work dir, so the build is timed).")
-    add("--discovery-files", type=int, default=0, help="Time discovery on a generated tree of this many empty files "
-                                                         "(e.g. 100000) instead of the dataset tree.")
-    add("--min-seconds", type=float, default=2.0, help="Loader-only figures repeat passes for at least this long (default: 2).")
+    add(
+        "--discovery-files",
+        type=int,
+        default=0,
+        help="Time discovery on a generated tree of this many empty files (e.g. 100000) instead of the dataset tree.",
+    )
+    add(
+        "--min-seconds",
+        type=float,
+        default=2.0,
+        help="Loader-only figures repeat passes for at least this long (default: 2).",
+    )
     add("--work-dir", help="Where generated data and caches go (default: a temporary folder, deleted at the end).")
     add("--json", metavar="FILE", help="Write every figure as JSON.")
     add("--quick", action="store_true", help="Tiny sizes for the test suite (seconds on a laptop CPU).")
@@ -82,8 +105,12 @@ def write_person(folder: Path, person: dict, frames: int, seed: int) -> None:
     bases = [synth_frame(rng, person, t, 800, 600).astype(np.int16) for t in (0.0, 0.5)]
     folder.mkdir(parents=True, exist_ok=True)
     for k in range(frames):
-        frame = np.roll(bases[k % 2], int(rng.integers(-6, 7)), axis=1) + rng.integers(-8, 9, (600, 800), dtype=np.int16)
-        Image.fromarray(np.clip(frame, 0, 255).astype(np.uint8), mode="L").save(folder / f"frame_{k:04d}.jpg", quality=90)
+        frame = np.roll(bases[k % 2], int(rng.integers(-6, 7)), axis=1) + rng.integers(
+            -8, 9, (600, 800), dtype=np.int16
+        )
+        Image.fromarray(np.clip(frame, 0, 255).astype(np.uint8), mode="L").save(
+            folder / f"frame_{k:04d}.jpg", quality=90
+        )
 
 
 def make_jpeg_dataset(root: Path, persons: int, frames: int) -> Path:
@@ -94,8 +121,15 @@ def make_jpeg_dataset(root: Path, persons: int, frames: int) -> Path:
 
     people = make_persons(persons, np.random.default_rng(0))
     with ProcessPoolExecutor(min(os.cpu_count() or 1, persons)) as pool:
-        list(pool.map(write_person, [root / str(p["id"]) for p in people], [p for p in people], [frames] * persons,
-                      range(persons)))
+        list(
+            pool.map(
+                write_person,
+                [root / str(p["id"]) for p in people],
+                [p for p in people],
+                [frames] * persons,
+                range(persons),
+            )
+        )
     write_label_excel(root / "label.xlsx", [(p["id"], CLASSES[int(p["plaque"])]) for p in people])
     return root / "label.xlsx"
 
@@ -127,13 +161,16 @@ def best_seconds(fn, repeats: int = 5) -> float:
 
 def measure_discovery(root: Path) -> dict:
     """(e): discover_frames against `find ROOT -type f`, which does the least work any discovery can."""
-    from carotid.data import discover_frames
+    from carotid.data.discovery import discover_frames
 
     files = sum(len(v) for v in discover_frames(root).values())
     seconds = best_seconds(lambda: discover_frames(root))
     find = shutil.which("find")
-    find_seconds = (best_seconds(lambda: subprocess.run([find, str(root), "-type", "f"], stdout=subprocess.DEVNULL, check=True))
-                    if find else None)
+    find_seconds = (
+        best_seconds(lambda: subprocess.run([find, str(root), "-type", "f"], stdout=subprocess.DEVNULL, check=True))
+        if find
+        else None
+    )
     return {"discovery_files": files, "discovery_seconds": seconds, "find_seconds": find_seconds}
 
 
@@ -150,13 +187,22 @@ def measure_loader(loader, min_seconds: float) -> float:
 
 def train_epochs(trainer: dict, loader, epochs: int) -> list[dict]:
     """Epochs of the real training step (carotid.engine.train_one_epoch); one reduce_progress row each."""
-    from carotid.engine import EpochProgress, reduce_progress, train_one_epoch
+    from carotid.training.engine import EpochProgress, reduce_progress, train_one_epoch
 
     rows = []
     for epoch in range(epochs):
         progress = EpochProgress()
-        train_one_epoch(trainer["model"], loader, trainer["optimizer"], trainer["accelerator"], trainer["preset"],
-                        epoch=epoch, epochs=epochs, progress=progress, channels_last=trainer["channels_last"])
+        train_one_epoch(
+            trainer["model"],
+            loader,
+            trainer["optimizer"],
+            trainer["accelerator"],
+            trainer["preset"],
+            epoch=epoch,
+            epochs=epochs,
+            progress=progress,
+            channels_last=trainer["channels_last"],
+        )
         rows.append(reduce_progress(trainer["accelerator"], progress))
     return rows
 
@@ -165,9 +211,9 @@ def make_trainer(args, compile_model: bool) -> dict:
     """Model, AdamW and the training preset, prepared as carotid.train prepares them."""
     import torch
 
-    from carotid.models import build_model
-    from carotid.optim import make_optimizer
-    from carotid.transforms import train_preset
+    from carotid.data.transforms import train_preset
+    from carotid.model.registry import build_model
+    from carotid.training.optim import make_optimizer
 
     accelerator = args.accelerator
     channels_last = accelerator.device.type == "cuda"
@@ -178,7 +224,13 @@ def make_trainer(args, compile_model: bool) -> dict:
         model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, make_optimizer(model, 1e-4, 1e-4))
     preset = train_preset("ultrasound", 1).to(accelerator.device)
-    return {"model": model, "optimizer": optimizer, "accelerator": accelerator, "preset": preset, "channels_last": channels_last}
+    return {
+        "model": model,
+        "optimizer": optimizer,
+        "accelerator": accelerator,
+        "preset": preset,
+        "channels_last": channels_last,
+    }
 
 
 def measure_ceiling(args, steps: int, compile_model: bool) -> float:
@@ -186,9 +238,16 @@ def measure_ceiling(args, steps: int, compile_model: bool) -> float:
     import torch
 
     device = args.accelerator.device
-    frames = torch.randint(0, 256, (args.batch_size, 1, args.image_size, args.image_size), dtype=torch.uint8, device=device)
+    frames = torch.randint(
+        0, 256, (args.batch_size, 1, args.image_size, args.image_size), dtype=torch.uint8, device=device
+    )
     labels = torch.arange(args.batch_size, device=device) % 2
-    batch = (frames, labels, torch.arange(args.batch_size, device=device), torch.ones(args.batch_size, dtype=torch.bool, device=device))
+    batch = (
+        frames,
+        labels,
+        torch.arange(args.batch_size, device=device),
+        torch.ones(args.batch_size, dtype=torch.bool, device=device),
+    )
     trainer = make_trainer(args, compile_model)
     train_epochs(trainer, [batch] * min(steps, 5), 1)  # warm-up: cuDNN autotuning, compilation, allocator
     return best_epoch(train_epochs(trainer, [batch] * steps, max(args.epochs - 1, 1)))["images_per_second"]
@@ -201,15 +260,19 @@ def best_epoch(rows: list[dict]) -> dict:
 
 def measure_training(args, dataset, trainer: dict) -> dict:
     """(b)/(c): the trainer's loader and step on real files; figures of the last epoch."""
-    from carotid.data import make_loader
+    from carotid.data.loaders import make_loader
 
     on_cuda = args.accelerator.device.type == "cuda"
-    loader = make_loader(dataset, args.batch_size, train=True, num_workers=args.num_workers, seed=0, drop_last=True,
-                         pin_memory=on_cuda)
+    loader = make_loader(
+        dataset, args.batch_size, train=True, num_workers=args.num_workers, seed=0, drop_last=True, pin_memory=on_cuda
+    )
     rows = train_epochs(trainer, args.accelerator.prepare(loader), args.epochs)
     best = best_epoch(rows)
-    return {"images_per_second": best["images_per_second"], "data_wait_fraction": best["data_wait_fraction"],
-            "epochs": [{k: r[k] for k in ("images_per_second", "data_wait_fraction", "epoch_seconds")} for r in rows]}
+    return {
+        "images_per_second": best["images_per_second"],
+        "data_wait_fraction": best["data_wait_fraction"],
+        "epochs": [{k: r[k] for k in ("images_per_second", "data_wait_fraction", "epoch_seconds")} for r in rows],
+    }
 
 
 # Report
@@ -222,12 +285,18 @@ def ratio(a, b):
 
 def ratios(f: dict) -> dict:
     return {
-        "uncached_train_vs_ceiling": ratio(f["uncached_train_images_per_second"], f["compute_ceiling_images_per_second"]),
+        "uncached_train_vs_ceiling": ratio(
+            f["uncached_train_images_per_second"], f["compute_ceiling_images_per_second"]
+        ),
         "cached_train_vs_ceiling": ratio(f["cached_train_images_per_second"], f["compute_ceiling_images_per_second"]),
         "cached_vs_uncached_train": ratio(f["cached_train_images_per_second"], f["uncached_train_images_per_second"]),
-        "loader_cached_vs_uncached": ratio(f["loader_cached_images_per_second"], f["loader_uncached_images_per_second"]),
+        "loader_cached_vs_uncached": ratio(
+            f["loader_cached_images_per_second"], f["loader_uncached_images_per_second"]
+        ),
         "discovery_vs_find": ratio(f["discovery_seconds"], f["find_seconds"]),
-        "compile_gain": ratio(f.get("compute_ceiling_compiled_images_per_second"), f["compute_ceiling_images_per_second"]),
+        "compile_gain": ratio(
+            f.get("compute_ceiling_compiled_images_per_second"), f["compute_ceiling_images_per_second"]
+        ),
     }
 
 
@@ -238,8 +307,14 @@ def table(f: dict, r: dict, workers: int) -> str:
     lines = [
         ("(a) compute ceiling, img/s", num(f["compute_ceiling_images_per_second"], ".1f")),
         ("(a') ceiling with torch.compile, img/s", num(f.get("compute_ceiling_compiled_images_per_second"), ".1f")),
-        ("(b) train, no cache, img/s (data wait)", f"{f['uncached_train_images_per_second']:.1f} ({f['uncached_train_data_wait_fraction']:.3f})"),
-        ("(c) train, cache, img/s (data wait)", f"{f['cached_train_images_per_second']:.1f} ({f['cached_train_data_wait_fraction']:.3f})"),
+        (
+            "(b) train, no cache, img/s (data wait)",
+            f"{f['uncached_train_images_per_second']:.1f} ({f['uncached_train_data_wait_fraction']:.3f})",
+        ),
+        (
+            "(c) train, cache, img/s (data wait)",
+            f"{f['cached_train_images_per_second']:.1f} ({f['cached_train_data_wait_fraction']:.3f})",
+        ),
         ("    cache build, s (frames/s)", f"{f['cache_build_seconds']:.2f} ({f['cache_build_frames_per_second']:.0f})"),
         (f"(d) loader, no cache, {workers} workers, img/s", f"{f['loader_uncached_images_per_second']:.1f}"),
         ("(d) loader, cache (sliced in the training process), img/s", f"{f['loader_cached_images_per_second']:.1f}"),
@@ -260,10 +335,17 @@ def machine(accelerator) -> dict:
     import torch
 
     on_cuda = accelerator.device.type == "cuda"
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpu_cores": os.cpu_count(),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "device": str(accelerator.device),
-            "gpu": torch.cuda.get_device_name() if on_cuda else None, "mixed_precision": accelerator.mixed_precision,
-            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device": str(accelerator.device),
+        "gpu": torch.cuda.get_device_name() if on_cuda else None,
+        "mixed_precision": accelerator.mixed_precision,
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
 
 
 # Main
@@ -271,15 +353,16 @@ def machine(accelerator) -> dict:
 
 
 def run(args, work: Path) -> dict:
-    from carotid.data import collect_persons, frame_dataset, make_loader
-    from carotid.labels import read_labels
-    from carotid.runtime import build_accelerator
+    from carotid.data.labels import read_labels
+    from carotid.data.loaders import frame_dataset, make_loader
+    from carotid.data.manifest import collect_persons
+    from carotid.training.runtime import build_accelerator
 
     root, label = (Path(args.root_dir), Path(args.label_excel)) if args.root_dir else (work / "frames", None)
     if label is None:
         label = make_jpeg_dataset(root, args.persons, args.frames)
-    items = collect_persons(str(root), read_labels(str(label)), args.max_imgs_per_person).items()
-    args.accelerator, note = build_accelerator(args.mixed_precision, 1, None, 60)
+    items = collect_persons(str(root), read_labels(str(label)), args.max_imgs_per_person).frames_of()
+    args.accelerator, note = build_accelerator(mixed_precision=args.mixed_precision)
     if note:
         print(note, file=sys.stderr)
     figures: dict = {"frames": len(items)}
@@ -291,16 +374,27 @@ def run(args, work: Path) -> dict:
     uncached = frame_dataset(items, args.image_size, 1)
     b = measure_training(args, uncached, trainer)
     start = time.perf_counter()
-    cached = frame_dataset(items, args.image_size, 1, cache=True, cache_dir=args.cache_dir or str(work / "cache"),
-                           accelerator=args.accelerator)
+    cached = frame_dataset(
+        items,
+        args.image_size,
+        1,
+        cache=True,
+        cache_dir=args.cache_dir or str(work / "cache"),
+        accelerator=args.accelerator,
+    )
     build_seconds = time.perf_counter() - start
     c = measure_training(args, cached, trainer)
-    loaders = {name: make_loader(ds, args.batch_size, train=True, num_workers=args.num_workers, seed=0, drop_last=True)
-               for name, ds in (("uncached", uncached), ("cached", cached))}
+    loaders = {
+        name: make_loader(ds, args.batch_size, train=True, num_workers=args.num_workers, seed=0, drop_last=True)
+        for name, ds in (("uncached", uncached), ("cached", cached))
+    }
     figures |= {
-        "uncached_train_images_per_second": b["images_per_second"], "uncached_train_data_wait_fraction": b["data_wait_fraction"],
-        "cached_train_images_per_second": c["images_per_second"], "cached_train_data_wait_fraction": c["data_wait_fraction"],
-        "cache_build_seconds": build_seconds, "cache_build_frames_per_second": len(items) / build_seconds,
+        "uncached_train_images_per_second": b["images_per_second"],
+        "uncached_train_data_wait_fraction": b["data_wait_fraction"],
+        "cached_train_images_per_second": c["images_per_second"],
+        "cached_train_data_wait_fraction": c["data_wait_fraction"],
+        "cache_build_seconds": build_seconds,
+        "cache_build_frames_per_second": len(items) / build_seconds,
         "loader_uncached_images_per_second": measure_loader(loaders["uncached"], args.min_seconds),
         "loader_cached_images_per_second": measure_loader(loaders["cached"], args.min_seconds),
         "epochs": {"uncached": b["epochs"], "cached": c["epochs"]},

@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
 python -m pip install -q -e ".[dev]"
+python -m ruff check .          # lint (config in pyproject.toml)
+python -m ruff format --check . # formatting, line length 120
 python -m pytest "$@"

@@ -20,11 +20,25 @@ import torch
 from carotid.demo import make_demo_data
 
 # Fast training options used across the suite.
-FAST = ["--model", "small_cnn", "--image-size", "32", "--batch-size", "8", "--num-workers", "0", "--lr", "1e-3",
-        "--bootstrap", "50"]
+FAST = [
+    "--model",
+    "small_cnn",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--num-workers",
+    "0",
+    "--lr",
+    "1e-3",
+    "--bootstrap",
+    "50",
+]
 
 
-def write_xlsx(path: Path, rows: list[list], sheet: str = "Sheet1", extra_sheets: dict[str, list[list]] | None = None) -> Path:
+def write_xlsx(
+    path: Path, rows: list[list], sheet: str = "Sheet1", extra_sheets: dict[str, list[list]] | None = None
+) -> Path:
     """An .xlsx file written with openpyxl: `rows` includes the header row."""
     book = openpyxl.Workbook()
     book.active.title = sheet
@@ -54,24 +68,50 @@ def free_port() -> int:
 
 def subprocess_env(threads: int = 1) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({"OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": "",
-                "ACCELERATE_MIXED_PRECISION": "no", "TQDM_DISABLE": "1"})
+    env.update(
+        {
+            "OMP_NUM_THREADS": str(threads),
+            "PYTHONUNBUFFERED": "1",
+            "CUDA_VISIBLE_DEVICES": "",
+            "ACCELERATE_MIXED_PRECISION": "no",
+            "TQDM_DISABLE": "1",
+        }
+    )
     return env
 
 
-def module_command(module: str, *args: str, nproc: int = 1, launcher: bool = False,
-                   extra_launch: list[str] | None = None) -> list[str]:
+def module_command(
+    module: str, *args: str, nproc: int = 1, launcher: bool = False, extra_launch: list[str] | None = None
+) -> list[str]:
     """`python -m module args` (nproc 1, no launcher), or the same under `accelerate launch` on the CPU."""
     if not (nproc > 1 or launcher):
         return [sys.executable, "-m", module, *args]
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
-               "--dynamo_backend", "no", "--num_processes", str(nproc)]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--num_processes",
+        str(nproc),
+    ]
     command += ["--multi_gpu", "--main_process_port", str(free_port())] if nproc > 1 else []
     return command + (extra_launch or []) + ["-m", module, *args]
 
 
-def run_module(module: str, *args: str, nproc: int = 1, timeout: float = 300, launcher: bool = False,
-               extra_launch: list[str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run_module(
+    module: str,
+    *args: str,
+    nproc: int = 1,
+    timeout: float = 300,
+    launcher: bool = False,
+    extra_launch: list[str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess:
     """Run module_command(...) to completion, capturing its output."""
     command = module_command(module, *args, nproc=nproc, launcher=launcher, extra_launch=extra_launch)
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=subprocess_env(), cwd=cwd)
@@ -102,8 +142,24 @@ def trained_run(tmp_path_factory, data_dir) -> Path:
     """One finished 2-epoch run (single process), reused by tests that only need its files."""
     root, label = data_dir
     output = tmp_path_factory.mktemp("trained")
-    result = run_module("carotid.train", "--root-dir", str(root), "--label-excel", str(label), "--output-dir", str(output),
-                        "--epochs", "2", "--train-ratio", "0.5", "--val-ratio", "0.25", "--test-ratio", "0.25", *FAST)
+    result = run_module(
+        "carotid.train",
+        "--root-dir",
+        str(root),
+        "--label-excel",
+        str(label),
+        "--output-dir",
+        str(output),
+        "--epochs",
+        "2",
+        "--train-ratio",
+        "0.5",
+        "--val-ratio",
+        "0.25",
+        "--test-ratio",
+        "0.25",
+        *FAST,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return only_run_dir(output)
 

@@ -21,7 +21,7 @@ def _child(argv: list[str], log: str, slow_fsync: float, file_size_limit: int | 
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
-    sys.stdout = sys.stderr = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 - lives as long as the process
+    sys.stdout = sys.stderr = open(1, "w", buffering=1, closefd=False)
     os.environ.update({"TQDM_DISABLE": "1", "CUDA_VISIBLE_DEVICES": "", "ACCELERATE_MIXED_PRECISION": "no"})
     if file_size_limit is not None:
         # A "full disk": writes past this size fail with EFBIG instead of killing the process with SIGXFSZ.
@@ -56,10 +56,12 @@ def _child(argv: list[str], log: str, slow_fsync: float, file_size_limit: int | 
         os._exit(status)
 
 
-def start_training(argv: list[str], log: Path, *, slow_fsync: float = 0.0,
-                   file_size_limit: int | None = None) -> multiprocessing.Process:
+def start_training(
+    argv: list[str], log: Path, *, slow_fsync: float = 0.0, file_size_limit: int | None = None
+) -> multiprocessing.Process:
     """`carotid.train.main(argv)` in a forked process; `.kill()` sends SIGKILL, `.exitcode` is the exit status."""
-    process = multiprocessing.get_context("fork").Process(target=_child, args=(list(argv), str(log), slow_fsync, file_size_limit),
-                                                          daemon=True)
+    process = multiprocessing.get_context("fork").Process(
+        target=_child, args=(list(argv), str(log), slow_fsync, file_size_limit), daemon=True
+    )
     process.start()
     return process

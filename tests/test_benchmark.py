@@ -10,17 +10,36 @@ from pathlib import Path
 from tests.conftest import subprocess_env
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "benchmark.py"
-FIGURES = ["compute_ceiling_images_per_second", "uncached_train_images_per_second", "uncached_train_data_wait_fraction",
-           "cached_train_images_per_second", "cached_train_data_wait_fraction", "cache_build_seconds",
-           "loader_uncached_images_per_second", "loader_cached_images_per_second", "discovery_seconds", "find_seconds"]
-RATIOS = ["uncached_train_vs_ceiling", "cached_train_vs_ceiling", "cached_vs_uncached_train", "loader_cached_vs_uncached",
-          "discovery_vs_find"]
+FIGURES = [
+    "compute_ceiling_images_per_second",
+    "uncached_train_images_per_second",
+    "uncached_train_data_wait_fraction",
+    "cached_train_images_per_second",
+    "cached_train_data_wait_fraction",
+    "cache_build_seconds",
+    "loader_uncached_images_per_second",
+    "loader_cached_images_per_second",
+    "discovery_seconds",
+    "find_seconds",
+]
+RATIOS = [
+    "uncached_train_vs_ceiling",
+    "cached_train_vs_ceiling",
+    "cached_vs_uncached_train",
+    "loader_cached_vs_uncached",
+    "discovery_vs_find",
+]
 
 
 def test_quick_benchmark_reports_every_figure(tmp_path):
     out = tmp_path / "bench.json"
-    result = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--json", str(out), "--work-dir", str(tmp_path / "work")],
-                            capture_output=True, text=True, timeout=180, env=subprocess_env(threads=2))
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--json", str(out), "--work-dir", str(tmp_path / "work")],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=subprocess_env(threads=2),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text(encoding="utf-8"))
     figures, ratios = report["figures"], report["ratios"]

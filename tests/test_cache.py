@@ -18,14 +18,16 @@ from accelerate import Accelerator
 from PIL import Image
 from torch.utils.data import default_collate
 
-from carotid import cache
-from carotid.data import FrameDataset, collect_persons, load_frame
-from carotid.labels import read_labels
+from carotid.data import cache, cache_build
+from carotid.data.decode import load_frame
+from carotid.data.labels import read_labels
+from carotid.data.loaders import FrameDataset
+from carotid.data.manifest import collect_persons
 from tests.conftest import FAST, make_data, only_run_dir, run_module, subprocess_env
 
 
 def items_of(root: Path, label: Path) -> list[tuple[str, int, str]]:
-    return collect_persons(str(root), read_labels(str(label)), None).items()
+    return collect_persons(str(root), read_labels(str(label)), None).frames_of()
 
 
 def add_jpegs(root: Path, seed: int = 0) -> None:
@@ -37,7 +39,7 @@ def add_jpegs(root: Path, seed: int = 0) -> None:
 
 
 def index_of(folder: Path) -> dict:
-    return json.loads((folder / cache.INDEX).read_text(encoding="utf-8"))
+    return json.loads((folder / cache_build.INDEX).read_text(encoding="utf-8"))
 
 
 @pytest.fixture()
@@ -50,7 +52,7 @@ def data(tmp_path) -> tuple[Path, Path]:
 @pytest.mark.parametrize("in_channels", [1, 3])
 def test_cached_frames_equal_the_uncached_path(tmp_path, data, in_channels):
     items = items_of(*data)
-    assert {Path(p).suffix for p, _, _ in items} == {".png", ".jpg"}
+    assert {Path(f.path).suffix for f in items} == {".png", ".jpg"}
     cached = cache.cached_dataset(items, 32, in_channels, cache_dir=tmp_path / "cache")
     uncached = FrameDataset(items, 32, in_channels)
     assert (cached.paths, cached.labels, cached.person_ids) == (uncached.paths, uncached.labels, uncached.person_ids)
@@ -71,7 +73,7 @@ def test_default_cache_dir_is_per_user_and_keyed(tmp_path, data, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     items = items_of(*data)
     small = cache.cached_dataset(items, 32, 1)
-    one_person = cache.cached_dataset([it for it in items if it[2] == items[0][2]], 32, 1)
+    one_person = cache.cached_dataset([it for it in items if it.person_id == items[0].person_id], 32, 1)
     larger = cache.cached_dataset(items, 40, 1)
     assert small.folder.parent == tmp_path / "xdg" / "carotid"
     assert one_person.folder == small.folder  # a one-person split still maps to its dataset's cache
@@ -83,7 +85,7 @@ def test_changed_files_are_decoded_again_and_unchanged_ones_reused(tmp_path, dat
     items = items_of(root, label)
     first = cache.cached_dataset(items, 32, 1, cache_dir=tmp_path / "cache")
     before = index_of(first.folder)["frames"]
-    edited, touched = Path(items[0][0]), Path(items[1][0])
+    edited, touched = Path(items[0].path), Path(items[1].path)
     Image.fromarray(np.full((36, 48), 200, dtype=np.uint8), mode="L").save(edited)  # new content (and mtime)
     stamp = touched.stat()
     os.utime(touched, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 5_000_000_000))  # same bytes, newer mtime
@@ -91,7 +93,7 @@ def test_changed_files_are_decoded_again_and_unchanged_ones_reused(tmp_path, dat
     after = index_of(again.folder)["frames"]
     assert torch.equal(again[0][0], torch.from_numpy(load_frame(str(edited), 32, 1)))
     assert int(again[0][0].float().mean()) == 200
-    rel = [p[len(str(root)) + 1:] for p, _, _ in items]
+    rel = [f.path[len(str(root)) + 1 :] for f in items]
     assert after[rel[0]][0] == after[rel[1]][0] != before[rel[0]][0]  # both decoded again, into a new shard
     assert all(after[r] == before[r] for r in rel[2:])  # the rest reused as they were
     for i in range(len(items)):
@@ -102,15 +104,20 @@ def test_frames_that_fail_to_decode_are_left_out_aligned(tmp_path, data):
     root, label = data
     broken = root / sorted(p.name for p in root.iterdir() if p.is_dir())[1] / "extra.jpg"
     jpeg = broken.read_bytes()
-    broken.write_bytes(jpeg[:jpeg.index(b"\xff\xda") + 40])  # the header still opens; the pixels are gone
+    broken.write_bytes(jpeg[: jpeg.index(b"\xff\xda") + 40])  # the header still opens; the pixels are gone
     items = items_of(root, label)
-    assert str(broken) in {p for p, _, _ in items}
+    assert str(broken) in {f.path for f in items}
     with pytest.warns(UserWarning, match="1 frame.*could not be decoded"):
         cached = cache.cached_dataset(items, 32, 1, cache_dir=tmp_path / "cache")
-    kept = [it for it in items if it[0] != str(broken)]
+    kept = [it for it in items if it.path != str(broken)]
     assert len(cached) == len(kept) and list(cached.excluded) == [str(broken)]
-    assert (cached.paths, cached.labels, cached.person_ids) == tuple(list(c) for c in zip(*kept))
-    for i, (path, _, _) in enumerate(kept):
+    assert cached.frames == kept
+    assert (cached.paths, cached.labels, cached.person_ids) == (
+        [f.path for f in kept],
+        [f.label for f in kept],
+        [f.person_id for f in kept],
+    )
+    for i, path in enumerate(f.path for f in kept):
         assert torch.equal(cached[i][0], torch.from_numpy(load_frame(path, 32, 1)))
     with pytest.warns(UserWarning):  # the failure is remembered: not decoded again while the file is unchanged
         cache.cached_dataset(items, 32, 1, cache_dir=tmp_path / "cache")
@@ -119,12 +126,12 @@ def test_frames_that_fail_to_decode_are_left_out_aligned(tmp_path, data):
 
 SLOW_BUILD = """
 import sys, time
-from carotid import cache, data
-from carotid.labels import read_labels
-cache.SHARD_BYTES = 4 * 32 * 32  # commit every 4 frames
-decode = cache.load_frame
-cache.load_frame = lambda *a: (time.sleep(0.15), decode(*a))[1]
-items = data.collect_persons(sys.argv[1], read_labels(sys.argv[2]), None).items()
+from carotid.data import cache, cache_build, discovery, loaders, manifest
+from carotid.data.labels import read_labels
+cache_build.SHARD_BYTES = 4 * 32 * 32  # commit every 4 frames
+decode = cache_build.load_frame
+cache_build.load_frame = lambda *a: (time.sleep(0.15), decode(*a))[1]
+items = manifest.collect_persons(sys.argv[1], read_labels(sys.argv[2]), None).frames_of()
 cache.cached_dataset(items, 32, 1, cache_dir=sys.argv[3])
 """
 
@@ -137,7 +144,7 @@ def test_a_killed_build_is_never_used_and_its_committed_shards_are_kept(tmp_path
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and build.poll() is None:
             folders = list((tmp_path / "cache").glob("*"))
-            if folders and (folders[0] / cache.INDEX).exists() and list(folders[0].glob(".frames-*.tmp.npy")):
+            if folders and (folders[0] / cache_build.INDEX).exists() and list(folders[0].glob(".frames-*.tmp.npy")):
                 break
             time.sleep(0.02)
         assert build.poll() is None, build.stderr.read()[-2000:]
@@ -168,7 +175,9 @@ def test_racing_builders_build_once(tmp_path, data):
     items = items_of(*data)
     context = multiprocessing.get_context("fork")
     barrier, results = context.Barrier(2), context.Queue()
-    children = [context.Process(target=_build_in_child, args=(items, tmp_path / "cache", barrier, results)) for _ in range(2)]
+    children = [
+        context.Process(target=_build_in_child, args=(items, tmp_path / "cache", barrier, results)) for _ in range(2)
+    ]
     for child in children:
         child.start()
     for child in children:
@@ -180,10 +189,10 @@ def test_racing_builders_build_once(tmp_path, data):
 
 
 def test_evaluation_is_identical_cached_and_uncached(tmp_path, data):
-    from carotid.data import frame_dataset, make_loader
-    from carotid.engine import predict_loader
-    from carotid.models import build_model
-    from carotid.transforms import NORMALIZATION, eval_preset
+    from carotid.data.loaders import frame_dataset, make_loader
+    from carotid.data.transforms import NORMALIZATION, eval_preset
+    from carotid.model.registry import build_model
+    from carotid.training.engine import predict_loader
 
     torch.manual_seed(0)
     model = build_model("small_cnn", 2, 1).eval()
@@ -192,7 +201,9 @@ def test_evaluation_is_identical_cached_and_uncached(tmp_path, data):
     items = items_of(*data)
     outputs = []
     for use_cache in (False, True):
-        dataset = frame_dataset(items, 32, 1, cache=use_cache, cache_dir=str(tmp_path / "cache"), accelerator=accelerator)
+        dataset = frame_dataset(
+            items, 32, 1, cache=use_cache, cache_dir=str(tmp_path / "cache"), accelerator=accelerator
+        )
         loader = accelerator.prepare(make_loader(dataset, 4, train=False, num_workers=0, seed=0))
         outputs.append(predict_loader(model, loader, accelerator, preset))
     plain, cached = outputs
@@ -204,16 +215,31 @@ def test_evaluation_is_identical_cached_and_uncached(tmp_path, data):
 def test_two_ranks_build_one_cache_in_a_real_launch(tmp_path):
     root, label = make_data(tmp_path / "frames", persons=8, frames=4)
     cache_dir = tmp_path / "cache"
-    result = run_module("carotid.train", "--root-dir", str(root), "--label-excel", str(label), "--output-dir",
-                        str(tmp_path / "out"), "--epochs", "1", "--cache", "--cache-dir", str(cache_dir), *FAST, nproc=2)
+    result = run_module(
+        "carotid.train",
+        "--root-dir",
+        str(root),
+        "--label-excel",
+        str(label),
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--epochs",
+        "1",
+        "--cache",
+        "--cache-dir",
+        str(cache_dir),
+        *FAST,
+        nproc=2,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = only_run_dir(tmp_path / "out")
     assert (run_dir / "models" / "final_model.pth").exists() and (run_dir / "eval_test_best" / "metrics.json").exists()
     (folder,) = cache_dir.iterdir()
     index = index_of(folder)
     assert len(index["frames"]) == 8 * 4 and not index["failed"]
-    assert sorted(p.name for p in folder.iterdir() if p.name != cache.LOCK) == sorted(
-        [cache.INDEX] + [f"frames-{s}.npy" for s in index["shards"]])  # no temporary or duplicate shard
+    assert sorted(p.name for p in folder.iterdir() if p.name != cache_build.LOCK) == sorted(
+        [cache_build.INDEX] + [f"frames-{s}.npy" for s in index["shards"]]
+    )  # no temporary or duplicate shard
     assert len(index["shards"]) <= 3  # at most one build per split (train, val, test), none repeated by rank 1
     items = items_of(root, label)
     reopened = cache.cached_dataset(items, 32, 1, cache_dir=cache_dir)

@@ -8,23 +8,27 @@ from pathlib import Path
 import pytest
 import yaml
 
-from carotid.config import TrainConfig, build_parser, default_yaml, parse_train_args
+from carotid.config import TRAIN_GROUPS, EvaluateOptions, PredictOptions, TrainConfig, parse_train_args, train_yaml
 from carotid.errors import UserError
+from carotid.options import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_every_option_has_a_flag_with_help():
-    parser = build_parser()
+    parser = build_parser(TrainConfig, "carotid-train", "", TRAIN_GROUPS)
     flags = {a.dest: a for a in parser._actions}
     for f in dataclasses.fields(TrainConfig):
         assert f.name in flags and flags[f.name].help
+        assert flags[f.name].help.count("default") <= 1, f"--{f.name} shows its default twice: {flags[f.name].help}"
 
 
 def test_the_issue_command_line_parses():
-    cfg, given = parse_train_args("--root-dir DATA --label-excel label.xlsx --batch-size 4 --epochs 50 --lr 1e-4 "
-                                  "--weight-decay 1e-5 --max-imgs-per-person 1000 --train-ratio 0.5 --val-ratio 0.3 "
-                                  "--test-ratio 0.2 --num-workers 4 --seed 42 --output-dir ./output".split())
+    cfg, given = parse_train_args(
+        "--root-dir DATA --label-excel label.xlsx --batch-size 4 --epochs 50 --lr 1e-4 "
+        "--weight-decay 1e-5 --max-imgs-per-person 1000 --train-ratio 0.5 --val-ratio 0.3 "
+        "--test-ratio 0.2 --num-workers 4 --seed 42 --output-dir ./output".split()
+    )
     assert (cfg.batch_size, cfg.max_imgs_per_person, cfg.val_ratio, cfg.weight_decay) == (4, 1000, 0.3, 1e-5)
     assert "batch_size" in given and "model" not in given
 
@@ -37,13 +41,16 @@ def test_yaml_changes_defaults_and_flags_still_win(tmp_path):
     assert {"batch_size", "lr", "model", "cache"} <= given
 
 
-@pytest.mark.parametrize("text,message", [
-    ("batch_sise: 4\n", "unknown key 'batch_sise'"),
-    ("epochs: many\n", "'epochs' must be an integer, got 'many'"),
-    ("cache: 1\n", "'cache' must be true or false"),
-    ("model: vgg\n", "'model' is 'vgg', not one of"),
-    ("- a\n- b\n", "must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("batch_sise: 4\n", "unknown key 'batch_sise'"),
+        ("epochs: many\n", "'epochs' must be an integer, got 'many'"),
+        ("cache: 1\n", "'cache' must be true or false"),
+        ("model: vgg\n", "'model' is 'vgg', not one of"),
+        ("- a\n- b\n", "must be a mapping"),
+    ],
+)
 def test_bad_yaml_is_a_user_error(tmp_path, text, message):
     path = tmp_path / "c.yaml"
     path.write_text(text)
@@ -51,15 +58,18 @@ def test_bad_yaml_is_a_user_error(tmp_path, text, message):
         parse_train_args(["--config", str(path)])
 
 
-@pytest.mark.parametrize("argv,message", [
-    ("--train-ratio 0.5 --val-ratio 0.3 --test-ratio 0.3", "must sum to 1"),
-    ("--val-ratio -0.1 --train-ratio 0.95 --test-ratio 0.15", "--val-ratio must be between 0 and 1, got -0.1"),
-    ("--batch-size 0", "--batch-size must be ≥ 1, got 0"),
-    ("--lr 0", "--lr must be > 0, got 0.0"),
-    ("--max-imgs-per-person 0", "--max-imgs-per-person must be ≥ 1, got 0"),
-    ("--model vgg", "invalid choice: 'vgg'"),
-    ("--epochs two", "invalid int value: 'two'"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        ("--train-ratio 0.5 --val-ratio 0.3 --test-ratio 0.3", "must sum to 1"),
+        ("--val-ratio -0.1 --train-ratio 0.95 --test-ratio 0.15", "--val-ratio must be between 0 and 1, got -0.1"),
+        ("--batch-size 0", "--batch-size must be ≥ 1, got 0"),
+        ("--lr 0", "--lr must be > 0, got 0.0"),
+        ("--max-imgs-per-person 0", "--max-imgs-per-person must be ≥ 1, got 0"),
+        ("--model vgg", "invalid choice: 'vgg'"),
+        ("--epochs two", "invalid int value: 'two'"),
+    ],
+)
 def test_bad_flags_are_user_errors_naming_the_value(argv, message):
     with pytest.raises(UserError, match=message):
         parse_train_args(argv.split())
@@ -67,7 +77,7 @@ def test_bad_flags_are_user_errors_naming_the_value(argv, message):
 
 def test_default_yaml_is_in_sync_and_loads():
     shipped = (REPO / "configs" / "train" / "default.yaml").read_text(encoding="utf-8")
-    assert shipped == default_yaml(), "regenerate with: python -m carotid.config > configs/train/default.yaml"
+    assert shipped == train_yaml(), "regenerate with: python -m carotid.config > configs/train/default.yaml"
     assert set(yaml.safe_load(shipped)) == {f.name for f in dataclasses.fields(TrainConfig)}
     cfg, _ = parse_train_args(["--config", str(REPO / "configs" / "train" / "default.yaml")])
     assert cfg == TrainConfig()
@@ -75,6 +85,20 @@ def test_default_yaml_is_in_sync_and_loads():
 
 def test_a_run_config_yaml_repeats_that_run(tmp_path):
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump({"options": {"model": "small_cnn", "epochs": 3, "resume": "x"}, "versions": {"torch": "2"}}))
+    path.write_text(
+        yaml.safe_dump({"options": {"model": "small_cnn", "epochs": 3, "resume": "x"}, "versions": {"torch": "2"}})
+    )
     cfg, _ = parse_train_args(["--config", str(path)])
     assert (cfg.model, cfg.epochs, cfg.resume) == ("small_cnn", 3, None)
+
+
+def test_evaluate_and_predict_share_train_definitions():
+    """One definition per option: evaluate and predict take train's help and choices, not copies."""
+    train = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for schema in (EvaluateOptions, PredictOptions):
+        for f in dataclasses.fields(schema):
+            if f.name in train and f.name not in ("model",):
+                assert f.metadata["choices"] == train[f.name].metadata["choices"], (schema.__name__, f.name)
+    from carotid.data.loaders import default_workers
+
+    assert EvaluateOptions().num_workers is None and 1 <= default_workers() <= 4

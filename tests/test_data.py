@@ -9,9 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from carotid.data import FrameDataset, collect_persons, discover_frames, load_frame, spread_evenly, split_persons
+from carotid.data.decode import load_frame
+from carotid.data.discovery import Frame, discover_frames, spread_evenly
+from carotid.data.labels import read_labels
+from carotid.data.loaders import FrameDataset
+from carotid.data.manifest import collect_persons
+from carotid.data.split import split_persons
 from carotid.errors import UserError
-from carotid.labels import read_labels
 from tests.conftest import write_xlsx
 
 
@@ -38,8 +42,11 @@ def test_discovery_is_recursive_case_insensitive_and_ignores_other_files(tmp_pat
     (tmp_path / "empty_person").mkdir()
     image(tmp_path / "loose.png")  # not in a person folder
     found = discover_frames(tmp_path)
-    assert found == {"p1": ["p1/a.png", "p1/c.TiFF", "p1/d.bmp", "p1/e.jpeg", "p1/seq/deeper/b.JPG"],
-                     "p2": ["p2/z.png"], "empty_person": []}
+    assert found == {
+        "p1": ["p1/a.png", "p1/c.TiFF", "p1/d.bmp", "p1/e.jpeg", "p1/seq/deeper/b.JPG"],
+        "p2": ["p2/z.png"],
+        "empty_person": [],
+    }
 
 
 def test_discovery_errors_name_the_path(tmp_path):
@@ -56,7 +63,11 @@ def test_discovery_errors_name_the_path(tmp_path):
 def test_spread_evenly_keeps_n_frames_over_the_whole_sequence():
     frames = [f"f{i:02d}" for i in range(10)]
     assert spread_evenly(frames, 3) == ["f01", "f05", "f08"]
-    assert spread_evenly(frames, 10) == frames and spread_evenly(frames, 50) == frames and spread_evenly(frames, None) == frames
+    assert (
+        spread_evenly(frames, 10) == frames
+        and spread_evenly(frames, 50) == frames
+        and spread_evenly(frames, None) == frames
+    )
     picked = spread_evenly([f"f{i:04d}" for i in range(1000)], 7)
     assert len(set(picked)) == 7 and picked == sorted(picked)
     assert picked[0] < "f0100" and picked[-1] > "f0900"  # not the first 7
@@ -110,8 +121,11 @@ def test_split_is_disjoint_complete_stratified_and_reproducible():
     labels = labels_of({0: 60, 1: 40})
     splits, notes = split_persons(labels, 0.5, 0.3, 0.2, seed=7)
     assert notes == []
-    assert not (set(splits["train"]) & set(splits["val"]) or set(splits["train"]) & set(splits["test"])
-                or set(splits["val"]) & set(splits["test"]))
+    assert not (
+        set(splits["train"]) & set(splits["val"])
+        or set(splits["train"]) & set(splits["test"])
+        or set(splits["val"]) & set(splits["test"])
+    )
     assert sorted(splits["train"] + splits["val"] + splits["test"]) == sorted(labels)
     assert [len(splits[s]) for s in ("train", "val", "test")] == [50, 30, 20]
     for split, n in (("train", 50), ("val", 30), ("test", 20)):
@@ -154,7 +168,7 @@ def test_dataset_flags_a_frame_that_cannot_be_decoded(tmp_path):
     good = image(tmp_path / "good.png")
     bad = tmp_path / "bad.png"
     bad.write_bytes(good.read_bytes()[:60])  # a valid header, truncated data
-    dataset = FrameDataset([(str(good), 0, "a"), (str(bad), 1, "b")], 32, 1)
+    dataset = FrameDataset([Frame(str(good), "a", 0), Frame(str(bad), "b", 1)], 32, 1)
     frame, label, index, ok = dataset[0]
     assert ok and frame.shape == (1, 32, 32) and (label, index) == (0, 0)
     frame, label, index, ok = dataset[1]

@@ -8,15 +8,29 @@ from pathlib import Path
 
 import torch
 
-from carotid import checkpoint as ckpt
+from carotid.model.file import ModelFile
 from tests.conftest import FAST, make_data, only_run_dir, train_in_process
 
 TIMING = {"epoch_seconds", "images_per_second", "data_wait_fraction"}  # wall-clock columns: never reproducible
 
 
 def run(root: Path, label: Path, output: Path, *extra: str) -> Path:
-    assert train_in_process("--root-dir", str(root), "--label-excel", str(label), "--output-dir", str(output), *FAST,
-                            "--epochs", "2", "--no-test", *extra) == 0
+    assert (
+        train_in_process(
+            "--root-dir",
+            str(root),
+            "--label-excel",
+            str(label),
+            "--output-dir",
+            str(output),
+            *FAST,
+            "--epochs",
+            "2",
+            "--no-test",
+            *extra,
+        )
+        == 0
+    )
     return only_run_dir(output)
 
 
@@ -33,10 +47,12 @@ def test_same_seed_same_split_and_metrics_other_seed_other_split(tmp_path):
     assert (first / "data_report.json").read_bytes() == (second / "data_report.json").read_bytes()
     rows = metric_rows(first)
     assert [r["epoch"] for r in rows] == ["1", "2"] and rows == metric_rows(second)
-    ours, theirs = (ckpt.load_model_file(r / "models" / "final_model.pth")["state_dict"] for r in (first, second))
+    ours, theirs = (ModelFile.load(r / "models" / "final_model.pth").state_dict for r in (first, second))
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
 
     other = run(root, label, tmp_path / "c", "--seed", "4", "--epochs", "1")
     splits, other_splits = (json.loads((r / "splits.json").read_text()) for r in (first, other))
     assert splits != other_splits
-    assert sorted(sum(splits.values(), [])) == sorted(sum(other_splits.values(), [])), "the same persons, split otherwise"
+    assert sorted(sum(splits.values(), [])) == sorted(sum(other_splits.values(), [])), (
+        "the same persons, split otherwise"
+    )

@@ -18,23 +18,44 @@ from pathlib import Path
 import pytest
 import torch
 
-from carotid import checkpoint as ckpt
 from carotid import evaluate, predict
-from carotid.labels import OLE2_MAGIC
-from carotid.models import SmallCNN
-from carotid.transforms import NORMALIZATION
+from carotid.data.labels import OLE2_MAGIC
+from carotid.data.transforms import NORMALIZATION
+from carotid.model.registry import SmallCNN
 from tests.conftest import FAST, make_data, only_run_dir, subprocess_env, train_in_process, write_xlsx
 
 QUICK = [*FAST, "--epochs", "1", "--no-test", "--train-ratio", "0.5", "--val-ratio", "0.25", "--test-ratio", "0.25"]
 HEADER = ["患者编号", "诊断"]
 
 
-def write_model_file(path: Path, arch: str = "small_cnn", class_names=("normal", "plaque"), num_classes: int | None = None,
-                     state_dict: dict | None = None) -> Path:
+def write_model_file(
+    path: Path,
+    arch: str = "small_cnn",
+    class_names=("normal", "plaque"),
+    num_classes: int | None = None,
+    state_dict: dict | None = None,
+) -> Path:
     """A carotid model file as carotid-train writes it; the arguments make it lie about itself."""
     state = state_dict if state_dict is not None else SmallCNN(num_classes=2, in_channels=1).state_dict()
-    ckpt.save_model_file(path, state, arch=arch, num_classes=num_classes or len(class_names), class_names=list(class_names),
-                         in_channels=1, image_size=32, normalization=NORMALIZATION[1], epoch=1, metrics={}, threshold=0.5)
+    # Written as a raw dict (not through ModelFile, which would refuse to write a file that lies).
+    torch.save(
+        {
+            "format": "carotid-model",
+            "format_version": 2,
+            "state_dict": state,
+            "arch": arch,
+            "num_classes": num_classes or len(class_names),
+            "class_names": list(class_names),
+            "in_channels": 1,
+            "image_size": 32,
+            "normalization": NORMALIZATION[1],
+            "positive_index": len(class_names) - 1,
+            "epoch": 1,
+            "metrics": {},
+            "threshold": 0.5,
+        },
+        path,
+    )
     return path
 
 
@@ -44,7 +65,9 @@ def shared(tmp_path_factory):
     base = tmp_path_factory.mktemp("errors")
     root, label = make_data(base / "frames", persons=8, frames=2, size=32)
     model = write_model_file(base / "good.pth")
-    status = train_in_process("--root-dir", str(root), "--label-excel", str(label), "--output-dir", str(base / "runs"), *QUICK)
+    status = train_in_process(
+        "--root-dir", str(root), "--label-excel", str(label), "--output-dir", str(base / "runs"), *QUICK
+    )
     assert status == 0
     return root, label, model, only_run_dir(base / "runs")
 
@@ -64,16 +87,45 @@ class Env:
         return self.tmp / "out"
 
     def train(self, *extra, root=None, label=None) -> tuple[str, list[str]]:
-        return "train", ["--root-dir", str(root or self.root), "--label-excel", str(label or self.label),
-                         "--output-dir", str(self.out), *QUICK, *map(str, extra)]
+        return "train", [
+            "--root-dir",
+            str(root or self.root),
+            "--label-excel",
+            str(label or self.label),
+            "--output-dir",
+            str(self.out),
+            *QUICK,
+            *map(str, extra),
+        ]
 
     def evaluate(self, model, *extra) -> tuple[str, list[str]]:
-        return "evaluate", ["--model", str(model), "--root-dir", str(self.root), "--label-excel", str(self.label),
-                            "--out", str(self.out / "eval"), "--num-workers", "0", "--bootstrap", "0", *map(str, extra)]
+        return "evaluate", [
+            "--model",
+            str(model),
+            "--root-dir",
+            str(self.root),
+            "--label-excel",
+            str(self.label),
+            "--out",
+            str(self.out / "eval"),
+            "--num-workers",
+            "0",
+            "--bootstrap",
+            "0",
+            *map(str, extra),
+        ]
 
     def predict(self, model) -> tuple[str, list[str]]:
-        return "predict", ["--model", str(model), "--input", str(self.root), "--out", str(self.out / "pred.csv"),
-                           "--num-workers", "0"]
+        return "predict", [
+            "--model",
+            str(model),
+            "--input",
+            str(self.root),
+            "--out",
+            str(self.out / "pred.csv"),
+            "--num-workers",
+            "0",
+        ]
 
     def xlsx(self, rows, **kwargs) -> Path:
         return write_xlsx(self.tmp / "labels.xlsx", rows, **kwargs)
@@ -144,12 +196,18 @@ CASES = [
     ("root-dir-empty", lambda e: (e.train(root=_folder(e, "empty")), "empty")),
     ("root-dir-no-images", lambda e: (e.train(root=_no_images(e)), "holds an image file")),
     ("every-image-of-a-person-unreadable", lambda e: (e.train(root=_corrupt_person(e)), "'1003'")),
-    ("no-overlap-sheet-and-folders", lambda e: (e.train(label=e.xlsx([HEADER, ["A1", "normal"], ["A2", "plaque"]])), "A1")),
+    (
+        "no-overlap-sheet-and-folders",
+        lambda e: (e.train(label=e.xlsx([HEADER, ["A1", "normal"], ["A2", "plaque"]])), "A1"),
+    ),
     # --- data: the label file
     ("label-missing", lambda e: (e.train(label=e.tmp / "labels.xlsx"), "labels.xlsx")),
     ("label-is-a-folder", lambda e: (e.train(label=e.root), str(e.root))),
     ("label-not-xlsx", lambda e: (e.train(label=e.file("labels.csv", b"id,label\n1001,normal\n")), "labels.csv")),
-    ("label-password-protected", lambda e: (e.train(label=e.file("labels.xlsx", OLE2_MAGIC + b"\0" * 504)), "password")),
+    (
+        "label-password-protected",
+        lambda e: (e.train(label=e.file("labels.xlsx", OLE2_MAGIC + b"\0" * 504)), "password"),
+    ),
     ("label-corrupt", lambda e: (e.train(label=e.file("labels.xlsx", b"PK\x03\x04 truncated")), "labels.xlsx")),
     ("label-zip-but-not-workbook", lambda e: (e.train(label=_zip_not_workbook(e)), "labels.xlsx")),
     ("label-empty-sheet", lambda e: (e.train(label=e.xlsx([])), "empty")),
@@ -158,18 +216,30 @@ CASES = [
     ("label-wrong-id-column", lambda e: (e.train("--id-column", "MRN"), "MRN")),
     ("label-wrong-label-column", lambda e: (e.train("--label-column", "Grade"), "Grade")),
     ("label-id-column-empty", lambda e: (e.train("--id-column", " "), "--id-column ' '")),
-    ("label-column-is-the-id-column", lambda e: (
-        e.train("--id-column", "患者编号", "--label-column", "患者编号"), "患者编号")),
+    (
+        "label-column-is-the-id-column",
+        lambda e: (e.train("--id-column", "患者编号", "--label-column", "患者编号"), "患者编号"),
+    ),
     ("label-no-label-column", lambda e: (e.train(label=e.xlsx([["患者编号"], [1001], [1002]])), "no label column")),
-    ("label-duplicate-ids-conflicting", lambda e: (
-        e.train(label=e.xlsx([HEADER, *e.sheet_rows(), [1004, "normal"]])), "'1004'")),
-    ("label-one-class-only", lambda e: (
-        e.train(label=e.xlsx([HEADER] + [[r[0], "normal"] for r in e.sheet_rows()])), "'normal'")),
+    (
+        "label-duplicate-ids-conflicting",
+        lambda e: (e.train(label=e.xlsx([HEADER, *e.sheet_rows(), [1004, "normal"]])), "'1004'"),
+    ),
+    (
+        "label-one-class-only",
+        lambda e: (e.train(label=e.xlsx([HEADER] + [[r[0], "normal"] for r in e.sheet_rows()])), "'normal'"),
+    ),
     ("positive-class-unknown", lambda e: (e.train("--positive-class", "stenosis"), "stenosis")),
     # --- options
-    ("train-ratio-negative", lambda e: (e.train("--train-ratio", "-0.2", "--val-ratio", "0.6", "--test-ratio", "0.6"), "-0.2")),
+    (
+        "train-ratio-negative",
+        lambda e: (e.train("--train-ratio", "-0.2", "--val-ratio", "0.6", "--test-ratio", "0.6"), "-0.2"),
+    ),
     ("val-ratio-over-1", lambda e: (e.train("--train-ratio", "0.5", "--val-ratio", "1.5", "--test-ratio", "0"), "1.5")),
-    ("ratios-not-summing-to-1", lambda e: (e.train("--train-ratio", "0.7", "--val-ratio", "0.2", "--test-ratio", "0.2"), "1.1")),
+    (
+        "ratios-not-summing-to-1",
+        lambda e: (e.train("--train-ratio", "0.7", "--val-ratio", "0.2", "--test-ratio", "0.2"), "1.1"),
+    ),
     ("ratio-nan", lambda e: (e.train("--test-ratio", "nan"), "nan")),
     ("batch-size-0", lambda e: (e.train("--batch-size", "0"), "--batch-size")),
     ("batch-size-negative", lambda e: (e.train("--batch-size", "-4"), "-4")),
@@ -193,42 +263,83 @@ CASES = [
     # --- model files given to train
     ("load-model-missing", lambda e: (e.train("--load-model", e.tmp / "gone.pth"), "gone.pth")),
     ("load-model-not-a-model-file", lambda e: (e.train("--load-model", e.file("notes.pth", b"hello")), "notes.pth")),
-    ("load-model-other-architecture", lambda e: (
-        e.train("--load-model", write_model_file(e.tmp / "cnn.pth"), "--model", "mobilenet_v3_small"), "cnn.pth")),
-    ("load-model-bare-state-dict-other-architecture", lambda e: (
-        e.train("--load-model", _save(e.tmp / "wide.pth", SmallCNN(2, 1, width=16).state_dict())), "wide.pth")),
-    ("load-model-other-class-count", lambda e: (
-        e.train("--load-model", write_model_file(e.tmp / "three.pth", class_names=("a", "b", "c"),
-                                                  state_dict=SmallCNN(3, 1).state_dict())), "three.pth")),
-    ("pretrained-weights-missing", lambda e: (
-        e.train("--model", "mobilenet_v3_small", "--pretrained-weights", e.tmp / "imagenet.pth"), "imagenet.pth")),
+    (
+        "load-model-other-architecture",
+        lambda e: (
+            e.train("--load-model", write_model_file(e.tmp / "cnn.pth"), "--model", "mobilenet_v3_small"),
+            "cnn.pth",
+        ),
+    ),
+    (
+        "load-model-bare-state-dict-other-architecture",
+        lambda e: (
+            e.train("--load-model", _save(e.tmp / "wide.pth", SmallCNN(2, 1, width=16).state_dict())),
+            "wide.pth",
+        ),
+    ),
+    (
+        "load-model-other-class-count",
+        lambda e: (
+            e.train(
+                "--load-model",
+                write_model_file(
+                    e.tmp / "three.pth", class_names=("a", "b", "c"), state_dict=SmallCNN(3, 1).state_dict()
+                ),
+            ),
+            "three.pth",
+        ),
+    ),
+    (
+        "pretrained-weights-missing",
+        lambda e: (
+            e.train("--model", "mobilenet_v3_small", "--pretrained-weights", e.tmp / "imagenet.pth"),
+            "imagenet.pth",
+        ),
+    ),
     # --- resume
     ("resume-missing", lambda e: (e.train("--resume", e.tmp / "train_19990101_000000"), "train_19990101_000000")),
     ("resume-not-a-run-dir", lambda e: (e.train("--resume", e.root), str(e.root))),
     ("resume-a-model-file", lambda e: (e.train("--resume", e.model), "good.pth")),
     ("resume-other-architecture", lambda e: (("train", ["--resume", str(e.run), "--model", "resnet18"]), "resnet18")),
-    ("resume-other-class-count", lambda e: (
-        ("train", ["--resume", str(e.run), "--label-excel", str(_three_classes(e))]), "stenosis")),
-    ("resume-run-config-corrupt", lambda e: (("train", ["--resume", str(_run_copy(e, "config.yaml", "options: [\n"))]),
-                                             "config.yaml")),
-    ("resume-run-splits-corrupt", lambda e: (("train", ["--resume", str(_run_copy(e, "splits.json", '{"train": ['))]),
-                                             "splits.json")),
+    (
+        "resume-other-class-count",
+        lambda e: (("train", ["--resume", str(e.run), "--label-excel", str(_three_classes(e))]), "stenosis"),
+    ),
+    (
+        "resume-run-config-corrupt",
+        lambda e: (("train", ["--resume", str(_run_copy(e, "config.yaml", "options: [\n"))]), "config.yaml"),
+    ),
+    (
+        "resume-run-splits-corrupt",
+        lambda e: (("train", ["--resume", str(_run_copy(e, "splits.json", '{"train": ['))]), "splits.json"),
+    ),
     # --- evaluate --model
     ("evaluate-model-missing", lambda e: (e.evaluate(e.tmp / "gone.pth"), "gone.pth")),
     ("evaluate-not-a-model-file", lambda e: (e.evaluate(e.file("weights.pth", os.urandom(256))), "weights.pth")),
-    ("evaluate-state-dict-not-a-carotid-model-file", lambda e: (
-        e.evaluate(_save(e.tmp / "bare.pth", SmallCNN(2, 1).state_dict())), "bare.pth")),
-    ("evaluate-other-architecture", lambda e: (
-        e.evaluate(write_model_file(e.tmp / "liar.pth", arch="mobilenet_v3_small")), "liar.pth")),
-    ("evaluate-other-classes", lambda e: (
-        e.evaluate(write_model_file(e.tmp / "tumour.pth", class_names=("benign", "malignant"))), "benign")),
+    (
+        "evaluate-state-dict-not-a-carotid-model-file",
+        lambda e: (e.evaluate(_save(e.tmp / "bare.pth", SmallCNN(2, 1).state_dict())), "bare.pth"),
+    ),
+    (
+        "evaluate-other-architecture",
+        lambda e: (e.evaluate(write_model_file(e.tmp / "liar.pth", arch="mobilenet_v3_small")), "liar.pth"),
+    ),
+    (
+        "evaluate-other-classes",
+        lambda e: (e.evaluate(write_model_file(e.tmp / "tumour.pth", class_names=("benign", "malignant"))), "benign"),
+    ),
     ("evaluate-run-dir-missing", lambda e: (("evaluate", ["--run-dir", str(e.tmp / "train_x")]), "train_x")),
     # --- predict --model
     ("predict-model-missing", lambda e: (e.predict(e.tmp / "gone.pth"), "gone.pth")),
     ("predict-not-a-model-file", lambda e: (e.predict(e.file("weights.pth", b"\x80\x04K\x01.")), "weights.pth")),
-    ("predict-unknown-architecture", lambda e: (e.predict(write_model_file(e.tmp / "vit.pth", arch="vit_b_16")), "vit_b_16")),
-    ("predict-other-class-count", lambda e: (
-        e.predict(write_model_file(e.tmp / "three.pth", class_names=("a", "b", "c"))), "three.pth")),
+    (
+        "predict-unknown-architecture",
+        lambda e: (e.predict(write_model_file(e.tmp / "vit.pth", arch="vit_b_16")), "vit_b_16"),
+    ),
+    (
+        "predict-other-class-count",
+        lambda e: (e.predict(write_model_file(e.tmp / "three.pth", class_names=("a", "b", "c"))), "three.pth"),
+    ),
 ]
 
 
@@ -312,8 +423,16 @@ def test_console_shows_one_error_line_and_exit_status_2(shared, tmp_path):
         "train": (["carotid.train", *env.train(root=tmp_path / "nowhere")[1]], "nowhere"),
         "predict": (["carotid.predict", *env.predict(env.file("model.pth", b"not a model"))[1]], "model.pth"),
     }
-    jobs = {name: subprocess.Popen([sys.executable, "-m", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                   env=subprocess_env()) for name, (argv, _) in commands.items()}
+    jobs = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=subprocess_env(),
+        )
+        for name, (argv, _) in commands.items()
+    }
     for name, job in jobs.items():
         out, err = job.communicate(timeout=300)
         assert job.returncode == 2, (name, out, err)

@@ -11,14 +11,28 @@ import pytest
 import torch
 
 from carotid import evaluate
-from carotid.evaluate import compute_report, format_table, write_evaluation
-from carotid.labels import read_labels
-from carotid.inference import FramePredictions
+from carotid.data.labels import read_labels
+from carotid.data.transforms import NORMALIZATION
+from carotid.evaluation.evaluator import compute_report, format_table, write_evaluation
+from carotid.evaluation.inference import FramePredictions
+from carotid.model.file import ModelFile
+from carotid.model.registry import build_model
 from tests.conftest import load_model, read_json, run_module
 
 QUICK = ["--num-workers", "0", "--batch-size", "8", "--bootstrap", "50"]
-LEVEL_KEYS = {"auc", "accuracy", "balanced_accuracy", "f1", "confusion_matrix", "sensitivity", "specificity", "ppv", "npv",
-              "threshold", "at_threshold_0.5"}
+LEVEL_KEYS = {
+    "auc",
+    "accuracy",
+    "balanced_accuracy",
+    "f1",
+    "confusion_matrix",
+    "sensitivity",
+    "specificity",
+    "ppv",
+    "npv",
+    "threshold",
+    "at_threshold_0.5",
+}
 
 
 def assert_same(first, second, key: str = "") -> None:
@@ -73,13 +87,16 @@ def test_evaluate_test_split_of_a_run(trained_run, tmp_path, capsys):
     model = load_model(trained_run / "models" / "best_model.pth")
     assert report["threshold"] == pytest.approx(model["threshold"])
     assert "Youden" in report["threshold_source"]
-    assert report["person_aggregation"] == model["person_aggregation"]
+    assert report["person_aggregation"] == model["aggregation"]
 
 
 def test_evaluate_reproduces_the_trainers_test_evaluation(trained_run, tmp_path):
     """Same persons, threshold, seed and bootstrap count as carotid-train's RUN/eval_test_best."""
     out = tmp_path / "again"
-    assert evaluate.main(["--run-dir", str(trained_run), "--out", str(out), "--num-workers", "0", "--batch-size", "8"]) == 0
+    assert (
+        evaluate.main(["--run-dir", str(trained_run), "--out", str(out), "--num-workers", "0", "--batch-size", "8"])
+        == 0
+    )
     again, trainer = read_json(out / "metrics.json"), read_json(trained_run / "eval_test_best" / "metrics.json")
     for key in ("n_images", "n_persons", "threshold", "image", "person", "ci"):
         assert_same(again[key], trainer[key], key)
@@ -96,8 +113,12 @@ def test_threshold_flag_is_used_and_reported(trained_run, tmp_path):
 
 
 def test_split_model_and_default_out_dir(run_copy, capsys):
-    assert evaluate.main(["--run-dir", str(run_copy), "--split", "val", "--model", "final", "--person-aggregation", "max",
-                          *QUICK]) == 0
+    assert (
+        evaluate.main(
+            ["--run-dir", str(run_copy), "--split", "val", "--model", "final", "--person-aggregation", "max", *QUICK]
+        )
+        == 0
+    )
     report = read_json(run_copy / "eval_val_final" / "metrics.json")
     assert report["split"] == "val" and report["model_file"].endswith("final_model.pth")
     assert report["person_aggregation"] == "max"
@@ -107,7 +128,17 @@ def test_split_model_and_default_out_dir(run_copy, capsys):
 def test_external_validation_evaluates_every_labelled_person(run_copy, data_dir, capsys):
     root, label = data_dir
     model = run_copy / "models" / "best_model.pth"
-    argv = ["--model", str(model), "--root-dir", str(root), "--label-excel", str(label), "--max-imgs-per-person", "2", *QUICK]
+    argv = [
+        "--model",
+        str(model),
+        "--root-dir",
+        str(root),
+        "--label-excel",
+        str(label),
+        "--max-imgs-per-person",
+        "2",
+        *QUICK,
+    ]
     assert evaluate.main(argv) == 0
     out = run_copy / f"eval_external_{root.name}_best"
     report = read_json(out / "metrics.json")
@@ -130,18 +161,21 @@ def partial_data(tmp_path: Path, root: Path) -> Path:
     return kept
 
 
-@pytest.mark.parametrize("case, fragment", [
-    ("missing run dir", "run dir not found"),
-    ("run dir without config", "no config.yaml"),
-    ("unknown split", "invalid choice"),
-    ("missing model file", "model file not found"),
-    ("not a carotid model", "not a carotid model file"),
-    ("persons of the split missing", "not in the data"),
-    ("split without run dir", "--split needs --run-dir"),
-    ("nothing to evaluate", "nothing to evaluate"),
-    ("external without data", "needs the data"),
-    ("bad threshold", "--threshold must be between 0 and 1"),
-])
+@pytest.mark.parametrize(
+    "case, fragment",
+    [
+        ("missing run dir", "run dir not found"),
+        ("run dir without config", "no config.yaml"),
+        ("unknown split", "invalid choice"),
+        ("missing model file", "model file not found"),
+        ("not a carotid model", "not a carotid model file"),
+        ("persons of the split missing", "not in the data"),
+        ("split without run dir", "--split needs --run-dir"),
+        ("nothing to evaluate", "nothing to evaluate"),
+        ("external without data", "needs the data"),
+        ("bad threshold", "--threshold must be between 0 and 1"),
+    ],
+)
 def test_user_errors_exit_2_before_any_output(case, fragment, trained_run, data_dir, tmp_path, capsys):
     out = tmp_path / "out"
     run = str(trained_run)
@@ -186,8 +220,17 @@ def test_one_class_data_gives_null_metrics_with_a_warning(run_copy, data_dir, tm
     for person in normal:
         shutil.copytree(root / person, only_normal / person)
     out = tmp_path / "eval"
-    argv = ["--model", str(run_copy / "models" / "best_model.pth"), "--root-dir", str(only_normal), "--label-excel", str(label),
-            "--out", str(out), *QUICK]
+    argv = [
+        "--model",
+        str(run_copy / "models" / "best_model.pth"),
+        "--root-dir",
+        str(only_normal),
+        "--label-excel",
+        str(label),
+        "--out",
+        str(out),
+        *QUICK,
+    ]
     assert evaluate.main(argv) == 0
     printed = capsys.readouterr().out
     report = read_json(out / "metrics.json")
@@ -207,9 +250,19 @@ def test_multiclass_report_table_and_files(tmp_path):
     probs = rng.dirichlet([1, 1, 1], size=len(labels)) + np.eye(3)[labels]
     probs /= probs.sum(axis=1, keepdims=True)
     preds = FramePredictions(np.array([f"/x/{p}/{i}.png" for i, p in enumerate(persons)]), persons, labels, probs)
-    data = {"class_names": names, "arch": "small_cnn", "threshold": 0.5, "person_aggregation": "mean"}
-    report, person_table = compute_report(preds, data, model_path="m.pth", split="test", bootstrap=50, aggregation="mean",
-                                          seed=0, threshold=None, context={})
+    model = build_model("small_cnn", 3, 1)
+    data = ModelFile(model.state_dict(), "small_cnn", names, 1, 32, NORMALIZATION[1], positive_index=2)
+    report, person_table = compute_report(
+        preds,
+        data,
+        model_path="m.pth",
+        split="test",
+        bootstrap=50,
+        aggregation="mean",
+        seed=0,
+        threshold=None,
+        context={},
+    )
     assert report["threshold"] is None and report["positive_class"] is None
     assert set(report["person"]["per_class"]) == set(names) and report["ci"]["person"]["auc"] is not None
     table = format_table(report)

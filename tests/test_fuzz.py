@@ -30,13 +30,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from carotid.data import split_persons
+from carotid.data.labels import EXCEL_ERRORS, read_labels
+from carotid.data.split import split_persons
 from carotid.errors import UserError
-from carotid.labels import EXCEL_ERRORS, read_labels
 
 # 100 examples each keep the file under ~15 s; CAROTID_FUZZ_EXAMPLES=2000 fuzzes longer.
-SETTINGS = settings(max_examples=int(os.environ.get("CAROTID_FUZZ_EXAMPLES", "100")), deadline=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=int(os.environ.get("CAROTID_FUZZ_EXAMPLES", "100")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 ERRORS = ("#N/A", "#DIV/0!", "#VALUE!", "#REF!", "#NAME?")  # generated; the oracle knows them all (EXCEL_ERRORS)
 PADDING = st.sampled_from(["", " ", "  ", "\t", "\u3000", "\xa0", " \n"])
 CHINESE = st.text(alphabet=st.characters(min_codepoint=0x4E00, max_codepoint=0x4FFF), min_size=1, max_size=4)
@@ -49,20 +52,25 @@ def padded(text):
 
 
 ID_CELLS = st.one_of(
-    st.integers(1000, 1012),                          # repeats: duplicate rows
-    st.integers(1000, 1012).map(float),               # 1005.0, the same person as 1005
-    padded(st.integers(1000, 1012).map(str)),         # " 1005 " typed as text
-    st.integers(10**15, 10**16),                      # beyond Excel's 15 digits
+    st.integers(1000, 1012),  # repeats: duplicate rows
+    st.integers(1000, 1012).map(float),  # 1005.0, the same person as 1005
+    padded(st.integers(1000, 1012).map(str)),  # " 1005 " typed as text
+    st.integers(10**15, 10**16),  # beyond Excel's 15 digits
     st.floats(allow_nan=True, allow_infinity=True),
-    padded(CHINESE), padded(PRINTABLE),
-    st.none(), st.booleans(),
+    padded(CHINESE),
+    padded(PRINTABLE),
+    st.none(),
+    st.booleans(),
     st.dates(dt.date(1950, 1, 1), dt.date(2050, 1, 1)),
     st.datetimes(dt.datetime(1950, 1, 1), dt.datetime(2050, 1, 1)),
-    st.sampled_from(ERRORS), st.just("=A1+1"),
+    st.sampled_from(ERRORS),
+    st.just("=A1+1"),
 )
 LABEL_CELLS = st.one_of(
     st.sampled_from(["normal", "plaque", " plaque ", "斑块", "正常", 0, 1, 1.0, 2, True, None, "", " ", "=B2", "#N/A"]),
-    padded(CHINESE), PRINTABLE, st.floats(allow_nan=True, allow_infinity=True),
+    padded(CHINESE),
+    PRINTABLE,
+    st.floats(allow_nan=True, allow_infinity=True),
 )
 
 
@@ -99,8 +107,12 @@ def cache_formula_results(path: Path, cells: set[tuple[int, int]]) -> None:
         return match.group(0)
 
     refs = {f"{openpyxl.utils.get_column_letter(c)}{r}" for r, c in cells}
-    xml = re.sub(r'<c r="([A-Z]+\d+)"(?: t="(\w+)")?[^>/]*>(.*?)</c>',
-                 lambda m: rewrite(m) if m.group(1) in refs else m.group(0), xml, flags=re.S)
+    xml = re.sub(
+        r'<c r="([A-Z]+\d+)"(?: t="(\w+)")?[^>/]*>(.*?)</c>',
+        lambda m: rewrite(m) if m.group(1) in refs else m.group(0),
+        xml,
+        flags=re.S,
+    )
     parts["xl/worksheets/sheet1.xml"] = xml.encode("utf-8")
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
         for name, data in parts.items():
@@ -152,8 +164,10 @@ def expected_table(rows: list[list]) -> tuple[dict[str, str], list[str]]:
 
 
 @SETTINGS
-@given(body=st.lists(st.tuples(ID_CELLS, LABEL_CELLS), max_size=25),
-       cached=st.sets(st.tuples(st.integers(2, 26), st.integers(1, 2)), max_size=6))
+@given(
+    body=st.lists(st.tuples(ID_CELLS, LABEL_CELLS), max_size=25),
+    cached=st.sets(st.tuples(st.integers(2, 26), st.integers(1, 2)), max_size=6),
+)
 def test_label_reader_follows_the_contract(tmp_path, body, cached):
     path = write_sheet(tmp_path / "labels.xlsx", [["ID", "label"], *map(list, body)], cached)
     rows = as_read(path)
@@ -177,14 +191,20 @@ def test_label_reader_follows_the_contract(tmp_path, body, cached):
         assert not re.fullmatch(r"-?\d+\.0", person), "an integral number keeps no '.0'"
 
 
-CELLS = st.one_of(ID_CELLS, LABEL_CELLS, st.text(max_size=3).filter(lambda t: not re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f]", t)))
+CELLS = st.one_of(
+    ID_CELLS, LABEL_CELLS, st.text(max_size=3).filter(lambda t: not re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f]", t))
+)
 
 
 @SETTINGS
-@given(rows=st.lists(st.lists(CELLS, max_size=5), max_size=12),
-       columns=st.tuples(st.none() | st.sampled_from(["ID", "id", "患者编号", "label", "x", ""]),
-                         st.none() | st.sampled_from(["label", "诊断", "ID", "y", ""])),
-       sheet=st.none() | st.sampled_from(["Sheet", "Sheet1", "标签"]))
+@given(
+    rows=st.lists(st.lists(CELLS, max_size=5), max_size=12),
+    columns=st.tuples(
+        st.none() | st.sampled_from(["ID", "id", "患者编号", "label", "x", ""]),
+        st.none() | st.sampled_from(["label", "诊断", "ID", "y", ""]),
+    ),
+    sheet=st.none() | st.sampled_from(["Sheet", "Sheet1", "标签"]),
+)
 def test_label_reader_raises_only_user_errors_on_any_sheet(tmp_path, rows, columns, sheet):
     """Any headers, ragged rows, any cell types, and any choice of sheet and columns: a table or a UserError."""
     path = write_sheet(tmp_path / "any.xlsx", rows)
@@ -199,9 +219,20 @@ def test_label_reader_raises_only_user_errors_on_any_sheet(tmp_path, rows, colum
 
 def test_examples_of_the_contract(tmp_path):
     """Cases named in DESIGN.md, with a formula's cached result and an error value from a failed lookup."""
-    path = write_sheet(tmp_path / "l.xlsx", [["ID", "label"], [1005, "plaque"], [1006.0, "normal"], [" 1007 ", " plaque "],
-                                             ["Jose\u0301", "normal"], [1008, "#N/A"], [1009, "=VLOOKUP(A6,X!A:B,2)"],
-                                             [1010, "normal"]], cached={(8, 1)})
+    path = write_sheet(
+        tmp_path / "l.xlsx",
+        [
+            ["ID", "label"],
+            [1005, "plaque"],
+            [1006.0, "normal"],
+            [" 1007 ", " plaque "],
+            ["Jose\u0301", "normal"],
+            [1008, "#N/A"],
+            [1009, "=VLOOKUP(A6,X!A:B,2)"],
+            [1010, "normal"],
+        ],
+        cached={(8, 1)},
+    )
     table = read_labels(path)
     assert table.labels == {"1005": "plaque", "1006": "normal", "1007": "plaque", "José": "normal", "1010": "normal"}
     assert "José" == unicodedata.normalize("NFC", "Jose\u0301")
@@ -212,7 +243,9 @@ def test_examples_of_the_contract(tmp_path):
 # The person-level split
 # ---------------------------------------------------------------------------------------------
 
-PERSON_IDS = st.one_of(st.integers(0, 10**6).map(str), st.text(min_size=1, max_size=6).map(str.strip).filter(bool), CHINESE)
+PERSON_IDS = st.one_of(
+    st.integers(0, 10**6).map(str), st.text(min_size=1, max_size=6).map(str.strip).filter(bool), CHINESE
+)
 
 
 @st.composite
@@ -255,7 +288,12 @@ def test_split_is_a_partition_and_stratified_where_possible(labels, shares, seed
         if share == 0:
             assert splits[split] == [] or split == "train"
         if split != "train" and share > 0:
-            assert abs(len(splits[split]) - share * n) <= 1 or len(splits[split]) == 1, (split, len(splits[split]), share, n)
+            assert abs(len(splits[split]) - share * n) <= 1 or len(splits[split]) == 1, (
+                split,
+                len(splits[split]),
+                share,
+                n,
+            )
 
     everyone = Counter(labels.values())
     rest = Counter(labels[p] for p in splits["train"] + splits["val"])

@@ -19,8 +19,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from carotid import checkpoint as ckpt
-from carotid.trainer import METRIC_COLUMNS
+from carotid.evaluation.registry import METRIC_COLUMNS
+from carotid.model.file import ModelFile
+from carotid.training import checkpoints
 from tests.conftest import FAST, make_data, only_run_dir, train_in_process
 from tests.forked import start_training
 
@@ -31,9 +32,32 @@ PERSONS = 16
 
 def options(root: Path, label: Path, output: Path) -> list[str]:
     # 8 training persons x 3 frames, batches of 4: 6 optimizer steps per epoch, a checkpoint after each.
-    return ["--root-dir", str(root), "--label-excel", str(label), "--output-dir", str(output), *FAST, "--batch-size", "4",
-            "--epochs", "3", "--checkpoint-every-steps", "1", "--keep-checkpoints", "2", "--monitor", "val_loss",
-            "--no-test", "--train-ratio", "0.5", "--val-ratio", "0.25", "--test-ratio", "0.25"]
+    return [
+        "--root-dir",
+        str(root),
+        "--label-excel",
+        str(label),
+        "--output-dir",
+        str(output),
+        *FAST,
+        "--batch-size",
+        "4",
+        "--epochs",
+        "3",
+        "--checkpoint-every-steps",
+        "1",
+        "--keep-checkpoints",
+        "2",
+        "--monitor",
+        "val_loss",
+        "--no-test",
+        "--train-ratio",
+        "0.5",
+        "--val-ratio",
+        "0.25",
+        "--test-ratio",
+        "0.25",
+    ]
 
 
 def run_dirs(output: Path) -> list[Path]:
@@ -70,36 +94,53 @@ def checkpoint_save(out: Path, since: float) -> bool:
 
 def temp_file(name: str):
     def under_way(out: Path, since: float) -> bool:
-        return any(hidden(run, f".{name}.tmp-*", since) or hidden(run / "models", f".{name}.tmp-*", since)
-                   for run in run_dirs(out))
+        return any(
+            hidden(run, f".{name}.tmp-*", since) or hidden(run / "models", f".{name}.tmp-*", since)
+            for run in run_dirs(out)
+        )
 
     return under_way
 
 
-PLAN = [("the staging folder", staging), ("the run directory", published), ("a random delay", None),
-        ("a checkpoint save", checkpoint_save), ("a random delay", None), ("a metrics.csv write", temp_file("metrics.csv")),
-        ("a best_model.pth write", temp_file("best_model.pth")), ("a random delay", None),
-        ("a checkpoint save", checkpoint_save), ("a final_model.pth write", temp_file("final_model.pth"))]
+PLAN = [
+    ("the staging folder", staging),
+    ("the run directory", published),
+    ("a random delay", None),
+    ("a checkpoint save", checkpoint_save),
+    ("a random delay", None),
+    ("a metrics.csv write", temp_file("metrics.csv")),
+    ("a best_model.pth write", temp_file("best_model.pth")),
+    ("a random delay", None),
+    ("a checkpoint save", checkpoint_save),
+    ("a final_model.pth write", temp_file("final_model.pth")),
+]
 
 
 def where_it_landed(out: Path, since: float) -> str:
-    """Which save the kill interrupted, read from the temp files this launch left (older ones are from earlier kills)."""
+    """Which save the kill interrupted, from the temp files this launch left (older ones are from earlier kills)."""
     runs = run_dirs(out)
     if not runs:
-        return "before the run directory was published" + (" (staging folder left)" if hidden(out, ".train_*.partial") else "")
+        return "before the run directory was published" + (
+            " (staging folder left)" if hidden(out, ".train_*.partial") else ""
+        )
     run = runs[0]
-    for folder, pattern, what in ((run / "checkpoints", ".checkpoint-*.tmp", "checkpoint save"),
-                                  (run / "models", ".best_model.pth.tmp-*", "best_model.pth write"),
-                                  (run / "models", ".final_model.pth.tmp-*", "final_model.pth write"),
-                                  (run, ".metrics.csv.tmp-*", "metrics.csv write")):
+    for folder, pattern, what in (
+        (run / "checkpoints", ".checkpoint-*.tmp", "checkpoint save"),
+        (run / "models", ".best_model.pth.tmp-*", "best_model.pth write"),
+        (run / "models", ".final_model.pth.tmp-*", "final_model.pth write"),
+        (run, ".metrics.csv.tmp-*", "metrics.csv write"),
+    ):
         if hidden(folder, pattern, since):
             return f"during a {what}"
-    done = ckpt.list_checkpoints(run)
+    done = checkpoints.list_checkpoints(run)
     if not done:
         return "between saves, before the first checkpoint"
-    progress = ckpt.read_progress(done[-1])
-    where = (f"after all {progress['epoch']} epochs" if progress["epoch"] == 3 else
-             f"in epoch {progress['epoch'] + 1} after batch {progress['epoch_progress']['batches_done']}")
+    progress = checkpoints.read_progress(done[-1])
+    where = (
+        f"after all {progress['epoch']} epochs"
+        if progress["epoch"] == 3
+        else f"in epoch {progress['epoch'] + 1} after batch {progress['epoch_progress']['batches_done']}"
+    )
     return f"between saves, {where} (last checkpoint: {done[-1].name})"
 
 
@@ -113,12 +154,12 @@ def assert_every_file_whole(run: Path) -> None:
         with (run / "metrics.csv").open(newline="") as handle:
             reader = csv.DictReader(handle)
             epochs = [int(row["epoch"]) for row in reader]
-        assert reader.fieldnames == METRIC_COLUMNS and epochs == list(range(1, len(epochs) + 1))
+        assert reader.fieldnames == list(METRIC_COLUMNS) and epochs == list(range(1, len(epochs) + 1))
     for model_file in (run / "models").glob("*.pth"):  # temp files start with '.', so glob skips them
-        data = ckpt.load_model_file(model_file)  # weights_only=True
-        assert all(torch.isfinite(t).all() for t in data["state_dict"].values())
-    for checkpoint in ckpt.list_checkpoints(run):
-        assert ckpt.read_progress(checkpoint)["global_step"] >= 0
+        data = ModelFile.load(model_file)  # weights_only=True
+        assert all(torch.isfinite(t).all() for t in data.state_dict.values())
+    for checkpoint in checkpoints.list_checkpoints(run):
+        assert checkpoints.read_progress(checkpoint)["global_step"] >= 0
         assert load_file(checkpoint / "model.safetensors")
 
 
@@ -175,11 +216,13 @@ def test_sigkill_at_many_moments_then_resume_completes(tmp_path):
     run = only_run_dir(out)
     assert_every_file_whole(run)
     assert not [p for p in run.rglob(".*") if ".tmp" in p.name], "killed saves leave no temp files once the run resumes"
-    assert not hidden(out, ".train_*.partial"), "a later run clears the staging folder of a run killed before publication"
+    assert not hidden(out, ".train_*.partial"), (
+        "a later run clears the staging folder of a run killed before publication"
+    )
     assert metric_rows(run) == metric_rows(straight), "same epochs, same numbers, no row lost or repeated"
     for file_name in ("final_model.pth", "best_model.pth"):
-        ours, theirs = (ckpt.load_model_file(r / "models" / file_name) for r in (run, straight))
-        assert ours["epoch"] == theirs["epoch"], file_name
-        assert all(torch.equal(ours["state_dict"][k], theirs["state_dict"][k]) for k in theirs["state_dict"]), file_name
+        ours, theirs = (ModelFile.load(r / "models" / file_name) for r in (run, straight))
+        assert ours.epoch == theirs.epoch, file_name
+        assert all(torch.equal(ours.state_dict[k], theirs.state_dict[k]) for k in theirs.state_dict), file_name
     landed_in_saves = [o for o in outcomes if "during a" in o]
     assert len(landed_in_saves) >= 3, outcomes

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import pytest
 
+from carotid.data.labels import normalize_id, read_labels
 from carotid.errors import UserError
-from carotid.labels import normalize_id, read_labels
 from tests.conftest import write_xlsx
 
 
 def test_chinese_headers_text_labels_and_sorted_classes(tmp_path):
-    path = write_xlsx(tmp_path / "label.xlsx", [["序号", "患者编号", "诊断"], [1, 1005, "斑块"], [2, 1006, "正常"], [3, 1007, "斑块"]])
+    path = write_xlsx(
+        tmp_path / "label.xlsx", [["序号", "患者编号", "诊断"], [1, 1005, "斑块"], [2, 1006, "正常"], [3, 1007, "斑块"]]
+    )
     table = read_labels(path)
     assert table.labels == {"1005": "斑块", "1006": "正常", "1007": "斑块"}
     assert table.class_names == sorted(["斑块", "正常"])
@@ -18,7 +20,9 @@ def test_chinese_headers_text_labels_and_sorted_classes(tmp_path):
     assert "recognised header" in table.notes[0]
 
 
-@pytest.mark.parametrize("id_header,label_header", [("Patient_ID", "Label"), ("person id", "DIAGNOSIS"), ("编号", "类别")])
+@pytest.mark.parametrize(
+    "id_header,label_header", [("Patient_ID", "Label"), ("person id", "DIAGNOSIS"), ("编号", "类别")]
+)
 def test_common_headers_are_recognised_case_insensitively(tmp_path, id_header, label_header):
     path = write_xlsx(tmp_path / "l.xlsx", [["age", label_header, id_header], [60, "a", "p1"], [70, "b", "p2"]])
     table = read_labels(path)
@@ -33,7 +37,11 @@ def test_unknown_headers_fall_back_to_first_two_columns_and_say_so(tmp_path):
 
 
 def test_explicit_columns_and_sheet(tmp_path):
-    path = write_xlsx(tmp_path / "l.xlsx", [["x"]], extra_sheets={"labels": [["mrn", "grade", "outcome"], ["a1", 1, "n"], ["a2", 2, "p"]]})
+    path = write_xlsx(
+        tmp_path / "l.xlsx",
+        [["x"]],
+        extra_sheets={"labels": [["mrn", "grade", "outcome"], ["a1", 1, "n"], ["a2", 2, "p"]]},
+    )
     table = read_labels(path, sheet="labels", id_column="MRN", label_column="outcome")
     assert table.labels == {"a1": "n", "a2": "p"}
     assert table.sheet == "labels"
@@ -71,11 +79,14 @@ def test_duplicate_ids_with_conflicting_labels_are_an_error(tmp_path):
         read_labels(path)
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"id_column": "nope"}, r"--id-column 'nope' is not a column header; the headers are 'id', 'label'"),
-    ({"label_column": "grade"}, r"--label-column 'grade' is not a column header"),
-    ({"sheet": "Sheet9"}, r"sheet 'Sheet9' not found .* its sheets are 'Sheet1'"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"id_column": "nope"}, r"--id-column 'nope' is not a column header; the headers are 'id', 'label'"),
+        ({"label_column": "grade"}, r"--label-column 'grade' is not a column header"),
+        ({"sheet": "Sheet9"}, r"sheet 'Sheet9' not found .* its sheets are 'Sheet1'"),
+    ],
+)
 def test_wrong_column_or_sheet_names_the_choices(tmp_path, kwargs, message):
     path = write_xlsx(tmp_path / "l.xlsx", [["id", "label"], [1, "a"], [2, "b"]])
     with pytest.raises(UserError, match=message):

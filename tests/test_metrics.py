@@ -16,15 +16,10 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from carotid.metrics import (
-    ResampledMetrics,
-    aggregate_persons,
-    bootstrap_ci,
-    classification_metrics,
-    epoch_metrics,
-    resample_counts,
-    youden_threshold,
-)
+from carotid.evaluation import registry
+from carotid.evaluation.aggregation import aggregate_persons
+from carotid.evaluation.bootstrap import ResampledMetrics, bootstrap_ci, resample_counts
+from carotid.evaluation.metrics import classification_metrics, epoch_metrics, youden_threshold
 
 Y = np.array([0, 0, 0, 0, 1, 1, 1, 1, 0, 1])
 P1 = np.array([0.1, 0.4, 0.35, 0.8, 0.7, 0.9, 0.2, 0.55, 0.5, 0.5])
@@ -123,9 +118,11 @@ def test_max_aggregation_multiclass_renormalises_per_class_maxima():
 
 def test_youden_threshold_maximises_j():
     threshold = youden_threshold(Y, PROBS)
+
     def j(t):
         pred = P1 >= t
         return recall_score(Y, pred) + recall_score(Y, pred, pos_label=0) - 1
+
     assert j(threshold) == pytest.approx(max(j(t) for t in np.unique(P1)))
     assert not np.isin(threshold, P1)  # the middle of a gap between scores, not a score
     assert youden_threshold(np.ones(3, dtype=int), two_class(np.array([0.2, 0.5, 0.9]))) is None
@@ -163,7 +160,11 @@ def test_resampled_metrics_equal_sklearn_on_the_resampled_frames(classes):
         rows = np.concatenate([np.repeat(np.flatnonzero(group == g), int(c)) for g, c in enumerate(counts[r])])
         yr, pr = y[rows], probs[rows]
         pred = (pr[:, 1] >= 0.4).astype(int) if classes == 2 else pr.argmax(axis=1)
-        auc = np.mean([roc_auc_score(yr == k, pr[:, k]) for k in range(classes)]) if classes > 2 else roc_auc_score(yr, pr[:, 1])
+        auc = (
+            np.mean([roc_auc_score(yr == k, pr[:, k]) for k in range(classes)])
+            if classes > 2
+            else roc_auc_score(yr, pr[:, 1])
+        )
         assert got["auc"][r] == pytest.approx(auc)
         assert got["accuracy"][r] == pytest.approx(accuracy_score(yr, pred))
         assert got["balanced_accuracy"][r] == pytest.approx(balanced_accuracy_score(yr, pred))
@@ -203,8 +204,15 @@ def test_bootstrap_of_a_one_class_split_has_no_auc_interval():
     assert ci["person"]["sensitivity"] is not None
 
 
-def test_epoch_metrics_keys_for_the_trainer():
+def test_epoch_metrics_are_the_registry_columns_and_use_the_run_aggregation():
     persons, y, probs = person_data()
-    out = epoch_metrics(y, probs, persons, ["normal", "plaque"])
-    assert set(out) == {"accuracy", "balanced_accuracy", "auc", "person_accuracy", "person_balanced_accuracy", "person_auc"}
-    assert out["auc"] == pytest.approx(roc_auc_score(y, probs[:, 1]))
+    out = epoch_metrics(y, probs, persons, 1, "mean")
+    assert set(out) == set(registry.VAL_COLUMNS)
+    assert set(registry.VAL_COLUMNS) <= set(registry.METRIC_COLUMNS) and set(registry.VAL_COLUMNS) <= set(
+        registry.MONITORS
+    )
+    assert out["val_auc"] == pytest.approx(roc_auc_score(y, probs[:, 1]))
+    ids, by_max = aggregate_persons(persons, probs, "max", 1)
+    with_max = epoch_metrics(y, probs, persons, 1, "max")
+    person_y = np.array([y[persons == p][0] for p in ids])
+    assert with_max["val_person_auc"] == pytest.approx(roc_auc_score(person_y, by_max[:, 1]))

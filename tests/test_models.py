@@ -6,10 +6,10 @@ import pytest
 import torch
 import torchvision
 
-from carotid.checkpoint import load_model_file, save_model_file
-from carotid.config import ARCHITECTURES
 from carotid.errors import UserError
-from carotid.models import build_model, load_matching, read_state_dict, strip_prefixes
+from carotid.model import ARCHITECTURES
+from carotid.model.file import ModelFile, read_weights
+from carotid.model.registry import build_model, load_matching, strip_prefixes
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -27,12 +27,13 @@ def test_local_pretrained_weights_are_loaded_and_the_stem_summed_for_gray(tmp_pa
     reference = torchvision.models.resnet18(weights=None)
     path = tmp_path / "resnet18-imagenet.pth"
     torch.save(reference.state_dict(), path)
-    model = build_model("resnet18", num_classes=2, in_channels=1, pretrained_weights=str(path))
+    state = read_weights(path, "pretrained weights")[1]
+    model = build_model("resnet18", num_classes=2, in_channels=1, pretrained_state=state)
     assert torch.allclose(model.conv1.weight, reference.conv1.weight.sum(dim=1, keepdim=True))
     assert torch.equal(model.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
     assert model.fc.out_features == 2
     with pytest.raises(UserError, match="does not fit architecture 'resnet34'"):
-        build_model("resnet34", num_classes=2, pretrained_weights=str(path))
+        build_model("resnet34", num_classes=2, pretrained_state=state)
 
 
 def test_pretrained_download_failure_points_to_local_weights(monkeypatch, tmp_path):
@@ -49,7 +50,7 @@ def test_prefixes_from_ddp_and_compile_are_stripped(tmp_path):
     assert strip_prefixes(prefixed).keys() == model.state_dict().keys()
     torch.save(prefixed, tmp_path / "bare.pth")
     fresh = build_model("small_cnn", 2, 1)
-    load_matching(fresh, read_state_dict(tmp_path / "bare.pth", "weights"), "bare.pth", "small_cnn")
+    load_matching(fresh, read_weights(tmp_path / "bare.pth", "weights")[1], "bare.pth", "small_cnn")
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
 
 
@@ -58,21 +59,75 @@ def test_class_count_mismatch_says_what_differs():
         load_matching(build_model("small_cnn", 2, 1), build_model("small_cnn", 3, 1).state_dict(), "file", "small_cnn")
 
 
+def small_model_file(model: torch.nn.Module, **changes) -> ModelFile:
+    fields = {
+        "state_dict": model.state_dict(),
+        "arch": "small_cnn",
+        "class_names": ["normal", "plaque"],
+        "in_channels": 1,
+        "image_size": 32,
+        "normalization": {"mean": [0.449], "std": [0.226]},
+        "positive_index": 1,
+        "epoch": 3,
+        "metrics": {"val_auc": 0.9},
+        "threshold": 0.4,
+    }
+    return ModelFile(**(fields | changes))
+
+
 def test_model_file_round_trip_with_weights_only(tmp_path):
     model = build_model("small_cnn", 2, 1)
     path = tmp_path / "m.pth"
-    meta = {"arch": "small_cnn", "num_classes": 2, "class_names": ["normal", "plaque"], "in_channels": 1, "image_size": 32,
-            "normalization": {"mean": [0.449], "std": [0.226]}, "epoch": 3, "metrics": {"val_auc": 0.9}, "threshold": 0.4}
-    save_model_file(path, model.state_dict(), **meta)
+    small_model_file(model).save(path)
     raw = torch.load(path, map_location="cpu", weights_only=True)
-    assert raw["format"] == "carotid-model" and raw["class_names"] == ["normal", "plaque"]
-    loaded = load_model_file(path)
-    assert loaded["threshold"] == 0.4 and loaded["metrics"] == {"val_auc": 0.9}
-    again = build_model(loaded["arch"], loaded["num_classes"], loaded["in_channels"])
-    load_matching(again, loaded["state_dict"], str(path), "small_cnn")
+    assert raw["format"] == "carotid-model" and raw["class_names"] == ["normal", "plaque"] and raw["num_classes"] == 2
+    loaded = ModelFile.load(path)
+    assert loaded.threshold == 0.4 and loaded.metrics == {"val_auc": 0.9} and loaded.positive_class == "plaque"
     x = torch.randn(1, 1, 32, 32)
-    assert torch.equal(again.eval()(x), model.eval()(x))
+    assert torch.equal(loaded.build_model()(x), model.eval()(x))
     assert not list(tmp_path.glob(".*tmp*")), "no temporary file left behind"
     torch.save(model.state_dict(), tmp_path / "bare.pth")
     with pytest.raises(UserError, match="not a carotid model file"):
-        load_model_file(tmp_path / "bare.pth")
+        ModelFile.load(tmp_path / "bare.pth")
+
+
+def test_model_file_is_saved_in_fp32_whatever_the_training_precision(tmp_path):
+    model = build_model("small_cnn", 2, 1).to(torch.bfloat16)
+    small_model_file(model).save(tmp_path / "m.pth")
+    raw = torch.load(tmp_path / "m.pth", map_location="cpu", weights_only=True)
+    assert {t.dtype for t in raw["state_dict"].values() if t.is_floating_point()} == {torch.float32}
+
+
+def test_a_tensor_of_the_wrong_shape_is_refused_naming_key_and_shapes(tmp_path):
+    state = build_model("small_cnn", 2, 1).state_dict()
+    state["classifier.weight"] = torch.zeros(0)
+    small_model_file(build_model("small_cnn", 2, 1), state_dict=state).save(tmp_path / "m.pth")
+    with pytest.raises(UserError, match=r"'classifier.weight' has shape \(0,\) in the file but \(2, 256\) here"):
+        ModelFile.load(tmp_path / "m.pth")
+
+
+def test_files_of_format_version_1_still_load(tmp_path):
+    """Version 1 (the first release) stored the aggregation as 'person_aggregation' and had no num_classes check."""
+    model = build_model("small_cnn", 2, 1)
+    legacy = {
+        "format": "carotid-model",
+        "format_version": 1,
+        "state_dict": model.state_dict(),
+        "arch": "small_cnn",
+        "num_classes": 2,
+        "class_names": ["a", "b"],
+        "in_channels": 1,
+        "image_size": 32,
+        "normalization": {"mean": [0.449], "std": [0.226]},
+        "positive_index": 0,
+        "person_aggregation": "max",
+        "monitor": "val_auc",
+        "config": {},
+        "epoch": 2,
+        "metrics": {},
+        "threshold": 0.3,
+        "threshold_source": "Youden",
+    }
+    torch.save(legacy, tmp_path / "old.pth")
+    loaded = ModelFile.load(tmp_path / "old.pth")
+    assert (loaded.aggregation, loaded.positive_class, loaded.threshold, loaded.format_version) == ("max", "a", 0.3, 1)

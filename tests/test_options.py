@@ -9,26 +9,33 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from carotid.data import DataManifest
-from carotid.engine import EpochProgress, train_one_epoch
-from carotid.models import build_model
-from carotid.optim import lr_factor, make_optimizer, make_scheduler
-from carotid.runtime import cpu_has_native_bf16
-from carotid.trainer import person_class_weights
-from carotid.transforms import train_preset
+from carotid.data.manifest import DataManifest
+from carotid.data.transforms import train_preset
+from carotid.model.registry import build_model
+from carotid.training.engine import EpochProgress, train_one_epoch
+from carotid.training.optim import lr_factor, make_optimizer, make_scheduler
+from carotid.training.runtime import cpu_has_native_bf16
+from carotid.training.trainer import person_class_weights
 from tests.conftest import FAST, only_run_dir, reset_accelerate, train_in_process
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero():
-    factors = [lr_factor(s, kind="cosine", warmup_steps=10, total_steps=110, steps_per_epoch=10, step_epochs=1, gamma=0.1)
-               for s in range(111)]
+    factors = [
+        lr_factor(s, kind="cosine", warmup_steps=10, total_steps=110, steps_per_epoch=10, step_epochs=1, gamma=0.1)
+        for s in range(111)
+    ]
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
-    assert factors[10] == pytest.approx(1.0) and factors[60] == pytest.approx(0.5) and factors[110] == pytest.approx(0.0)
+    assert (
+        factors[10] == pytest.approx(1.0) and factors[60] == pytest.approx(0.5) and factors[110] == pytest.approx(0.0)
+    )
     assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
 
 
 def test_step_schedule_and_scheduler_objects():
-    assert lr_factor(25, kind="step", warmup_steps=0, total_steps=100, steps_per_epoch=5, step_epochs=2, gamma=0.5) == 0.5 ** 2
+    assert (
+        lr_factor(25, kind="step", warmup_steps=0, total_steps=100, steps_per_epoch=5, step_epochs=2, gamma=0.5)
+        == 0.5**2
+    )
     model = build_model("small_cnn", 2, 1)
     optimizer = make_optimizer(model, 1e-3, 1e-4)
     assert [g["weight_decay"] for g in optimizer.param_groups] == [1e-4, 0.0]  # no decay on biases and norms
@@ -45,16 +52,40 @@ def test_step_schedule_and_scheduler_objects():
 
 
 def test_class_weights_use_persons_not_frames():
-    manifest = DataManifest("root", ["a", "b"], {"p1": 0, "p2": 0, "p3": 0, "p4": 1}, {"p1": ["x"], "p2": ["x"], "p3": ["x"],
-                            "p4": ["x"] * 100}, splits={"train": ["p1", "p2", "p3", "p4"], "val": [], "test": []})
+    manifest = DataManifest(
+        "root",
+        ["a", "b"],
+        {"p1": 0, "p2": 0, "p3": 0, "p4": 1},
+        {"p1": ["x"], "p2": ["x"], "p3": ["x"], "p4": ["x"] * 100},
+        splits={"train": ["p1", "p2", "p3", "p4"], "val": [], "test": []},
+    )
     assert person_class_weights(manifest).tolist() == pytest.approx([4 / 6, 4 / 2])
 
 
 def test_early_stopping_plateau_tensorboard_and_curves(data_dir, tmp_path, capsys):
     root, label = data_dir
-    status = train_in_process("--root-dir", str(root), "--label-excel", str(label), "--output-dir", str(tmp_path),
-                              "--epochs", "6", "--no-test", "--report-to", "tensorboard", "--scheduler", "plateau",
-                              "--early-stopping-patience", "1", "--monitor", "val_accuracy", *FAST[:-4], "--lr", "1e-12")
+    status = train_in_process(
+        "--root-dir",
+        str(root),
+        "--label-excel",
+        str(label),
+        "--output-dir",
+        str(tmp_path),
+        "--epochs",
+        "6",
+        "--no-test",
+        "--report-to",
+        "tensorboard",
+        "--scheduler",
+        "plateau",
+        "--early-stopping-patience",
+        "1",
+        "--monitor",
+        "val_accuracy",
+        *FAST[:-4],
+        "--lr",
+        "1e-12",
+    )
     assert status == 0
     run_dir = only_run_dir(tmp_path)
     lines = (run_dir / "metrics.csv").read_text().strip().splitlines()
@@ -67,8 +98,23 @@ def test_early_stopping_plateau_tensorboard_and_curves(data_dir, tmp_path, capsy
 @pytest.mark.skipif(cpu_has_native_bf16(), reason="this CPU runs bf16 natively: there is no fallback to see")
 def test_bf16_on_a_cpu_without_native_bf16_warns_and_trains_in_fp32(data_dir, tmp_path, capsys):
     root, label = data_dir
-    assert train_in_process("--root-dir", str(root), "--label-excel", str(label), "--output-dir", str(tmp_path),
-                            "--epochs", "1", "--no-test", "--mixed-precision", "bf16", *FAST) == 0
+    assert (
+        train_in_process(
+            "--root-dir",
+            str(root),
+            "--label-excel",
+            str(label),
+            "--output-dir",
+            str(tmp_path),
+            "--epochs",
+            "1",
+            "--no-test",
+            "--mixed-precision",
+            "bf16",
+            *FAST,
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "no native bf16" in out and "training in fp32 instead" in out and "mixed precision: no" in out
 
@@ -82,8 +128,16 @@ def test_a_bf16_training_step_runs_under_accelerate_autocast():
     batches = [(frames, torch.tensor([0, 1] * 4), torch.arange(8), torch.ones(8, dtype=torch.bool))] * 2
     model, optimizer = accelerator.prepare(model, optimizer)
     before = [p.detach().clone() for p in model.parameters()]
-    end = train_one_epoch(model, batches, optimizer, accelerator, train_preset("ultrasound", 1), epoch=0, epochs=1,
-                          progress=EpochProgress())
+    end = train_one_epoch(
+        model,
+        batches,
+        optimizer,
+        accelerator,
+        train_preset("ultrasound", 1),
+        epoch=0,
+        epochs=1,
+        progress=EpochProgress(),
+    )
     assert end.stop is None and math.isfinite(end.progress.loss_sum) and end.progress.seen == 16
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     reset_accelerate()

@@ -40,7 +40,9 @@ def test_predict_a_folder_of_persons(trained_run, data_dir, tmp_path, capsys):
     assert f"threshold {threshold:.3f}" in printed
     for row in persons + frames:
         p = float(row["prob_plaque"])
-        if abs(p - threshold) > 1e-6:  # the CSV rounds to 6 decimals; the threshold is a validation person's probability
+        if (
+            abs(p - threshold) > 1e-6
+        ):  # the CSV rounds to 6 decimals; the threshold is a validation person's probability
             assert row["predicted_label"] == ("plaque" if p >= threshold else "normal")
 
 
@@ -48,8 +50,14 @@ def test_predict_one_persons_folder(trained_run, data_dir, tmp_path, capsys, mon
     root, _ = data_dir
     person = sorted(p for p in root.iterdir() if p.is_dir())[0]
     monkeypatch.chdir(tmp_path)  # the default output goes to the working directory
-    assert predict.main(["--model", model_of(trained_run), "--input", str(person), "--person-aggregation", "max", *QUICK]) == 0
-    frames, persons = rows(tmp_path / f"predictions_{person.name}.csv"), rows(tmp_path / f"predictions_{person.name}_persons.csv")
+    assert (
+        predict.main(["--model", model_of(trained_run), "--input", str(person), "--person-aggregation", "max", *QUICK])
+        == 0
+    )
+    frames, persons = (
+        rows(tmp_path / f"predictions_{person.name}.csv"),
+        rows(tmp_path / f"predictions_{person.name}_persons.csv"),
+    )
     assert len(frames) == 4 and [r["person_id"] for r in persons] == [person.name]
     assert float(persons[0]["prob_plaque"]) == pytest.approx(max(float(r["prob_plaque"]) for r in frames), abs=1e-6)
     assert "layout: person" in capsys.readouterr().out
@@ -81,11 +89,14 @@ def test_unreadable_images_are_reported_and_skipped(trained_run, data_dir, tmp_p
     assert {Path(r["path"]).name for r in rows(tmp_path / "p_unreadable.csv")} == {"broken.png", "truncated.png"}
 
 
-@pytest.mark.parametrize("case, fragment", [
-    ("missing input", "input folder not found"),
-    ("no images", "no images"),
-    ("missing model", "model file not found"),
-])
+@pytest.mark.parametrize(
+    "case, fragment",
+    [
+        ("missing input", "input folder not found"),
+        ("no images", "no images"),
+        ("missing model", "model file not found"),
+    ],
+)
 def test_user_errors_exit_2(case, fragment, trained_run, tmp_path, capsys):
     empty = tmp_path / "empty"
     (empty / "1001").mkdir(parents=True)

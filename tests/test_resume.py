@@ -12,7 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import FAST, load_model, module_command, make_data, only_run_dir, run_module, subprocess_env, train_in_process
+from tests.conftest import (
+    FAST,
+    load_model,
+    make_data,
+    module_command,
+    only_run_dir,
+    run_module,
+    subprocess_env,
+    train_in_process,
+)
 
 TIMING = {"epoch_seconds", "images_per_second", "data_wait_fraction"}
 
@@ -24,8 +33,14 @@ def rows(run_dir: Path) -> list[dict[str, str]]:
 
 def launch(args: list[str], nproc: int) -> subprocess.Popen:
     """carotid.train in the background, in its own process group (so the test can signal all of it)."""
-    return subprocess.Popen(module_command("carotid.train", *args, nproc=nproc), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=subprocess_env(), start_new_session=True)
+    return subprocess.Popen(
+        module_command("carotid.train", *args, nproc=nproc),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=subprocess_env(),
+        start_new_session=True,
+    )
 
 
 def wait_for(pattern: str, folder: Path, process: subprocess.Popen, timeout: float = 120) -> Path:
@@ -46,9 +61,26 @@ def small_data(tmp_path_factory):
 
 def common(data, output: Path) -> list[str]:
     root, label = data
-    return ["--root-dir", str(root), "--label-excel", str(label), "--output-dir", str(output), "--epochs", "3",
-            "--checkpoint-every-steps", "3", "--no-test", *FAST[:FAST.index("--batch-size")], "--batch-size", "4",
-            "--num-workers", "0", "--lr", "1e-3"]
+    return [
+        "--root-dir",
+        str(root),
+        "--label-excel",
+        str(label),
+        "--output-dir",
+        str(output),
+        "--epochs",
+        "3",
+        "--checkpoint-every-steps",
+        "3",
+        "--no-test",
+        *FAST[: FAST.index("--batch-size")],
+        "--batch-size",
+        "4",
+        "--num-workers",
+        "0",
+        "--lr",
+        "1e-3",
+    ]
 
 
 @pytest.mark.slow
@@ -70,7 +102,10 @@ def test_kill_9_mid_epoch_then_resume_ends_with_the_uninterrupted_weights(small_
     ours, theirs = (load_model(r / "models" / "final_model.pth")["state_dict"] for r in (run_dir, reference))
     # Exact on the CPU: data order, augmentation and dropout come from RNG states restored from the checkpoint.
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
-    assert load_model(run_dir / "models" / "best_model.pth")["epoch"] == load_model(reference / "models" / "best_model.pth")["epoch"]
+    assert (
+        load_model(run_dir / "models" / "best_model.pth")["epoch"]
+        == load_model(reference / "models" / "best_model.pth")["epoch"]
+    )
 
 
 @pytest.mark.slow
@@ -96,10 +131,31 @@ def test_sigterm_stops_all_ranks_at_a_step_and_the_run_resumes(small_data, tmp_p
 
 def test_gradient_accumulation_2_x_b_matches_batch_2b(tmp_path):
     root, label = make_data(tmp_path / "frames", persons=10, frames=4, size=40)
-    base = ["--root-dir", str(root), "--label-excel", str(label), "--epochs", "3", "--augment", "none", "--no-test",
-            "--train-ratio", "0.8", "--val-ratio", "0.2", "--test-ratio", "0", *FAST]
+    base = [
+        "--root-dir",
+        str(root),
+        "--label-excel",
+        str(label),
+        "--epochs",
+        "3",
+        "--augment",
+        "none",
+        "--no-test",
+        "--train-ratio",
+        "0.8",
+        "--val-ratio",
+        "0.2",
+        "--test-ratio",
+        "0",
+        *FAST,
+    ]
     assert train_in_process(*base, "--batch-size", "8", "--output-dir", str(tmp_path / "big")) == 0
-    assert train_in_process(*base, "--batch-size", "4", "--gradient-accumulation-steps", "2", "--output-dir", str(tmp_path / "acc")) == 0
+    assert (
+        train_in_process(
+            *base, "--batch-size", "4", "--gradient-accumulation-steps", "2", "--output-dir", str(tmp_path / "acc")
+        )
+        == 0
+    )
     big, acc = only_run_dir(tmp_path / "big"), only_run_dir(tmp_path / "acc")
     for a, b in zip(rows(big), rows(acc)):
         assert float(a["lr"]) == float(b["lr"]), "the schedule counts optimizer steps, not micro-batches"

@@ -16,15 +16,34 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from carotid.data import load_frame
-from carotid.models import build_model
+from carotid.data.decode import load_frame
+from carotid.model.registry import build_model
 from tests.conftest import FAST, load_model, make_data, only_run_dir, read_json, run_module, train_in_process
 
 REPO = Path(__file__).resolve().parents[1]
-RUN_FILES = ["config.yaml", "splits.json", "data_report.json", "metrics.csv", "train.log", "curves.png",
-             "models/best_model.pth", "models/final_model.pth", "eval_test_best/metrics.json"]
-MODEL_KEYS = {"state_dict", "arch", "num_classes", "class_names", "in_channels", "image_size", "normalization", "epoch",
-              "metrics", "threshold"}
+RUN_FILES = [
+    "config.yaml",
+    "splits.json",
+    "data_report.json",
+    "metrics.csv",
+    "train.log",
+    "curves.png",
+    "models/best_model.pth",
+    "models/final_model.pth",
+    "eval_test_best/metrics.json",
+]
+MODEL_KEYS = {
+    "state_dict",
+    "arch",
+    "num_classes",
+    "class_names",
+    "in_channels",
+    "image_size",
+    "normalization",
+    "epoch",
+    "metrics",
+    "threshold",
+}
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -46,8 +65,17 @@ def test_single_process_run_directory_is_complete(trained_run, data_dir):
     assert {"torch", "accelerate", "git_commit"} <= set(config["versions"]) and len(config["label_file_sha256"]) == 64
     rows = read_rows(trained_run / "metrics.csv")
     assert [r["epoch"] for r in rows] == ["1", "2"]
-    for column in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_auc", "lr", "epoch_seconds",
-                   "images_per_second", "data_wait_fraction"):
+    for column in (
+        "train_loss",
+        "train_accuracy",
+        "val_loss",
+        "val_accuracy",
+        "val_auc",
+        "lr",
+        "epoch_seconds",
+        "images_per_second",
+        "data_wait_fraction",
+    ):
         assert rows[0][column] != "", column
     report = read_json(trained_run / "data_report.json")
     assert report["splits"]["train"]["persons"] == {"normal": 3, "plaque": 3}
@@ -68,7 +96,10 @@ def val_loss_in_one_process(run_dir: Path, model_file: dict) -> float:
     model.eval()
     labels = {"normal": 0, "plaque": 1}
     persons = read_json(run_dir / "splits.json")["val"]
-    sheet = {str(p): c for p, c in openpyxl.load_workbook(config["label_excel"]).active.iter_rows(min_row=2, values_only=True)}
+    sheet = {
+        str(p): c
+        for p, c in openpyxl.load_workbook(config["label_excel"]).active.iter_rows(min_row=2, values_only=True)
+    }
     mean = torch.tensor(model_file["normalization"]["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(model_file["normalization"]["std"]).view(1, -1, 1, 1)
     losses = []
@@ -84,10 +115,29 @@ def val_loss_in_one_process(run_dir: Path, model_file: dict) -> float:
 @pytest.mark.slow
 def test_two_process_ddp_run_and_its_model_reload_in_one_process(tmp_path, data_dir):
     root, label = data_dir
-    result = run_module("carotid.train", "--root-dir", str(root), "--label-excel", str(label), "--output-dir", str(tmp_path),
-                        "--epochs", "1", "--train-ratio", "0.5", "--val-ratio", "0.25", "--test-ratio", "0.25",
-                        "--balanced-sampler", "--class-weights", "auto", *FAST, nproc=2,
-                        extra_launch=["--config_file", str(REPO / "configs/accelerate/cpu_ddp.yaml")])
+    result = run_module(
+        "carotid.train",
+        "--root-dir",
+        str(root),
+        "--label-excel",
+        str(label),
+        "--output-dir",
+        str(tmp_path),
+        "--epochs",
+        "1",
+        "--train-ratio",
+        "0.5",
+        "--val-ratio",
+        "0.25",
+        "--test-ratio",
+        "0.25",
+        "--balanced-sampler",
+        "--class-weights",
+        "auto",
+        *FAST,
+        nproc=2,
+        extra_launch=["--config_file", str(REPO / "configs/accelerate/cpu_ddp.yaml")],
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "processes: 2" in result.stdout and "= 16 effective" in result.stdout
     run_dir = only_run_dir(tmp_path)
@@ -113,9 +163,24 @@ def test_console_scripts_are_installed():
 def test_load_model_starts_a_new_run_from_those_weights(trained_run, data_dir, tmp_path):
     root, label = data_dir
     best = trained_run / "models" / "best_model.pth"
-    status = train_in_process("--root-dir", str(root), "--label-excel", str(label), "--output-dir", str(tmp_path),
-                              "--load-model", str(best), "--epochs", "1", "--no-test", "--augment", "none",
-                              *FAST[:-4], "--lr", "1e-12")
+    status = train_in_process(
+        "--root-dir",
+        str(root),
+        "--label-excel",
+        str(label),
+        "--output-dir",
+        str(tmp_path),
+        "--load-model",
+        str(best),
+        "--epochs",
+        "1",
+        "--no-test",
+        "--augment",
+        "none",
+        *FAST[:-4],
+        "--lr",
+        "1e-12",
+    )
     assert status == 0
     run_dir = only_run_dir(tmp_path)
     assert run_dir != trained_run
@@ -126,7 +191,16 @@ def test_load_model_starts_a_new_run_from_those_weights(trained_run, data_dir, t
 def test_load_model_mismatches_say_what_differs(trained_run, data_dir, tmp_path, capsys):
     root, label = data_dir
     best = str(trained_run / "models" / "best_model.pth")
-    args = ["--root-dir", str(root), "--label-excel", str(label), "--output-dir", str(tmp_path / "out"), "--load-model", best]
+    args = [
+        "--root-dir",
+        str(root),
+        "--label-excel",
+        str(label),
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--load-model",
+        best,
+    ]
     assert train_in_process(*args, "--model", "resnet18") == 2
     assert "is a 'small_cnn' model, this run is 'resnet18'" in capsys.readouterr().err
     three = make_data(tmp_path / "three", persons=6, frames=1, size=32)[0]
@@ -134,8 +208,21 @@ def test_load_model_mismatches_say_what_differs(trained_run, data_dir, tmp_path,
     for i, row in enumerate(book.active.iter_rows(min_row=2)):
         row[1].value = ["a", "b", "c"][i % 3]
     book.save(three / "label.xlsx")
-    assert train_in_process("--root-dir", str(three), "--label-excel", str(three / "label.xlsx"), "--output-dir",
-                            str(tmp_path / "out"), "--load-model", best, "--model", "small_cnn") == 2
+    assert (
+        train_in_process(
+            "--root-dir",
+            str(three),
+            "--label-excel",
+            str(three / "label.xlsx"),
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--load-model",
+            best,
+            "--model",
+            "small_cnn",
+        )
+        == 2
+    )
     assert "has classes ['normal', 'plaque'], this run's labels are ['a', 'b', 'c']" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), "no run directory is left behind"
 

@@ -16,10 +16,10 @@ import pytest
 import torch
 import yaml
 
-from carotid import checkpoint as ckpt
-from carotid import evaluate, predict
-from carotid.models import SmallCNN
-from carotid.transforms import NORMALIZATION
+from carotid import evaluate, files, predict
+from carotid.data.transforms import NORMALIZATION
+from carotid.model.file import FORMAT, FORMAT_VERSION
+from carotid.model.registry import SmallCNN
 from tests.conftest import FAST, make_data, train_in_process
 
 PACKAGE = Path(__file__).resolve().parents[1] / "carotid"
@@ -37,10 +37,20 @@ class CreatesAFile:
 
 def model_dict(payload) -> dict:
     """A carotid model file in every respect, with the payload hidden among its metadata."""
-    return {"format": ckpt.MODEL_FORMAT, "format_version": ckpt.MODEL_FORMAT_VERSION,
-            "state_dict": SmallCNN(2, 1).state_dict(), "arch": "small_cnn", "num_classes": 2,
-            "class_names": ["normal", "plaque"], "in_channels": 1, "image_size": 32,
-            "normalization": NORMALIZATION[1], "epoch": 1, "metrics": {"val_auc": payload}, "threshold": 0.5}
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "state_dict": SmallCNN(2, 1).state_dict(),
+        "arch": "small_cnn",
+        "num_classes": 2,
+        "class_names": ["normal", "plaque"],
+        "in_channels": 1,
+        "image_size": 32,
+        "normalization": NORMALIZATION[1],
+        "epoch": 1,
+        "metrics": {"val_auc": payload},
+        "threshold": 0.5,
+    }
 
 
 def write_payload(kind: str, path: Path, target: Path) -> Path:
@@ -69,27 +79,43 @@ def fake_run(folder: Path, root: Path, label: Path, model: Path) -> Path:
     """A run directory whose models/best_model.pth someone has replaced."""
     (folder / "models").mkdir(parents=True)
     model.rename(folder / "models" / "best_model.pth")
-    (folder / "config.yaml").write_text(yaml.safe_dump({"options": {"root_dir": str(root), "label_excel": str(label),
-                                                                    "seed": 0, "bootstrap": 0}}))
-    ckpt.atomic_write_json(folder / "splits.json", {"train": [], "val": [], "test": ["1001", "1002"]})
+    (folder / "config.yaml").write_text(
+        yaml.safe_dump({"options": {"root_dir": str(root), "label_excel": str(label), "seed": 0, "bootstrap": 0}})
+    )
+    files.atomic_write_json(folder / "splits.json", {"train": [], "val": [], "test": ["1001", "1002"]})
     return folder
 
 
 def commands(root: Path, label: Path, model: Path, tmp: Path) -> dict[str, tuple]:
-    train = ["--root-dir", str(root), "--label-excel", str(label), "--output-dir", str(tmp / "out"), *FAST, "--epochs", "1",
-             "--no-test"]
+    train = [
+        "--root-dir",
+        str(root),
+        "--label-excel",
+        str(label),
+        "--output-dir",
+        str(tmp / "out"),
+        *FAST,
+        "--epochs",
+        "1",
+        "--no-test",
+    ]
     external = ["--root-dir", str(root), "--label-excel", str(label), "--out", str(tmp / "out"), "--num-workers", "0"]
+
     def train_main(argv):
         return train_in_process(*argv)
 
     return {
         "train --load-model": (train_main, [*train, "--load-model", str(model)]),
-        "train --pretrained-weights": (train_main, [*train, "--model", "mobilenet_v3_small",
-                                                          "--pretrained-weights", str(model)]),
+        "train --pretrained-weights": (
+            train_main,
+            [*train, "--model", "mobilenet_v3_small", "--pretrained-weights", str(model)],
+        ),
         "evaluate --model": (evaluate.main, ["--model", str(model), *external]),
         "evaluate --run-dir": (evaluate.main, ["--run-dir", "RUN", "--num-workers", "0", "--out", str(tmp / "out")]),
-        "predict --model": (predict.main, ["--model", str(model), "--input", str(root), "--out", str(tmp / "out" / "p.csv"),
-                                           "--num-workers", "0"]),
+        "predict --model": (
+            predict.main,
+            ["--model", str(model), "--input", str(root), "--out", str(tmp / "out" / "p.csv"), "--num-workers", "0"],
+        ),
     }
 
 
@@ -102,8 +128,10 @@ def test_the_payload_is_live(tmp_path):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("command", ["train --load-model", "train --pretrained-weights", "evaluate --model",
-                                     "evaluate --run-dir", "predict --model"])
+@pytest.mark.parametrize(
+    "command",
+    ["train --load-model", "train --pretrained-weights", "evaluate --model", "evaluate --run-dir", "predict --model"],
+)
 def test_every_command_refuses_a_file_that_would_run_code(command, kind, data, tmp_path, capsys):
     root, label = data
     target = tmp_path / "pwned"
@@ -138,9 +166,15 @@ def test_every_torch_load_in_the_package_passes_weights_only_true():
     for path in sorted(PACKAGE.rglob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module == "torch" and any(a.name == "load" for a in node.names):
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.module == "torch"
+                and any(a.name == "load" for a in node.names)
+            ):
                 problems.append(f"{path.name}:{node.lineno}: 'from torch import load' hides the check below")
-            if isinstance(node, ast.Import) and any(a.name in ("pickle", "dill", "joblib", "cloudpickle") for a in node.names):
+            if isinstance(node, ast.Import) and any(
+                a.name in ("pickle", "dill", "joblib", "cloudpickle") for a in node.names
+            ):
                 problems.append(f"{path.name}:{node.lineno}: imports a pickle library")
         for node, name in calls(tree):
             where = f"{path.name}:{node.lineno}: {ast.unparse(node)}"
@@ -155,21 +189,28 @@ def test_every_torch_load_in_the_package_passes_weights_only_true():
             elif name in ("yaml.load", "yaml.unsafe_load", "yaml.full_load"):
                 problems.append(f"{where}: use yaml.safe_load")
             elif name.endswith(".load_state") and path.name != "trainer.py":
-                problems.append(f"{where}: Accelerate checkpoints are unpickled in full; only --resume (trainer.py) may load them")
+                problems.append(
+                    f"{where}: Accelerate checkpoints are unpickled in full; only --resume (trainer.py) may load them"
+                )
     assert loads >= 1, "the model-file loader was not found: has the code moved?"
     assert not problems, "\n".join(problems)
 
 
 def test_model_files_are_read_only_through_the_safe_loader():
-    """torch.load lives in one function (checkpoint.safe_torch_load); commands read model files through it."""
+    """torch.load lives in one function (files.safe_torch_load); commands read model files through ModelFile.load."""
     users = {}
     for path in sorted(PACKAGE.rglob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         names = [f for _, f in calls(tree)]
         if "torch.load" in names:
-            users[path.name] = [n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)
-                                and any(f == "torch.load" for _, f in calls(n))]
-        users.setdefault("callers of load_model_file", []).extend([path.name] * any(f.endswith("load_model_file") for f in names))
-    callers = users.pop("callers of load_model_file")
-    assert users == {"checkpoint.py": ["safe_torch_load"]}, users
-    assert callers, "evaluate/predict should load model files with checkpoint.load_model_file"
+            users[path.name] = [
+                n.name
+                for n in ast.walk(tree)
+                if isinstance(n, ast.FunctionDef) and any(f == "torch.load" for _, f in calls(n))
+            ]
+        users.setdefault("callers of ModelFile.load", []).extend(
+            [path.name] * any(f.endswith("ModelFile.load") for f in names)
+        )
+    callers = users.pop("callers of ModelFile.load")
+    assert users == {"files.py": ["safe_torch_load"]}, users
+    assert {"evaluate.py", "predict.py", "trainer.py"} <= set(callers), callers

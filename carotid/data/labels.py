@@ -16,17 +16,66 @@ from carotid.errors import UserError
 # Header names recognised without --id-column / --label-column, in order of preference.
 # Compared after lower-casing and dropping spaces, '_', '-' and '.'.
 ID_HEADERS = (
-    "id", "personid", "person", "patientid", "patient", "subjectid", "subject", "caseid", "case",
-    "编号", "患者编号", "病人编号", "病例号", "患者id", "病人id", "住院号", "检查号", "name", "姓名",
+    "id",
+    "personid",
+    "person",
+    "patientid",
+    "patient",
+    "subjectid",
+    "subject",
+    "caseid",
+    "case",
+    "编号",
+    "患者编号",
+    "病人编号",
+    "病例号",
+    "患者id",
+    "病人id",
+    "住院号",
+    "检查号",
+    "name",
+    "姓名",
 )
 LABEL_HEADERS = (
-    "label", "labels", "class", "target", "diagnosis", "category", "group", "y",
-    "标签", "类别", "分类", "诊断", "分组", "结果", "标注",
+    "label",
+    "labels",
+    "class",
+    "target",
+    "diagnosis",
+    "category",
+    "group",
+    "y",
+    "标签",
+    "类别",
+    "分类",
+    "诊断",
+    "分组",
+    "结果",
+    "标注",
 )
 OLE2_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # .xls and password-protected .xlsx are OLE2 containers
 # What a formula that failed leaves in its cell (a VLOOKUP that found nothing gives #N/A): never an ID or a label.
-EXCEL_ERRORS = frozenset({"#NULL!", "#DIV/0!", "#VALUE!", "#REF!", "#NAME?", "#NUM!", "#N/A", "#GETTING_DATA", "#SPILL!",
-                          "#CALC!", "#FIELD!", "#BLOCKED!", "#CONNECT!", "#BUSY!", "#UNKNOWN!", "#EXTERNAL!", "#PYTHON!"})
+EXCEL_ERRORS = frozenset(
+    {
+        "#NULL!",
+        "#DIV/0!",
+        "#VALUE!",
+        "#REF!",
+        "#NAME?",
+        "#NUM!",
+        "#N/A",
+        "#GETTING_DATA",
+        "#SPILL!",
+        "#CALC!",
+        "#FIELD!",
+        "#BLOCKED!",
+        "#CONNECT!",
+        "#BUSY!",
+        "#UNKNOWN!",
+        "#EXTERNAL!",
+        "#PYTHON!",
+    }
+)
 EXCEL_DIGITS = 15  # Excel stores numbers with 15 significant digits; longer numeric IDs are already rounded
 
 
@@ -109,13 +158,24 @@ def _open_workbook(path: Path):
     try:
         return openpyxl.load_workbook(path, read_only=True, data_only=True)
     except (zipfile.BadZipFile, KeyError, OSError, ValueError, TypeError, EOFError) as err:
-        raise UserError(f"{path} cannot be read as .xlsx ({type(err).__name__})", "the file is corrupt: save it again from Excel") from None
-    except Exception as err:  # openpyxl raises its own InvalidFileException and parser errors
-        raise UserError(f"{path} cannot be read as .xlsx ({err})", "the file is corrupt: save it again from Excel") from None
+        raise UserError(
+            f"{path} cannot be read as .xlsx ({type(err).__name__})", "the file is corrupt: save it again from Excel"
+        ) from None
+    except Exception as err:  # noqa: BLE001 - openpyxl raises its own InvalidFileException and parser errors
+        raise UserError(
+            f"{path} cannot be read as .xlsx ({err})", "the file is corrupt: save it again from Excel"
+        ) from None
 
 
-def _choose_column(headers: list[Any], wanted: str | None, known: tuple[str, ...], what: str, flag: str,
-                   fallback: int, taken: int | None) -> tuple[int, str]:
+def _choose_column(
+    headers: list[Any],
+    wanted: str | None,
+    known: tuple[str, ...],
+    what: str,
+    flag: str,
+    fallback: int,
+    taken: int | None,
+) -> tuple[int, str]:
     keys = [_header_key(h) for h in headers]
     shown = ", ".join(repr(str(h)) for h in headers if h is not None) or "(none)"
     if wanted is not None:
@@ -123,9 +183,13 @@ def _choose_column(headers: list[Any], wanted: str | None, known: tuple[str, ...
         if not key:  # would match the first column without a header
             raise UserError(f"{flag} '{wanted}' is empty; the headers are {shown}", f"pass one of them to {flag}")
         if key not in keys:
-            raise UserError(f"{flag} '{wanted}' is not a column header; the headers are {shown}", f"pass one of them to {flag}")
+            raise UserError(
+                f"{flag} '{wanted}' is not a column header; the headers are {shown}", f"pass one of them to {flag}"
+            )
         if keys.index(key) == taken:
-            raise UserError(f"{flag} '{wanted}' is also the ID column", f"pass the header of the {what} column to {flag}")
+            raise UserError(
+                f"{flag} '{wanted}' is also the ID column", f"pass the header of the {what} column to {flag}"
+            )
         return keys.index(key), f"{what} column '{headers[keys.index(key)]}' (from {flag})"
     for candidate in known:
         for i, key in enumerate(keys):
@@ -133,11 +197,20 @@ def _choose_column(headers: list[Any], wanted: str | None, known: tuple[str, ...
                 return i, f"{what} column '{headers[i]}' (recognised header)"
     if fallback >= len(headers) or fallback == taken:
         raise UserError(f"no {what} column found; the headers are {shown}", f"name it with {flag}")
-    return fallback, f"{what} column '{headers[fallback]}' (column {chr(ord('A') + fallback)}: no known header, pass {flag} to choose)"
+    return (
+        fallback,
+        f"{what} column '{headers[fallback]}' (column {chr(ord('A') + fallback)}: no known header, "
+        f"pass {flag} to choose)",
+    )
 
 
-def read_labels(path: str | Path, sheet: str | None = None, id_column: str | None = None,
-                label_column: str | None = None, min_classes: int = 2) -> LabelTable:
+def read_labels(
+    path: str | Path,
+    sheet: str | None = None,
+    id_column: str | None = None,
+    label_column: str | None = None,
+    min_classes: int = 2,
+) -> LabelTable:
     """Read person IDs and labels from an .xlsx sheet; every user mistake is a UserError.
 
     Training needs two classes; evaluating a model on an external cohort of one class (say, all
@@ -153,7 +226,10 @@ def read_labels(path: str | Path, sheet: str | None = None, id_column: str | Non
         elif sheet in names:
             sheet_name = sheet
         else:
-            raise UserError(f"sheet '{sheet}' not found in {path}; its sheets are {', '.join(map(repr, names))}", "pass one of them to --sheet")
+            raise UserError(
+                f"sheet '{sheet}' not found in {path}; its sheets are {', '.join(map(repr, names))}",
+                "pass one of them to --sheet",
+            )
         rows = [list(r) for r in workbook[sheet_name].iter_rows(values_only=True)]
     finally:
         workbook.close()
@@ -164,7 +240,9 @@ def read_labels(path: str | Path, sheet: str | None = None, id_column: str | Non
         raise UserError(f"sheet '{sheet_name}' of {path} is empty", "put a header row and one row per person on it")
     headers = [normalize_id(h) for h in numbered[0][1]]
     id_idx, id_note = _choose_column(headers, id_column, ID_HEADERS, "ID", "--id-column", 0, None)
-    label_idx, label_note = _choose_column(headers, label_column, LABEL_HEADERS, "label", "--label-column", 1 if id_idx != 1 else 0, id_idx)
+    label_idx, label_note = _choose_column(
+        headers, label_column, LABEL_HEADERS, "label", "--label-column", 1 if id_idx != 1 else 0, id_idx
+    )
     notes = [f"sheet '{sheet_name}': {id_note}, {label_note}"]
 
     labels: dict[str, str] = {}
@@ -178,7 +256,12 @@ def read_labels(path: str | Path, sheet: str | None = None, id_column: str | Non
         label_cell = row[label_idx] if label_idx < len(row) else None
         person_id, label = normalize_id(id_cell), normalize_label(label_cell)
         errors += [f"{cell.strip()} in row {row_number}" for cell in (id_cell, label_cell) if is_excel_error(cell)]
-        if isinstance(id_cell, (int, float)) and not isinstance(id_cell, bool) and person_id and abs(id_cell) >= 10**EXCEL_DIGITS:
+        if (
+            isinstance(id_cell, (int, float))
+            and not isinstance(id_cell, bool)
+            and person_id
+            and abs(id_cell) >= 10**EXCEL_DIGITS
+        ):
             long_numbers.append(person_id)
         if person_id is None:
             no_id += label is not None
@@ -188,20 +271,29 @@ def read_labels(path: str | Path, sheet: str | None = None, id_column: str | Non
             continue
         if person_id in labels:
             if labels[person_id] != label:
-                conflicts.append(f"'{person_id}' is '{labels[person_id]}' in row {first_row[person_id]} and '{label}' in row {row_number}")
+                conflicts.append(
+                    f"'{person_id}' is '{labels[person_id]}' in row {first_row[person_id]} "
+                    f"and '{label}' in row {row_number}"
+                )
             repeated += 1
             continue
         labels[person_id] = label
         first_row[person_id] = row_number
     if conflicts:
         more = f" (and {len(conflicts) - 3} more)" if len(conflicts) > 3 else ""
-        raise UserError(f"duplicate person IDs with conflicting labels in {path}: {'; '.join(conflicts[:3])}{more}",
-                        "keep one row per person")
+        raise UserError(
+            f"duplicate person IDs with conflicting labels in {path}: {'; '.join(conflicts[:3])}{more}",
+            "keep one row per person",
+        )
     if errors:
-        notes.append(f"{len(errors)} cell(s) hold an Excel error value and count as empty (e.g. {errors[0]}): fix the formulas")
+        notes.append(
+            f"{len(errors)} cell(s) hold an Excel error value and count as empty (e.g. {errors[0]}): fix the formulas"
+        )
     if long_numbers:
-        notes.append(f"{len(long_numbers)} ID(s) are numbers of more than {EXCEL_DIGITS} digits (e.g. {long_numbers[0]}); Excel "
-                     f"keeps only {EXCEL_DIGITS} digits, so they may not match their folders: store such IDs as text")
+        notes.append(
+            f"{len(long_numbers)} ID(s) are numbers of more than {EXCEL_DIGITS} digits (e.g. {long_numbers[0]}); Excel "
+            f"keeps only {EXCEL_DIGITS} digits, so they may not match their folders: store such IDs as text"
+        )
     if no_id:
         notes.append(f"{no_id} row(s) have a label but no ID and were skipped")
     if no_label:
@@ -211,7 +303,9 @@ def read_labels(path: str | Path, sheet: str | None = None, id_column: str | Non
     class_names = _sorted_classes(set(labels.values()))
     if len(class_names) < min_classes:
         found = f"only '{class_names[0]}'" if class_names else "no labels"
-        raise UserError(f"{path} has {found} in column '{headers[label_idx]}'; "
-                        + ("a classifier needs at least two classes" if min_classes > 1 else "nothing to evaluate"),
-                        "check --label-column and the sheet's label cells")
+        raise UserError(
+            f"{path} has {found} in column '{headers[label_idx]}'; "
+            + ("a classifier needs at least two classes" if min_classes > 1 else "nothing to evaluate"),
+            "check --label-column and the sheet's label cells",
+        )
     return LabelTable(labels, class_names, sheet_name, str(headers[id_idx]), str(headers[label_idx]), notes)

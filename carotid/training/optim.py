@@ -18,8 +18,9 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> to
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
 
 
-def lr_factor(step: int, *, kind: str, warmup_steps: int, total_steps: int, steps_per_epoch: int,
-              step_epochs: int, gamma: float) -> float:
+def lr_factor(
+    step: int, *, kind: str, warmup_steps: int, total_steps: int, steps_per_epoch: int, step_epochs: int, gamma: float
+) -> float:
     """Multiplier of the peak LR after `step` optimizer steps: linear warm-up, then the schedule."""
     if warmup_steps and step < warmup_steps:
         return (step + 1) / warmup_steps
@@ -51,8 +52,15 @@ class _Factor:
         self.steps_per_epoch, self.step_epochs, self.gamma = steps_per_epoch, step_epochs, gamma
 
     def __call__(self, step: int) -> float:
-        return lr_factor(step, kind=self.kind, warmup_steps=self.warmup, total_steps=self.total,
-                         steps_per_epoch=self.steps_per_epoch, step_epochs=self.step_epochs, gamma=self.gamma)
+        return lr_factor(
+            step,
+            kind=self.kind,
+            warmup_steps=self.warmup,
+            total_steps=self.total,
+            steps_per_epoch=self.steps_per_epoch,
+            step_epochs=self.step_epochs,
+            gamma=self.gamma,
+        )
 
 
 def stretch_schedule(scheduler, total_steps: int) -> int | None:

@@ -11,9 +11,9 @@ import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from carotid.checkpoint import atomic_write_bytes  # noqa: E402
+from carotid.files import atomic_write_bytes
 
 
 def _number(value) -> float | None:
@@ -53,8 +53,13 @@ def plot_curves(rows: list[dict], monitor: str, path: str | Path) -> None:
     save_figure(fig, path)
 
 
-def plot_roc(levels: dict[str, tuple], class_names: list[str], positive_index: int, path: str | Path,
-             operating_points: dict[str, dict] | None = None) -> None:
+def plot_roc(
+    levels: dict[str, tuple],
+    class_names: list[str],
+    positive_index: int,
+    path: str | Path,
+    operating_points: dict[str, dict] | None = None,
+) -> None:
     """ROC curves, one panel per level ('image', 'person'); binary: the positive class, else one-vs-rest.
 
     `operating_points` ({level: metrics with sensitivity, specificity, threshold}) marks where the
@@ -69,8 +74,13 @@ def plot_roc(levels: dict[str, tuple], class_names: list[str], positive_index: i
                 ax.plot(fpr, tpr, label=f"{class_names[k]} (AUC {roc_auc_score(y_k, probs[:, k]):.3f})")
         point = (operating_points or {}).get(level)
         if point and point.get("sensitivity") is not None and point.get("specificity") is not None:
-            ax.plot(1 - point["specificity"], point["sensitivity"], "o", color="black",
-                    label=f"threshold {point['threshold']:.3f}")
+            ax.plot(
+                1 - point["specificity"],
+                point["sensitivity"],
+                "o",
+                color="black",
+                label=f"threshold {point['threshold']:.3f}",
+            )
         ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
         ax.set(title=f"ROC per {level}", xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.02))
         if len(ax.lines) > 1:
@@ -86,8 +96,15 @@ def plot_confusion(levels: dict[str, list[list[int]]], class_names: list[str], p
         ax.imshow(matrix, cmap="Blues", vmin=0)
         for (i, j), value in np.ndenumerate(matrix):
             ax.text(j, i, str(value), ha="center", va="center", color="white" if value > matrix.max() / 2 else "black")
-        ax.set(title=f"per {level}", xlabel="predicted", ylabel="true", xticks=range(len(class_names)),
-               yticks=range(len(class_names)), xticklabels=class_names, yticklabels=class_names)
+        ax.set(
+            title=f"per {level}",
+            xlabel="predicted",
+            ylabel="true",
+            xticks=range(len(class_names)),
+            yticks=range(len(class_names)),
+            xticklabels=class_names,
+            yticklabels=class_names,
+        )
     _save_quietly(fig, path)
 
 

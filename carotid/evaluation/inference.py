@@ -1,15 +1,13 @@
-"""Apply a model file to frames on 1..N processes: the inference shared by evaluate.py and predict.py.
+"""Apply a model file to frames on 1..N processes: the inference shared by evaluation and predict.
 
-Loads a model file safely, predicts every frame exactly once however many processes run, turns
-probabilities into labels (the model's binary threshold, else argmax) and per-person rows, and
-writes the per-image and per-person prediction tables.
+Predicts every frame exactly once however many processes run, turns probabilities into labels (the
+model's binary threshold, else argmax) and per-person rows, and writes the per-image and per-person
+prediction tables.
 """
 
 from __future__ import annotations
 
-import csv
 import importlib.util
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,13 +15,14 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from carotid import checkpoint as ckpt
-from carotid.data import frame_dataset, make_loader
-from carotid.engine import predict_loader
+from carotid.data.discovery import Frame
+from carotid.data.loaders import frame_dataset, make_loader
+from carotid.data.transforms import eval_preset
 from carotid.errors import UserError
-from carotid.metrics import aggregate_persons, person_labels
-from carotid.models import build_model, load_matching
-from carotid.transforms import eval_preset
+from carotid.evaluation.aggregation import aggregate_persons, person_labels
+from carotid.files import write_table
+from carotid.model.file import ModelFile
+from carotid.training.engine import predict_loader
 
 
 @dataclass
@@ -37,32 +36,44 @@ class FramePredictions:
     unreadable: list[str] = field(default_factory=list)
 
 
-def load_model_for_inference(model_path: str | Path) -> tuple[torch.nn.Module, dict]:
-    """(model with the file's weights, the file's metadata). Safe: weights_only loading."""
-    data = ckpt.load_model_file(model_path)
-    model = build_model(data["arch"], data["num_classes"], data["in_channels"])
-    load_matching(model, data["state_dict"], f"model file {model_path}", data["arch"])
-    return model.eval(), data
-
-
 def check_cache_available(cache: bool) -> None:
     if cache and importlib.util.find_spec("carotid.cache") is None:
         raise UserError("--cache is not available in this installation of carotid", "drop --cache")
 
 
-def run_inference(accelerator: Accelerator, model: torch.nn.Module, data: dict, items: list[tuple[str, int, str]], *,
-                  batch_size: int, num_workers: int, cache: bool = False, cache_dir: str | None = None) -> FramePredictions:
-    """Probabilities of every frame in `items`, on all processes (each gets the gathered arrays).
+def run_inference(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    model_file: ModelFile,
+    frames: list[Frame],
+    *,
+    batch_size: int,
+    num_workers: int,
+    cache: bool = False,
+    cache_dir: str | None = None,
+) -> FramePredictions:
+    """Probabilities of every frame in `frames`, on all processes (each gets the gathered arrays).
 
     Frames that cannot be decoded are left out and listed in `unreadable` (the cached dataset leaves
     them out itself and names them in `excluded`)."""
-    dataset = frame_dataset(items, data["image_size"], data["in_channels"], cache=cache, cache_dir=cache_dir,
-                            accelerator=accelerator)
+    dataset = frame_dataset(
+        frames, model_file.image_size, model_file.in_channels, cache=cache, cache_dir=cache_dir, accelerator=accelerator
+    )
     # prepare_data_loader, not prepare: the model needs no DDP/DeepSpeed wrapper to predict.
-    loader = accelerator.prepare_data_loader(make_loader(dataset, batch_size, train=False, num_workers=num_workers, seed=0,
-                                                         pin_memory=accelerator.device.type == "cuda"))
-    preset = eval_preset(data["normalization"]["mean"], data["normalization"]["std"]).to(accelerator.device)
-    out = exactly_once(predict_loader(model.to(accelerator.device), loader, accelerator, preset, desc="predict"), len(dataset))
+    loader = accelerator.prepare_data_loader(
+        make_loader(
+            dataset,
+            batch_size,
+            train=False,
+            num_workers=num_workers,
+            seed=0,
+            pin_memory=accelerator.device.type == "cuda",
+        )
+    )
+    preset = eval_preset(model_file.normalization["mean"], model_file.normalization["std"]).to(accelerator.device)
+    out = exactly_once(
+        predict_loader(model.to(accelerator.device), loader, accelerator, preset, desc="predict"), len(dataset)
+    )
     ok = out["readable"].astype(bool)
     paths, persons = np.array(dataset.paths, dtype=str), np.array(dataset.person_ids, dtype=str)
     unreadable = [str(p) for p in paths[~ok]] + [str(p) for p in getattr(dataset, "excluded", {})]
@@ -82,19 +93,15 @@ def exactly_once(out: dict[str, np.ndarray], n_items: int) -> dict[str, np.ndarr
     return out
 
 
-def decision_threshold(data: dict, threshold: float | None) -> tuple[float | None, str | None]:
+def decision_threshold(model_file: ModelFile, threshold: float | None) -> tuple[float | None, str | None]:
     """(binary threshold on the positive class, where it came from); (None, None) for multi-class models."""
-    if len(data["class_names"]) != 2:
+    if not model_file.binary:
         return None, None
     if threshold is not None:
         return float(threshold), "--threshold"
-    if data.get("threshold") is not None:
-        return float(data["threshold"]), data.get("threshold_source", "model file: Youden's J on the validation persons")
+    if model_file.threshold is not None:
+        return model_file.threshold, model_file.threshold_source or "model file: Youden's J on the validation persons"
     return 0.5, "default 0.5: the model file holds no threshold"
-
-
-def positive_index(data: dict) -> int:
-    return int(data.get("positive_index", len(data["class_names"]) - 1))
 
 
 def predicted_labels(probs: np.ndarray, threshold: float | None, positive: int) -> np.ndarray:
@@ -114,36 +121,49 @@ class PersonPredictions:
     labels: np.ndarray | None = None
 
 
-def person_predictions(preds: FramePredictions, aggregation: str, positive: int, labelled: bool = False) -> PersonPredictions:
+def person_predictions(
+    preds: FramePredictions, aggregation: str, positive: int, labelled: bool = False
+) -> PersonPredictions:
     person_ids, probs = aggregate_persons(preds.person_ids, preds.probs, aggregation, positive)
     _, n_frames = np.unique(preds.person_ids, return_counts=True)
     labels = person_labels(preds.person_ids, preds.labels, person_ids) if labelled else None
     return PersonPredictions(person_ids, probs, n_frames, labels)
 
 
-def write_csv(path: Path, header: list[str], rows) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    ckpt.atomic_write_text(path, buffer.getvalue())
-
-
-def write_prediction_tables(frame_path: Path, person_path: Path, preds: FramePredictions, persons: PersonPredictions,
-                            class_names: list[str], threshold: float | None, positive: int) -> np.ndarray:
+def write_prediction_tables(
+    frame_path: Path,
+    person_path: Path,
+    preds: FramePredictions,
+    persons: PersonPredictions,
+    class_names: list[str],
+    threshold: float | None,
+    positive: int,
+) -> np.ndarray:
     """The per-image and per-person CSVs (with a true_label column when labelled); returns the persons' labels."""
     labelled = persons.labels is not None
     truth = (lambda y: [class_names[y]]) if labelled else (lambda y: [])
     probs = [f"prob_{name}" for name in class_names]
     frame_predicted = predicted_labels(preds.probs, threshold, positive)
-    write_csv(frame_path, ["path", "person_id"] + ["true_label"] * labelled + probs + ["predicted_label"],
-              ([p, q, *truth(y), *_decimals(r), class_names[k]]
-               for p, q, y, r, k in zip(preds.paths, preds.person_ids, preds.labels, preds.probs, frame_predicted)))
+    write_table(
+        frame_path,
+        ["path", "person_id"] + ["true_label"] * labelled + probs + ["predicted_label"],
+        (
+            [p, q, *truth(y), *_decimals(r), class_names[k]]
+            for p, q, y, r, k in zip(preds.paths, preds.person_ids, preds.labels, preds.probs, frame_predicted)
+        ),
+    )
     person_predicted = predicted_labels(persons.probs, threshold, positive)
     person_truth = persons.labels if labelled else np.zeros(len(persons.person_ids), dtype=int)
-    write_csv(person_path, ["person_id"] + ["true_label"] * labelled + ["n_frames"] + probs + ["predicted_label"],
-              ([q, *truth(y), n, *_decimals(r), class_names[k]]
-               for q, y, n, r, k in zip(persons.person_ids, person_truth, persons.n_frames, persons.probs, person_predicted)))
+    write_table(
+        person_path,
+        ["person_id"] + ["true_label"] * labelled + ["n_frames"] + probs + ["predicted_label"],
+        (
+            [q, *truth(y), n, *_decimals(r), class_names[k]]
+            for q, y, n, r, k in zip(
+                persons.person_ids, person_truth, persons.n_frames, persons.probs, person_predicted
+            )
+        ),
+    )
     return person_predicted
 
 

@@ -32,23 +32,35 @@ def resolve_precision(requested: str | None, on_cuda: bool) -> tuple[str, str | 
     if precision == "bf16" and on_cuda and not torch.cuda.is_bf16_supported(including_emulation=False):
         return "fp16", "warning: this GPU has no native bf16 (pre-Ampere); training in fp16 with loss scaling instead"
     if precision == "bf16" and not on_cuda and not cpu_has_native_bf16():
-        return "no", ("warning: bf16 was asked for, but this CPU has no native bf16 and would run about 10x slower; "
-                      "training in fp32 instead")
+        return "no", (
+            "warning: bf16 was asked for, but this CPU has no native bf16 and would run about 10x slower; "
+            "training in fp32 instead"
+        )
     if precision == "fp16" and not on_cuda:
         return "no", "warning: fp16 needs a GPU; training in fp32 instead"
     return precision, None
 
 
-def build_accelerator(mixed_precision: str | None, gradient_accumulation_steps: int, report_to: str | None,
-                      dist_timeout_minutes: int, output_dir: str | None = None) -> tuple[Accelerator, str | None]:
-    """An Accelerator on CUDA when there is one, else on the CPU (where several processes use gloo)."""
+def build_accelerator(
+    *,
+    mixed_precision: str | None = None,
+    gradient_accumulation_steps: int = 1,
+    report_to: str | None = None,
+    dist_timeout_minutes: int = 60,
+    output_dir: str | None = None,
+) -> tuple[Accelerator, str | None]:
+    """An Accelerator on CUDA when there is one, else on the CPU (where several processes use gloo).
+
+    `mixed_precision` None takes what `accelerate launch` says; evaluation and prediction use the defaults."""
     on_cuda = torch.cuda.is_available()
     precision, note = resolve_precision(mixed_precision, on_cuda)
     if report_to == "tensorboard":
         try:
             import tensorboard  # noqa: F401
         except ImportError:
-            raise UserError("--report-to tensorboard needs the tensorboard package", "pip install 'carotid[tensorboard]'") from None
+            raise UserError(
+                "--report-to tensorboard needs the tensorboard package", "pip install 'carotid[tensorboard]'"
+            ) from None
     accelerator = Accelerator(
         cpu=not on_cuda,
         mixed_precision=precision,

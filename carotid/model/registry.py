@@ -6,15 +6,12 @@ first convolution is adapted to `in_channels` and its last linear layer replaced
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torchvision
 from torch import nn
 
-from carotid.checkpoint import safe_torch_load
-from carotid.config import ARCHITECTURES
 from carotid.errors import UserError
+from carotid.model import ARCHITECTURES
 
 PREFIXES = ("module.", "_orig_mod.")
 
@@ -30,7 +27,11 @@ class SmallCNN(nn.Module):
         layers: list[nn.Module] = []
         channels = in_channels
         for out in (width, width * 2, width * 4, width * 8):
-            layers += [nn.Conv2d(channels, out, 3, stride=2, padding=1, bias=False), nn.GroupNorm(8, out), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(channels, out, 3, stride=2, padding=1, bias=False),
+                nn.GroupNorm(8, out),
+                nn.ReLU(inplace=True),
+            ]
             channels = out
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -49,7 +50,7 @@ def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
             changed = False
             for prefix in PREFIXES:
                 if key.startswith(prefix):
-                    key, changed = key[len(prefix):], True
+                    key, changed = key[len(prefix) :], True
         out[key] = value
     return out
 
@@ -64,8 +65,17 @@ def _adapt_first_conv(model: nn.Module, name: str, in_channels: int, pretrained:
     conv: nn.Conv2d = model.get_submodule(name)
     if conv.in_channels == in_channels:
         return
-    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                    conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode)
+    new = nn.Conv2d(
+        in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        conv.bias is not None,
+        conv.padding_mode,
+    )
     if not pretrained:
         model.set_submodule(name, new)  # fresh default initialisation
         return
@@ -85,29 +95,8 @@ def _replace_head(model: nn.Module, name: str, num_classes: int) -> None:
     model.set_submodule(name, nn.Linear(head.in_features, num_classes))
 
 
-def read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
-    """Tensors of a weights file, loaded safely; accepts a bare state dict or one under 'state_dict'/'model'."""
-    return read_weights(path, what)[1]
-
-
-def read_weights(path: str | Path, what: str) -> tuple[object, dict[str, torch.Tensor]]:
-    """(what the safe load gave, its state dict): one read serves callers that also need the file's other fields."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{what} not found: {path}", "check the path")
-    raw = data = safe_torch_load(path, what)
-    if isinstance(data, dict):
-        for key in ("state_dict", "model"):
-            if isinstance(data.get(key), dict):
-                data = data[key]
-                break
-    if not isinstance(data, dict) or not data or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise UserError(f"{what} {path} holds no state dict of tensors", "pass a file saved with torch.save(model.state_dict())")
-    return raw, strip_prefixes(data)
-
-
-def load_matching(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str, arch: str) -> None:
-    """load_state_dict(strict) with an error that says what differs."""
+def check_fits(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str, arch: str) -> None:
+    """A UserError naming the first difference when `state_dict` does not have `model`'s keys and shapes."""
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
@@ -120,15 +109,28 @@ def load_matching(model: nn.Module, state_dict: dict[str, torch.Tensor], source:
     wrong = [(k, tuple(state_dict[k].shape), tuple(v.shape)) for k, v in own.items() if state_dict[k].shape != v.shape]
     if wrong:
         key, theirs, ours = wrong[0]
-        raise UserError(f"{source} does not fit this model: '{key}' has shape {theirs} in the file but {ours} here "
-                        f"({len(wrong)} tensor(s) differ: class count or input channels)",
-                        "match --in-channels and the label classes of the run that made the file")
+        raise UserError(
+            f"{source} does not fit this model: '{key}' has shape {theirs} in the file but {ours} here "
+            f"({len(wrong)} tensor(s) differ: class count or input channels)",
+            "match --in-channels and the label classes of the run that made the file",
+        )
+
+
+def load_matching(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str, arch: str) -> None:
+    """load_state_dict(strict) with an error that says what differs."""
+    check_fits(model, state_dict, source, arch)
     model.load_state_dict(state_dict)
 
 
-def build_model(arch: str, num_classes: int, in_channels: int = 1, pretrained: bool = False,
-                pretrained_weights: str | None = None) -> nn.Module:
-    """A fresh model; ImageNet weights from a local file or (only when asked) a download."""
+def build_model(
+    arch: str,
+    num_classes: int,
+    in_channels: int = 1,
+    pretrained: bool = False,
+    pretrained_state: dict[str, torch.Tensor] | None = None,
+    source: str = "pretrained weights",
+) -> nn.Module:
+    """A fresh model; ImageNet weights from a state dict (read from a local file) or (only when asked) a download."""
     if arch not in ARCHITECTURES:
         raise UserError(f"unknown model '{arch}'", f"choose one of {', '.join(ARCHITECTURES)}")
     if arch == "small_cnn":
@@ -137,13 +139,15 @@ def build_model(arch: str, num_classes: int, in_channels: int = 1, pretrained: b
         try:
             model = torchvision.models.get_model(arch, weights="DEFAULT")
         except Exception as err:  # noqa: BLE001 - URLError, OSError, hash mismatch…
-            raise UserError(f"could not download ImageNet weights for {arch} ({type(err).__name__}: {err})",
-                            "offline? download the torchvision .pth elsewhere and pass --pretrained-weights FILE") from None
+            raise UserError(
+                f"could not download ImageNet weights for {arch} ({type(err).__name__}: {err})",
+                "offline? download the torchvision .pth elsewhere and pass --pretrained-weights FILE",
+            ) from None
     else:
         model = torchvision.models.get_model(arch, weights=None)
-    if pretrained_weights:
-        load_matching(model, read_state_dict(pretrained_weights, "pretrained weights"), f"pretrained weights {pretrained_weights}", arch)
+    if pretrained_state is not None:
+        load_matching(model, pretrained_state, source, arch)
     conv, head = _first_conv_and_last_linear(model)
-    _adapt_first_conv(model, conv, in_channels, pretrained=pretrained or bool(pretrained_weights))
+    _adapt_first_conv(model, conv, in_channels, pretrained=pretrained or pretrained_state is not None)
     _replace_head(model, head, num_classes)
     return model

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -38,22 +38,41 @@ class EpochEnd:
     progress: EpochProgress
     stop: str | None = None  # None (epoch done), "signal" or "nonfinite"
     nonfinite_step: int | None = None
-    checkpoints: list[int] = field(default_factory=list)
 
 
-def masked_loss(logits: torch.Tensor, labels: torch.Tensor, readable: torch.Tensor, class_weights: torch.Tensor | None,
-                label_smoothing: float) -> torch.Tensor:
+def masked_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    readable: torch.Tensor,
+    class_weights: torch.Tensor | None,
+    label_smoothing: float,
+) -> torch.Tensor:
     """Cross-entropy averaged over the readable frames, with PyTorch's weighted-mean convention."""
-    per_frame = F.cross_entropy(logits.float(), labels, weight=class_weights, label_smoothing=label_smoothing, reduction="none")
+    per_frame = F.cross_entropy(
+        logits.float(), labels, weight=class_weights, label_smoothing=label_smoothing, reduction="none"
+    )
     weight = readable.float() if class_weights is None else class_weights[labels] * readable.float()
     return (per_frame * readable.float()).sum() / weight.sum().clamp_min(1e-12)
 
 
-def train_one_epoch(model, loader, optimizer, accelerator: Accelerator, preset, *, epoch: int, epochs: int,
-                    progress: EpochProgress, class_weights: torch.Tensor | None = None, label_smoothing: float = 0.0,
-                    clip_grad_norm: float | None = None, on_optimizer_step: Callable[[], bool] = lambda: False,
-                    save_checkpoint: Callable[[EpochProgress], None] = lambda p: None,
-                    stop_requested: Callable[[], bool] = lambda: False, channels_last: bool = False) -> EpochEnd:
+def train_one_epoch(
+    model,
+    loader,
+    optimizer,
+    accelerator: Accelerator,
+    preset,
+    *,
+    epoch: int,
+    epochs: int,
+    progress: EpochProgress,
+    class_weights: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+    clip_grad_norm: float | None = None,
+    on_optimizer_step: Callable[[], bool] = lambda: False,
+    save_checkpoint: Callable[[EpochProgress], None] = lambda p: None,
+    stop_requested: Callable[[], bool] = lambda: False,
+    channels_last: bool = False,
+) -> EpochEnd:
     """One pass over `loader` (which already skips the `progress.batches_done` batches of a resumed epoch).
 
     After each optimizer step `on_optimizer_step()` advances the LR schedule and says whether a
@@ -83,8 +102,14 @@ def train_one_epoch(model, loader, optimizer, accelerator: Accelerator, preset, 
         clock["start"], clock["wait"] = now, 0.0
         return progress
 
-    bar = tqdm(total=len(loader) + progress.batches_done, initial=progress.batches_done, desc=f"epoch {epoch + 1}/{epochs}",
-               disable=None if accelerator.is_main_process else True, dynamic_ncols=True, leave=False)
+    bar = tqdm(
+        total=len(loader) + progress.batches_done,
+        initial=progress.batches_done,
+        desc=f"epoch {epoch + 1}/{epochs}",
+        disable=None if accelerator.is_main_process else True,
+        dynamic_ncols=True,
+        leave=False,
+    )
     iterator = iter(loader)
     while True:
         fetch = time.perf_counter()
@@ -108,15 +133,20 @@ def train_one_epoch(model, loader, optimizer, accelerator: Accelerator, preset, 
         progress.batches_done += 1
         n_readable = readable.sum()
         correct = ((logits.detach().argmax(dim=1) == labels) & readable).sum()
-        sums += torch.stack([loss.detach().double() * n_readable, correct.double(), n_readable.double(),
-                             (readable.numel() - n_readable).double()])
+        sums += torch.stack(
+            [
+                loss.detach().double() * n_readable,
+                correct.double(),
+                n_readable.double(),
+                (readable.numel() - n_readable).double(),
+            ]
+        )
         if not (fp16 and accelerator.sync_gradients and accelerator.optimizer_step_was_skipped):
             # fp16 overflow steps that the gradient scaler skips are expected, not a diverged run.
             nonfinite_at = torch.where((nonfinite_at < 0) & ~torch.isfinite(loss.detach()), step, nonfinite_at)
         bar.update(1)
         if accelerator.sync_gradients and on_optimizer_step():
             save_checkpoint(fold())
-            end.checkpoints.append(progress.batches_done)
         if progress.batches_done % SYNC_EVERY == 0:
             fold()
             bar.set_postfix(loss=f"{progress.loss_sum / max(progress.seen - progress.unreadable, 1):.4f}")
@@ -143,8 +173,11 @@ def _agree_to_stop(accelerator: Accelerator, end: EpochEnd, stop_requested, nonf
 
 def reduce_progress(accelerator: Accelerator, progress: EpochProgress) -> dict[str, float]:
     """Epoch totals over all ranks: loss, accuracy, images/s and the share of time spent waiting for data."""
-    totals = torch.tensor([progress.loss_sum, progress.correct, progress.seen, progress.unreadable],
-                          device=accelerator.device, dtype=torch.float64)
+    totals = torch.tensor(
+        [progress.loss_sum, progress.correct, progress.seen, progress.unreadable],
+        device=accelerator.device,
+        dtype=torch.float64,
+    )
     totals = accelerator.reduce(totals, reduction="sum").tolist()
     loss_sum, correct, seen, unreadable = totals
     readable = max(seen - unreadable, 1.0)
@@ -159,16 +192,18 @@ def reduce_progress(accelerator: Accelerator, progress: EpochProgress) -> dict[s
 
 
 @torch.no_grad()
-def predict_loader(model, loader, accelerator: Accelerator, preset, *, channels_last: bool = False,
-                   desc: str = "evaluate") -> dict[str, np.ndarray]:
+def predict_loader(
+    model, loader, accelerator: Accelerator, preset, *, channels_last: bool = False, desc: str = "evaluate"
+) -> dict[str, np.ndarray]:
     """Softmax probabilities for every frame of `loader`, gathered from all ranks without duplicates.
 
     Returns numpy arrays ordered by sample index: probs (N, K), labels, index, readable, loss (per frame)."""
     model.eval()
     preset.eval()
     parts: dict[str, list[torch.Tensor]] = {"probs": [], "labels": [], "index": [], "readable": [], "loss": []}
-    for frames, labels, index, readable in tqdm(loader, desc=desc, disable=None if accelerator.is_main_process else True,
-                                                dynamic_ncols=True, leave=False):
+    for frames, labels, index, readable in tqdm(
+        loader, desc=desc, disable=None if accelerator.is_main_process else True, dynamic_ncols=True, leave=False
+    ):
         inputs = preset(frames)
         if channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)

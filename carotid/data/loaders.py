@@ -1,0 +1,134 @@
+"""Frames → batches: the on-the-fly Dataset, the cached one's entry point, and loaders with owned RNGs."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler, WeightedRandomSampler
+
+from carotid.data.decode import load_frame
+from carotid.data.discovery import Frame
+
+
+class FrameDataset(Dataset):
+    """(uint8 frame tensor (C, S, S), class index, sample index, readable flag) per frame.
+
+    Frames stay uint8 until they reach the training device, where transforms.py augments and
+    normalises whole batches; a frame that cannot be decoded comes back as zeros with flag False."""
+
+    def __init__(self, frames: list[Frame], image_size: int, in_channels: int):
+        self.frames = frames
+        self.paths = [f.path for f in frames]
+        self.labels = [f.label for f in frames]
+        self.person_ids = [f.person_id for f in frames]
+        self.image_size = image_size
+        self.in_channels = in_channels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        try:
+            frame = torch.from_numpy(load_frame(self.paths[index], self.image_size, self.in_channels))
+            ok = True
+        except Exception:  # noqa: BLE001 - a corrupt frame must not stop a run; the caller reports it
+            frame = torch.zeros(self.in_channels, self.image_size, self.image_size, dtype=torch.uint8)
+            ok = False
+        return frame, self.labels[index], index, ok
+
+
+def frame_dataset(
+    frames: list[Frame],
+    image_size: int,
+    in_channels: int,
+    *,
+    cache: bool = False,
+    cache_dir: str | None = None,
+    accelerator=None,
+) -> Dataset:
+    """The Dataset of a split: frames decoded on the fly, or sliced from the decoded-frame cache."""
+    if cache:
+        from carotid.data.cache import cached_dataset
+
+        return cached_dataset(frames, image_size, in_channels, cache_dir=cache_dir, accelerator=accelerator)
+    return FrameDataset(frames, image_size, in_channels)
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    # Slurm and Ctrl-C signal the whole process group: workers keep serving batches while the main
+    # process finishes its step and saves a checkpoint.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def default_workers() -> int:
+    """4 workers hide decoding behind a GPU step; never more than the CPUs this process may use."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(4, cpus)
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    train: bool,
+    num_workers: int | None,
+    seed: int,
+    balanced: bool = False,
+    drop_last: bool = False,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A DataLoader whose shuffling comes from its own generators (reseeded per epoch by `EpochSeeds`).
+
+    Owning the generators (not the global RNG) makes the order a function of (seed, epoch) only, so a
+    resumed run can skip to the exact batch where it stopped."""
+    num_workers = default_workers() if num_workers is None else num_workers
+    num_workers = default_workers() if num_workers is None else num_workers
+    sampler_generator = torch.Generator().manual_seed(seed)
+    if not train:
+        sampler = SequentialSampler(dataset)
+    elif balanced:
+        labels = np.asarray(dataset.labels)
+        per_class = np.bincount(labels)
+        weights = torch.as_tensor(1.0 / per_class[labels], dtype=torch.double)
+        sampler = WeightedRandomSampler(weights, num_samples=len(labels), replacement=True, generator=sampler_generator)
+    else:
+        sampler = RandomSampler(dataset, generator=sampler_generator)
+    if getattr(dataset, "slices_in_process", False):
+        # Cached frames: slicing a memory map in this process is ~10x faster than shipping the same
+        # batch from worker processes (docs/PERFORMANCE.md), so no workers.
+        num_workers = 0
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=getattr(dataset, "collate_fn", None),
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+        prefetch_factor=4 if num_workers > 0 else None,
+        generator=torch.Generator().manual_seed(seed),  # worker seeds come from here, not the global RNG
+        worker_init_fn=_ignore_stop_signals if num_workers > 0 else None,
+    )
+
+
+class EpochSeeds:
+    """The generators behind a loader's order and its workers' seeds, reseeded at each epoch.
+
+    The same generator objects survive `accelerator.prepare` and `skip_first_batches`, so seeding them
+    makes an epoch's order a function of (seed, epoch) alone, on every rank and after a resume."""
+
+    def __init__(self, loader: DataLoader, seed: int):
+        candidates = (getattr(loader.sampler, "generator", None), loader.generator)
+        self.generators = [g for g in candidates if g is not None]
+        self.seed = seed
+
+    def set_epoch(self, epoch: int) -> None:
+        for i, generator in enumerate(self.generators):
+            # One distinct seed per (run seed, epoch, generator); 100_003 is a prime larger than any epoch count,
+            # so no two (seed, epoch) pairs share a stream.
+            generator.manual_seed(self.seed * 100_003 + epoch * 2 + i)

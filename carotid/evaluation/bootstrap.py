@@ -1,0 +1,138 @@
+"""Person-bootstrap confidence intervals, per image and per person.
+
+1000 resamples of 10^5 frames through scikit-learn would take minutes, so `ResampledMetrics` computes
+its few metrics (registry.BOOTSTRAP_METRICS) from per-person sums weighted by how often each person was
+drawn: the same number as on the concatenated frames (tests check it against scikit-learn).
+"""
+
+from __future__ import annotations
+
+import warnings as _warnings
+
+import numpy as np
+
+from carotid.evaluation.aggregation import aggregate_persons, person_labels
+
+CELLS_PER_CHUNK = 4_000_000  # resamples x frames held in memory at once (~32 MB per array)
+
+
+class _RankAUC:
+    """AUC as the Mann-Whitney statistic (ties count one half, as in sklearn's roc_auc_score) for many
+    weightings of the same scores: the scores are sorted once, each resample only re-weights them."""
+
+    def __init__(self, scores: np.ndarray, positive: np.ndarray, group: np.ndarray):
+        order = np.argsort(scores, kind="stable")
+        ranked = scores[order]
+        self.starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])  # blocks of tied scores
+        self.group = group[order]
+        self.positive = positive[order].astype(np.float64)
+
+    def __call__(self, counts: np.ndarray) -> np.ndarray:
+        weights = counts[:, self.group]
+        pos = np.add.reduceat(weights * self.positive, self.starts, axis=1)
+        neg = np.add.reduceat(weights * (1.0 - self.positive), self.starts, axis=1)
+        below = np.cumsum(neg, axis=1) - neg
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (pos * (below + 0.5 * neg)).sum(axis=1) / (pos.sum(axis=1) * neg.sum(axis=1))
+
+
+class ResampledMetrics:
+    """AUC, accuracy, balanced accuracy (and binary sensitivity, specificity) of one level for a block of
+    resamples at once. A resample is a row of `counts`: how often each group (person) was drawn."""
+
+    def __init__(self, group: np.ndarray, y_true: np.ndarray, probs: np.ndarray, positive_index: int, threshold: float):
+        group, y_true, probs = np.asarray(group), np.asarray(y_true), np.asarray(probs, dtype=np.float64)
+        n_groups, n_classes = int(group.max()) + 1, probs.shape[1]
+        self.binary = n_classes == 2
+        pred = (probs[:, positive_index] >= threshold).astype(int) if self.binary else probs.argmax(axis=1)
+        truth = (y_true == positive_index).astype(int) if self.binary else y_true
+        cell = group * n_classes + truth  # per group and true class: frames, correctly classified frames
+        self.frames = np.bincount(cell, minlength=n_groups * n_classes).reshape(n_groups, n_classes).astype(np.float64)
+        self.correct = np.bincount(cell, weights=(pred == truth), minlength=n_groups * n_classes).reshape(
+            n_groups, n_classes
+        )
+        targets = [positive_index] if self.binary else range(n_classes)
+        self.aucs = [_RankAUC(probs[:, k], y_true == k, group) for k in targets]
+
+    def __call__(self, counts: np.ndarray) -> dict[str, np.ndarray]:
+        frames, correct = counts @ self.frames, counts @ self.correct
+        with np.errstate(invalid="ignore", divide="ignore"):
+            recall = correct / frames  # binary: column 0 = specificity, column 1 = sensitivity
+            out = {
+                "auc": np.mean([auc(counts) for auc in self.aucs], axis=0),
+                "accuracy": correct.sum(axis=1) / frames.sum(axis=1),
+            }
+        with _warnings.catch_warnings():
+            _warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows stay NaN
+            out["balanced_accuracy"] = np.nanmean(recall, axis=1)  # over the classes present, as sklearn
+        if self.binary:
+            out |= {"sensitivity": recall[:, 1], "specificity": recall[:, 0]}
+        return out
+
+
+def resample_counts(strata: np.ndarray, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_resamples, len(strata)) draw counts: each stratum (class) of persons is resampled with
+    replacement to its own size, so every resample keeps the split's class balance."""
+    n = len(strata)
+    counts = np.zeros((n_resamples, n))
+    offsets = (np.arange(n_resamples) * n)[:, None]
+    for stratum in np.unique(strata):
+        members = np.flatnonzero(strata == stratum)
+        picks = members[rng.integers(0, len(members), size=(n_resamples, len(members)))]
+        counts += np.bincount((picks + offsets).ravel(), minlength=n_resamples * n).reshape(n_resamples, n)
+    return counts
+
+
+def bootstrap_ci(
+    person_ids: np.ndarray,
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    *,
+    n_classes: int,
+    positive_index: int = 1,
+    threshold: float = 0.5,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    aggregation: str = "mean",
+    level: float = 0.95,
+) -> dict[str, dict]:
+    """Percentile CIs, per image and per person, from resampling persons with replacement.
+
+    Frames of one person are correlated, so the unit of resampling is the person: a resample draws
+    persons (within each class, as pROC does, so AUC stays defined) and keeps all of their frames."""
+    probs = np.asarray(probs, dtype=np.float64)
+    persons, inverse = np.unique(np.asarray(person_ids), return_inverse=True)
+    _, person_probs = aggregate_persons(person_ids, probs, aggregation, positive_index)
+    person_y = person_labels(person_ids, y_true, persons)
+    levels = {
+        "image": ResampledMetrics(inverse.ravel(), y_true, probs, positive_index, threshold),
+        "person": ResampledMetrics(np.arange(len(persons)), person_y, person_probs, positive_index, threshold),
+    }
+    rng = np.random.default_rng(seed)
+    chunk = max(1, CELLS_PER_CHUNK // max(len(probs), 1))
+    samples: dict[str, list[dict]] = {name: [] for name in levels}
+    for start in range(0, n_resamples, chunk):
+        counts = resample_counts(person_y, min(chunk, n_resamples - start), rng)
+        for name, resampled in levels.items():
+            samples[name].append(resampled(counts))
+    alpha = (1.0 - level) / 2.0
+    out: dict[str, dict] = {}
+    for name, blocks in samples.items():
+        out[name] = {key: _interval(np.concatenate([b[key] for b in blocks]), alpha, n_resamples) for key in blocks[0]}
+    out["method"] = {
+        "resamples": n_resamples,
+        "level": level,
+        "unit": "person",
+        "stratified_by": "label",
+        "interval": "percentile",
+        "seed": seed,
+    }
+    return out
+
+
+def _interval(values: np.ndarray, alpha: float, n_resamples: int) -> dict | None:
+    values = values[np.isfinite(values)]
+    if len(values) < max(10, n_resamples // 10):  # undefined in most resamples: no honest interval
+        return None
+    low, high = np.quantile(values, [alpha, 1.0 - alpha])
+    return {"low": float(low), "high": float(high), "n": int(len(values))}

@@ -1,0 +1,207 @@
+"""The evaluation of a model on a set of labelled frames: metrics.json, prediction tables, figures, console table.
+
+Library code shared by `carotid.evaluate` (the CLI) and the trainer's evaluation of the test split.
+See docs/EVALUATION.md for every key of metrics.json.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from accelerate import Accelerator
+
+from carotid.data.discovery import Frame
+from carotid.errors import UserError
+from carotid.evaluation.bootstrap import bootstrap_ci
+from carotid.evaluation.inference import (
+    FramePredictions,
+    PersonPredictions,
+    decision_threshold,
+    person_predictions,
+    run_inference,
+    write_prediction_tables,
+)
+from carotid.evaluation.metrics import classification_metrics
+from carotid.evaluation.registry import table_metrics
+from carotid.files import atomic_write_json
+from carotid.model.file import ModelFile
+from carotid.report.plots import plot_confusion, plot_roc
+
+
+def evaluate_model(
+    accelerator: Accelerator,
+    model_path: str | Path,
+    frames: list[Frame],
+    out_dir: str | Path,
+    *,
+    split: str,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    bootstrap: int = 1000,
+    aggregation: str | None = None,
+    seed: int = 0,
+    threshold: float | None = None,
+    cache: bool = False,
+    cache_dir: str | None = None,
+    log: Callable[[str], None] = print,
+    model_file: ModelFile | None = None,
+    context: dict | None = None,
+) -> dict | None:
+    """Predict every frame of `frames` (all processes), then write the evaluation (main process).
+
+    Returns the metrics.json dict on the main process, None elsewhere. `model_file` is model_path's
+    content when the caller has loaded it already; `context` adds the data's provenance."""
+    model_file = model_file or ModelFile.load(model_path)
+    preds = run_inference(
+        accelerator,
+        model_file.build_model(),
+        model_file,
+        frames,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        cache=cache,
+        cache_dir=cache_dir,
+    )
+    if len(preds.paths) == 0:
+        raise UserError(f"none of the {len(frames)} frames could be decoded", "check the image files")
+    report = None
+    if accelerator.is_main_process:
+        report, persons = compute_report(
+            preds,
+            model_file,
+            model_path=str(model_path),
+            split=split,
+            bootstrap=bootstrap,
+            aggregation=aggregation or model_file.aggregation,
+            seed=seed,
+            threshold=threshold,
+            context=context or {},
+        )
+        write_evaluation(report, preds, persons, model_file, Path(out_dir))
+        for note in report["warnings"]:
+            log(f"warning: {note}")
+        log(format_table(report))
+        log(f"evaluation written to {out_dir}")
+    accelerator.wait_for_everyone()
+    return report
+
+
+def compute_report(
+    preds: FramePredictions,
+    model_file: ModelFile,
+    *,
+    model_path: str,
+    split: str,
+    bootstrap: int,
+    aggregation: str,
+    seed: int,
+    threshold: float | None,
+    context: dict,
+) -> tuple[dict, PersonPredictions]:
+    """(the metrics.json dict, the per-person table it was computed from)."""
+    class_names, positive = model_file.class_names, model_file.positive_index
+    threshold, source = decision_threshold(model_file, threshold)
+    cut = 0.5 if threshold is None else threshold  # multi-class metrics ignore it
+    persons = person_predictions(preds, aggregation, positive, labelled=True)
+    image, image_notes = classification_metrics(preds.labels, preds.probs, class_names, positive, cut)
+    person, person_notes = classification_metrics(persons.labels, persons.probs, class_names, positive, cut)
+    ci = None
+    if bootstrap:
+        ci = bootstrap_ci(
+            preds.person_ids,
+            preds.labels,
+            preds.probs,
+            n_classes=len(class_names),
+            positive_index=positive,
+            threshold=cut,
+            n_resamples=bootstrap,
+            seed=seed,
+            aggregation=aggregation,
+        )
+    counts = {
+        level: dict(zip(class_names, np.bincount(y, minlength=len(class_names)).tolist()))
+        for level, y in (("images", preds.labels), ("persons", persons.labels))
+    }
+    report = {
+        "model_file": model_path,
+        "arch": model_file.arch,
+        "model_epoch": model_file.epoch,
+        "split": split,
+        "run_dir": context.get("run_dir"),
+        "data": context.get("data"),
+        "data_notes": context.get("data_notes", []),
+        "class_names": class_names,
+        "positive_class": class_names[positive] if threshold is not None else None,
+        "n_images": int(len(preds.labels)),
+        "n_persons": int(len(persons.person_ids)),
+        "counts": counts,
+        "person_aggregation": aggregation,
+        "threshold": threshold,
+        "threshold_source": source,
+        "image": image,
+        "person": person,
+        "ci": ci,
+        "warnings": [f"image: {n}" for n in image_notes] + [f"person: {n}" for n in person_notes],
+        "unreadable_images": context.get("unreadable_images", []) + preds.unreadable,
+    }
+    return report, persons
+
+
+def write_evaluation(
+    report: dict, preds: FramePredictions, persons: PersonPredictions, model_file: ModelFile, out_dir: Path
+) -> None:
+    """metrics.json, predictions.csv, person_predictions.csv and the two figures, each written atomically."""
+    class_names, positive, threshold = report["class_names"], model_file.positive_index, report["threshold"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "metrics.json", report)
+    write_prediction_tables(
+        out_dir / "predictions.csv",
+        out_dir / "person_predictions.csv",
+        preds,
+        persons,
+        class_names,
+        threshold,
+        positive,
+    )
+    levels = {"image": (preds.labels, preds.probs), "person": (persons.labels, persons.probs)}
+    points = {level: report[level] for level in levels} if threshold is not None else None
+    plot_roc(levels, class_names, positive, out_dir / "roc_curve.png", operating_points=points)
+    plot_confusion(
+        {level: report[level]["confusion_matrix"] for level in levels}, class_names, out_dir / "confusion_matrix.png"
+    )
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _cell(report: dict, level: str, key: str) -> str:
+    interval = ((report.get("ci") or {}).get(level) or {}).get(key)
+    return _number(report[level].get(key)) + (f" [{interval['low']:.3f}, {interval['high']:.3f}]" if interval else "")
+
+
+def format_table(report: dict) -> str:
+    """A short table: each metric per image and per person, with its 95% CI where one was drawn."""
+    binary = report["threshold"] is not None
+    head = (
+        f"{report['split']}: {report['n_images']} images, {report['n_persons']} persons; "
+        f"person = {report['person_aggregation']} of frames"
+    )
+    if binary:
+        head += f"; threshold {report['threshold']:.3f} ({report['threshold_source']})"
+    keys = table_metrics(binary)
+    lines = [head, f"{'metric':<20}{'per image':<26}per person"]
+    lines += [f"{key:<20}{_cell(report, 'image', key):<26}{_cell(report, 'person', key)}" for key in keys]
+    if binary:
+        at_half = report["person"]["at_threshold_0.5"]
+        lines.append(
+            "at threshold 0.5, per person: "
+            + ", ".join(f"{key} {_number(at_half[key])}" for key in ("accuracy", "sensitivity", "specificity"))
+        )
+    else:
+        for name, values in report["person"]["per_class"].items():
+            shown = ", ".join(f"{key} {_number(values[key])}" for key in values)
+            lines.append(f"per person, class {name}: {shown}")
+    return "\n".join(lines)

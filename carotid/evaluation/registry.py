@@ -1,0 +1,63 @@
+"""The metric registry: every metric's name and role, and the person-aggregation methods.
+
+The metrics.csv columns, the `--monitor` choices, the epoch line, the evaluation table and the
+bootstrap's list all derive from `METRICS`; adding a metric is one entry here plus its arithmetic in
+`carotid.evaluation.metrics` (and `bootstrap` if it should get a CI). Free of numpy and torch, so
+option parsing can import it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# How frame probabilities become a person's probability (carotid.evaluation.aggregation).
+AGGREGATIONS = ("mean", "median", "max")
+LEVELS = ("image", "person")
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    binary_only: bool = False  # defined at a threshold on the positive class
+    per_epoch: tuple[str, ...] = ()  # levels logged for validation every epoch: val_<name>, val_person_<name>
+    epoch_line: tuple[str, ...] = ()  # levels shown on the console's epoch line
+    bootstrap: bool = False  # gets a person-bootstrap CI in evaluations
+
+
+METRICS = (
+    Metric("auc", per_epoch=LEVELS, epoch_line=LEVELS, bootstrap=True),
+    Metric("accuracy", per_epoch=LEVELS, epoch_line=("image",), bootstrap=True),
+    Metric("balanced_accuracy", per_epoch=LEVELS, bootstrap=True),
+    Metric("f1"),
+    Metric("sensitivity", binary_only=True, bootstrap=True),
+    Metric("specificity", binary_only=True, bootstrap=True),
+    Metric("ppv", binary_only=True),
+    Metric("npv", binary_only=True),
+)
+
+
+def val_column(metric: str, level: str) -> str:
+    """The metrics.csv column of a validation metric: val_auc (per image), val_person_auc (per person)."""
+    return f"val_{metric}" if level == "image" else f"val_{level}_{metric}"
+
+
+VAL_COLUMNS = tuple(val_column(m.name, level) for level in LEVELS for m in METRICS if level in m.per_epoch)
+EPOCH_LINE = ("val_loss",) + tuple(
+    val_column(m.name, level) for level in LEVELS for m in METRICS if level in m.epoch_line
+)
+METRIC_COLUMNS = (
+    ("epoch", "train_loss", "train_accuracy", "val_loss")
+    + VAL_COLUMNS
+    + ("lr", "epoch_seconds", "images_per_second", "data_wait_fraction", "unreadable_frames")
+)
+MONITORS = ("auto", "val_loss") + VAL_COLUMNS
+BOOTSTRAP_METRICS = tuple(m.name for m in METRICS if m.bootstrap)
+
+
+def table_metrics(binary: bool) -> list[str]:
+    """The rows of an evaluation table, in registry order."""
+    return [m.name for m in METRICS if binary or not m.binary_only]
+
+
+def lower_is_better(monitor: str) -> bool:
+    return monitor.endswith("loss")

@@ -1,0 +1,140 @@
+"""Writing files so that a crash never leaves half of one, and reading untrusted weight files safely.
+
+Owns: atomic writes (temporary name, fsync, rename), small CSV tables, file hashes and the one
+`torch.load` of the package (`weights_only=True`). Imports nothing else of the package but `errors`,
+so every module may use it.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+from carotid.errors import UserError
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside `path` durable (best effort: some file systems refuse to fsync a folder)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, fsync, rename over `path`; the old file survives any fault."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and hasattr(err, "add_note"):
+            err.add_note(f"carotid: {path} was not replaced; the version written before (if any) is intact")
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def write_table(path: str | Path, header: list[str], rows) -> None:
+    """A CSV of plain rows (lists), written whole and atomically, so a kill never leaves half a row."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def write_records(path: str | Path, records: list[dict[str, Any]], columns: list[str]) -> None:
+    """A CSV of dict rows (missing keys empty, floats with 6 significant digits), written atomically."""
+    write_table(path, columns, ([_csv_value(record.get(k)) for k in columns] for record in records))
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value
+
+
+def read_records(path: str | Path) -> list[dict[str, str]]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def safe_torch_load(path: str | Path, what: str) -> Any:
+    """torch.load with weights_only=True: tensors and plain values only, never a pickled callable."""
+    import torch
+
+    try:
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of files it then refuses
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - refused pickles and corrupt archives alike
+        raise UserError(
+            f"{what} {path} {_refusal_reason(err)}",
+            "only model files written by carotid (or plain state dicts of tensors) can be loaded; "
+            "never unpickle a file you do not trust",
+        ) from None
+
+
+def _refusal_reason(err: Exception) -> str:
+    # torch reports a refused global only in its message text; reading it lets us name what the file would call.
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # torch colours its message
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip()
+        called = re.search(r"GLOBAL (\S+)", detail)
+        if called:
+            return (
+                f"was refused: loading it would call '{called.group(1)}', which a file of weights never needs "
+                f"(a pickle like this can run any code)"
+            )
+        first = (detail.splitlines() or ["unsupported content"])[0].strip()
+        return f"was refused: it holds more than tensors and plain values ({first[:120]})"
+    first = (text.strip().splitlines() or [""])[0].strip()
+    detail = f"{type(err).__name__}{': ' + first[:120] if first else ''}"
+    return f"cannot be read as a PyTorch file: damaged or not a .pth ({detail})"

@@ -1,0 +1,233 @@
+"""The model file: the only code that writes, reads and checks `models/*.pth`.
+
+A model file is a `torch.save`d dict of tensors and plain values, so it loads with
+`torch.load(weights_only=True)` anywhere (no pickled code): the consolidated fp32 state dict and
+everything needed to use it (architecture, classes, input contract, operating point, provenance).
+`ModelFile` names and types every field; `ModelFile.load` refuses a file whose fields or tensor shapes
+do not fit its architecture, and reads the files of older versions of this tool.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from carotid.errors import UserError
+from carotid.evaluation.registry import AGGREGATIONS
+from carotid.files import atomic_torch_save, safe_torch_load
+from carotid.model import ARCHITECTURES
+from carotid.model.registry import build_model, check_fits, load_matching, strip_prefixes
+
+FORMAT = "carotid-model"
+FORMAT_VERSION = 2  # 1: the aggregation was stored as 'person_aggregation'
+REQUIRED = ("state_dict", "arch", "num_classes", "class_names", "in_channels", "image_size", "normalization")
+
+
+@dataclass
+class ModelFile:
+    """A trained model and its contract: what input it takes and how its output is read."""
+
+    state_dict: dict[str, torch.Tensor]  # consolidated, fp32, no 'module.'/'_orig_mod.' prefixes
+    arch: str  # a name of carotid.model.ARCHITECTURES
+    class_names: list[str]  # output index k is class_names[k]
+    in_channels: int  # 1 (gray) or 3 (RGB)
+    image_size: int  # frames are resized to image_size x image_size
+    normalization: dict[str, list[float]]  # {"mean": [...], "std": [...]} per channel, on [0, 1] pixels
+    positive_index: int  # binary tasks: the class counted as positive (AUC, sensitivity); else the last class
+    aggregation: str = "mean"  # frame probabilities → person probability (carotid.evaluation.registry.AGGREGATIONS)
+    threshold: float | None = None  # binary: positive ⇔ P(positive) ≥ threshold; None for multi-class models
+    threshold_source: str | None = None  # how the threshold was chosen, in words
+    epoch: int | None = None  # the epoch whose weights these are
+    metrics: dict[str, Any] = field(default_factory=dict)  # that epoch's metrics row (validation numbers)
+    config: dict[str, Any] = field(default_factory=dict)  # the training run's resolved options
+    monitor: str | None = None  # the metric that chose the best epoch
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def binary(self) -> bool:
+        return len(self.class_names) == 2
+
+    @property
+    def positive_class(self) -> str:
+        return self.class_names[self.positive_index]
+
+    # -----------------------------------------------------------------------------------------
+    # Writing
+    # -----------------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        payload = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        # fp32 whatever the training precision (bf16 under DeepSpeed): a model file loads anywhere.
+        payload["state_dict"] = {
+            k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().contiguous()
+            for k, v in strip_prefixes(self.state_dict).items()
+        }
+        return {"format": FORMAT, "num_classes": self.num_classes, **payload, "format_version": FORMAT_VERSION}
+
+    def save(self, path: str | Path) -> None:
+        """Write atomically: a crash leaves the previous file, never half of one."""
+        atomic_torch_save(self.to_dict(), path)
+
+    # -----------------------------------------------------------------------------------------
+    # Reading
+    # -----------------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelFile:
+        """Load with weights_only=True and check everything; any problem is a UserError naming it."""
+        path = Path(path)
+        if not path.exists():
+            raise UserError(f"model file not found: {path}", "check the path (models are in RUN/models/)")
+        if not path.is_file():
+            raise UserError(f"model path is not a file: {path}", "pass a .pth file such as RUN/models/best_model.pth")
+        return cls.from_dict(safe_torch_load(path, "model file"), path)
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str | Path) -> ModelFile:
+        """The ModelFile of what a weights_only load of `path` gave, if it is a sound carotid model file."""
+        if not is_model_file(data):
+            raise UserError(
+                f"{path} is not a carotid model file (no '{FORMAT}' header)",
+                "pass RUN/models/best_model.pth or final_model.pth from carotid-train",
+            )
+        missing = [k for k in REQUIRED if k not in data]
+        if missing:
+            raise UserError(
+                f"{path} is an incomplete carotid model file (missing {', '.join(missing)})",
+                "re-export it with carotid-train",
+            )
+        version = data.get("format_version", 0)
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise UserError(f"{path} was written by a newer carotid (format {version})", "upgrade carotid")
+        problem = _field_problem(data)
+        if problem:
+            raise UserError(f"{path} is a damaged carotid model file ({problem})", "re-export it with carotid-train")
+        names = list(data["class_names"])
+        model = cls(
+            state_dict=strip_prefixes(data["state_dict"]),
+            arch=data["arch"],
+            class_names=names,
+            in_channels=data["in_channels"],
+            image_size=data["image_size"],
+            normalization={k: [float(x) for x in data["normalization"][k]] for k in ("mean", "std")},
+            positive_index=int(data.get("positive_index", len(names) - 1)),
+            aggregation=data.get("aggregation", data.get("person_aggregation", "mean")),
+            threshold=None if data.get("threshold") is None else float(data["threshold"]),
+            threshold_source=data.get("threshold_source"),
+            epoch=data.get("epoch"),
+            metrics=dict(data.get("metrics") or {}),
+            config=dict(data.get("config") or {}),
+            monitor=data.get("monitor"),
+            format_version=version,
+        )
+        if model.binary and model.threshold is None and version < 2:
+            model.threshold_source = "default 0.5: the model file holds no threshold"
+        model.check_shapes(f"{path}")
+        return model
+
+    def check_shapes(self, source: str) -> None:
+        """Every tensor has the shape the architecture gives it (built on the meta device: no memory, no time)."""
+        with torch.device("meta"):
+            skeleton = build_model(self.arch, self.num_classes, self.in_channels)
+        check_fits(skeleton, self.state_dict, f"model file {source}", self.arch)
+
+    def build_model(self) -> nn.Module:
+        """The architecture with these weights, in eval mode, on the CPU."""
+        model = build_model(self.arch, self.num_classes, self.in_channels)
+        load_matching(model, self.state_dict, f"model file ({self.arch})", self.arch)
+        return model.eval()
+
+
+def is_model_file(data: Any) -> bool:
+    return isinstance(data, dict) and data.get("format") == FORMAT
+
+
+def _field_problem(data: dict[str, Any]) -> str | None:
+    """What is wrong with a model file's fields (a file written by carotid has none of these)."""
+    state, names = data["state_dict"], data["class_names"]
+    if (
+        not isinstance(state, dict)
+        or not state
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
+    ):
+        return "'state_dict' is not a dict of tensors"
+    if data["arch"] not in ARCHITECTURES:
+        return f"'arch' is {data['arch']!r}, not one of {', '.join(ARCHITECTURES)}"
+    if (
+        not isinstance(names, (list, tuple))
+        or len(names) < 2
+        or not all(isinstance(n, str) for n in names)
+        or len(set(names)) != len(names)
+    ):
+        return f"'class_names' is {names!r}"
+    if data["num_classes"] != len(names):
+        return f"'num_classes' is {data['num_classes']!r} but there are {len(names)} class names"
+    if data["in_channels"] not in (1, 3) or isinstance(data["in_channels"], bool):
+        return f"'in_channels' is {data['in_channels']!r}"
+    if not isinstance(data["image_size"], int) or isinstance(data["image_size"], bool) or data["image_size"] < 1:
+        return f"'image_size' is {data['image_size']!r}"
+    norm = data["normalization"]
+    if not isinstance(norm, dict) or not all(
+        isinstance(norm.get(k), (list, tuple)) and len(norm[k]) == data["in_channels"] for k in ("mean", "std")
+    ):
+        return f"'normalization' is {norm!r}"
+    positive = data.get("positive_index", len(names) - 1)
+    if isinstance(positive, bool) or not isinstance(positive, int) or not 0 <= positive < len(names):
+        return f"'positive_index' is {positive!r}"
+    threshold = data.get("threshold")
+    if threshold is not None and (
+        isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0
+    ):
+        return f"'threshold' is {threshold!r}"
+    aggregation = data.get("aggregation", data.get("person_aggregation", "mean"))
+    if aggregation not in AGGREGATIONS:
+        return f"'aggregation' is {aggregation!r}"
+    return None
+
+
+def read_weights(path: str | Path, what: str) -> tuple[ModelFile | None, dict[str, torch.Tensor]]:
+    """(the ModelFile if `path` is one, its state dict): a carotid model file or a bare state dict
+    (also one stored under 'state_dict'/'model', with or without 'module.'/'_orig_mod.' prefixes)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}", "check the path")
+    data = safe_torch_load(path, what)
+    if is_model_file(data):
+        model_file = ModelFile.from_dict(data, path)
+        return model_file, model_file.state_dict
+    if isinstance(data, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(data.get(key), dict):
+                data = data[key]
+                break
+    if not isinstance(data, dict) or not data or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise UserError(
+            f"{what} {path} holds no state dict of tensors", "pass a file saved with torch.save(model.state_dict())"
+        )
+    return None, strip_prefixes(data)
+
+
+def load_initial_weights(model: nn.Module, path: str | Path, arch: str, class_names: list[str]) -> None:
+    """--load-model: start from a carotid model file (checked against this run) or a bare state dict."""
+    model_file, state = read_weights(path, "--load-model file")
+    if model_file is not None:
+        if model_file.arch != arch:
+            raise UserError(
+                f"--load-model {path} is a '{model_file.arch}' model, this run is '{arch}'",
+                f"pass --model {model_file.arch}",
+            )
+        if model_file.class_names != list(class_names):
+            raise UserError(
+                f"--load-model {path} has classes {model_file.class_names}, this run's labels are {class_names}",
+                "use a model trained on the same classes",
+            )
+    load_matching(model, state, f"--load-model {path}", arch)

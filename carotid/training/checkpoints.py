@@ -1,0 +1,117 @@
+"""Resumable training state: `checkpoints/checkpoint-<step>[-epoch-end]/` folders of a run directory.
+
+Each is an Accelerate `save_state` folder (model, optimizer, scheduler, RNG states; pickled, so trusted
+own-run data only) plus our `progress.json`. A folder gets its final name only once it is complete,
+so `list_checkpoints` never returns half a checkpoint; the last `--keep-checkpoints` are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from carotid.errors import UserError
+from carotid.files import atomic_write_json, fsync_dir
+from carotid.training.run_dir import remove_leftovers
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d{8})(-epoch-end)?$")
+PROGRESS_FILE = "progress.json"
+
+
+def checkpoint_name(global_step: int, epoch_end: bool) -> str:
+    return f"checkpoint-{global_step:08d}{'-epoch-end' if epoch_end else ''}"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first. A folder only gets its final name once it is complete."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if CHECKPOINT_RE.match(p.name) and (p / PROGRESS_FILE).is_file()]
+    return sorted(found, key=lambda p: (int(CHECKPOINT_RE.match(p.name).group(1)), p.name.endswith("-epoch-end")))
+
+
+def read_progress(checkpoint: Path) -> dict[str, Any]:
+    return json.loads((checkpoint / PROGRESS_FILE).read_text(encoding="utf-8"))
+
+
+def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
+    """Keep the last `keep` checkpoints; drop what killed saves left behind (temp folders and files)."""
+    run_dir = Path(run_dir)
+    checkpoints = list_checkpoints(run_dir)
+    for old in checkpoints[: max(len(checkpoints) - keep, 0)]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in (run_dir / "checkpoints").glob(".*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+    remove_leftovers(run_dir)
+
+
+def resolve_resume(path: str | Path) -> tuple[Path, Path | None]:
+    """(run dir, checkpoint folder or None) for `--resume` given a run dir or a checkpoint inside it."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(
+            f"--resume path not found: {path}", "pass a run directory (output/train_…) or a checkpoint in it"
+        )
+    if (path / PROGRESS_FILE).is_file() and path.parent.name == "checkpoints":
+        return path.parent.parent, path
+    if not (path / "config.yaml").is_file():
+        raise UserError(
+            f"--resume {path} is neither a run directory nor a checkpoint folder",
+            "pass output/train_YYYYMMDD_HHMMSS or one of its checkpoints/checkpoint-* folders",
+        )
+    checkpoints = list_checkpoints(path)
+    remove_leftovers(path)  # a killed run may have left half-written temp files; its real files are whole
+    return path, (checkpoints[-1] if checkpoints else None)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def save_training_state(
+    accelerator, run_dir: str | Path, progress: dict[str, Any], *, global_step: int, epoch_end: bool, keep: int
+) -> Path:
+    """Collective: every rank calls it. Accelerate writes the state into a hidden folder, the main
+    process adds progress.json and renames the folder into place, then prunes to the last `keep`."""
+    folder = Path(run_dir) / "checkpoints"
+    name = checkpoint_name(global_step, epoch_end)
+    tmp, final = folder / f".{name}.tmp", folder / name
+    if accelerator.is_main_process:
+        folder.mkdir(exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            atomic_write_json(tmp / PROGRESS_FILE, progress)
+            _fsync_tree(tmp)
+            if final.exists():  # the same step saved again (a stop right after a checkpoint): swap, never delete first
+                aside = folder / f".{name}.old.tmp"
+                shutil.rmtree(aside, ignore_errors=True)
+                os.rename(final, aside)
+                os.rename(tmp, final)
+                shutil.rmtree(aside, ignore_errors=True)
+            else:
+                os.rename(tmp, final)
+            fsync_dir(folder)
+            prune_checkpoints(run_dir, keep)
+    except Exception as err:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if hasattr(err, "add_note"):  # Python 3.11+: printed under the traceback
+            err.add_note(
+                f"carotid: writing checkpoint {final} failed (a full disk?); the earlier checkpoints in {folder} "
+                f"are intact: free some space and continue with --resume {run_dir}"
+            )
+        raise
+    accelerator.wait_for_everyone()
+    return final

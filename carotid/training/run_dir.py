@@ -1,0 +1,188 @@
+"""The run directory: its staging and publication, its provenance (config.yaml) and its split.
+
+A run directory only appears under its final name (train_YYYYMMDD_HHMMSS) once config.yaml,
+splits.json and data_report.json are in it; everything else is written into it atomically
+(`carotid.files`). Temp files of killed writers are recognised by their pid and removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from carotid.errors import UserError
+from carotid.files import atomic_write_json, atomic_write_text, file_sha256, fsync_dir
+
+
+def stage_run_dir(output_dir: str | Path) -> Path:
+    """Make a hidden staging folder in output_dir; `publish_run_dir` renames it to train_YYYYMMDD_HHMMSS.
+
+    The run's first files (config.yaml, splits.json, data_report.json) are written into the staging
+    folder, so a run directory never exists without them."""
+    out = Path(output_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        staging = out / f".train_{time.strftime('%Y%m%d_%H%M%S')}_{_HOST}_{os.getpid()}.partial"
+        staging.mkdir()
+    except OSError as err:
+        raise UserError(f"cannot write to output dir {out} ({err.strerror})", "pass a writable --output-dir") from None
+    for stale in out.glob(".train_*.partial"):  # a run killed before it was published
+        if _left_by_dead_process(stale.name):
+            shutil.rmtree(stale, ignore_errors=True)
+    return staging
+
+
+def publish_run_dir(staging: Path) -> Path:
+    stamp = time.strftime("%Y%m%d_%H%M%S")
+    for k in range(1000):
+        final = staging.parent / (f"train_{stamp}" if k == 0 else f"train_{stamp}_{k}")
+        if final.exists():
+            continue
+        try:
+            os.rename(staging, final)
+        except OSError:
+            continue  # another run took the name first
+        fsync_dir(staging.parent)
+        return final
+    raise RuntimeError(f"could not name a run directory in {staging.parent}")
+
+
+def create_run_dir(
+    output_dir: str,
+    options: dict[str, Any],
+    label_excel: str,
+    class_names: list[str],
+    splits: dict[str, list[str]],
+    data_report: dict,
+) -> Path:
+    """Write config.yaml, splits.json and data_report.json into a staging folder, then publish it."""
+    staging = stage_run_dir(output_dir)
+    try:
+        extra = {
+            "class_names": class_names,
+            "versions": software_versions(),
+            "label_file_sha256": file_sha256(label_excel),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        write_run_config(staging / "config.yaml", options, extra)
+        atomic_write_json(staging / "splits.json", splits)
+        atomic_write_json(staging / "data_report.json", data_report)
+        (staging / "models").mkdir()
+        return publish_run_dir(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def check_writable(output_dir: str | Path) -> None:
+    """Fail early (before any work) when output_dir cannot be created or written."""
+    out = Path(output_dir)
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"output dir {out} is not writable", "pass a --output-dir you can write to")
+
+
+def software_versions() -> dict[str, str]:
+    import accelerate
+    import sklearn
+    import torch
+    import torchvision
+
+    import carotid
+
+    versions = {
+        "carotid": carotid.__version__,
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
+        "accelerate": str(accelerate.__version__),
+        "scikit-learn": str(sklearn.__version__),
+    }
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        versions["git_commit"] = commit
+    except (OSError, subprocess.SubprocessError):
+        versions["git_commit"] = "unknown"
+    return versions
+
+
+def write_run_config(path: Path, options: dict[str, Any], extra: dict[str, Any]) -> None:
+    text = "# Resolved options of this run (carotid-train --config accepts the 'options' section).\n"
+    text += yaml.safe_dump({"options": options, **extra}, allow_unicode=True, sort_keys=False)
+    atomic_write_text(path, text)
+
+
+def read_run_config(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise UserError(
+            f"{run_dir} is not a carotid run directory (no config.yaml)", "pass a folder made by carotid-train"
+        )
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise UserError(
+            f"{path} is not valid YAML ({str(err).splitlines()[0]})",
+            "restore the run's config.yaml (carotid writes it; hand edits must keep it valid YAML)",
+        ) from None
+    if not isinstance(data, dict) or not isinstance(data.get("options"), dict):
+        raise UserError(f"{path} is not a carotid run config", "pass a folder made by carotid-train")
+    return data
+
+
+def read_splits(run_dir: str | Path) -> dict[str, list[str]]:
+    path = Path(run_dir) / "splits.json"
+    if not path.is_file():
+        raise UserError(f"{run_dir} has no splits.json", "pass a run directory made by carotid-train")
+    try:
+        splits = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is not valid JSON ({err})", "restore the run's splits.json") from None
+    if not isinstance(splits, dict) or not all(isinstance(splits.get(s), list) for s in ("train", "val", "test")):
+        raise UserError(
+            f"{path} does not hold the train, val and test lists of person IDs", "restore the run's splits.json"
+        )
+    return splits
+
+
+def remove_leftovers(run_dir: str | Path) -> None:
+    """Delete the temp files of atomic writes whose process was killed (the real files are intact)."""
+    for folder in (Path(run_dir), Path(run_dir) / "models"):
+        for stale in folder.glob(".*.tmp-*"):
+            if _left_by_dead_process(stale.name):
+                stale.unlink(missing_ok=True)
+
+
+_HOST = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname()) or "host"
+
+
+def _left_by_dead_process(name: str) -> bool:
+    """Whether a temp file '.NAME.tmp-<pid>' or a staging folder '.train_<stamp>_<host>_<pid>.partial' was left
+    by a process of this machine that no longer runs (jobs on other nodes may share the output dir)."""
+    found = re.search(r"_([^_]+)_(\d+)\.partial$", name) or re.search(r"()\.tmp-(\d+)$", name)
+    if not found or found.group(1) not in ("", _HOST) or int(found.group(2)) == os.getpid():
+        return False
+    try:
+        os.kill(int(found.group(2)), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
