@@ -156,10 +156,10 @@ def predict(argv: Sequence[str] | None) -> int:
             preds, model_file, paths, unreadable, threshold=threshold, aggregation=aggregation
         )
         class_names = model_file.class_names
-        operating_point = f"; threshold {threshold:.3f} ({source})" if threshold is not None else ""
+        threshold_note = f"; threshold {threshold:.3f} ({source})" if threshold is not None else ""
         log(
             f"{len(persons.person_ids)} person(s), {len(preds.paths)} image(s) (layout: {layout}); "
-            f"person probability: {aggregation} of frames{operating_point}"
+            f"person probability: {aggregation} of frames{threshold_note}"
         )
         log(summary_table(persons, predicted, class_names, model_file.positive_index, threshold is not None))
         if unreadable:

@@ -116,7 +116,10 @@ class CachedFrameDataset(Dataset):
 
 class FrameBatch(list):
     """One batch as the list of samples default_collate expects, also carrying it already stacked, so
-    `collate_frames` can pass it on without copying every frame a second time."""
+    `collate_frames` can pass it on without copying every frame a second time.
+
+    A list subclass because DataLoader hands `__getitems__`'s return value to the collate function as is,
+    and anything else that receives a batch (e.g. a user's own collate) still sees the plain samples."""
 
     def __init__(self, samples: list[tuple], stacked: list[torch.Tensor]):
         super().__init__(samples)

@@ -1,4 +1,4 @@
-"""Pure functions on gathered numpy arrays: image- and person-level metrics and person-bootstrap CIs.
+"""Pure functions on gathered numpy arrays: image- and person-level point estimates and the Youden threshold.
 
 scikit-learn does the arithmetic of every point estimate. A metric that is undefined on the data at hand
 (AUC with one class, sensitivity without positives) is None, and the reason is added to the returned notes.
