@@ -20,6 +20,8 @@ from carotid.evaluation.inference import FramePredictions, person_predictions
 from carotid.evaluation.metrics import classification_metrics, metrics_at_threshold
 from carotid.evaluation.registry import table_metrics
 
+FRAME_ARRAYS = ("paths", "person_ids", "labels", "probs")  # the FramePredictions arrays pooled over folds
+
 
 def read_fold_evaluation(eval_dir: Path, class_names: list[str]) -> tuple[FramePredictions, dict]:
     """(the per-image predictions of predictions.csv, metrics.json) of one fold's held-out evaluation."""
@@ -89,9 +91,6 @@ def pooled_metrics(
                 ci[level] = {k: v for k, v in own.items() if k != "auc"} | {"auc": ci[level]["auc"]}
     out["ci"] = ci
     return out, pooled
-
-
-FRAME_ARRAYS = ("paths", "person_ids", "labels", "probs")
 
 
 def fold_mean_sd(fold_reports: list[dict], binary: bool) -> dict:
