@@ -51,6 +51,18 @@ class TrainConfig:
     train_ratio: float = opt(0.7, "Share of persons in the training split.", group="data")
     val_ratio: float = opt(0.15, "Share of persons in the validation split (0 allowed).", group="data")
     test_ratio: float = opt(0.15, "Share of persons in the held-out test split (0 allowed).", group="data")
+    group_column: str | None = opt(
+        None,
+        "Header of a sheet column naming each person's group (e.g. the patient of both sides or of repeat visits): "
+        "every split and fold keeps a group whole.",
+        group="data",
+    )
+    folds: int | None = opt(
+        None,
+        "Cross-validate: K ≥ 2 label-stratified person folds after the test split, one run per fold in "
+        "output_dir/cv_YYYYMMDD_HHMMSS/fold_k/; train:val ratio divides each fold's training persons.",
+        group="data",
+    )
     seed: int = opt(42, "Seed for the split, the weights' initialisation, shuffling and augmentation.", group="data")
     image_size: int = opt(224, "Frames are resized to image_size x image_size pixels.", group="data")
     in_channels: int = opt(
@@ -167,6 +179,8 @@ class TrainConfig:
             )
         if self.train_ratio == 0:
             raise UserError("--train-ratio is 0", "give the training split a share > 0")
+        if self.folds is not None and self.folds < 2:
+            raise UserError(f"--folds must be ≥ 2, got {self.folds}", "use e.g. --folds 5, or leave it out")
         _positive(
             self,
             "batch_size",

@@ -89,6 +89,7 @@ class LabelTable:
     id_column: str
     label_column: str
     notes: list[str] = field(default_factory=list)
+    groups: dict[str, str] | None = None  # person ID → group (--group-column); None without that column
 
     @property
     def class_index(self) -> dict[str, int]:
@@ -210,6 +211,7 @@ def read_labels(
     id_column: str | None = None,
     label_column: str | None = None,
     min_classes: int = 2,
+    group_column: str | None = None,
 ) -> LabelTable:
     """Read person IDs and labels from an .xlsx sheet; every user mistake is a UserError.
 
@@ -308,4 +310,37 @@ def read_labels(
             + ("a classifier needs at least two classes" if min_classes > 1 else "nothing to evaluate"),
             "check --label-column and the sheet's label cells",
         )
-    return LabelTable(labels, class_names, sheet_name, str(headers[id_idx]), str(headers[label_idx]), notes)
+    groups = None if group_column is None else _read_groups(headers, numbered[1:], id_idx, labels, group_column, notes)
+    return LabelTable(labels, class_names, sheet_name, str(headers[id_idx]), str(headers[label_idx]), notes, groups)
+
+
+def _read_groups(
+    headers: list[Any], rows: list[tuple[int, list]], id_idx: int, labels: dict[str, str], column: str, notes: list[str]
+) -> dict[str, str]:
+    """Person → group from the --group-column cells of the labelled persons' rows."""
+    keys = [_header_key(h) for h in headers]
+    shown = ", ".join(repr(str(h)) for h in headers if h is not None) or "(none)"
+    if not _header_key(column) or _header_key(column) not in keys:
+        raise UserError(
+            f"--group-column '{column}' is not a column header; the headers are {shown}", "pass one of them"
+        )
+    idx = keys.index(_header_key(column))
+    if idx == id_idx:
+        raise UserError(f"--group-column '{column}' is the ID column", "pass the header of the group column")
+    groups: dict[str, str] = {}
+    for row_number, row in rows:
+        person_id = normalize_id(row[id_idx] if id_idx < len(row) else None)
+        group = normalize_id(row[idx] if idx < len(row) else None)
+        if person_id not in labels or group is None:
+            continue
+        if groups.setdefault(person_id, group) != group:
+            raise UserError(
+                f"person '{person_id}' is in group '{groups[person_id]}' and, in row {row_number}, in group '{group}'",
+                f"give each person one value in column '{headers[idx]}'",
+            )
+    if len(groups) < len(labels):
+        notes.append(
+            f"{len(labels) - len(groups)} person(s) have no value in group column '{headers[idx]}': each is a group "
+            "of its own"
+        )
+    return groups

@@ -1,8 +1,15 @@
-"""Persons → train / validation / test: stratified by label, seeded, never splitting a person."""
+"""Persons → train / validation / test, or → K cross-validation folds: stratified by label, seeded, never
+splitting a person, and with `groups` (a sheet column) never splitting a group of persons either.
+
+Without groups the plain split keeps its exact person counts (`train_test_split`); with groups every split
+and fold comes from scikit-learn's `StratifiedGroupKFold`, which keeps groups whole while balancing labels.
+"""
 
 from __future__ import annotations
 
 import math
+import warnings
+from collections import Counter
 
 from carotid.errors import UserError
 
@@ -24,12 +31,79 @@ def _split_off(ids: list[str], labels: list[int], size: int, seed: int, notes: l
     return keep, out
 
 
+def _group_folds(ids: list[str], labels: list[int], groups: list[str], k: int, seed: int, notes: list[str], what: str):
+    """The K folds (lists of person IDs) of StratifiedGroupKFold, with its warnings turned into notes."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    n_groups = len(set(groups))
+    if n_groups < k:
+        raise UserError(
+            f"{what}: {n_groups} group(s) of persons are too few for {k} folds",
+            "add persons, or lower --folds / the split ratios",
+        )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            folds = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(ids, labels, groups)
+            held_out = [sorted(ids[i] for i in test) for _, test in folds]
+        except ValueError as err:  # every class has fewer persons than folds: stratifying is impossible
+            notes.append(f"{what}: folds not stratified by label ({err})")
+            from sklearn.model_selection import GroupKFold
+
+            held_out = [sorted(ids[i] for i in test) for _, test in GroupKFold(n_splits=k).split(ids, labels, groups)]
+    notes += [f"{what}: {w.message}" for w in caught if issubclass(w.category, UserWarning)]
+    if any(not fold for fold in held_out):
+        raise UserError(f"{what}: a fold came out empty", "add persons, or lower --folds")
+    return held_out
+
+
+def _split_off_groups(
+    ids: list[str], labels: list[int], groups: list[str], share: float, seed: int, notes: list[str], what: str
+):
+    """About `share` of the persons, as whole groups: the first of round(1/share) stratified group folds.
+
+    StratifiedGroupKFold has no test_size; one fold of k is the library's way to hold out ~1/k of the persons
+    with labels balanced and groups whole. The share met is reported, since it is only near the one asked."""
+    if share == 0:
+        return ids, []
+    k = min(max(2, round(1 / share)), len(set(groups)))
+    out = _group_folds(ids, labels, groups, k, seed, notes, what)[0]
+    taken = set(out)
+    notes.append(
+        f"{what} split: whole groups, 1 of {k} label-stratified group folds: {len(out)} of {len(ids)} persons "
+        f"({len(out) / len(ids):.0%}; asked {share:.0%})"
+    )
+    return [p for p in ids if p not in taken], out
+
+
+def person_groups(persons: list[str], sheet_groups: dict[str, str] | None) -> dict[str, str] | None:
+    """Person → group key (a person without a group cell is a group of its own); None without a group column."""
+    if sheet_groups is None:
+        return None
+    # The prefixes keep a group named like a person apart from that person's own group.
+    return {p: f"group:{sheet_groups[p]}" if p in sheet_groups else f"person:{p}" for p in persons}
+
+
+def describe_groups(groups: dict[str, str], column: str) -> str:
+    sizes = Counter(groups.values())
+    shared = sum(n for n in sizes.values() if n > 1)
+    return (
+        f"groups from column '{column}': {len(sizes)} group(s) for {len(groups)} persons; {shared} persons share "
+        f"a group with others (largest group: {max(sizes.values())} persons); each group stays in one split"
+    )
+
+
 def split_persons(
-    person_labels: dict[str, int], train_ratio: float, val_ratio: float, test_ratio: float, seed: int
+    person_labels: dict[str, int],
+    train_ratio: float,
+    val_ratio: float,
+    test_ratio: float,
+    seed: int,
+    groups: dict[str, str] | None = None,
 ) -> tuple[dict[str, list[str]], list[str]]:
     """Person-level split, stratified by label where every class has enough persons.
 
-    Returns ({"train", "val", "test": sorted person IDs}, notes about stratification)."""
+    Returns ({"train", "val", "test": sorted person IDs}, notes about stratification and groups)."""
     ids = sorted(person_labels)
     n = len(ids)
     n_test, n_val = _count(test_ratio, n), _count(val_ratio, n)
@@ -39,6 +113,75 @@ def split_persons(
             "add persons, or set --val-ratio / --test-ratio to 0",
         )
     notes: list[str] = []
-    rest, test = _split_off(ids, [person_labels[p] for p in ids], n_test, seed, notes, "test")
-    train, val = _split_off(rest, [person_labels[p] for p in rest], n_val, seed, notes, "validation")
+    if groups is None:
+        rest, test = _split_off(ids, [person_labels[p] for p in ids], n_test, seed, notes, "test")
+        train, val = _split_off(rest, [person_labels[p] for p in rest], n_val, seed, notes, "validation")
+    else:
+        rest, test = _split_off_groups(
+            ids, [person_labels[p] for p in ids], [groups[p] for p in ids], test_ratio, seed, notes, "test"
+        )
+        train, val = split_train_val(rest, person_labels, train_ratio, val_ratio, seed, groups, notes)
     return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}, notes
+
+
+def split_train_val(
+    persons: list[str],
+    person_labels: dict[str, int],
+    train_ratio: float,
+    val_ratio: float,
+    seed: int,
+    groups: dict[str, str] | None,
+    notes: list[str],
+) -> tuple[list[str], list[str]]:
+    """Training persons → (train, val), the validation share being val / (train + val) of them."""
+    share = val_ratio / (train_ratio + val_ratio)
+    labels = [person_labels[p] for p in persons]
+    if groups is None:
+        size = _count(share, len(persons))
+        if len(persons) - size < 1:
+            raise UserError(
+                f"{len(persons)} training person(s) are too few to also hold out validation persons",
+                "add persons, or set --val-ratio 0",
+            )
+        return _split_off(persons, labels, size, seed, notes, "validation")
+    if share and len({groups[p] for p in persons}) < 2:
+        raise UserError(
+            f"the {len(persons)} training person(s) form one group: none is left for validation",
+            "add persons, or set --val-ratio 0",
+        )
+    return _split_off_groups(persons, labels, [groups[p] for p in persons], share, seed, notes, "validation")
+
+
+def cv_splits(
+    person_labels: dict[str, int],
+    folds: int,
+    train_ratio: float,
+    val_ratio: float,
+    test_ratio: float,
+    seed: int,
+    groups: dict[str, str] | None = None,
+) -> tuple[dict, list[str]]:
+    """Cross-validation plan: the test persons held out first, the rest in `folds` label-stratified folds
+    (StratifiedGroupKFold; each person, or group, its own unit without groups), and inside each fold's
+    training persons the validation persons that pick the best epoch and the threshold.
+
+    Returns ({"test": [...], "folds": [{"fold", "held_out", "train", "val"}, ...]}, notes)."""
+    ids = sorted(person_labels)
+    notes: list[str] = []
+    labels = [person_labels[p] for p in ids]
+    if groups is None:
+        rest, test = _split_off(ids, labels, _count(test_ratio, len(ids)), seed, notes, "test")
+    else:
+        rest, test = _split_off_groups(ids, labels, [groups[p] for p in ids], test_ratio, seed, notes, "test")
+    rest = sorted(rest)
+    units = [groups[p] for p in rest] if groups is not None else rest
+    held_out = _group_folds(rest, [person_labels[p] for p in rest], units, folds, seed, notes, "cross-validation")
+    plan = []
+    for k, fold in enumerate(held_out, start=1):
+        taken = set(fold)
+        pool = [p for p in rest if p not in taken]
+        fold_notes: list[str] = []
+        train, val = split_train_val(pool, person_labels, train_ratio, val_ratio, seed, groups, fold_notes)
+        notes += [f"fold {k}: {note}" for note in fold_notes]
+        plan.append({"fold": k, "held_out": fold, "train": sorted(train), "val": sorted(val)})
+    return {"test": sorted(test), "folds": plan}, notes

@@ -41,10 +41,18 @@ def stage_run_dir(output_dir: str | Path) -> Path:
     return staging
 
 
-def publish_run_dir(staging: Path) -> Path:
+def publish_run_dir(staging: Path, prefix: str = "train", name: str | None = None) -> Path:
+    """Rename the staging folder to PREFIX_YYYYMMDD_HHMMSS (the first free name), or to exactly `name`."""
+    if name is not None:
+        final = staging.parent / name
+        if final.exists():  # os.rename would silently replace an empty folder
+            raise RuntimeError(f"{final} exists already")
+        os.rename(staging, final)
+        fsync_dir(staging.parent)
+        return final
     stamp = time.strftime("%Y%m%d_%H%M%S")
     for k in range(1000):
-        final = staging.parent / (f"train_{stamp}" if k == 0 else f"train_{stamp}_{k}")
+        final = staging.parent / (f"{prefix}_{stamp}" if k == 0 else f"{prefix}_{stamp}_{k}")
         if final.exists():
             continue
         try:
@@ -63,8 +71,13 @@ def create_run_dir(
     class_names: list[str],
     splits: dict[str, list[str]],
     data_report: dict,
+    *,
+    prefix: str = "train",
+    name: str | None = None,
+    note: dict[str, Any] | None = None,
 ) -> Path:
-    """Write config.yaml, splits.json and data_report.json into a staging folder, then publish it."""
+    """Write config.yaml, splits.json and data_report.json into a staging folder, then publish it as
+    PREFIX_YYYYMMDD_HHMMSS (or `name`); `note` adds keys to config.yaml (e.g. a fold's place in its CV)."""
     staging = stage_run_dir(output_dir)
     try:
         extra = {
@@ -72,12 +85,12 @@ def create_run_dir(
             "versions": software_versions(),
             "label_file_sha256": file_sha256(label_excel),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
+        } | (note or {})
         write_run_config(staging / "config.yaml", options, extra)
         atomic_write_json(staging / "splits.json", splits)
         atomic_write_json(staging / "data_report.json", data_report)
         (staging / "models").mkdir()
-        return publish_run_dir(staging)
+        return publish_run_dir(staging, prefix, name)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -1,0 +1,308 @@
+"""Person-level K-fold cross-validation: one normal training run per fold, then the pooled results.
+
+    output/cv_YYYYMMDD_HHMMSS/
+      config.yaml  splits.json  data_report.json  cv.log  cv_progress.json
+      fold_1/ … fold_K/          run directories; their "test" split (eval_test_best/) is the held-out fold
+      oof_person_predictions.csv every non-test person once, predicted by the fold that held them out
+      cv_metrics.json            out-of-fold metrics with CIs, per-fold metrics, their mean ± SD, the ensemble
+      eval_test_ensemble/        the mean of the K best models on the test persons (when there are any)
+
+Folds run one after another in the same launch (any number of processes). progress.json lists the
+finished folds, so `--resume CV_DIR` skips them and resumes the unfinished fold's run directory at its
+last checkpoint (fold and batch).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from carotid.config import TrainConfig
+from carotid.data.manifest import DataManifest
+from carotid.data.split import cv_splits, describe_groups, person_groups
+from carotid.errors import UserError
+from carotid.evaluation.evaluator import compute_report, format_table, write_evaluation
+from carotid.evaluation.inference import run_inference
+from carotid.evaluation.pooling import (
+    fold_mean_sd,
+    format_cv_table,
+    mean_of_models,
+    pooled_metrics,
+    read_fold_evaluation,
+)
+from carotid.files import atomic_write_json, write_table
+from carotid.model.file import ModelFile
+from carotid.training import checkpoints
+from carotid.training import run_dir as run_folder
+from carotid.training.fit import describe_persons, fit_run, read_data, with_splits
+from carotid.training.runtime import RunLog, on_main
+
+PROGRESS = "cv_progress.json"
+
+# ---------------------------------------------------------------------------------------------
+# The CV directory
+# ---------------------------------------------------------------------------------------------
+
+
+def find_cv_dir(path: str | Path) -> Path | None:
+    """The CV directory that `--resume path` means (the CV dir itself, a fold in it, or a fold's checkpoint)."""
+    path = Path(path)
+    for candidate in [path, *list(path.parents)[:3]]:
+        if (candidate / "config.yaml").is_file() and run_folder.read_run_config(candidate)["options"].get("folds"):
+            return candidate
+    return None
+
+
+def read_plan(cv_dir: Path) -> dict:
+    try:
+        plan = json.loads((cv_dir / "splits.json").read_text(encoding="utf-8"))
+        assert isinstance(plan["test"], list) and all(isinstance(f["held_out"], list) for f in plan["folds"])
+    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        raise UserError(
+            f"{cv_dir / 'splits.json'} is not a cross-validation plan", "restore the CV directory's splits.json"
+        ) from None
+    return plan
+
+
+def prepare(cfg: TrainConfig, cv_dir: Path | None) -> tuple[DataManifest, dict, list[str], str, str]:
+    """(manifest of every person, the CV plan, notes, root dir, label file). Main process only."""
+    if cv_dir is not None:
+        plan = read_plan(cv_dir)
+        persons = plan["test"] + [p for fold in plan["folds"] for p in fold["held_out"]]
+        trained = run_folder.read_run_config(cv_dir).get("class_names")
+        manifest, _, root_dir, label_excel = read_data(cfg, persons, trained)
+        return manifest, plan, [], root_dir, label_excel
+    manifest, table, root_dir, label_excel = read_data(cfg)
+    groups = person_groups(sorted(manifest.person_labels), table.groups)
+    plan, notes = cv_splits(
+        manifest.person_labels, cfg.folds, cfg.train_ratio, cfg.val_ratio, cfg.test_ratio, cfg.seed, groups
+    )
+    if groups is not None:
+        notes.insert(0, describe_groups(groups, cfg.group_column))
+    plan["method"] = (
+        f"StratifiedGroupKFold(n_splits={cfg.folds}, shuffle=True, random_state={cfg.seed}) over the non-test "
+        f"persons ({'groups from column ' + repr(cfg.group_column) if groups else 'each person its own group'})"
+    )
+    return manifest, plan, notes, root_dir, label_excel
+
+
+def fold_splits(plan: dict, k: int) -> dict[str, list[str]]:
+    fold = plan["folds"][k - 1]
+    return {"train": fold["train"], "val": fold["val"], "test": fold["held_out"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the folds
+# ---------------------------------------------------------------------------------------------
+
+
+def cross_validate(
+    accelerator: Accelerator, cfg: TrainConfig, *, cv_dir: Path | None = None, notes: Iterable[str] = ()
+) -> Path:
+    """Run (or resume) a K-fold cross-validation; returns the CV directory."""
+    manifest, plan, split_notes, root_dir, label_excel = on_main(accelerator, lambda: prepare(cfg, cv_dir))
+    cfg = dataclasses.replace(cfg, root_dir=root_dir, label_excel=label_excel)
+    resumed = cv_dir is not None
+    if cv_dir is None:
+        report = dict(manifest.report, split_notes=split_notes)
+        cv_dir = on_main(
+            accelerator,
+            lambda: run_folder.create_run_dir(
+                cfg.output_dir,
+                dataclasses.asdict(cfg),
+                label_excel,
+                manifest.class_names,
+                plan,
+                report,
+                prefix="cv",
+            ),
+        )
+    log = RunLog(accelerator, cv_dir / "cv.log")
+    log(f"{'resuming cross-validation' if resumed else 'cross-validation'}: {cv_dir}")
+    for note in list(notes) + [f"note: {n}" for n in split_notes]:
+        log(note)
+    log(f" test: {describe_persons(manifest, plan['test'])}")
+    for fold in plan["folds"]:
+        log(f"fold {fold['fold']}: held out {describe_persons(manifest, fold['held_out'])}")
+    progress = cv_dir / PROGRESS
+    done = set(json.loads(progress.read_text(encoding="utf-8"))["folds_done"]) if progress.is_file() else set()
+    for k in range(1, cfg.folds + 1):
+        if k in done:
+            log(f"fold {k}/{cfg.folds}: finished before, kept")
+            continue
+        log(f"fold {k}/{cfg.folds}: training")
+        run_fold(accelerator, cfg, manifest, plan, cv_dir, k, resumed)
+        done.add(k)
+        if accelerator.is_main_process:
+            atomic_write_json(cv_dir / PROGRESS, {"folds_done": sorted(done)})
+        accelerator.wait_for_everyone()
+    summarise(accelerator, cfg, manifest, plan, cv_dir, log)
+    return cv_dir
+
+
+def run_fold(
+    accelerator: Accelerator, cfg: TrainConfig, manifest: DataManifest, plan: dict, cv_dir: Path, k: int, resumed: bool
+) -> None:
+    """Train fold k in cv_dir/fold_k/ (a normal run directory), resuming it if a resumed CV left it unfinished."""
+    fold_dir = cv_dir / f"fold_{k}"
+    resume_run = resume_from = None
+    if resumed and fold_dir.is_dir():  # a resumed CV's unfinished fold: on at its last checkpoint
+        resume_run, resume_from = checkpoints.resolve_resume(fold_dir)
+    # The fold is a plain run: folds=None; it always evaluates its held-out fold (its "test" split).
+    fold_cfg = dataclasses.replace(cfg, folds=None, output_dir=str(cv_dir), test=True, resume=None)
+    set_seed(cfg.seed)  # the same start for a fold whether or not the folds before it ran in this process
+    fit_run(
+        accelerator,
+        fold_cfg,
+        with_splits(manifest, fold_splits(plan, k), []),
+        resume_run=resume_run,
+        resume_from=resume_from,
+        run_name=fold_dir.name,
+        run_note={"cross_validation": {"dir": str(cv_dir), "fold": k, "folds": cfg.folds, "test": "the held-out fold"}},
+    )
+    release(accelerator)
+
+
+def release(accelerator: Accelerator) -> None:
+    """Forget the fold's model, optimizer, loaders and schedule, so the next fold's checkpoints hold only its own."""
+    accelerator.free_memory()
+    # free_memory leaves the objects of register_for_checkpointing (the LR schedule), and save_state/load_state
+    # would then carry every earlier fold's schedule too.
+    accelerator._custom_objects.clear()
+
+
+# ---------------------------------------------------------------------------------------------
+# Pooled results
+# ---------------------------------------------------------------------------------------------
+
+
+def summarise(
+    accelerator: Accelerator, cfg: TrainConfig, manifest: DataManifest, plan: dict, cv_dir: Path, log: RunLog
+) -> None:
+    """oof_person_predictions.csv, cv_metrics.json and, with test persons, the fold ensemble on them."""
+    class_names = manifest.class_names
+    positive = class_names.index(cfg.positive_class) if cfg.positive_class else len(class_names) - 1
+    folds = [cv_dir / f"fold_{k}" for k in range(1, cfg.folds + 1)]
+    ensemble = None
+    if cfg.test and plan["test"]:
+        ensemble = evaluate_ensemble(accelerator, cfg, manifest, plan, folds, cv_dir / "eval_test_ensemble", log)
+    if not accelerator.is_main_process:
+        accelerator.wait_for_everyone()
+        return
+    evaluations = [read_fold_evaluation(f / "eval_test_best", class_names) for f in folds]
+    pooled, frames = pooled_metrics(
+        [(preds, report["threshold"]) for preds, report in evaluations],
+        class_names,
+        positive,
+        aggregation=cfg.person_aggregation,
+        bootstrap=cfg.bootstrap,
+        seed=cfg.seed,
+    )
+    write_oof_persons(cv_dir / "oof_person_predictions.csv", folds, class_names)
+    binary = len(class_names) == 2
+    reports = [report for _, report in evaluations]
+    metrics = {
+        "folds": cfg.folds,
+        "class_names": class_names,
+        "positive_class": class_names[positive] if binary else None,
+        "person_aggregation": cfg.person_aggregation,
+        "n_persons": int(len(np.unique(frames.person_ids))),
+        "n_images": int(len(frames.labels)),
+        "split_method": plan.get("method"),
+        "out_of_fold": pooled,
+        "per_fold": [
+            {
+                "fold": k,
+                "n_persons": r["n_persons"],
+                "n_images": r["n_images"],
+                "model_epoch": r["model_epoch"],
+                "threshold": r["threshold"],
+                "threshold_source": r["threshold_source"],
+                "image": r["image"],
+                "person": r["person"],
+                "ci": r["ci"],
+            }
+            for k, r in enumerate(reports, start=1)
+        ],
+        "fold_mean_sd": fold_mean_sd(reports, binary),
+        "test_ensemble": ensemble,
+    }
+    atomic_write_json(cv_dir / "cv_metrics.json", metrics)
+    log(f"out of fold ({metrics['n_persons']} persons, {metrics['n_images']} images), each at its fold's threshold:")
+    log(format_cv_table(metrics, binary))
+    log(f"cross-validation written to {cv_dir}")
+    accelerator.wait_for_everyone()
+
+
+def write_oof_persons(path: Path, folds: list[Path], class_names: list[str]) -> None:
+    """The folds' person_predictions.csv tables, one after another, with the fold that predicted each person."""
+    header, rows = None, []
+    for k, fold in enumerate(folds, start=1):
+        with (fold / "eval_test_best" / "person_predictions.csv").open(newline="", encoding="utf-8") as handle:
+            table = list(csv.reader(handle))
+        header = header or ["person_id", "fold", *table[0][1:]]
+        rows += [[row[0], k, *row[1:]] for row in table[1:]]
+    write_table(path, header, sorted(rows, key=lambda r: r[0]))
+
+
+def evaluate_ensemble(
+    accelerator: Accelerator,
+    cfg: TrainConfig,
+    manifest: DataManifest,
+    plan: dict,
+    folds: list[Path],
+    out_dir: Path,
+    log: RunLog,
+) -> dict | None:
+    """Collective: the K best models on the test persons, their mean probability evaluated like one model at
+    the mean of the folds' thresholds. Returns the evaluation's summary on the main process."""
+    frames = dataclasses.replace(manifest, splits={"test": plan["test"]}).frames_of("test")
+    model_files = [ModelFile.load(f / "models" / "best_model.pth") for f in folds]
+    predictions = [
+        run_inference(
+            accelerator,
+            mf.build_model(),
+            mf,
+            frames,
+            batch_size=2 * cfg.batch_size,
+            num_workers=cfg.num_workers,
+            cache=cfg.cache,
+            cache_dir=cfg.cache_dir,
+        )
+        for mf in model_files
+    ]
+    if not accelerator.is_main_process:
+        return None
+    thresholds = [mf.threshold for mf in model_files]
+    threshold = float(np.mean(thresholds)) if all(t is not None for t in thresholds) else None
+    preds = mean_of_models(predictions)
+    report, persons = compute_report(
+        preds,
+        model_files[0],
+        model_path=", ".join(str(f / "models" / "best_model.pth") for f in folds),
+        split="test",
+        bootstrap=cfg.bootstrap,
+        aggregation=cfg.person_aggregation,
+        seed=cfg.seed,
+        threshold=threshold,
+        context={"run_dir": str(out_dir.parent), "data": {"root_dir": cfg.root_dir, "label_excel": cfg.label_excel}},
+    )
+    report |= {
+        "arch": f"ensemble: mean probability of {len(folds)} x {model_files[0].arch}",
+        "model_epoch": [mf.epoch for mf in model_files],
+        "threshold_source": f"mean of the {len(folds)} folds' thresholds {[round(t, 4) for t in thresholds]}"
+        if threshold is not None
+        else None,
+    }
+    write_evaluation(report, preds, persons, model_files[0], out_dir)
+    log("test persons, fold ensemble (mean of the folds' best models):")
+    log(format_table(report))
+    kept = ("n_persons", "n_images", "threshold", "threshold_source", "image", "person", "ci")
+    return {key: report[key] for key in kept}

@@ -1,0 +1,222 @@
+"""One training run on data already read and split: model → run directory → Trainer → test evaluation.
+
+Shared by `carotid.train` (one run) and `carotid.training.cv` (one run per fold), so a fold's folder is a
+normal run directory. `read_data` is the data side both start from (main process only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+from carotid.config import TrainConfig
+from carotid.data.labels import LabelTable, read_labels
+from carotid.data.loaders import frame_dataset
+from carotid.data.manifest import SPLITS, DataManifest, collect_persons
+from carotid.errors import StopTraining, UserError
+from carotid.model.file import load_initial_weights, read_weights
+from carotid.model.registry import build_model
+from carotid.training import run_dir as run_folder
+from carotid.training.runtime import RunLog, StopSignal, on_main
+from carotid.training.trainer import Trainer
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+
+
+def read_data(
+    cfg: TrainConfig, persons: list[str] | None = None, trained_classes: list[str] | None = None
+) -> tuple[DataManifest, LabelTable, str, str]:
+    """(manifest without splits, label table, resolved root dir, resolved label file). Main process only.
+
+    `persons` restricts the data to a resumed run's persons; `trained_classes` are that run's classes."""
+    root_dir, label_excel = cfg.root_dir, cfg.label_excel
+    if cfg.demo and not root_dir:
+        from carotid.demo import make_demo_data
+
+        root_dir = str(Path(cfg.output_dir) / "demo_data")
+        label_excel = str(Path(root_dir) / "label.xlsx")
+        if not Path(label_excel).exists():
+            make_demo_data(root_dir, seed=cfg.seed)
+    if not root_dir or not label_excel:
+        raise UserError("no data given", "pass --root-dir DATA --label-excel label.xlsx (or --demo)")
+    table = read_labels(label_excel, cfg.sheet, cfg.id_column, cfg.label_column, group_column=cfg.group_column)
+    if cfg.positive_class is not None and cfg.positive_class not in table.class_names:
+        raise UserError(
+            f"--positive-class '{cfg.positive_class}' is not a class; the classes are {table.class_names}",
+            "pass one of them",
+        )
+    if trained_classes is not None and list(trained_classes) != table.class_names:
+        raise UserError(
+            f"{label_excel} has classes {table.class_names}, the resumed run has {trained_classes}",
+            "resume with the label file the run was trained on (or start a new run with --load-model)",
+        )
+    manifest = collect_persons(root_dir, table, cfg.max_imgs_per_person, persons=persons)
+    return manifest, table, str(Path(root_dir).resolve()), str(Path(label_excel).resolve())
+
+
+def with_splits(manifest: DataManifest, splits: dict[str, list[str]], notes: list[str]) -> DataManifest:
+    """The manifest with these splits, their counts and notes recorded in its report (data_report.json)."""
+    out = dataclasses.replace(manifest, splits=splits, report=dict(manifest.report))
+    out.report["split_notes"] = notes
+    out.report["splits"] = {s: out.counts(s) for s in SPLITS}
+    return out
+
+
+def describe(accelerator: Accelerator, cfg: TrainConfig, manifest: DataManifest, log: RunLog) -> None:
+    per_device, accumulation = cfg.batch_size, accelerator.gradient_accumulation_steps
+    effective = per_device * accelerator.num_processes * accumulation
+    log(
+        f"processes: {accelerator.num_processes} ({accelerator.distributed_type.value}), device: {accelerator.device}, "
+        f"mixed precision: {accelerator.mixed_precision}"
+    )
+    log(
+        f"batch: {per_device} per device x {accelerator.num_processes} processes x {accumulation} "
+        f"accumulation steps = {effective} effective"
+    )
+    for split in SPLITS:
+        log(f"{split:>5}: {describe_persons(manifest, manifest.splits[split])}")
+    for note in manifest.report["label_file"]["notes"] + manifest.report["split_notes"]:
+        log(f"note: {note}")
+    for note in manifest.left_out_notes():
+        log(f"note: {note}")
+    if manifest.report["unreadable_images"]:
+        log(
+            f"warning: {len(manifest.report['unreadable_images'])} unreadable image(s) skipped "
+            "(listed in data_report.json)"
+        )
+
+
+def describe_persons(manifest: DataManifest, persons: Iterable[str]) -> str:
+    """'N persons, M images (class: persons / images, ...)'."""
+    persons = list(persons)
+    by_class = {c: [0, 0] for c in manifest.class_names}
+    for p in persons:
+        counts = by_class[manifest.class_names[manifest.person_labels[p]]]
+        counts[0] += 1
+        counts[1] += len(manifest.frames[p])
+    parts = ", ".join(f"{c}: {n} persons / {m} images" for c, (n, m) in by_class.items())
+    return f"{len(persons)} persons, {sum(m for _, m in by_class.values())} images ({parts})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+
+
+def choose_monitor(cfg: TrainConfig, manifest: DataManifest, log: RunLog) -> str:
+    if not manifest.splits["val"]:
+        if cfg.monitor not in ("auto", "train_loss"):
+            log(f"warning: no validation split; --monitor {cfg.monitor} replaced by train_loss")
+        return "train_loss"
+    monitor = (
+        cfg.monitor if cfg.monitor != "auto" else ("val_auc" if len(manifest.class_names) == 2 else "val_accuracy")
+    )
+    val_classes = {manifest.person_labels[p] for p in manifest.splits["val"]}
+    if "auc" in monitor and len(val_classes) < 2:
+        log(f"warning: the validation split has one class, so {monitor} is undefined; monitoring val_loss instead")
+        return "val_loss"
+    return monitor
+
+
+def fit_run(
+    accelerator: Accelerator,
+    cfg: TrainConfig,
+    manifest: DataManifest,
+    *,
+    resume_run: Path | None = None,
+    resume_from: Path | None = None,
+    notes: Iterable[str] = (),
+    run_name: str | None = None,
+    run_note: dict | None = None,
+) -> Path:
+    """Train (or resume) one run on `manifest.splits`; returns its run directory.
+
+    A new run directory is made in cfg.output_dir (named `run_name`, else train_YYYYMMDD_HHMMSS) once the
+    model is built; `run_note` adds keys to its config.yaml."""
+    class_names = manifest.class_names
+    positive_index = class_names.index(cfg.positive_class) if cfg.positive_class else len(class_names) - 1
+    pretrained = read_weights(cfg.pretrained_weights, "pretrained weights")[1] if cfg.pretrained_weights else None
+    model = build_model(
+        cfg.model,
+        len(class_names),
+        cfg.in_channels,
+        cfg.pretrained,
+        pretrained,
+        source=f"pretrained weights {cfg.pretrained_weights}",
+    )
+    if cfg.load_model:
+        load_initial_weights(model, cfg.load_model, cfg.model, class_names)
+
+    # Everything the user gave is valid: from here on there is a run directory.
+    run_dir = resume_run or on_main(
+        accelerator,
+        lambda: run_folder.create_run_dir(
+            cfg.output_dir,
+            dataclasses.asdict(cfg),
+            cfg.label_excel,
+            class_names,
+            manifest.splits,
+            manifest.report,
+            name=run_name,
+            note=run_note,
+        ),
+    )
+    log = RunLog(accelerator, run_dir / "train.log")
+    log(f"{'resuming' if resume_run else 'run directory'}: {run_dir}")
+    for note in notes:
+        log(note)
+    describe(accelerator, cfg, manifest, log)
+    monitor = choose_monitor(cfg, manifest, log)
+    try:
+        # Datasets (and the frame cache) first: a signal during a long cache build simply ends the process.
+        datasets = {
+            s: frame_dataset(
+                manifest.frames_of(s),
+                cfg.image_size,
+                cfg.in_channels,
+                cache=cfg.cache,
+                cache_dir=cfg.cache_dir,
+                accelerator=accelerator,
+            )
+            for s in ("train", "val")
+            if manifest.splits[s]
+        }
+        report_cache(datasets, log)
+        trainer = Trainer(accelerator, cfg, manifest, model, datasets, run_dir, log, monitor, positive_index)
+        if resume_from is not None:
+            trainer.restore(resume_from)
+        with StopSignal() as stop:
+            trainer.fit(stop)
+        trainer.finish()
+    except UserError:
+        if resume_run is None and accelerator.is_main_process:
+            shutil.rmtree(run_dir, ignore_errors=True)  # a mistake found this late still leaves no half-made run
+        raise
+    except torch.OutOfMemoryError:
+        raise StopTraining(
+            f"error: out of memory on {accelerator.device} with --batch-size {cfg.batch_size} at "
+            f"--image-size {cfg.image_size} — start a new run with a lower --batch-size (and a higher "
+            f"--gradient-accumulation-steps to keep the effective batch) or a lower --image-size; if another "
+            f"process held the memory, continue this run with --resume {run_dir}",
+            1,
+        ) from None
+    return run_dir
+
+
+def report_cache(datasets: dict, log: RunLog) -> None:
+    for split, dataset in datasets.items():
+        if getattr(dataset, "folder", None) is not None:
+            log(f"{split}: frames read from the cache in {dataset.folder}")
+        excluded = getattr(dataset, "excluded", None)
+        if excluded:
+            log(
+                f"warning: {split}: {len(excluded)} frame(s) failed to decode and were left out, "
+                f"e.g. {next(iter(excluded))}"
+            )
