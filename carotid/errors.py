@@ -1,8 +1,9 @@
 """The one exception type for mistakes a user can fix, and the CLI wrapper that reports it.
 
 Every `carotid-*` command runs through `run_cli`: a `UserError` becomes one line
-`error: <what> — <how to fix>` on stderr and exit status 2; anything else is a bug or a
-fault and keeps its traceback (exit status 1).
+`error: <what> — <how to fix>` on stderr and exit status 2; Ctrl-C outside training (where it
+checkpoints and stops) one line and exit status 130, as shells report SIGINT; anything else is a
+bug or a fault and keeps its traceback (exit status 1).
 """
 
 from __future__ import annotations
@@ -56,5 +57,11 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
         if _is_main_rank():
             print(str(stop), file=sys.stderr, flush=True)
         status = stop.exit_status
+    except KeyboardInterrupt:
+        # Whatever was being written is written atomically (carotid.files), and a new run directory is
+        # removed (train.py), so stopping here leaves nothing half-written.
+        if _is_main_rank():
+            print("interrupted (Ctrl-C): stopped, nothing half-written was left", file=sys.stderr, flush=True)
+        status = 130
     _shutdown_distributed()
     return status

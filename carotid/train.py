@@ -20,7 +20,7 @@ from accelerate.utils import set_seed
 from carotid.config import TrainConfig, parse_train_args
 from carotid.data.labels import read_labels
 from carotid.data.loaders import frame_dataset
-from carotid.data.manifest import SPLITS, DataManifest, collect_persons
+from carotid.data.manifest import SPLITS, DataManifest, check_classes_in_training, collect_persons, data_block
 from carotid.data.split import split_persons
 from carotid.errors import StopTraining, UserError, run_cli
 from carotid.model.file import load_initial_weights, read_weights
@@ -86,12 +86,14 @@ def prepare_data(cfg: TrainConfig, resume_run: Path | None) -> tuple[DataManifes
             make_demo_data(root_dir, seed=cfg.seed)
     if not root_dir or not label_excel:
         raise UserError("no data given", "pass --root-dir DATA --label-excel label.xlsx (or --demo)")
-    table = read_labels(label_excel, cfg.sheet, cfg.id_column, cfg.label_column)
-    if cfg.positive_class is not None and cfg.positive_class not in table.class_names:
-        raise UserError(
-            f"--positive-class '{cfg.positive_class}' is not a class; the classes are {table.class_names}",
-            "pass one of them",
-        )
+    table = read_labels(
+        label_excel,
+        cfg.sheet,
+        cfg.id_column,
+        cfg.label_column,
+        header_row=cfg.header_row,
+        positive_class=cfg.positive_class,
+    )
     if resume_run is not None:
         trained = run_folder.read_run_config(resume_run).get("class_names")
         if trained is not None and list(trained) != table.class_names:
@@ -101,16 +103,21 @@ def prepare_data(cfg: TrainConfig, resume_run: Path | None) -> tuple[DataManifes
             )
         splits = run_folder.read_splits(resume_run)
         manifest = collect_persons(
-            root_dir, table, cfg.max_imgs_per_person, persons=[p for s in SPLITS for p in splits[s]]
+            root_dir,
+            table,
+            cfg.max_imgs_per_person,
+            persons=[p for s in SPLITS for p in splits[s]],
+            strict_matching=cfg.strict_matching,
         )
         manifest.splits, notes = splits, []
     else:
-        manifest = collect_persons(root_dir, table, cfg.max_imgs_per_person)
+        manifest = collect_persons(root_dir, table, cfg.max_imgs_per_person, strict_matching=cfg.strict_matching)
         manifest.splits, notes = split_persons(
             manifest.person_labels, cfg.train_ratio, cfg.val_ratio, cfg.test_ratio, cfg.seed
         )
     manifest.report["split_notes"] = notes
     manifest.report["splits"] = {s: manifest.counts(s) for s in SPLITS}
+    check_classes_in_training(manifest)
     return manifest, str(Path(root_dir).resolve()), str(Path(label_excel).resolve())
 
 
@@ -125,13 +132,15 @@ def describe(accelerator: Accelerator, cfg: TrainConfig, manifest: DataManifest,
         f"batch: {per_device} per device x {accelerator.num_processes} processes x {accumulation} "
         f"accumulation steps = {effective} effective"
     )
+    for line in data_block(manifest.report, cfg.label_excel):
+        log(line)
     for split in SPLITS:
         counts = manifest.counts(split)
         parts = ", ".join(
             f"{c}: {counts['persons'][c]} persons / {counts['images'][c]} images" for c in manifest.class_names
         )
         log(f"{split:>5}: {len(manifest.splits[split])} persons, {sum(counts['images'].values())} images ({parts})")
-    for note in manifest.report["label_file"]["notes"] + manifest.report["split_notes"]:
+    for note in manifest.report["split_notes"]:
         log(f"note: {note}")
     for note in manifest.left_out_notes():
         log(f"note: {note}")
@@ -186,7 +195,9 @@ def train(cfg: TrainConfig, given: set[str] | frozenset = frozenset()) -> Path:
     manifest, root_dir, label_excel = on_main(accelerator, lambda: prepare_data(cfg, resume_run))
     cfg = dataclasses.replace(cfg, root_dir=root_dir, label_excel=label_excel)
     class_names = manifest.class_names
-    positive_index = class_names.index(cfg.positive_class) if cfg.positive_class else len(class_names) - 1
+    # Binary: the positive class read_labels chose (and reported); more classes keep the last as before.
+    positive = manifest.positive_class
+    positive_index = class_names.index(positive) if positive in class_names else len(class_names) - 1
     pretrained = read_weights(cfg.pretrained_weights, "pretrained weights")[1] if cfg.pretrained_weights else None
     model = build_model(
         cfg.model,
@@ -212,6 +223,7 @@ def train(cfg: TrainConfig, given: set[str] | frozenset = frozenset()) -> Path:
         log(precision_note)
     describe(accelerator, cfg, manifest, log)
     monitor = choose_monitor(cfg, manifest, log)
+    training = False
     try:
         # Datasets (and the frame cache) first: a signal during a long cache build simply ends the process.
         datasets = {
@@ -230,12 +242,15 @@ def train(cfg: TrainConfig, given: set[str] | frozenset = frozenset()) -> Path:
         trainer = Trainer(accelerator, cfg, manifest, model, datasets, run_dir, log, monitor, positive_index)
         if resume_from is not None:
             trainer.restore(resume_from)
+        training = True  # from here a signal checkpoints and stops (StopSignal); the run is kept
         with StopSignal() as stop:
             trainer.fit(stop)
         trainer.finish()
-    except UserError:
-        if resume_run is None and accelerator.is_main_process:
-            shutil.rmtree(run_dir, ignore_errors=True)  # a mistake found this late still leaves no half-made run
+    except (UserError, KeyboardInterrupt) as err:
+        # A mistake found this late, or Ctrl-C before training started, still leaves no half-made run.
+        started = isinstance(err, KeyboardInterrupt) and training
+        if resume_run is None and accelerator.is_main_process and not started:
+            shutil.rmtree(run_dir, ignore_errors=True)
         raise
     except torch.OutOfMemoryError:
         raise StopTraining(
