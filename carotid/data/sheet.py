@@ -161,32 +161,54 @@ def _has_formulas(archive: zipfile.ZipFile, part: str) -> bool:
     return False
 
 
+def _sparse_rows(worksheet):
+    """(Excel row number, {column index: value}) for each row the sheet's XML holds, empty cells left out.
+
+    openpyxl's iter_rows pads every row to the sheet's width, 16,384 cells for rows styled out to column XFD
+    (a MemoryError on a 1 MB file), so rows are taken, sparse, from the parser iter_rows itself uses."""
+    from openpyxl.worksheet._reader import WorkSheetParser
+
+    workbook = worksheet.parent
+    with worksheet._get_source() as source:
+        parser = WorkSheetParser(
+            source,
+            worksheet._shared_strings,
+            data_only=workbook.data_only,
+            epoch=workbook.epoch,
+            date_formats=workbook._date_formats,
+            timedelta_formats=workbook._timedelta_formats,
+        )
+        for number, cells in parser.parse():
+            yield number, {cell["column"] - 1: cell["value"] for cell in cells if cell["value"] is not None}
+
+
 def _bounded_rows(worksheet, name: str, path: Path) -> list[tuple[int, list[Any]]]:
     rows: list[tuple[int, list[Any]]] = []
-    for number, values in enumerate(worksheet.iter_rows(values_only=True, max_col=MAX_COLUMNS + 1), start=1):
-        if not any(v is not None for v in values):
+    for number, cells in _sparse_rows(worksheet):
+        if not cells:
             continue
         if len(rows) == MAX_ROWS:
             raise UserError(
                 f"sheet '{name}' of {path} has more than {MAX_ROWS:,} non-empty rows",
                 "a label sheet holds one row per person: copy the ID and label columns into a new workbook",
             )
-        if values[MAX_COLUMNS] is not None:
+        last = max(cells)
+        if last >= MAX_COLUMNS:
             raise UserError(
-                f"sheet '{name}' of {path} has a value in {cell_name(number, MAX_COLUMNS)}, beyond the "
+                f"sheet '{name}' of {path} has a value in {cell_name(number, last)}, beyond the "
                 f"{MAX_COLUMNS} columns a label sheet is read to",
                 "delete the cells right of the table, or copy the ID and label columns into a new workbook",
             )
-        values = list(values[:MAX_COLUMNS])
-        while values[-1] is None:
-            values.pop()
-        for column, value in enumerate(values):
+        for column, value in cells.items():
             if isinstance(value, str) and len(value) > MAX_CELL_CHARS:
                 raise UserError(
                     f"cell {cell_name(number, column)} of sheet '{name}' in {path} holds {len(value):,} characters "
                     f"(Excel allows {MAX_CELL_CHARS:,})",
                     "the file was not saved by Excel: clear that cell or copy the ID and label columns to a new file",
                 )
+        values = [None] * (last + 1)
+        for column, value in cells.items():
+            values[column] = value
         rows.append((number, values))
     return rows
 
@@ -199,12 +221,12 @@ def formula_cells(
     workbook = open_workbook(Path(path), data_only=False)
     found: dict[tuple[int, int], str] = {}
     try:
-        rows = workbook[sheet].iter_rows(values_only=True, min_row=first_row, max_col=max(columns) + 1)
-        for number, values in enumerate(rows, start=first_row):
+        for number, cells in _sparse_rows(workbook[sheet]):
             for column in columns:
-                value = values[column] if column < len(values) else None
-                if isinstance(value, str) and value.startswith("=") and (number, column) not in filled:
-                    found[(number, column)] = value
+                value = cells.get(column)
+                if number >= first_row and isinstance(value, str) and value.startswith("="):
+                    if (number, column) not in filled:
+                        found[(number, column)] = value
     finally:
         workbook.close()
     return found
