@@ -56,11 +56,13 @@ def detect_layout(folder: Path) -> str:
         )
     if images or not with_images:
         return "person"
+    # Exports often keep a person's frames in a sequence sub-folder, so some person folders hold only folders;
+    # when none holds an image itself, the tree is two levels deep: DATA/<class>/<id>/ or person/<series>/.
     nested = [name for name, path in with_images if not _holds_images(path)]
-    if nested:
+    if len(nested) == len(with_images):
         raise UserError(
-            f"{len(nested)} sub-folder(s) of {folder} (e.g. {nested[0]}/) hold no images themselves, only folders "
-            f"of images: each sub-folder a person (a DICOM study tree), or a class folder of persons "
+            f"no sub-folder of {folder} (e.g. {nested[0]}/) holds images itself, only folders of images: "
+            f"each sub-folder a person (with series folders), or a class folder of persons "
             f"(DATA/<class>/<id>/, then pass {folder / nested[0]} as --input)?",
             choose,
         )
