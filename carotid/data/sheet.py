@@ -237,11 +237,15 @@ def formula_cells(
 # ---------------------------------------------------------------------------------------------
 
 
+def _all_text(values: list[Any]) -> bool:
+    return all(isinstance(v, str) for v in values if v is not None)
+
+
 def _looks_like_headers(values: list[Any]) -> bool:
     # A title row (one cell, merged across columns or not) has one value; a header row names two columns or more,
     # all as text (a row holding a number or a date is data).
     filled = [v for v in values if v is not None and str(v).strip()]
-    return len(filled) >= 2 and all(isinstance(v, str) for v in filled)
+    return len(filled) >= 2 and _all_text(filled)
 
 
 def _shown(values: list[Any]) -> str:
@@ -260,15 +264,15 @@ def find_header_row(sheet: Sheet, wanted: int | None, recognised: Callable[[Any]
         where = "is blank" if wanted < last else f"is past the last row ({last})"
         raise UserError(f"--header-row {wanted} of sheet '{sheet.name}' {where}", "pass the row number of the headers")
     scanned = sheet.rows[:HEADER_SCAN_ROWS]
+    known = [i for i, (_, values) in enumerate(scanned) if _all_text(values) and any(map(recognised, values))]
     candidates = [i for i, (_, values) in enumerate(scanned) if _looks_like_headers(values)]
-    if not candidates:
+    if not candidates and not known:
         first = scanned[0] if scanned else (1, [])
         raise UserError(
             f"no header row found in the first {len(scanned)} non-empty rows of sheet '{sheet.name}' "
             f"(row {first[0]}: {_shown(first[1])!r})",
             "put a row of column names (e.g. ID | label) above the data, or pass --header-row N",
         )
-    known = [i for i in candidates if any(recognised(v) for v in scanned[i][1])]
     position = known[0] if known else candidates[0]
     why = "holds recognised headers" if known else "the first row of text cells"
     above = [f"row {n}: {_shown(v)!r}" for n, v in sheet.rows[:position]]
