@@ -103,7 +103,7 @@ def choose_sheet(workbook, wanted: str | None, path: Path) -> tuple[str, str]:
     if not names:
         raise UserError(f"{path} has no sheets", "save a workbook with the labels on its first sheet")
     hidden = [ws.title for ws in workbook.worksheets if ws.sheet_state != "visible"]
-    skipped = f"; hidden sheet(s) {', '.join(map(repr, hidden))} not read (name one with --sheet)" if hidden else ""
+    skipped = f"; hidden sheet(s) {', '.join(map(repr, hidden))} not read, unless named with --sheet" if hidden else ""
     if wanted is not None:
         if wanted not in names:
             raise UserError(
