@@ -30,16 +30,38 @@ class TrainConfig:
     label_excel: str | None = opt(
         None, "Excel .xlsx file with one row per person: an ID column and a label column.", group="data"
     )
-    sheet: str | None = opt(None, "Sheet of the Excel file to read (default: the first sheet).", group="data")
+    sheet: str | None = opt(
+        None,
+        "Sheet of the Excel file to read (default: the active sheet if visible, else the first visible one; "
+        "a hidden sheet is read only when named here).",
+        group="data",
+    )
+    header_row: int | None = opt(
+        None,
+        "Row number (as Excel shows it) of the column headers (default: the first row of text cells, "
+        "title rows above it skipped; printed at start).",
+        group="data",
+        metavar="N",
+    )
     id_column: str | None = opt(
-        None, "Header of the person-ID column (default: recognised from common names, else column A).", group="data"
+        None,
+        "Header of the person-ID column (default: recognised from common names; guessed only on a two-column sheet).",
+        group="data",
     )
     label_column: str | None = opt(
-        None, "Header of the label column (default: recognised from common names, else column B).", group="data"
+        None,
+        "Header of the label column (default: recognised from common names; guessed only on a two-column sheet).",
+        group="data",
     )
     positive_class: str | None = opt(
         None,
-        "Binary tasks: the class counted as positive for AUC/sensitivity (default: the last class in sorted order).",
+        "Binary tasks: the class counted as positive for AUC/sensitivity (default: recognised from the labels, "
+        "e.g. plaque/normal, 阳性/阴性, 1/0, yes/no; else the last class in sorted order, with a warning).",
+        group="data",
+    )
+    strict_matching: bool = opt(
+        False,
+        "Stop with an error when any sheet row has no person folder or any person folder has no sheet row.",
         group="data",
     )
     demo: bool = opt(
@@ -191,6 +213,7 @@ class TrainConfig:
             "lr_step_epochs",
             "dist_timeout_minutes",
         )
+        _check_header_row(self.header_row)
         if self.image_size < 16:
             raise UserError(f"--image-size must be at least 16, got {self.image_size}", "use e.g. 224")
         if not self.lr > 0:
@@ -239,6 +262,11 @@ def _non_negative(cfg: Any, *names: str) -> None:
     for name in names:
         if getattr(cfg, name) is not None and getattr(cfg, name) < 0:
             raise UserError(f"{flag(name)} must be ≥ 0, got {getattr(cfg, name)}", f"pass {flag(name)} 0 or more")
+
+
+def _check_header_row(row: int | None) -> None:
+    if row is not None and row < 1:
+        raise UserError(f"--header-row must be ≥ 1 (rows are numbered as Excel shows them), got {row}", "use e.g. 1")
 
 
 def _check_threshold(threshold: float | None) -> None:
@@ -293,12 +321,20 @@ class EvaluateOptions:
     label_excel: str | None = like(
         TrainConfig, "label_excel", help="Excel label file (default: the run's). Needed without --run-dir."
     )
-    sheet: str | None = like(TrainConfig, "sheet", help="Sheet of the label file (default: the run's, else the first).")
+    sheet: str | None = like(
+        TrainConfig, "sheet", help="Sheet of the label file (default: the run's, else the active visible sheet)."
+    )
+    header_row: int | None = like(
+        TrainConfig, "header_row", help="Row number of the column headers (default: the run's, else found)."
+    )
     id_column: str | None = like(
         TrainConfig, "id_column", help="Header of the person-ID column (default: the run's, else recognised)."
     )
     label_column: str | None = like(
         TrainConfig, "label_column", help="Header of the label column (default: the run's, else recognised)."
+    )
+    strict_matching: bool | None = like(
+        TrainConfig, "strict_matching", None, help="Every sheet row needs a folder and every folder a row."
     )
     max_imgs_per_person: int | None = like(
         TrainConfig,
@@ -343,6 +379,7 @@ class EvaluateOptions:
     def __post_init__(self) -> None:
         _non_negative(self, "bootstrap", "num_workers", "max_imgs_per_person")
         _positive(self, "batch_size")
+        _check_header_row(self.header_row)
         _check_threshold(self.threshold)
 
 
@@ -368,7 +405,7 @@ def parse_evaluate_args(argv: Sequence[str] | None) -> EvaluateOptions:
 # carotid-predict
 # ---------------------------------------------------------------------------------------------
 
-LAYOUTS = ("auto", "persons", "person")
+LAYOUTS = ("auto", "persons", "person", "images")
 
 
 @dataclass
@@ -378,9 +415,9 @@ class PredictOptions:
     )
     input: str | None = opt(
         None,
-        "A folder of person folders, one person's folder, or a folder of images.",
+        "A folder of person folders, one person's folder, a folder of images, or one image file.",
         group="what",
-        metavar="DIR",
+        metavar="DIR|FILE",
         required=True,
     )
     out: str | None = opt(
@@ -392,8 +429,9 @@ class PredictOptions:
     )
     layout: str = opt(
         "auto",
-        "persons = one sub-folder per person; person = all images of DIR belong to one person "
-        "(default auto: 'person' if DIR holds images itself, else 'persons').",
+        "persons = one sub-folder per person; person = every image below DIR is one person's; images = each "
+        "image on its own (default auto: 'persons' if DIR holds only person folders with images, 'person' if it "
+        "holds only images; a mix, or folders nested two levels, is an error asking for --layout).",
         choices=LAYOUTS,
         group="what",
     )

@@ -1,15 +1,19 @@
 """The one exception type for mistakes a user can fix, and the CLI wrapper that reports it.
 
 Every `carotid-*` command runs through `run_cli`: a `UserError` becomes one line
-`error: <what> — <how to fix>` on stderr and exit status 2; anything else is a bug or a
-fault and keeps its traceback (exit status 1).
+`error: <what> — <how to fix>` on stderr and exit status 2; Ctrl-C outside training (where it
+checkpoints and stops) one line and exit status 130, as shells report SIGINT; anything else is a
+bug or a fault and keeps its traceback (exit status 1).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
+
+INTERRUPTED = "interrupted (Ctrl-C): stopped, nothing half-written was left"
 
 
 class UserError(Exception):
@@ -44,8 +48,21 @@ def _shutdown_distributed() -> None:
         pass
 
 
+def _exit_at_once(signum, frame) -> None:
+    if _is_main_rank():
+        print(INTERRUPTED, file=sys.stderr, flush=True)
+    os._exit(130)  # nothing is open for writing before run_cli starts
+
+
+def quiet_ctrl_c_until_run() -> None:
+    """Before `run_cli` starts (imports), Ctrl-C exits at once with one line and status 130."""
+    signal.signal(signal.SIGINT, _exit_at_once)
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
-    """Run `main(argv)`; turn `UserError` / `StopTraining` into a message and an exit status."""
+    """Run `main(argv)`; turn `UserError` / `StopTraining` / Ctrl-C into a message and an exit status."""
+    if signal.getsignal(signal.SIGINT) is _exit_at_once:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # from here KeyboardInterrupt cleans up
     try:
         status = main(argv) or 0
     except UserError as err:
@@ -56,5 +73,11 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
         if _is_main_rank():
             print(str(stop), file=sys.stderr, flush=True)
         status = stop.exit_status
+    except KeyboardInterrupt:
+        # Whatever was being written is written atomically (carotid.files), and a new run directory is
+        # removed (train.py), so stopping here leaves nothing half-written.
+        if _is_main_rank():
+            print(INTERRUPTED, file=sys.stderr, flush=True)
+        status = 130
     _shutdown_distributed()
     return status

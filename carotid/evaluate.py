@@ -24,7 +24,16 @@ from carotid.errors import UserError, run_cli
 if TYPE_CHECKING:
     from carotid.data.discovery import Frame
 
-DATA_OPTIONS = ("root_dir", "label_excel", "sheet", "id_column", "label_column", "max_imgs_per_person")
+DATA_OPTIONS = (
+    "root_dir",
+    "label_excel",
+    "sheet",
+    "header_row",
+    "id_column",
+    "label_column",
+    "strict_matching",
+    "max_imgs_per_person",
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,22 +144,37 @@ def external_out_dir(model_path: Path, root_dir: str) -> Path:
 def collect_frames(plan: EvalPlan, class_names: list[str]) -> tuple[list[Frame], dict]:
     """(the frames, labelled with the model's class indices; the data context for metrics.json). Main process only."""
     from carotid.data.labels import read_labels
-    from carotid.data.manifest import collect_persons
+    from carotid.data.manifest import collect_persons, data_block
     from carotid.files import file_sha256
 
     data = plan.data
-    table = read_labels(data["label_excel"], data["sheet"], data["id_column"], data["label_column"], min_classes=1)
+    # The same reader as training; a spelling variant of a class ('Plaque') takes the model's spelling.
+    table = read_labels(
+        data["label_excel"],
+        data["sheet"],
+        data["id_column"],
+        data["label_column"],
+        min_classes=1,
+        header_row=data["header_row"],
+        known_classes=class_names,
+    )
     unknown = sorted(set(table.class_names) - set(class_names))
     if unknown:
         raise UserError(
             f"label(s) {unknown} of {data['label_excel']} are not classes of the model {class_names}",
             "use labels with the model's class names (check --label-column)",
         )
-    manifest = collect_persons(data["root_dir"], table, data["max_imgs_per_person"], persons=plan.persons)
+    manifest = collect_persons(
+        data["root_dir"],
+        table,
+        data["max_imgs_per_person"],
+        persons=plan.persons,
+        strict_matching=bool(data["strict_matching"]),
+    )
     index = {name: i for i, name in enumerate(class_names)}
     frames = [dataclasses.replace(f, label=index[manifest.class_names[f.label]]) for f in manifest.frames_of()]
     report = manifest.report
-    notes = list(table.notes) + (manifest.left_out_notes() if plan.persons is None else [])
+    notes = manifest.left_out_notes() if plan.persons is None else []
     if plan.label_sha256 and file_sha256(data["label_excel"]) != plan.label_sha256:
         notes.append(
             f"{data['label_excel']} differs from the label file the run was trained with; labels may have changed"
@@ -160,7 +184,9 @@ def collect_frames(plan: EvalPlan, class_names: list[str]) -> tuple[list[Frame],
         "data": {
             k: str(Path(data[k]).resolve()) if k in ("root_dir", "label_excel") else data[k] for k in DATA_OPTIONS
         },
-        "data_notes": notes,
+        "data_notes": list(table.notes) + list(table.warnings) + report["warnings"] + notes,
+        # What the console shows first: the start-up block, then notes on persons left out.
+        "startup": data_block(report, str(data["label_excel"])) + [f"note: {note}" for note in notes],
         "unreadable_images": [str(Path(data["root_dir"]) / u["path"]) for u in report["unreadable_images"]],
     }
     return frames, context
@@ -193,8 +219,8 @@ def evaluate(argv: Sequence[str] | None) -> int:
     if precision_note:
         log(precision_note)
     frames, context = on_main(accelerator, lambda: collect_frames(plan, model_file.class_names))
-    for note in context["data_notes"]:
-        log(f"note: {note}")
+    for line in context.pop("startup"):
+        log(line)
     log(
         f"evaluating {plan.model_path} on {plan.split} ({len(frames)} frames) "
         f"with {accelerator.num_processes} process(es)"

@@ -1,12 +1,14 @@
 """Apply a model file to unlabelled frames: per-image and per-person predictions.
 
-    python -m carotid.predict --model RUN/models/best_model.pth --input DIR [--out predictions.csv]
+    python -m carotid.predict --model RUN/models/best_model.pth --input DIR|FILE [--out predictions.csv]
 
-DIR is read as one of two layouts (`--layout` forces one):
+--input is read as one of three layouts (`--layout` forces one); persons are never merged by a guess:
 - persons: a root with one sub-folder per person (person ID = folder name, images anywhere below it);
-- person:  one person's folder, or any folder of images (person ID = the folder's name; images in
-           its sub-folders belong to the same person).
-The rule: a folder that holds images itself is `person`, otherwise `persons`.
+- person:  one person's folder (person ID = the folder's name; images in its sub-folders are theirs too);
+- images:  each image on its own (a single image file as --input is this layout).
+auto: a folder holding only person folders (each with images of its own) is `persons`, a folder holding
+only images is `person`; images beside folders of images, or folders nested two levels deep
+(DATA/<class>/<id>/), are an error that asks for --layout.
 Also under `accelerate launch`; unreadable images are reported and skipped.
 """
 
@@ -37,22 +39,67 @@ MAX_ROWS_SHOWN = 50  # persons listed on the console; the CSV has them all
 
 
 def detect_layout(folder: Path) -> str:
-    """'person' when the folder holds images itself, else 'persons' (one sub-folder per person)."""
-    with os.scandir(folder) as entries:
-        return "person" if any(e.is_file() and is_image_name(e.name) for e in entries) else "persons"
-
-
-def find_input_frames(folder: Path, layout: str) -> tuple[str, dict[str, list[str]], dict[str, str]]:
-    """(layout used, {person_id: readable frame paths}, {unreadable path: reason}). Main process only."""
-    if not folder.is_dir():
+    """'persons' or 'person' for an unambiguous folder; a UserError naming --layout for a mix."""
+    try:
+        with os.scandir(folder) as entries:
+            listed = [(e.name, e.path, e.is_dir()) for e in entries if not e.name.startswith(".")]
+    except PermissionError:
+        raise UserError(f"cannot read folder {folder} (permission denied)", "give your user read access") from None
+    images = [name for name, _, is_dir in listed if not is_dir and is_image_name(name)]
+    with_images = [(name, path) for name, path, is_dir in listed if is_dir and frames_below(path)]
+    choose = "pass --layout persons (one sub-folder per person), person (all one person's) or images (each alone)"
+    if images and with_images:
         raise UserError(
-            f"input folder not found: {folder}", "pass --input DIR, a folder of images or of person folders"
+            f"{folder} holds {len(images)} image(s) (e.g. {images[0]}) beside {len(with_images)} folder(s) with "
+            f"images (e.g. {with_images[0][0]}/): one person's folder, or person folders and stray files?",
+            choose,
         )
-    layout = detect_layout(folder) if layout == "auto" else layout
-    if layout == "persons":
-        relative = discover_frames(folder)
+    if images or not with_images:
+        return "person"
+    # Exports often keep a person's frames in a sequence sub-folder, so some person folders hold only folders;
+    # when none holds an image itself, the tree is two levels deep: DATA/<class>/<id>/ or person/<series>/.
+    nested = [name for name, path in with_images if not _holds_images(path)]
+    if len(nested) == len(with_images):
+        raise UserError(
+            f"no sub-folder of {folder} (e.g. {nested[0]}/) holds images itself, only folders of images: "
+            f"each sub-folder a person (with series folders), or a class folder of persons "
+            f"(DATA/<class>/<id>/, then pass {folder / nested[0]} as --input)?",
+            choose,
+        )
+    return "persons"
+
+
+def _holds_images(folder: str) -> bool:
+    with os.scandir(folder) as entries:
+        return any(not e.name.startswith(".") and not e.is_dir() and is_image_name(e.name) for e in entries)
+
+
+def find_input_frames(source: Path, layout: str) -> tuple[str, dict[str, list[str]], dict[str, str], list[str]]:
+    """(layout used, {person_id: readable frame paths}, {unreadable path: reason}, warnings). Main process only."""
+    warnings: list[str] = []
+    if source.is_file():
+        if not is_image_name(source.name):
+            raise UserError(f"--input {source} is not an image file (png, jpg, bmp, tif)", "pass an image or a folder")
+        layout, folder, relative = "images", source.parent, {source.name: [source.name]}
+    elif not source.is_dir():
+        raise UserError(
+            f"input folder not found: {source}", "pass --input DIR, a folder of images or of person folders"
+        )
     else:
-        relative = {folder.resolve().name: frames_below(folder)}
+        folder = source
+        layout = detect_layout(folder) if layout == "auto" else layout
+        if layout == "persons":
+            relative = discover_frames(folder)
+            loose = sorted(e.name for e in os.scandir(folder) if e.is_file() and is_image_name(e.name))
+            if loose:
+                warnings.append(
+                    f"{len(loose)} image(s) directly in {folder} (e.g. {loose[0]}) are in no person folder and "
+                    "were not predicted"
+                )
+        elif layout == "person":
+            relative = {folder.resolve().name: frames_below(folder)}
+        else:  # images: every image its own row, named by its path below --input
+            relative = {path: [path] for path in frames_below(folder)}
     relative = {person: frames for person, frames in relative.items() if frames}
     if not relative:
         raise UserError(f"no images (png, jpg, bmp, tif) found in {folder}", "check --input (and --layout)")
@@ -61,9 +108,9 @@ def find_input_frames(folder: Path, layout: str) -> tuple[str, dict[str, list[st
     frames = {person: fs for person, fs in frames.items() if fs}
     if not frames:
         raise UserError(
-            f"none of the images in {folder} can be read (e.g. {next(iter(unreadable))})", "check the files"
+            f"none of the images in {source} can be read (e.g. {next(iter(unreadable))})", "check the files"
         )
-    return layout, frames, {str(folder / f): reason for f, reason in unreadable.items()}
+    return layout, frames, {str(folder / f): reason for f, reason in unreadable.items()}, warnings
 
 
 # ---------------------------------------------------------------------------------------------
@@ -75,7 +122,8 @@ def output_paths(args: PredictOptions) -> tuple[Path, Path, Path]:
     """(per-image CSV, per-person CSV, unreadable-images CSV)."""
     from carotid.training.run_dir import check_writable
 
-    out = Path(args.out) if args.out else Path(f"predictions_{Path(args.input).resolve().name}.csv")
+    source = Path(args.input).resolve()
+    out = Path(args.out) if args.out else Path(f"predictions_{source.stem if source.is_file() else source.name}.csv")
     if out.is_dir():
         raise UserError(f"--out {out} is a folder", "pass a file name such as predictions.csv")
     check_writable(out.parent if str(out.parent) else Path("."))
@@ -132,7 +180,7 @@ def predict(argv: Sequence[str] | None) -> int:
     model_file = ModelFile.load(args.model)
     accelerator, _ = build_accelerator()
     log = RunLog(accelerator)
-    layout, found, unreadable = on_main(
+    layout, found, unreadable, input_warnings = on_main(
         accelerator, lambda: find_input_frames(Path(args.input).absolute(), args.layout)
     )
     frames = [Frame(path, person, 0) for person in sorted(found) for path in found[person]]
@@ -162,6 +210,8 @@ def predict(argv: Sequence[str] | None) -> int:
             f"person probability: {aggregation} of frames{threshold_note}"
         )
         log(summary_table(persons, predicted, class_names, model_file.positive_index, threshold is not None))
+        for warning in input_warnings:
+            log(f"warning: {warning}")
         if unreadable:
             log(f"warning: {len(unreadable)} unreadable image(s) skipped, e.g. {min(unreadable)}; listed in {paths[2]}")
         log(f"per-image predictions: {paths[0]}\nper-person predictions: {paths[1]}")

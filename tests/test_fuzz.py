@@ -8,10 +8,13 @@ result and computes nothing, so reading with data_only=True gives None, exactly 
 recalculation would; `cache_formula_results` rewrites chosen cells the way Excel saves them, a formula
 *with* its cached result (`<c><f>…</f><v>1005</v></c>`), which is what carotid reads.
 
-The oracle is written from the documented contract (DESIGN.md, data contract), not from the code:
+The oracle is written from the documented contract (DESIGN.md, data contract; issue 10), not from the code:
 an ID is matched as text; spaces around it are dropped; an integral number 1005 or 1005.0 is "1005";
-empty cells and Excel errors are empty; rows without an ID or a label are skipped; the same ID with two
-labels is an error; fewer than two classes is an error.
+empty cells and Excel errors are empty; a label is also NFKC-normalised with zero-width characters dropped,
+and a missing-value mark (NA, -, 未知 …; the list is the contract's MISSING_MARKS) is empty; labels that differ
+only in case, or TRUE/1 and FALSE/0, are one class; rows without an ID or a label are skipped; the same ID
+with two classes is an error; fewer than two classes is an error; a formula without a stored result in the
+ID or label column is an error.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from carotid.data.classes import MISSING_MARKS, ZERO_WIDTH
 from carotid.data.labels import EXCEL_ERRORS, read_labels
 from carotid.data.split import split_persons
 from carotid.errors import UserError
@@ -149,18 +153,44 @@ def contract_id(value) -> str | None:
     return None if text == "" or text in EXCEL_ERRORS else text
 
 
+def contract_label(value, present: bool) -> str | None:
+    text = contract_id(value)
+    if text is None:
+        return None
+    text = unicodedata.normalize("NFKC", text).translate(ZERO_WIDTH).strip()
+    if not text or (text.casefold() in MISSING_MARKS and not (text == "无" and present)):
+        return None
+    return text
+
+
+def class_key(label: str) -> str:
+    return {"true": "1", "false": "0"}.get(label.casefold(), label.casefold())
+
+
 def expected_table(rows: list[list]) -> tuple[dict[str, str], list[str]]:
-    """({ID: label}, IDs that have two different labels) for data rows of [ID, label, ...]."""
+    """({ID: class key}, IDs that have two different classes) for data rows of [ID, label, ...]."""
+    present = any(len(r) > 1 and contract_id(r[1]) is not None and contract_id(r[1]).casefold() == "有" for r in rows)
     labels, conflicts = {}, []
     for row in rows:
         person = contract_id(row[0]) if row else None
-        label = contract_id(row[1]) if len(row) > 1 else None
+        label = contract_label(row[1], present) if len(row) > 1 else None
         if person is None or label is None:
             continue
-        if person in labels and labels[person] != label:
+        if person in labels and labels[person] != class_key(label):
             conflicts.append(person)
-        labels.setdefault(person, label)
+        labels.setdefault(person, class_key(label))
     return labels, conflicts
+
+
+def uncached_formulas(written: list[list], read: list[list]) -> bool:
+    """Whether an ID or label cell was written as a formula and reads back without a result."""
+    for row_written, row_read in zip(written[1:], read[1:]):
+        for column in (0, 1):
+            cell = row_written[column] if column < len(row_written) else None
+            got = row_read[column] if column < len(row_read) else None
+            if isinstance(cell, str) and cell.startswith("=") and got is None:
+                return True
+    return False
 
 
 @SETTINGS
@@ -169,23 +199,28 @@ def expected_table(rows: list[list]) -> tuple[dict[str, str], list[str]]:
     cached=st.sets(st.tuples(st.integers(2, 26), st.integers(1, 2)), max_size=6),
 )
 def test_label_reader_follows_the_contract(tmp_path, body, cached):
-    path = write_sheet(tmp_path / "labels.xlsx", [["ID", "label"], *map(list, body)], cached)
-    rows = as_read(path)
-    rows = [r for r in rows[1:] if any(v is not None and str(v).strip() for v in r)]
+    written = [["ID", "label"], *map(list, body)]
+    path = write_sheet(tmp_path / "labels.xlsx", written, cached)
+    read = as_read(path)
+    read += [[]] * (len(written) - len(read))
+    rows = [r for r in read[1:] if any(v is not None and str(v).strip() for v in r)]
     want, conflicts = expected_table(rows)
+    formulas = uncached_formulas(written, read)
     try:
         table = read_labels(path)
     except UserError as err:
         message = str(err)
-        if conflicts:
+        if formulas:
+            assert "formula with no stored result" in message, message
+        elif conflicts:
             assert "conflicting labels" in message and f"'{conflicts[0]}'" in message
         else:
             assert len(set(want.values())) < 2 and "at least two classes" in message, message
         return
+    assert not formulas, "a formula without a stored result was read as an empty cell"
     assert not conflicts, f"conflicting labels for {conflicts} were not reported"
-    assert table.labels == want
-    assert table.class_names == sorted(set(want.values()), key=lambda n: table.class_names.index(n))
-    assert sorted(table.class_names) == sorted(set(want.values())) and len(table.class_names) >= 2
+    assert {person: class_key(label) for person, label in table.labels.items()} == want
+    assert sorted(map(class_key, table.class_names)) == sorted(set(want.values())) and len(table.class_names) >= 2
     for person in table.labels:  # IDs are normalised text
         assert isinstance(person, str) and person == person.strip() and person
         assert not re.fullmatch(r"-?\d+\.0", person), "an integral number keeps no '.0'"
@@ -219,24 +254,31 @@ def test_label_reader_raises_only_user_errors_on_any_sheet(tmp_path, rows, colum
 
 def test_examples_of_the_contract(tmp_path):
     """Cases named in DESIGN.md, with a formula's cached result and an error value from a failed lookup."""
-    path = write_sheet(
-        tmp_path / "l.xlsx",
-        [
-            ["ID", "label"],
-            [1005, "plaque"],
-            [1006.0, "normal"],
-            [" 1007 ", " plaque "],
-            ["Jose\u0301", "normal"],
-            [1008, "#N/A"],
-            [1009, "=VLOOKUP(A6,X!A:B,2)"],
-            [1010, "normal"],
-        ],
-        cached={(8, 1)},
-    )
-    table = read_labels(path)
-    assert table.labels == {"1005": "plaque", "1006": "normal", "1007": "plaque", "José": "normal", "1010": "normal"}
+    rows = [
+        ["ID", "label"],
+        [1005, "plaque"],
+        [1006.0, "normal"],
+        [" 1007 ", " Plaque\u200b "],
+        ["Jose\u0301", "normal"],
+        [1008, "#N/A"],
+        [1010, "normal"],
+        [1011, "NA"],
+        [1012, "plaque"],
+    ]
+    table = read_labels(write_sheet(tmp_path / "l.xlsx", rows, cached={(7, 1)}))
+    assert table.labels == {
+        "1005": "plaque",
+        "1006": "normal",
+        "1007": "plaque",  # ' Plaque\u200b ': spaces and the zero-width space dropped, the majority's spelling
+        "José": "normal",
+        "1010": "normal",
+        "1012": "plaque",
+    }
     assert "José" == unicodedata.normalize("NFC", "Jose\u0301")
     assert any("#N/A" in note for note in table.notes), table.notes
+    # A lookup never computed (no stored result) is no missing label: the file must be saved by Excel first.
+    with pytest.raises(UserError, match=r"B10: =VLOOKUP"):
+        read_labels(write_sheet(tmp_path / "m.xlsx", [*rows, [1009, "=VLOOKUP(A6,X!A:B,2)"]]))
 
 
 # ---------------------------------------------------------------------------------------------

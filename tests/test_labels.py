@@ -17,7 +17,8 @@ def test_chinese_headers_text_labels_and_sorted_classes(tmp_path):
     assert table.labels == {"1005": "斑块", "1006": "正常", "1007": "斑块"}
     assert table.class_names == sorted(["斑块", "正常"])
     assert (table.id_column, table.label_column) == ("患者编号", "诊断")
-    assert "recognised header" in table.notes[0]
+    assert table.choices["id_column"] == table.choices["label_column"] == "recognised header"
+    assert table.positive_class == "斑块" and "recognised pair" in table.choices["positive_class"]
 
 
 @pytest.mark.parametrize(
@@ -29,11 +30,12 @@ def test_common_headers_are_recognised_case_insensitively(tmp_path, id_header, l
     assert table.labels == {"p1": "a", "p2": "b"}
 
 
-def test_unknown_headers_fall_back_to_first_two_columns_and_say_so(tmp_path):
+def test_unknown_headers_on_a_two_column_sheet_are_id_then_label_and_say_so(tmp_path):
+    # Only a two-column sheet is read without recognised headers (more columns: tests/test_sheets.py).
     path = write_xlsx(tmp_path / "l.xlsx", [["who", "what"], ["p1", 0], ["p2", 1]])
     table = read_labels(path)
     assert table.labels == {"p1": "0", "p2": "1"}
-    assert "column A" in table.notes[0] and "column B" in table.notes[0]
+    assert "two columns" in table.choices["id_column"] and "two columns" in table.choices["label_column"]
 
 
 def test_explicit_columns_and_sheet(tmp_path):

@@ -33,33 +33,60 @@ def is_image_name(name: str) -> bool:
     return not name.startswith(".") and name.rpartition(".")[2].lower() in IMAGE_SUFFIXES
 
 
-def _walk_images(folder: str, prefix: str, out: list[str], suffixes: frozenset[str] = IMAGE_SUFFIXES) -> None:
+def _unreadable_folder(folder: str) -> UserError:
+    return UserError(
+        f"cannot read folder {folder} (permission denied)",
+        "give your user read access to it (chmod -R u+rX), or move it out of the data folder",
+    )
+
+
+def _walk_images(
+    folder: str, prefix: str, out: list[str], seen: set[tuple[int, int]], suffixes: frozenset[str] = IMAGE_SUFFIXES
+) -> None:
     # os.scandir reuses the directory entry's type, so no extra stat per file; the inner loop is kept to
     # plain string tests because on a warm 100,000-file tree it is the cost beside the kernel's (PERFORMANCE.md).
     names, folders = [], []
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            name = entry.name
-            if name[0] == ".":  # hidden, including macOS "._frame.png" companions
-                continue
-            if entry.is_dir(follow_symlinks=False):
-                folders.append(name)
-            elif name.rpartition(".")[2].lower() in suffixes:
-                names.append(name)
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                name = entry.name
+                if name[0] == ".":  # hidden, including macOS "._frame.png" companions
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    folders.append(name)
+                elif entry.is_symlink() and entry.is_dir():  # a linked sub-folder: followed once (see below)
+                    folders.append(name)
+                elif name.rpartition(".")[2].lower() in suffixes:
+                    names.append(name)
+    except PermissionError:
+        raise _unreadable_folder(folder) from None
     out += [prefix + name for name in names]
     for name in folders:
-        _walk_images(os.path.join(folder, name), f"{prefix}{name}/", out)
+        path = os.path.join(folder, name)
+        # A folder reached twice (a link to a parent makes a loop, a link to a sibling a duplicate) is read once.
+        info = os.stat(path)
+        if (info.st_dev, info.st_ino) in seen:
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        _walk_images(path, f"{prefix}{name}/", out, seen)
 
 
 def frames_below(folder: str | Path, prefix: str = "") -> list[str]:
-    """Sorted image paths under `folder` (sub-folders included, hidden ones skipped), as prefix + relative path."""
+    """Sorted image paths under `folder` (sub-folders and linked sub-folders included, hidden ones skipped),
+    as prefix + relative path."""
     frames: list[str] = []
-    _walk_images(str(folder), prefix, frames)
+    try:
+        info = os.stat(folder)
+    except PermissionError:
+        raise _unreadable_folder(str(folder)) from None
+    _walk_images(str(folder), prefix, frames, {(info.st_dev, info.st_ino)})
     return sorted(frames)
 
 
 def discover_frames(root_dir: str | Path) -> dict[str, list[str]]:
-    """{person_id: sorted frame paths relative to root_dir} for every sub-folder of root_dir."""
+    """{folder name: sorted frame paths relative to root_dir} for every sub-folder of root_dir.
+
+    Names are kept exactly as on disk: '3006' and '3006 ' are two folders (carotid.data.matching refuses them)."""
     root = Path(root_dir)
     if not root.exists():
         raise UserError(f"root dir not found: {root}", "check the --root-dir path")
@@ -69,14 +96,18 @@ def discover_frames(root_dir: str | Path) -> dict[str, list[str]]:
         )
     persons: dict[str, list[str]] = {}
     loose_images = 0
-    with os.scandir(root) as entries:
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            if entry.is_dir():  # a symlinked person folder is followed
-                persons[entry.name.strip()] = frames_below(entry.path, f"{entry.name}/")
-            elif is_image_name(entry.name):
-                loose_images += 1
+    try:
+        with os.scandir(root) as entries:
+            listed = [(entry.name, entry.path, entry.is_dir()) for entry in entries]
+    except PermissionError:
+        raise _unreadable_folder(str(root)) from None
+    for name, path, is_dir in listed:
+        if name.startswith("."):
+            continue
+        if is_dir:  # a symlinked person folder is followed
+            persons[name] = frames_below(path, f"{name}/")
+        elif is_image_name(name):
+            loose_images += 1
     if not persons:
         found = f" (it holds {loose_images} images directly)" if loose_images else ""
         raise UserError(

@@ -1,30 +1,49 @@
-"""Reading the Excel label file: sheet and column choice, ID normalisation, duplicate and empty-cell checks."""
+"""The label sheet as a `LabelTable`: the ID and label columns, each person's class, and the positive class.
+
+Every choice made without a flag (sheet, header row, columns, class spellings, positive class) is recorded
+in `LabelTable.choices` with its reason, and made only when it is unambiguous; otherwise a UserError lists
+the candidates and the flag that chooses. Reading the workbook itself is `carotid.data.sheet`; what a label
+cell means is `carotid.data.classes`.
+"""
 
 from __future__ import annotations
 
-import datetime as _dt
-import math
 import re
-import unicodedata
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from carotid.data.classes import (
+    EXCEL_ERRORS,
+    PRESENT_MARK,
+    cell_text,
+    choose_positive,
+    is_missing_mark,
+    merge_spellings,
+    normalize_label,
+    sorted_classes,
+)
+from carotid.data.sheet import OLE2_MAGIC, Sheet, cell_name, find_header_row, formula_cells, read_sheet
 from carotid.errors import UserError
 
-# Header names recognised without --id-column / --label-column, in order of preference.
-# Compared after lower-casing and dropping spaces, '_', '-' and '.'.
+__all__ = ["OLE2_MAGIC", "EXCEL_ERRORS", "LabelTable", "normalize_id", "normalize_label", "read_labels"]
+
+# Header names recognised without --id-column / --label-column, in order of preference. Compared after
+# lower-casing and dropping spaces, '_', '-', '.', and a bracketed note such as "(Y/N)".
 ID_HEADERS = (
     "id",
     "personid",
     "person",
     "patientid",
     "patient",
+    "patientno",
+    "patientnumber",
     "subjectid",
     "subject",
     "caseid",
     "case",
+    "caseno",
+    "mrn",
     "编号",
     "患者编号",
     "病人编号",
@@ -45,6 +64,7 @@ LABEL_HEADERS = (
     "category",
     "group",
     "y",
+    "plaque",
     "标签",
     "类别",
     "分类",
@@ -52,29 +72,9 @@ LABEL_HEADERS = (
     "分组",
     "结果",
     "标注",
-)
-OLE2_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # .xls and password-protected .xlsx are OLE2 containers
-# What a formula that failed leaves in its cell (a VLOOKUP that found nothing gives #N/A): never an ID or a label.
-EXCEL_ERRORS = frozenset(
-    {
-        "#NULL!",
-        "#DIV/0!",
-        "#VALUE!",
-        "#REF!",
-        "#NAME?",
-        "#NUM!",
-        "#N/A",
-        "#GETTING_DATA",
-        "#SPILL!",
-        "#CALC!",
-        "#FIELD!",
-        "#BLOCKED!",
-        "#CONNECT!",
-        "#BUSY!",
-        "#UNKNOWN!",
-        "#EXTERNAL!",
-        "#PYTHON!",
-    }
+    "斑块",
+    "有无斑块",
+    "斑块有无",
 )
 EXCEL_DIGITS = 15  # Excel stores numbers with 15 significant digits; longer numeric IDs are already rounded
 
@@ -89,6 +89,11 @@ class LabelTable:
     id_column: str
     label_column: str
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    header_row: int = 1
+    positive_class: str | None = None
+    # {"sheet" | "header_row" | "id_column" | "label_column" | "positive_class": why it was chosen}
+    choices: dict[str, str] = field(default_factory=dict)
     groups: dict[str, str] | None = None  # person ID → group (--group-column); None without that column
 
     @property
@@ -96,113 +101,73 @@ class LabelTable:
         return {name: i for i, name in enumerate(self.class_names)}
 
 
-def normalize_id(value: Any) -> str | None:
-    """Excel cell → person ID text: 1005, 1005.0 and ' 1005 ' all become '1005'."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):  # NaN/inf cached from a formula error
-            return None
-        return str(int(value)) if value.is_integer() else repr(value)
-    if isinstance(value, (_dt.datetime, _dt.date)):
-        return value.isoformat()
-    # NFC: a name typed on one system and copied from macOS folder names on another compare equal.
-    text = unicodedata.normalize("NFC", str(value).strip())
-    return None if not text or text in EXCEL_ERRORS else text
+normalize_id = cell_text  # an ID is matched as text; carotid.data.matching compares IDs with folder names
 
 
-def is_excel_error(value: Any) -> bool:
-    return isinstance(value, str) and value.strip() in EXCEL_ERRORS
+def _header_keys(text: Any) -> set[str]:
+    if text is None:
+        return set()
+    plain = str(text).strip().lower()
+    keys = {re.sub(r"[\s_\-.]+", "", plain), re.sub(r"[\s_\-.]+", "", re.sub(r"[(（\[].*?[)）\]]", "", plain))}
+    return keys - {""}
 
 
-def normalize_label(value: Any) -> str | None:
-    """Labels may be ints (0/1), floats that are whole numbers, or text (Chinese too)."""
-    return normalize_id(value)
+def recognised_header(text: Any) -> bool:
+    return bool(_header_keys(text) & set(ID_HEADERS + LABEL_HEADERS))
 
 
-def _header_key(text: Any) -> str:
-    return re.sub(r"[\s_\-.]+", "", str(text).strip().lower()) if text is not None else ""
-
-
-def _sorted_classes(names: set[str]) -> list[str]:
-    def number(name: str) -> float | None:
-        try:
-            return float(name)
-        except ValueError:
-            return None
-
-    if all(number(n) is not None for n in names):
-        return sorted(names, key=lambda n: (number(n), n))
-    return sorted(names)
-
-
-def _open_workbook(path: Path):
-    import openpyxl
-
-    if not path.exists():
-        raise UserError(f"label file not found: {path}", "check the --label-excel path")
-    if not path.is_file():
-        raise UserError(f"label file is not a file: {path}", "point --label-excel to an .xlsx file")
-    with path.open("rb") as handle:
-        magic = handle.read(8)
-    if magic == OLE2_MAGIC:
+def _wanted_column(headers: list[Any], wanted: str, flag: str, taken: int | None, what: str, shown: str) -> int:
+    key = _header_keys(wanted)
+    if not key:  # would match the first column without a header
+        raise UserError(f"{flag} '{wanted}' is empty; the headers are {shown}", f"pass one of them to {flag}")
+    plain = [re.sub(r"[\s_\-.]+", "", str(h).strip().lower()) if h is not None else "" for h in headers]
+    target = re.sub(r"[\s_\-.]+", "", wanted.strip().lower())
+    if target not in plain:
         raise UserError(
-            f"{path} is password-protected or an old .xls workbook",
-            "open it in Excel or LibreOffice, remove the password and save it as .xlsx",
+            f"{flag} '{wanted}' is not a column header; the headers are {shown}", f"pass one of them to {flag}"
         )
-    if path.suffix.lower() not in (".xlsx", ".xlsm"):
-        raise UserError(f"{path} is not an .xlsx file", "save the labels from Excel or LibreOffice as .xlsx")
-    try:
-        return openpyxl.load_workbook(path, read_only=True, data_only=True)
-    except (zipfile.BadZipFile, KeyError, OSError, ValueError, TypeError, EOFError) as err:
-        raise UserError(
-            f"{path} cannot be read as .xlsx ({type(err).__name__})", "the file is corrupt: save it again from Excel"
-        ) from None
-    except Exception as err:  # noqa: BLE001 - openpyxl raises its own InvalidFileException and parser errors
-        raise UserError(
-            f"{path} cannot be read as .xlsx ({err})", "the file is corrupt: save it again from Excel"
-        ) from None
+    if plain.index(target) == taken:
+        raise UserError(f"{flag} '{wanted}' is also the ID column", f"pass the header of the {what} column to {flag}")
+    return plain.index(target)
 
 
-def _choose_column(
-    headers: list[Any],
-    wanted: str | None,
-    known: tuple[str, ...],
-    what: str,
-    flag: str,
-    fallback: int,
-    taken: int | None,
-) -> tuple[int, str]:
-    keys = [_header_key(h) for h in headers]
-    shown = ", ".join(repr(str(h)) for h in headers if h is not None) or "(none)"
-    if wanted is not None:
-        key = _header_key(wanted)
-        if not key:  # would match the first column without a header
-            raise UserError(f"{flag} '{wanted}' is empty; the headers are {shown}", f"pass one of them to {flag}")
-        if key not in keys:
-            raise UserError(
-                f"{flag} '{wanted}' is not a column header; the headers are {shown}", f"pass one of them to {flag}"
-            )
-        if keys.index(key) == taken:
-            raise UserError(
-                f"{flag} '{wanted}' is also the ID column", f"pass the header of the {what} column to {flag}"
-            )
-        return keys.index(key), f"{what} column '{headers[keys.index(key)]}' (from {flag})"
+def _recognised_column(headers: list[Any], known: tuple[str, ...], taken: int | None) -> int | None:
     for candidate in known:
-        for i, key in enumerate(keys):
-            if key == candidate and i != taken:
-                return i, f"{what} column '{headers[i]}' (recognised header)"
-    if fallback >= len(headers) or fallback == taken:
-        raise UserError(f"no {what} column found; the headers are {shown}", f"name it with {flag}")
-    return (
-        fallback,
-        f"{what} column '{headers[fallback]}' (column {chr(ord('A') + fallback)}: no known header, "
-        f"pass {flag} to choose)",
-    )
+        for i, header in enumerate(headers):
+            if i != taken and candidate in _header_keys(header):
+                return i
+    return None
+
+
+def choose_columns(headers: list[Any], id_column: str | None, label_column: str | None) -> tuple[int, str, int, str]:
+    """(ID column, why, label column, why). Unrecognised headers are guessed only on a two-column sheet."""
+    columns = [i for i, h in enumerate(headers) if h is not None]
+    shown = ", ".join(repr(str(headers[i])) for i in columns) or "(none)"
+    if id_column is not None:
+        id_idx, id_why = _wanted_column(headers, id_column, "--id-column", None, "ID", shown), "from --id-column"
+    else:
+        id_idx, id_why = _recognised_column(headers, ID_HEADERS, None), "recognised header"
+    if label_column is not None:
+        label_idx = _wanted_column(headers, label_column, "--label-column", id_idx, "label", shown)
+        label_why = "from --label-column"
+    else:
+        label_idx, label_why = _recognised_column(headers, LABEL_HEADERS, id_idx), "recognised header"
+    if id_idx is not None and label_idx is not None:
+        return id_idx, id_why, label_idx, label_why
+    if len(columns) == 2:  # the one case where the other column is not a guess among several
+        if id_idx is None and label_idx is None:
+            why = "no known header; the sheet has two columns, the first taken as the ID"
+            return columns[0], why, columns[1], why.replace("first taken as the ID", "second taken as the label")
+        if id_idx is None:
+            other = columns[1] if label_idx == columns[0] else columns[0]
+            return other, "the other of the sheet's two columns", label_idx, label_why
+        other = columns[1] if id_idx == columns[0] else columns[0]
+        return id_idx, id_why, other, "the other of the sheet's two columns"
+    what, flag = ("ID", "--id-column") if id_idx is None else ("label", "--label-column")
+    found = "found" if len(columns) < 2 else f"recognised among {len(columns)} columns"
+    example = next((str(headers[i]) for i in reversed(columns) if i != id_idx), None)
+    fix = f"name it with {flag}" + (f", e.g. {flag} '{example}'" if example and len(columns) > 2 else "")
+    raise UserError(f"no {what} column {found}; the headers are {shown}", fix)
 
 
 def read_labels(
@@ -211,66 +176,52 @@ def read_labels(
     id_column: str | None = None,
     label_column: str | None = None,
     min_classes: int = 2,
+    *,
+    header_row: int | None = None,
+    positive_class: str | None = None,
+    known_classes: list[str] | None = None,
     group_column: str | None = None,
 ) -> LabelTable:
     """Read person IDs and labels from an .xlsx sheet; every user mistake is a UserError.
 
-    Training needs two classes; evaluating a model on an external cohort of one class (say, all
-    patients with plaque) is legitimate, so evaluate passes min_classes=1."""
+    Training needs two classes; evaluating a model on an external cohort of one class (say, all patients
+    with plaque) is legitimate, so evaluate passes min_classes=1, and the model's class names as
+    `known_classes` so that a spelling variant of a class gets the model's spelling."""
     path = Path(path)
-    workbook = _open_workbook(path)
-    try:
-        names = workbook.sheetnames
-        if not names:
-            raise UserError(f"{path} has no sheets", "save a workbook with the labels on its first sheet")
-        if sheet is None:
-            sheet_name = names[0]
-        elif sheet in names:
-            sheet_name = sheet
-        else:
-            raise UserError(
-                f"sheet '{sheet}' not found in {path}; its sheets are {', '.join(map(repr, names))}",
-                "pass one of them to --sheet",
-            )
-        rows = [list(r) for r in workbook[sheet_name].iter_rows(values_only=True)]
-    finally:
-        workbook.close()
+    data = read_sheet(path, sheet)
+    if not data.rows:
+        raise UserError(f"sheet '{data.name}' of {path} is empty", "put a header row and one row per person on it")
+    position, header_why = find_header_row(data, header_row, recognised_header)
+    header_number, raw_headers = data.rows[position]
+    headers = [cell_text(h) for h in raw_headers]
+    id_idx, id_why, label_idx, label_why = choose_columns(headers, id_column, label_column)
+    body = data.rows[position + 1 :]
+    _refuse_uncached_formulas(path, data, header_number, (id_idx, label_idx))
 
-    # (Excel row number, cells) of the rows that hold anything; messages name rows as Excel numbers them.
-    numbered = [(number, r) for number, r in enumerate(rows, start=1) if any(normalize_id(v) is not None for v in r)]
-    if not numbered:
-        raise UserError(f"sheet '{sheet_name}' of {path} is empty", "put a header row and one row per person on it")
-    headers = [normalize_id(h) for h in numbered[0][1]]
-    id_idx, id_note = _choose_column(headers, id_column, ID_HEADERS, "ID", "--id-column", 0, None)
-    label_idx, label_note = _choose_column(
-        headers, label_column, LABEL_HEADERS, "label", "--label-column", 1 if id_idx != 1 else 0, id_idx
-    )
-    notes = [f"sheet '{sheet_name}': {id_note}, {label_note}"]
+    notes: list[str] = []
+    cells = [(n, _cell(row, id_idx), _cell(row, label_idx)) for n, row in body]
+    texts = [(n, cell_text(i), normalize_label(lab), i, lab) for n, i, lab in cells]
+    present = any(t is not None and t.casefold() == PRESENT_MARK for _, _, t, _, _ in texts)
+    missing = [t for _, _, t, _, _ in texts if t is not None and is_missing_mark(t, present)]
+    texts = [(n, p, None if t is None or is_missing_mark(t, present) else t, i, lab) for n, p, t, i, lab in texts]
+    names, warnings = merge_spellings([t for _, p, t, _, _ in texts if p is not None and t], known_classes)
 
     labels: dict[str, str] = {}
     first_row: dict[str, int] = {}
     conflicts: list[str] = []
     no_id = no_label = repeated = 0
-    errors: list[str] = []
-    long_numbers: list[str] = []
-    for row_number, row in numbered[1:]:
-        id_cell = row[id_idx] if id_idx < len(row) else None
-        label_cell = row[label_idx] if label_idx < len(row) else None
-        person_id, label = normalize_id(id_cell), normalize_label(label_cell)
-        errors += [f"{cell.strip()} in row {row_number}" for cell in (id_cell, label_cell) if is_excel_error(cell)]
-        if (
-            isinstance(id_cell, (int, float))
-            and not isinstance(id_cell, bool)
-            and person_id
-            and abs(id_cell) >= 10**EXCEL_DIGITS
-        ):
-            long_numbers.append(person_id)
+    errors = [f"{c.strip()} in row {n}" for n, i, lab in cells for c in (i, lab) if _is_excel_error(c)]
+    long_numbers = [
+        cell_text(i) for _, i, _ in cells if isinstance(i, (int, float)) and not isinstance(i, bool) and _long(i)
+    ]
+    for row_number, person_id, text, _, _ in texts:
         if person_id is None:
-            no_id += label is not None
+            no_id += text is not None
             continue
-        if label is None:
+        if text is None:
             no_label += 1
             continue
+        label = names[text]
         if person_id in labels:
             if labels[person_id] != label:
                 conflicts.append(
@@ -296,13 +247,16 @@ def read_labels(
             f"{len(long_numbers)} ID(s) are numbers of more than {EXCEL_DIGITS} digits (e.g. {long_numbers[0]}); Excel "
             f"keeps only {EXCEL_DIGITS} digits, so they may not match their folders: store such IDs as text"
         )
+    if missing:
+        marks = ", ".join(sorted({repr(m) for m in missing}))
+        notes.append(f"{len(missing)} label cell(s) hold a missing-value mark ({marks}) and count as blank")
     if no_id:
         notes.append(f"{no_id} row(s) have a label but no ID and were skipped")
     if no_label:
         notes.append(f"{no_label} person(s) have no label and were skipped")
     if repeated:
         notes.append(f"{repeated} repeated row(s) with the same label were merged")
-    class_names = _sorted_classes(set(labels.values()))
+    class_names = sorted_classes(set(labels.values()))
     if len(class_names) < min_classes:
         found = f"only '{class_names[0]}'" if class_names else "no labels"
         raise UserError(
@@ -310,27 +264,40 @@ def read_labels(
             + ("a classifier needs at least two classes" if min_classes > 1 else "nothing to evaluate"),
             "check --label-column and the sheet's label cells",
         )
-    groups = None if group_column is None else _read_groups(headers, numbered[1:], id_idx, labels, group_column, notes)
-    return LabelTable(labels, class_names, sheet_name, str(headers[id_idx]), str(headers[label_idx]), notes, groups)
+    positive, positive_why, doubtful = choose_positive(class_names, positive_class)
+    if doubtful:
+        warnings.append(f"positive class '{positive}' is {positive_why}")
+    choices = {
+        "sheet": data.reason,
+        "header_row": header_why,
+        "id_column": id_why,
+        "label_column": label_why,
+        "positive_class": positive_why,
+    }
+    return LabelTable(
+        labels,
+        class_names,
+        data.name,
+        str(headers[id_idx]),
+        str(headers[label_idx]),
+        notes,
+        warnings,
+        header_number,
+        positive,
+        choices,
+        None if group_column is None else _read_groups(headers, body, id_idx, labels, group_column, notes),
+    )
 
 
 def _read_groups(
     headers: list[Any], rows: list[tuple[int, list]], id_idx: int, labels: dict[str, str], column: str, notes: list[str]
 ) -> dict[str, str]:
     """Person → group from the --group-column cells of the labelled persons' rows."""
-    keys = [_header_key(h) for h in headers]
     shown = ", ".join(repr(str(h)) for h in headers if h is not None) or "(none)"
-    if not _header_key(column) or _header_key(column) not in keys:
-        raise UserError(
-            f"--group-column '{column}' is not a column header; the headers are {shown}", "pass one of them"
-        )
-    idx = keys.index(_header_key(column))
-    if idx == id_idx:
-        raise UserError(f"--group-column '{column}' is the ID column", "pass the header of the group column")
+    idx = _wanted_column(headers, column, "--group-column", id_idx, "group", shown)
     groups: dict[str, str] = {}
     for row_number, row in rows:
-        person_id = normalize_id(row[id_idx] if id_idx < len(row) else None)
-        group = normalize_id(row[idx] if idx < len(row) else None)
+        person_id, group = normalize_id(_cell(row, id_idx)), normalize_id(_cell(row, idx))
         if person_id not in labels or group is None:
             continue
         if groups.setdefault(person_id, group) != group:
@@ -344,3 +311,31 @@ def _read_groups(
             "of its own"
         )
     return groups
+
+
+def _cell(row: list[Any], index: int) -> Any:
+    return row[index] if index < len(row) else None
+
+
+def _is_excel_error(value: Any) -> bool:
+    return isinstance(value, str) and value.strip() in EXCEL_ERRORS
+
+
+def _long(number: float) -> bool:
+    return abs(number) >= 10**EXCEL_DIGITS
+
+
+def _refuse_uncached_formulas(path: Path, data: Sheet, header_number: int, columns: tuple[int, int]) -> None:
+    """A formula whose result was never stored (a file written by a script, not saved by Excel) reads as an
+    empty cell; that is no missing label, so it is an error naming the cells."""
+    if not data.has_formulas:
+        return
+    filled = {(n, c) for n, row in data.rows for c in columns if _cell(row, c) is not None}
+    found = formula_cells(path, data.name, set(columns), header_number + 1, filled)
+    if found:
+        (row, column), formula = min(found.items())
+        raise UserError(
+            f"{len(found)} cell(s) of the ID and label columns of {path} hold a formula with no stored result "
+            f"(e.g. {cell_name(row, column)}: {formula}): the file was written by a program and never saved by Excel",
+            "open it in Excel or LibreOffice and save it (that stores the results), or write values, not formulas",
+        )

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from carotid.data.discovery import IMAGE_SUFFIXES, Frame, discover_frames, find_unreadable, spread_evenly
 from carotid.data.labels import LabelTable
+from carotid.data.matching import Matching, match_ids
 from carotid.errors import UserError
 
 SPLITS = ("train", "val", "test")
@@ -33,6 +34,7 @@ class DataManifest:
     frames: dict[str, list[str]]
     splits: dict[str, list[str]] = field(default_factory=dict)
     report: dict = field(default_factory=dict)
+    positive_class: str | None = None  # binary tasks: the class counted as positive (LabelTable.choices says why)
 
     def frames_of(self, split: str | None = None) -> list[Frame]:
         """The frames of a split (of every person when None), person by person in sorted order."""
@@ -59,22 +61,29 @@ class DataManifest:
         return {"persons": persons, "images": images}
 
 
-def collect_persons(
-    root_dir: str, table: LabelTable, max_imgs_per_person: int | None, persons: list[str] | None = None
-) -> DataManifest:
-    """Match folders with sheet rows, cap each person's frames and drop unreadable ones.
+LEFT_OUT_WARNING = 0.10  # share of sheet rows or folders left out above which it is a warning, not a note
 
-    `persons` restricts the result to those IDs (e.g. one split of a finished run)."""
-    # Folder names copied from macOS are NFD; sheet IDs are read as NFC (labels.normalize_id).
-    found = {unicodedata.normalize("NFC", person): frames for person, frames in discover_frames(root_dir).items()}
-    sheet_ids, folder_ids = set(table.labels), set(found)
-    if not sheet_ids & folder_ids:
-        raise UserError(
-            f"none of the {len(sheet_ids)} person IDs in the label sheet matches a folder in {root_dir} "
-            f"(sheet: {', '.join(sorted(sheet_ids)[:3])}…; folders: {', '.join(sorted(folder_ids)[:3])}…)",
-            "the folder names must be the IDs of the sheet's ID column (check --id-column)",
-        )
-    wanted = sorted(sheet_ids & folder_ids)
+
+def collect_persons(
+    root_dir: str,
+    table: LabelTable,
+    max_imgs_per_person: int | None,
+    persons: list[str] | None = None,
+    strict_matching: bool = False,
+) -> DataManifest:
+    """Match folders with sheet rows (carotid.data.matching), cap each person's frames and drop unreadable ones.
+
+    A person's ID is their folder's name (trimmed). `persons` restricts the result to those IDs (e.g. one
+    split of a finished run); `strict_matching` makes any sheet row without a folder, or folder without a
+    row, an error."""
+    found = discover_frames(root_dir)
+    matching = match_ids(table.labels, found, str(root_dir))
+    _check_overlap(matching, table, root_dir, strict_matching)
+    # The person ID: the folder's name as a person reads it (macOS folder names are NFD, sheets NFC).
+    person_of = {folder: unicodedata.normalize("NFC", folder).strip() for folder in matching.folders.values()}
+    sheet_id_of = {person_of[folder]: sheet_id for sheet_id, folder in matching.folders.items()}
+    folder_of = {person: folder for folder, person in person_of.items()}
+    wanted = sorted(sheet_id_of)
     if persons is not None:
         missing = sorted(set(persons) - set(wanted))
         if missing:
@@ -83,14 +92,14 @@ def collect_persons(
                 "use the same --root-dir and --label-excel as the training run",
             )
         wanted = sorted(persons)
-    no_images = [p for p in wanted if not found[p]]
+    no_images = [p for p in wanted if not found[folder_of[p]]]
     if len(no_images) == len(wanted):
         raise UserError(
             f"none of the {len(wanted)} labelled person folders in {root_dir} holds an image file "
-            f"(e.g. {wanted[0]}/; looked for {', '.join(sorted(IMAGE_SUFFIXES))})",
+            f"(e.g. {folder_of[wanted[0]]}/; looked for {', '.join(sorted(IMAGE_SUFFIXES))})",
             "put each person's frames (png, jpg, bmp, tif) in their folder or a sub-folder of it",
         )
-    capped = {p: spread_evenly(found[p], max_imgs_per_person) for p in wanted if found[p]}
+    capped = {p: spread_evenly(found[folder_of[p]], max_imgs_per_person) for p in wanted if found[folder_of[p]]}
     all_frames = [f for frames in capped.values() for f in frames]
     unreadable = find_unreadable(root_dir, all_frames)
     frames: dict[str, list[str]] = {}
@@ -110,24 +119,120 @@ def collect_persons(
             stacklevel=2,
         )
     class_index = table.class_index
+    person_labels = {p: class_index[table.labels[sheet_id_of[p]]] for p in frames}
     report = {
         "root_dir": str(root_dir),
         "label_file": {
             "sheet": table.sheet,
+            "header_row": table.header_row,
             "id_column": table.id_column,
             "label_column": table.label_column,
+            "positive_class": table.positive_class,
+            "chosen_because": table.choices,
             "notes": table.notes,
+            "warnings": table.warnings,
         },
-        "persons_in_sheet": len(sheet_ids),
-        "person_folders": len(folder_ids),
-        "persons_without_folder": _first(sheet_ids - folder_ids),
-        "folders_without_label": _first(folder_ids - sheet_ids),
+        "classes": {name: sum(1 for k in person_labels.values() if k == i) for i, name in enumerate(table.class_names)},
+        "persons_in_sheet": len(table.labels),
+        "person_folders": len(found),
+        "matching": matching.summary(),
+        "persons_without_folder": _first(matching.rows_without_folder),
+        "folders_without_label": _first(matching.folders_without_row),
         "persons_without_images": _first(no_images),
-        "images_found": sum(len(found[p]) for p in capped),
+        "images_found": sum(len(found[folder_of[p]]) for p in capped),
         "images_used": sum(len(f) for f in frames.values()),
         "max_imgs_per_person": max_imgs_per_person,
         "unreadable_images": [{"path": p, "reason": r} for p, r in sorted(unreadable.items())],
+        "warnings": _matching_warnings(matching),
     }
     return DataManifest(
-        str(root_dir), list(table.class_names), {p: class_index[table.labels[p]] for p in frames}, frames, report=report
+        str(root_dir),
+        list(table.class_names),
+        person_labels,
+        frames,
+        report=report,
+        positive_class=table.positive_class,
     )
+
+
+def _check_overlap(matching: Matching, table: LabelTable, root_dir: str, strict: bool) -> None:
+    if not matching.folders:
+        sheet_ids, folders = sorted(table.labels), sorted(matching.folders_without_row)
+        raise UserError(
+            f"none of the {len(sheet_ids)} person IDs in column '{table.id_column}' of the label sheet matches a "
+            f"folder in {root_dir} (sheet: {', '.join(sheet_ids[:3])}…; folders: {', '.join(folders[:3])}…)",
+            "name each person's folder by their ID in the sheet (or pick the ID column with --id-column)",
+        )
+    left_out = len(matching.rows_without_folder) + len(matching.folders_without_row)
+    if strict and left_out:
+        raise UserError(
+            f"--strict-matching: {len(matching.rows_without_folder)} sheet row(s) have no folder "
+            f"(e.g. {matching.rows_without_folder[:3]}) and {len(matching.folders_without_row)} folder(s) have no "
+            f"row (e.g. {matching.folders_without_row[:3]})",
+            "add the missing rows or folders, or drop --strict-matching to train on the matched persons",
+        )
+
+
+def _matching_warnings(matching: Matching) -> list[str]:
+    warnings_ = []
+    rows = len(matching.folders) + len(matching.rows_without_folder)
+    folders = len(matching.folders) + len(matching.folders_without_row)
+    for left, total, what in (
+        (matching.rows_without_folder, rows, "sheet rows have no person folder"),
+        (matching.folders_without_row, folders, "person folders have no sheet row"),
+    ):
+        if left and len(left) > LEFT_OUT_WARNING * total:
+            warnings_.append(
+                f"{len(left)} of {total} {what} and are left out (e.g. {', '.join(map(repr, left[:3]))}); "
+                "--strict-matching makes this an error"
+            )
+    if matching.ambiguous:
+        warnings_.append(
+            f"{len(matching.ambiguous)} numeric ID(s) match several zero-padded folders and are left out "
+            f"(e.g. {matching.ambiguous[0]!r}): rename the folders"
+        )
+    return warnings_
+
+
+def check_classes_in_training(manifest: DataManifest) -> None:
+    """Every class needs persons to learn from: a class absent from the training split is an error."""
+    present = {manifest.person_labels[p] for p in manifest.splits["train"]}
+    absent = [name for i, name in enumerate(manifest.class_names) if i not in present]
+    if absent:
+        counts = manifest.report.get("classes", {})
+        shown = ", ".join(f"'{name}' ({counts.get(name, 0)} person(s) in all)" for name in absent)
+        raise UserError(
+            f"no person of class {shown} is in the training split",
+            "add persons of that class (check their folders match the sheet), raise --train-ratio, "
+            "or remove the class from the sheet",
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# The start-up block
+# ---------------------------------------------------------------------------------------------
+
+
+def data_block(report: dict, label_excel: str) -> list[str]:
+    """The data facts every CLI prints first (and data_report.json holds): what was read, and why."""
+    label = report["label_file"]
+    why = label["chosen_because"]
+    matching = report["matching"]
+    lines = [
+        f"label sheet: '{label['sheet']}' of {label_excel} ({why['sheet']})",
+        f"  header row: {label['header_row']} ({why['header_row']})",
+        f"  ID column: '{label['id_column']}' ({why['id_column']})",
+        f"  label column: '{label['label_column']}' ({why['label_column']})",
+        "  classes: " + ", ".join(f"'{name}' {n} person(s)" for name, n in report["classes"].items()),
+        f"  positive class: {repr(label['positive_class']) if label['positive_class'] else '—'} "
+        f"({why['positive_class']})",
+        f"  persons: {matching['matched']} sheet row(s) matched a folder, "
+        f"{matching['rows_without_folder']} row(s) have no folder, "
+        f"{matching['folders_without_row']} folder(s) have no row",
+    ]
+    for kind, count in matching["not_spelled_alike"].items():
+        shown = ", ".join(f"sheet '{a}' ↔ folder '{b}'" for a, b in matching["examples"][kind])
+        lines.append(f"  matched though spelled differently ({kind}): {count}, e.g. {shown}")
+    lines += [f"note: {note}" for note in label["notes"]]
+    lines += [f"warning: {warning}" for warning in label["warnings"] + report["warnings"]]
+    return lines

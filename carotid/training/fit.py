@@ -17,7 +17,7 @@ from accelerate import Accelerator
 from carotid.config import TrainConfig
 from carotid.data.labels import LabelTable, read_labels
 from carotid.data.loaders import frame_dataset
-from carotid.data.manifest import SPLITS, DataManifest, collect_persons
+from carotid.data.manifest import SPLITS, DataManifest, check_classes_in_training, collect_persons, data_block
 from carotid.errors import StopTraining, UserError
 from carotid.model.file import load_initial_weights, read_weights
 from carotid.model.registry import build_model
@@ -46,18 +46,23 @@ def read_data(
             make_demo_data(root_dir, seed=cfg.seed)
     if not root_dir or not label_excel:
         raise UserError("no data given", "pass --root-dir DATA --label-excel label.xlsx (or --demo)")
-    table = read_labels(label_excel, cfg.sheet, cfg.id_column, cfg.label_column, group_column=cfg.group_column)
-    if cfg.positive_class is not None and cfg.positive_class not in table.class_names:
-        raise UserError(
-            f"--positive-class '{cfg.positive_class}' is not a class; the classes are {table.class_names}",
-            "pass one of them",
-        )
+    table = read_labels(
+        label_excel,
+        cfg.sheet,
+        cfg.id_column,
+        cfg.label_column,
+        header_row=cfg.header_row,
+        positive_class=cfg.positive_class,
+        group_column=cfg.group_column,
+    )
     if trained_classes is not None and list(trained_classes) != table.class_names:
         raise UserError(
             f"{label_excel} has classes {table.class_names}, the resumed run has {trained_classes}",
             "resume with the label file the run was trained on (or start a new run with --load-model)",
         )
-    manifest = collect_persons(root_dir, table, cfg.max_imgs_per_person, persons=persons)
+    manifest = collect_persons(
+        root_dir, table, cfg.max_imgs_per_person, persons=persons, strict_matching=cfg.strict_matching
+    )
     return manifest, table, str(Path(root_dir).resolve()), str(Path(label_excel).resolve())
 
 
@@ -82,7 +87,9 @@ def describe(accelerator: Accelerator, cfg: TrainConfig, manifest: DataManifest,
     )
     for split in SPLITS:
         log(f"{split:>5}: {describe_persons(manifest, manifest.splits[split])}")
-    for note in manifest.report["label_file"]["notes"] + manifest.report["split_notes"]:
+    for line in data_block(manifest.report, cfg.label_excel):
+        log(line)
+    for note in manifest.report["split_notes"]:
         log(f"note: {note}")
     for note in manifest.left_out_notes():
         log(f"note: {note}")
@@ -140,8 +147,11 @@ def fit_run(
 
     A new run directory is made in cfg.output_dir (named `run_name`, else train_YYYYMMDD_HHMMSS) once the
     model is built; `run_note` adds keys to its config.yaml."""
+    check_classes_in_training(manifest)
     class_names = manifest.class_names
-    positive_index = class_names.index(cfg.positive_class) if cfg.positive_class else len(class_names) - 1
+    # Binary: the positive class read_labels chose (and reported); more classes keep the last as before.
+    positive = manifest.positive_class
+    positive_index = class_names.index(positive) if positive in class_names else len(class_names) - 1
     pretrained = read_weights(cfg.pretrained_weights, "pretrained weights")[1] if cfg.pretrained_weights else None
     model = build_model(
         cfg.model,
@@ -174,6 +184,7 @@ def fit_run(
         log(note)
     describe(accelerator, cfg, manifest, log)
     monitor = choose_monitor(cfg, manifest, log)
+    training = False
     try:
         # Datasets (and the frame cache) first: a signal during a long cache build simply ends the process.
         datasets = {
@@ -192,12 +203,15 @@ def fit_run(
         trainer = Trainer(accelerator, cfg, manifest, model, datasets, run_dir, log, monitor, positive_index)
         if resume_from is not None:
             trainer.restore(resume_from)
+        training = True  # from here a signal checkpoints and stops (StopSignal); the run is kept
         with StopSignal() as stop:
             trainer.fit(stop)
         trainer.finish()
-    except UserError:
-        if resume_run is None and accelerator.is_main_process:
-            shutil.rmtree(run_dir, ignore_errors=True)  # a mistake found this late still leaves no half-made run
+    except (UserError, KeyboardInterrupt) as err:
+        # A mistake found this late, or Ctrl-C before training started, still leaves no half-made run.
+        started = isinstance(err, KeyboardInterrupt) and training
+        if resume_run is None and accelerator.is_main_process and not started:
+            shutil.rmtree(run_dir, ignore_errors=True)
         raise
     except torch.OutOfMemoryError:
         raise StopTraining(

@@ -1,0 +1,281 @@
+"""Reading one sheet of an .xlsx file, bounded: which sheet, its non-empty rows, and where the header row is.
+
+The workbook is read with openpyxl's read-only mode. Before openpyxl parses anything, the uncompressed size
+of the parts it will parse is checked, so a hostile or broken file (a 1 GB cell, rows styled out to column
+XFD) ends in an `error:` within seconds instead of a MemoryError after minutes.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from openpyxl.utils import get_column_letter
+
+from carotid.errors import UserError
+
+MAX_ROWS = 100_000  # non-empty rows; a label sheet has one per person
+MAX_COLUMNS = 500  # columns read; a value further right is an error, not silently dropped
+MAX_CELL_CHARS = 32_767  # Excel's own limit per cell: a longer text was not typed in Excel
+MAX_PART_BYTES = 64 * 2**20  # uncompressed XML of the sheet or its shared strings (~150,000 rows x 10 columns)
+HEADER_SCAN_ROWS = 20  # non-empty rows searched for the header row
+OLE2_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # .xls and password-protected .xlsx are OLE2 containers
+SHARED_PARTS = ("xl/sharedStrings.xml", "xl/styles.xml", "xl/workbook.xml")
+
+
+@dataclass
+class Sheet:
+    """The non-empty rows of one sheet, and how the sheet and its header row were chosen."""
+
+    name: str
+    reason: str  # why this sheet, for the start-up block
+    rows: list[tuple[int, list[Any]]]  # (Excel row number, values without trailing empty cells)
+    has_formulas: bool
+
+    def row(self, number: int) -> list[Any] | None:
+        return next((values for n, values in self.rows if n == number), None)
+
+
+def cell_name(row: int, column: int) -> str:
+    """'B7' for row 7, column index 1 (0-based)."""
+    return f"{get_column_letter(column + 1)}{row}"
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise UserError(f"label file not found: {path}", "check the --label-excel path")
+    if not path.is_file():
+        raise UserError(f"label file is not a file: {path}", "point --label-excel to an .xlsx file")
+    try:
+        with path.open("rb") as handle:
+            magic = handle.read(8)
+    except PermissionError:
+        raise UserError(
+            f"label file {path} cannot be read (permission denied)", "give your user read access to it"
+        ) from None
+    if magic == OLE2_MAGIC:
+        raise UserError(
+            f"{path} is password-protected or an old .xls workbook",
+            "open it in Excel or LibreOffice, remove the password and save it as .xlsx",
+        )
+    if path.suffix.lower() not in (".xlsx", ".xlsm"):
+        raise UserError(f"{path} is not an .xlsx file", "save the labels from Excel or LibreOffice as .xlsx")
+
+
+def _check_part_sizes(path: Path, archive: zipfile.ZipFile, parts: tuple[str, ...]) -> None:
+    for info in archive.infolist():
+        if info.filename in parts and info.file_size > MAX_PART_BYTES:
+            raise UserError(
+                f"{path} holds {info.file_size / 2**20:.0f} MB of uncompressed {info.filename} "
+                f"(a label sheet is read up to {MAX_PART_BYTES // 2**20} MB): a cell or a range of it is huge",
+                "copy the ID and label columns into a new workbook and pass that to --label-excel",
+            )
+
+
+def _corrupt(path: Path, err: BaseException) -> UserError:
+    what = type(err).__name__ if isinstance(err, (zipfile.BadZipFile, KeyError, OSError, EOFError)) else str(err)
+    return UserError(f"{path} cannot be read as .xlsx ({what})", "the file is corrupt: save it again from Excel")
+
+
+def open_workbook(path: Path, data_only: bool = True):
+    """The workbook in read-only mode; every way the file can be wrong is a UserError."""
+    import openpyxl
+
+    _check_file(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            _check_part_sizes(path, archive, SHARED_PARTS)
+        return openpyxl.load_workbook(path, read_only=True, data_only=data_only)
+    except UserError:
+        raise
+    except PermissionError:
+        raise UserError(f"label file {path} cannot be read (permission denied)", "give your user read access") from None
+    except Exception as err:  # noqa: BLE001 - zipfile, XML parsers and openpyxl raise many types for a bad file
+        raise _corrupt(path, err) from None
+
+
+def choose_sheet(workbook, wanted: str | None, path: Path) -> tuple[str, str]:
+    """(sheet name, why): the named sheet, else the active sheet if visible, else the first visible one."""
+    names = workbook.sheetnames
+    if not names:
+        raise UserError(f"{path} has no sheets", "save a workbook with the labels on its first sheet")
+    hidden = [ws.title for ws in workbook.worksheets if ws.sheet_state != "visible"]
+    skipped = f"; hidden sheet(s) {', '.join(map(repr, hidden))} not read, unless named with --sheet" if hidden else ""
+    if wanted is not None:
+        if wanted not in names:
+            raise UserError(
+                f"sheet '{wanted}' not found in {path}; its sheets are {', '.join(map(repr, names))}",
+                "pass one of them to --sheet",
+            )
+        return wanted, "from --sheet" + (" (a hidden sheet)" if wanted in hidden else "")
+    visible = [name for name in names if name not in hidden]
+    if not visible:
+        raise UserError(f"every sheet of {path} is hidden", "name the sheet to read with --sheet")
+    others = [n for n in visible if n != visible[0]]
+    try:
+        active = workbook.active.title if workbook.active is not None else None
+    except (IndexError, AttributeError):  # a workbook view pointing past the last sheet
+        active = None
+    if active in visible:
+        others = [n for n in visible if n != active]
+        more = f"; other sheet(s) {', '.join(map(repr, others))} not read" if others else ""
+        return active, f"the active sheet{more}{skipped}"
+    more = f"; other sheet(s) {', '.join(map(repr, others))} not read" if others else ""
+    return visible[0], f"the first visible sheet{more}{skipped}"
+
+
+def read_sheet(path: str | Path, wanted: str | None = None) -> Sheet:
+    """The chosen sheet's non-empty rows, bounded by MAX_ROWS, MAX_COLUMNS and MAX_CELL_CHARS."""
+    path = Path(path)
+    workbook = open_workbook(path)
+    try:
+        name, reason = choose_sheet(workbook, wanted, path)
+        worksheet = workbook[name]
+        part = worksheet._worksheet_path  # read-only sheets name their zip part only here
+        with zipfile.ZipFile(path) as archive:
+            _check_part_sizes(path, archive, (part,))
+            has_formulas = _has_formulas(archive, part)
+        rows = _bounded_rows(worksheet, name, path)
+    except UserError:
+        raise
+    except PermissionError:
+        raise UserError(f"label file {path} cannot be read (permission denied)", "give your user read access") from None
+    except Exception as err:  # noqa: BLE001 - a broken sheet part fails inside openpyxl's parser
+        raise _corrupt(path, err) from None
+    finally:
+        workbook.close()
+    return Sheet(name, reason, rows, has_formulas)
+
+
+def _has_formulas(archive: zipfile.ZipFile, part: str) -> bool:
+    # A substring scan in 1 MB blocks; only a sheet with formulas is read a second time (formula_cells).
+    tail = b""
+    with archive.open(part) as source:
+        while block := source.read(2**20):
+            if b"<f>" in tail + block or b"<f " in tail + block:
+                return True
+            tail = block[-3:]
+    return False
+
+
+def _sparse_rows(worksheet):
+    """(Excel row number, {column index: value}) for each row the sheet's XML holds, empty cells left out.
+
+    openpyxl's iter_rows pads every row to the sheet's width, 16,384 cells for rows styled out to column XFD
+    (a MemoryError on a 1 MB file), so rows are taken, sparse, from the parser iter_rows itself uses."""
+    from openpyxl.worksheet._reader import WorkSheetParser
+
+    workbook = worksheet.parent
+    with worksheet._get_source() as source:
+        parser = WorkSheetParser(
+            source,
+            worksheet._shared_strings,
+            data_only=workbook.data_only,
+            epoch=workbook.epoch,
+            date_formats=workbook._date_formats,
+            timedelta_formats=workbook._timedelta_formats,
+        )
+        for number, cells in parser.parse():
+            yield number, {cell["column"] - 1: cell["value"] for cell in cells if cell["value"] is not None}
+
+
+def _bounded_rows(worksheet, name: str, path: Path) -> list[tuple[int, list[Any]]]:
+    rows: list[tuple[int, list[Any]]] = []
+    for number, cells in _sparse_rows(worksheet):
+        if not cells:
+            continue
+        if len(rows) == MAX_ROWS:
+            raise UserError(
+                f"sheet '{name}' of {path} has more than {MAX_ROWS:,} non-empty rows",
+                "a label sheet holds one row per person: copy the ID and label columns into a new workbook",
+            )
+        last = max(cells)
+        if last >= MAX_COLUMNS:
+            raise UserError(
+                f"sheet '{name}' of {path} has a value in {cell_name(number, last)}, beyond the "
+                f"{MAX_COLUMNS} columns a label sheet is read to",
+                "delete the cells right of the table, or copy the ID and label columns into a new workbook",
+            )
+        for column, value in cells.items():
+            if isinstance(value, str) and len(value) > MAX_CELL_CHARS:
+                raise UserError(
+                    f"cell {cell_name(number, column)} of sheet '{name}' in {path} holds {len(value):,} characters "
+                    f"(Excel allows {MAX_CELL_CHARS:,})",
+                    "the file was not saved by Excel: clear that cell or copy the ID and label columns to a new file",
+                )
+        values = [None] * (last + 1)
+        for column, value in cells.items():
+            values[column] = value
+        rows.append((number, values))
+    return rows
+
+
+def formula_cells(
+    path: str | Path, sheet: str, columns: set[int], first_row: int, filled: set[tuple[int, int]]
+) -> dict[tuple[int, int], str]:
+    """{(row, column): formula} for the cells of `columns` from `first_row` on that hold a formula but read as
+    empty (`filled` lists the cells that hold a value): the sheet read again, without cached results."""
+    workbook = open_workbook(Path(path), data_only=False)
+    found: dict[tuple[int, int], str] = {}
+    try:
+        for number, cells in _sparse_rows(workbook[sheet]):
+            for column in columns:
+                value = cells.get(column)
+                if number >= first_row and isinstance(value, str) and value.startswith("="):
+                    if (number, column) not in filled:
+                        found[(number, column)] = value
+    finally:
+        workbook.close()
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# The header row
+# ---------------------------------------------------------------------------------------------
+
+
+def _all_text(values: list[Any]) -> bool:
+    return all(isinstance(v, str) for v in values if v is not None)
+
+
+def _looks_like_headers(values: list[Any]) -> bool:
+    # A title row (one cell, merged across columns or not) has one value; a header row names two columns or more,
+    # all as text (a row holding a number or a date is data).
+    filled = [v for v in values if v is not None and str(v).strip()]
+    return len(filled) >= 2 and _all_text(filled)
+
+
+def _shown(values: list[Any]) -> str:
+    text = " | ".join(str(v).strip() for v in values if v is not None and str(v).strip())
+    return text if len(text) <= 60 else text[:57] + "…"
+
+
+def find_header_row(sheet: Sheet, wanted: int | None, recognised: Callable[[Any], bool]) -> tuple[int, str]:
+    """(position in sheet.rows, why): row `wanted`, else the first header-like row holding a recognised header,
+    else the first header-like row; title rows, merged title cells and blank rows above it are skipped."""
+    if wanted is not None:
+        for position, (number, _) in enumerate(sheet.rows):
+            if number == wanted:
+                return position, "from --header-row"
+        last = sheet.rows[-1][0] if sheet.rows else 0
+        where = "is blank" if wanted < last else f"is past the last row ({last})"
+        raise UserError(f"--header-row {wanted} of sheet '{sheet.name}' {where}", "pass the row number of the headers")
+    scanned = sheet.rows[:HEADER_SCAN_ROWS]
+    known = [i for i, (_, values) in enumerate(scanned) if _all_text(values) and any(map(recognised, values))]
+    candidates = [i for i, (_, values) in enumerate(scanned) if _looks_like_headers(values)]
+    if not candidates and not known:
+        first = scanned[0] if scanned else (1, [])
+        raise UserError(
+            f"no header row found in the first {len(scanned)} non-empty rows of sheet '{sheet.name}' "
+            f"(row {first[0]}: {_shown(first[1])!r})",
+            "put a row of column names (e.g. ID | label) above the data, or pass --header-row N",
+        )
+    position = known[0] if known else candidates[0]
+    why = "holds recognised headers" if known else "the first row of text cells"
+    above = [f"row {n}: {_shown(v)!r}" for n, v in sheet.rows[:position]]
+    if above:
+        why += f"; above it skipped as title: {'; '.join(above[:3])}" + (" …" if len(above) > 3 else "")
+    return position, why
