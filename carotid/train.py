@@ -27,7 +27,14 @@ from carotid.model.file import load_initial_weights, read_weights
 from carotid.model.registry import build_model
 from carotid.training import checkpoints
 from carotid.training import run_dir as run_folder
-from carotid.training.runtime import RunLog, StopSignal, build_accelerator, on_main
+from carotid.training.runtime import (
+    RunLog,
+    StopSignal,
+    build_accelerator,
+    match_deepspeed_clipping,
+    on_main,
+    strategy_warning,
+)
 from carotid.training.trainer import Trainer
 
 # Options a resumed run may change; every other option is fixed by the run's config.yaml.
@@ -182,6 +189,7 @@ def train(cfg: TrainConfig, given: set[str] | frozenset = frozenset()) -> Path:
         dist_timeout_minutes=cfg.dist_timeout_minutes,
         output_dir=cfg.output_dir,
     )
+    match_deepspeed_clipping(accelerator, cfg.clip_grad_norm)
     set_seed(cfg.seed)
     manifest, root_dir, label_excel = on_main(accelerator, lambda: prepare_data(cfg, resume_run))
     cfg = dataclasses.replace(cfg, root_dir=root_dir, label_excel=label_excel)
@@ -208,8 +216,9 @@ def train(cfg: TrainConfig, given: set[str] | frozenset = frozenset()) -> Path:
     )
     log = RunLog(accelerator, run_dir / "train.log")
     log(f"{'resuming' if resume_run else 'run directory'}: {run_dir}")
-    if precision_note:
-        log(precision_note)
+    for warning in (precision_note, strategy_warning(accelerator)):
+        if warning:
+            log(warning)
     describe(accelerator, cfg, manifest, log)
     monitor = choose_monitor(cfg, manifest, log)
     try:
