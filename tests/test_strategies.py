@@ -40,6 +40,13 @@ STRATEGIES = {
     "zero3": ("deepspeed_zero3", "DEEPSPEED"),
     "fsdp2": ("fsdp", "FSDP"),
 }
+# A file only that strategy's save_state writes: rank 1's shard of the optimizer (or model) state.
+SHARD_FILES = {
+    "ddp": "optimizer.bin",
+    "zero2": "pytorch_model/zero_pp_rank_1_mp_rank_00_optim_states.pt",
+    "zero3": "pytorch_model/zero_pp_rank_1_mp_rank_00_model_states.pt",
+    "fsdp2": "optimizer_0/__1_0.distcp",
+}
 LOSSES = ("train_loss", "val_loss")
 TIMING = {"epoch_seconds", "images_per_second", "data_wait_fraction"}
 SLOW_RANK_SECONDS = 5  # DDP's resume: rank 1 returns from load_state this much later than rank 0
@@ -138,10 +145,12 @@ def strategy(request, all_runs) -> StrategyRuns:
 
 
 @pytest.mark.slow
-def test_the_log_names_the_strategy_and_training_matches_ddp(strategy, all_runs):
+def test_the_strategy_runs_as_named_and_trains_like_ddp(strategy, all_runs):
     log = (strategy.run_dir / "train.log").read_text(encoding="utf-8")
     assert f"processes: 2 ({STRATEGIES[strategy.name][1]})" in log
     assert "warning: the launch config asks for" not in log
+    last = sorted((strategy.run_dir / "checkpoints").glob("checkpoint-*"))[-1]
+    assert (last / SHARD_FILES[strategy.name]).is_file(), sorted(p.name for p in last.rglob("*"))
     ours, ddp = metric_rows(strategy.run_dir), metric_rows(all_runs("ddp").run_dir)
     assert [r["epoch"] for r in ours] == ["1", "2"]
     for mine, reference in zip(ours, ddp):
