@@ -22,7 +22,7 @@ from carotid.training import checkpoints
 from carotid.training import run_dir as run_folder
 from carotid.training.cv import cross_validate, find_cv_dir
 from carotid.training.fit import fit_run, read_data, with_splits
-from carotid.training.runtime import build_accelerator, on_main
+from carotid.training.runtime import build_accelerator, match_deepspeed_clipping, on_main, strategy_warning
 
 # Options a resumed run may change; every other option is fixed by the run's config.yaml.
 RESUMABLE_CHANGES = {
@@ -102,8 +102,9 @@ def train(cfg: TrainConfig, given: set[str] | frozenset = frozenset()) -> Path:
         dist_timeout_minutes=cfg.dist_timeout_minutes,
         output_dir=cfg.output_dir,
     )
+    match_deepspeed_clipping(accelerator, cfg.clip_grad_norm)
     set_seed(cfg.seed)
-    notes = [precision_note] if precision_note else []
+    notes = [warning for warning in (precision_note, strategy_warning(accelerator)) if warning]
     if cfg.folds:
         return cross_validate(accelerator, cfg, cv_dir=resume_run, notes=notes)
     manifest, root_dir, label_excel = on_main(accelerator, lambda: prepare_data(cfg, resume_run))

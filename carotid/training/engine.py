@@ -55,6 +55,18 @@ def masked_loss(
     return (per_frame * readable.float()).sum() / weight.sum().clamp_min(1e-12)
 
 
+def input_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype the model's weights are kept in, which its inputs must have.
+
+    fp32 under DDP and FSDP (autocast and FSDP's mixed-precision policy cast on the fly), but DeepSpeed
+    bf16/fp16 converts the weights themselves and its autocast does nothing: fp32 frames would fail the
+    first convolution ("Input type (torch.FloatTensor) and weight type (BFloat16) should be the same")."""
+    for param in model.parameters():
+        if param.is_floating_point():
+            return param.dtype
+    return torch.float32
+
+
 def train_one_epoch(
     model,
     loader,
@@ -82,6 +94,7 @@ def train_one_epoch(
     model.train()
     preset.train()
     device = accelerator.device
+    dtype = input_dtype(model)
     fp16 = accelerator.mixed_precision == "fp16"
     sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss x frames, correct, readable, unreadable
     nonfinite_at = torch.full((), -1, device=device, dtype=torch.int64)
@@ -119,7 +132,7 @@ def train_one_epoch(
             break
         clock["wait"] += time.perf_counter() - fetch
         with accelerator.accumulate(model):
-            inputs = preset(frames)
+            inputs = preset(frames).to(dtype)
             if channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             logits = model(inputs)
@@ -200,11 +213,12 @@ def predict_loader(
     Returns numpy arrays ordered by sample index: probs (N, K), labels, index, readable, loss (per frame)."""
     model.eval()
     preset.eval()
+    dtype = input_dtype(model)
     parts: dict[str, list[torch.Tensor]] = {"probs": [], "labels": [], "index": [], "readable": [], "loss": []}
     for frames, labels, index, readable in tqdm(
         loader, desc=desc, disable=None if accelerator.is_main_process else True, dynamic_ncols=True, leave=False
     ):
-        inputs = preset(frames)
+        inputs = preset(frames).to(dtype)
         if channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         with accelerator.autocast():  # the model may not be prepared (evaluation needs no DDP wrapper)

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, InitProcessGroupKwargs
-from accelerate.utils import broadcast_object_list
+from accelerate.utils import DistributedType, broadcast_object_list
 
 from carotid.errors import UserError
 
@@ -76,6 +76,54 @@ def build_accelerator(
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return accelerator, note
+
+
+# What `accelerate launch` sets when a launch config asks for a sharding strategy, and what the run then is.
+ASKED_STRATEGIES = {
+    "ACCELERATE_USE_DEEPSPEED": ("DeepSpeed", DistributedType.DEEPSPEED),
+    "ACCELERATE_USE_FSDP": ("FSDP", DistributedType.FSDP),
+}
+
+
+def strategy_warning(accelerator: Accelerator) -> str | None:
+    """A warning when the launch config asked for DeepSpeed or FSDP and the run came out as something else.
+
+    Accelerate promotes a launch to DeepSpeed/FSDP only on GPUs: without one the same config silently
+    trains as plain DDP (MULTI_CPU), so the start-up block must say so."""
+    for variable, (name, kind) in ASKED_STRATEGIES.items():
+        if os.environ.get(variable, "false").lower() == "true" and accelerator.distributed_type != kind:
+            got = accelerator.distributed_type.value
+            plain = "plain DDP" if accelerator.num_processes > 1 else "a single process"
+            return (
+                f"warning: the launch config asks for {name}, but this run is {got} ({plain}): Accelerate uses "
+                f"{name} only on GPUs; it trains, checkpoints and saves as {got}"
+            )
+    return None
+
+
+def match_deepspeed_clipping(accelerator: Accelerator, clip_grad_norm: float | None) -> None:
+    """Under DeepSpeed, make its gradient clipping what --clip-grad-norm says (see set_deepspeed_clipping)."""
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        set_deepspeed_clipping(accelerator.state.deepspeed_plugin.deepspeed_config, clip_grad_norm)
+
+
+def set_deepspeed_clipping(config: dict[str, Any], clip_grad_norm: float | None) -> None:
+    """Fill a DeepSpeed config's gradient_clipping from --clip-grad-norm.
+
+    DeepSpeed clips inside its own step, from this value (accelerator.clip_grad_norm_ only reports the
+    norm there), and Accelerate fills an 'auto' one with 1.0: left alone, a DeepSpeed run would clip where
+    the same command under DDP does not. An explicit value that disagrees with the flag is an error."""
+    wanted = float(clip_grad_norm or 0.0)  # 0.0: DeepSpeed does not clip
+    given = config.get("gradient_clipping", "auto")
+    if given in (None, "auto"):
+        config["gradient_clipping"] = wanted
+    elif float(given) != wanted:
+        flag = f"--clip-grad-norm {clip_grad_norm}" if clip_grad_norm else "no --clip-grad-norm"
+        raise UserError(
+            f"the DeepSpeed config clips gradients at {given}, but this run has {flag}",
+            f"set 'gradient_clipping: auto' in the launch config's deepspeed_config (carotid then passes "
+            f"--clip-grad-norm on), or pass --clip-grad-norm {given}",
+        )
 
 
 def on_main(accelerator: Accelerator, fn: Callable[[], T]) -> T:

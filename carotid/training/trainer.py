@@ -19,6 +19,11 @@ import numpy as np
 import torch
 from accelerate import Accelerator, skip_first_batches
 
+try:
+    from torch.distributed.tensor import DTensor
+except ImportError:  # torch < 2.4
+    from torch.distributed._tensor import DTensor
+
 from carotid.config import TrainConfig
 from carotid.data.loaders import EpochSeeds, make_loader
 from carotid.data.manifest import DataManifest
@@ -32,7 +37,7 @@ from carotid.model.file import ModelFile
 from carotid.training import checkpoints
 from carotid.training.engine import EpochProgress, predict_loader, reduce_progress, train_one_epoch
 from carotid.training.optim import make_optimizer, make_scheduler, stretch_schedule
-from carotid.training.runtime import RunLog, StopSignal
+from carotid.training.runtime import RunLog, StopSignal, on_main
 
 
 class Trainer:
@@ -187,10 +192,13 @@ class Trainer:
         )
         best, path = self.state["best"], self.run_dir / "models" / "best_model.pth"
         # Only an epoch-end checkpoint of the best epoch holds the best weights; the kill may have come
-        # between it and best_model.pth.
+        # between it and best_model.pth. The main process decides for all: a rank that read the file
+        # while the main one rewrote it would skip the collective save, and the others would wait forever.
         if self.progress.batches_done == 0 and best["epoch"] is not None and best["epoch"] == self.state["epoch"]:
-            on_disk = ModelFile.load(path).epoch if path.exists() else None
-            if on_disk != best["epoch"]:
+            stale = on_main(
+                self.accelerator, lambda: (ModelFile.load(path).epoch if path.exists() else None) != best["epoch"]
+            )
+            if stale:
                 self.log(f"rewriting best_model.pth for epoch {best['epoch']} from the checkpoint")
                 self.save_model("best_model.pth", best["epoch"], self.state["rows"][-1])
 
@@ -408,11 +416,24 @@ def epoch_line(row: dict, monitor: str, improved: bool) -> str:
 
 
 def weights_finite(model, accelerator: Accelerator) -> bool:
-    """Collective: whether every parameter on every rank is finite (FSDP and ZeRO-3 ranks hold shards)."""
+    """Collective: whether every parameter on every rank is finite.
+
+    Each rank checks only what it holds (the sum over ranks covers every weight once or more): a DTensor's
+    local shard under FSDP2 (a check of the DTensor itself would be a collective per parameter), the
+    partition under ZeRO-3 (`ds_tensor`; the parameter itself is an empty placeholder there)."""
     with torch.no_grad():
-        flags = [torch.isfinite(p).all() for p in model.parameters() if p.numel()]
-        bad = (~torch.stack(flags).all()).float().reshape(1) if flags else torch.zeros(1, device=accelerator.device)
-    return accelerator.reduce(bad, reduction="sum").item() == 0
+        flags = [torch.isfinite(t).all() for t in map(local_part, model.parameters()) if t.numel()]
+        bad = (~torch.stack(flags).all()).float().reshape(1) if flags else torch.zeros(1)
+    return accelerator.reduce(bad.to(accelerator.device), reduction="sum").item() == 0
+
+
+def local_part(param: torch.Tensor) -> torch.Tensor:
+    """The part of a parameter this rank holds: the whole of it under DDP and ZeRO-1/2."""
+    if hasattr(param, "ds_tensor"):  # ZeRO-3
+        return param.ds_tensor
+    if isinstance(param, DTensor):  # FSDP2
+        return param.to_local()
+    return param
 
 
 def diverged(run_dir: Path, what: str) -> StopTraining:
