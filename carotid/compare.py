@@ -19,11 +19,13 @@ from carotid.errors import run_cli
 
 
 def default_out(eval_a: str, eval_b: str) -> Path:
-    def name(folder: str) -> str:
-        path = Path(folder).resolve()
-        return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{path.parent.name}-{path.name}")
-
-    return Path(f"compare_{name(eval_a)}_vs_{name(eval_b)}")
+    """./compare_<A>_vs_<B>/ from the folder names (with their run folder's name when both are alike)."""
+    paths = [Path(folder).resolve() for folder in (eval_a, eval_b)]
+    names = [p.name for p in paths]
+    if names[0] == names[1]:
+        names = [f"{p.parent.name}-{p.name}" for p in paths]
+    names = [re.sub(r"[^A-Za-z0-9_.-]+", "_", n) for n in names]
+    return Path(f"compare_{names[0]}_vs_{names[1]}")
 
 
 def compare(argv: Sequence[str] | None) -> int:

@@ -495,14 +495,14 @@ class CompareOptions:
     eval_a: str | None = opt(
         None,
         "An evaluation folder (with person_predictions.csv and metrics.json).",
-        "what",
+        group="what",
         metavar="EVAL_A",
         positional=True,
     )
     eval_b: str | None = opt(
         None,
         "The evaluation folder to compare it with (another model, or a reader).",
-        "what",
+        group="what",
         metavar="EVAL_B",
         positional=True,
     )

@@ -221,6 +221,7 @@ def evaluate(argv: Sequence[str] | None) -> int:
         log(f"note: {note}")
     if plan.val_persons:
         model_file = choose_again(accelerator, args, plan, model_file, log)
+        plan.model_path = plan.out_dir / "model.pth"  # the file that gives these numbers
     log(
         f"evaluating {plan.model_path} on {plan.split} ({len(frames)} frames) "
         f"with {accelerator.num_processes} process(es)"

@@ -191,7 +191,7 @@ def format_calibration(section: dict) -> str:
             (f"{level} (T={section['temperature']:.2f})", section[level]) for level in ("image", "person")
         ]
     lines = [f"calibration ({section['binning']} for the ECE):"]
-    lines.append(f"  {'':<26}" + "".join(f"{name:<16}" for name, _ in columns))
+    lines.append((f"  {'':<26}" + "".join(f"{name:<16}" for name, _ in columns)).rstrip())
     for metric in CALIBRATION_METRICS:
         if metric.name in section["person"]:
             lines.append(

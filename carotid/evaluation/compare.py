@@ -45,6 +45,8 @@ class Side:
 
 def read_side(folder: str | Path) -> Side:
     folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"evaluation folder not found: {folder}", "pass folders written by carotid-evaluate (eval_*)")
     metrics_path, table_path = folder / "metrics.json", folder / "person_predictions.csv"
     for path in (metrics_path, table_path):
         if not path.is_file():

@@ -103,7 +103,7 @@ def format_subgroups(subgroups: dict, min_persons: int) -> str:
     for column, rows in subgroups.items():
         keys = [k for k in SHOWN if k in rows[0]["person"]]
         lines.append(f"per person by '{column}' (* = fewer than {min_persons} persons or one class):")
-        lines.append(f"  {'value':<16}{'persons':>8}  " + "".join(f"{k:<24}" for k in keys))
+        lines.append((f"  {'value':<16}{'persons':>8}  " + "".join(f"{k:<24}" for k in keys)).rstrip())
         for row in rows:
             cells = []
             for key in keys:
@@ -114,5 +114,5 @@ def format_subgroups(subgroups: dict, min_persons: int) -> str:
                     text += f" [{interval['low']:.2f}, {interval['high']:.2f}]"
                 cells.append(f"{text:<24}")
             mark = "*" if row["small"] else " "
-            lines.append(f"  {str(row['value'])[:15] + mark:<16}{row['n_persons']:>8}  " + "".join(cells))
+            lines.append((f"  {str(row['value'])[:15] + mark:<16}{row['n_persons']:>8}  " + "".join(cells)).rstrip())
     return "\n".join(lines)

@@ -123,14 +123,15 @@ def plot_reliability(
     fig, axes = plt.subplots(1, len(levels), figsize=(5 * len(levels), 4.5), squeeze=False)
     for ax, (level, bins) in zip(axes[0], levels.items()):
         ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect calibration")
-        curves = [("before temperature scaling", (before or {}).get(level), ":"), ("model", bins, "-")]
+        after = "after temperature scaling" if before else "model"
+        curves = [("before temperature scaling", (before or {}).get(level), ":"), (after, bins, "-")]
         for label, curve, style in curves:
             if not curve:
                 continue
             used = [b for b in curve if b["n"]]
             x, y = [b["mean_predicted"] for b in used], [b["observed"] for b in used]
             total = sum(b["n"] for b in used)
-            line = ax.plot(x, y, linestyle=style, label=label if before else None)[0]
+            line = ax.plot(x, y, linestyle=style, label=label)[0]
             ax.scatter(x, y, s=[20 + 300 * b["n"] / total for b in used], color=line.get_color(), zorder=3)
         ax.set(
             title=f"reliability per {level}",
