@@ -157,6 +157,8 @@ def predict(argv: Sequence[str] | None) -> int:
         )
         class_names = model_file.class_names
         operating_point = f"; threshold {threshold:.3f} ({source})" if threshold is not None else ""
+        if model_file.temperature is not None:
+            operating_point += f"; probabilities softmax(logits / {model_file.temperature:.3f}) (calibrated)"
         log(
             f"{len(persons.person_ids)} person(s), {len(preds.paths)} image(s) (layout: {layout}); "
             f"person probability: {aggregation} of frames{operating_point}"
