@@ -307,7 +307,7 @@ def score_reader(args: EvaluateOptions, plan: EvalPlan, model_file, frames: list
     """--reader-column: the reader's evaluation folder beside the model's, on the same persons."""
     from collections import Counter
 
-    from carotid.evaluation.reader import evaluate_reader, reader_out_dir
+    from carotid.evaluation.reader import evaluate_reader, format_reader, reader_out_dir
 
     n_frames = Counter(f.person_id for f in frames)
     persons = {f.person_id: (f.label, n_frames[f.person_id]) for f in frames}
@@ -327,17 +327,7 @@ def score_reader(args: EvaluateOptions, plan: EvalPlan, model_file, frames: list
     )
     for note in report["data_notes"][len(context["data_notes"]) :] + report["warnings"]:
         log(f"note: {note}")
-    person, ci = report["person"], (report["ci"] or {}).get("person") or {}
-
-    def cell(key: str) -> str:
-        value, interval = person.get(key), ci.get(key)
-        text = "n/a" if value is None else f"{value:.3f}"
-        return text + (f" [{interval['low']:.3f}, {interval['high']:.3f}]" if interval else "")
-
-    log(
-        f"reader '{args.reader_column}' ({report['reader']['kind']}, {report['n_persons']} persons, threshold "
-        f"{report['threshold']:g}): " + ", ".join(f"{k} {cell(k)}" for k in ("auc", "sensitivity", "specificity"))
-    )
+    log(format_reader(report))
     log(f"reader evaluation written to {out}\ncompare with: python -m carotid.compare {plan.out_dir} {out}")
 
 

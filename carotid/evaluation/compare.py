@@ -130,9 +130,9 @@ def delong(y_pos: np.ndarray, score_a: np.ndarray, score_b: np.ndarray, level: f
     """AUCs, their difference A − B with its DeLong standard error, normal CI, z and two-sided p."""
     y_pos = np.asarray(y_pos, dtype=bool)
     m, n = int(y_pos.sum()), int((~y_pos).sum())
-    if m < 2 or n < 2:
+    if m < 1 or n < 1:
         raise UserError(
-            f"DeLong's test needs at least 2 positive and 2 negative persons, got {m} and {n}", "compare more persons"
+            f"the persons compared are all of one class ({m} positive, {n} negative)", "compare both classes"
         )
     aucs, v10, v01 = [], [], []
     for score in (score_a, score_b):
@@ -143,21 +143,28 @@ def delong(y_pos: np.ndarray, score_a: np.ndarray, score_b: np.ndarray, level: f
         aucs.append((tz[:m].sum() - m * (m + 1) / 2) / (m * n))
         v10.append((tz[:m] - tx) / n)  # per positive: share of negatives it out-scores
         v01.append(1.0 - (tz[m:] - ty) / m)  # per negative: share of positives that out-score it
-    s = np.cov(np.array(v10)) / m + np.cov(np.array(v01)) / n
-    variance = float(s[0, 0] + s[1, 1] - 2 * s[0, 1])
     difference = float(aucs[0] - aucs[1])
-    z_crit = float(norm.ppf(0.5 + level / 2))
-    se = float(np.sqrt(max(variance, 0.0)))
     out = {
         "auc_a": float(aucs[0]),
         "auc_b": float(aucs[1]),
         "difference": difference,
-        "se": se,
-        "ci": {"low": difference - z_crit * se, "high": difference + z_crit * se, "level": level},
-        "correlation": float(s[0, 1] / np.sqrt(s[0, 0] * s[1, 1])) if s[0, 0] > 0 and s[1, 1] > 0 else None,
+        "se": None,
+        "ci": None,
+        "correlation": None,
         "z": None,
         "p_value": None,
+        "note": None,
     }
+    if m < 2 or n < 2:  # a covariance of one person's components is undefined
+        out["note"] = f"DeLong's variance needs at least 2 positive and 2 negative persons ({m} and {n} here)"
+        return out
+    s = np.cov(np.array(v10)) / m + np.cov(np.array(v01)) / n
+    se = float(np.sqrt(max(float(s[0, 0] + s[1, 1] - 2 * s[0, 1]), 0.0)))
+    z_crit = float(norm.ppf(0.5 + level / 2))
+    out["se"] = se
+    out["ci"] = {"low": difference - z_crit * se, "high": difference + z_crit * se, "level": level}
+    if s[0, 0] > 0 and s[1, 1] > 0:
+        out["correlation"] = float(s[0, 1] / np.sqrt(s[0, 0] * s[1, 1]))
     if se > 0:
         out["z"] = difference / se
         out["p_value"] = float(2 * norm.sf(abs(out["z"])))
@@ -263,4 +270,5 @@ def format_comparison(result: dict) -> str:
             f"{interval(ci[key]):<18}  {p(test['p_value'])} (McNemar, {test['method']}; "
             f"{test['table']['only_a_right']} only A right, {test['table']['only_b_right']} only B right)"
         )
-    return "\n".join(lines + [f"note: {n}" for n in result["notes"]])
+    notes = result["notes"] + ([auc["note"]] if auc.get("note") else [])
+    return "\n".join(lines + [f"note: {n}" for n in notes])

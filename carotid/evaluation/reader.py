@@ -162,3 +162,19 @@ def evaluate_reader(
         ),
     )
     return report
+
+
+def format_reader(report: dict) -> str:
+    """One line: the reader's kind, persons, threshold, and AUC, sensitivity and specificity with CIs."""
+    person, ci = report["person"], (report["ci"] or {}).get("person") or {}
+
+    def cell(key: str) -> str:
+        value, interval = person.get(key), ci.get(key)
+        text = "n/a" if value is None else f"{value:.3f}"
+        return text + (f" [{interval['low']:.3f}, {interval['high']:.3f}]" if interval else "")
+
+    return (
+        f"reader '{report['reader']['column']}' ({report['reader']['kind']}, {report['n_persons']} persons, "
+        f"threshold {report['threshold']:g}): "
+        + ", ".join(f"{k} {cell(k)}" for k in ("auc", "sensitivity", "specificity"))
+    )
