@@ -194,7 +194,6 @@ def format_calibration(section: dict) -> str:
     lines.append((f"  {'':<26}" + "".join(f"{name:<16}" for name, _ in columns)).rstrip())
     for metric in CALIBRATION_METRICS:
         if metric.name in section["person"]:
-            lines.append(
-                f"  {metric.name:<26}" + "".join(f"{number(values[metric.name]):<16}" for _, values in columns)
-            )
+            cells = "".join(f"{number(values[metric.name]):<16}" for _, values in columns)
+            lines.append(f"  {metric.name:<26}{cells}".rstrip())
     return "\n".join(lines)
