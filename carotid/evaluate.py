@@ -274,7 +274,7 @@ def choose_again(accelerator, args: EvaluateOptions, plan: EvalPlan, model_file,
         cache_dir=args.cache_dir,
     )
     choice = choose_on_validation(
-        ValidationOutput(preds.labels, preds.logits, np.asarray(preds.person_ids)),
+        ValidationOutput(preds.labels, preds.logits, np.asarray(preds.person_ids), preds.probs),
         aggregation=args.person_aggregation or model_file.aggregation,
         positive_index=model_file.positive_index,
         calibrate=args.calibrate,

@@ -25,6 +25,7 @@ class ValidationOutput:
     labels: np.ndarray
     logits: np.ndarray
     person_ids: np.ndarray
+    probs: np.ndarray | None = None  # softmax(logits) as inference gives it, so thresholds match evaluations exactly
 
 
 def choose_on_validation(
@@ -60,7 +61,8 @@ def choose_on_validation(
         )
         after = " (after temperature scaling)"
     after = after or (" (after temperature scaling)" if temperature is not None else "")
-    probs = apply_temperature(val.logits, out["temperature"])
+    untouched = out["temperature"] is None and val.probs is not None
+    probs = np.asarray(val.probs, dtype=np.float64) if untouched else apply_temperature(val.logits, out["temperature"])
     if probs.shape[1] != 2:
         return out | {"threshold": None, "threshold_source": None}
     ids, person_probs = aggregate_persons(val.person_ids, probs, aggregation, positive_index)

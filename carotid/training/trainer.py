@@ -374,7 +374,7 @@ class Trainer:
 
 def validate(
     model, loader, accelerator, preset, dataset, positive_index, aggregation, channels_last
-) -> tuple[dict, tuple]:
+) -> tuple[dict, ValidationOutput]:
     """val_* numbers of the metrics row, and the validation frames' outputs for choosing the threshold."""
     out = predict_loader(model, loader, accelerator, preset, channels_last=channels_last, desc="validate")
     ok = out["readable"].astype(bool)
@@ -382,7 +382,7 @@ def validate(
     labels, probs = out["labels"][ok], out["probs"][ok]
     numbers = epoch_metrics(labels, probs, persons, positive_index, aggregation)
     row = {"val_loss": float(out["loss"][ok].mean())} | numbers
-    return row, ValidationOutput(labels, out["logits"][ok], persons)
+    return row, ValidationOutput(labels, out["logits"][ok], persons, probs)
 
 
 def person_class_weights(manifest: DataManifest) -> torch.Tensor:
