@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from carotid.errors import UserError
-from carotid.evaluation.registry import AGGREGATIONS, MONITORS
+from carotid.evaluation.registry import (
+    AGGREGATIONS,
+    CALIBRATIONS,
+    MONITORS,
+    OPERATING_POINT_HELP,
+    parse_operating_point,
+)
 from carotid.model import ARCHITECTURES
 from carotid.options import default_yaml, flag, like, opt, parse_options
 
@@ -181,6 +187,20 @@ class TrainConfig:
     person_aggregation: str = opt(
         "mean", "How frame probabilities become a person's probability.", choices=AGGREGATIONS, group="run"
     )
+    calibrate: str | None = opt(
+        None,
+        "temperature = fit one temperature T on the validation frames' logits (lowest NLL) and store it in the "
+        "model file; evaluate and predict then give softmax(logits / T). Default: no calibration.",
+        choices=CALIBRATIONS,
+        group="run",
+    )
+    operating_point: list[str] = opt(
+        [],
+        f"Binary: a threshold chosen on the validation persons and stored in the model file: {OPERATING_POINT_HELP}. "
+        "Evaluations report the metrics at each, with CIs.",
+        group="run",
+        metavar="SPEC",
+    )
     dist_timeout_minutes: int = opt(
         60, "How long ranks wait for each other (e.g. while rank 0 builds the cache) before failing.", group="run"
     )
@@ -245,6 +265,12 @@ class TrainConfig:
             raise UserError(f"--clip-grad-norm must be > 0, got {self.clip_grad_norm}", "leave it out to not clip")
         if self.pretrained and self.pretrained_weights:
             raise UserError("--pretrained and --pretrained-weights both given", "choose one source of initial weights")
+        _check_operating_points(self.operating_point)
+        if (self.calibrate or self.operating_point) and self.val_ratio == 0:
+            raise UserError(
+                "--calibrate and --operating-point are chosen on the validation persons, but --val-ratio is 0",
+                "give the validation split a share, e.g. --val-ratio 0.15",
+            )
         if self.model == "small_cnn" and (self.pretrained or self.pretrained_weights):
             raise UserError(
                 "small_cnn has no pretrained weights",
@@ -267,6 +293,15 @@ def _non_negative(cfg: Any, *names: str) -> None:
 def _check_header_row(row: int | None) -> None:
     if row is not None and row < 1:
         raise UserError(f"--header-row must be ≥ 1 (rows are numbered as Excel shows them), got {row}", "use e.g. 1")
+
+
+def _check_operating_points(specs: list[str]) -> None:
+    for text in specs:
+        if parse_operating_point(text) is None:
+            raise UserError(f"--operating-point '{text}' is not understood", f"use {OPERATING_POINT_HELP}")
+    names = [parse_operating_point(text).name for text in specs]
+    if len(set(names)) != len(names):
+        raise UserError(f"--operating-point repeats a point: {', '.join(specs)}", "give each point once")
 
 
 def _check_threshold(threshold: float | None) -> None:
@@ -371,6 +406,43 @@ class EvaluateOptions:
         group="output",
         metavar="T",
     )
+    calibrate: str | None = like(
+        TrainConfig,
+        "calibrate",
+        help="temperature = fit a temperature on RUN's validation persons and evaluate with it; the model file "
+        "with it is written to OUT/model.pth (default: the model file's temperature, if any).",
+        group="study",
+    )
+    operating_point: list[str] = like(
+        TrainConfig,
+        "operating_point",
+        help=f"Choose this operating point on RUN's validation persons ({OPERATING_POINT_HELP}) and report the "
+        "metrics at it; OUT/model.pth stores them (default: the model file's operating points).",
+        group="study",
+    )
+    subgroup_column: list[str] = opt(
+        [],
+        "A column of the label sheet (e.g. hospital, sex, age band): the metrics per value of it, with CIs.",
+        group="study",
+        metavar="COL",
+    )
+    subgroup_min_persons: int = opt(
+        10, "Subgroups with fewer persons (or one class only) are listed but marked as too small.", group="study"
+    )
+    reader_column: str | None = opt(
+        None,
+        "A column of the label sheet holding a reader's call (class name or 0/1) or score (probability or any "
+        "number, higher = more likely positive): scored on the same persons into OUT_reader_<COL>/, "
+        "for carotid-compare.",
+        group="study",
+        metavar="COL",
+    )
+    reader_threshold: float | None = opt(
+        None,
+        "Reader scores: positive if score ≥ T (default: 0.5 for probabilities; needed for other scores).",
+        group="study",
+        metavar="T",
+    )
     batch_size: int = like(TrainConfig, "batch_size", 64, help="Frames per batch on each process.", group="run")
     num_workers: int | None = like(TrainConfig, "num_workers", group="run")
     cache: bool = like(TrainConfig, "cache", False, group="run")
@@ -378,15 +450,19 @@ class EvaluateOptions:
 
     def __post_init__(self) -> None:
         _non_negative(self, "bootstrap", "num_workers", "max_imgs_per_person")
-        _positive(self, "batch_size")
+        _positive(self, "batch_size", "subgroup_min_persons")
         _check_header_row(self.header_row)
         _check_threshold(self.threshold)
+        _check_operating_points(self.operating_point)
+        if len(set(self.subgroup_column)) != len(self.subgroup_column):
+            raise UserError(f"--subgroup-column repeats a column: {self.subgroup_column}", "give each column once")
 
 
 EVALUATE_GROUPS = {
     "what": "what to evaluate",
     "data": "data",
     "output": "metrics and output",
+    "study": "calibration, operating points, subgroups and readers",
     "run": "processes and loading",
 }
 
@@ -458,6 +534,62 @@ def parse_predict_args(argv: Sequence[str] | None) -> PredictOptions:
         "carotid-predict",
         "Predict per image and per person with a carotid model file; no labels needed.",
         {"what": "what to predict", "output": "output", "run": "processes and loading"},
+    )[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# carotid-compare
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CompareOptions:
+    eval_a: str | None = opt(
+        None,
+        "An evaluation folder (with person_predictions.csv and metrics.json).",
+        group="what",
+        metavar="EVAL_A",
+        positional=True,
+    )
+    eval_b: str | None = opt(
+        None,
+        "The evaluation folder to compare it with (another model, or a reader).",
+        group="what",
+        metavar="EVAL_B",
+        positional=True,
+    )
+    shared_persons: bool = opt(
+        False,
+        "Compare on the persons both folders hold when their person sets differ (default: refuse).",
+        group="what",
+    )
+    out: str | None = opt(
+        None,
+        "Folder for compare.json (default: ./compare_<EVAL_A>_vs_<EVAL_B>/).",
+        group="output",
+        metavar="DIR",
+    )
+    bootstrap: int = like(
+        TrainConfig,
+        "bootstrap",
+        DEFAULT_BOOTSTRAP,
+        help="Paired person resamples for the CIs of the differences.",
+        group="output",
+    )
+    seed: int = like(TrainConfig, "seed", DEFAULT_SEED, help="Seed of the bootstrap.", group="output")
+
+    def __post_init__(self) -> None:
+        _positive(self, "bootstrap")
+
+
+def parse_compare_args(argv: Sequence[str] | None) -> CompareOptions:
+    return parse_options(
+        CompareOptions,
+        argv,
+        "carotid-compare",
+        "Compare two evaluations of the same persons: DeLong's test of the AUCs, McNemar's tests of "
+        "sensitivity and specificity, and paired person-bootstrap CIs of the differences.",
+        {"what": "what to compare", "output": "output"},
     )[0]
 
 

@@ -54,6 +54,7 @@ class EvalPlan:
     seed: int
     bootstrap: int
     label_sha256: str | None  # of the label file the run was trained with
+    val_persons: list[str] | None = None  # the run's validation persons, when something is chosen on them
 
 
 def plan_evaluation(args: EvaluateOptions) -> EvalPlan:
@@ -61,7 +62,23 @@ def plan_evaluation(args: EvaluateOptions) -> EvalPlan:
     cap = None if args.max_imgs_per_person == 0 else args.max_imgs_per_person
     given = {key: getattr(args, key) for key in DATA_OPTIONS} | {"max_imgs_per_person": cap}
     if args.run_dir:
-        return _plan_run(args, given)
+        plan = _plan_run(args, given)
+        if args.calibrate or args.operating_point:
+            from carotid.training.run_dir import read_splits
+
+            plan.val_persons = list(read_splits(plan.run_dir).get("val") or [])
+            if not plan.val_persons:
+                raise UserError(
+                    f"--calibrate and --operating-point are chosen on the validation persons, and {plan.run_dir} "
+                    "has none",
+                    "drop them (the model file's own are used), or evaluate a run trained with --val-ratio > 0",
+                )
+        return plan
+    if args.calibrate or args.operating_point:
+        raise UserError(
+            "--calibrate and --operating-point are chosen on a run's validation persons",
+            "pass --run-dir RUN (external validation uses the model file's temperature and operating points)",
+        )
     if args.split:
         raise UserError(
             "--split needs --run-dir", "pass --run-dir RUN, or leave --split out to evaluate every labelled person"
@@ -141,9 +158,10 @@ def external_out_dir(model_path: Path, root_dir: str) -> Path:
     return folder / f"eval_external_{Path(root_dir).resolve().name}_{name}"
 
 
-def collect_frames(plan: EvalPlan, class_names: list[str]) -> tuple[list[Frame], dict]:
-    """(the frames, labelled with the model's class indices; the data context for metrics.json). Main process only."""
-    from carotid.data.labels import read_labels
+def collect_frames(plan: EvalPlan, class_names: list[str], columns: list[str] = ()) -> tuple[list[Frame], dict]:
+    """(the frames, labelled with the model's class indices; the data context for metrics.json, with the
+    sheet `columns` per person under "columns"). Main process only."""
+    from carotid.data.labels import read_labels, read_person_columns
     from carotid.data.manifest import collect_persons, data_block
     from carotid.files import file_sha256
 
@@ -179,7 +197,12 @@ def collect_frames(plan: EvalPlan, class_names: list[str]) -> tuple[list[Frame],
         notes.append(
             f"{data['label_excel']} differs from the label file the run was trained with; labels may have changed"
         )
+    values = {}
+    if columns:
+        values, column_notes = read_person_columns(data["label_excel"], table.sheet, table.id_column, list(columns))
+        notes += column_notes
     context = {
+        "columns": values,
         "run_dir": str(plan.run_dir) if plan.run_dir else None,
         "data": {
             k: str(Path(data[k]).resolve()) if k in ("root_dir", "label_excel") else data[k] for k in DATA_OPTIONS
@@ -218,9 +241,13 @@ def evaluate(argv: Sequence[str] | None) -> int:
     log = RunLog(accelerator)
     if precision_note:
         log(precision_note)
-    frames, context = on_main(accelerator, lambda: collect_frames(plan, model_file.class_names))
+    columns = list(dict.fromkeys(args.subgroup_column + ([args.reader_column] if args.reader_column else [])))
+    frames, context = on_main(accelerator, lambda: collect_frames(plan, model_file.class_names, columns))
     for line in context.pop("startup"):
         log(line)
+    if plan.val_persons:
+        model_file = choose_again(accelerator, args, plan, model_file, log)
+        plan.model_path = plan.out_dir / "model.pth"  # the file that gives these numbers
     log(
         f"evaluating {plan.model_path} on {plan.split} ({len(frames)} frames) "
         f"with {accelerator.num_processes} process(es)"
@@ -242,8 +269,92 @@ def evaluate(argv: Sequence[str] | None) -> int:
         log=log,
         model_file=model_file,
         context=context,
+        subgroups={c: context["columns"][c] for c in args.subgroup_column},
+        subgroup_min_persons=args.subgroup_min_persons,
     )
+    if args.reader_column and accelerator.is_main_process:
+        score_reader(args, plan, model_file, frames, context, log)
+    accelerator.wait_for_everyone()
     return 0
+
+
+def choose_again(accelerator, args: EvaluateOptions, plan: EvalPlan, model_file, log):
+    """--calibrate / --operating-point: the temperature, threshold and operating points chosen on the run's
+    validation persons; the model file with them is written to OUT/model.pth for carotid-predict."""
+    import numpy as np
+
+    from carotid.evaluation.inference import run_inference
+    from carotid.evaluation.selection import ValidationOutput, choose_on_validation
+    from carotid.training.runtime import on_main
+
+    val_plan = dataclasses.replace(plan, persons=plan.val_persons)
+    val_frames, _ = on_main(accelerator, lambda: collect_frames(val_plan, model_file.class_names))
+    preds = run_inference(
+        accelerator,
+        model_file.build_model(),
+        model_file,
+        val_frames,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        cache=args.cache,
+        cache_dir=args.cache_dir,
+    )
+    choice = choose_on_validation(
+        ValidationOutput(preds.labels, preds.logits, np.asarray(preds.person_ids), preds.probs),
+        aggregation=args.person_aggregation or model_file.aggregation,
+        positive_index=model_file.positive_index,
+        calibrate=args.calibrate,
+        operating_points=args.operating_point or [p["name"] for p in model_file.operating_points],
+        temperature=model_file.temperature,
+        temperature_source=model_file.temperature_source,
+    )
+    keep_threshold = not args.calibrate  # a new temperature moves the person probabilities: re-choose Youden
+    chosen = dataclasses.replace(
+        model_file,
+        temperature=choice["temperature"],
+        temperature_source=choice["temperature_source"],
+        operating_points=choice["operating_points"],
+        threshold=model_file.threshold if keep_threshold else choice["threshold"],
+        threshold_source=model_file.threshold_source if keep_threshold else choice["threshold_source"],
+    )
+    for note in choice["notes"]:
+        log(f"note: {note}")
+    if choice["temperature"] is not None:
+        log(f"temperature {choice['temperature']:.3f} ({choice['temperature_source']})")
+    if accelerator.is_main_process:
+        plan.out_dir.mkdir(parents=True, exist_ok=True)
+        chosen.save(plan.out_dir / "model.pth")
+        log(f"model file with these choices: {plan.out_dir / 'model.pth'}")
+    accelerator.wait_for_everyone()
+    return chosen
+
+
+def score_reader(args: EvaluateOptions, plan: EvalPlan, model_file, frames: list[Frame], context: dict, log) -> None:
+    """--reader-column: the reader's evaluation folder beside the model's, on the same persons."""
+    from collections import Counter
+
+    from carotid.evaluation.reader import evaluate_reader, format_reader, reader_out_dir
+
+    n_frames = Counter(f.person_id for f in frames)
+    persons = {f.person_id: (f.label, n_frames[f.person_id]) for f in frames}
+    out = reader_out_dir(plan.out_dir, args.reader_column)
+    report = evaluate_reader(
+        args.reader_column,
+        context["columns"][args.reader_column],
+        persons,
+        model_file.class_names,
+        model_file.positive_index,
+        out,
+        threshold=args.reader_threshold,
+        split=plan.split,
+        bootstrap=plan.bootstrap,
+        seed=plan.seed,
+        data_notes=context["data_notes"],
+    )
+    for note in report["data_notes"][len(context["data_notes"]) :] + report["warnings"]:
+        log(f"note: {note}")
+    log(format_reader(report))
+    log(f"reader evaluation written to {out}\ncompare with: python -m carotid.compare {plan.out_dir} {out}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,19 +29,37 @@ def opt(
     *,
     metavar: str | None = None,
     required: bool = False,
+    positional: bool = False,
 ) -> Any:
-    """A dataclass field carrying its argparse help, choices, section and metavar."""
-    return field(
-        default=default,
-        metadata={"help": help, "choices": choices, "group": group, "metavar": metavar, "required": required},
-    )
+    """A dataclass field carrying its argparse help, choices, section and metavar.
+
+    A list default makes a repeatable option (`--flag A --flag B`, a YAML list); `positional` an argument
+    without a flag (e.g. the two folders of carotid-compare)."""
+    metadata = {
+        "help": help,
+        "choices": choices,
+        "group": group,
+        "metavar": metavar,
+        "required": required,
+        "positional": positional,
+    }
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def default_of(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 def like(schema: type, name: str, default: Any = None, help: str | None = None, group: str | None = None) -> Any:
     """The option `name` of another schema (same help, choices and group), with this CLI's default and help.
 
     Lets evaluate and predict share train's definitions instead of copying them."""
-    meta = {f.name: f for f in dataclasses.fields(schema)}[name].metadata
+    source = {f.name: f for f in dataclasses.fields(schema)}[name]
+    meta = source.metadata
+    if isinstance(default_of(source), list) and default is None:
+        default = []
     return opt(default, help or meta["help"], meta["choices"], group or meta["group"], metavar=meta["metavar"])
 
 
@@ -55,16 +73,29 @@ def flag(name: str) -> str:
 
 
 def field_type(schema: type, name: str) -> tuple[type, bool]:
-    """(base type, whether None is allowed) of a schema field."""
+    """(base type, whether None is allowed) of a schema field; a `list[X]` field gives X."""
     hint = typing.get_type_hints(schema)[name]
+    if typing.get_origin(hint) is list:
+        hint = typing.get_args(hint)[0]
     args = typing.get_args(hint)
     if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
         return next(a for a in args if a is not type(None)), True
     return hint, False
 
 
+def is_list(schema: type, name: str) -> bool:
+    return typing.get_origin(typing.get_type_hints(schema)[name]) is list
+
+
 def coerce(schema: type, name: str, value: Any, source: str) -> Any:
     """Check a value read from YAML against the field's type; ints are accepted for floats."""
+    if is_list(schema, name):
+        values = value if isinstance(value, list) else ([] if value is None else [value])
+        return [_coerce_one(schema, name, v, source) for v in values]
+    return _coerce_one(schema, name, value, source)
+
+
+def _coerce_one(schema: type, name: str, value: Any, source: str) -> Any:
     base, optional = field_type(schema, name)
     where = f"{source}: '{name}'"
     if value is None:
@@ -186,13 +217,16 @@ def build_parser(
     for f in dataclasses.fields(schema):
         base, optional = field_type(schema, f.name)
         meta = f.metadata
-        default = defaults.get(f.name, f.default)
+        default = defaults.get(f.name, default_of(f))
+        section = sections[meta["group"]]
+        if meta.get("positional"):
+            section.add_argument(f.name, metavar=meta["metavar"], help=meta["help"], type=_scalar(base, optional))
+            continue
         kwargs: dict[str, Any] = {"help": meta["help"], "dest": f.name}
         if meta["required"] and not suppress:
             kwargs["required"] = True
         elif not suppress:
             kwargs["default"] = default
-        section = sections[meta["group"]]
         if base is bool:
             section.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, **kwargs)
             continue
@@ -202,6 +236,11 @@ def build_parser(
         # A help text that already says its default (e.g. "default: the run's") gets no second one.
         if not suppress and not meta["required"] and "default" not in meta["help"]:
             kwargs["help"] += f" (default: {default})"
+        if is_list(schema, f.name):
+            # Flags given replace the default (argparse's append would add to it); repeat for several.
+            kwargs["action"] = "append"
+            kwargs.pop("default", None)
+            kwargs["help"] += " Repeatable."
         metavar = meta["metavar"] or (f.name.upper() if meta["choices"] is None else None)
         section.add_argument(flag(f.name), metavar=metavar, **kwargs)
     return parser
@@ -233,6 +272,9 @@ def parse_options(
     ) | set(file_values)
     given.discard("config")
     args.pop("config", None)
+    for f in dataclasses.fields(schema):
+        if is_list(schema, f.name) and args.get(f.name) is None:  # not given: the file's value or the default
+            args[f.name] = list(file_values.get(f.name, default_of(f)))
     return schema(**args), given
 
 
@@ -250,5 +292,5 @@ def default_yaml(schema: type, groups: dict[str, str], header: list[str]) -> str
         if f.metadata["choices"] is not None:
             help_text += f" One of: {', '.join(map(str, f.metadata['choices']))}."
         lines.append(f"# {help_text}")
-        lines.append(yaml.safe_dump({f.name: f.default}, allow_unicode=True, default_flow_style=False).strip())
+        lines.append(yaml.safe_dump({f.name: default_of(f)}, allow_unicode=True, default_flow_style=False).strip())
     return "\n".join(lines) + "\n"

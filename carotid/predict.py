@@ -205,6 +205,8 @@ def predict(argv: Sequence[str] | None) -> int:
         )
         class_names = model_file.class_names
         threshold_note = f"; threshold {threshold:.3f} ({source})" if threshold is not None else ""
+        if model_file.temperature is not None:
+            threshold_note += f"; probabilities softmax(logits / {model_file.temperature:.3f}) (calibrated)"
         log(
             f"{len(persons.person_ids)} person(s), {len(preds.paths)} image(s) (layout: {layout}); "
             f"person probability: {aggregation} of frames{threshold_note}"

@@ -14,7 +14,9 @@ from accelerate import Accelerator
 
 from carotid.data.discovery import Frame
 from carotid.errors import UserError
+from carotid.evaluation.aggregation import aggregate_persons
 from carotid.evaluation.bootstrap import bootstrap_ci
+from carotid.evaluation.calibration import apply_temperature, calibration_section, format_calibration
 from carotid.evaluation.inference import (
     FramePredictions,
     PersonPredictions,
@@ -24,10 +26,12 @@ from carotid.evaluation.inference import (
     write_prediction_tables,
 )
 from carotid.evaluation.metrics import classification_metrics
+from carotid.evaluation.operating_points import format_operating_points, operating_point_report
 from carotid.evaluation.registry import table_metrics
-from carotid.files import atomic_write_json
+from carotid.evaluation.subgroups import format_subgroups, subgroup_records, subgroup_report
+from carotid.files import atomic_write_json, write_records
 from carotid.model.file import ModelFile
-from carotid.report.plots import plot_confusion, plot_roc
+from carotid.report.plots import plot_confusion, plot_reliability, plot_roc
 
 
 def evaluate_model(
@@ -48,11 +52,14 @@ def evaluate_model(
     log: Callable[[str], None] = print,
     model_file: ModelFile | None = None,
     context: dict | None = None,
+    subgroups: dict[str, dict[str, str | None]] | None = None,
+    subgroup_min_persons: int = 10,
 ) -> dict | None:
     """Predict every frame of `frames` (all processes), then write the evaluation (main process).
 
     Returns the metrics.json dict on the main process, None elsewhere. `model_file` is model_path's
-    content when the caller has loaded it already; `context` adds the data's provenance."""
+    content when the caller has loaded it already; `context` adds the data's provenance; `subgroups`
+    ({sheet column: {person: value}}) adds the metrics per subgroup."""
     model_file = model_file or ModelFile.load(model_path)
     preds = run_inference(
         accelerator,
@@ -78,6 +85,8 @@ def evaluate_model(
             seed=seed,
             threshold=threshold,
             context=context or {},
+            subgroups=subgroups,
+            subgroup_min_persons=subgroup_min_persons,
         )
         write_evaluation(report, preds, persons, model_file, Path(out_dir))
         for note in report["warnings"]:
@@ -99,6 +108,8 @@ def compute_report(
     seed: int,
     threshold: float | None,
     context: dict,
+    subgroups: dict[str, dict[str, str | None]] | None = None,
+    subgroup_min_persons: int = 10,
 ) -> tuple[dict, PersonPredictions]:
     """(the metrics.json dict, the per-person table it was computed from)."""
     class_names, positive = model_file.class_names, model_file.positive_index
@@ -119,6 +130,55 @@ def compute_report(
             n_resamples=bootstrap,
             seed=seed,
             aggregation=aggregation,
+        )
+    levels = {"image": (preds.labels, preds.probs), "person": (persons.labels, persons.probs)}
+    before = None
+    if preds.temperature is not None:  # the same frames without the temperature: calibration before and after
+        raw = apply_temperature(preds.logits, None)
+        before = {
+            "image": (preds.labels, raw),
+            "person": (persons.labels, aggregate_persons(preds.person_ids, raw, aggregation, positive)[1]),
+        }
+    calibration, calibration_notes = calibration_section(
+        levels,
+        class_names,
+        positive,
+        before=before,
+        temperature=preds.temperature,
+        temperature_source=model_file.temperature_source,
+    )
+
+    def ci_at(cut_at: float) -> dict | None:
+        if not bootstrap:
+            return None
+        return bootstrap_ci(
+            preds.person_ids,
+            preds.labels,
+            preds.probs,
+            n_classes=len(class_names),
+            positive_index=positive,
+            threshold=cut_at,
+            n_resamples=bootstrap,
+            seed=seed,
+            aggregation=aggregation,
+        )
+
+    points = (
+        operating_point_report(model_file.operating_points, levels, positive, ci_at) if threshold is not None else []
+    )
+    groups = None
+    if subgroups:
+        groups = subgroup_report(
+            subgroups,
+            (preds.person_ids, preds.labels, preds.probs),
+            (persons.person_ids, persons.labels, persons.probs),
+            class_names=class_names,
+            positive_index=positive,
+            threshold=cut,
+            aggregation=aggregation,
+            bootstrap=bootstrap,
+            seed=seed,
+            min_persons=subgroup_min_persons,
         )
     counts = {
         level: dict(zip(class_names, np.bincount(y, minlength=len(class_names)).tolist()))
@@ -143,7 +203,13 @@ def compute_report(
         "image": image,
         "person": person,
         "ci": ci,
-        "warnings": [f"image: {n}" for n in image_notes] + [f"person: {n}" for n in person_notes],
+        "calibration": calibration,
+        "operating_points": points,
+        "subgroups": groups,
+        "subgroup_min_persons": subgroup_min_persons if groups else None,
+        "warnings": [f"image: {n}" for n in image_notes]
+        + [f"person: {n}" for n in person_notes]
+        + [f"calibration, {n}" for n in calibration_notes],
         "unreadable_images": context.get("unreadable_images", []) + preds.unreadable,
     }
     return report, persons
@@ -171,6 +237,18 @@ def write_evaluation(
     plot_confusion(
         {level: report[level]["confusion_matrix"] for level in levels}, class_names, out_dir / "confusion_matrix.png"
     )
+    calibration = report["calibration"]
+    plot_reliability(
+        {level: calibration[level]["reliability"] for level in levels},
+        out_dir / "reliability_diagram.png",
+        before={level: b["reliability"] for level, b in calibration["before_temperature"].items()}
+        if calibration["before_temperature"]
+        else None,
+        binary=threshold is not None,
+    )
+    if report["subgroups"]:
+        records = subgroup_records(report["subgroups"])
+        write_records(out_dir / "subgroups.csv", records, list(records[0]))
 
 
 def _number(value: float | None) -> str:
@@ -204,4 +282,9 @@ def format_table(report: dict) -> str:
         for name, values in report["person"]["per_class"].items():
             shown = ", ".join(f"{key} {_number(values[key])}" for key in values)
             lines.append(f"per person, class {name}: {shown}")
+    lines.append(format_calibration(report["calibration"]))
+    if report["operating_points"]:
+        lines.append(format_operating_points(report["operating_points"]))
+    if report["subgroups"]:
+        lines.append(format_subgroups(report["subgroups"], report["subgroup_min_persons"]))
     return "\n".join(lines)

@@ -20,6 +20,7 @@ from carotid.data.loaders import frame_dataset, make_loader
 from carotid.data.transforms import eval_preset
 from carotid.errors import UserError
 from carotid.evaluation.aggregation import aggregate_persons, person_labels
+from carotid.evaluation.calibration import apply_temperature
 from carotid.files import write_table
 from carotid.model.file import ModelFile
 from carotid.training.engine import predict_loader
@@ -32,8 +33,10 @@ class FramePredictions:
     paths: np.ndarray
     person_ids: np.ndarray
     labels: np.ndarray
-    probs: np.ndarray
+    probs: np.ndarray  # what the model file gives: softmax(logits / temperature)
     unreadable: list[str] = field(default_factory=list)
+    logits: np.ndarray | None = None  # the raw outputs, for calibration before temperature scaling
+    temperature: float | None = None  # the model file's, applied to `probs`
 
 
 def check_cache_available(cache: bool) -> None:
@@ -77,7 +80,9 @@ def run_inference(
     ok = out["readable"].astype(bool)
     paths, persons = np.array(dataset.paths, dtype=str), np.array(dataset.person_ids, dtype=str)
     unreadable = [str(p) for p in paths[~ok]] + [str(p) for p in getattr(dataset, "excluded", {})]
-    return FramePredictions(paths[ok], persons[ok], out["labels"][ok], out["probs"][ok].astype(np.float64), unreadable)
+    logits, temperature = out["logits"][ok].astype(np.float64), model_file.temperature
+    probs = out["probs"][ok].astype(np.float64) if temperature is None else apply_temperature(logits, temperature)
+    return FramePredictions(paths[ok], persons[ok], out["labels"][ok], probs, unreadable, logits, temperature)
 
 
 def exactly_once(out: dict[str, np.ndarray], n_items: int) -> dict[str, np.ndarray]:

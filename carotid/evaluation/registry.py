@@ -8,6 +8,7 @@ option parsing can import it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 # How frame probabilities become a person's probability (carotid.evaluation.aggregation).
@@ -61,3 +62,52 @@ def table_metrics(binary: bool) -> list[str]:
 
 def lower_is_better(monitor: str) -> bool:
     return monitor.endswith("loss")
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration (carotid.evaluation.calibration): how far the probabilities are from observed rates
+# ---------------------------------------------------------------------------------------------
+
+ECE_BINS = 10  # equal-width bins of the predicted probability for the expected calibration error
+CALIBRATION_METRICS = (
+    Metric("brier"),
+    Metric("ece"),
+    Metric("calibration_slope", binary_only=True),
+    Metric("calibration_intercept", binary_only=True),
+    Metric("calibration_in_the_large", binary_only=True),
+)
+CALIBRATIONS = ("temperature",)  # --calibrate choices
+
+
+# ---------------------------------------------------------------------------------------------
+# Operating points (--operating-point): thresholds chosen on the validation persons
+# ---------------------------------------------------------------------------------------------
+
+OPERATING_POINT_KINDS = ("youden", "sensitivity", "specificity")
+OPERATING_POINT_HELP = "youden, sensitivity=0.90 (highest threshold with sensitivity ≥ 0.90) or specificity=0.90"
+
+
+@dataclass(frozen=True)
+class OperatingPointSpec:
+    kind: str  # one of OPERATING_POINT_KINDS
+    target: float | None  # the sensitivity or specificity to reach; None for youden
+
+    @property
+    def name(self) -> str:
+        return self.kind if self.target is None else f"{self.kind}={self.target:g}"
+
+
+def parse_operating_point(text: str) -> OperatingPointSpec | None:
+    """'youden', 'sensitivity=0.9', 'specificity=0.95' → the spec; None when the text is none of these."""
+    kind, _, value = str(text).strip().lower().partition("=")
+    kind = kind.strip()
+    if kind == "youden" and not value:
+        return OperatingPointSpec("youden", None)
+    if kind in ("sensitivity", "specificity"):
+        try:
+            target = float(value)
+        except ValueError:
+            return None
+        if math.isfinite(target) and 0.0 < target <= 1.0:
+            return OperatingPointSpec(kind, target)
+    return None

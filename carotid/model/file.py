@@ -10,6 +10,7 @@ do not fit its architecture, and reads the files of older versions of this tool.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,9 @@ from carotid.model import ARCHITECTURES
 from carotid.model.registry import build_model, check_fits, load_matching, strip_prefixes
 
 FORMAT = "carotid-model"
-FORMAT_VERSION = 2  # 1: the aggregation was stored as 'person_aggregation'
+# 1: the aggregation was stored as 'person_aggregation'; 2: no temperature or operating points. Version 3
+# files may hold a temperature, which an older carotid would silently ignore, so those refuse them.
+FORMAT_VERSION = 3
 REQUIRED = ("state_dict", "arch", "num_classes", "class_names", "in_channels", "image_size", "normalization")
 
 
@@ -42,6 +45,9 @@ class ModelFile:
     aggregation: str = "mean"  # frame probabilities → person probability (carotid.evaluation.registry.AGGREGATIONS)
     threshold: float | None = None  # binary: positive ⇔ P(positive) ≥ threshold; None for multi-class models
     threshold_source: str | None = None  # how the threshold was chosen, in words
+    temperature: float | None = None  # probabilities are softmax(logits / temperature); None = not calibrated
+    temperature_source: str | None = None  # how it was fitted, in words
+    operating_points: list[dict[str, Any]] = field(default_factory=list)  # [{name, threshold}] from --operating-point
     epoch: int | None = None  # the epoch whose weights these are
     metrics: dict[str, Any] = field(default_factory=dict)  # that epoch's metrics row (validation numbers)
     config: dict[str, Any] = field(default_factory=dict)  # the training run's resolved options
@@ -123,6 +129,11 @@ class ModelFile:
             aggregation=data.get("aggregation", data.get("person_aggregation", "mean")),
             threshold=None if data.get("threshold") is None else float(data["threshold"]),
             threshold_source=data.get("threshold_source"),
+            temperature=None if data.get("temperature") is None else float(data["temperature"]),
+            temperature_source=data.get("temperature_source"),
+            operating_points=[
+                {"name": str(p["name"]), "threshold": float(p["threshold"])} for p in data.get("operating_points") or []
+            ],
             epoch=data.get("epoch"),
             metrics=dict(data.get("metrics") or {}),
             config=dict(data.get("config") or {}),
@@ -191,6 +202,21 @@ def _field_problem(data: dict[str, Any]) -> str | None:
     aggregation = data.get("aggregation", data.get("person_aggregation", "mean"))
     if aggregation not in AGGREGATIONS:
         return f"'aggregation' is {aggregation!r}"
+    temperature = data.get("temperature")
+    if temperature is not None and (
+        isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf
+    ):
+        return f"'temperature' is {temperature!r}"
+    points = data.get("operating_points") or []
+    if not isinstance(points, (list, tuple)) or not all(
+        isinstance(p, dict)
+        and isinstance(p.get("name"), str)
+        and isinstance(p.get("threshold"), (int, float))
+        and not isinstance(p.get("threshold"), bool)
+        and 0.0 <= p["threshold"] <= 1.0
+        for p in points
+    ):
+        return f"'operating_points' is {points!r}"
     return None
 
 

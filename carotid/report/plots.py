@@ -112,3 +112,33 @@ def _save_quietly(fig, path: str | Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # missing glyphs, e.g. Chinese class names with a Latin-only font
         save_figure(fig, path)
+
+
+def plot_reliability(
+    levels: dict[str, list[dict]], path: str | Path, before: dict[str, list[dict]] | None = None, binary: bool = True
+) -> None:
+    """Reliability diagram per level: observed rate against mean predicted probability in each bin (marker
+    area ∝ persons or frames in the bin), the diagonal of perfect calibration, and, after temperature
+    scaling, the curve before it (dashed)."""
+    fig, axes = plt.subplots(1, len(levels), figsize=(5 * len(levels), 4.5), squeeze=False)
+    for ax, (level, bins) in zip(axes[0], levels.items()):
+        ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect calibration")
+        after = "after temperature scaling" if before else "model"
+        curves = [("before temperature scaling", (before or {}).get(level), ":"), (after, bins, "-")]
+        for label, curve, style in curves:
+            if not curve:
+                continue
+            used = [b for b in curve if b["n"]]
+            x, y = [b["mean_predicted"] for b in used], [b["observed"] for b in used]
+            total = sum(b["n"] for b in used)
+            line = ax.plot(x, y, linestyle=style, label=label)[0]
+            ax.scatter(x, y, s=[20 + 300 * b["n"] / total for b in used], color=line.get_color(), zorder=3)
+        ax.set(
+            title=f"reliability per {level}",
+            xlabel="mean predicted probability" + (" (positive class)" if binary else " (predicted class)"),
+            ylabel="observed rate" + (" of the positive class" if binary else " correct"),
+            xlim=(0, 1),
+            ylim=(0, 1.02),
+        )
+        ax.legend(loc="upper left")
+    _save_quietly(fig, path)

@@ -210,11 +210,19 @@ def predict_loader(
 ) -> dict[str, np.ndarray]:
     """Softmax probabilities for every frame of `loader`, gathered from all ranks without duplicates.
 
-    Returns numpy arrays ordered by sample index: probs (N, K), labels, index, readable, loss (per frame)."""
+    Returns numpy arrays ordered by sample index: probs (N, K), logits (N, K; for temperature scaling),
+    labels, index, readable, loss (per frame)."""
     model.eval()
     preset.eval()
     dtype = input_dtype(model)
-    parts: dict[str, list[torch.Tensor]] = {"probs": [], "labels": [], "index": [], "readable": [], "loss": []}
+    parts: dict[str, list[torch.Tensor]] = {
+        "probs": [],
+        "logits": [],
+        "labels": [],
+        "index": [],
+        "readable": [],
+        "loss": [],
+    }
     for frames, labels, index, readable in tqdm(
         loader, desc=desc, disable=None if accelerator.is_main_process else True, dynamic_ncols=True, leave=False
     ):
@@ -224,7 +232,7 @@ def predict_loader(
         with accelerator.autocast():  # the model may not be prepared (evaluation needs no DDP wrapper)
             logits = model(inputs).float()
         loss = F.cross_entropy(logits, labels, reduction="none")
-        batch = (logits.softmax(dim=1), labels, index, readable, loss)
+        batch = (logits.softmax(dim=1), logits, labels, index, readable, loss)
         for key, value in zip(parts, accelerator.gather_for_metrics(batch)):
             parts[key].append(value.cpu())
     out = {k: (torch.cat(v).numpy() if v else np.zeros((0,))) for k, v in parts.items()}

@@ -29,9 +29,9 @@ from carotid.data.loaders import EpochSeeds, make_loader
 from carotid.data.manifest import DataManifest
 from carotid.data.transforms import NORMALIZATION, eval_preset, train_preset
 from carotid.errors import StopTraining, UserError
-from carotid.evaluation.aggregation import aggregate_persons, person_labels
-from carotid.evaluation.metrics import epoch_metrics, youden_threshold
+from carotid.evaluation.metrics import epoch_metrics
 from carotid.evaluation.registry import EPOCH_LINE, METRIC_COLUMNS, lower_is_better
+from carotid.evaluation.selection import ValidationOutput, choose_on_validation
 from carotid.files import write_records
 from carotid.model.file import ModelFile
 from carotid.training import checkpoints
@@ -118,18 +118,19 @@ class Trainer:
             "monitor": monitor,
             "config": dataclasses.asdict(cfg),
         }
+        if cfg.operating_point and len(manifest.class_names) != 2:
+            raise UserError(
+                f"--operating-point needs a binary task; the classes are {manifest.class_names}",
+                "drop --operating-point (multi-class models predict the most probable class)",
+            )
+        no_choice = self.choose(None)
         self.state = {
             "epoch": 0,
             "global_step": 0,
             "rows": [],
             "stopped_early": False,
-            "best": {
-                "monitor": monitor,
-                "value": None,
-                "epoch": None,
-                "bad_epochs": 0,
-                **choose_threshold(None, cfg, positive_index),
-            },
+            "best": {"monitor": monitor, "value": None, "epoch": None, "bad_epochs": 0, **no_choice},
+            "last_choice": no_choice,  # the final model's threshold, temperature and operating points
         }
         self.progress = EpochProgress()
 
@@ -152,9 +153,20 @@ class Trainer:
             keep=self.cfg.keep_checkpoints,
         )
 
-    def save_model(self, name: str, epoch: int, metrics: dict) -> None:
+    def choose(self, val_out: ValidationOutput | None) -> dict:
+        """Threshold, temperature and operating points of this epoch's weights, from the validation persons."""
+        choice = choose_on_validation(
+            val_out,
+            aggregation=self.cfg.person_aggregation,
+            positive_index=self.positive_index,
+            calibrate=self.cfg.calibrate,
+            operating_points=self.cfg.operating_point,
+        )
+        return {k: v for k, v in choice.items() if k != "notes"} | {"choice_notes": choice["notes"]}
+
+    def save_model(self, name: str, epoch: int, metrics: dict, choice: dict | None = None) -> None:
         """Collective: consolidates the weights on every rank (needed under ZeRO-3/FSDP), main writes."""
-        best = self.state["best"]
+        choice = choice or self.state["best"]
         state_dict = self.accelerator.get_state_dict(self.model)
         if self.accelerator.is_main_process:
             ModelFile(
@@ -162,8 +174,11 @@ class Trainer:
                 **self.contract,
                 epoch=epoch,
                 metrics=metrics,
-                threshold=best["threshold"],
-                threshold_source=best["threshold_source"],
+                threshold=choice["threshold"],
+                threshold_source=choice["threshold_source"],
+                temperature=choice.get("temperature"),
+                temperature_source=choice.get("temperature_source"),
+                operating_points=choice.get("operating_points", []),
             ).save(self.run_dir / "models" / name)
         self.accelerator.wait_for_everyone()
 
@@ -185,6 +200,7 @@ class Trainer:
             )
         self.state = {k: saved[k] for k in ("epoch", "global_step", "rows", "best", "stopped_early")}
         self.state["best"].setdefault("threshold_source", None)  # checkpoints of earlier versions
+        self.state["last_choice"] = saved.get("last_choice", self.state["best"])
         self.progress = EpochProgress(**saved["epoch_progress"])
         self.log(
             f"resumed from {checkpoint.name}: epoch {self.state['epoch'] + 1}, batch {self.progress.batches_done}, "
@@ -292,16 +308,15 @@ class Trainer:
         every = self.cfg.checkpoint_every_steps
         return bool(every) and self.state["global_step"] % every == 0
 
-    def end_epoch(self, row: dict, val_out: tuple | None) -> None:
+    def end_epoch(self, row: dict, val_out: ValidationOutput | None) -> None:
         cfg, state, best, monitor = self.cfg, self.state, self.state["best"], self.monitor
         improved = better(row.get(monitor), best["value"], monitor)
+        if val_out is not None:
+            state["last_choice"] = self.choose(val_out)
+            for note in state["last_choice"]["choice_notes"] if improved else []:
+                self.log(f"note: {note}")
         if improved:
-            best.update(
-                value=row[monitor],
-                epoch=row["epoch"],
-                bad_epochs=0,
-                **choose_threshold(val_out, cfg, self.positive_index),
-            )
+            best.update(value=row[monitor], epoch=row["epoch"], bad_epochs=0, **state["last_choice"])
         else:
             best["bad_epochs"] += 1
         if cfg.scheduler == "plateau" and row.get(monitor) is not None:
@@ -325,7 +340,11 @@ class Trainer:
     def finish(self) -> None:
         """final_model.pth and curves.png; then the test split, evaluated with best_model.pth."""
         state, best = self.state, self.state["best"]
-        self.save_model("final_model.pth", state["epoch"], state["rows"][-1] if state["rows"] else {})
+        self.save_model(
+            "final_model.pth", state["epoch"], state["rows"][-1] if state["rows"] else {}, state["last_choice"]
+        )
+        if best.get("temperature") is not None:
+            self.log(f"temperature of best_model.pth: {best['temperature']:.3f} ({best['temperature_source']})")
         if self.accelerator.is_main_process and state["rows"]:
             from carotid.report.plots import plot_curves  # matplotlib only once there is something to draw
 
@@ -363,29 +382,15 @@ class Trainer:
 
 def validate(
     model, loader, accelerator, preset, dataset, positive_index, aggregation, channels_last
-) -> tuple[dict, tuple]:
-    """val_* numbers of the metrics row, and (labels, probs, person IDs) for choosing the threshold."""
+) -> tuple[dict, ValidationOutput]:
+    """val_* numbers of the metrics row, and the validation frames' outputs for choosing the threshold."""
     out = predict_loader(model, loader, accelerator, preset, channels_last=channels_last, desc="validate")
     ok = out["readable"].astype(bool)
     persons = np.asarray(dataset.person_ids)[out["index"][ok]]
     labels, probs = out["labels"][ok], out["probs"][ok]
     numbers = epoch_metrics(labels, probs, persons, positive_index, aggregation)
     row = {"val_loss": float(out["loss"][ok].mean())} | numbers
-    return row, (labels, probs, persons)
-
-
-def choose_threshold(val_out: tuple | None, cfg: TrainConfig, positive_index: int) -> dict:
-    """Binary tasks: the threshold on the positive class chosen by Youden's J on the validation persons."""
-    if val_out is None:
-        return {"threshold": 0.5, "threshold_source": "default 0.5 (no validation split)"}
-    labels, probs, persons = val_out
-    if probs.shape[1] != 2:
-        return {"threshold": None, "threshold_source": None}
-    ids, person_probs = aggregate_persons(persons, probs, cfg.person_aggregation, positive_index)
-    threshold = youden_threshold(person_labels(persons, labels, ids), person_probs, positive_index)
-    if threshold is None:
-        return {"threshold": 0.5, "threshold_source": "default 0.5 (one class in the validation split)"}
-    return {"threshold": threshold, "threshold_source": f"Youden's J on the {len(ids)} validation persons"}
+    return row, ValidationOutput(labels, out["logits"][ok], persons, probs)
 
 
 def person_class_weights(manifest: DataManifest) -> torch.Tensor:

@@ -1,0 +1,54 @@
+"""Compare two evaluations of the same persons: two models, or a model and a reader.
+
+    python -m carotid.compare RUN_A/eval_test_best RUN_B/eval_test_best
+    python -m carotid.compare RUN/eval_test_best RUN/eval_test_best_reader_radiologist
+
+DeLong's test of the person-level AUCs, McNemar's tests of sensitivity and specificity (each side at its
+own threshold) and paired person-bootstrap CIs of the differences, into DIR/compare.json.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from carotid.config import parse_compare_args
+from carotid.errors import run_cli
+
+
+def default_out(eval_a: str, eval_b: str) -> Path:
+    """./compare_<A>_vs_<B>/ from the folder names (with their run folder's name when both are alike)."""
+    paths = [Path(folder).resolve() for folder in (eval_a, eval_b)]
+    names = [p.name for p in paths]
+    if names[0] == names[1]:
+        names = [f"{p.parent.name}-{p.name}" for p in paths]
+    names = [re.sub(r"[^A-Za-z0-9_.-]+", "_", n) for n in names]
+    return Path(f"compare_{names[0]}_vs_{names[1]}")
+
+
+def compare(argv: Sequence[str] | None) -> int:
+    args = parse_compare_args(argv)
+    from carotid.evaluation.compare import compare_evaluations, format_comparison
+    from carotid.files import atomic_write_json
+    from carotid.training.run_dir import check_writable
+
+    out = Path(args.out) if args.out else default_out(args.eval_a, args.eval_b)
+    result = compare_evaluations(
+        args.eval_a, args.eval_b, shared_only=args.shared_persons, bootstrap=args.bootstrap, seed=args.seed
+    )
+    check_writable(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "compare.json", result)
+    print(format_comparison(result))
+    print(f"comparison written to {out / 'compare.json'}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(compare, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
