@@ -321,13 +321,23 @@ class EvaluateOptions:
         group="output",
         metavar="T",
     )
+    heatmaps: int = opt(
+        0,
+        "Write OUT/heatmaps/<person>.png for every person: its N most decisive frames with Grad-CAM overlays "
+        "(0 = none; the failure gallery always gets its montages).",
+        group="output",
+        metavar="N",
+    )
+    failures: int = opt(
+        8, "Most wrong persons shown in the failure gallery of report.html (0 = none).", group="output", metavar="K"
+    )
     batch_size: int = like(TrainConfig, "batch_size", 64, help="Frames per batch on each process.", group="run")
     num_workers: int | None = like(TrainConfig, "num_workers", group="run")
     cache: bool = like(TrainConfig, "cache", False, group="run")
     cache_dir: str | None = like(TrainConfig, "cache_dir", group="run")
 
     def __post_init__(self) -> None:
-        _non_negative(self, "bootstrap", "num_workers", "max_imgs_per_person")
+        _non_negative(self, "bootstrap", "num_workers", "max_imgs_per_person", "heatmaps", "failures")
         _positive(self, "batch_size")
         _check_threshold(self.threshold)
 
@@ -390,11 +400,18 @@ class PredictOptions:
         group="output",
         metavar="T",
     )
+    heatmaps: int = like(
+        EvaluateOptions,
+        "heatmaps",
+        0,
+        help="Write FILE_heatmaps/<person>.png for every person: its N most decisive frames with Grad-CAM overlays "
+        "(0 = none).",
+    )
     batch_size: int = like(EvaluateOptions, "batch_size", 64)
     num_workers: int | None = like(EvaluateOptions, "num_workers")
 
     def __post_init__(self) -> None:
-        _non_negative(self, "num_workers")
+        _non_negative(self, "num_workers", "heatmaps")
         _positive(self, "batch_size")
         _check_threshold(self.threshold)
 
@@ -406,6 +423,44 @@ def parse_predict_args(argv: Sequence[str] | None) -> PredictOptions:
         "carotid-predict",
         "Predict per image and per person with a carotid model file; no labels needed.",
         {"what": "what to predict", "output": "output", "run": "processes and loading"},
+    )[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# carotid-export
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ExportOptions:
+    model: str | None = opt(
+        None, "A model file, e.g. RUN/models/best_model.pth.", group="what", metavar="PATH", required=True
+    )
+    format: str = opt(
+        "onnx",
+        "onnx (onnxruntime, any language) or torchscript (PyTorch without this package).",
+        choices=("onnx", "torchscript"),
+        group="what",
+    )
+    out: str | None = opt(
+        None, "Output file (default: beside the model file, .onnx or .pt).", group="what", metavar="FILE"
+    )
+    frames: str | None = opt(
+        None,
+        "Folder of real frames to check the export against PyTorch on (default: the model's training data).",
+        group="what",
+        metavar="DIR",
+    )
+
+
+def parse_export_args(argv: Sequence[str] | None) -> ExportOptions:
+    return parse_options(
+        ExportOptions,
+        argv,
+        "carotid-export",
+        "Export a carotid model file to ONNX or TorchScript, with its input contract, classes and threshold "
+        "as metadata, checked against PyTorch on real frames.",
+        {"what": "what to export"},
     )[0]
 
 

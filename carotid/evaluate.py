@@ -216,6 +216,8 @@ def evaluate(argv: Sequence[str] | None) -> int:
         log=log,
         model_file=model_file,
         context=context,
+        heatmaps=args.heatmaps,
+        failures=args.failures,
     )
     return 0
 

@@ -315,13 +315,13 @@ class Trainer:
             self.log(f"early stopping: {monitor} has not improved for {best['bad_epochs']} epoch(s)")
 
     def finish(self) -> None:
-        """final_model.pth and curves.png; then the test split, evaluated with best_model.pth."""
+        """final_model.pth and curves.png; then the test split, evaluated with best_model.pth; then report.html."""
         state, best = self.state, self.state["best"]
         self.save_model("final_model.pth", state["epoch"], state["rows"][-1] if state["rows"] else {})
         if self.accelerator.is_main_process and state["rows"]:
             from carotid.report.plots import plot_curves  # matplotlib only once there is something to draw
 
-            plot_curves(state["rows"], self.monitor, self.run_dir / "curves.png")
+            plot_curves(state["rows"], self.monitor, self.run_dir / "curves.png", best_epoch=best["epoch"])
         self.log(f"best {self.monitor}: {best['value']} (epoch {best['epoch']}); models in {self.run_dir / 'models'}")
         if self.cfg.report_to:
             self.accelerator.end_training()
@@ -346,6 +346,13 @@ class Trainer:
                 log=self.log,
                 context=context,
             )
+        if self.accelerator.is_main_process:
+            from carotid.report.html import write_report
+
+            evaluation = self.run_dir / "eval_test_best"
+            write_report(self.run_dir / "report.html", evaluation if evaluation.is_dir() else None, self.run_dir)
+            self.log(f"report: {self.run_dir / 'report.html'}")
+        self.accelerator.wait_for_everyone()
 
 
 # ---------------------------------------------------------------------------------------------
