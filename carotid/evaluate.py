@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from carotid.config import DEFAULT_BOOTSTRAP, DEFAULT_SEED, EvaluateOptions, parse_evaluate_args
 from carotid.errors import UserError, run_cli
+from carotid.text import plural
 
 if TYPE_CHECKING:
     from carotid.data.discovery import Frame
@@ -196,8 +197,8 @@ def evaluate(argv: Sequence[str] | None) -> int:
     for note in context["data_notes"]:
         log(f"note: {note}")
     log(
-        f"evaluating {plan.model_path} on {plan.split} ({len(frames)} frames) "
-        f"with {accelerator.num_processes} process(es)"
+        f"evaluating {plan.model_path} on {plan.split} ({plural(len(frames), 'frame')}) "
+        f"with {plural(accelerator.num_processes, 'process', 'processes')}"
     )
     evaluate_model(
         accelerator,

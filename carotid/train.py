@@ -25,6 +25,7 @@ from carotid.data.split import split_persons
 from carotid.errors import StopTraining, UserError, run_cli
 from carotid.model.file import load_initial_weights, read_weights
 from carotid.model.registry import build_model
+from carotid.text import plural
 from carotid.training import checkpoints
 from carotid.training import run_dir as run_folder
 from carotid.training.runtime import RunLog, StopSignal, build_accelerator, on_main
@@ -122,22 +123,24 @@ def describe(accelerator: Accelerator, cfg: TrainConfig, manifest: DataManifest,
         f"mixed precision: {accelerator.mixed_precision}"
     )
     log(
-        f"batch: {per_device} per device x {accelerator.num_processes} processes x {accumulation} "
-        f"accumulation steps = {effective} effective"
+        f"batch: {per_device} per device x {plural(accelerator.num_processes, 'process', 'processes')} x "
+        f"{plural(accumulation, 'accumulation step')} = {effective} effective"
     )
     for split in SPLITS:
         counts = manifest.counts(split)
         parts = ", ".join(
-            f"{c}: {counts['persons'][c]} persons / {counts['images'][c]} images" for c in manifest.class_names
+            f"{c}: {plural(counts['persons'][c], 'person')} / {plural(counts['images'][c], 'image')}"
+            for c in manifest.class_names
         )
-        log(f"{split:>5}: {len(manifest.splits[split])} persons, {sum(counts['images'].values())} images ({parts})")
+        persons, images = len(manifest.splits[split]), sum(counts["images"].values())
+        log(f"{split:>5}: {plural(persons, 'person')}, {plural(images, 'image')} ({parts})")
     for note in manifest.report["label_file"]["notes"] + manifest.report["split_notes"]:
         log(f"note: {note}")
     for note in manifest.left_out_notes():
         log(f"note: {note}")
     if manifest.report["unreadable_images"]:
         log(
-            f"warning: {len(manifest.report['unreadable_images'])} unreadable image(s) skipped "
+            f"warning: {plural(len(manifest.report['unreadable_images']), 'unreadable image')} skipped "
             "(listed in data_report.json)"
         )
 

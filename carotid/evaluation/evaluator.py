@@ -31,6 +31,7 @@ from carotid.model.file import ModelFile
 from carotid.report.gallery import write_person_figures
 from carotid.report.html import write_report
 from carotid.report.plots import fonts_note, plot_confusion, plot_roc
+from carotid.text import plural
 
 
 def evaluate_model(
@@ -261,7 +262,7 @@ def format_table(report: dict) -> str:
     """A short table: each metric per image and per person, with its 95% CI where one was drawn."""
     binary = report["threshold"] is not None
     head = (
-        f"{report['split']}: {report['n_images']} images, {report['n_persons']} persons; "
+        f"{report['split']}: {plural(report['n_images'], 'image')}, {plural(report['n_persons'], 'person')}; "
         f"person = {report['person_aggregation']} of frames"
     )
     if binary:

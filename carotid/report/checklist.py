@@ -53,6 +53,13 @@ def _exclusions(data_report: dict) -> str | None:
     )
 
 
+def _threshold(metrics: dict) -> str:
+    if metrics.get("threshold") is None:
+        return "predicted class = argmax"
+    where = metrics.get("threshold_source")
+    return f"threshold {metrics['threshold']:.3f} on P({metrics.get('positive_class')}) ({where})"
+
+
 def checklist(options: dict, data_report: dict, metrics: dict | None, model: dict) -> list[Item]:
     """The items, filled from the run's options (config.yaml), data_report.json, metrics.json and the model file."""
     o, m = options, metrics or {}
@@ -111,7 +118,7 @@ def checklist(options: dict, data_report: dict, metrics: dict | None, model: dic
             "Model selection and operating point",
             "CLAIM: model selection; TRIPOD+AI: model selection, threshold",
             f"best epoch by {model.get('monitor')} on the validation partition (epoch {model.get('epoch')}); "
-            f"threshold {m.get('threshold')} ({m.get('threshold_source')}); person probability = "
+            f"{_threshold(m)}; person probability = "
             f"{m.get('person_aggregation')} of its frames"
             if model and m
             else None,

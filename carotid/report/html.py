@@ -32,7 +32,8 @@ text-align:left;vertical-align:top}th{background:#f2f2f2}td.n{text-align:right;f
 tr.wrong td{background:#fde8e8}img{max-width:100%;border:1px solid #eee;margin:4px 0}
 .flow{display:flex;align-items:center;flex-wrap:wrap;gap:6px}.box{border:1px solid #89a;border-radius:6px;
 padding:6px 10px;background:#f4f8fc;text-align:center}.box b{font-size:1.3em;display:block}.arrow{font-size:1.5em}
-.todo{color:#a15c00;font-weight:bold}.done{color:#287a2e;font-weight:bold}.card{display:inline-block;
+.todo{color:#a15c00;font-weight:bold}tr.todorow td{background:#fff8ec}
+tr.todorow td:nth-child(3){color:#a15c00;font-weight:bold}.card{display:inline-block;
 border:1px solid #ccc;border-radius:6px;padding:8px 14px;margin:4px;background:#fafafa}.card b{font-size:1.4em}
 .warn{background:#fff4d6;border-left:4px solid #e0a800;padding:6px 10px;margin:6px 0}
 details{margin:8px 0}code,pre{font-size:.85em;background:#f6f6f6}
@@ -279,7 +280,7 @@ def section_checklist(options: dict, data_report: dict, metrics: dict, model: di
     for item in items:
         status = "filled by carotid" if item.text else "researcher to write"
         rows.append([item.topic, item.guidelines, status, item.text or f"to write: {item.hint}"])
-        classes.append("" if item.text else "todo")
+        classes.append("" if item.text else "todorow")
     filled = sum(1 for item in items if item.text)
     return (
         '<h2 id="checklist">Reporting checklist (CLAIM 2024, TRIPOD+AI)</h2>'

@@ -252,7 +252,8 @@ def plot_confusion(
     """Confusion matrices (rows: true class, columns: predicted), one panel per level: each cell's count and
     its share of the row (sensitivity and specificity on the diagonal), coloured by that share."""
     rule = f"positive if P({positive_class}) ≥ {threshold:.3f}" if threshold is not None else "predicted = argmax"
-    fig, axes = new_figure(1, len(levels), figsize=(4.8 * len(levels), 4.4), squeeze=False)
+    fig, axes = new_figure(1, len(levels), figsize=(5 * len(levels), 4.4), squeeze=False)
+    fig.subplots_adjust(wspace=0.35)
     for ax, (level, matrix) in zip(axes[0], levels.items()):
         matrix = np.asarray(matrix)
         totals = matrix.sum(axis=1, keepdims=True)
@@ -262,9 +263,9 @@ def plot_confusion(
             text = f"{value}\n{share[i, j]:.0%}" if totals[i, 0] else f"{value}"
             ax.text(j, i, text, ha="center", va="center", color="white" if share[i, j] > 0.5 else "black")
         ax.set(
-            title=f"per {level} ({matrix.sum()})\n{rule}",
+            title=f"per {level} ({matrix.sum()}): count, % of the true class\n{rule}",
             xlabel="predicted",
-            ylabel="true (row % of the true class)",
+            ylabel="true",
             xticks=range(len(class_names)),
             yticks=range(len(class_names)),
             xticklabels=class_names,

@@ -29,6 +29,7 @@ from carotid.evaluation.metrics import epoch_metrics, youden_threshold
 from carotid.evaluation.registry import EPOCH_LINE, METRIC_COLUMNS, lower_is_better
 from carotid.files import write_records
 from carotid.model.file import ModelFile
+from carotid.text import plural
 from carotid.training import checkpoints
 from carotid.training.engine import EpochProgress, predict_loader, reduce_progress, train_one_epoch
 from carotid.training.optim import make_optimizer, make_scheduler, stretch_schedule
@@ -312,7 +313,7 @@ class Trainer:
             {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "epoch"}, step=row["epoch"]
         )
         if state["stopped_early"]:
-            self.log(f"early stopping: {monitor} has not improved for {best['bad_epochs']} epoch(s)")
+            self.log(f"early stopping: {monitor} has not improved for {plural(best['bad_epochs'], 'epoch')}")
 
     def finish(self) -> None:
         """final_model.pth and curves.png; then the test split, evaluated with best_model.pth; then report.html."""
