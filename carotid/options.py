@@ -187,7 +187,8 @@ def build_parser(
         base, optional = field_type(schema, f.name)
         meta = f.metadata
         default = defaults.get(f.name, f.default)
-        kwargs: dict[str, Any] = {"help": meta["help"], "dest": f.name}
+        # argparse %-formats help texts: a literal % ("95% CIs") must be doubled or --help crashes.
+        kwargs: dict[str, Any] = {"help": meta["help"].replace("%", "%%"), "dest": f.name}
         if meta["required"] and not suppress:
             kwargs["required"] = True
         elif not suppress:
@@ -199,8 +200,9 @@ def build_parser(
         kwargs["type"] = _scalar(base, optional)
         if meta["choices"] is not None:
             kwargs["choices"] = meta["choices"]
-        # A help text that already says its default (e.g. "default: the run's") gets no second one.
-        if not suppress and not meta["required"] and "default" not in meta["help"]:
+        # A help text that already says its default (e.g. "default: the run's") gets no second one, and an
+        # unset default (None: the option is simply not given) none at all.
+        if not suppress and not meta["required"] and "default" not in meta["help"] and default is not None:
             kwargs["help"] += f" (default: {default})"
         metavar = meta["metavar"] or (f.name.upper() if meta["choices"] is None else None)
         section.add_argument(flag(f.name), metavar=metavar, **kwargs)
