@@ -105,12 +105,19 @@ class GradCamRenderer:
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
         size, channels = self.model_file.image_size, self.model_file.in_channels
-        pixels = np.stack([load_frame(path, size, channels) for path in paths])
+        pixels = np.stack([self._pixels(path, size, channels) for path in paths])
         maps = []
         for start in range(0, len(paths), BATCH):
             batch = self.preset(torch.from_numpy(pixels[start : start + BATCH]).to(self.device))
             maps.append(self.cam(input_tensor=batch, targets=[ClassifierOutputTarget(target)] * len(batch)))
         return pixels, np.nan_to_num(np.concatenate(maps))
+
+    @staticmethod
+    def _pixels(path: str, size: int, channels: int) -> np.ndarray:
+        try:
+            return load_frame(path, size, channels)
+        except Exception:  # noqa: BLE001 - moved or changed since it was predicted: a black panel, not a crash
+            return np.zeros((channels, size, size), dtype=np.uint8)
 
     def close(self) -> None:
         self.cam.activations_and_grads.release()
