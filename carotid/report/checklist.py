@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from carotid.text import plural
+
 
 @dataclass
 class Item:
@@ -23,8 +25,10 @@ def _counts(data_report: dict, metrics: dict | None) -> str | None:
     parts = []
     for split, counts in splits.items():
         persons, images = counts.get("persons", {}), counts.get("images", {})
-        by_class = ", ".join(f"{c}: {persons[c]} persons / {images.get(c, 0)} frames" for c in persons)
-        parts.append(f"{split}: {sum(persons.values())} persons ({by_class})")
+        by_class = ", ".join(
+            f"{c}: {plural(persons[c], 'person')} / {plural(images.get(c, 0), 'frame')}" for c in persons
+        )
+        parts.append(f"{split}: {plural(sum(persons.values()), 'person')} ({by_class})")
     if not parts and metrics:
         counts = metrics.get("counts", {})
         parts.append(
