@@ -442,6 +442,15 @@ class EvaluateOptions:
         "Reader scores: positive if score ≥ T (default: 0.5 for probabilities; needed for other scores).",
         group="study",
         metavar="T",
+    heatmaps: int = opt(
+        0,
+        "Write OUT/heatmaps/<person>.png for every person: its N most decisive frames with Grad-CAM overlays "
+        "(0 = none; the failure gallery always gets its montages).",
+        group="output",
+        metavar="N",
+    )
+    failures: int = opt(
+        8, "Most wrong persons shown in the failure gallery of report.html (0 = none).", group="output", metavar="K"
     )
     batch_size: int = like(TrainConfig, "batch_size", 64, help="Frames per batch on each process.", group="run")
     num_workers: int | None = like(TrainConfig, "num_workers", group="run")
@@ -449,7 +458,7 @@ class EvaluateOptions:
     cache_dir: str | None = like(TrainConfig, "cache_dir", group="run")
 
     def __post_init__(self) -> None:
-        _non_negative(self, "bootstrap", "num_workers", "max_imgs_per_person")
+        _non_negative(self, "bootstrap", "num_workers", "max_imgs_per_person", "heatmaps", "failures")
         _positive(self, "batch_size", "subgroup_min_persons")
         _check_header_row(self.header_row)
         _check_threshold(self.threshold)
@@ -518,11 +527,18 @@ class PredictOptions:
         group="output",
         metavar="T",
     )
+    heatmaps: int = like(
+        EvaluateOptions,
+        "heatmaps",
+        0,
+        help="Write FILE_heatmaps/<person>.png for every person: its N most decisive frames with Grad-CAM overlays "
+        "(0 = none).",
+    )
     batch_size: int = like(EvaluateOptions, "batch_size", 64)
     num_workers: int | None = like(EvaluateOptions, "num_workers")
 
     def __post_init__(self) -> None:
-        _non_negative(self, "num_workers")
+        _non_negative(self, "num_workers", "heatmaps")
         _positive(self, "batch_size")
         _check_threshold(self.threshold)
 
@@ -590,6 +606,44 @@ def parse_compare_args(argv: Sequence[str] | None) -> CompareOptions:
         "Compare two evaluations of the same persons: DeLong's test of the AUCs, McNemar's tests of "
         "sensitivity and specificity, and paired person-bootstrap CIs of the differences.",
         {"what": "what to compare", "output": "output"},
+    )[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# carotid-export
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ExportOptions:
+    model: str | None = opt(
+        None, "A model file, e.g. RUN/models/best_model.pth.", group="what", metavar="PATH", required=True
+    )
+    format: str = opt(
+        "onnx",
+        "onnx (onnxruntime, any language) or torchscript (PyTorch without this package).",
+        choices=("onnx", "torchscript"),
+        group="what",
+    )
+    out: str | None = opt(
+        None, "Output file (default: beside the model file, .onnx or .pt).", group="what", metavar="FILE"
+    )
+    frames: str | None = opt(
+        None,
+        "Folder of real frames to check the export against PyTorch on (default: the model's training data).",
+        group="what",
+        metavar="DIR",
+    )
+
+
+def parse_export_args(argv: Sequence[str] | None) -> ExportOptions:
+    return parse_options(
+        ExportOptions,
+        argv,
+        "carotid-export",
+        "Export a carotid model file to ONNX or TorchScript, with its input contract, classes and threshold "
+        "as metadata, checked against PyTorch on real frames.",
+        {"what": "what to export"},
     )[0]
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from carotid.errors import UserError, run_cli
+from carotid.text import plural
 
 CLASSES = ("normal", "plaque")
 
@@ -125,7 +126,10 @@ def _main(argv: Sequence[str] | None) -> int:
 
     args = parse_demo_args(argv, __doc__.split("\n\n")[0])
     label_path = make_demo_data(args.out, args.persons, args.frames, args.size, args.seed)
-    print(f"wrote {args.persons} persons x {args.frames} frames to {args.out} and labels to {label_path}")
+    print(
+        f"wrote {plural(args.persons, 'person')} x {plural(args.frames, 'frame')} to {args.out} "
+        f"and labels to {label_path}"
+    )
     return 0
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from carotid.config import DEFAULT_BOOTSTRAP, DEFAULT_SEED, EvaluateOptions, parse_evaluate_args
 from carotid.errors import UserError, run_cli
+from carotid.text import plural
 
 if TYPE_CHECKING:
     from carotid.data.discovery import Frame
@@ -249,8 +250,8 @@ def evaluate(argv: Sequence[str] | None) -> int:
         model_file = choose_again(accelerator, args, plan, model_file, log)
         plan.model_path = plan.out_dir / "model.pth"  # the file that gives these numbers
     log(
-        f"evaluating {plan.model_path} on {plan.split} ({len(frames)} frames) "
-        f"with {accelerator.num_processes} process(es)"
+        f"evaluating {plan.model_path} on {plan.split} ({plural(len(frames), 'frame')}) "
+        f"with {plural(accelerator.num_processes, 'process', 'processes')}"
     )
     evaluate_model(
         accelerator,
@@ -271,6 +272,8 @@ def evaluate(argv: Sequence[str] | None) -> int:
         context=context,
         subgroups={c: context["columns"][c] for c in args.subgroup_column},
         subgroup_min_persons=args.subgroup_min_persons,
+        heatmaps=args.heatmaps,
+        failures=args.failures,
     )
     if args.reader_column and accelerator.is_main_process:
         score_reader(args, plan, model_file, frames, context, log)

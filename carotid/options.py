@@ -222,7 +222,8 @@ def build_parser(
         if meta.get("positional"):
             section.add_argument(f.name, metavar=meta["metavar"], help=meta["help"], type=_scalar(base, optional))
             continue
-        kwargs: dict[str, Any] = {"help": meta["help"], "dest": f.name}
+        # argparse %-formats help texts: a literal % ("95% CIs") must be doubled or --help crashes.
+        kwargs: dict[str, Any] = {"help": meta["help"].replace("%", "%%"), "dest": f.name}
         if meta["required"] and not suppress:
             kwargs["required"] = True
         elif not suppress:
@@ -233,8 +234,9 @@ def build_parser(
         kwargs["type"] = _scalar(base, optional)
         if meta["choices"] is not None:
             kwargs["choices"] = meta["choices"]
-        # A help text that already says its default (e.g. "default: the run's") gets no second one.
-        if not suppress and not meta["required"] and "default" not in meta["help"]:
+        # A help text that already says its default (e.g. "default: the run's") gets no second one, and an
+        # unset default (None: the option is simply not given) none at all.
+        if not suppress and not meta["required"] and "default" not in meta["help"] and default is not None:
             kwargs["help"] += f" (default: {default})"
         if is_list(schema, f.name):
             # Flags given replace the default (argparse's append would add to it); repeat for several.

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from carotid.config import PredictOptions, parse_predict_args
 from carotid.data.discovery import Frame, discover_frames, find_unreadable, frames_below, is_image_name
 from carotid.errors import UserError, run_cli
+from carotid.text import display_width, pad, plural
 
 if TYPE_CHECKING:
     import numpy as np
@@ -136,13 +137,16 @@ def summary_table(
 ) -> str:
     """Person ID, frames, the probability that decided, and the predicted class; at most MAX_ROWS_SHOWN rows."""
     score = f"P({class_names[positive]})" if binary else "P(predicted)"
-    width = max([len("person_id")] + [len(str(p)) for p in persons.person_ids]) + 2
-    lines = [f"{'person_id':<{width}}{'frames':>7}  {score:>12}  predicted"]
-    rows = zip(persons.person_ids, persons.n_frames, persons.probs, predicted)
-    for person, n, row, k in list(rows)[:MAX_ROWS_SHOWN]:
-        lines.append(f"{person:<{width}}{n:>7}  {row[positive if binary else k]:>12.3f}  {class_names[k]}")
+    rows = list(zip(persons.person_ids, persons.n_frames, persons.probs, predicted))[:MAX_ROWS_SHOWN]
+    # Columns are measured in terminal cells: a Chinese ID or class name is twice as wide as its length.
+    width = max([display_width("person_id")] + [display_width(str(r[0])) for r in rows]) + 2
+    score_width = max(12, display_width(score))
+    lines = [f"{pad('person_id', width)}{'frames':>7}  {pad(score, score_width, '>')}  predicted"]
+    for person, n, row, k in rows:
+        probability = f"{row[positive if binary else k]:.3f}"
+        lines.append(f"{pad(str(person), width)}{n:>7}  {pad(probability, score_width, '>')}  {class_names[k]}")
     if len(persons.person_ids) > MAX_ROWS_SHOWN:
-        lines.append(f"… {len(persons.person_ids) - MAX_ROWS_SHOWN} more persons in the CSV")
+        lines.append(f"… {plural(len(persons.person_ids) - MAX_ROWS_SHOWN, 'more person')} in the CSV")
     return "\n".join(lines)
 
 
@@ -208,15 +212,36 @@ def predict(argv: Sequence[str] | None) -> int:
         if model_file.temperature is not None:
             threshold_note += f"; probabilities softmax(logits / {model_file.temperature:.3f}) (calibrated)"
         log(
-            f"{len(persons.person_ids)} person(s), {len(preds.paths)} image(s) (layout: {layout}); "
+            f"{plural(len(persons.person_ids), 'person')}, {plural(len(preds.paths), 'image')} (layout: {layout}); "
             f"person probability: {aggregation} of frames{threshold_note}"
         )
         log(summary_table(persons, predicted, class_names, model_file.positive_index, threshold is not None))
         for warning in input_warnings:
             log(f"warning: {warning}")
         if unreadable:
-            log(f"warning: {len(unreadable)} unreadable image(s) skipped, e.g. {min(unreadable)}; listed in {paths[2]}")
+            log(
+                f"warning: {plural(len(unreadable), 'unreadable image')} skipped, e.g. {min(unreadable)}; "
+                f"listed in {paths[2]}"
+            )
         log(f"per-image predictions: {paths[0]}\nper-person predictions: {paths[1]}")
+        if args.heatmaps:
+            from carotid.report.gallery import write_person_figures
+
+            folder = paths[0].with_name(f"{paths[0].stem}_heatmaps")
+            write_person_figures(
+                model_file,
+                preds,
+                persons,
+                predicted,
+                folder,
+                heatmaps=args.heatmaps,
+                failures=0,
+                threshold=threshold,
+                aggregation=aggregation,
+                device=accelerator.device,
+                heatmap_dir=folder,
+            )
+            log(f"heat maps ({plural(args.heatmaps, 'frame')} per person): {folder}")
     accelerator.wait_for_everyone()
     return 0
 

@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # Install carotid into the active environment (or a new .venv), make synthetic carotid B-mode data and
-# train + evaluate a small CNN on it on the CPU (about a minute on two cores).
+# train + evaluate a small CNN on it on the CPU (see README for the time it takes), then print the next
+# commands, ready to copy.
 # Usage: bash scripts/demo.sh [extra carotid-train options]
 set -euo pipefail
+START_DIR="$PWD"
 cd "$(dirname "$0")/.."
 . scripts/env.sh
-python -m pip install -q -e .
+python -m pip install -q -e ".[export]"
 OUT="${DEMO_OUTPUT:-output/demo}"
+STARTED=$SECONDS
 accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
     -m carotid.train --demo --output-dir "$OUT" --model small_cnn --image-size 64 --epochs 15 --lr 1e-3 \
     --batch-size 16 --num-workers 2 --train-ratio 0.6 --val-ratio 0.2 --test-ratio 0.2 "$@"
 RUN="$(ls -d "$OUT"/train_* | sort | tail -n 1)"
 echo
+echo "data, training and evaluation took $((SECONDS - STARTED)) s"
 echo "run:    $RUN"
 echo "models: $RUN/models/best_model.pth, $RUN/models/final_model.pth"
 python - "$RUN/eval_test_best/metrics.json" <<'PY'
@@ -25,3 +29,16 @@ print(f"test split, per person ({report['n_persons']} persons, {report['n_images
       + ", ".join(show(k) for k in ("auc", "sensitivity", "specificity", "accuracy")))
 print(f"all metrics: {sys.argv[1]}")
 PY
+PY_CMD="$CAROTID_PYTHON"
+MODEL="$RUN/models/best_model.pth"
+echo
+echo "report: $RUN/report.html (open it in a browser)"
+echo
+echo "next, from this folder (copy as printed):"
+if [ "$START_DIR" != "$PWD" ]; then echo "  cd $PWD"; fi
+echo "  $PY_CMD -m carotid.evaluate --run-dir $RUN --heatmaps 4 --num-workers 2"
+echo "  $PY_CMD -m carotid.predict --model $MODEL --input $OUT/demo_data --out $OUT/predictions.csv --num-workers 2"
+echo "  $PY_CMD -m carotid.export --model $MODEL --format onnx"
+if [ "$PY_CMD" != python ]; then
+    echo "or first run 'source .venv/bin/activate'; then 'python -m carotid.…' and 'carotid-train …' work as in README.md"
+fi

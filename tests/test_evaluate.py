@@ -204,7 +204,7 @@ def test_two_processes_give_the_same_evaluation_as_one(trained_run, tmp_path):
     assert evaluate.main([*common, "--out", str(one)]) == 0
     result = run_module("carotid.evaluate", *common, "--out", str(two), nproc=2)  # run_module picks a free port
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "with 2 process(es)" in result.stdout
+    assert "with 2 processes" in result.stdout
     first, second = read_json(one / "metrics.json"), read_json(two / "metrics.json")
     assert second["n_images"] == first["n_images"] == 12
     for key in ("n_persons", "counts", "threshold", "image", "person", "ci", "unreadable_images"):

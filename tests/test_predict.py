@@ -83,7 +83,7 @@ def test_unreadable_images_are_reported_and_skipped(trained_run, data_dir, tmp_p
     out = tmp_path / "p.csv"
     assert predict.main(["--model", model_of(trained_run), "--input", str(folder), "--out", str(out), *QUICK]) == 0
     printed = capsys.readouterr().out
-    assert "2 unreadable image(s) skipped" in printed
+    assert "2 unreadable images skipped" in printed
     names = {Path(r["path"]).name for r in rows(out)}
     assert len(names) == 4 and not names & {"broken.png", "truncated.png"}
     assert {Path(r["path"]).name for r in rows(tmp_path / "p_unreadable.csv")} == {"broken.png", "truncated.png"}

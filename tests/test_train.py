@@ -31,6 +31,8 @@ RUN_FILES = [
     "models/best_model.pth",
     "models/final_model.pth",
     "eval_test_best/metrics.json",
+    "eval_test_best/report.html",
+    "report.html",
 ]
 MODEL_KEYS = {
     "state_dict",

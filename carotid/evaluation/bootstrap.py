@@ -136,3 +136,48 @@ def _interval(values: np.ndarray, alpha: float, n_resamples: int) -> dict | None
         return None
     low, high = np.quantile(values, [alpha, 1.0 - alpha])
     return {"low": float(low), "high": float(high), "n": int(len(values))}
+
+
+def roc_band(
+    group: np.ndarray,
+    positive: np.ndarray,
+    scores: np.ndarray,
+    strata: np.ndarray,
+    *,
+    n_resamples: int,
+    seed: int = 0,
+    level: float = 0.95,
+    points: int = 101,
+) -> dict | None:
+    """A pointwise percentile band of the ROC curve from resampling persons (stratified as `bootstrap_ci`).
+
+    `group[i]` is the person index (into `strata`, the persons' labels) of item i, an image or a person.
+    For each resample the curve's sensitivity is read at fixed false-positive rates (vertical averaging),
+    and the band is the percentile interval at each of them."""
+    scores, positive, group = np.asarray(scores, dtype=np.float64), np.asarray(positive, bool), np.asarray(group)
+    if n_resamples < 10 or positive.all() or not positive.any():
+        return None
+    order = np.argsort(-scores, kind="stable")
+    ranked = scores[order]
+    ends = np.r_[np.flatnonzero(ranked[1:] != ranked[:-1]), len(ranked) - 1]  # last item of each tied block
+    item_group, item_positive = group[order], positive[order].astype(np.float64)
+    fpr_grid = np.linspace(0.0, 1.0, points)
+    rng = np.random.default_rng(seed)
+    chunk = max(1, CELLS_PER_CHUNK // max(len(scores), 1))
+    curves = []
+    for start in range(0, n_resamples, chunk):
+        weights = resample_counts(np.asarray(strata), min(chunk, n_resamples - start), rng)[:, item_group]
+        tp = np.cumsum(weights * item_positive, axis=1)[:, ends]
+        fp = np.cumsum(weights * (1.0 - item_positive), axis=1)[:, ends]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            tpr, fpr = tp / tp[:, -1:], fp / fp[:, -1:]
+        # The curve through (0, 0) and each threshold's point, straight between them as roc_curve draws it;
+        # np.interp takes the last of equal false-positive rates, the highest sensitivity reached there.
+        curves += [np.interp(fpr_grid, np.r_[0.0, f], np.r_[0.0, t]) for f, t in zip(fpr, tpr)]
+    curves = np.asarray(curves)
+    curves = curves[np.isfinite(curves).all(axis=1)]
+    if len(curves) < max(10, n_resamples // 10):
+        return None
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(curves, [alpha, 1.0 - alpha], axis=0)
+    return {"fpr": fpr_grid, "low": low, "high": high, "resamples": len(curves), "level": level}

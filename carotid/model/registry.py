@@ -15,6 +15,19 @@ from carotid.model import ARCHITECTURES
 
 PREFIXES = ("module.", "_orig_mod.")
 
+# Grad-CAM's layer per architecture: the last convolutional stage, whose maps the head pools (its spatial
+# detail is what a heat map can show). Every name of ARCHITECTURES has one (tests check each).
+TARGET_LAYERS = {
+    "small_cnn": "features",
+    "resnet18": "layer4",
+    "resnet34": "layer4",
+    "resnet50": "layer4",
+    "densenet121": "features",
+    "efficientnet_b0": "features",
+    "convnext_tiny": "features",
+    "mobilenet_v3_small": "features",
+}
+
 
 class SmallCNN(nn.Module):
     """Four strided conv blocks and a linear head: trains on a laptop CPU in minutes.
@@ -120,6 +133,13 @@ def load_matching(model: nn.Module, state_dict: dict[str, torch.Tensor], source:
     """load_state_dict(strict) with an error that says what differs."""
     check_fits(model, state_dict, source, arch)
     model.load_state_dict(state_dict)
+
+
+def target_layer(model: nn.Module, arch: str) -> nn.Module:
+    """The module whose activations and gradients Grad-CAM weighs, for a model built by `build_model`."""
+    if arch not in TARGET_LAYERS:
+        raise UserError(f"no Grad-CAM layer is known for '{arch}'", f"use one of {', '.join(TARGET_LAYERS)}")
+    return model.get_submodule(TARGET_LAYERS[arch])
 
 
 def build_model(

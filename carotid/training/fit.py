@@ -21,6 +21,7 @@ from carotid.data.manifest import SPLITS, DataManifest, check_classes_in_trainin
 from carotid.errors import StopTraining, UserError
 from carotid.model.file import load_initial_weights, read_weights
 from carotid.model.registry import build_model
+from carotid.text import plural
 from carotid.training import run_dir as run_folder
 from carotid.training.runtime import RunLog, StopSignal, on_main
 from carotid.training.trainer import Trainer
@@ -82,8 +83,8 @@ def describe(accelerator: Accelerator, cfg: TrainConfig, manifest: DataManifest,
         f"mixed precision: {accelerator.mixed_precision}"
     )
     log(
-        f"batch: {per_device} per device x {accelerator.num_processes} processes x {accumulation} "
-        f"accumulation steps = {effective} effective"
+        f"batch: {per_device} per device x {plural(accelerator.num_processes, 'process', 'processes')} x "
+        f"{plural(accumulation, 'accumulation step')} = {effective} effective"
     )
     for split in SPLITS:
         log(f"{split:>5}: {describe_persons(manifest, manifest.splits[split])}")
@@ -95,7 +96,7 @@ def describe(accelerator: Accelerator, cfg: TrainConfig, manifest: DataManifest,
         log(f"note: {note}")
     if manifest.report["unreadable_images"]:
         log(
-            f"warning: {len(manifest.report['unreadable_images'])} unreadable image(s) skipped "
+            f"warning: {plural(len(manifest.report['unreadable_images']), 'unreadable image')} skipped "
             "(listed in data_report.json)"
         )
 
@@ -108,8 +109,8 @@ def describe_persons(manifest: DataManifest, persons: Iterable[str]) -> str:
         counts = by_class[manifest.class_names[manifest.person_labels[p]]]
         counts[0] += 1
         counts[1] += len(manifest.frames[p])
-    parts = ", ".join(f"{c}: {n} persons / {m} images" for c, (n, m) in by_class.items())
-    return f"{len(persons)} persons, {sum(m for _, m in by_class.values())} images ({parts})"
+    parts = ", ".join(f"{c}: {plural(n, 'person')} / {plural(m, 'image')}" for c, (n, m) in by_class.items())
+    return f"{plural(len(persons), 'person')}, {plural(sum(m for _, m in by_class.values()), 'image')} ({parts})"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from carotid.evaluation.registry import EPOCH_LINE, METRIC_COLUMNS, lower_is_bet
 from carotid.evaluation.selection import ValidationOutput, choose_on_validation
 from carotid.files import write_records
 from carotid.model.file import ModelFile
+from carotid.text import plural
 from carotid.training import checkpoints
 from carotid.training.engine import EpochProgress, predict_loader, reduce_progress, train_one_epoch
 from carotid.training.optim import make_optimizer, make_scheduler, stretch_schedule
@@ -335,10 +336,10 @@ class Trainer:
             {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "epoch"}, step=row["epoch"]
         )
         if state["stopped_early"]:
-            self.log(f"early stopping: {monitor} has not improved for {best['bad_epochs']} epoch(s)")
+            self.log(f"early stopping: {monitor} has not improved for {plural(best['bad_epochs'], 'epoch')}")
 
     def finish(self) -> None:
-        """final_model.pth and curves.png; then the test split, evaluated with best_model.pth."""
+        """final_model.pth and curves.png; then the test split, evaluated with best_model.pth; then report.html."""
         state, best = self.state, self.state["best"]
         self.save_model(
             "final_model.pth", state["epoch"], state["rows"][-1] if state["rows"] else {}, state["last_choice"]
@@ -348,7 +349,7 @@ class Trainer:
         if self.accelerator.is_main_process and state["rows"]:
             from carotid.report.plots import plot_curves  # matplotlib only once there is something to draw
 
-            plot_curves(state["rows"], self.monitor, self.run_dir / "curves.png")
+            plot_curves(state["rows"], self.monitor, self.run_dir / "curves.png", best_epoch=best["epoch"])
         self.log(f"best {self.monitor}: {best['value']} (epoch {best['epoch']}); models in {self.run_dir / 'models'}")
         if self.cfg.report_to:
             self.accelerator.end_training()
@@ -373,6 +374,13 @@ class Trainer:
                 log=self.log,
                 context=context,
             )
+        if self.accelerator.is_main_process:
+            from carotid.report.html import write_report
+
+            evaluation = self.run_dir / "eval_test_best"
+            write_report(self.run_dir / "report.html", evaluation if evaluation.is_dir() else None, self.run_dir)
+            self.log(f"report: {self.run_dir / 'report.html'}")
+        self.accelerator.wait_for_everyone()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,174 @@
+"""The reporting checklist of report.html: the CLAIM 2024 and TRIPOD+AI topics this tool can fill from
+what it recorded (data partitions, counts, preprocessing, model, training, selection, metrics with CIs,
+calibration, failure analysis), and the topics only the researcher can write, marked as such.
+
+Topics are named in words, not item numbers, so the list stays right whichever edition a journal uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from carotid.text import plural
+
+
+@dataclass
+class Item:
+    topic: str
+    guidelines: str  # where CLAIM 2024 and TRIPOD+AI ask for it
+    text: str | None  # what the tool filled in; None = the researcher must write it
+    hint: str = ""  # what to write, for the researcher's items
+
+
+def _counts(data_report: dict, metrics: dict | None) -> str | None:
+    splits = data_report.get("splits") or {}
+    parts = []
+    for split, counts in splits.items():
+        persons, images = counts.get("persons", {}), counts.get("images", {})
+        by_class = ", ".join(
+            f"{c}: {plural(persons[c], 'person')} / {plural(images.get(c, 0), 'frame')}" for c in persons
+        )
+        parts.append(f"{split}: {plural(sum(persons.values()), 'person')} ({by_class})")
+    if not parts and metrics:
+        counts = metrics.get("counts", {})
+        parts.append(
+            f"{metrics.get('split')}: {metrics.get('n_persons')} persons, {metrics.get('n_images')} frames "
+            f"(persons per class {counts.get('persons')})"
+        )
+    return "; ".join(parts) or None
+
+
+def _exclusions(data_report: dict) -> str | None:
+    if not data_report:
+        return None
+    left = [
+        f"{data_report[key]['count']} {label}"
+        for key, label in (
+            ("persons_without_folder", "persons of the sheet without a folder"),
+            ("folders_without_label", "folders without a row in the sheet"),
+            ("persons_without_images", "persons without an image"),
+        )
+        if isinstance(data_report.get(key), dict)
+    ]
+    unreadable = len(data_report.get("unreadable_images", []))
+    return (
+        f"{data_report.get('persons_in_sheet')} persons in the label sheet; left out: {', '.join(left)}; "
+        f"{unreadable} unreadable frames skipped (listed in data_report.json)"
+    )
+
+
+def _threshold(metrics: dict) -> str:
+    if metrics.get("threshold") is None:
+        return "predicted class = argmax"
+    where = metrics.get("threshold_source")
+    return f"threshold {metrics['threshold']:.3f} on P({metrics.get('positive_class')}) ({where})"
+
+
+def checklist(options: dict, data_report: dict, metrics: dict | None, model: dict) -> list[Item]:
+    """The items, filled from the run's options (config.yaml), data_report.json, metrics.json and the model file."""
+    o, m = options, metrics or {}
+    ci = (m.get("ci") or {}).get("method") or {}
+    ratios = (
+        f"train/val/test = {o.get('train_ratio')}/{o.get('val_ratio')}/{o.get('test_ratio')}" if o else "(not a run)"
+    )
+    items = [
+        Item(
+            "Data partitions and their level",
+            "CLAIM: data partitions, independence of partitions; TRIPOD+AI: data splitting",
+            f"split by person (never by frame; no person in two partitions), stratified by label, seed "
+            f"{o.get('seed')}, {ratios}; saved in splits.json"
+            if o
+            else None,
+            "how the evaluated persons were chosen (external site, period)",
+        ),
+        Item(
+            "Counts per partition and class",
+            "CLAIM: flow of participants, partition sizes; TRIPOD+AI: participants, flow diagram",
+            _counts(data_report, metrics),
+        ),
+        Item("Exclusions the tool made", "CLAIM: missing data; TRIPOD+AI: missing data", _exclusions(data_report)),
+        Item(
+            "Preprocessing",
+            "CLAIM: preprocessing steps; TRIPOD+AI: data preparation",
+            f"{'grayscale (1 channel)' if model.get('in_channels') == 1 else 'RGB (3 channels)'}, resized to "
+            f"{model.get('image_size')}x{model.get('image_size')} px (bilinear, aspect ratio not kept), scaled to "
+            f"[0, 1] and normalised with mean {model.get('normalization', {}).get('mean')} and std "
+            f"{model.get('normalization', {}).get('std')}; at most {o.get('max_imgs_per_person') or 'all'} frames per "
+            f"person; training augmentation: {o.get('augment', 'n/a')}"
+            if model
+            else None,
+        ),
+        Item(
+            "Model",
+            "CLAIM: model description, initialisation; TRIPOD+AI: model type and building",
+            f"{model.get('arch')}, {len(model.get('class_names', []))} classes {model.get('class_names')}; "
+            f"initialised from {'ImageNet weights' if o.get('pretrained') or o.get('pretrained_weights') else 'random'}"
+            + (f" (then {o['load_model']})" if o.get("load_model") else "")
+            if model
+            else None,
+        ),
+        Item(
+            "Training details",
+            "CLAIM: training approach, hyperparameters; TRIPOD+AI: model building, hyperparameter tuning",
+            f"AdamW lr {o.get('lr')}, weight decay {o.get('weight_decay')}, {o.get('scheduler')} schedule "
+            f"({o.get('warmup_epochs')} warm-up epochs), {o.get('epochs')} epochs, batch {o.get('batch_size')} per "
+            f"process x {o.get('gradient_accumulation_steps')} accumulation, cross-entropy (label smoothing "
+            f"{o.get('label_smoothing')}, class weights {o.get('class_weights')}), early stopping patience "
+            f"{o.get('early_stopping_patience')}, mixed precision {o.get('mixed_precision') or 'launch default'}"
+            if o
+            else None,
+        ),
+        Item(
+            "Model selection and operating point",
+            "CLAIM: model selection; TRIPOD+AI: model selection, threshold",
+            f"best epoch by {model.get('monitor')} on the validation partition (epoch {model.get('epoch')}); "
+            f"{_threshold(m)}; person probability = "
+            f"{m.get('person_aggregation')} of its frames"
+            if model and m
+            else None,
+        ),
+        Item(
+            "Performance metrics with confidence intervals",
+            "CLAIM: metrics, statistical measures of significance; TRIPOD+AI: performance measures, uncertainty",
+            f"AUC, accuracy, balanced accuracy, sensitivity, specificity, PPV, NPV, F1, per frame and per person, on "
+            f"the {m.get('split')} partition; 95% CIs from {ci.get('resamples')} {ci.get('interval')} bootstrap "
+            f"resamples of persons stratified by {ci.get('stratified_by')}"
+            if ci
+            else ("metrics without CIs (--bootstrap 0)" if m else None),
+            "the clinical interpretation of these numbers",
+        ),
+        Item(
+            "Calibration",
+            "TRIPOD+AI: calibration; CLAIM: performance metrics",
+            "see the calibration section (reliability diagram and its numbers)" if m.get("calibration") else None,
+            "assess calibration (e.g. a reliability diagram) or state why not",
+        ),
+        Item(
+            "Failure analysis",
+            "CLAIM: failure analysis of incorrectly classified cases",
+            "the most wrong persons are listed with their frame probabilities and Grad-CAM montages (failure gallery)"
+            if m
+            else None,
+            "what the failures have in common (image quality, plaque type, device)",
+        ),
+        Item(
+            "Software and code",
+            "CLAIM: software, code availability; TRIPOD+AI: code availability",
+            "versions and commit in the provenance section",
+            "where the code and the model can be obtained",
+        ),
+    ]
+    researcher = [
+        ("Study design and goal", "CLAIM: study design; TRIPOD+AI: objectives", "retrospective or prospective"),
+        ("Data sources, setting and dates", "CLAIM: data sources; TRIPOD+AI: data sources", "sites, devices, dates"),
+        ("Eligibility criteria", "CLAIM: eligibility; TRIPOD+AI: participants", "inclusion and exclusion"),
+        ("Reference standard", "CLAIM: ground truth; TRIPOD+AI: outcome", "who labelled, how, blinded to what"),
+        ("De-identification", "CLAIM: de-identification", "how the images were anonymised"),
+        ("Sample size", "CLAIM: sample size; TRIPOD+AI: sample size", "how the number of persons was chosen"),
+        ("Characteristics per partition", "CLAIM: demographics; TRIPOD+AI: participants", "age, sex, site"),
+        ("Fairness and subgroups", "TRIPOD+AI: fairness", "performance in relevant subgroups"),
+        ("Intended use and limitations", "CLAIM: limitations; TRIPOD+AI: intended use", "clinical role"),
+        ("Ethics, funding, registration", "TRIPOD+AI: open science", "approval, funding, protocol"),
+    ]
+    items += [Item(topic, refs, None, hint) for topic, refs, hint in researcher]
+    return items

@@ -1,0 +1,210 @@
+"""Grad-CAM heat maps: per person, a montage of the frames that decided its result.
+
+Which frames and which class (`explained_class`, `decisive_frames`): in a binary task the frames with
+the highest probability of the positive class, with Grad-CAM for that class (where the model sees
+plaque), except for a missed positive person (false negative), whose montage shows the frames with
+the lowest positive probability and explains the negative call that missed it; in a multi-class task
+the frames most confidently of the predicted class. Grad-CAM comes from the `grad-cam` package
+(pytorch_grad_cam); the layer it hooks is chosen per architecture in `carotid.model.registry`.
+
+Montages are written by one process only (the caller's main process), one PNG per person.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from carotid.data.decode import load_frame
+from carotid.data.transforms import eval_preset
+from carotid.model.file import ModelFile
+from carotid.model.registry import target_layer
+from carotid.report.plots import new_figure, save_figure
+
+BATCH = 16  # frames per Grad-CAM pass: forward and backward of one batch
+
+
+@dataclass
+class PersonFrames:
+    """One person's frames (rows of the frame-prediction arrays, in frame order) and its result."""
+
+    person_id: str
+    rows: np.ndarray
+    frame_probs: np.ndarray  # (frames, classes)
+    person_prob: np.ndarray  # (classes,)
+    predicted: int
+    true: int | None  # None where unlabelled (predict)
+
+
+def group_persons(
+    frame_person_ids: np.ndarray,
+    frame_probs: np.ndarray,
+    person_ids: np.ndarray,
+    person_probs: np.ndarray,
+    predicted: np.ndarray,
+    labels: np.ndarray | None,
+) -> list[PersonFrames]:
+    """The PersonFrames of every person, in the order of `person_ids` (sorted, as PersonPredictions)."""
+    order = np.argsort(np.asarray(frame_person_ids), kind="stable")  # keeps each person's frame order
+    ids, starts = np.unique(np.asarray(frame_person_ids)[order], return_index=True)
+    rows = dict(zip(ids, np.split(order, starts[1:])))
+    return [
+        PersonFrames(
+            str(p),
+            rows[p],
+            frame_probs[rows[p]],
+            person_probs[i],
+            int(predicted[i]),
+            None if labels is None else int(labels[i]),
+        )
+        for i, p in enumerate(person_ids)
+    ]
+
+
+def explained_class(person: PersonFrames, positive: int, binary: bool) -> int:
+    if not binary:
+        return person.predicted
+    missed = person.true == positive and person.predicted != positive
+    return person.predicted if missed else positive
+
+
+def decisive_frames(person: PersonFrames, target: int, n: int) -> np.ndarray:
+    """Positions (into the person's frames) of its n frames most in favour of class `target`, strongest first."""
+    return np.argsort(-person.frame_probs[:, target], kind="stable")[:n]
+
+
+def file_name(person_id: str, taken: set[str]) -> str:
+    """A file name for a person's figure: the ID with path-unsafe characters replaced, unique within `taken`."""
+    base = re.sub(r"[^\w.-]+", "_", person_id).strip("._") or "person"
+    name, k = base, 1
+    while name.lower() in taken:  # case-insensitive file systems
+        k += 1
+        name = f"{base}_{k}"
+    taken.add(name.lower())
+    return name
+
+
+class GradCamRenderer:
+    """A model file's network with Grad-CAM hooked on its target layer; `maps` explains a list of frames."""
+
+    def __init__(self, model_file: ModelFile, device: torch.device | str = "cpu"):
+        from pytorch_grad_cam import GradCAM
+
+        self.model_file = model_file
+        self.device = torch.device(device)
+        self.model = model_file.build_model().to(self.device)
+        self.preset = eval_preset(model_file.normalization["mean"], model_file.normalization["std"]).to(self.device)
+        self.cam = GradCAM(model=self.model, target_layers=[target_layer(self.model, model_file.arch)])
+
+    def maps(self, paths: list[str], target: int) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8 frames (N, C, S, S) as the model saw them, Grad-CAM maps (N, S, S) in [0, 1]) for class `target`."""
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        size, channels = self.model_file.image_size, self.model_file.in_channels
+        pixels = np.stack([self._pixels(path, size, channels) for path in paths])
+        maps = []
+        for start in range(0, len(paths), BATCH):
+            batch = self.preset(torch.from_numpy(pixels[start : start + BATCH]).to(self.device))
+            maps.append(self.cam(input_tensor=batch, targets=[ClassifierOutputTarget(target)] * len(batch)))
+        return pixels, np.nan_to_num(np.concatenate(maps))
+
+    @staticmethod
+    def _pixels(path: str, size: int, channels: int) -> np.ndarray:
+        try:
+            return load_frame(path, size, channels)
+        except Exception:  # noqa: BLE001 - moved or changed since it was predicted: a black panel, not a crash
+            return np.zeros((channels, size, size), dtype=np.uint8)
+
+    def close(self) -> None:
+        self.cam.activations_and_grads.release()
+
+
+def verdict(person: PersonFrames, class_names: list[str], positive: int, binary: bool) -> str:
+    """'true plaque → predicted normal (false negative)', or 'predicted plaque' where unlabelled."""
+    predicted = class_names[person.predicted]
+    if person.true is None:
+        return f"predicted {predicted}"
+    if person.true == person.predicted:
+        return f"{class_names[person.true]}, predicted correctly"
+    kind = ""
+    if binary:
+        kind = " (false negative)" if person.true == positive else " (false positive)"
+    return f"true {class_names[person.true]} → predicted {predicted}{kind}"
+
+
+def write_montage(
+    renderer: GradCamRenderer,
+    person: PersonFrames,
+    frame_paths: np.ndarray,
+    path: Path,
+    *,
+    n_frames: int,
+    class_names: list[str],
+    positive: int,
+    threshold: float | None,
+    aggregation: str,
+) -> np.ndarray:
+    """One PNG: the person's n most decisive frames with their Grad-CAM overlay and probability, titled with
+    the person's aggregated result. Returns the positions of the frames shown."""
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    binary = len(class_names) == 2
+    target = explained_class(person, positive, binary)
+    shown = decisive_frames(person, target, n_frames)
+    pixels, maps = renderer.maps([str(frame_paths[person.rows[k]]) for k in shown], target)
+    fig, axes = new_figure(1, len(shown), figsize=(2.3 * len(shown), 3.0), squeeze=False)
+    for ax, k, frame, cam in zip(axes[0], shown, pixels, maps):
+        rgb = np.repeat(frame, 3, axis=0) if frame.shape[0] == 1 else frame
+        ax.imshow(show_cam_on_image(rgb.transpose(1, 2, 0).astype(np.float32) / 255.0, cam, use_rgb=True))
+        ax.set_title(f"frame {k + 1}/{len(person.rows)}\nP({class_names[target]}) {person.frame_probs[k, target]:.3f}")
+        ax.title.set_fontsize(8)
+        ax.set_xlabel(Path(str(frame_paths[person.rows[k]])).name, fontsize=6)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    score = positive if binary else person.predicted
+    rule = f", threshold {threshold:.3f}" if threshold is not None and binary else ""
+    fig.suptitle(
+        f"{person.person_id}: {verdict(person, class_names, positive, binary)}\n"
+        f"person P({class_names[score]}) {person.person_prob[score]:.3f} = {aggregation} of "
+        f"{len(person.rows)} frames{rule}; Grad-CAM for '{class_names[target]}'",
+        fontsize=9,
+    )
+    save_figure(fig, path)
+    return shown
+
+
+def write_montages(
+    renderer: GradCamRenderer,
+    persons: list[PersonFrames],
+    frame_paths: np.ndarray,
+    folder: Path,
+    *,
+    n_frames: int,
+    class_names: list[str],
+    positive: int,
+    threshold: float | None,
+    aggregation: str,
+    names: dict[str, str],
+) -> dict[str, Path]:
+    """A montage per person in `folder`, named by `names` (person ID → file stem); {person ID: file}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for person in persons:
+        path = folder / f"{names[person.person_id]}.png"
+        write_montage(
+            renderer,
+            person,
+            frame_paths,
+            path,
+            n_frames=n_frames,
+            class_names=class_names,
+            positive=positive,
+            threshold=threshold,
+            aggregation=aggregation,
+        )
+        written[person.person_id] = path
+    return written

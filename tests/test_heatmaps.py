@@ -1,0 +1,104 @@
+"""Grad-CAM heat maps for every architecture and channel count, the choice of decisive frames, the failure
+gallery's order, and `evaluate --heatmaps` on one and two processes."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from carotid.model import ARCHITECTURES
+from carotid.model.file import ModelFile
+from carotid.model.registry import TARGET_LAYERS, build_model
+from carotid.report.gallery import most_wrong
+from carotid.report.heatmaps import GradCamRenderer, PersonFrames, decisive_frames, explained_class, file_name
+from tests.conftest import read_json, run_module
+
+
+def model_file_of(arch: str, channels: int, size: int) -> ModelFile:
+    torch.manual_seed(0)
+    model = build_model(arch, 2, channels)
+    norm = {"mean": [0.449] * channels, "std": [0.226] * channels}
+    return ModelFile(model.state_dict(), arch, ["normal", "plaque"], channels, size, norm, positive_index=1)
+
+
+def test_every_architecture_has_a_grad_cam_layer():
+    assert set(TARGET_LAYERS) == set(ARCHITECTURES)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_grad_cam_works_for_every_architecture_and_channel_count(arch, channels, data_dir):
+    root, _ = data_dir
+    frames = sorted(str(p) for p in root.rglob("*.png"))[:3]
+    size = 64 if arch in ("resnet50", "densenet121", "convnext_tiny") else 32  # deep stages need some pixels
+    renderer = GradCamRenderer(model_file_of(arch, channels, size))
+    try:
+        pixels, maps = renderer.maps(frames, target=1)
+    finally:
+        renderer.close()
+    assert pixels.shape == (3, channels, size, size) and pixels.dtype == np.uint8
+    assert maps.shape == (3, size, size) and np.isfinite(maps).all()
+    assert maps.min() >= 0 and maps.max() <= 1 + 1e-6
+
+
+def person(pid: str, true: int | None, predicted: int, frame_p: list[float]) -> PersonFrames:
+    p = np.array(frame_p)
+    probs = np.stack([1 - p, p], axis=1)
+    return PersonFrames(pid, np.arange(len(p)), probs, probs.mean(axis=0), predicted, true)
+
+
+def test_decisive_frames_explain_the_call_and_a_missed_positive_shows_what_missed_it():
+    caught = person("a", 1, 1, [0.2, 0.9, 0.6, 0.95])
+    missed = person("b", 1, 0, [0.2, 0.9, 0.1, 0.3])
+    assert explained_class(caught, positive=1, binary=True) == 1
+    assert decisive_frames(caught, 1, 2).tolist() == [3, 1]  # highest P(plaque) first
+    assert explained_class(missed, positive=1, binary=True) == 0
+    assert decisive_frames(missed, 0, 2).tolist() == [2, 0]  # the frames that drove the miss
+
+
+def test_failure_gallery_lists_false_negatives_first_then_the_most_confidently_wrong():
+    persons = [
+        person("fp_mild", 0, 1, [0.55]),
+        person("fn_mild", 1, 0, [0.45]),
+        person("ok", 1, 1, [0.9]),
+        person("fp_bad", 0, 1, [0.99]),
+        person("fn_bad", 1, 0, [0.02]),
+    ]
+    worst = most_wrong(persons, positive=1, binary=True, threshold=0.5, k=10)
+    assert [p.person_id for p in worst] == ["fn_bad", "fn_mild", "fp_bad", "fp_mild"]
+    assert [p.person_id for p in most_wrong(persons, 1, True, 0.5, k=1)] == ["fn_bad"]
+
+
+def test_file_names_are_safe_and_unique():
+    taken: set[str] = set()
+    names = [file_name(p, taken) for p in ("患者/01", "患者 01", "..", "A", "a")]
+    assert names == ["患者_01", "患者_01_2", "person", "A", "a_2"]
+
+
+def rows(path: Path) -> list[dict]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.parametrize("nproc", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_evaluate_heatmaps_write_one_montage_per_person_and_the_gallery(nproc, trained_run, tmp_path):
+    out = tmp_path / f"eval{nproc}"
+    args = ["--run-dir", str(trained_run), "--out", str(out), "--heatmaps", "2", "--num-workers", "0"]
+    result = run_module("carotid.evaluate", *args, "--bootstrap", "20", nproc=nproc, launcher=nproc > 1)
+    assert result.returncode == 0, result.stderr[-3000:]
+    persons = rows(out / "person_predictions.csv")
+    montages = sorted(p.name for p in (out / "heatmaps").iterdir())
+    assert montages == sorted(f"{r['person_id']}.png" for r in persons)  # once each, no temp files left
+    failures = rows(out / "failures.csv")
+    wrong = [r for r in persons if r["true_label"] != r["predicted_label"]]
+    assert len(failures) == min(len(wrong), 8)
+    assert [r["kind"] for r in failures] == sorted(r["kind"] for r in failures)  # "false negative" < "positive"
+    for row in failures:
+        assert (out / row["strip"]).is_file() and (out / row["montage"]).is_file()
+    assert read_json(out / "metrics.json")["n_persons"] == len(persons)
+    assert (out / "report.html").is_file()

@@ -1,0 +1,72 @@
+"""report.html: one self-contained page, written by training and by every evaluation, opened in a real
+headless Chromium (no console errors, no failed or outside requests, every image decodes), with the
+calibration section when metrics.json has one and the reporting checklist."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+import yaml
+from PIL import Image
+
+from carotid import evaluate
+from carotid.report.html import build_report
+from tests.browser import find_chromium, open_page
+
+
+@pytest.fixture(scope="module")
+def evaluation(trained_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report") / "eval"
+    args = ["--run-dir", str(trained_run), "--out", str(out), "--heatmaps", "2", "--num-workers", "0"]
+    assert evaluate.main([*args, "--bootstrap", "50"]) == 0
+    return out
+
+
+def test_training_and_evaluation_write_self_contained_reports(trained_run, evaluation):
+    assert (trained_run / "report.html").is_file() and (trained_run / "eval_test_best" / "report.html").is_file()
+    page = (evaluation / "report.html").read_text(encoding="utf-8")
+    assert "<script" not in page.lower()
+    assert not re.findall(r"""(?:src|href)\s*=\s*["'](?!data:|#)""", page), "a resource outside the file"
+    for heading in ("Metrics", "Data flow", "Training", "ROC and confusion matrix", "Per person", "Heat maps"):
+        assert f">{heading}</h2>" in page
+    assert "Failure gallery" in page and "Reporting checklist" in page and "researcher to write" in page
+    config = yaml.safe_load((trained_run / "config.yaml").read_text(encoding="utf-8"))
+    assert config["label_file_sha256"] in page and config["versions"]["torch"] in page
+    persons = json.loads((trained_run / "data_report.json").read_text(encoding="utf-8"))["persons_in_sheet"]
+    assert f"<b>{persons}</b>persons in the label sheet" in page
+
+
+def test_report_opens_in_headless_chromium_without_errors(evaluation, tmp_path):
+    if find_chromium() is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium; .ci/run installs it)")
+    report = open_page(evaluation / "report.html")
+    assert report.title.startswith("carotid — test split")
+    assert not report.exceptions, report.exceptions
+    assert not [m for m in report.console if m["level"] in ("error", "warning", "assert")], report.console
+    assert not report.failed, report.failed
+    own = (evaluation / "report.html").resolve().as_uri()
+    assert all(url == own or url.startswith("data:") for url in report.requests), report.requests
+    assert len(report.images) >= 6  # curves, ROC, confusion, heat maps (+ the gallery's strips and montages)
+    assert all(image["ok"] and image["width"] > 100 and image["height"] > 50 for image in report.images), report.images
+    shot = tmp_path / "report.png"
+    shot.write_bytes(report.screenshot)
+    with Image.open(shot) as image:
+        assert image.format == "PNG" and image.width >= 1000 and image.height > 2000
+        colours = image.convert("L").getextrema()
+    assert colours[0] < 60 and colours[1] > 200  # text on a light page, not a blank render
+
+
+def test_report_shows_calibration_when_metrics_has_it(evaluation, tmp_path):
+    folder = tmp_path / "eval"
+    shutil.copytree(evaluation, folder)
+    metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    assert "Calibration</h2>" not in build_report(folder, None)
+    metrics["calibration"] = {"ece": 0.071, "brier": 0.12, "bins": [{"mean_predicted": 0.1, "observed": 0.0}]}
+    (folder / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    shutil.copy(folder / "roc_curve.png", folder / "reliability_diagram.png")
+    page = build_report(folder, None)
+    assert '<h2 id="calibration">Calibration</h2>' in page and "0.071" in page
+    assert "assess calibration" not in page  # the checklist item is filled, not left to the researcher
