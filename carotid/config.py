@@ -442,6 +442,7 @@ class EvaluateOptions:
         "Reader scores: positive if score ≥ T (default: 0.5 for probabilities; needed for other scores).",
         group="study",
         metavar="T",
+    )
     heatmaps: int = opt(
         0,
         "Write OUT/heatmaps/<person>.png for every person: its N most decisive frames with Grad-CAM overlays "
