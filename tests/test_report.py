@@ -63,6 +63,10 @@ def test_report_shows_calibration_when_metrics_has_it(evaluation, tmp_path):
     folder = tmp_path / "eval"
     shutil.copytree(evaluation, folder)
     metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    assert "Calibration</h2>" in build_report(folder, None)  # every evaluation now measures calibration
+    metrics.pop("calibration", None)
+    (folder / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    (folder / "reliability_diagram.png").unlink(missing_ok=True)
     assert "Calibration</h2>" not in build_report(folder, None)
     metrics["calibration"] = {"ece": 0.071, "brier": 0.12, "bins": [{"mean_predicted": 0.1, "observed": 0.0}]}
     (folder / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")

@@ -213,7 +213,11 @@ def section_figures(eval_dir: Path, metrics: dict) -> str:
     if calibration or pictures:
         parts.append('<h2 id="calibration">Calibration</h2>')
         parts += [image(p, "calibration") for p in pictures]
-        if isinstance(calibration, dict):
+        if isinstance(calibration, dict) and {"binning", "image", "person"} <= set(calibration):
+            from carotid.evaluation.calibration import format_calibration
+
+            parts.append(f"<pre>{escape(format_calibration(calibration))}</pre>")
+        elif isinstance(calibration, dict):
             scalars = [[k, _num(v)] for k, v in calibration.items() if isinstance(v, (int, float, str)) or v is None]
             parts.append(table(["calibration", "value"], scalars) if scalars else "")
             numbers = escape(json.dumps(calibration, indent=1, ensure_ascii=False))
