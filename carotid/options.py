@@ -187,7 +187,8 @@ def build_parser(
         base, optional = field_type(schema, f.name)
         meta = f.metadata
         default = defaults.get(f.name, f.default)
-        kwargs: dict[str, Any] = {"help": meta["help"], "dest": f.name}
+        # argparse %-formats help texts (for %(default)s): a literal "95%" must reach it as "95%%".
+        kwargs: dict[str, Any] = {"help": meta["help"].replace("%", "%%"), "dest": f.name}
         if meta["required"] and not suppress:
             kwargs["required"] = True
         elif not suppress:

@@ -12,23 +12,19 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-
-import torch
-from accelerate import Accelerator
-from accelerate.utils import set_seed
+from typing import TYPE_CHECKING
 
 from carotid.config import TrainConfig, parse_train_args
-from carotid.data.labels import read_labels
-from carotid.data.loaders import frame_dataset
-from carotid.data.manifest import SPLITS, DataManifest, collect_persons
-from carotid.data.split import split_persons
 from carotid.errors import StopTraining, UserError, run_cli
-from carotid.model.file import load_initial_weights, read_weights
-from carotid.model.registry import build_model
-from carotid.training import checkpoints
 from carotid.training import run_dir as run_folder
-from carotid.training.runtime import RunLog, StopSignal, build_accelerator, on_main
-from carotid.training.trainer import Trainer
+
+# torch, Accelerate and the data, model and training modules are imported inside the functions that
+# use them, so `--help` and argument errors answer before any of them loads (tests/test_startup.py).
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from carotid.data.manifest import DataManifest
+    from carotid.training.runtime import RunLog
 
 # Options a resumed run may change; every other option is fixed by the run's config.yaml.
 RESUMABLE_CHANGES = {
@@ -76,6 +72,10 @@ def merge_resume(cfg: TrainConfig, given: set[str], run_dir: Path) -> TrainConfi
 
 def prepare_data(cfg: TrainConfig, resume_run: Path | None) -> tuple[DataManifest, str, str]:
     """Labels, frames and the person-level split (or the resumed run's split). Main process only."""
+    from carotid.data.labels import read_labels
+    from carotid.data.manifest import SPLITS, collect_persons
+    from carotid.data.split import split_persons
+
     root_dir, label_excel = cfg.root_dir, cfg.label_excel
     if cfg.demo and not root_dir:
         from carotid.demo import make_demo_data
@@ -115,6 +115,8 @@ def prepare_data(cfg: TrainConfig, resume_run: Path | None) -> tuple[DataManifes
 
 
 def describe(accelerator: Accelerator, cfg: TrainConfig, manifest: DataManifest, log: RunLog) -> None:
+    from carotid.data.manifest import SPLITS
+
     per_device, accumulation = cfg.batch_size, accelerator.gradient_accumulation_steps
     effective = per_device * accelerator.num_processes * accumulation
     log(
@@ -169,6 +171,16 @@ def choose_monitor(cfg: TrainConfig, manifest: DataManifest, log: RunLog) -> str
 
 def train(cfg: TrainConfig, given: set[str] | frozenset = frozenset()) -> Path:
     """Run (or resume) one training run; returns its run directory."""
+    import torch
+    from accelerate.utils import set_seed
+
+    from carotid.data.loaders import frame_dataset
+    from carotid.model.file import load_initial_weights, read_weights
+    from carotid.model.registry import build_model
+    from carotid.training import checkpoints
+    from carotid.training.runtime import RunLog, StopSignal, build_accelerator, on_main
+    from carotid.training.trainer import Trainer
+
     resume_run = resume_from = None
     if cfg.resume:
         resume_run, resume_from = checkpoints.resolve_resume(cfg.resume)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
-from sklearn.metrics import roc_auc_score, roc_curve
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -64,6 +63,8 @@ def plot_roc(
 
     `operating_points` ({level: metrics with sensitivity, specificity, threshold}) marks where the
     reported threshold sits on each binary curve, so a reader sees the trade-off that was chosen."""
+    from sklearn.metrics import roc_auc_score, roc_curve  # only here: curves.png needs no scikit-learn
+
     fig, axes = plt.subplots(1, len(levels), figsize=(5 * len(levels), 4.5), squeeze=False)
     for ax, (level, (y_true, probs)) in zip(axes[0], levels.items()):
         targets = [positive_index] if len(class_names) == 2 else range(len(class_names))

@@ -25,7 +25,6 @@ from carotid.data.manifest import DataManifest
 from carotid.data.transforms import NORMALIZATION, eval_preset, train_preset
 from carotid.errors import StopTraining, UserError
 from carotid.evaluation.aggregation import aggregate_persons, person_labels
-from carotid.evaluation.metrics import epoch_metrics, youden_threshold
 from carotid.evaluation.registry import EPOCH_LINE, METRIC_COLUMNS, lower_is_better
 from carotid.files import write_records
 from carotid.model.file import ModelFile
@@ -357,6 +356,9 @@ def validate(
     model, loader, accelerator, preset, dataset, positive_index, aggregation, channels_last
 ) -> tuple[dict, tuple]:
     """val_* numbers of the metrics row, and (labels, probs, person IDs) for choosing the threshold."""
+    # scikit-learn (~1 s to import) is first needed here, after the first epoch, not before the first batch.
+    from carotid.evaluation.metrics import epoch_metrics
+
     out = predict_loader(model, loader, accelerator, preset, channels_last=channels_last, desc="validate")
     ok = out["readable"].astype(bool)
     persons = np.asarray(dataset.person_ids)[out["index"][ok]]
@@ -370,6 +372,8 @@ def choose_threshold(val_out: tuple | None, cfg: TrainConfig, positive_index: in
     """Binary tasks: the threshold on the positive class chosen by Youden's J on the validation persons."""
     if val_out is None:
         return {"threshold": 0.5, "threshold_source": "default 0.5 (no validation split)"}
+    from carotid.evaluation.metrics import youden_threshold
+
     labels, probs, persons = val_out
     if probs.shape[1] != 2:
         return {"threshold": None, "threshold_source": None}
