@@ -12,7 +12,15 @@ AdamW) on synthetic uint8 batches already on the device; (b) end-to-end training
 no cache; (c) the same from the decoded-frame cache; both through carotid.engine.train_one_epoch with
 carotid.data.make_loader; (a)-(c) report the fastest epoch after the first (warm-up, worker start);
 (d) the loader alone, uncached and cached; (e) carotid.data.discover_frames against
-`find ROOT -type f` on the same tree. See docs/PERFORMANCE.md.
+`find ROOT -type f` on the same tree; (f) start-up: `--help` and a bad flag of carotid.train against
+`--help` of a hand-written Accelerate script (`handwritten_main` below), plus the other CLIs' `--help`
+and `import carotid.train`; (g) whole processes of carotid.train (--no-test) and of that hand-written
+loop on the same frames, model, batch, optimizer and validation persons: seconds to the first optimizer
+step and for the whole run; (h) what ends every epoch besides validation: the checkpoint with its fsyncs
+against Accelerate's save_state alone, and best_model.pth. (f) and (g) run interleaved pairs (the order
+flips every pair) and report medians: on a shared machine single runs move by 2x. See docs/PERFORMANCE.md.
+
+    python scripts/benchmark.py --compare-only --startup-pairs 5 --run-pairs 3 --json compare.json
 """
 
 from __future__ import annotations
@@ -292,6 +300,44 @@ def measure_training(args, dataset, trainer: dict) -> dict:
         "images_per_second": best["images_per_second"],
         "data_wait_fraction": best["data_wait_fraction"],
         "epochs": [{k: r[k] for k in ("images_per_second", "data_wait_fraction", "epoch_seconds")} for r in rows],
+    }
+
+
+def measure_epoch_end(args, work: Path, repeats: int = 3) -> dict:
+    """(h): the fixed cost at the end of every epoch besides validation: carotid's resumable checkpoint
+    (Accelerate's save_state, then progress.json, an fsync of every file, the rename and pruning), against
+    Accelerate's save_state alone, and best_model.pth (torch.save, fsync, rename); medians of `repeats`."""
+    from carotid.files import atomic_torch_save
+    from carotid.training.checkpoints import save_training_state
+
+    trainer = make_trainer(args, False)
+    accelerator, run_dir = args.accelerator, work / "epoch-end"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "models").mkdir(exist_ok=True)
+
+    def timed(fn) -> float:
+        times = []
+        for step in range(repeats):
+            start = time.perf_counter()
+            fn(step)
+            times.append(time.perf_counter() - start)
+        return median(times)
+
+    ours = timed(
+        lambda step: save_training_state(
+            accelerator, run_dir, {"epoch": step}, global_step=step, epoch_end=True, keep=2
+        )
+    )
+    plain = timed(lambda step: accelerator.save_state(str(work / "epoch-end-plain" / str(step))))
+    best = timed(
+        lambda step: atomic_torch_save(accelerator.get_state_dict(trainer["model"]), run_dir / "models" / "best.pth")
+    )
+    size = sum(f.stat().st_size for f in (work / "epoch-end-plain" / "0").rglob("*") if f.is_file())
+    return {
+        "checkpoint_seconds": ours,
+        "save_state_seconds": plain,
+        "best_model_seconds": best,
+        "checkpoint_megabytes": size / 2**20,
     }
 
 
@@ -602,6 +648,9 @@ def ratios(f: dict) -> dict:
         ),
         "first_batch_vs_handwritten": ratio(ours.get("first_step_seconds"), theirs.get("first_step_seconds")),
         "whole_run_vs_handwritten": ratio(ours.get("whole_run_seconds"), theirs.get("whole_run_seconds")),
+        "checkpoint_vs_save_state": ratio(
+            f.get("epoch_end", {}).get("checkpoint_seconds"), f.get("epoch_end", {}).get("save_state_seconds")
+        ),
         "import_vs_handwritten_help": ratio(startup.get("import carotid.train"), startup.get("hand-written --help")),
     }
 
@@ -641,6 +690,16 @@ def table(f: dict, r: dict, args) -> str:
             (f"(e) discover_frames, {f['discovery_files']} files, s", f"{f['discovery_seconds']:.4f}"),
             ("(e) find ROOT -type f, s", num(f["find_seconds"], ".4f")),
         ]
+    if "epoch_end" in f:
+        end = f["epoch_end"]
+        lines += [
+            (
+                f"(h) checkpoint ({end['checkpoint_megabytes']:.1f} MB) with fsync, s",
+                f"{end['checkpoint_seconds']:.3f}",
+            ),
+            ("(h) Accelerate save_state alone, s", f"{end['save_state_seconds']:.3f}"),
+            ("(h) best_model.pth, s", f"{end['best_model_seconds']:.3f}"),
+        ]
     startup = f.get("startup", {})
     lines += [
         (
@@ -663,6 +722,7 @@ def table(f: dict, r: dict, args) -> str:
         "loader cached/uncached": ("loader_cached_vs_uncached", ".1f"),
         "discovery/find": ("discovery_vs_find", ".2f"),
         "compile gain (a'/a)": ("compile_gain", ".3f"),
+        "checkpoint/save_state": ("checkpoint_vs_save_state", ".2f"),
         "--help: carotid.train/hand-written": ("help_vs_handwritten", ".2f"),
         "bad flag: carotid.train/hand-written --help": ("bad_flag_vs_handwritten_help", ".2f"),
         "import carotid.train/hand-written --help": ("import_vs_handwritten_help", ".2f"),
@@ -716,6 +776,7 @@ def run(args, work: Path) -> dict:
     figures: dict = {"frames": len(items)}
     if not args.compare_only:
         figures |= measure_pipeline(args, work, root, items)
+    figures["epoch_end"] = measure_epoch_end(args, work)
     env = child_env()
     figures["startup"] = measure_startup(args, env)
     if args.max_imgs_per_person is None:  # the hand-written loop reads every frame
