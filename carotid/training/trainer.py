@@ -20,7 +20,7 @@ import torch
 from accelerate import Accelerator, skip_first_batches
 
 from carotid.config import TrainConfig
-from carotid.data.loaders import EpochSeeds, make_loader
+from carotid.data.loaders import EpochSeeds, make_loader, stop_workers, stop_workers_at_exit
 from carotid.data.manifest import DataManifest
 from carotid.data.transforms import NORMALIZATION, eval_preset, train_preset
 from carotid.errors import StopTraining, UserError
@@ -86,6 +86,8 @@ class Trainer:
         )
         self.model, self.optimizer, self.train_loader = prepared[:3]
         self.val_loader = prepared[3] if val_loader is not None else None
+        for loader in (self.train_loader, self.val_loader):
+            stop_workers_at_exit(loader)
         steps_per_epoch = math.ceil(len(self.train_loader) / accelerator.gradient_accumulation_steps)
         self.total_steps = steps_per_epoch * cfg.epochs
         # The schedule drives the torch optimizer itself: Accelerate's and DeepSpeed's wrappers share its param_groups.
@@ -225,7 +227,7 @@ class Trainer:
         cfg, epoch = self.cfg, self.state["epoch"]
         self.seeds.set_epoch(epoch)
         done = self.progress.batches_done
-        loader = skip_first_batches(self.train_loader, done) if done else self.train_loader
+        loader = stop_workers_at_exit(skip_first_batches(self.train_loader, done)) if done else self.train_loader
         end = train_one_epoch(
             self.model,
             loader,
@@ -316,6 +318,8 @@ class Trainer:
     def finish(self) -> None:
         """final_model.pth and curves.png; then the test split, evaluated with best_model.pth."""
         state, best = self.state, self.state["best"]
+        for loader in (self.train_loader, self.val_loader):
+            stop_workers(loader)  # their CPUs and memory go to the test evaluation
         self.save_model("final_model.pth", state["epoch"], state["rows"][-1] if state["rows"] else {})
         if self.accelerator.is_main_process and state["rows"]:
             from carotid.report.plots import plot_curves  # matplotlib only once there is something to draw
