@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -344,8 +345,9 @@ def measure_epoch_end(args, work: Path, repeats: int = 3) -> dict:
 # Against a hand-written Accelerate loop
 # ---------------------------------------------------------------------------------------------
 
-# Run first in both compared processes: it notes the wall-clock time of the first optimizer step in the
-# file named by CAROTID_BENCH_FIRST_STEP. It imports torch before anything else on both sides alike.
+# Run first in both compared processes: it notes the wall-clock time and the process's CPU seconds at
+# its first optimizer step in the file named by CAROTID_BENCH_FIRST_STEP. It imports torch before
+# anything else, on both sides alike.
 FIRST_STEP_HOOK = """
 import os, time
 import torch.optim.optimizer as _optimizer
@@ -353,7 +355,7 @@ import torch.optim.optimizer as _optimizer
 def _first_step(optimizer, args, kwargs):
     _hook.remove()
     with open(os.environ["CAROTID_BENCH_FIRST_STEP"], "w") as out:
-        out.write(repr(time.time()))
+        out.write(f"{time.time()!r} {time.process_time()!r}")
 
 _hook = _optimizer.register_optimizer_step_post_hook(_first_step)
 """
@@ -523,18 +525,28 @@ CAROTID_TRAIN = "import runpy; runpy.run_module('carotid.train', run_name='__mai
 
 
 def timed_process(command: list[str], env: dict, first_step_file: Path | None = None) -> dict:
-    """Wall seconds of a whole process and, when it trains, seconds from its start to its first optimizer step."""
+    """Wall and CPU seconds of a whole process (CPU: user + system, with the worker processes it reaped)
+    and, when it trains, both from its start to its first optimizer step (CPU: the main process alone).
+
+    On a shared machine wall seconds stretch with everyone else's load; CPU seconds much less."""
     if first_step_file is not None:
         first_step_file.unlink(missing_ok=True)
         env = dict(env, CAROTID_BENCH_FIRST_STEP=str(first_step_file))
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.time()
     result = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seconds = time.time() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if first_step_file is not None and result.returncode != 0:
         raise RuntimeError(f"{' '.join(command[:2])} … failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    out = {"seconds": seconds, "returncode": result.returncode}
+    out = {
+        "seconds": seconds,
+        "cpu_seconds": after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime,
+        "returncode": result.returncode,
+    }
     if first_step_file is not None:
-        out["first_step_seconds"] = float(first_step_file.read_text()) - started
+        wall, cpu = map(float, first_step_file.read_text().split())
+        out |= {"first_step_seconds": wall - started, "first_step_cpu_seconds": cpu}
     return out
 
 
@@ -573,6 +585,7 @@ def measure_startup(args, env: dict) -> dict:
     runs = interleaved(args.startup_pairs, {k: (lambda c=c: timed_process(c, env)) for k, c in commands.items()})
     failed = {name: rows[-1]["returncode"] for name, rows in runs.items() if rows[-1]["returncode"] not in (0, 2)}
     return {name: median([r["seconds"] for r in rows]) for name, rows in runs.items()} | {
+        "_cpu": {name: median([r["cpu_seconds"] for r in rows]) for name, rows in runs.items()},
         "_runs": runs,
         "_failed": failed,
     }
@@ -609,6 +622,8 @@ def measure_whole_runs(args, root: Path, label: Path, manifest, work: Path, env:
         name: {
             "first_step_seconds": median([r["first_step_seconds"] for r in rows]),
             "whole_run_seconds": median([r["seconds"] for r in rows]),
+            "first_step_cpu_seconds": median([r["first_step_cpu_seconds"] for r in rows]),
+            "whole_run_cpu_seconds": median([r["cpu_seconds"] for r in rows]),
         }
         for name, rows in runs.items()
     } | {"_runs": runs}
@@ -648,6 +663,13 @@ def ratios(f: dict) -> dict:
         ),
         "first_batch_vs_handwritten": ratio(ours.get("first_step_seconds"), theirs.get("first_step_seconds")),
         "whole_run_vs_handwritten": ratio(ours.get("whole_run_seconds"), theirs.get("whole_run_seconds")),
+        "help_cpu_vs_handwritten": ratio(
+            startup.get("_cpu", {}).get("carotid.train --help"), startup.get("_cpu", {}).get("hand-written --help")
+        ),
+        "first_batch_cpu_vs_handwritten": ratio(
+            ours.get("first_step_cpu_seconds"), theirs.get("first_step_cpu_seconds")
+        ),
+        "whole_run_cpu_vs_handwritten": ratio(ours.get("whole_run_cpu_seconds"), theirs.get("whole_run_cpu_seconds")),
         "checkpoint_vs_save_state": ratio(
             f.get("epoch_end", {}).get("checkpoint_seconds"), f.get("epoch_end", {}).get("save_state_seconds")
         ),
@@ -703,8 +725,9 @@ def table(f: dict, r: dict, args) -> str:
     startup = f.get("startup", {})
     lines += [
         (
-            f"(f) {name}, s",
-            f"{seconds:.2f}" + (f" (exit {startup['_failed'][name]})" if name in startup["_failed"] else ""),
+            f"(f) {name}, s (CPU s)",
+            f"{seconds:.2f} ({startup['_cpu'][name]:.2f})"
+            + (f" (exit {startup['_failed'][name]})" if name in startup["_failed"] else ""),
         )
         for name, seconds in startup.items()
         if not name.startswith("_")
@@ -712,8 +735,14 @@ def table(f: dict, r: dict, args) -> str:
     for name, row in f.get("whole_run", {}).items():
         if not name.startswith("_"):
             lines += [
-                (f"(g) {name}: first optimizer step, s", f"{row['first_step_seconds']:.2f}"),
-                (f"(g) {name}: whole run ({args.epochs} epochs), s", f"{row['whole_run_seconds']:.2f}"),
+                (
+                    f"(g) {name}: first optimizer step, s (CPU s)",
+                    f"{row['first_step_seconds']:.2f} ({row['first_step_cpu_seconds']:.2f})",
+                ),
+                (
+                    f"(g) {name}: whole run ({args.epochs} epochs), s (CPU s)",
+                    f"{row['whole_run_seconds']:.2f} ({row['whole_run_cpu_seconds']:.2f})",
+                ),
             ]
     shown = {
         "b/a": ("uncached_train_vs_ceiling", ".3f"),
@@ -728,6 +757,9 @@ def table(f: dict, r: dict, args) -> str:
         "import carotid.train/hand-written --help": ("import_vs_handwritten_help", ".2f"),
         "first batch: carotid.train/hand-written": ("first_batch_vs_handwritten", ".2f"),
         "whole run: carotid.train/hand-written": ("whole_run_vs_handwritten", ".2f"),
+        "CPU s, --help: carotid.train/hand-written": ("help_cpu_vs_handwritten", ".2f"),
+        "CPU s, first batch (main process): carotid.train/hand-written": ("first_batch_cpu_vs_handwritten", ".2f"),
+        "CPU s, whole run: carotid.train/hand-written": ("whole_run_cpu_vs_handwritten", ".2f"),
     }
     ran_pipeline = "compute_ceiling_images_per_second" in f
     lines += [
