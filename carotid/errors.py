@@ -38,10 +38,12 @@ def _is_main_rank() -> bool:
 
 
 def _shutdown_distributed() -> None:
-    # Leaving a process group alive makes torch print a warning after our one-line error.
+    # Leaving a process group alive makes torch print a warning after our one-line error. Without
+    # torch.distributed loaded there is no group, and importing torch here would slow every argument error.
+    dist = sys.modules.get("torch.distributed")
+    if dist is None:
+        return
     try:
-        import torch.distributed as dist
-
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
     except Exception:  # noqa: BLE001 - best effort while already exiting

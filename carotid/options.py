@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import re
 import sys
 import types
@@ -72,9 +73,15 @@ def flag(name: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+@functools.cache
+def _type_hints(schema: type) -> dict[str, Any]:
+    # get_type_hints evaluates every annotation of the class: once per schema, not once per field and parser.
+    return typing.get_type_hints(schema)
+
+
 def field_type(schema: type, name: str) -> tuple[type, bool]:
     """(base type, whether None is allowed) of a schema field; a `list[X]` field gives X."""
-    hint = typing.get_type_hints(schema)[name]
+    hint = _type_hints(schema)[name]
     if typing.get_origin(hint) is list:
         hint = typing.get_args(hint)[0]
     args = typing.get_args(hint)

@@ -11,18 +11,15 @@ import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-
-from accelerate.utils import set_seed
+from typing import TYPE_CHECKING
 
 from carotid.config import TrainConfig, parse_train_args
-from carotid.data.manifest import SPLITS, DataManifest
-from carotid.data.split import describe_groups, person_groups, split_persons
 from carotid.errors import UserError, run_cli
-from carotid.training import checkpoints
-from carotid.training import run_dir as run_folder
-from carotid.training.cv import cross_validate, find_cv_dir
-from carotid.training.fit import fit_run, read_data, with_splits
-from carotid.training.runtime import build_accelerator, match_deepspeed_clipping, on_main, strategy_warning
+
+# torch, Accelerate and the data, model and training modules are imported inside the functions that
+# use them, so `--help` and argument errors answer before any of them loads (tests/test_startup.py).
+if TYPE_CHECKING:
+    from carotid.data.manifest import DataManifest
 
 # Options a resumed run may change; every other option is fixed by the run's config.yaml.
 RESUMABLE_CHANGES = {
@@ -51,6 +48,8 @@ RESUMABLE_CHANGES = {
 
 def merge_resume(cfg: TrainConfig, given: set[str], run_dir: Path) -> TrainConfig:
     """The run's saved options, with the few that may change taken from the command line."""
+    from carotid.training import run_dir as run_folder
+
     saved = run_folder.read_run_config(run_dir)["options"]
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     merged = {k: v for k, v in saved.items() if k in fields}
@@ -70,6 +69,11 @@ def merge_resume(cfg: TrainConfig, given: set[str], run_dir: Path) -> TrainConfi
 
 def prepare_data(cfg: TrainConfig, resume_run: Path | None) -> tuple[DataManifest, str, str]:
     """Labels, frames and the person-level split (or the resumed run's split). Main process only."""
+    from carotid.data.manifest import SPLITS
+    from carotid.data.split import describe_groups, person_groups, split_persons
+    from carotid.training import run_dir as run_folder
+    from carotid.training.fit import read_data, with_splits
+
     if resume_run is not None:
         trained = run_folder.read_run_config(resume_run).get("class_names")
         splits = run_folder.read_splits(resume_run)
@@ -87,6 +91,14 @@ def prepare_data(cfg: TrainConfig, resume_run: Path | None) -> tuple[DataManifes
 
 def train(cfg: TrainConfig, given: set[str] | frozenset = frozenset()) -> Path:
     """Run (or resume) one training run, or with --folds a cross-validation; returns its directory."""
+    from accelerate.utils import set_seed
+
+    from carotid.training import checkpoints
+    from carotid.training import run_dir as run_folder
+    from carotid.training.cv import cross_validate, find_cv_dir
+    from carotid.training.fit import fit_run
+    from carotid.training.runtime import build_accelerator, match_deepspeed_clipping, on_main, strategy_warning
+
     resume_run = resume_from = None
     if cfg.resume:
         resume_run = find_cv_dir(cfg.resume)

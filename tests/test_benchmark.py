@@ -28,6 +28,11 @@ RATIOS = [
     "cached_vs_uncached_train",
     "loader_cached_vs_uncached",
     "discovery_vs_find",
+    "help_vs_handwritten",
+    "bad_flag_vs_handwritten_help",
+    "first_batch_vs_handwritten",
+    "whole_run_vs_handwritten",
+    "checkpoint_vs_save_state",
 ]
 
 
@@ -37,7 +42,7 @@ def test_quick_benchmark_reports_every_figure(tmp_path):
         [sys.executable, str(SCRIPT), "--quick", "--json", str(out), "--work-dir", str(tmp_path / "work")],
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=400,  # ~1 min on an idle 2-core machine; the start-up figures run 5 more Python processes
         env=subprocess_env(threads=2),
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -50,6 +55,24 @@ def test_quick_benchmark_reports_every_figure(tmp_path):
     for name in RATIOS:
         assert isinstance(ratios[name], float) and ratios[name] > 0, name
     assert len(figures["epochs"]["cached"]) == 2 and report["machine"]["device"] == "cpu"
-    for line in ("(a) compute ceiling", "(c) train, cache", "loader cached/uncached", "discovery/find"):
+    for line in (
+        "(a) compute ceiling",
+        "(c) train, cache",
+        "loader cached/uncached",
+        "discovery/find",
+        "first batch: carotid.train/hand-written",
+        "whole run: carotid.train/hand-written",
+    ):
         assert line in result.stdout
+    # (f)/(g): whole processes, carotid.train against the hand-written Accelerate loop on the same frames
+    startup, whole = figures["startup"], figures["whole_run"]
+    assert startup["_failed"] == {}, startup["_failed"]
+    for name in ("hand-written --help", "carotid.train --help", "carotid.train --no-such-flag"):
+        assert startup[name] > 0, name
+    for side in ("carotid", "handwritten"):
+        assert 0 < whole[side]["first_step_seconds"] < whole[side]["whole_run_seconds"], side
+    assert all(figures["epoch_end"][k] > 0 for k in ("checkpoint_seconds", "save_state_seconds", "best_model_seconds"))
+    runs = sorted((tmp_path / "work" / "runs").iterdir())
+    assert len(runs) == 1 and (runs[0] / "models" / "final_model.pth").is_file()  # carotid.train ran to the end
+    assert (tmp_path / "work" / "handwritten" / "final.pth").is_file()
     assert (tmp_path / "work" / "cache").is_dir()  # the cache was built where asked, not in the user's cache folder

@@ -216,3 +216,44 @@ def test_epoch_metrics_are_the_registry_columns_and_use_the_run_aggregation():
     with_max = epoch_metrics(y, probs, persons, 1, "max")
     person_y = np.array([y[persons == p][0] for p in ids])
     assert with_max["val_person_auc"] == pytest.approx(roc_auc_score(person_y, by_max[:, 1]))
+
+
+@pytest.mark.parametrize("n_classes,positive_index,seed", [(2, 1, 0), (2, 0, 1), (3, 1, 2), (2, 1, 3)])
+def test_epoch_metrics_and_roc_points_equal_sklearn_with_ties_and_missing_classes(n_classes, positive_index, seed):
+    """Training computes its per-epoch numbers in numpy (no scikit-learn import): they must be sklearn's."""
+    from sklearn.metrics import roc_curve
+
+    from carotid.evaluation.metrics import roc_points
+
+    rng = np.random.default_rng(seed)
+    n = 60
+    persons = np.array([f"p{i % 12}" for i in range(n)])
+    y = np.array([int(p[1:]) % n_classes for p in persons])
+    if seed == 3:  # a validation split holding one class only: AUCs are undefined
+        y[:] = 1
+    raw = np.round(rng.random((n, n_classes)), 1) + 0.1  # rounded: many tied scores, some rows exactly 0.5/0.5
+    probs = raw / raw.sum(axis=1, keepdims=True)
+    out = epoch_metrics(y, probs, persons, positive_index, "mean")
+    pred = probs.argmax(axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert out["val_accuracy"] == pytest.approx(accuracy_score(y, pred))
+        assert out["val_balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
+    if len(np.unique(y)) < n_classes:
+        assert out["val_auc"] is None and out["val_person_auc"] is None
+        return
+    expected = (
+        roc_auc_score(y == positive_index, probs[:, positive_index])
+        if n_classes == 2
+        else np.mean([roc_auc_score(y == k, probs[:, k]) for k in range(n_classes)])
+    )
+    assert out["val_auc"] == pytest.approx(expected)
+    ids, person_probs = aggregate_persons(persons, probs, "mean", positive_index)
+    person_y = np.array([y[persons == p][0] for p in ids])
+    person_pred = person_probs.argmax(axis=1)
+    assert out["val_person_accuracy"] == pytest.approx(accuracy_score(person_y, person_pred))
+    for k in range(n_classes):
+        ours = roc_points(y == k, probs[:, k])
+        theirs = roc_curve(y == k, probs[:, k], drop_intermediate=False)
+        for a, b in zip(ours, theirs):
+            np.testing.assert_allclose(a, b)

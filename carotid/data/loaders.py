@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
+import weakref
 
 import numpy as np
 import torch
@@ -64,6 +66,42 @@ def _ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+# Loaders whose worker processes must be stopped before the interpreter exits (see stop_workers_at_exit).
+_STOP_AT_EXIT: weakref.WeakSet = weakref.WeakSet()
+
+
+def stop_workers(loader) -> None:
+    """Stop the persistent worker processes of a loader (or of the DataLoader an Accelerate loader wraps).
+
+    torch has no public call for this; `_iterator` holds the persistent pool and `_shutdown_workers` is
+    what its own `__del__` runs."""
+    base = getattr(loader, "base_dataloader", loader)
+    iterator = getattr(base, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+        base._iterator = None
+
+
+def stop_workers_at_exit(loader):
+    """Register `loader` (as returned by make_loader, accelerator.prepare or skip_first_batches) so its
+    workers are stopped at exit if it is still alive then (held by a reference cycle, e.g. through the
+    Accelerator). Otherwise the process would hang for ever on exit: multiprocessing's exit handler
+    terminate()s daemonic children with SIGTERM, which these workers ignore, and then waits for them."""
+    if getattr(loader, "num_workers", 0) > 0:
+        if not _STOP_AT_EXIT:
+            import multiprocessing.util  # noqa: F401 - registers its exit handler, which must run after ours
+
+            atexit.unregister(_stop_registered_workers)
+            atexit.register(_stop_registered_workers)  # exit handlers run last-registered first
+        _STOP_AT_EXIT.add(loader)
+    return loader
+
+
+def _stop_registered_workers() -> None:
+    for loader in list(_STOP_AT_EXIT):
+        stop_workers(loader)
+
+
 def default_workers() -> int:
     """4 workers hide decoding behind a GPU step; never more than the CPUs this process may use."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -101,7 +139,7 @@ def make_loader(
         # Cached frames: slicing a memory map in this process is ~10x faster than shipping the same
         # batch from worker processes (docs/PERFORMANCE.md), so no workers.
         num_workers = 0
-    return DataLoader(
+    loader = DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
@@ -114,6 +152,7 @@ def make_loader(
         generator=torch.Generator().manual_seed(seed),  # worker seeds come from here, not the global RNG
         worker_init_fn=_ignore_stop_signals if num_workers > 0 else None,
     )
+    return stop_workers_at_exit(loader)
 
 
 class EpochSeeds:

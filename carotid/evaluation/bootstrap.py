@@ -40,11 +40,19 @@ class ResampledMetrics:
     """AUC, accuracy, balanced accuracy (and binary sensitivity, specificity) of one level for a block of
     resamples at once. A resample is a row of `counts`: how often each group (person) was drawn."""
 
-    def __init__(self, group: np.ndarray, y_true: np.ndarray, probs: np.ndarray, positive_index: int, threshold: float):
+    def __init__(
+        self, group: np.ndarray, y_true: np.ndarray, probs: np.ndarray, positive_index: int, threshold: float | None
+    ):
+        """`threshold` None: argmax predictions for binary tasks too (as the per-epoch validation numbers)."""
         group, y_true, probs = np.asarray(group), np.asarray(y_true), np.asarray(probs, dtype=np.float64)
         n_groups, n_classes = int(group.max()) + 1, probs.shape[1]
         self.binary = n_classes == 2
-        pred = (probs[:, positive_index] >= threshold).astype(int) if self.binary else probs.argmax(axis=1)
+        if not self.binary:
+            pred = probs.argmax(axis=1)
+        elif threshold is None:
+            pred = (probs.argmax(axis=1) == positive_index).astype(int)
+        else:
+            pred = (probs[:, positive_index] >= threshold).astype(int)
         truth = (y_true == positive_index).astype(int) if self.binary else y_true
         cell = group * n_classes + truth  # per group and true class: frames, correctly classified frames
         self.frames = np.bincount(cell, minlength=n_groups * n_classes).reshape(n_groups, n_classes).astype(np.float64)

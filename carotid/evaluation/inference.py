@@ -16,7 +16,7 @@ import torch
 from accelerate import Accelerator
 
 from carotid.data.discovery import Frame
-from carotid.data.loaders import frame_dataset, make_loader
+from carotid.data.loaders import frame_dataset, make_loader, stop_workers, stop_workers_at_exit
 from carotid.data.transforms import eval_preset
 from carotid.errors import UserError
 from carotid.evaluation.aggregation import aggregate_persons, person_labels
@@ -74,9 +74,15 @@ def run_inference(
         )
     )
     preset = eval_preset(model_file.normalization["mean"], model_file.normalization["std"]).to(accelerator.device)
-    out = exactly_once(
-        predict_loader(model.to(accelerator.device), loader, accelerator, preset, desc="predict"), len(dataset)
-    )
+    try:
+        out = exactly_once(
+            predict_loader(
+                model.to(accelerator.device), stop_workers_at_exit(loader), accelerator, preset, desc="predict"
+            ),
+            len(dataset),
+        )
+    finally:
+        stop_workers(loader)  # one pass: the workers are done
     ok = out["readable"].astype(bool)
     paths, persons = np.array(dataset.paths, dtype=str), np.array(dataset.person_ids, dtype=str)
     unreadable = [str(p) for p in paths[~ok]] + [str(p) for p in getattr(dataset, "excluded", {})]

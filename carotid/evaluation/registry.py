@@ -2,7 +2,8 @@
 
 The metrics.csv columns, the `--monitor` choices, the epoch line, the evaluation table and the
 bootstrap's list all derive from `METRICS`; adding a metric is one entry here plus its arithmetic in
-`carotid.evaluation.metrics` (and `bootstrap` if it should get a CI). Free of numpy and torch, so
+`carotid.evaluation.metrics` (and in `bootstrap.ResampledMetrics` if it should get a CI or be logged
+every epoch). Free of numpy and torch, so
 option parsing can import it.
 """
 

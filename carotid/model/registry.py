@@ -7,7 +7,6 @@ first convolution is adapted to `in_channels` and its last linear layer replaced
 from __future__ import annotations
 
 import torch
-import torchvision
 from torch import nn
 
 from carotid.errors import UserError
@@ -155,6 +154,8 @@ def build_model(
         raise UserError(f"unknown model '{arch}'", f"choose one of {', '.join(ARCHITECTURES)}")
     if arch == "small_cnn":
         return SmallCNN(num_classes=num_classes, in_channels=in_channels)
+    import torchvision  # ~2 s to import (it loads torch._dynamo): only for the architectures that need it
+
     if pretrained:
         try:
             model = torchvision.models.get_model(arch, weights="DEFAULT")

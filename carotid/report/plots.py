@@ -17,7 +17,6 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
-from sklearn.metrics import roc_auc_score, roc_curve
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -199,6 +198,8 @@ def plot_roc(
     `operating_points` ({level: metrics with sensitivity, specificity, threshold}) marks where the
     reported threshold sits on each binary curve; `bands` ({level: {'fpr', 'low', 'high', 'resamples'}})
     draws the pointwise 95% band of the person bootstrap. Each panel names the split and its counts."""
+    from sklearn.metrics import roc_auc_score, roc_curve  # only here: curves.png needs no scikit-learn
+
     fig, axes = new_figure(1, len(levels), figsize=(5.2 * len(levels), 5), squeeze=False)
     for ax, (level, (y_true, probs)) in zip(axes[0], levels.items()):
         band = (bands or {}).get(level)

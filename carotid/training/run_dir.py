@@ -13,6 +13,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -107,20 +108,24 @@ def check_writable(output_dir: str | Path) -> None:
 
 
 def software_versions() -> dict[str, str]:
-    import accelerate
-    import sklearn
-    import torch
-    import torchvision
+    # A module not loaded yet is asked through its package metadata: importing torchvision and scikit-learn
+    # only to read their versions cost seconds at every start. (Loaded ones give their build tag, e.g. +cu130.)
+    from importlib.metadata import PackageNotFoundError, version
 
     import carotid
 
-    versions = {
-        "carotid": carotid.__version__,
-        "torch": str(torch.__version__),
-        "torchvision": str(torchvision.__version__),
-        "accelerate": str(accelerate.__version__),
-        "scikit-learn": str(sklearn.__version__),
-    }
+    versions = {"carotid": carotid.__version__}
+    for package, module in (
+        ("torch", "torch"),
+        ("torchvision", "torchvision"),
+        ("accelerate", "accelerate"),
+        ("scikit-learn", "sklearn"),
+    ):
+        try:
+            loaded = sys.modules.get(module)
+            versions[package] = str(loaded.__version__) if loaded is not None else version(package)
+        except PackageNotFoundError:
+            versions[package] = "not installed"
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"],

@@ -25,11 +25,10 @@ except ImportError:  # torch < 2.4
     from torch.distributed._tensor import DTensor
 
 from carotid.config import TrainConfig
-from carotid.data.loaders import EpochSeeds, make_loader
+from carotid.data.loaders import EpochSeeds, make_loader, stop_workers, stop_workers_at_exit
 from carotid.data.manifest import DataManifest
 from carotid.data.transforms import NORMALIZATION, eval_preset, train_preset
 from carotid.errors import StopTraining, UserError
-from carotid.evaluation.metrics import epoch_metrics
 from carotid.evaluation.registry import EPOCH_LINE, METRIC_COLUMNS, lower_is_better
 from carotid.evaluation.selection import ValidationOutput, choose_on_validation
 from carotid.files import write_records
@@ -93,6 +92,8 @@ class Trainer:
         )
         self.model, self.optimizer, self.train_loader = prepared[:3]
         self.val_loader = prepared[3] if val_loader is not None else None
+        for loader in (self.train_loader, self.val_loader):
+            stop_workers_at_exit(loader)
         steps_per_epoch = math.ceil(len(self.train_loader) / accelerator.gradient_accumulation_steps)
         self.total_steps = steps_per_epoch * cfg.epochs
         # The schedule drives the torch optimizer itself: Accelerate's and DeepSpeed's wrappers share its param_groups.
@@ -251,7 +252,7 @@ class Trainer:
         cfg, epoch = self.cfg, self.state["epoch"]
         self.seeds.set_epoch(epoch)
         done = self.progress.batches_done
-        loader = skip_first_batches(self.train_loader, done) if done else self.train_loader
+        loader = stop_workers_at_exit(skip_first_batches(self.train_loader, done)) if done else self.train_loader
         end = train_one_epoch(
             self.model,
             loader,
@@ -341,6 +342,8 @@ class Trainer:
     def finish(self) -> None:
         """final_model.pth and curves.png; then the test split, evaluated with best_model.pth; then report.html."""
         state, best = self.state, self.state["best"]
+        for loader in (self.train_loader, self.val_loader):
+            stop_workers(loader)  # their CPUs and memory go to the test evaluation
         self.save_model(
             "final_model.pth", state["epoch"], state["rows"][-1] if state["rows"] else {}, state["last_choice"]
         )
@@ -392,6 +395,9 @@ def validate(
     model, loader, accelerator, preset, dataset, positive_index, aggregation, channels_last
 ) -> tuple[dict, ValidationOutput]:
     """val_* numbers of the metrics row, and the validation frames' outputs for choosing the threshold."""
+    # scikit-learn (~1 s to import) is first needed here, after the first epoch, not before the first batch.
+    from carotid.evaluation.metrics import epoch_metrics
+
     out = predict_loader(model, loader, accelerator, preset, channels_last=channels_last, desc="validate")
     ok = out["readable"].astype(bool)
     persons = np.asarray(dataset.person_ids)[out["index"][ok]]

@@ -1,0 +1,69 @@
+"""`--help` and argument errors of every CLI answer without loading the heavy libraries.
+
+Each CLI runs as a real process under `python -X importtime`, which lists on stderr every module the
+process imported; none of torch, torchvision, scikit-learn or matplotlib may be among them.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import subprocess_env
+
+CLIS = ("carotid.train", "carotid.evaluate", "carotid.predict", "carotid.demo")
+HEAVY = ("torch", "torchvision", "sklearn", "matplotlib")
+
+
+def imported_modules(stderr: str) -> set[str]:
+    """Top-level package names from `-X importtime` lines: 'import time: self | cumulative | name'."""
+    names = set()
+    for line in stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            name = line.rsplit("|", 1)[1].strip()
+            if name != "imported package":  # the header row
+                names.add(name.split(".")[0])
+    return names
+
+
+def run_with_importtime(module: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", module, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=subprocess_env(),
+    )
+
+
+@pytest.mark.parametrize("module", CLIS)
+def test_help_answers_without_heavy_imports(module):
+    result = run_with_importtime(module, "--help")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "usage:" in result.stdout and "--help" in result.stdout
+    modules = imported_modules(result.stderr)
+    assert "carotid" in modules, "importtime output not understood"
+    assert not modules & set(HEAVY), f"{module} --help imported {sorted(modules & set(HEAVY))}"
+
+
+@pytest.mark.parametrize("module", CLIS)
+def test_bad_flag_is_one_error_line_without_heavy_imports(module):
+    result = run_with_importtime(module, "--no-such-flag", "1")
+    assert result.returncode == 2, result.stderr[-2000:]
+    messages = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
+    assert len(messages) == 1 and messages[0].startswith("error: "), messages
+    assert "--no-such-flag" in messages[0] or "required" in messages[0]
+    assert "Traceback" not in result.stderr
+    modules = imported_modules(result.stderr)
+    assert not modules & set(HEAVY), f"{module} with a bad flag imported {sorted(modules & set(HEAVY))}"
+
+
+def test_a_bad_value_is_refused_before_torch_loads():
+    """A check in TrainConfig.__post_init__ (not argparse) answers as quickly."""
+    result = run_with_importtime("carotid.train", "--epochs", "0")
+    assert result.returncode == 2
+    messages = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
+    assert messages == [messages[0]] and messages[0].startswith("error: --epochs must be ≥ 1"), messages
+    assert not imported_modules(result.stderr) & set(HEAVY)
