@@ -110,7 +110,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--quick", action="store_true", help="Tiny sizes for the test suite (seconds on a laptop CPU).")
     args = parser.parse_args(argv)
     if args.quick:
-        args.image_size, args.batch_size, args.persons, args.frames = 32, 8, 4, 6
+        args.image_size, args.batch_size, args.persons, args.frames = 32, 8, 6, 4  # 3 persons a class: both in train
         args.num_workers, args.min_seconds, args.epochs = 0, 0.2, 2
         args.startup_pairs, args.run_pairs = 1, 1
     if bool(args.root_dir) != bool(args.label_excel):
