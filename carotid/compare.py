@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from carotid.config import parse_compare_args
+from carotid.commands import parse_compare_args
 from carotid.errors import run_cli
 
 

@@ -1,6 +1,6 @@
-"""Every CLI's options, each declared once: `TrainConfig` (carotid-train, also the YAML schema),
-`EvaluateOptions`, `PredictOptions` and `DemoOptions`. Evaluate and predict reuse train's definitions
-through `like()`. The machinery that turns them into argparse and YAML is `carotid.options`.
+"""The training options, each declared once: `TrainConfig` (carotid-train, also the YAML schema), and the
+checks every CLI's options share. The other commands' options (`carotid.commands`) reuse train's
+definitions through `like()`. The machinery that turns them into argparse and YAML is `carotid.options`.
 
 `python -m carotid.config > configs/train/default.yaml` regenerates the documented YAML.
 """
@@ -22,7 +22,7 @@ from carotid.evaluation.registry import (
     parse_operating_point,
 )
 from carotid.model import ARCHITECTURES
-from carotid.options import default_yaml, flag, like, opt, parse_options
+from carotid.options import default_yaml, flag, opt, parse_options
 
 DEFAULT_SEED, DEFAULT_BOOTSTRAP = 42, 1000
 
@@ -223,7 +223,7 @@ class TrainConfig:
             raise UserError("--train-ratio is 0", "give the training split a share > 0")
         if self.folds is not None and self.folds < 2:
             raise UserError(f"--folds must be ≥ 2, got {self.folds}", "use e.g. --folds 5, or leave it out")
-        _positive(
+        check_positive(
             self,
             "batch_size",
             "epochs",
@@ -233,7 +233,7 @@ class TrainConfig:
             "lr_step_epochs",
             "dist_timeout_minutes",
         )
-        _check_header_row(self.header_row)
+        check_header_row(self.header_row)
         if self.image_size < 16:
             raise UserError(f"--image-size must be at least 16, got {self.image_size}", "use e.g. 224")
         if not self.lr > 0:
@@ -249,7 +249,7 @@ class TrainConfig:
             raise UserError(
                 f"--max-imgs-per-person must be ≥ 1, got {self.max_imgs_per_person}", "leave it out to keep every frame"
             )
-        _non_negative(
+        check_non_negative(
             self,
             "weight_decay",
             "warmup_epochs",
@@ -265,7 +265,7 @@ class TrainConfig:
             raise UserError(f"--clip-grad-norm must be > 0, got {self.clip_grad_norm}", "leave it out to not clip")
         if self.pretrained and self.pretrained_weights:
             raise UserError("--pretrained and --pretrained-weights both given", "choose one source of initial weights")
-        _check_operating_points(self.operating_point)
+        check_operating_points(self.operating_point)
         if (self.calibrate or self.operating_point) and self.val_ratio == 0:
             raise UserError(
                 "--calibrate and --operating-point are chosen on the validation persons, but --val-ratio is 0",
@@ -278,24 +278,24 @@ class TrainConfig:
             )
 
 
-def _positive(cfg: Any, *names: str) -> None:
+def check_positive(cfg: Any, *names: str) -> None:
     for name in names:
         if getattr(cfg, name) < 1:
             raise UserError(f"{flag(name)} must be ≥ 1, got {getattr(cfg, name)}", f"pass a positive {flag(name)}")
 
 
-def _non_negative(cfg: Any, *names: str) -> None:
+def check_non_negative(cfg: Any, *names: str) -> None:
     for name in names:
         if getattr(cfg, name) is not None and getattr(cfg, name) < 0:
             raise UserError(f"{flag(name)} must be ≥ 0, got {getattr(cfg, name)}", f"pass {flag(name)} 0 or more")
 
 
-def _check_header_row(row: int | None) -> None:
+def check_header_row(row: int | None) -> None:
     if row is not None and row < 1:
         raise UserError(f"--header-row must be ≥ 1 (rows are numbered as Excel shows them), got {row}", "use e.g. 1")
 
 
-def _check_operating_points(specs: list[str]) -> None:
+def check_operating_points(specs: list[str]) -> None:
     for text in specs:
         if parse_operating_point(text) is None:
             raise UserError(f"--operating-point '{text}' is not understood", f"use {OPERATING_POINT_HELP}")
@@ -304,7 +304,7 @@ def _check_operating_points(specs: list[str]) -> None:
         raise UserError(f"--operating-point repeats a point: {', '.join(specs)}", "give each point once")
 
 
-def _check_threshold(threshold: float | None) -> None:
+def check_threshold(threshold: float | None) -> None:
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise UserError(f"--threshold must be between 0 and 1, got {threshold}", "pass a probability such as 0.5")
 
@@ -323,354 +323,6 @@ def parse_train_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, se
         config_file=True,
         example="configs/train/default.yaml",
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# carotid-evaluate
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class EvaluateOptions:
-    run_dir: str | None = opt(
-        None,
-        "A run directory made by carotid-train: its splits.json, config.yaml and models/.",
-        group="what",
-        metavar="RUN",
-    )
-    model: str | None = opt(
-        None,
-        "RUN/models/best_model.pth (default), final_model.pth, or any model file.",
-        group="what",
-        metavar="best|final|PATH",
-    )
-    split: str | None = opt(
-        None,
-        "Which persons of RUN's splits.json to evaluate (default: test).",
-        choices=("test", "val", "train"),
-        group="what",
-    )
-    root_dir: str | None = like(
-        TrainConfig, "root_dir", help="Folder of person folders (default: the run's). Needed without --run-dir."
-    )
-    label_excel: str | None = like(
-        TrainConfig, "label_excel", help="Excel label file (default: the run's). Needed without --run-dir."
-    )
-    sheet: str | None = like(
-        TrainConfig, "sheet", help="Sheet of the label file (default: the run's, else the active visible sheet)."
-    )
-    header_row: int | None = like(
-        TrainConfig, "header_row", help="Row number of the column headers (default: the run's, else found)."
-    )
-    id_column: str | None = like(
-        TrainConfig, "id_column", help="Header of the person-ID column (default: the run's, else recognised)."
-    )
-    label_column: str | None = like(
-        TrainConfig, "label_column", help="Header of the label column (default: the run's, else recognised)."
-    )
-    strict_matching: bool | None = like(
-        TrainConfig, "strict_matching", None, help="Every sheet row needs a folder and every folder a row."
-    )
-    max_imgs_per_person: int | None = like(
-        TrainConfig,
-        "max_imgs_per_person",
-        help="Frames per person, spread evenly; 0 = all (default: the run's cap; without --run-dir all frames).",
-    )
-    out: str | None = opt(
-        None,
-        "Output folder (default: RUN/eval_<split>_<model>/; external validation: see docs/EVALUATION.md).",
-        group="output",
-        metavar="DIR",
-    )
-    bootstrap: int | None = like(
-        TrainConfig,
-        "bootstrap",
-        help=f"Person resamples for the 95% CIs, 0 = none (default: the run's, else {DEFAULT_BOOTSTRAP}).",
-        group="output",
-    )
-    seed: int | None = like(
-        TrainConfig,
-        "seed",
-        help=f"Seed of the bootstrap (default: the run's seed, else {DEFAULT_SEED}).",
-        group="output",
-    )
-    person_aggregation: str | None = like(
-        TrainConfig,
-        "person_aggregation",
-        help="Frame → person probability (default: the model file's).",
-        group="output",
-    )
-    threshold: float | None = opt(
-        None,
-        "Binary: positive if P(positive) ≥ T (default: the model file's Youden threshold).",
-        group="output",
-        metavar="T",
-    )
-    calibrate: str | None = like(
-        TrainConfig,
-        "calibrate",
-        help="temperature = fit a temperature on RUN's validation persons and evaluate with it; the model file "
-        "with it is written to OUT/model.pth (default: the model file's temperature, if any).",
-        group="study",
-    )
-    operating_point: list[str] = like(
-        TrainConfig,
-        "operating_point",
-        help=f"Choose this operating point on RUN's validation persons ({OPERATING_POINT_HELP}) and report the "
-        "metrics at it; OUT/model.pth stores them (default: the model file's operating points).",
-        group="study",
-    )
-    subgroup_column: list[str] = opt(
-        [],
-        "A column of the label sheet (e.g. hospital, sex, age band): the metrics per value of it, with CIs.",
-        group="study",
-        metavar="COL",
-    )
-    subgroup_min_persons: int = opt(
-        10, "Subgroups with fewer persons (or one class only) are listed but marked as too small.", group="study"
-    )
-    reader_column: str | None = opt(
-        None,
-        "A column of the label sheet holding a reader's call (class name or 0/1) or score (probability or any "
-        "number, higher = more likely positive): scored on the same persons into OUT_reader_<COL>/, "
-        "for carotid-compare.",
-        group="study",
-        metavar="COL",
-    )
-    reader_threshold: float | None = opt(
-        None,
-        "Reader scores: positive if score ≥ T (default: 0.5 for probabilities; needed for other scores).",
-        group="study",
-        metavar="T",
-    )
-    heatmaps: int = opt(
-        0,
-        "Write OUT/heatmaps/<person>.png for every person: its N most decisive frames with Grad-CAM overlays "
-        "(0 = none; the failure gallery always gets its montages).",
-        group="output",
-        metavar="N",
-    )
-    failures: int = opt(
-        8, "Most wrong persons shown in the failure gallery of report.html (0 = none).", group="output", metavar="K"
-    )
-    batch_size: int = like(TrainConfig, "batch_size", 64, help="Frames per batch on each process.", group="run")
-    num_workers: int | None = like(TrainConfig, "num_workers", group="run")
-    cache: bool = like(TrainConfig, "cache", False, group="run")
-    cache_dir: str | None = like(TrainConfig, "cache_dir", group="run")
-
-    def __post_init__(self) -> None:
-        _non_negative(self, "bootstrap", "num_workers", "max_imgs_per_person", "heatmaps", "failures")
-        _positive(self, "batch_size", "subgroup_min_persons")
-        _check_header_row(self.header_row)
-        _check_threshold(self.threshold)
-        _check_operating_points(self.operating_point)
-        if len(set(self.subgroup_column)) != len(self.subgroup_column):
-            raise UserError(f"--subgroup-column repeats a column: {self.subgroup_column}", "give each column once")
-
-
-EVALUATE_GROUPS = {
-    "what": "what to evaluate",
-    "data": "data",
-    "output": "metrics and output",
-    "study": "calibration, operating points, subgroups and readers",
-    "run": "processes and loading",
-}
-
-
-def parse_evaluate_args(argv: Sequence[str] | None) -> EvaluateOptions:
-    return parse_options(
-        EvaluateOptions,
-        argv,
-        "carotid-evaluate",
-        "Evaluate a carotid model file per image and per person, with 95% CIs.",
-        EVALUATE_GROUPS,
-    )[0]
-
-
-# ---------------------------------------------------------------------------------------------
-# carotid-predict
-# ---------------------------------------------------------------------------------------------
-
-LAYOUTS = ("auto", "persons", "person", "images")
-
-
-@dataclass
-class PredictOptions:
-    model: str | None = opt(
-        None, "A model file, e.g. RUN/models/best_model.pth.", group="what", metavar="PATH", required=True
-    )
-    input: str | None = opt(
-        None,
-        "A folder of person folders, one person's folder, a folder of images, or one image file.",
-        group="what",
-        metavar="DIR|FILE",
-        required=True,
-    )
-    out: str | None = opt(
-        None,
-        "Per-image predictions; the per-person table goes beside it as FILE_persons.csv "
-        "(default: ./predictions_<DIR name>.csv).",
-        group="output",
-        metavar="FILE.csv",
-    )
-    layout: str = opt(
-        "auto",
-        "persons = one sub-folder per person; person = every image below DIR is one person's; images = each "
-        "image on its own (default auto: 'persons' if DIR holds only person folders with images, 'person' if it "
-        "holds only images; a mix, or folders nested two levels, is an error asking for --layout).",
-        choices=LAYOUTS,
-        group="what",
-    )
-    person_aggregation: str | None = like(EvaluateOptions, "person_aggregation")
-    threshold: float | None = opt(
-        None,
-        "Binary models: positive if P(positive) ≥ T (default: the model file's threshold).",
-        group="output",
-        metavar="T",
-    )
-    heatmaps: int = like(
-        EvaluateOptions,
-        "heatmaps",
-        0,
-        help="Write FILE_heatmaps/<person>.png for every person: its N most decisive frames with Grad-CAM overlays "
-        "(0 = none).",
-    )
-    batch_size: int = like(EvaluateOptions, "batch_size", 64)
-    num_workers: int | None = like(EvaluateOptions, "num_workers")
-
-    def __post_init__(self) -> None:
-        _non_negative(self, "num_workers", "heatmaps")
-        _positive(self, "batch_size")
-        _check_threshold(self.threshold)
-
-
-def parse_predict_args(argv: Sequence[str] | None) -> PredictOptions:
-    return parse_options(
-        PredictOptions,
-        argv,
-        "carotid-predict",
-        "Predict per image and per person with a carotid model file; no labels needed.",
-        {"what": "what to predict", "output": "output", "run": "processes and loading"},
-    )[0]
-
-
-# ---------------------------------------------------------------------------------------------
-# carotid-compare
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class CompareOptions:
-    eval_a: str | None = opt(
-        None,
-        "An evaluation folder (with person_predictions.csv and metrics.json).",
-        group="what",
-        metavar="EVAL_A",
-        positional=True,
-    )
-    eval_b: str | None = opt(
-        None,
-        "The evaluation folder to compare it with (another model, or a reader).",
-        group="what",
-        metavar="EVAL_B",
-        positional=True,
-    )
-    shared_persons: bool = opt(
-        False,
-        "Compare on the persons both folders hold when their person sets differ (default: refuse).",
-        group="what",
-    )
-    out: str | None = opt(
-        None,
-        "Folder for compare.json (default: ./compare_<EVAL_A>_vs_<EVAL_B>/).",
-        group="output",
-        metavar="DIR",
-    )
-    bootstrap: int = like(
-        TrainConfig,
-        "bootstrap",
-        DEFAULT_BOOTSTRAP,
-        help="Paired person resamples for the CIs of the differences.",
-        group="output",
-    )
-    seed: int = like(TrainConfig, "seed", DEFAULT_SEED, help="Seed of the bootstrap.", group="output")
-
-    def __post_init__(self) -> None:
-        _positive(self, "bootstrap")
-
-
-def parse_compare_args(argv: Sequence[str] | None) -> CompareOptions:
-    return parse_options(
-        CompareOptions,
-        argv,
-        "carotid-compare",
-        "Compare two evaluations of the same persons: DeLong's test of the AUCs, McNemar's tests of "
-        "sensitivity and specificity, and paired person-bootstrap CIs of the differences.",
-        {"what": "what to compare", "output": "output"},
-    )[0]
-
-
-# ---------------------------------------------------------------------------------------------
-# carotid-export
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ExportOptions:
-    model: str | None = opt(
-        None, "A model file, e.g. RUN/models/best_model.pth.", group="what", metavar="PATH", required=True
-    )
-    format: str = opt(
-        "onnx",
-        "onnx (onnxruntime, any language) or torchscript (PyTorch without this package).",
-        choices=("onnx", "torchscript"),
-        group="what",
-    )
-    out: str | None = opt(
-        None, "Output file (default: beside the model file, .onnx or .pt).", group="what", metavar="FILE"
-    )
-    frames: str | None = opt(
-        None,
-        "Folder of real frames to check the export against PyTorch on (default: the model's training data).",
-        group="what",
-        metavar="DIR",
-    )
-
-
-def parse_export_args(argv: Sequence[str] | None) -> ExportOptions:
-    return parse_options(
-        ExportOptions,
-        argv,
-        "carotid-export",
-        "Export a carotid model file to ONNX or TorchScript, with its input contract, classes and threshold "
-        "as metadata, checked against PyTorch on real frames.",
-        {"what": "what to export"},
-    )[0]
-
-
-# ---------------------------------------------------------------------------------------------
-# carotid-demo
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class DemoOptions:
-    out: str | None = opt(
-        None, "Folder to write the person folders and label.xlsx into.", group="demo", metavar="DIR", required=True
-    )
-    persons: int = opt(60, "Number of persons, half of them with plaque.", group="demo")
-    frames: int = opt(12, "Frames per person.", group="demo")
-    size: int = opt(128, "Frame width in pixels; height is 3/4 of it.", group="demo")
-    seed: int = opt(0, "Random seed.", group="demo")
-
-    def __post_init__(self) -> None:
-        _positive(self, "persons", "frames")
-        if self.size < 16:
-            raise UserError(f"--size must be at least 16, got {self.size}", "use e.g. 128")
-
-
-def parse_demo_args(argv: Sequence[str] | None, description: str) -> DemoOptions:
-    return parse_options(DemoOptions, argv, "carotid-demo", description, {"demo": "demo data"})[0]
 
 
 def train_yaml() -> str:

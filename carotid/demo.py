@@ -122,7 +122,7 @@ def make_demo_data(out: str | Path, persons: int = 60, frames: int = 12, size: i
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    from carotid.config import parse_demo_args
+    from carotid.commands import parse_demo_args
 
     args = parse_demo_args(argv, __doc__.split("\n\n")[0])
     label_path = make_demo_data(args.out, args.persons, args.frames, args.size, args.seed)

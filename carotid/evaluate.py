@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from carotid.config import DEFAULT_BOOTSTRAP, DEFAULT_SEED, EvaluateOptions, parse_evaluate_args
+from carotid.commands import EvaluateOptions, parse_evaluate_args
+from carotid.config import DEFAULT_BOOTSTRAP, DEFAULT_SEED
 from carotid.errors import UserError, run_cli
 from carotid.text import plural
 

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from carotid.config import parse_export_args
+from carotid.commands import parse_export_args
 from carotid.errors import UserError, run_cli
 
 NEEDS = {"onnx": ("onnx", "onnxscript", "onnxruntime"), "torchscript": ()}

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from carotid.config import PredictOptions, parse_predict_args
+from carotid.commands import PredictOptions, parse_predict_args
 from carotid.data.discovery import Frame, discover_frames, find_unreadable, frames_below, is_image_name
 from carotid.errors import UserError, run_cli
 from carotid.text import display_width, pad, plural

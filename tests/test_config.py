@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from carotid.config import TRAIN_GROUPS, EvaluateOptions, PredictOptions, TrainConfig, parse_train_args, train_yaml
+from carotid.commands import EvaluateOptions, PredictOptions
+from carotid.config import TRAIN_GROUPS, TrainConfig, parse_train_args, train_yaml
 from carotid.errors import UserError
 from carotid.options import build_parser
 

@@ -8,7 +8,8 @@ import openpyxl
 import pytest
 
 from carotid import evaluate
-from carotid.config import parse_evaluate_args, parse_train_args
+from carotid.commands import parse_evaluate_args
+from carotid.config import parse_train_args
 from carotid.data.labels import read_labels, read_person_columns
 from carotid.errors import UserError
 from carotid.evaluation.aggregation import aggregate_persons, person_labels

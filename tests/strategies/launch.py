@@ -84,7 +84,8 @@ def probe_finiteness_after_the_run() -> None:
     the trained, prepared model, then again with one weight of rank 1's part set to NaN."""
     import torch
 
-    from carotid.training.trainer import Trainer, local_part, weights_finite
+    from carotid.training.epoch import local_part, weights_finite
+    from carotid.training.trainer import Trainer
 
     original = Trainer.finish
 
