@@ -409,7 +409,7 @@ def test_an_unexpected_failure_keeps_its_traceback(shared, tmp_path, monkeypatch
     def broken(*args, **kwargs):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr("carotid.train.read_labels", broken)
+    monkeypatch.setattr("carotid.training.fit.read_labels", broken)
     with pytest.raises(ZeroDivisionError):
         train_in_process(*env.train()[1])
 
