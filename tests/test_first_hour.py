@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from carotid import config, predict
+from carotid import commands, config, predict
 from carotid.data.loaders import default_workers
 from carotid.evaluation.inference import PersonPredictions
 from carotid.options import build_parser
@@ -16,10 +16,10 @@ from carotid.text import display_width, plural
 
 SCHEMAS = {
     "carotid-train": (config.TrainConfig, config.TRAIN_GROUPS),
-    "carotid-evaluate": (config.EvaluateOptions, config.EVALUATE_GROUPS),
-    "carotid-predict": (config.PredictOptions, {"what": "", "output": "", "run": ""}),
-    "carotid-export": (config.ExportOptions, {"what": ""}),
-    "carotid-demo": (config.DemoOptions, {"demo": ""}),
+    "carotid-evaluate": (commands.EvaluateOptions, commands.EVALUATE_GROUPS),
+    "carotid-predict": (commands.PredictOptions, {"what": "", "output": "", "run": ""}),
+    "carotid-export": (commands.ExportOptions, {"what": ""}),
+    "carotid-demo": (commands.DemoOptions, {"demo": ""}),
 }
 
 
