@@ -155,7 +155,7 @@ def test_console_scripts_are_installed():
     from importlib.metadata import entry_points
 
     scripts = {e.name: e for e in entry_points(group="console_scripts") if e.name.startswith("carotid-")}
-    assert set(scripts) == {"carotid-train", "carotid-evaluate", "carotid-predict", "carotid-demo"}
+    assert set(scripts) == {f"carotid-{name}" for name in ("train", "evaluate", "predict", "compare", "export", "demo")}
     assert all(callable(e.load()) for e in scripts.values())
     path = shutil.which("carotid-train") or str(Path(sys.executable).parent / "carotid-train")
     result = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=120)
