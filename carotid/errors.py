@@ -56,6 +56,23 @@ def _exit_at_once(signum, frame) -> None:
     os._exit(130)  # nothing is open for writing before run_cli starts
 
 
+def _importing() -> bool:
+    """Whether a module is being imported: Python sets `__spec__._initializing` while it runs one."""
+    for module in list(sys.modules.values()):
+        if getattr(getattr(module, "__spec__", None), "_initializing", False):
+            return True
+    return False
+
+
+def _interrupt(signum, frame) -> None:
+    # A KeyboardInterrupt raised inside an import can cross torch's C++ start-up code, which then aborts
+    # ("terminate called after throwing an instance of 'python_error'", SIGABRT). Imports write nothing,
+    # so stopping at once there is as clean as unwinding, and elsewhere unwinding cleans up.
+    if _importing():
+        _exit_at_once(signum, frame)
+    raise KeyboardInterrupt
+
+
 def quiet_ctrl_c_until_run() -> None:
     """Before `run_cli` starts (imports), Ctrl-C exits at once with one line and status 130."""
     signal.signal(signal.SIGINT, _exit_at_once)
@@ -64,7 +81,7 @@ def quiet_ctrl_c_until_run() -> None:
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
     """Run `main(argv)`; turn `UserError` / `StopTraining` / Ctrl-C into a message and an exit status."""
     if signal.getsignal(signal.SIGINT) is _exit_at_once:
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # from here KeyboardInterrupt cleans up
+        signal.signal(signal.SIGINT, _interrupt)  # from here KeyboardInterrupt cleans up
     try:
         status = main(argv) or 0
     except UserError as err:
