@@ -30,7 +30,7 @@ from carotid.evaluation.registry import EPOCH_LINE, METRIC_COLUMNS, lower_is_bet
 from carotid.files import write_records
 from carotid.model.file import ModelFile
 from carotid.training import checkpoints
-from carotid.training.engine import EpochProgress, predict_loader, reduce_progress, train_one_epoch
+from carotid.training.engine import SEEN, EpochProgress, predict_loader, reduce_progress, train_one_epoch
 from carotid.training.optim import make_optimizer, make_scheduler, stretch_schedule
 from carotid.training.runtime import RunLog, StopSignal
 
@@ -108,6 +108,7 @@ class Trainer:
             "in_channels": cfg.in_channels,
             "image_size": cfg.image_size,
             "normalization": norm,
+            "preprocessing": {"resize": cfg.resize, "crop": cfg.crop},
             "positive_index": positive_index,
             "aggregation": cfg.person_aggregation,
             "monitor": monitor,
@@ -127,6 +128,9 @@ class Trainer:
             },
         }
         self.progress = EpochProgress()
+        # Each frame's decode status as the loaders last returned it (carotid.data.check), for data_report.json.
+        self.train_status = torch.zeros(len(train_set), dtype=torch.uint8, device=accelerator.device)
+        self.val_status: np.ndarray | None = None
 
     # -----------------------------------------------------------------------------------------
     # Saving and restoring
@@ -243,6 +247,7 @@ class Trainer:
             save_checkpoint=lambda p: self.save_state(p, False),
             stop_requested=lambda: stop.requested,
             channels_last=self.on_cuda,
+            statuses=self.train_status,
         )
         if end.stop == "nonfinite":
             batch = end.nonfinite_step + 1 if end.nonfinite_step is not None else "?"
@@ -274,6 +279,8 @@ class Trainer:
                 self.on_cuda,
             )
             row |= val_row
+            self.val_status = val_out[3]
+            val_out = val_out[:3]
         return row, val_out
 
     def optimizer_stepped(self) -> bool:
@@ -314,8 +321,18 @@ class Trainer:
         if state["stopped_early"]:
             self.log(f"early stopping: {monitor} has not improved for {best['bad_epochs']} epoch(s)")
 
-    def finish(self) -> None:
-        """final_model.pth and curves.png; then the test split, evaluated with best_model.pth."""
+    def decode_statuses(self) -> dict[str, np.ndarray]:
+        """Collective: each split's per-frame decode status (| SEEN), merged over the ranks."""
+        gathered = self.accelerator.gather(self.train_status[None]).reshape(-1, len(self.train_status))
+        statuses = {"train": gathered.amax(dim=0).cpu().numpy()}
+        if self.val_status is not None:
+            statuses["val"] = self.val_status.astype(np.uint8) | SEEN  # validation reads every frame
+        return statuses
+
+    def finish(self) -> dict | None:
+        """final_model.pth and curves.png; then the test split, evaluated with best_model.pth.
+
+        Returns the test evaluation's metrics.json dict on the main process (None elsewhere or without one)."""
         state, best = self.state, self.state["best"]
         self.save_model("final_model.pth", state["epoch"], state["rows"][-1] if state["rows"] else {})
         if self.accelerator.is_main_process and state["rows"]:
@@ -330,7 +347,7 @@ class Trainer:
 
             cfg = self.cfg
             context = {"run_dir": str(self.run_dir), "data": {"root_dir": cfg.root_dir, "label_excel": cfg.label_excel}}
-            evaluate_model(
+            return evaluate_model(
                 self.accelerator,
                 self.run_dir / "models" / "best_model.pth",
                 self.manifest.frames_of("test"),
@@ -346,6 +363,7 @@ class Trainer:
                 log=self.log,
                 context=context,
             )
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,14 +374,17 @@ class Trainer:
 def validate(
     model, loader, accelerator, preset, dataset, positive_index, aggregation, channels_last
 ) -> tuple[dict, tuple]:
-    """val_* numbers of the metrics row, and (labels, probs, person IDs) for choosing the threshold."""
+    """val_* numbers of the metrics row, and (labels, probs, person IDs) for choosing the threshold, with
+    every frame's decode status."""
     out = predict_loader(model, loader, accelerator, preset, channels_last=channels_last, desc="validate")
-    ok = out["readable"].astype(bool)
+    ok = out["status"] > 0
     persons = np.asarray(dataset.person_ids)[out["index"][ok]]
     labels, probs = out["labels"][ok], out["probs"][ok]
     numbers = epoch_metrics(labels, probs, persons, positive_index, aggregation)
     row = {"val_loss": float(out["loss"][ok].mean())} | numbers
-    return row, (labels, probs, persons)
+    status = np.zeros(len(dataset), dtype=np.uint8)
+    status[out["index"]] = out["status"]
+    return row, (labels, probs, persons, status)
 
 
 def choose_threshold(val_out: tuple | None, cfg: TrainConfig, positive_index: int) -> dict:
