@@ -134,6 +134,7 @@ def external_out_dir(model_path: Path, root_dir: str) -> Path:
 
 def collect_frames(plan: EvalPlan, class_names: list[str]) -> tuple[list[Frame], dict]:
     """(the frames, labelled with the model's class indices; the data context for metrics.json). Main process only."""
+    from carotid.data.check import startup_lines
     from carotid.data.labels import read_labels
     from carotid.data.manifest import collect_persons
     from carotid.files import file_sha256
@@ -146,7 +147,8 @@ def collect_frames(plan: EvalPlan, class_names: list[str]) -> tuple[list[Frame],
             f"label(s) {unknown} of {data['label_excel']} are not classes of the model {class_names}",
             "use labels with the model's class names (check --label-column)",
         )
-    manifest = collect_persons(data["root_dir"], table, data["max_imgs_per_person"], persons=plan.persons)
+    # No start-up sample: the evaluation decodes every frame once and reports each failure then.
+    manifest = collect_persons(data["root_dir"], table, data["max_imgs_per_person"], persons=plan.persons, sample=0)
     index = {name: i for i, name in enumerate(class_names)}
     frames = [dataclasses.replace(f, label=index[manifest.class_names[f.label]]) for f in manifest.frames_of()]
     report = manifest.report
@@ -161,7 +163,11 @@ def collect_frames(plan: EvalPlan, class_names: list[str]) -> tuple[list[Frame],
             k: str(Path(data[k]).resolve()) if k in ("root_dir", "label_excel") else data[k] for k in DATA_OPTIONS
         },
         "data_notes": notes,
-        "unreadable_images": [str(Path(data["root_dir"]) / u["path"]) for u in report["unreadable_images"]],
+        "unreadable_images": [
+            u | {"path": str(Path(data["root_dir"]) / u["path"])} for u in report["unreadable_images"]
+        ],
+        "persons": sorted(manifest.frames),
+        "frame_lines": startup_lines(report, in_channels=3),  # no colour check before the evaluation's decode
     }
     return frames, context
 
@@ -195,6 +201,8 @@ def evaluate(argv: Sequence[str] | None) -> int:
     frames, context = on_main(accelerator, lambda: collect_frames(plan, model_file.class_names))
     for note in context["data_notes"]:
         log(f"note: {note}")
+    for line in context.pop("frame_lines"):
+        log(line)
     log(
         f"evaluating {plan.model_path} on {plan.split} ({len(frames)} frames) "
         f"with {accelerator.num_processes} process(es)"

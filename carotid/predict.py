@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from carotid.config import PredictOptions, parse_predict_args
-from carotid.data.discovery import Frame, discover_frames, find_unreadable, frames_below, is_image_name
+from carotid.data.discovery import Frame, count_frames, discover_frames, frames_below, is_image_name
 from carotid.errors import UserError, run_cli
 
 if TYPE_CHECKING:
@@ -42,8 +42,9 @@ def detect_layout(folder: Path) -> str:
         return "person" if any(e.is_file() and is_image_name(e.name) for e in entries) else "persons"
 
 
-def find_input_frames(folder: Path, layout: str) -> tuple[str, dict[str, list[str]], dict[str, str]]:
-    """(layout used, {person_id: readable frame paths}, {unreadable path: reason}). Main process only."""
+def find_input_frames(folder: Path, layout: str) -> tuple[str, dict[str, list[tuple[str, int]]], list[dict]]:
+    """(layout used, {person_id: [(file path, frame number)]}, files whose header cannot be read). Main process
+    only. Single images are not opened here: they are proven when decoded, and reported then."""
     if not folder.is_dir():
         raise UserError(
             f"input folder not found: {folder}", "pass --input DIR, a folder of images or of person folders"
@@ -55,15 +56,22 @@ def find_input_frames(folder: Path, layout: str) -> tuple[str, dict[str, list[st
         relative = {folder.resolve().name: frames_below(folder)}
     relative = {person: frames for person, frames in relative.items() if frames}
     if not relative:
-        raise UserError(f"no images (png, jpg, bmp, tif) found in {folder}", "check --input (and --layout)")
-    unreadable = find_unreadable(str(folder), [f for frames in relative.values() for f in frames])
-    frames = {person: [str(folder / f) for f in fs if f not in unreadable] for person, fs in relative.items()}
+        raise UserError(
+            f"no images (png, jpg, bmp, tif, dcm, mp4, avi, mov) found in {folder}", "check --input (and --layout)"
+        )
+    counted = count_frames(str(folder), (f for frames in relative.values() for f in frames))
+    unreadable = [
+        {"path": str(folder / rel), "frame": None, "reason": reason}
+        for rel, reason in sorted(counted.unreadable.items())
+    ]
+    frames = {
+        person: [(str(folder / rel), index) for rel, index in counted.frames_of(fs)] for person, fs in relative.items()
+    }
     frames = {person: fs for person, fs in frames.items() if fs}
     if not frames:
-        raise UserError(
-            f"none of the images in {folder} can be read (e.g. {next(iter(unreadable))})", "check the files"
-        )
-    return layout, frames, {str(folder / f): reason for f, reason in unreadable.items()}
+        example = unreadable[0]["path"] if unreadable else folder
+        raise UserError(f"none of the images in {folder} can be read (e.g. {example})", "check the files")
+    return layout, frames, unreadable
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,7 +110,7 @@ def write_predictions(
     preds: FramePredictions,
     model_file: ModelFile,
     paths: tuple[Path, Path, Path],
-    unreadable: dict[str, str],
+    unreadable: list[dict],
     *,
     threshold: float | None,
     aggregation: str,
@@ -118,7 +126,8 @@ def write_predictions(
         frame_out, person_out, preds, persons, model_file.class_names, threshold, model_file.positive_index
     )
     if unreadable:
-        write_table(unreadable_out, ["path", "reason"], sorted(unreadable.items()))
+        rows = sorted((u["path"], "" if u["frame"] is None else u["frame"], u["reason"]) for u in unreadable)
+        write_table(unreadable_out, ["path", "frame", "reason"], rows)
     return persons, predicted
 
 
@@ -135,7 +144,7 @@ def predict(argv: Sequence[str] | None) -> int:
     layout, found, unreadable = on_main(
         accelerator, lambda: find_input_frames(Path(args.input).absolute(), args.layout)
     )
-    frames = [Frame(path, person, 0) for person in sorted(found) for path in found[person]]
+    frames = [Frame(path, person, 0, index) for person in sorted(found) for path, index in found[person]]
     preds = run_inference(
         accelerator,
         model_file.build_model(),
@@ -144,11 +153,10 @@ def predict(argv: Sequence[str] | None) -> int:
         batch_size=args.batch_size,
         num_workers=args.num_workers,
     )
-    unreadable |= {path: "cannot be decoded" for path in preds.unreadable}
+    unreadable += preds.unreadable
     if len(preds.paths) == 0:
-        raise UserError(
-            f"none of the images in {args.input} can be decoded (e.g. {min(unreadable)})", "check the files"
-        )
+        example = unreadable[0]["path"] if unreadable else args.input
+        raise UserError(f"none of the images in {args.input} can be decoded (e.g. {example})", "check the files")
     threshold, source = decision_threshold(model_file, args.threshold)
     aggregation = args.person_aggregation or model_file.aggregation
     if accelerator.is_main_process:
@@ -163,7 +171,8 @@ def predict(argv: Sequence[str] | None) -> int:
         )
         log(summary_table(persons, predicted, class_names, model_file.positive_index, threshold is not None))
         if unreadable:
-            log(f"warning: {len(unreadable)} unreadable image(s) skipped, e.g. {min(unreadable)}; listed in {paths[2]}")
+            first = min(u["path"] for u in unreadable)
+            log(f"warning: {len(unreadable)} unreadable image(s) skipped, e.g. {first}; listed in {paths[2]}")
         log(f"per-image predictions: {paths[0]}\nper-person predictions: {paths[1]}")
     accelerator.wait_for_everyone()
     return 0

@@ -8,6 +8,7 @@ main process → model → run directory (only once everything the user gave is 
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import sys
 from collections.abc import Sequence
@@ -18,11 +19,14 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from carotid.config import TrainConfig, parse_train_args
+from carotid.data.check import decode_summary, startup_lines, summary_line
 from carotid.data.labels import read_labels
 from carotid.data.loaders import frame_dataset
 from carotid.data.manifest import SPLITS, DataManifest, collect_persons
+from carotid.data.preprocessing import Preprocessing
 from carotid.data.split import split_persons
 from carotid.errors import StopTraining, UserError, run_cli
+from carotid.files import atomic_write_json
 from carotid.model.file import load_initial_weights, read_weights
 from carotid.model.registry import build_model
 from carotid.training import checkpoints
@@ -135,6 +139,9 @@ def describe(accelerator: Accelerator, cfg: TrainConfig, manifest: DataManifest,
         log(f"note: {note}")
     for note in manifest.left_out_notes():
         log(f"note: {note}")
+    for line in startup_lines(manifest.report, cfg.in_channels):
+        log(line)
+    log(f"geometry: --crop {cfg.crop}, --resize {cfg.resize} to {cfg.image_size}x{cfg.image_size}")
     if manifest.report["unreadable_images"]:
         log(
             f"warning: {len(manifest.report['unreadable_images'])} unreadable image(s) skipped "
@@ -219,6 +226,8 @@ def train(cfg: TrainConfig, given: set[str] | frozenset = frozenset()) -> Path:
                 manifest.frames_of(s),
                 cfg.image_size,
                 cfg.in_channels,
+                resize=cfg.resize,
+                crop=cfg.crop,
                 cache=cfg.cache,
                 cache_dir=cfg.cache_dir,
                 accelerator=accelerator,
@@ -232,7 +241,9 @@ def train(cfg: TrainConfig, given: set[str] | frozenset = frozenset()) -> Path:
             trainer.restore(resume_from)
         with StopSignal() as stop:
             trainer.fit(stop)
-        trainer.finish()
+        statuses = trainer.decode_statuses()
+        test_report = trainer.finish()
+        report_decoding(accelerator, cfg, datasets, statuses, test_report, run_dir, log)
     except UserError:
         if resume_run is None and accelerator.is_main_process:
             shutil.rmtree(run_dir, ignore_errors=True)  # a mistake found this late still leaves no half-made run
@@ -246,6 +257,37 @@ def train(cfg: TrainConfig, given: set[str] | frozenset = frozenset()) -> Path:
             1,
         ) from None
     return run_dir
+
+
+def report_decoding(
+    accelerator: Accelerator,
+    cfg: TrainConfig,
+    datasets: dict,
+    statuses: dict,
+    test_report: dict | None,
+    run_dir: Path,
+    log: RunLog,
+) -> None:
+    """Every frame that could not be decoded in training, validation and test, with its reason, into
+    data_report.json ("decoding"), and a line per split on the console."""
+    if not accelerator.is_main_process:
+        return
+    prep = Preprocessing(cfg.image_size, cfg.in_channels, cfg.resize, cfg.crop)
+    decoding = {}
+    for split, status in statuses.items():
+        dataset = datasets[split]
+        summary = decode_summary(dataset.frames, status, prep)
+        cached = [
+            {"path": path, "frame": index, "reason": reason, "found_at": "cache build"}
+            for (path, index), reason in getattr(dataset, "excluded", {}).items()
+        ]
+        decoding[split] = summary | {"unreadable": cached + summary["unreadable"]}
+    if test_report is not None:
+        decoding["test"] = test_report["decoding"] | {"unreadable": test_report["unreadable_images"]}
+    data_report = json.loads((run_dir / "data_report.json").read_text(encoding="utf-8"))
+    atomic_write_json(run_dir / "data_report.json", data_report | {"decoding": decoding})
+    for split, summary in decoding.items():
+        log(summary_line(split, summary) + (" (listed in data_report.json)" if summary["unreadable"] else ""))
 
 
 def report_cache(datasets: dict, log: RunLog) -> None:

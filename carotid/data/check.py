@@ -90,3 +90,50 @@ def decode_summary(
         "low_range_frames": int((seen & ((status & LOW_RANGE) > 0)).sum()),
         "unreadable": unreadable,
     }
+
+
+def startup_lines(report: dict, in_channels: int) -> list[str]:
+    """The start-up block's lines about the frames: kinds, multi-frame files, the check, colour, crop."""
+    kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(report.get("frames_by_kind", {}).items()))
+    lines = [
+        f"frames: {report['images_found']} in {report['files_found']} files ({kinds}); "
+        f"{report.get('multi_frame_files', 0)} multi-frame file(s); {report['images_used']} used"
+    ]
+    check = report.get("start_up_check")
+    if check:
+        lines.append(
+            f"check: {check['frames_checked']} frames decoded at start (the rest when first read): "
+            f"{check['failed']} failed, {check['colour_frames']} colour, "
+            f"{check['low_range_frames']} with a tiny grey range"
+        )
+        if check["colour_frames"] and in_channels == 1:
+            lines.append(
+                f"warning: {check['colour_frames']} of the {check['frames_checked']} checked frames are colour and are "
+                "converted to grey (--in-channels 1); colour Doppler is a different input: consider --in-channels 3"
+            )
+        if check["low_range_frames"]:
+            lines.append(
+                f"warning: {check['low_range_frames']} checked frame(s) use under 16 grey levels (blank, or "
+                "crushed by their intensity range); see data_report.json after the run"
+            )
+    if report.get("dicom_colour_frames"):
+        lines.append(f"note: {report['dicom_colour_frames']} DICOM frame(s) are colour by their header")
+    if report.get("dicom_files_with_ultrasound_region"):
+        lines.append(
+            f"note: {report['dicom_files_with_ultrasound_region']} DICOM file(s) name an ultrasound imaging region: "
+            "--crop auto uses it"
+        )
+    unhandled = report.get("unhandled_files") or {"count": 0}
+    if unhandled["count"]:
+        lines.append(
+            f"warning: {unhandled['count']} file(s) look like images but are not read, e.g. "
+            f"{', '.join(unhandled['first'][:3])} (listed in data_report.json)"
+        )
+    return lines
+
+
+def summary_line(split: str, summary: dict) -> str:
+    return (
+        f"{split}: {len(summary['unreadable'])} frame(s) could not be decoded, {summary['colour_frames']} colour, "
+        f"{summary['low_range_frames']} with a tiny grey range, of {summary['frames']} read"
+    )

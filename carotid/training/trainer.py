@@ -346,7 +346,11 @@ class Trainer:
             from carotid.evaluation.evaluator import evaluate_model
 
             cfg = self.cfg
-            context = {"run_dir": str(self.run_dir), "data": {"root_dir": cfg.root_dir, "label_excel": cfg.label_excel}}
+            context = {
+                "run_dir": str(self.run_dir),
+                "data": {"root_dir": cfg.root_dir, "label_excel": cfg.label_excel},
+                "persons": self.manifest.splits["test"],
+            }
             return evaluate_model(
                 self.accelerator,
                 self.run_dir / "models" / "best_model.pth",
