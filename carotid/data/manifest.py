@@ -11,7 +11,7 @@ import unicodedata
 import warnings
 from dataclasses import dataclass, field
 
-from carotid.data.check import SAMPLE, check_sample
+from carotid.data import check
 from carotid.data.discovery import IMAGE_SUFFIXES, Frame, count_frames, discover_frames, spread_evenly
 from carotid.data.labels import LabelTable
 from carotid.errors import UserError
@@ -69,13 +69,14 @@ def collect_persons(
     table: LabelTable,
     max_imgs_per_person: int | None,
     persons: list[str] | None = None,
-    sample: int = SAMPLE,
+    sample: int | None = None,
 ) -> DataManifest:
     """Match folders with sheet rows, count and cap each person's frames, and check a bounded sample.
 
     `persons` restricts the result to those IDs (e.g. one split of a finished run). Files are opened only
     for their header where they may hold several frames; `sample` frames are decoded (0: none), every other
-    frame is proven when it is first decoded and reported then (carotid.data.check)."""
+    frame is proven when it is first decoded and reported then (carotid.data.check).
+    `sample` defaults to carotid.data.check.SAMPLE."""
     # Folder names copied from macOS are NFD; sheet IDs are read as NFC (labels.normalize_id).
     unhandled: list[str] = []
     found = {
@@ -107,7 +108,8 @@ def collect_persons(
             "put each person's frames (png, jpg, bmp, tif, dcm, mp4, avi, mov) in their folder or a sub-folder of it",
         )
     capped = {p: spread_evenly(all_frames[p], max_imgs_per_person) for p in wanted if found[p]}
-    checked = check_sample(root_dir, capped, sample) if sample else None
+    sample = check.SAMPLE if sample is None else sample
+    checked = check.check_sample(root_dir, capped, sample) if sample else None
     failed = checked.failed if checked else {}
     frames: dict[str, list[tuple[str, int]]] = {}
     for person, person_frames in capped.items():
