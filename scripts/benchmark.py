@@ -12,7 +12,8 @@ AdamW) on synthetic uint8 batches already on the device; (b) end-to-end training
 no cache; (c) the same from the decoded-frame cache; both through carotid.engine.train_one_epoch with
 carotid.data.make_loader; (a)-(c) report the fastest epoch after the first (warm-up, worker start);
 (d) the loader alone, uncached and cached; (e) carotid.data.discover_frames against
-`find ROOT -type f` on the same tree. See docs/PERFORMANCE.md.
+`find ROOT -type f` on the same tree; (f) decode rates per file kind and (g) start-up against the
+number of frames (scripts/bench_formats.py). See docs/PERFORMANCE.md.
 """
 
 from __future__ import annotations
@@ -77,6 +78,17 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=2.0,
         help="Loader-only figures repeat passes for at least this long (default: 2).",
     )
+    add(
+        "--decode-frames",
+        type=int,
+        default=40,
+        help="(f): frames per file kind for the decode rates, 0 = skip (default: 40, 800x600).",
+    )
+    add(
+        "--startup-files",
+        default="",
+        help="(g): comma-separated tree sizes, e.g. 1000,200000: start-up to the first batch on each (default: skip).",
+    )
     add("--work-dir", help="Where generated data and caches go (default: a temporary folder, deleted at the end).")
     add("--json", metavar="FILE", help="Write every figure as JSON.")
     add("--quick", action="store_true", help="Tiny sizes for the test suite (seconds on a laptop CPU).")
@@ -84,6 +96,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.quick:
         args.image_size, args.batch_size, args.persons, args.frames = 32, 8, 4, 6
         args.num_workers, args.min_seconds, args.epochs = 0, 0.2, 2
+        args.decode_frames = min(args.decode_frames, 3)
     if bool(args.root_dir) != bool(args.label_excel):
         parser.error("--root-dir and --label-excel go together")
     return args
@@ -327,6 +340,17 @@ def table(f: dict, r: dict, workers: int) -> str:
         ("discovery/find", num(r["discovery_vs_find"], ".2f")),
         ("compile gain (a'/a)", num(r["compile_gain"], ".3f")),
     ]
+    for kind, rate in (f.get("decode_frames_per_core_second") or {}).items():
+        lines.append((f"(f) decode {kind}, frames/s per core", f"{rate:.1f}"))
+    for files, run in (f.get("startup") or {}).items():
+        lines.append(
+            (
+                f"(g) start-up to first batch, {files} files, s (vs smallest)",
+                f"{run['to_first_batch_s']:.2f} ({run['startup_vs_smallest']:.2f}x)",
+            )
+        )
+        lines.append((f"(g) collect_persons, {files} files, s", f"{run['collect_s']:.3f}"))
+        lines.append((f"(g) peak RSS growth, {files} files, B/frame", f"{run['rss_bytes_per_frame']:.0f}"))
     width = max(len(k) for k, _ in lines)
     return "\n".join(f"{k:<{width}}  {v:>16}" for k, v in lines)
 
@@ -401,6 +425,17 @@ def run(args, work: Path) -> dict:
     }
     tree = make_file_tree(work / "tree", args.discovery_files) if args.discovery_files else root
     figures |= measure_discovery(tree)
+    if args.decode_frames:
+        from bench_formats import decode_rates
+
+        width = 160 if args.quick else 800
+        figures["decode_frames_per_core_second"] = decode_rates(
+            work / "formats", args.decode_frames, args.image_size, width, repeats=1 if args.quick else 3
+        )
+    if args.startup_files:
+        from bench_formats import startup_scaling
+
+        figures["startup"] = startup_scaling(work, [int(n) for n in args.startup_files.split(",")])
     options = {k: v for k, v in vars(args).items() if k != "accelerator"}
     return {"machine": machine(args.accelerator), "options": options, "figures": figures, "ratios": ratios(figures)}
 

@@ -52,4 +52,7 @@ def test_quick_benchmark_reports_every_figure(tmp_path):
     assert len(figures["epochs"]["cached"]) == 2 and report["machine"]["device"] == "cpu"
     for line in ("(a) compute ceiling", "(c) train, cache", "loader cached/uncached", "discovery/find"):
         assert line in result.stdout
+    rates = figures["decode_frames_per_core_second"]
+    assert set(rates) == {"pillow_jpeg", "dicom_jpeg_baseline", "dicom_jpeg_lossless", "mp4_cine"}
+    assert all(rate > 0 for rate in rates.values()) and "(f) decode mp4_cine" in result.stdout
     assert (tmp_path / "work" / "cache").is_dir()  # the cache was built where asked, not in the user's cache folder

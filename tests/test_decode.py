@@ -92,7 +92,9 @@ def test_dicom_frames_are_counted_from_the_header_and_decoded_as_pydicom_reads_t
             0
         ].transpose(1, 2, 0)
         top, left = (max(height, width) - height) // 2, (max(height, width) - width) // 2
-        assert np.abs(full[top : top + height, left : left + width].astype(int) - reference).max() <= 1
+        difference = np.abs(full[top : top + height, left : left + width].astype(int) - reference)
+        # Lossy JPEG decoders may differ by a few levels (IDCT, chroma upsampling): Pillow decodes baseline here.
+        assert difference.max() <= 3 and difference.mean() < 0.1
 
 
 def test_a_dicom_without_suffix_or_with_a_uid_name_is_found_by_its_preamble(tmp_path):
