@@ -243,7 +243,7 @@ def train(cfg: TrainConfig, given: set[str] | frozenset = frozenset()) -> Path:
             trainer.fit(stop)
         statuses = trainer.decode_statuses()
         test_report = trainer.finish()
-        report_decoding(accelerator, cfg, datasets, statuses, test_report, run_dir, log)
+        report_decoding(accelerator, cfg, manifest, datasets, statuses, test_report, run_dir, log)
     except UserError:
         if resume_run is None and accelerator.is_main_process:
             shutil.rmtree(run_dir, ignore_errors=True)  # a mistake found this late still leaves no half-made run
@@ -262,6 +262,7 @@ def train(cfg: TrainConfig, given: set[str] | frozenset = frozenset()) -> Path:
 def report_decoding(
     accelerator: Accelerator,
     cfg: TrainConfig,
+    manifest: DataManifest,
     datasets: dict,
     statuses: dict,
     test_report: dict | None,
@@ -286,6 +287,9 @@ def report_decoding(
         decoding["test"] = test_report["decoding"] | {"unreadable": test_report["unreadable_images"]}
     data_report = json.loads((run_dir / "data_report.json").read_text(encoding="utf-8"))
     atomic_write_json(run_dir / "data_report.json", data_report | {"decoding": decoding})
+    at_start = len(manifest.report["unreadable_images"])
+    if at_start:
+        log(f"{at_start} file(s) or frame(s) found unreadable at start-up (unreadable_images in data_report.json)")
     for split, summary in decoding.items():
         log(summary_line(split, summary) + (" (listed in data_report.json)" if summary["unreadable"] else ""))
 
