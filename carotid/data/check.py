@@ -117,7 +117,10 @@ def startup_lines(report: dict, in_channels: int) -> list[str]:
                 "crushed by their intensity range); see data_report.json after the run"
             )
     if report.get("dicom_colour_frames"):
-        lines.append(f"note: {report['dicom_colour_frames']} DICOM frame(s) are colour by their header")
+        lines.append(
+            f"note: {report['dicom_colour_frames']} DICOM frame(s) are stored as colour (RGB, YBR or palette); "
+            "a frame counts as colour above only where it shows colour"
+        )
     if report.get("dicom_files_with_ultrasound_region"):
         lines.append(
             f"note: {report['dicom_files_with_ultrasound_region']} DICOM file(s) name an ultrasound imaging region: "
