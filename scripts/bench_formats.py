@@ -189,15 +189,15 @@ def _cpu_seconds(fn) -> float:
 # ---------------------------------------------------------------------------------------------
 
 STARTUP = r"""
-import json, resource, sys, time
+import json, sys, time, tracemalloc, warnings
+warnings.simplefilter("ignore")
 from carotid.data.labels import read_labels
 from carotid.data.manifest import collect_persons
 from carotid.data.split import split_persons
 from carotid.data.loaders import frame_dataset, make_loader
 imported = time.perf_counter()
-rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-before = rss()
-manifest = collect_persons(sys.argv[1], read_labels(sys.argv[2]), None)
+table = read_labels(sys.argv[2])
+manifest = collect_persons(sys.argv[1], table, None)
 checked = time.perf_counter()
 splits, _ = split_persons(manifest.person_labels, 0.7, 0.15, 0.15, 0)
 manifest.splits = splits
@@ -205,8 +205,13 @@ frames = manifest.frames_of("train")
 loader = make_loader(frame_dataset(frames, 224, 1), 32, train=True, num_workers=0, seed=0)
 next(iter(loader))
 done = time.perf_counter()
+# Memory after the timing (tracing slows Python down): the peak of what discovery and the check allocate.
+del manifest, frames, loader
+tracemalloc.start()
+manifest = collect_persons(sys.argv[1], table, None)
+peak = tracemalloc.get_traced_memory()[1]
 print(json.dumps({"imports_s": imported - START, "collect_s": checked - imported, "to_first_batch_s": done - START,
-                  "frames": manifest.report["images_used"], "peak_rss_growth_bytes": rss() - before}))
+                  "frames": manifest.report["images_used"], "collect_peak_bytes": peak}))
 """
 
 
@@ -235,30 +240,37 @@ def make_png_tree(root: Path, files: int, persons: int = 200) -> Path:
     return root
 
 
-def startup_seconds(root: Path, repeats: int = 3) -> dict:
-    """(g): the fastest of `repeats` fresh processes, from interpreter start to the first batch."""
-    runs = []
+def startup_run(root: Path) -> dict:
+    """(g): one fresh process, from interpreter start to the first batch."""
+    start = f"import time\nSTART = time.perf_counter()\n{STARTUP}"
+    out = subprocess.run(
+        [sys.executable, "-c", start, str(root), str(root / "label.xlsx")],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(os.environ, TQDM_DISABLE="1", PYTHONWARNINGS="ignore"),
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def startup_scaling(work: Path, sizes: list[int], repeats: int = 5) -> dict:
+    """(g) for each tree size: medians of `repeats` rounds that run every size in turn (interleaved, so a
+    busy moment of a shared machine hits all sizes alike); ratios against the first (smallest) size."""
+    trees = {files: make_png_tree(work / f"tree_{files}", files) for files in sizes}
+    runs: dict[int, list[dict]] = {files: [] for files in sizes}
     for _ in range(repeats):
-        start = f"import time\nSTART = time.perf_counter()\n{STARTUP}"
-        out = subprocess.run(
-            [sys.executable, "-c", start, str(root), str(root / "label.xlsx")],
-            capture_output=True,
-            text=True,
-            check=True,
-            env=dict(os.environ, TQDM_DISABLE="1", PYTHONWARNINGS="ignore"),
-        )
-        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    return min(runs, key=lambda r: r["to_first_batch_s"])
-
-
-def startup_scaling(work: Path, sizes: list[int]) -> dict:
-    """(g) for each tree size; the ratios are against the first (smallest) size."""
+        for files in sizes:
+            runs[files].append(startup_run(trees[files]))
     figures = {}
     for files in sizes:
-        figures[files] = startup_seconds(make_png_tree(work / f"tree_{files}", files))
+        figures[files] = {
+            key: float(np.median([r[key] for r in runs[files]]))
+            for key in ("imports_s", "collect_s", "to_first_batch_s", "collect_peak_bytes")
+        } | {"frames": runs[files][0]["frames"]}
     base = figures[sizes[0]]
     for files in sizes:
         run = figures[files]
         run["startup_vs_smallest"] = run["to_first_batch_s"] / base["to_first_batch_s"]
-        run["rss_bytes_per_frame"] = run["peak_rss_growth_bytes"] / max(run["frames"], 1)
+        run["collect_vs_smallest"] = run["collect_s"] / base["collect_s"]
+        run["collect_peak_bytes_per_frame"] = run["collect_peak_bytes"] / max(run["frames"], 1)
     return figures
