@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from carotid.data.preprocessing import DEFAULT_CROP, DEFAULT_RESIZE, RESIZE_MODES, parse_box
 from carotid.errors import UserError
 from carotid.evaluation.registry import (
     AGGREGATIONS,
@@ -92,9 +93,27 @@ class TrainConfig:
         group="data",
     )
     seed: int = opt(42, "Seed for the split, the weights' initialisation, shuffling and augmentation.", group="data")
-    image_size: int = opt(224, "Frames are resized to image_size x image_size pixels.", group="data")
+    image_size: int = opt(224, "Frames are resized to image_size x image_size pixels (see --resize).", group="data")
+    resize: str = opt(
+        DEFAULT_RESIZE,
+        "How a frame becomes a square: letterbox = fit the long side and pad with black (aspect and every pixel "
+        "kept), crop = fit the short side and cut the centre, stretch = scale each axis (distorts).",
+        choices=RESIZE_MODES,
+        group="data",
+    )
+    crop: str = opt(
+        DEFAULT_CROP,
+        "Region of each frame to use: auto = the DICOM ultrasound imaging region where the file names one "
+        "(drops burnt-in text and rulers), else the whole frame; none = the whole frame; x0,y0,x1,y1 = this "
+        "box in pixels (x1, y1 exclusive).",
+        group="data",
+    )
     in_channels: int = opt(
-        1, "1 = grayscale (ultrasound is gray), 3 = RGB (gray frames are replicated).", choices=(1, 3), group="data"
+        1,
+        "1 = grey: colour frames (colour Doppler, colour annotations) are converted to grey and counted at start; "
+        "3 = RGB: colour kept (YBR and palette DICOM converted to RGB), grey frames replicated.",
+        choices=(1, 3),
+        group="data",
     )
     augment: str = opt(
         "ultrasound",
@@ -236,6 +255,11 @@ class TrainConfig:
         check_header_row(self.header_row)
         if self.image_size < 16:
             raise UserError(f"--image-size must be at least 16, got {self.image_size}", "use e.g. 224")
+        if self.crop not in ("auto", "none"):
+            try:
+                parse_box(self.crop)
+            except ValueError as err:
+                raise UserError(f"--crop {err}", "pass auto, none or a box x0,y0,x1,y1 in pixels") from None
         if not self.lr > 0:
             raise UserError(f"--lr must be > 0, got {self.lr}", "use e.g. 1e-4")
         for name in ("lr", "weight_decay", "warmup_epochs", "lr_gamma", "label_smoothing"):

@@ -163,6 +163,7 @@ def external_out_dir(model_path: Path, root_dir: str) -> Path:
 def collect_frames(plan: EvalPlan, class_names: list[str], columns: list[str] = ()) -> tuple[list[Frame], dict]:
     """(the frames, labelled with the model's class indices; the data context for metrics.json, with the
     sheet `columns` per person under "columns"). Main process only."""
+    from carotid.data.check import startup_lines
     from carotid.data.labels import read_labels, read_person_columns
     from carotid.data.manifest import collect_persons, data_block
     from carotid.files import file_sha256
@@ -184,12 +185,14 @@ def collect_frames(plan: EvalPlan, class_names: list[str], columns: list[str] = 
             f"label(s) {unknown} of {data['label_excel']} are not classes of the model {class_names}",
             "use labels with the model's class names (check --label-column)",
         )
+    # No start-up sample: the evaluation decodes every frame once and reports each failure then.
     manifest = collect_persons(
         data["root_dir"],
         table,
         data["max_imgs_per_person"],
         persons=plan.persons,
         strict_matching=bool(data["strict_matching"]),
+        sample=0,
     )
     index = {name: i for i, name in enumerate(class_names)}
     frames = [dataclasses.replace(f, label=index[manifest.class_names[f.label]]) for f in manifest.frames_of()]
@@ -210,9 +213,15 @@ def collect_frames(plan: EvalPlan, class_names: list[str], columns: list[str] = 
             k: str(Path(data[k]).resolve()) if k in ("root_dir", "label_excel") else data[k] for k in DATA_OPTIONS
         },
         "data_notes": list(table.notes) + list(table.warnings) + report["warnings"] + notes,
-        # What the console shows first: the start-up block, then notes on persons left out.
-        "startup": data_block(report, str(data["label_excel"])) + [f"note: {note}" for note in notes],
-        "unreadable_images": [str(Path(data["root_dir"]) / u["path"]) for u in report["unreadable_images"]],
+        # What the console shows first: the start-up block, the frames found (no colour check before the
+        # evaluation's decode), then notes on persons left out.
+        "startup": data_block(report, str(data["label_excel"]))
+        + startup_lines(report, in_channels=3)
+        + [f"note: {note}" for note in notes],
+        "unreadable_images": [
+            u | {"path": str(Path(data["root_dir"]) / u["path"])} for u in report["unreadable_images"]
+        ],
+        "persons": sorted(manifest.frames),
     }
     return frames, context
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from carotid.commands import PredictOptions, parse_predict_args
-from carotid.data.discovery import Frame, discover_frames, find_unreadable, frames_below, is_image_name
+from carotid.data.discovery import Frame, count_frames, discover_frames, frames_below, is_image_name
 from carotid.errors import UserError, run_cli
 from carotid.text import display_width, pad, plural
 
@@ -75,12 +75,17 @@ def _holds_images(folder: str) -> bool:
         return any(not e.name.startswith(".") and not e.is_dir() and is_image_name(e.name) for e in entries)
 
 
-def find_input_frames(source: Path, layout: str) -> tuple[str, dict[str, list[str]], dict[str, str], list[str]]:
-    """(layout used, {person_id: readable frame paths}, {unreadable path: reason}, warnings). Main process only."""
+def find_input_frames(source: Path, layout: str) -> tuple[str, dict[str, list[tuple[str, int]]], list[dict], list[str]]:
+    """(layout used, {person_id: [(file path, frame number)]}, files whose header cannot be read, warnings).
+
+    Main process only. Single images are not opened here: they are proven when decoded, and reported then."""
     warnings: list[str] = []
     if source.is_file():
         if not is_image_name(source.name):
-            raise UserError(f"--input {source} is not an image file (png, jpg, bmp, tif)", "pass an image or a folder")
+            raise UserError(
+                f"--input {source} is not an image file (png, jpg, bmp, tif, dcm, mp4, avi, mov)",
+                "pass an image or a folder",
+            )
         layout, folder, relative = "images", source.parent, {source.name: [source.name]}
     elif not source.is_dir():
         raise UserError(
@@ -103,15 +108,22 @@ def find_input_frames(source: Path, layout: str) -> tuple[str, dict[str, list[st
             relative = {path: [path] for path in frames_below(folder)}
     relative = {person: frames for person, frames in relative.items() if frames}
     if not relative:
-        raise UserError(f"no images (png, jpg, bmp, tif) found in {folder}", "check --input (and --layout)")
-    unreadable = find_unreadable(str(folder), [f for frames in relative.values() for f in frames])
-    frames = {person: [str(folder / f) for f in fs if f not in unreadable] for person, fs in relative.items()}
+        raise UserError(
+            f"no images (png, jpg, bmp, tif, dcm, mp4, avi, mov) found in {folder}", "check --input (and --layout)"
+        )
+    counted = count_frames(str(folder), (f for frames in relative.values() for f in frames))
+    unreadable = [
+        {"path": str(folder / rel), "frame": None, "reason": reason}
+        for rel, reason in sorted(counted.unreadable.items())
+    ]
+    frames = {
+        person: [(str(folder / rel), index) for rel, index in counted.frames_of(fs)] for person, fs in relative.items()
+    }
     frames = {person: fs for person, fs in frames.items() if fs}
     if not frames:
-        raise UserError(
-            f"none of the images in {source} can be read (e.g. {next(iter(unreadable))})", "check the files"
-        )
-    return layout, frames, {str(folder / f): reason for f, reason in unreadable.items()}, warnings
+        example = unreadable[0]["path"] if unreadable else folder
+        raise UserError(f"none of the images in {source} can be read (e.g. {example})", "check the files")
+    return layout, frames, unreadable, warnings
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,7 +166,7 @@ def write_predictions(
     preds: FramePredictions,
     model_file: ModelFile,
     paths: tuple[Path, Path, Path],
-    unreadable: dict[str, str],
+    unreadable: list[dict],
     *,
     threshold: float | None,
     aggregation: str,
@@ -170,7 +182,8 @@ def write_predictions(
         frame_out, person_out, preds, persons, model_file.class_names, threshold, model_file.positive_index
     )
     if unreadable:
-        write_table(unreadable_out, ["path", "reason"], sorted(unreadable.items()))
+        rows = sorted((u["path"], "" if u["frame"] is None else u["frame"], u["reason"]) for u in unreadable)
+        write_table(unreadable_out, ["path", "frame", "reason"], rows)
     return persons, predicted
 
 
@@ -187,7 +200,7 @@ def predict(argv: Sequence[str] | None) -> int:
     layout, found, unreadable, input_warnings = on_main(
         accelerator, lambda: find_input_frames(Path(args.input).absolute(), args.layout)
     )
-    frames = [Frame(path, person, 0) for person in sorted(found) for path in found[person]]
+    frames = [Frame(path, person, 0, index) for person in sorted(found) for path, index in found[person]]
     preds = run_inference(
         accelerator,
         model_file.build_model(),
@@ -196,11 +209,10 @@ def predict(argv: Sequence[str] | None) -> int:
         batch_size=args.batch_size,
         num_workers=args.num_workers,
     )
-    unreadable |= {path: "cannot be decoded" for path in preds.unreadable}
+    unreadable += preds.unreadable
     if len(preds.paths) == 0:
-        raise UserError(
-            f"none of the images in {args.input} can be decoded (e.g. {min(unreadable)})", "check the files"
-        )
+        example = unreadable[0]["path"] if unreadable else args.input
+        raise UserError(f"none of the images in {args.input} can be decoded (e.g. {example})", "check the files")
     threshold, source = decision_threshold(model_file, args.threshold)
     aggregation = args.person_aggregation or model_file.aggregation
     if accelerator.is_main_process:
@@ -219,10 +231,8 @@ def predict(argv: Sequence[str] | None) -> int:
         for warning in input_warnings:
             log(f"warning: {warning}")
         if unreadable:
-            log(
-                f"warning: {plural(len(unreadable), 'unreadable image')} skipped, e.g. {min(unreadable)}; "
-                f"listed in {paths[2]}"
-            )
+            first = min(u["path"] for u in unreadable)
+            log(f"warning: {plural(len(unreadable), 'unreadable image')} skipped, e.g. {first}; listed in {paths[2]}")
         log(f"per-image predictions: {paths[0]}\nper-person predictions: {paths[1]}")
         if args.heatmaps:
             from carotid.report.gallery import write_person_figures

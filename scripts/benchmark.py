@@ -18,7 +18,8 @@ and `import carotid.train`; (g) whole processes of carotid.train (--no-test) and
 loop on the same frames, model, batch, optimizer and validation persons: seconds to the first optimizer
 step and for the whole run; (h) what ends every epoch besides validation: the checkpoint with its fsyncs
 against Accelerate's save_state alone, and best_model.pth. (f) and (g) run interleaved pairs (the order
-flips every pair) and report medians: on a shared machine single runs move by 2x. See docs/PERFORMANCE.md.
+flips every pair) and report medians: on a shared machine single runs move by 2x. (i) decode rates per
+file kind and (j) start-up against the number of frames (scripts/bench_formats.py). See docs/PERFORMANCE.md.
 
     python scripts/benchmark.py --compare-only --startup-pairs 5 --run-pairs 3 --json compare.json
 """
@@ -105,6 +106,17 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="Only the comparisons with the hand-written loop, (f) and (g): skip (a)-(e).",
     )
+    add(
+        "--decode-frames",
+        type=int,
+        default=40,
+        help="(i): frames per file kind for the decode rates, 0 = skip (default: 40, 800x600).",
+    )
+    add(
+        "--startup-files",
+        default="",
+        help="(j): comma-separated tree sizes, e.g. 1000,200000: start-up to the first batch on each (default: skip).",
+    )
     add("--work-dir", help="Where generated data and caches go (default: a temporary folder, deleted at the end).")
     add("--json", metavar="FILE", help="Write every figure as JSON.")
     add("--quick", action="store_true", help="Tiny sizes for the test suite (seconds on a laptop CPU).")
@@ -113,6 +125,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.image_size, args.batch_size, args.persons, args.frames = 32, 8, 6, 4  # 3 persons a class: both in train
         args.num_workers, args.min_seconds, args.epochs = 0, 0.2, 2
         args.startup_pairs, args.run_pairs = 1, 1
+        args.decode_frames = min(args.decode_frames, 3)
     if bool(args.root_dir) != bool(args.label_excel):
         parser.error("--root-dir and --label-excel go together")
     return args
@@ -767,6 +780,24 @@ def table(f: dict, r: dict, args) -> str:
         for label, (key, fmt) in shown.items()
         if r[key] is not None or (ran_pipeline and key == "compile_gain")
     ]
+    for kind, rate in (f.get("decode_frames_per_core_second") or {}).items():
+        lines.append((f"(i) decode {kind}, frames/s per core", f"{rate:.1f}"))
+    for files, run in (f.get("startup_scaling") or {}).items():
+        lines.append(
+            (
+                f"(j) start-up to first batch, {files} files, s (vs smallest)",
+                f"{run['to_first_batch_s']:.2f} ({run['startup_vs_smallest']:.2f}x)",
+            )
+        )
+        lines.append(
+            (
+                f"(j) collect_persons, {files} files, s (vs smallest)",
+                f"{run['collect_s']:.3f} ({run['collect_vs_smallest']:.2f}x)",
+            )
+        )
+        lines.append(
+            (f"(j) collect_persons peak memory, {files} files, B/frame", f"{run['collect_peak_bytes_per_frame']:.0f}")
+        )
     width = max(len(k) for k, _ in lines)
     return "\n".join(f"{k:<{width}}  {v:>16}" for k, v in lines)
 
@@ -813,6 +844,17 @@ def run(args, work: Path) -> dict:
     figures["startup"] = measure_startup(args, env)
     if args.max_imgs_per_person is None:  # the hand-written loop reads every frame
         figures["whole_run"] = measure_whole_runs(args, root, label, manifest, work, env)
+    if args.decode_frames:
+        from bench_formats import decode_rates
+
+        width = 160 if args.quick else 800
+        figures["decode_frames_per_core_second"] = decode_rates(
+            work / "formats", args.decode_frames, args.image_size, width, repeats=1 if args.quick else 3
+        )
+    if args.startup_files:
+        from bench_formats import startup_scaling
+
+        figures["startup_scaling"] = startup_scaling(work, [int(n) for n in args.startup_files.split(",")])
     options = {k: v for k, v in vars(args).items() if k != "accelerator"}
     return {"machine": machine(args.accelerator), "options": options, "figures": figures, "ratios": ratios(figures)}
 

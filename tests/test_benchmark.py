@@ -75,4 +75,7 @@ def test_quick_benchmark_reports_every_figure(tmp_path):
     runs = sorted((tmp_path / "work" / "runs").iterdir())
     assert len(runs) == 1 and (runs[0] / "models" / "final_model.pth").is_file()  # carotid.train ran to the end
     assert (tmp_path / "work" / "handwritten" / "final.pth").is_file()
+    rates = figures["decode_frames_per_core_second"]
+    assert set(rates) == {"pillow_jpeg", "dicom_jpeg_baseline", "dicom_jpeg_lossless", "mp4_cine"}
+    assert all(rate > 0 for rate in rates.values()) and "(i) decode mp4_cine" in result.stdout
     assert (tmp_path / "work" / "cache").is_dir()  # the cache was built where asked, not in the user's cache folder

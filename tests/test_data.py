@@ -89,9 +89,14 @@ def test_collect_persons_caps_reports_and_skips_unreadable(tmp_path):
     table = read_labels(write_xlsx(tmp_path / "label.xlsx", rows))
     with pytest.warns(UserWarning, match="1 unreadable image"):
         manifest = collect_persons(str(root), table, max_imgs_per_person=3)
-    assert manifest.frames["a"] == ["a/frame_001.png", "a/frame_003.png", "a/frame_005.png"]
-    assert manifest.frames["b"] == ["b/frame_000.png", "b/frame_002.png"]
-    assert manifest.report["unreadable_images"][0]["path"] == "b/frame_001.png"
+    assert manifest.frames["a"] == [("a/frame_001.png", 0), ("a/frame_003.png", 0), ("a/frame_005.png", 0)]
+    assert manifest.frames["b"] == [("b/frame_000.png", 0), ("b/frame_002.png", 0)]
+    assert manifest.report["unreadable_images"][0] | {"reason": ""} == {
+        "path": "b/frame_001.png",
+        "frame": 0,
+        "reason": "",
+        "found_at": "start-up check",
+    }
     assert manifest.report["persons_without_folder"] == {"count": 1, "first": ["ghost"]}
     assert manifest.report["folders_without_label"] == {"count": 1, "first": ["stranger"]}
     assert manifest.person_labels == {"a": 0, "b": 1, "c": 0}
@@ -157,11 +162,11 @@ def test_load_frame_gray_rgb_and_16_bit(tmp_path):
     assert gray.shape == (1, 32, 32) and gray.dtype == np.uint8 and gray.flags.writeable
     rgb = load_frame(str(image(tmp_path / "c.jpg", size=(80, 60), mode="RGB")), 32, 3)
     assert rgb.shape == (3, 32, 32)
-    replicated = load_frame(str(image(tmp_path / "g2.png", value=100)), 16, 3)
+    replicated = load_frame(str(image(tmp_path / "g2.png", value=100)), 16, 3, resize="stretch")
     assert (replicated == 100).all()  # a gray frame read as RGB repeats the gray value
     deep = tmp_path / "deep.png"
-    Image.fromarray(np.full((30, 40), 65535 // 2, dtype=np.uint16)).save(deep)
-    assert abs(int(load_frame(str(deep), 16, 1).mean()) - 127) <= 1  # scaled, not clipped to 255
+    Image.fromarray(np.tile(np.linspace(0, 65535, 40).astype(np.uint16), (30, 1))).save(deep)
+    assert abs(int(load_frame(str(deep), 16, 1, resize="stretch").mean()) - 127) <= 2  # scaled, not clipped
 
 
 def test_dataset_flags_a_frame_that_cannot_be_decoded(tmp_path):

@@ -249,7 +249,8 @@ def test_multiclass_report_table_and_files(tmp_path):
     labels = np.repeat(np.arange(9) % 3, 3)
     probs = rng.dirichlet([1, 1, 1], size=len(labels)) + np.eye(3)[labels]
     probs /= probs.sum(axis=1, keepdims=True)
-    preds = FramePredictions(np.array([f"/x/{p}/{i}.png" for i, p in enumerate(persons)]), persons, labels, probs)
+    paths = np.array([f"/x/{p}/{i}.png" for i, p in enumerate(persons)])
+    preds = FramePredictions(paths, np.zeros(len(paths), dtype=int), persons, labels, probs)
     model = build_model("small_cnn", 3, 1)
     data = ModelFile(model.state_dict(), "small_cnn", names, 1, 32, NORMALIZATION[1], positive_index=2)
     report, person_table = compute_report(

@@ -1,10 +1,11 @@
 """The decoded-frame cache: every frame decoded and resized once into memory-mapped uint8 shards.
 
-One cache folder per (dataset root, image size, channels) under --cache-dir (default
+One cache folder per (dataset root, resize and crop, image size, channels) under --cache-dir (default
 $XDG_CACHE_HOME/carotid or ~/.cache/carotid):
 
-    index.json        the commit point: each frame's shard and row, keyed by its path relative to the
-                      root and its file size and mtime; frames that failed to decode, with the reason
+    index.json        the commit point: each frame's shard, row and decode flags, keyed by its file's path
+                      relative to the root and its frame number, with the file's size and mtime; frames
+                      that failed to decode, with the reason
     frames-<id>.npy   uint8 arrays (N, C, S, S) in .npy format, read with np.load(mmap_mode="r")
     .lock             fcntl.flock: one builder at a time; readers hold it shared while they open
 
@@ -29,12 +30,14 @@ from carotid.data.cache_build import (
     dataset_root,
     default_cache_dir,
     locked,
+    lookup,
     read_index,
     relative_paths,
     shard_path,
     update_cache,
 )
 from carotid.data.discovery import Frame
+from carotid.data.preprocessing import DEFAULT_CROP, DEFAULT_RESIZE, Preprocessing
 from carotid.errors import UserError
 
 # ---------------------------------------------------------------------------------------------
@@ -45,7 +48,8 @@ from carotid.errors import UserError
 class CachedFrameDataset(Dataset):
     """FrameDataset's items and attributes, sliced from memory-mapped shards instead of decoded.
 
-    `excluded` maps the frames left out (they failed to decode) to the reason."""
+    `excluded` maps the frames left out (they failed to decode), as (path, frame number), to the reason;
+    `status` holds each kept frame's decode flags, as FrameDataset returns them."""
 
     slices_in_process = True  # make_loader: no worker processes, see docs/PERFORMANCE.md
 
@@ -60,13 +64,14 @@ class CachedFrameDataset(Dataset):
         shards: list[str],
         shard_of: np.ndarray,
         row_of: np.ndarray,
+        status: np.ndarray,
         frames: list[Frame],
         image_size: int,
         in_channels: int,
-        excluded: dict[str, str],
+        excluded: dict[tuple[str, int], str],
     ):
         self.folder, self.shards = folder, shards
-        self.shard_of, self.row_of = shard_of, row_of
+        self.shard_of, self.row_of, self.status = shard_of, row_of, status
         self.frames = frames
         self.paths = [f.path for f in frames]
         self.labels = [f.label for f in frames]
@@ -91,7 +96,7 @@ class CachedFrameDataset(Dataset):
 
     def __getitem__(self, index: int):
         frame = np.array(self.arrays[self.shard_of[index]][self.row_of[index]])  # a copy: the map is read-only
-        return torch.from_numpy(frame), self.labels[index], index, True
+        return torch.from_numpy(frame), self.labels[index], index, int(self.status[index])
 
     def __getitems__(self, indices: list[int]) -> FrameBatch:
         """A whole batch in one fancy-indexing read per shard (DataLoader calls this when it exists)."""
@@ -109,9 +114,9 @@ class CachedFrameDataset(Dataset):
             frames,
             torch.as_tensor([self.labels[i] for i in indices]),
             torch.as_tensor(indices, dtype=torch.int64),
-            torch.ones(len(indices), dtype=torch.bool),
+            torch.from_numpy(self.status[positions]),
         ]
-        return FrameBatch([(frames[k], self.labels[i], i, True) for k, i in enumerate(indices)], stacked)
+        return FrameBatch([(frames[k], self.labels[i], i, int(self.status[i])) for k, i in enumerate(indices)], stacked)
 
 
 class FrameBatch(list):
@@ -134,21 +139,21 @@ def collate_frames(batch):
     return batch.stacked if isinstance(batch, FrameBatch) else default_collate(batch)
 
 
-def open_dataset(
-    folder: Path, index: dict, frames: list[Frame], rels: list[str], image_size: int, in_channels: int
-) -> CachedFrameDataset:
+def open_dataset(folder: Path, index: dict, frames: list[Frame], rels: list[str], prep: Preprocessing):
     """The dataset of the frames in `frames` that the index holds, in their order."""
-    shards = sorted({index["frames"][rel][0] for rel in rels if rel in index["frames"]})
+    shards = sorted({v[0] for rel in set(rels) for v in index["frames"].get(rel, {}).values()})
     number = {s: k for k, s in enumerate(shards)}
-    kept, shard_of, row_of, excluded = [], [], [], {}
+    kept, shard_of, row_of, status, excluded = [], [], [], [], {}
     for frame, rel in zip(frames, rels):
-        hit = index["frames"].get(rel)
+        hit = lookup(index, "frames", rel, frame.index)
+        miss = lookup(index, "failed", rel, frame.index)
         if hit is not None:
             kept.append(frame)
             shard_of.append(number[hit[0]])
             row_of.append(hit[1])
-        elif rel in index["failed"]:
-            excluded[frame.path] = index["failed"][rel][2]
+            status.append(hit[4])
+        elif miss is not None:
+            excluded[(frame.path, frame.index)] = miss[2]
         else:
             raise RuntimeError(
                 f"the frame cache in {folder} lacks {frame.path}: another build replaced its index without a "
@@ -159,9 +164,10 @@ def open_dataset(
         shards,
         np.asarray(shard_of, dtype=np.int64),
         np.asarray(row_of, dtype=np.int64),
+        np.asarray(status, dtype=np.int64),
         kept,
-        image_size,
-        in_channels,
+        prep.image_size,
+        prep.in_channels,
         excluded,
     )
 
@@ -199,7 +205,14 @@ def agree(accelerator, outcome: tuple, error: BaseException | None) -> None:
 
 
 def cached_dataset(
-    frames: list[Frame], image_size: int, in_channels: int, *, cache_dir: str | Path | None = None, accelerator=None
+    frames: list[Frame],
+    image_size: int,
+    in_channels: int,
+    *,
+    resize: str = DEFAULT_RESIZE,
+    crop: str = DEFAULT_CROP,
+    cache_dir: str | Path | None = None,
+    accelerator=None,
 ) -> CachedFrameDataset:
     """The Dataset of `frames` read from the decoded-frame cache, built or updated first where needed.
 
@@ -212,31 +225,29 @@ def cached_dataset(
             [],
             np.zeros(0, np.int64),
             np.zeros(0, np.int64),
+            np.zeros(0, np.int64),
             [],
             image_size,
             in_channels,
             {},
         )
+    prep = Preprocessing(image_size, in_channels, resize, crop)
     root = dataset_root(frames)
-    folder = cache_folder(cache_dir, root, image_size, in_channels)
+    folder = cache_folder(cache_dir, root, prep)
     rels = relative_paths(frames, root)
     builder = accelerator is None or accelerator.is_local_main_process
-    outcome, error = (
-        _attempt(lambda: update_cache(folder, frames, rels, image_size, in_channels)) if builder else (("ok",), None)
-    )
+    outcome, error = _attempt(lambda: update_cache(folder, frames, rels, prep)) if builder else (("ok",), None)
     agree(accelerator, outcome, error)
     with locked(folder, exclusive=False):  # no builder may collect a shard between reading the index and mapping it
-        dataset = open_dataset(
-            folder, read_index(folder, image_size, in_channels), frames, rels, image_size, in_channels
-        )
+        dataset = open_dataset(folder, read_index(folder, prep), frames, rels, prep)
     if not len(dataset):
-        path, reason = next(iter(dataset.excluded.items()))
+        (path, _), reason = next(iter(dataset.excluded.items()))
         raise UserError(
             f"none of the {len(frames)} frames could be decoded (e.g. {path}: {reason})",
             "check the image files, or train without --cache to see each error",
         )
     if dataset.excluded and (accelerator is None or accelerator.is_main_process):
-        path, reason = next(iter(dataset.excluded.items()))
+        (path, _), reason = next(iter(dataset.excluded.items()))
         warnings.warn(
             f"{len(dataset.excluded)} frame(s) could not be decoded and are left out of the cached dataset, "
             f"e.g. {path}: {reason}",

@@ -2,7 +2,7 @@
 
 Owns the cache folder's name and lock, the index (the commit point) and the build: stale frames are
 decoded in worker processes that pwrite into a new shard, which is fsynced and renamed before the index
-is replaced atomically.
+is replaced atomically. A worker task is whole files, so a cine loop is read once for all its frames.
 """
 
 import fcntl
@@ -16,19 +16,34 @@ import uuid
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
-import PIL
 from tqdm.auto import tqdm
 
-from carotid.data.decode import load_frame
+from carotid.data.decode import DECODE_VERSION, decode_frames
 from carotid.data.discovery import Frame
+from carotid.data.preprocessing import Preprocessing
 from carotid.errors import UserError
 from carotid.files import atomic_write_bytes
 
-FORMAT, VERSION = "carotid-frame-cache", 1
-DECODER = f"Pillow {PIL.__version__}"  # a new Pillow may resize differently: its frames are decoded afresh
+FORMAT, VERSION = "carotid-frame-cache", 2  # 2: frames keyed by file and frame number, with their flags
+
+
+def _versions(*packages: str) -> str:
+    found = []
+    for package in packages:
+        try:
+            found.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            found.append(f"{package} -")
+    return ", ".join(found)
+
+
+# A new decoder (Pillow's resize, pydicom's colour conversion, a new carotid decode) may give other pixels:
+# its frames are decoded afresh.
+DECODER = f"carotid decode {DECODE_VERSION}; " + _versions("pillow", "pydicom", "av", "pylibjpeg")
 INDEX, LOCK = "index.json", ".lock"
 SHARD_BYTES = 1 << 30  # a build commits after each shard, so a kill loses at most this much work
 CHUNK = 32  # frames per worker task: large enough to hide the task overhead, small enough for a smooth bar
@@ -59,12 +74,13 @@ def dataset_root(frames: list[Frame]) -> str:
     return root
 
 
-def cache_folder(cache_dir: str | Path | None, root: str, image_size: int, in_channels: int) -> Path:
-    """<cache_dir>/<root name>-<hash of the real root path>-<S>px-<C>ch."""
+def cache_folder(cache_dir: str | Path | None, root: str, prep: Preprocessing) -> Path:
+    """<cache_dir>/<root name>-<hash of the real root path>-<resize>-<crop>-<S>px-<C>ch."""
     real = os.path.realpath(root)
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", os.path.basename(real))[:40] or "root"
     digest = hashlib.sha1(real.encode("utf-8", "surrogateescape")).hexdigest()[:12]
-    return Path(cache_dir or default_cache_dir()) / f"{name}-{digest}-{image_size}px-{in_channels}ch"
+    folder = f"{name}-{digest}-{prep.tag()}-{prep.image_size}px-{prep.in_channels}ch"
+    return Path(cache_dir or default_cache_dir()) / folder
 
 
 @contextmanager
@@ -92,27 +108,34 @@ def locked(folder: Path, exclusive: bool):
 # ---------------------------------------------------------------------------------------------
 
 
-def empty_index(image_size: int, in_channels: int) -> dict:
+IDENTITY = ("format", "version", "decoder", "image_size", "in_channels", "resize", "crop")
+
+
+def empty_index(prep: Preprocessing) -> dict:
+    """frames: {file: {frame number: [shard, row, size, mtime, flags]}}; failed: {file: {frame: [size, mtime,
+    reason]}} (frame numbers as strings: JSON keys)."""
     return {
         "format": FORMAT,
         "version": VERSION,
         "decoder": DECODER,
-        "image_size": image_size,
-        "in_channels": in_channels,
+        "image_size": prep.image_size,
+        "in_channels": prep.in_channels,
+        "resize": prep.resize,
+        "crop": prep.crop,
         "shards": {},
         "frames": {},
         "failed": {},
     }
 
 
-def read_index(folder: Path, image_size: int, in_channels: int) -> dict:
+def read_index(folder: Path, prep: Preprocessing) -> dict:
     """The committed index; an empty one when there is none or it was written for another format or decoder."""
+    expected = empty_index(prep)
     try:
         index = json.loads((folder / INDEX).read_text(encoding="utf-8"))
     except (FileNotFoundError, ValueError):
-        return empty_index(image_size, in_channels)
-    expected = empty_index(image_size, in_channels)
-    if any(index.get(k) != expected[k] for k in ("format", "version", "decoder", "image_size", "in_channels")):
+        return expected
+    if any(index.get(k) != expected[k] for k in IDENTITY):
         return expected
     return index
 
@@ -137,7 +160,12 @@ def check_shards(folder: Path, index: dict) -> None:
             ok = False
         if not ok:
             del index["shards"][shard]
-    index["frames"] = {rel: v for rel, v in index["frames"].items() if v[0] in index["shards"]}
+    kept = {}
+    for rel, frames in index["frames"].items():
+        frames = {k: v for k, v in frames.items() if v[0] in index["shards"]}
+        if frames:
+            kept[rel] = frames
+    index["frames"] = kept
 
 
 def stat_key(path: str) -> tuple[int, int]:
@@ -149,14 +177,19 @@ def stat_key(path: str) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
-def stale(index: dict, rels: list[str], keys: list[tuple[int, int]]) -> list[int]:
+def lookup(index: dict, section: str, rel: str, frame: int):
+    return index[section].get(rel, {}).get(str(frame))
+
+
+def stale(index: dict, frames: list[Frame], rels: list[str], keys: dict[str, tuple[int, int]]) -> list[int]:
     """Positions of the frames to decode: not cached, or cached (or failed) for another version of the file."""
     todo, seen = [], set()
-    for i, (rel, key) in enumerate(zip(rels, keys)):
-        hit, miss = index["frames"].get(rel), index["failed"].get(rel)
-        if rel in seen or (hit is not None and tuple(hit[2:]) == key) or (miss is not None and tuple(miss[:2]) == key):
+    for i, (frame, rel) in enumerate(zip(frames, rels)):
+        key, at = keys[rel], (rel, frame.index)
+        hit, miss = lookup(index, "frames", rel, frame.index), lookup(index, "failed", rel, frame.index)
+        if at in seen or (hit is not None and tuple(hit[2:4]) == key) or (miss is not None and tuple(miss[:2]) == key):
             continue
-        seen.add(rel)
+        seen.add(at)
         todo.append(i)
     return todo
 
@@ -166,25 +199,53 @@ def stale(index: dict, rels: list[str], keys: list[tuple[int, int]]) -> list[int
 # ---------------------------------------------------------------------------------------------
 
 
-def decode_rows(
-    shard: str, offset: int, start: int, paths: list[str], image_size: int, in_channels: int
-) -> list[tuple[int, str]]:
-    """Decode frames into rows start, start+1, … of a shard file; returns (row, reason) of the failures.
+Task = tuple[str, list[int], list[int]]  # (file, its frame numbers, the shard rows they go to)
 
-    pwrite, not a writable memmap: a full disk is then an OSError here instead of a SIGBUS."""
-    failures = []
+
+def decode_rows(shard: str, offset: int, tasks: list[Task], prep: Preprocessing) -> dict[int, int | str]:
+    """Decode whole files into their rows of a shard file; {row: flags, or the reason it failed}.
+
+    Each file is read once for all of its frames. pwrite, not a writable memmap: a full disk is then an
+    OSError here instead of a SIGBUS."""
+    outcome: dict[int, int | str] = {}
     fd = os.open(shard, os.O_WRONLY)
     try:
-        for k, path in enumerate(paths):
-            try:
-                frame = load_frame(path, image_size, in_channels)
-            except Exception as err:  # noqa: BLE001 - Pillow raises many types for bad files
-                failures.append((start + k, f"{type(err).__name__}: {err}"))
-                continue
-            os.pwrite(fd, frame.tobytes(), offset + (start + k) * frame.nbytes)
+        for path, indices, rows in tasks:
+            for row, result in zip(rows, decode_frames(path, indices, prep)):
+                if isinstance(result, str):
+                    outcome[row] = result
+                    continue
+                pixels, flags = result
+                os.pwrite(fd, pixels.tobytes(), offset + row * pixels.nbytes)
+                outcome[row] = flags
     finally:
         os.close(fd)
-    return failures
+    return outcome
+
+
+def file_tasks(paths: list[str], indices: list[int]) -> list[tuple[Task, int]]:
+    """The rows 0..n-1 grouped by file (a file's frames are adjacent after sorting), as (task, frames)."""
+    tasks: list[tuple[Task, int]] = []
+    for row, (path, index) in enumerate(zip(paths, indices)):
+        if tasks and tasks[-1][0][0] == path:
+            tasks[-1][0][1].append(index)
+            tasks[-1][0][2].append(row)
+            tasks[-1] = (tasks[-1][0], tasks[-1][1] + 1)
+        else:
+            tasks.append(((path, [index], [row]), 1))
+    return tasks
+
+
+def chunked(tasks: list[tuple[Task, int]]) -> list[tuple[list[Task], int]]:
+    """Whole files packed into chunks of about CHUNK frames (a long cine loop is one chunk of its own)."""
+    chunks: list[tuple[list[Task], int]] = []
+    for task, n in tasks:
+        if chunks and chunks[-1][1] < CHUNK:
+            chunks[-1][0].append(task)
+            chunks[-1] = (chunks[-1][0], chunks[-1][1] + n)
+        else:
+            chunks.append(([task], n))
+    return chunks
 
 
 def _ignore_sigint() -> None:
@@ -201,54 +262,51 @@ def decode_shard(
     shard: Path,
     offset: int,
     paths: list[str],
-    image_size: int,
-    in_channels: int,
+    indices: list[int],
+    prep: Preprocessing,
     bar: tqdm,
-) -> dict[int, str]:
-    """Fill a shard file, in the pool's processes when there is one; {row: reason} of the failures."""
-    chunks = [(start, paths[start : start + CHUNK]) for start in range(0, len(paths), CHUNK)]
-    failures: dict[int, str] = {}
+) -> dict[int, int | str]:
+    """Fill a shard file, in the pool's processes when there is one; {row: flags or failure reason}."""
+    chunks = chunked(file_tasks(paths, indices))
+    outcome: dict[int, int | str] = {}
     if pool is None:
-        for start, part in chunks:
-            failures.update(decode_rows(str(shard), offset, start, part, image_size, in_channels))
-            bar.update(len(part))
-        return failures
-    pending = {
-        pool.submit(decode_rows, str(shard), offset, start, part, image_size, in_channels): len(part)
-        for start, part in chunks
-    }
+        for tasks, n in chunks:
+            outcome.update(decode_rows(str(shard), offset, tasks, prep))
+            bar.update(n)
+        return outcome
+    pending = {pool.submit(decode_rows, str(shard), offset, tasks, prep): n for tasks, n in chunks}
     try:
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
-                failures.update(future.result())
+                outcome.update(future.result())
                 bar.update(pending.pop(future))
     finally:
         for future in pending:
             future.cancel()
-    return failures
+    return outcome
 
 
 def write_shard(
-    folder: Path, pool, paths: list[str], image_size: int, in_channels: int, bar: tqdm
-) -> tuple[str, dict[int, str]]:
-    """A new complete shard under its final name (temporary name, fsync, rename); (shard id, failures)."""
+    folder: Path, pool, paths: list[str], indices: list[int], prep: Preprocessing, bar: tqdm
+) -> tuple[str, dict[int, int | str]]:
+    """A new complete shard under its final name (temporary name, fsync, rename); (shard id, outcomes)."""
     shard = uuid.uuid4().hex[:12]
     tmp, final = folder / f".frames-{shard}.tmp.npy", shard_path(folder, shard)
     try:
         array = np.lib.format.open_memmap(
-            tmp, mode="w+", dtype=np.uint8, shape=(len(paths), in_channels, image_size, image_size)
+            tmp, mode="w+", dtype=np.uint8, shape=(len(paths), prep.in_channels, prep.image_size, prep.image_size)
         )
         offset = array.offset
         del array  # workers write through their own file descriptors
-        failures = decode_shard(pool, tmp, offset, paths, image_size, in_channels, bar)
+        outcome = decode_shard(pool, tmp, offset, paths, indices, prep, bar)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.rename(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return shard, failures
+    return shard, outcome
 
 
 def check_space(folder: Path, frames: int, frame_bytes: int) -> None:
@@ -263,7 +321,7 @@ def check_space(folder: Path, frames: int, frame_bytes: int) -> None:
 
 def collect_garbage(folder: Path, index: dict) -> None:
     """Drop shards with no live frame and files no committed index names (an interrupted build's). Lock held."""
-    live = Counter(v[0] for v in index["frames"].values())
+    live = Counter(v[0] for frames in index["frames"].values() for v in frames.values())
     dead = [s for s in index["shards"] if not live[s]]
     if dead:
         for shard in dead:
@@ -278,40 +336,44 @@ def collect_garbage(folder: Path, index: dict) -> None:
 def build(
     folder: Path,
     index: dict,
-    paths: list[str],
+    frames: list[Frame],
     rels: list[str],
-    keys: list[tuple[int, int]],
-    image_size: int,
-    in_channels: int,
+    keys: dict[str, tuple[int, int]],
+    prep: Preprocessing,
     show_progress: bool,
 ) -> None:
-    """Decode `paths` into new shards, committing the index after each, with all cores and a progress bar."""
-    frame_bytes = in_channels * image_size * image_size
-    check_space(folder, len(paths), frame_bytes)
+    """Decode `frames` into new shards, committing the index after each, with all cores and a progress bar."""
+    frame_bytes = prep.in_channels * prep.image_size * prep.image_size
+    check_space(folder, len(frames), frame_bytes)
     per_shard = max(1, SHARD_BYTES // frame_bytes)
-    workers = min(cpu_count(), -(-len(paths) // CHUNK))
+    workers = min(cpu_count(), -(-len(frames) // CHUNK))
     pool = (
-        ProcessPoolExecutor(workers, initializer=_ignore_sigint) if workers > 1 and len(paths) >= SERIAL_BELOW else None
+        ProcessPoolExecutor(workers, initializer=_ignore_sigint)
+        if workers > 1 and len(frames) >= SERIAL_BELOW
+        else None
     )
     try:
         with tqdm(
-            total=len(paths),
-            desc=f"caching frames ({image_size}px)",
+            total=len(frames),
+            desc=f"caching frames ({prep.image_size}px)",
             unit="frame",
             dynamic_ncols=True,
             disable=None if show_progress else True,
         ) as bar:
-            for start in range(0, len(paths), per_shard):
-                stop = min(start + per_shard, len(paths))
-                shard, failures = write_shard(folder, pool, paths[start:stop], image_size, in_channels, bar)
+            for start in range(0, len(frames), per_shard):
+                stop = min(start + per_shard, len(frames))
+                part = frames[start:stop]
+                shard, outcome = write_shard(folder, pool, [f.path for f in part], [f.index for f in part], prep, bar)
                 index["shards"][shard] = stop - start
                 for row, i in enumerate(range(start, stop)):
-                    if row in failures:
-                        index["frames"].pop(rels[i], None)
-                        index["failed"][rels[i]] = [*keys[i], failures[row]]
+                    rel, number = rels[i], str(frames[i].index)
+                    result = outcome[row]
+                    if isinstance(result, str):
+                        index["frames"].get(rel, {}).pop(number, None)
+                        index["failed"].setdefault(rel, {})[number] = [*keys[rel], result]
                     else:
-                        index["failed"].pop(rels[i], None)
-                        index["frames"][rels[i]] = [shard, row, *keys[i]]
+                        index["failed"].get(rel, {}).pop(number, None)
+                        index["frames"].setdefault(rel, {})[number] = [shard, row, *keys[rel], result]
                 commit(folder, index)
     finally:
         if pool is not None:
@@ -324,9 +386,9 @@ def relative_paths(frames: list[Frame], root: str) -> list[str]:
 
 
 def update_cache(
-    folder: Path, frames: list[Frame], rels: list[str], image_size: int, in_channels: int, show_progress: bool = True
+    folder: Path, frames: list[Frame], rels: list[str], prep: Preprocessing, show_progress: bool = True
 ) -> None:
-    """Make the cache hold every frame of `frames` at its current size and mtime. One builder at a time."""
+    """Make the cache hold every frame of `frames` at its file's current size and mtime. One builder at a time."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -334,24 +396,17 @@ def update_cache(
             f"cannot create the frame cache folder {folder} ({err.strerror})", "pass a writable --cache-dir"
         ) from None
     with locked(folder, exclusive=True) as have_lock:
-        index = read_index(folder, image_size, in_channels)
+        index = read_index(folder, prep)
         check_shards(folder, index)
-        paths = [f.path for f in frames]
+        files = list(dict.fromkeys(zip(rels, (f.path for f in frames))))  # each file once, in order
         with ThreadPoolExecutor(16) as pool:  # threads hide file-system latency (NFS) for large datasets
-            keys = list(pool.map(stat_key, paths, chunksize=256))
-        todo = stale(index, rels, keys)
+            keys = dict(zip((rel for rel, _ in files), pool.map(stat_key, [p for _, p in files], chunksize=256)))
+        todo = stale(index, frames, rels, keys)
+        # A file's frames side by side, so one worker reads a cine loop once for all of them.
+        todo.sort(key=lambda i: (rels[i], frames[i].index))
         if todo:
             try:
-                build(
-                    folder,
-                    index,
-                    [paths[i] for i in todo],
-                    [rels[i] for i in todo],
-                    [keys[i] for i in todo],
-                    image_size,
-                    in_channels,
-                    show_progress,
-                )
+                build(folder, index, [frames[i] for i in todo], [rels[i] for i in todo], keys, prep, show_progress)
             except PermissionError as err:
                 raise UserError(
                     f"cannot write the frame cache in {folder} ({err.strerror})", "pass a writable --cache-dir"

@@ -1,21 +1,24 @@
-"""Finding each person's frames: one sub-folder of --root-dir per person, image files anywhere below it.
+"""Finding each person's frames: one sub-folder of --root-dir per person, frame files anywhere below it.
 
 `Frame` is the record every later stage passes on: the file, the frame's number inside it, the person
-and the label. Discovery only lists file names (no file is opened here).
+and the label. The walk only lists names; `count_frames` then reads the header of the files that may
+hold several frames (TIFF, DICOM, video, and suffix-less files that may be DICOM), a bounded number at
+a time, and nothing else: single-image files are proven readable when they are first decoded.
 """
 
 from __future__ import annotations
 
 import os
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
-
+from carotid.data.decode import FRAME_SUFFIXES, describe_error, kind_of, probe
 from carotid.errors import UserError
 
-IMAGE_SUFFIXES = frozenset({"png", "jpg", "jpeg", "bmp", "tif", "tiff"})
+IMAGE_SUFFIXES = FRAME_SUFFIXES  # every suffix read as frames (the name older code imports)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,8 +32,8 @@ class Frame:
 
 
 def is_image_name(name: str) -> bool:
-    # Hidden files include macOS "._frame.png" companions, which are not images.
-    return not name.startswith(".") and name.rpartition(".")[2].lower() in IMAGE_SUFFIXES
+    """A name read as frames by its suffix (hidden files, such as macOS "._frame.png" companions, are not)."""
+    return not name.startswith(".") and name.rpartition(".")[2].lower() in FRAME_SUFFIXES
 
 
 def _unreadable_folder(folder: str) -> UserError:
@@ -40,9 +43,7 @@ def _unreadable_folder(folder: str) -> UserError:
     )
 
 
-def _walk_images(
-    folder: str, prefix: str, out: list[str], seen: set[tuple[int, int]], suffixes: frozenset[str] = IMAGE_SUFFIXES
-) -> None:
+def _walk(folder: str, prefix: str, out: list[str], unhandled: list[str], seen: set[tuple[int, int]]) -> None:
     # os.scandir reuses the directory entry's type, so no extra stat per file; the inner loop is kept to
     # plain string tests because on a warm 100,000-file tree it is the cost beside the kernel's (PERFORMANCE.md).
     names, folders = [], []
@@ -56,8 +57,14 @@ def _walk_images(
                     folders.append(name)
                 elif entry.is_symlink() and entry.is_dir():  # a linked sub-folder: followed once (see below)
                     folders.append(name)
-                elif name.rpartition(".")[2].lower() in suffixes:
+                elif name.rpartition(".")[2].lower() in FRAME_SUFFIXES:
                     names.append(name)
+                else:
+                    kind = kind_of(name)
+                    if kind == "maybe-dicom":
+                        names.append(name)
+                    elif kind == "unhandled":
+                        unhandled.append(prefix + name)
     except PermissionError:
         raise _unreadable_folder(folder) from None
     out += [prefix + name for name in names]
@@ -68,23 +75,23 @@ def _walk_images(
         if (info.st_dev, info.st_ino) in seen:
             continue
         seen.add((info.st_dev, info.st_ino))
-        _walk_images(path, f"{prefix}{name}/", out, seen)
+        _walk(path, f"{prefix}{name}/", out, unhandled, seen)
 
 
-def frames_below(folder: str | Path, prefix: str = "") -> list[str]:
-    """Sorted image paths under `folder` (sub-folders and linked sub-folders included, hidden ones skipped),
-    as prefix + relative path."""
-    frames: list[str] = []
+def frames_below(folder: str | Path, prefix: str = "", unhandled: list[str] | None = None) -> list[str]:
+    """Sorted frame-file paths under `folder` (sub-folders and linked sub-folders included, hidden ones
+    skipped), as prefix + relative path; image-like files that are not read go to `unhandled`."""
+    files: list[str] = []
     try:
         info = os.stat(folder)
     except PermissionError:
         raise _unreadable_folder(str(folder)) from None
-    _walk_images(str(folder), prefix, frames, {(info.st_dev, info.st_ino)})
-    return sorted(frames)
+    _walk(str(folder), prefix, files, [] if unhandled is None else unhandled, {(info.st_dev, info.st_ino)})
+    return sorted(files)
 
 
-def discover_frames(root_dir: str | Path) -> dict[str, list[str]]:
-    """{folder name: sorted frame paths relative to root_dir} for every sub-folder of root_dir.
+def discover_frames(root_dir: str | Path, unhandled: list[str] | None = None) -> dict[str, list[str]]:
+    """{folder name: sorted frame-file paths relative to root_dir} for every sub-folder of root_dir.
 
     Names are kept exactly as on disk: '3006' and '3006 ' are two folders (carotid.data.matching refuses them)."""
     root = Path(root_dir)
@@ -105,7 +112,7 @@ def discover_frames(root_dir: str | Path) -> dict[str, list[str]]:
         if name.startswith("."):
             continue
         if is_dir:  # a symlinked person folder is followed
-            persons[name] = frames_below(path, f"{name}/")
+            persons[name] = frames_below(path, f"{name}/", unhandled)
         elif is_image_name(name):
             loose_images += 1
     if not persons:
@@ -117,31 +124,90 @@ def discover_frames(root_dir: str | Path) -> dict[str, list[str]]:
     return persons
 
 
-def spread_evenly(frames: list[str], n: int | None) -> list[str]:
+# ---------------------------------------------------------------------------------------------
+# Frames per file
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FrameCounts:
+    """What the headers of the multi-frame-capable files said. Memory: one entry per such file only."""
+
+    counts: dict[str, int] = field(default_factory=dict)  # files holding other than one frame
+    unreadable: dict[str, str] = field(default_factory=dict)  # header could not be read: the reason
+    not_images: list[str] = field(default_factory=list)  # DICOM files without pixel data (DICOMDIR, reports)
+    skipped: set[str] = field(default_factory=set)  # suffix-less files that are not DICOM: not frames at all
+    files_by_kind: Counter = field(default_factory=Counter)
+    frames_by_kind: Counter = field(default_factory=Counter)
+    dicom_colour_frames: int = 0
+    dicom_files_with_region: int = 0
+
+    def frames_of(self, files: Iterable[str]) -> list[tuple[str, int]]:
+        """(file, frame number) of every frame of `files`, in order; unreadable and non-image files left out."""
+        out: list[tuple[str, int]] = []
+        for rel in files:
+            if rel in self.unreadable or rel in self.skipped:
+                continue
+            out += [(rel, k) for k in range(self.counts.get(rel, 1))]
+        return out
+
+
+def bounded_map(fn: Callable, items: Iterable, workers: int = 8, window: int = 256) -> Iterator:
+    """fn over items in threads, in order, with at most `window` calls queued: memory stays constant
+    however many items there are (Executor.map would queue them all at once)."""
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _probe(path: str):
+    try:
+        return probe(path, kind_of(os.path.basename(path)))
+    except Exception as err:  # noqa: BLE001 - a damaged header is reported, not fatal
+        return describe_error(err)
+
+
+def count_frames(root_dir: str, files: Iterable[str]) -> FrameCounts:
+    """Frames per file for `files` (relative to root_dir); single-image files are counted without opening."""
+    result = FrameCounts()
+    to_probe = []
+    for rel in files:
+        if kind_of(rel) == "image":
+            result.files_by_kind["image"] += 1
+            result.frames_by_kind["image"] += 1
+        else:
+            to_probe.append(rel)
+    # Threads hide file-system latency (NFS); header parsing itself holds the GIL.
+    for rel, found in zip(to_probe, bounded_map(_probe, (os.path.join(root_dir, r) for r in to_probe))):
+        if isinstance(found, str):
+            result.unreadable[rel] = found
+        elif found is None:
+            if kind_of(rel) == "maybe-dicom":
+                result.skipped.add(rel)
+            else:
+                result.not_images.append(rel)
+                result.skipped.add(rel)
+        else:
+            result.files_by_kind[found.kind] += 1
+            result.frames_by_kind[found.kind] += found.frames
+            if found.frames != 1:
+                result.counts[rel] = found.frames
+            if found.kind == "dicom":
+                result.dicom_colour_frames += found.frames if found.colour else 0
+                result.dicom_files_with_region += found.region
+    return result
+
+
+def spread_evenly(frames: list, n: int | None) -> list:
     """n frames spread evenly over the sorted list (the middle of n equal stretches), deterministic."""
     if n is None or len(frames) <= n:
         return list(frames)
     return [frames[(2 * i + 1) * len(frames) // (2 * n)] for i in range(n)]
-
-
-def check_header(path: str) -> str | None:
-    """None if Pillow recognises the file as an image, else the reason. Reads the header only."""
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-        if width < 1 or height < 1:
-            return "empty image"
-        return None
-    except Exception as err:  # noqa: BLE001 - Pillow raises many types for bad files
-        return f"{type(err).__name__}: {err}"
-
-
-def find_unreadable(root_dir: str, frames: list[str], workers: int = 16) -> dict[str, str]:
-    """{relative path: reason} for frames Pillow cannot open; threads hide file-system latency."""
-    paths = [os.path.join(root_dir, f) for f in frames]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        reasons = list(pool.map(check_header, paths, chunksize=64))
-    return {f: r for f, r in zip(frames, reasons) if r is not None}
 
 
 def _first(ids, k: int = 5) -> dict:

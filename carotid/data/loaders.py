@@ -11,35 +11,69 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler, WeightedRandomSampler
 
-from carotid.data.decode import load_frame
+from carotid.data.decode import decode_frame, decode_frames, kind_of
 from carotid.data.discovery import Frame
+from carotid.data.preprocessing import DEFAULT_CROP, DEFAULT_RESIZE, Preprocessing
 
 
 class FrameDataset(Dataset):
-    """(uint8 frame tensor (C, S, S), class index, sample index, readable flag) per frame.
+    """(uint8 frame tensor (C, S, S), class index, sample index, status) per frame.
 
     Frames stay uint8 until they reach the training device, where transforms.py augments and
-    normalises whole batches; a frame that cannot be decoded comes back as zeros with flag False."""
+    normalises whole batches. `status` is the decoder's flags (carotid.data.decode: OK, COLOUR,
+    LOW_RANGE); a frame that cannot be decoded comes back as zeros with status 0."""
 
-    def __init__(self, frames: list[Frame], image_size: int, in_channels: int):
+    def __init__(
+        self,
+        frames: list[Frame],
+        image_size: int,
+        in_channels: int,
+        resize: str = DEFAULT_RESIZE,
+        crop: str = DEFAULT_CROP,
+    ):
         self.frames = frames
         self.paths = [f.path for f in frames]
         self.labels = [f.label for f in frames]
         self.person_ids = [f.person_id for f in frames]
         self.image_size = image_size
         self.in_channels = in_channels
+        self.prep = Preprocessing(image_size, in_channels, resize, crop)
+        self._video: tuple[str, dict] = ("", {})  # the last video's decoded frames (see _from_video)
+        self._video_frames: dict[str, list[int]] | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
+        frame = self.frames[index]
         try:
-            frame = torch.from_numpy(load_frame(self.paths[index], self.image_size, self.in_channels))
-            ok = True
+            if kind_of(frame.path) == "video":
+                pixels, status = self._from_video(frame)
+            else:
+                pixels, status = decode_frame(frame.path, frame.index, self.prep)
+            tensor = torch.from_numpy(pixels)
         except Exception:  # noqa: BLE001 - a corrupt frame must not stop a run; the caller reports it
-            frame = torch.zeros(self.in_channels, self.image_size, self.image_size, dtype=torch.uint8)
-            ok = False
-        return frame, self.labels[index], index, ok
+            tensor, status = torch.zeros(self.in_channels, self.image_size, self.image_size, dtype=torch.uint8), 0
+        return tensor, self.labels[index], index, status
+
+    def _from_video(self, frame: Frame) -> tuple:
+        """A video is decoded from its start (exact frame numbers), so all of its frames this dataset holds
+        are decoded in that one pass and kept until another file is read: in evaluation order each video
+        is decoded once. Shuffled training reads a video per frame: --cache avoids that."""
+        path, decoded = self._video
+        if path != frame.path:
+            if self._video_frames is None:
+                self._video_frames = {}
+                for f in self.frames:
+                    if kind_of(f.path) == "video":
+                        self._video_frames.setdefault(f.path, []).append(f.index)
+            indices = self._video_frames[frame.path]
+            decoded = dict(zip(indices, decode_frames(frame.path, indices, self.prep)))
+            self._video = (frame.path, decoded)
+        outcome = decoded[frame.index]
+        if isinstance(outcome, str):
+            raise ValueError(outcome)
+        return outcome
 
 
 def frame_dataset(
@@ -47,6 +81,8 @@ def frame_dataset(
     image_size: int,
     in_channels: int,
     *,
+    resize: str = DEFAULT_RESIZE,
+    crop: str = DEFAULT_CROP,
     cache: bool = False,
     cache_dir: str | None = None,
     accelerator=None,
@@ -55,8 +91,10 @@ def frame_dataset(
     if cache:
         from carotid.data.cache import cached_dataset
 
-        return cached_dataset(frames, image_size, in_channels, cache_dir=cache_dir, accelerator=accelerator)
-    return FrameDataset(frames, image_size, in_channels)
+        return cached_dataset(
+            frames, image_size, in_channels, resize=resize, crop=crop, cache_dir=cache_dir, accelerator=accelerator
+        )
+    return FrameDataset(frames, image_size, in_channels, resize, crop)
 
 
 def _ignore_stop_signals(worker_id: int) -> None:
@@ -123,7 +161,6 @@ def make_loader(
 
     Owning the generators (not the global RNG) makes the order a function of (seed, epoch) only, so a
     resumed run can skip to the exact batch where it stopped."""
-    num_workers = default_workers() if num_workers is None else num_workers
     num_workers = default_workers() if num_workers is None else num_workers
     sampler_generator = torch.Generator().manual_seed(seed)
     if not train:

@@ -11,7 +11,8 @@ import unicodedata
 import warnings
 from dataclasses import dataclass, field
 
-from carotid.data.discovery import IMAGE_SUFFIXES, Frame, discover_frames, find_unreadable, spread_evenly
+from carotid.data import check
+from carotid.data.discovery import IMAGE_SUFFIXES, Frame, count_frames, discover_frames, spread_evenly
 from carotid.data.labels import LabelTable
 from carotid.data.matching import Matching, match_ids
 from carotid.errors import UserError
@@ -31,7 +32,7 @@ class DataManifest:
     root_dir: str
     class_names: list[str]
     person_labels: dict[str, int]
-    frames: dict[str, list[str]]
+    frames: dict[str, list[tuple[str, int]]]  # per person: (file relative to root_dir, frame number in it)
     splits: dict[str, list[str]] = field(default_factory=dict)
     report: dict = field(default_factory=dict)
     positive_class: str | None = None  # binary tasks: the class counted as positive (LabelTable.choices says why)
@@ -39,9 +40,13 @@ class DataManifest:
     def frames_of(self, split: str | None = None) -> list[Frame]:
         """The frames of a split (of every person when None), person by person in sorted order."""
         persons = sorted(self.frames) if split is None else self.splits[split]
-        return [
-            Frame(os.path.join(self.root_dir, f), p, self.person_labels[p]) for p in persons for f in self.frames[p]
-        ]
+        out, path, last = [], "", None
+        for p in persons:
+            for rel, index in self.frames[p]:
+                if rel != last:  # the frames of one file share its path string
+                    path, last = os.path.join(self.root_dir, rel), rel
+                out.append(Frame(path, p, self.person_labels[p], index))
+        return out
 
     def left_out_notes(self) -> list[str]:
         """One line per kind of person left out (no folder, no sheet row, no image), with the first IDs."""
@@ -70,13 +75,18 @@ def collect_persons(
     max_imgs_per_person: int | None,
     persons: list[str] | None = None,
     strict_matching: bool = False,
+    sample: int | None = None,
 ) -> DataManifest:
-    """Match folders with sheet rows (carotid.data.matching), cap each person's frames and drop unreadable ones.
+    """Match folders with sheet rows (carotid.data.matching), count and cap each person's frames, and check
+    a bounded sample of them.
 
     A person's ID is their folder's name (trimmed). `persons` restricts the result to those IDs (e.g. one
     split of a finished run); `strict_matching` makes any sheet row without a folder, or folder without a
-    row, an error."""
-    found = discover_frames(root_dir)
+    row, an error. Files are opened only for their header where they may hold several frames; `sample`
+    frames are decoded (0: none; default carotid.data.check.SAMPLE), every other frame is proven when it is
+    first decoded and reported then (carotid.data.check)."""
+    unhandled: list[str] = []
+    found = discover_frames(root_dir, unhandled)
     matching = match_ids(table.labels, found, str(root_dir))
     _check_overlap(matching, table, root_dir, strict_matching)
     # The person ID: the folder's name as a person reads it (macOS folder names are NFD, sheets NFC).
@@ -92,30 +102,46 @@ def collect_persons(
                 "use the same --root-dir and --label-excel as the training run",
             )
         wanted = sorted(persons)
-    no_images = [p for p in wanted if not found[folder_of[p]]]
+    files_of = {p: found[folder_of[p]] for p in wanted}
+    counted = count_frames(root_dir, (f for p in wanted for f in files_of[p]))
+    all_frames = {p: counted.frames_of(files_of[p]) for p in wanted}
+    no_images = [p for p in wanted if not files_of[p]]
     if len(no_images) == len(wanted):
         raise UserError(
             f"none of the {len(wanted)} labelled person folders in {root_dir} holds an image file "
-            f"(e.g. {folder_of[wanted[0]]}/; looked for {', '.join(sorted(IMAGE_SUFFIXES))})",
-            "put each person's frames (png, jpg, bmp, tif) in their folder or a sub-folder of it",
+            f"(e.g. {folder_of[wanted[0]]}/; looked for {', '.join(sorted(IMAGE_SUFFIXES))} and DICOM files without "
+            "a suffix)",
+            "put each person's frames (png, jpg, bmp, tif, dcm, mp4, avi, mov) in their folder or a sub-folder of it",
         )
-    capped = {p: spread_evenly(found[folder_of[p]], max_imgs_per_person) for p in wanted if found[folder_of[p]]}
-    all_frames = [f for frames in capped.values() for f in frames]
-    unreadable = find_unreadable(root_dir, all_frames)
-    frames: dict[str, list[str]] = {}
+    capped = {p: spread_evenly(all_frames[p], max_imgs_per_person) for p in wanted if files_of[p]}
+    sample = check.SAMPLE if sample is None else sample
+    checked = check.check_sample(root_dir, capped, sample) if sample else None
+    failed = checked.failed if checked else {}
+    frames: dict[str, list[tuple[str, int]]] = {}
     for person, person_frames in capped.items():
-        readable = [f for f in person_frames if f not in unreadable]
+        readable = [f for f in person_frames if f not in failed]
         if not readable:
-            example = person_frames[0]
+            bad = [f for f in files_of[person] if f in counted.unreadable]
+            example, reason = (
+                (bad[0], counted.unreadable[bad[0]]) if bad else (person_frames[0][0], failed[person_frames[0]])
+            )
             raise UserError(
-                f"person '{person}': all {len(person_frames)} images are unreadable "
-                f"(e.g. {example}: {unreadable[example]})",
+                f"person '{person}': all {len(files_of[person])} images are unreadable (e.g. {example}: {reason})",
                 "replace the files, or remove the folder or its row from the sheet",
             )
         frames[person] = readable
+    wanted_folders = {folder_of[p] for p in wanted}
+    unhandled = [u for u in unhandled if u.split("/", 1)[0] in wanted_folders]
+    unreadable = [
+        {"path": rel, "frame": None, "reason": reason, "found_at": "discovery (header)"}
+        for rel, reason in sorted(counted.unreadable.items())
+    ] + [
+        {"path": rel, "frame": index, "reason": reason, "found_at": "start-up check"}
+        for (rel, index), reason in sorted(failed.items())
+    ]
     if unreadable:
         warnings.warn(
-            f"{len(unreadable)} unreadable image(s) skipped, e.g. {next(iter(unreadable))}; see data_report.json",
+            f"{len(unreadable)} unreadable image(s) skipped, e.g. {unreadable[0]['path']}; see data_report.json",
             stacklevel=2,
         )
     class_index = table.class_index
@@ -139,10 +165,18 @@ def collect_persons(
         "persons_without_folder": _first(matching.rows_without_folder),
         "folders_without_label": _first(matching.folders_without_row),
         "persons_without_images": _first(no_images),
-        "images_found": sum(len(found[folder_of[p]]) for p in capped),
+        "files_found": sum(len(files_of[p]) for p in capped),
+        "images_found": sum(len(all_frames[p]) for p in capped),
         "images_used": sum(len(f) for f in frames.values()),
         "max_imgs_per_person": max_imgs_per_person,
-        "unreadable_images": [{"path": p, "reason": r} for p, r in sorted(unreadable.items())],
+        "frames_by_kind": dict(counted.frames_by_kind),
+        "files_by_kind": dict(counted.files_by_kind),
+        "multi_frame_files": len(counted.counts),
+        "dicom_colour_frames": counted.dicom_colour_frames,
+        "dicom_files_with_ultrasound_region": counted.dicom_files_with_region,
+        "unhandled_files": _first(unhandled + counted.not_images, 20),
+        "start_up_check": checked.as_dict() if checked else None,
+        "unreadable_images": unreadable,
         "warnings": _matching_warnings(matching),
     }
     return DataManifest(

@@ -228,7 +228,24 @@ def compute_report(
         + [f"person: {n}" for n in person_notes]
         + [f"calibration, {n}" for n in calibration_notes],
         "unreadable_images": context.get("unreadable_images", []) + preds.unreadable,
+        "decoding": preds.decoding,
     }
+    if report["unreadable_images"]:
+        report["warnings"].append(
+            f"{len(report['unreadable_images'])} frame(s) could not be decoded and are left out "
+            f"(e.g. {report['unreadable_images'][0]['path']}; all listed under unreadable_images)"
+        )
+    if preds.decoding.get("colour_frames") and model_file.in_channels == 1:
+        report["warnings"].append(
+            f"{preds.decoding['colour_frames']} colour frame(s) were converted to grey for this 1-channel model"
+        )
+    if preds.decoding.get("low_range_frames"):
+        report["warnings"].append(f"{preds.decoding['low_range_frames']} frame(s) use under 16 grey levels")
+    lost = sorted(set(context.get("persons", [])) - set(persons.person_ids.tolist()))
+    if lost:
+        report["warnings"].append(
+            f"{len(lost)} person(s) have no decodable frame and are not evaluated: {', '.join(lost[:5])}"
+        )
     return report, persons
 
 

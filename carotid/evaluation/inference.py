@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
+from carotid.data.check import SEEN, dataset_decoding
 from carotid.data.discovery import Frame
 from carotid.data.loaders import frame_dataset, make_loader, stop_workers, stop_workers_at_exit
 from carotid.data.transforms import eval_preset
@@ -28,13 +29,18 @@ from carotid.training.engine import predict_loader
 
 @dataclass
 class FramePredictions:
-    """The readable frames of a set of items, in item order, with their class probabilities."""
+    """The readable frames of a set of items, in item order, with their class probabilities.
+
+    A frame is named by its file (`paths`) and its frame number in it (`frames`). `unreadable` lists the
+    frames that could not be decoded ({"path", "frame", "reason", ...}); `decoding` counts the outcomes."""
 
     paths: np.ndarray
+    frames: np.ndarray
     person_ids: np.ndarray
     labels: np.ndarray
     probs: np.ndarray  # what the model file gives: softmax(logits / temperature)
-    unreadable: list[str] = field(default_factory=list)
+    unreadable: list[dict] = field(default_factory=list)
+    decoding: dict = field(default_factory=dict)
     logits: np.ndarray | None = None  # the raw outputs, for calibration before temperature scaling
     temperature: float | None = None  # the model file's, applied to `probs`
 
@@ -57,10 +63,19 @@ def run_inference(
 ) -> FramePredictions:
     """Probabilities of every frame in `frames`, on all processes (each gets the gathered arrays).
 
-    Frames that cannot be decoded are left out and listed in `unreadable` (the cached dataset leaves
+    Frames are preprocessed as the model was trained (model_file.prep). Frames that cannot be decoded are
+    left out and listed in `unreadable`, with the reason, on the main process (the cached dataset leaves
     them out itself and names them in `excluded`)."""
+    prep = model_file.prep
     dataset = frame_dataset(
-        frames, model_file.image_size, model_file.in_channels, cache=cache, cache_dir=cache_dir, accelerator=accelerator
+        frames,
+        prep.image_size,
+        prep.in_channels,
+        resize=prep.resize,
+        crop=prep.crop,
+        cache=cache,
+        cache_dir=cache_dir,
+        accelerator=accelerator,
     )
     # prepare_data_loader, not prepare: the model needs no DDP/DeepSpeed wrapper to predict.
     loader = accelerator.prepare_data_loader(
@@ -83,12 +98,25 @@ def run_inference(
         )
     finally:
         stop_workers(loader)  # one pass: the workers are done
-    ok = out["readable"].astype(bool)
+    ok = out["status"] > 0
     paths, persons = np.array(dataset.paths, dtype=str), np.array(dataset.person_ids, dtype=str)
-    unreadable = [str(p) for p in paths[~ok]] + [str(p) for p in getattr(dataset, "excluded", {})]
+    numbers = np.array([f.index for f in dataset.frames], dtype=np.int64)
+    decoding: dict = {}
+    if accelerator.is_main_process:  # reasons come from decoding the failed frames again: once, here
+        decoding = dataset_decoding(dataset, out["status"] | SEEN, prep)
     logits, temperature = out["logits"][ok].astype(np.float64), model_file.temperature
     probs = out["probs"][ok].astype(np.float64) if temperature is None else apply_temperature(logits, temperature)
-    return FramePredictions(paths[ok], persons[ok], out["labels"][ok], probs, unreadable, logits, temperature)
+    return FramePredictions(
+        paths[ok],
+        numbers[ok],
+        persons[ok],
+        out["labels"][ok],
+        probs,
+        decoding.pop("unreadable", []),
+        decoding,
+        logits,
+        temperature,
+    )
 
 
 def exactly_once(out: dict[str, np.ndarray], n_items: int) -> dict[str, np.ndarray]:
@@ -150,17 +178,20 @@ def write_prediction_tables(
     threshold: float | None,
     positive: int,
 ) -> np.ndarray:
-    """The per-image and per-person CSVs (with a true_label column when labelled); returns the persons' labels."""
+    """The per-image CSV (a frame is its file and its frame number) and the per-person CSV (with a true_label
+    column when labelled); returns the persons' predicted labels."""
     labelled = persons.labels is not None
     truth = (lambda y: [class_names[y]]) if labelled else (lambda y: [])
     probs = [f"prob_{name}" for name in class_names]
     frame_predicted = predicted_labels(preds.probs, threshold, positive)
     write_table(
         frame_path,
-        ["path", "person_id"] + ["true_label"] * labelled + probs + ["predicted_label"],
+        ["path", "frame", "person_id"] + ["true_label"] * labelled + probs + ["predicted_label"],
         (
-            [p, q, *truth(y), *_decimals(r), class_names[k]]
-            for p, q, y, r, k in zip(preds.paths, preds.person_ids, preds.labels, preds.probs, frame_predicted)
+            [p, i, q, *truth(y), *_decimals(r), class_names[k]]
+            for p, i, q, y, r, k in zip(
+                preds.paths, preds.frames, preds.person_ids, preds.labels, preds.probs, frame_predicted
+            )
         ),
     )
     person_predicted = predicted_labels(persons.probs, threshold, positive)

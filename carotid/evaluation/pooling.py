@@ -10,6 +10,7 @@ prediction tables, so the pooled numbers can be recomputed from the files alone.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from carotid.evaluation.inference import FramePredictions, person_predictions
 from carotid.evaluation.metrics import classification_metrics, metrics_at_threshold
 from carotid.evaluation.registry import table_metrics
 
-FRAME_ARRAYS = ("paths", "person_ids", "labels", "probs")  # the FramePredictions arrays pooled over folds
+FRAME_ARRAYS = ("paths", "frames", "person_ids", "labels", "probs")  # the FramePredictions arrays pooled over folds
 
 
 def read_fold_evaluation(eval_dir: Path, class_names: list[str]) -> tuple[FramePredictions, dict]:
@@ -30,6 +31,7 @@ def read_fold_evaluation(eval_dir: Path, class_names: list[str]) -> tuple[FrameP
     index = {name: i for i, name in enumerate(class_names)}
     preds = FramePredictions(
         paths=np.array([r["path"] for r in rows], dtype=str),
+        frames=np.array([int(r.get("frame") or 0) for r in rows], dtype=np.int64),
         person_ids=np.array([r["person_id"] for r in rows], dtype=str),
         labels=np.array([index[r["true_label"]] for r in rows], dtype=int),
         probs=np.array([[float(r[f"prob_{c}"]) for c in class_names] for r in rows], dtype=np.float64).reshape(
@@ -59,7 +61,7 @@ def pooled_metrics(
 ) -> tuple[dict, FramePredictions]:
     """Out-of-fold image and person metrics (and person-bootstrap CIs) from each fold's (predictions,
     threshold). Returns (the metrics, the pooled per-image predictions)."""
-    pooled = FramePredictions(*(np.concatenate([getattr(p, key) for p, _ in folds]) for key in FRAME_ARRAYS))
+    pooled = FramePredictions(**{key: np.concatenate([getattr(p, key) for p, _ in folds]) for key in FRAME_ARRAYS})
     fold_of_frame = np.concatenate([np.full(len(p.labels), k) for k, (p, _) in enumerate(folds)])
     persons = person_predictions(pooled, aggregation, positive, labelled=True)
     binary = len(class_names) == 2
@@ -112,10 +114,10 @@ def mean_of_models(predictions: list[FramePredictions]) -> FramePredictions:
     """The ensemble: per frame, the mean of the models' probabilities (every model saw the same frames)."""
     first = predictions[0]
     for other in predictions[1:]:
-        if not np.array_equal(other.paths, first.paths):
+        if not (np.array_equal(other.paths, first.paths) and np.array_equal(other.frames, first.frames)):
             raise RuntimeError("the fold models were not applied to the same frames")
     probs = np.mean([p.probs for p in predictions], axis=0)
-    return FramePredictions(first.paths, first.person_ids, first.labels, probs, list(first.unreadable))
+    return dataclasses.replace(first, probs=probs, unreadable=list(first.unreadable), logits=None)
 
 
 def format_cv_table(metrics: dict, binary: bool) -> str:

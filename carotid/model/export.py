@@ -165,7 +165,7 @@ def parity_frames(model_file: ModelFile, folder: str | Path | None, n: int = 32)
     """(up to n readable frames of `folder` as the model takes them, where they came from in words).
 
     Without `folder`, the frames of the data the model was trained on, when that folder is still there."""
-    from carotid.data.decode import load_frame
+    from carotid.data.decode import decode_frames
     from carotid.data.discovery import frames_below, spread_evenly
 
     if folder is None:
@@ -180,12 +180,15 @@ def parity_frames(model_file: ModelFile, folder: str | Path | None, n: int = 32)
         raise UserError(f"--frames folder not found: {folder}", "pass a folder with frames below it")
     frames = []
     for name in spread_evenly(frames_below(folder), 4 * n):
-        try:
-            frames.append(load_frame(str(folder / name), model_file.image_size, model_file.in_channels))
-        except Exception:  # noqa: BLE001 - an unreadable file is skipped; only readable frames are compared
-            continue
+        # The first frame of each file, preprocessed as the model was trained; an unreadable file is skipped.
+        outcome = decode_frames(str(folder / name), [0], model_file.prep)[0]
+        if not isinstance(outcome, str):
+            frames.append(outcome[0])
         if len(frames) == n:
             break
     if not frames:
-        raise UserError(f"no readable frame (png, jpg, bmp, tif) below {folder}", "pass --frames DIR with frames")
+        raise UserError(
+            f"no readable frame (png, jpg, bmp, tif, dcm, mp4, avi, mov) below {folder}",
+            "pass --frames DIR with frames",
+        )
     return np.stack(frames), f"{len(frames)} frames of {folder}"

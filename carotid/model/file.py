@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from carotid.data.preprocessing import LEGACY_PREPROCESSING, RESIZE_MODES, Preprocessing, parse_box, preprocessing_of
 from carotid.errors import UserError
 from carotid.evaluation.registry import AGGREGATIONS
 from carotid.files import atomic_torch_save, safe_torch_load
@@ -25,9 +26,10 @@ from carotid.model import ARCHITECTURES
 from carotid.model.registry import build_model, check_fits, load_matching, strip_prefixes
 
 FORMAT = "carotid-model"
-# 1: the aggregation was stored as 'person_aggregation'; 2: no temperature or operating points. Version 3
-# files may hold a temperature, which an older carotid would silently ignore, so those refuse them.
-FORMAT_VERSION = 3
+# 1: the aggregation was stored as 'person_aggregation'; 2: no temperature or operating points; 3: no
+# 'preprocessing' (stretch, no crop). Files from version 3 on may hold a temperature or a preprocessing,
+# which an older carotid would silently ignore, so those refuse them.
+FORMAT_VERSION = 4
 REQUIRED = ("state_dict", "arch", "num_classes", "class_names", "in_channels", "image_size", "normalization")
 
 
@@ -42,6 +44,8 @@ class ModelFile:
     image_size: int  # frames are resized to image_size x image_size
     normalization: dict[str, list[float]]  # {"mean": [...], "std": [...]} per channel, on [0, 1] pixels
     positive_index: int  # binary tasks: the class counted as positive (AUC, sensitivity); else the last class
+    # {"resize": letterbox|crop|stretch, "crop": auto|none|"x0,y0,x1,y1"}: how frames became input in training
+    preprocessing: dict[str, str] = field(default_factory=lambda: dict(LEGACY_PREPROCESSING))
     aggregation: str = "mean"  # frame probabilities → person probability (carotid.evaluation.registry.AGGREGATIONS)
     threshold: float | None = None  # binary: positive ⇔ P(positive) ≥ threshold; None for multi-class models
     threshold_source: str | None = None  # how the threshold was chosen, in words
@@ -65,6 +69,11 @@ class ModelFile:
     @property
     def positive_class(self) -> str:
         return self.class_names[self.positive_index]
+
+    @property
+    def prep(self) -> Preprocessing:
+        """How evaluate and predict turn frames into this model's input: as in its training."""
+        return Preprocessing(self.image_size, self.in_channels, **preprocessing_of(self.preprocessing))
 
     # -----------------------------------------------------------------------------------------
     # Writing
@@ -125,6 +134,7 @@ class ModelFile:
             in_channels=data["in_channels"],
             image_size=data["image_size"],
             normalization={k: [float(x) for x in data["normalization"][k]] for k in ("mean", "std")},
+            preprocessing=preprocessing_of(data.get("preprocessing")),
             positive_index=int(data.get("positive_index", len(names) - 1)),
             aggregation=data.get("aggregation", data.get("person_aggregation", "mean")),
             threshold=None if data.get("threshold") is None else float(data["threshold"]),
@@ -217,6 +227,15 @@ def _field_problem(data: dict[str, Any]) -> str | None:
         for p in points
     ):
         return f"'operating_points' is {points!r}"
+    prep = data.get("preprocessing", LEGACY_PREPROCESSING)
+    if not isinstance(prep, dict) or preprocessing_of(prep)["resize"] not in RESIZE_MODES:
+        return f"'preprocessing' is {prep!r}"
+    crop = preprocessing_of(prep)["crop"]
+    if crop not in ("auto", "none"):
+        try:
+            parse_box(str(crop))
+        except ValueError:
+            return f"'preprocessing' is {prep!r}"
     return None
 
 

@@ -66,7 +66,7 @@ def failure_kind(person: PersonFrames, positive: int, binary: bool) -> str:
 
 def write_gallery(
     failures: list[PersonFrames],
-    frame_paths: np.ndarray,
+    frames: list[tuple[str, int]],
     out_dir: Path,
     *,
     renderer: GradCamRenderer | None,
@@ -92,7 +92,7 @@ def write_gallery(
             write_montage(
                 renderer,
                 person,
-                frame_paths,
+                frames,
                 montage,
                 n_frames=n_frames,
                 class_names=class_names,
@@ -155,6 +155,7 @@ def write_person_figures(
     labelled = persons.labels is not None
     worst = most_wrong(grouped, positive, binary, threshold, failures) if labelled else []
     renderer = GradCamRenderer(model_file, device) if heatmaps or worst else None
+    frames = list(zip(preds.paths.tolist(), preds.frames.tolist()))
     try:
         settings = {
             "class_names": class_names,
@@ -165,13 +166,11 @@ def write_person_figures(
         montages = {}
         if heatmaps:
             folder = heatmap_dir or out_dir / "heatmaps"
-            montages = write_montages(
-                renderer, grouped, preds.paths, folder, n_frames=heatmaps, names=names, **settings
-            )
+            montages = write_montages(renderer, grouped, frames, folder, n_frames=heatmaps, names=names, **settings)
         if labelled and failures:
             write_gallery(
                 worst,
-                preds.paths,
+                frames,
                 out_dir,
                 renderer=renderer,
                 montages=montages,

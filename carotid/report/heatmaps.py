@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from carotid.data.decode import load_frame
+from carotid.data.decode import decode_frames, kind_of
 from carotid.data.transforms import eval_preset
 from carotid.model.file import ModelFile
 from carotid.model.registry import target_layer
@@ -88,6 +88,11 @@ def file_name(person_id: str, taken: set[str]) -> str:
     return name
 
 
+def frame_name(path: str, index: int) -> str:
+    """A frame as a caption: the file's name, with the frame number for a frame of a multi-frame file."""
+    return Path(path).name if kind_of(path) == "image" else f"{Path(path).name} #{index}"
+
+
 class GradCamRenderer:
     """A model file's network with Grad-CAM hooked on its target layer; `maps` explains a list of frames."""
 
@@ -100,24 +105,24 @@ class GradCamRenderer:
         self.preset = eval_preset(model_file.normalization["mean"], model_file.normalization["std"]).to(self.device)
         self.cam = GradCAM(model=self.model, target_layers=[target_layer(self.model, model_file.arch)])
 
-    def maps(self, paths: list[str], target: int) -> tuple[np.ndarray, np.ndarray]:
-        """(uint8 frames (N, C, S, S) as the model saw them, Grad-CAM maps (N, S, S) in [0, 1]) for class `target`."""
+    def maps(self, frames: list[tuple[str, int]], target: int) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8 frames (N, C, S, S) as the model saw them, Grad-CAM maps (N, S, S) in [0, 1]) for class `target`;
+        a frame is (file, frame number in it)."""
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-        size, channels = self.model_file.image_size, self.model_file.in_channels
-        pixels = np.stack([self._pixels(path, size, channels) for path in paths])
+        pixels = np.stack([self._pixels(path, index) for path, index in frames])
         maps = []
-        for start in range(0, len(paths), BATCH):
+        for start in range(0, len(frames), BATCH):
             batch = self.preset(torch.from_numpy(pixels[start : start + BATCH]).to(self.device))
             maps.append(self.cam(input_tensor=batch, targets=[ClassifierOutputTarget(target)] * len(batch)))
         return pixels, np.nan_to_num(np.concatenate(maps))
 
-    @staticmethod
-    def _pixels(path: str, size: int, channels: int) -> np.ndarray:
-        try:
-            return load_frame(path, size, channels)
-        except Exception:  # noqa: BLE001 - moved or changed since it was predicted: a black panel, not a crash
-            return np.zeros((channels, size, size), dtype=np.uint8)
+    def _pixels(self, path: str, index: int) -> np.ndarray:
+        prep = self.model_file.prep  # geometry and channels as the model was trained
+        outcome = decode_frames(path, [index], prep)[0]
+        if isinstance(outcome, str):  # moved or changed since it was predicted: a black panel, not a crash
+            return np.zeros((prep.in_channels, prep.image_size, prep.image_size), dtype=np.uint8)
+        return outcome[0]
 
     def close(self) -> None:
         self.cam.activations_and_grads.release()
@@ -139,7 +144,7 @@ def verdict(person: PersonFrames, class_names: list[str], positive: int, binary:
 def write_montage(
     renderer: GradCamRenderer,
     person: PersonFrames,
-    frame_paths: np.ndarray,
+    frames: list[tuple[str, int]],
     path: Path,
     *,
     n_frames: int,
@@ -155,14 +160,14 @@ def write_montage(
     binary = len(class_names) == 2
     target = explained_class(person, positive, binary)
     shown = decisive_frames(person, target, n_frames)
-    pixels, maps = renderer.maps([str(frame_paths[person.rows[k]]) for k in shown], target)
+    pixels, maps = renderer.maps([frames[person.rows[k]] for k in shown], target)
     fig, axes = new_figure(1, len(shown), figsize=(2.3 * len(shown), 3.0), squeeze=False)
     for ax, k, frame, cam in zip(axes[0], shown, pixels, maps):
         rgb = np.repeat(frame, 3, axis=0) if frame.shape[0] == 1 else frame
         ax.imshow(show_cam_on_image(rgb.transpose(1, 2, 0).astype(np.float32) / 255.0, cam, use_rgb=True))
         ax.set_title(f"frame {k + 1}/{len(person.rows)}\nP({class_names[target]}) {person.frame_probs[k, target]:.3f}")
         ax.title.set_fontsize(8)
-        ax.set_xlabel(Path(str(frame_paths[person.rows[k]])).name, fontsize=6)
+        ax.set_xlabel(frame_name(*frames[person.rows[k]]), fontsize=6)
         ax.set_xticks([])
         ax.set_yticks([])
     score = positive if binary else person.predicted
@@ -180,7 +185,7 @@ def write_montage(
 def write_montages(
     renderer: GradCamRenderer,
     persons: list[PersonFrames],
-    frame_paths: np.ndarray,
+    frames: list[tuple[str, int]],
     folder: Path,
     *,
     n_frames: int,
@@ -198,7 +203,7 @@ def write_montages(
         write_montage(
             renderer,
             person,
-            frame_paths,
+            frames,
             path,
             n_frames=n_frames,
             class_names=class_names,

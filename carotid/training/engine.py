@@ -13,6 +13,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 SYNC_EVERY = 8  # batches between the cross-rank checks for a stop request or a non-finite loss
+SEEN = 128  # carotid.data.check.SEEN: kept here so the training loop does not import the data checks
 
 
 @dataclass
@@ -84,13 +85,15 @@ def train_one_epoch(
     save_checkpoint: Callable[[EpochProgress], None] = lambda p: None,
     stop_requested: Callable[[], bool] = lambda: False,
     channels_last: bool = False,
+    statuses: torch.Tensor | None = None,
 ) -> EpochEnd:
     """One pass over `loader` (which already skips the `progress.batches_done` batches of a resumed epoch).
 
     After each optimizer step `on_optimizer_step()` advances the LR schedule and says whether a
     mid-epoch checkpoint is due; all ranks reach that point at the same step, so the save is collective.
     Every SYNC_EVERY batches the ranks agree on stopping (a signal, a non-finite loss); between those
-    points nothing waits for the device, so the GPU is never stalled by bookkeeping."""
+    points nothing waits for the device, so the GPU is never stalled by bookkeeping. `statuses` (uint8, one
+    per dataset item, on the device) receives each frame's decode status | SEEN, without a host sync."""
     model.train()
     preset.train()
     device = accelerator.device
@@ -127,10 +130,13 @@ def train_one_epoch(
     while True:
         fetch = time.perf_counter()
         try:
-            frames, labels, _, readable = next(iterator)
+            frames, labels, index, status = next(iterator)
         except StopIteration:
             break
         clock["wait"] += time.perf_counter() - fetch
+        readable = status > 0
+        if statuses is not None:
+            statuses[index] = status.to(torch.uint8) | SEEN
         with accelerator.accumulate(model):
             inputs = preset(frames).to(dtype)
             if channels_last:
@@ -211,7 +217,7 @@ def predict_loader(
     """Softmax probabilities for every frame of `loader`, gathered from all ranks without duplicates.
 
     Returns numpy arrays ordered by sample index: probs (N, K), logits (N, K; for temperature scaling),
-    labels, index, readable, loss (per frame)."""
+    labels, index, status (the decode flags, 0 = not decodable) and loss (per frame)."""
     model.eval()
     preset.eval()
     dtype = input_dtype(model)
@@ -220,10 +226,10 @@ def predict_loader(
         "logits": [],
         "labels": [],
         "index": [],
-        "readable": [],
+        "status": [],
         "loss": [],
     }
-    for frames, labels, index, readable in tqdm(
+    for frames, labels, index, status in tqdm(
         loader, desc=desc, disable=None if accelerator.is_main_process else True, dynamic_ncols=True, leave=False
     ):
         inputs = preset(frames).to(dtype)
@@ -232,7 +238,7 @@ def predict_loader(
         with accelerator.autocast():  # the model may not be prepared (evaluation needs no DDP wrapper)
             logits = model(inputs).float()
         loss = F.cross_entropy(logits, labels, reduction="none")
-        batch = (logits.softmax(dim=1), logits, labels, index, readable, loss)
+        batch = (logits.softmax(dim=1), logits, labels, index, status, loss)
         for key, value in zip(parts, accelerator.gather_for_metrics(batch)):
             parts[key].append(value.cpu())
     out = {k: (torch.cat(v).numpy() if v else np.zeros((0,))) for k, v in parts.items()}

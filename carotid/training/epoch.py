@@ -27,18 +27,21 @@ from carotid.training.runtime import StopSignal
 
 def validate(
     model, loader, accelerator, preset, dataset, positive_index, aggregation, channels_last
-) -> tuple[dict, ValidationOutput]:
-    """val_* numbers of the metrics row, and the validation frames' outputs for choosing the threshold."""
+) -> tuple[dict, ValidationOutput, np.ndarray]:
+    """val_* numbers of the metrics row, the validation frames' outputs for choosing the threshold, and every
+    frame's decode status (carotid.data.check)."""
     # scikit-learn (~1 s to import) is first needed here, after the first epoch, not before the first batch.
     from carotid.evaluation.metrics import epoch_metrics
 
     out = predict_loader(model, loader, accelerator, preset, channels_last=channels_last, desc="validate")
-    ok = out["readable"].astype(bool)
+    ok = out["status"] > 0
     persons = np.asarray(dataset.person_ids)[out["index"][ok]]
     labels, probs = out["labels"][ok], out["probs"][ok]
     numbers = epoch_metrics(labels, probs, persons, positive_index, aggregation)
     row = {"val_loss": float(out["loss"][ok].mean())} | numbers
-    return row, ValidationOutput(labels, out["logits"][ok], persons, probs)
+    status = np.zeros(len(dataset), dtype=np.uint8)
+    status[out["index"]] = out["status"]
+    return row, ValidationOutput(labels, out["logits"][ok], persons, probs), status
 
 
 def person_class_weights(manifest: DataManifest) -> torch.Tensor:

@@ -15,6 +15,7 @@ import torch
 from accelerate import Accelerator
 
 from carotid.config import TrainConfig
+from carotid.data.check import startup_lines
 from carotid.data.labels import LabelTable, read_labels
 from carotid.data.loaders import frame_dataset
 from carotid.data.manifest import SPLITS, DataManifest, check_classes_in_training, collect_persons, data_block
@@ -94,6 +95,9 @@ def describe(accelerator: Accelerator, cfg: TrainConfig, manifest: DataManifest,
         log(f"note: {note}")
     for note in manifest.left_out_notes():
         log(f"note: {note}")
+    for line in startup_lines(manifest.report, cfg.in_channels):
+        log(line)
+    log(f"geometry: --crop {cfg.crop}, --resize {cfg.resize} to {cfg.image_size}x{cfg.image_size}")
     if manifest.report["unreadable_images"]:
         log(
             f"warning: {plural(len(manifest.report['unreadable_images']), 'unreadable image')} skipped "
@@ -193,6 +197,8 @@ def fit_run(
                 manifest.frames_of(s),
                 cfg.image_size,
                 cfg.in_channels,
+                resize=cfg.resize,
+                crop=cfg.crop,
                 cache=cfg.cache,
                 cache_dir=cfg.cache_dir,
                 accelerator=accelerator,

@@ -1,0 +1,53 @@
+"""How a frame becomes model input (crop, channels, resize mode, size): the options' values and checks.
+
+Kept apart from the decoder so the option parser can use them without importing numpy or Pillow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+RESIZE_MODES = ("letterbox", "crop", "stretch")
+DEFAULT_RESIZE = "letterbox"  # keeps the aspect and every pixel: README "Geometry" says why
+DEFAULT_CROP = "auto"  # the DICOM ultrasound region where a file names one, else the whole frame
+LEGACY_PREPROCESSING = {"resize": "stretch", "crop": "none"}  # what model files of format 2 were trained with
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a frame becomes model input; stored in the model file so evaluate and predict do the same."""
+
+    image_size: int
+    in_channels: int
+    resize: str = DEFAULT_RESIZE  # letterbox | crop | stretch
+    crop: str = DEFAULT_CROP  # auto | none | "x0,y0,x1,y1"
+
+    def fixed_box(self) -> tuple[int, int, int, int] | None:
+        return parse_box(self.crop) if self.crop not in ("auto", "none") else None
+
+    def draft_size(self) -> int | None:
+        # A fixed crop box is in full-resolution pixels: a reduced JPEG decode would move it.
+        return None if self.fixed_box() else self.image_size
+
+    def tag(self) -> str:
+        """A file-name-safe name of the resize and crop, for the cache folder."""
+        return f"{self.resize}-{self.crop.replace(',', '_')}"
+
+    def as_dict(self) -> dict:
+        return {"resize": self.resize, "crop": self.crop}
+
+
+def parse_box(text: str) -> tuple[int, int, int, int]:
+    """'x0,y0,x1,y1' (pixels, x1 and y1 exclusive) → a tuple; ValueError with the reason otherwise."""
+    parts = text.split(",")
+    if len(parts) != 4 or not all(p.strip().lstrip("-").isdigit() for p in parts):
+        raise ValueError(f"{text!r} is not four integers x0,y0,x1,y1")
+    x0, y0, x1, y1 = (int(p) for p in parts)
+    if x0 < 0 or y0 < 0 or x1 <= x0 or y1 <= y0:
+        raise ValueError(f"{text!r} is not a box with 0 ≤ x0 < x1 and 0 ≤ y0 < y1")
+    return x0, y0, x1, y1
+
+
+def preprocessing_of(saved: dict | None) -> dict:
+    """A model file's preprocessing with defaults for fields it lacks (older files: stretch, no crop)."""
+    return {**LEGACY_PREPROCESSING, **(saved or {})}
