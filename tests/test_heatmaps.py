@@ -34,7 +34,7 @@ def test_every_architecture_has_a_grad_cam_layer():
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_grad_cam_works_for_every_architecture_and_channel_count(arch, channels, data_dir):
     root, _ = data_dir
-    frames = sorted(str(p) for p in root.rglob("*.png"))[:3]
+    frames = [(str(p), 0) for p in sorted(root.rglob("*.png"))[:3]]
     size = 64 if arch in ("resnet50", "densenet121", "convnext_tiny") else 32  # deep stages need some pixels
     renderer = GradCamRenderer(model_file_of(arch, channels, size))
     try:

@@ -372,7 +372,8 @@ class Trainer:
         at_start = len(self.manifest.report["unreadable_images"])
         if at_start:
             self.log(
-                f"{at_start} file(s) or frame(s) found unreadable at start-up (unreadable_images in data_report.json)"
+                f"{plural(at_start, 'file or frame', 'files or frames')} found unreadable at start-up "
+                "(unreadable_images in data_report.json)"
             )
         for split, summary in decoding.items():
             self.log(summary_line(split, summary) + (" (listed in data_report.json)" if summary["unreadable"] else ""))
