@@ -95,12 +95,13 @@ def train(cfg: TrainConfig, given: set[str] | frozenset = frozenset()) -> Path:
 
     from carotid.training import checkpoints
     from carotid.training import run_dir as run_folder
-    from carotid.training.cv import cross_validate, find_cv_dir
     from carotid.training.fit import fit_run
     from carotid.training.runtime import build_accelerator, match_deepspeed_clipping, on_main, strategy_warning
 
     resume_run = resume_from = None
     if cfg.resume:
+        from carotid.training.cv import find_cv_dir
+
         resume_run = find_cv_dir(cfg.resume)
         if resume_run is None:
             resume_run, resume_from = checkpoints.resolve_resume(cfg.resume)
@@ -118,6 +119,10 @@ def train(cfg: TrainConfig, given: set[str] | frozenset = frozenset()) -> Path:
     set_seed(cfg.seed)
     notes = [warning for warning in (precision_note, strategy_warning(accelerator)) if warning]
     if cfg.folds:
+        # The evaluation modules (scipy, scikit-learn) load only for cross-validation, not before a plain
+        # run's first batch.
+        from carotid.training.cv import cross_validate
+
         return cross_validate(accelerator, cfg, cv_dir=resume_run, notes=notes)
     manifest, root_dir, label_excel = on_main(accelerator, lambda: prepare_data(cfg, resume_run))
     cfg = dataclasses.replace(cfg, root_dir=root_dir, label_excel=label_excel)

@@ -1,8 +1,13 @@
 """Persons → train / validation / test, or → K cross-validation folds: stratified by label, seeded, never
 splitting a person, and with `groups` (a sheet column) never splitting a group of persons either.
 
-Without groups the plain split keeps its exact person counts (`train_test_split`); with groups every split
-and fold comes from scikit-learn's `StratifiedGroupKFold`, which keeps groups whole while balancing labels.
+Without groups the plain split keeps its exact person counts and is written out here rather than taken
+from scikit-learn's `train_test_split`: importing scikit-learn (with scipy) takes 1-1.5 s, the largest
+single cost between the command and the first training batch, for a split of a few hundred IDs. The
+allocation is the one `StratifiedShuffleSplit` makes (each class gets the floor or the ceiling of its exact
+share, the remainder going to the largest fractions), stratified under the same conditions, so the
+guarantees tests/test_fuzz.py checks are scikit-learn's. With groups every split and fold comes from
+scikit-learn's `StratifiedGroupKFold`, which keeps groups whole while balancing labels.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ import math
 import warnings
 from collections import Counter
 
+import numpy as np
+
 from carotid.errors import UserError
 
 
@@ -18,17 +25,44 @@ def _count(ratio: float, n: int) -> int:
     return 0 if ratio == 0 else max(1, math.floor(ratio * n + 0.5))
 
 
-def _split_off(ids: list[str], labels: list[int], size: int, seed: int, notes: list[str], what: str):
-    from sklearn.model_selection import train_test_split  # ~1 s to import: only when a split is made
+def _allocate(class_sizes: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Persons of each class to take out: floor of the exact share, plus one for the largest remainders
+    (ties broken at random), never more than the class has."""
+    exact = class_sizes * size / class_sizes.sum()
+    taken = np.floor(exact).astype(int)
+    left = size - taken.sum()
+    remainder = exact - taken
+    order = sorted(range(len(class_sizes)), key=lambda k: (-remainder[k], rng.random()))
+    for k in order:
+        if left == 0:
+            break
+        if taken[k] < class_sizes[k]:
+            taken[k] += 1
+            left -= 1
+    return taken
 
+
+def _split_off(ids: list[str], labels: list[int], size: int, seed: int, notes: list[str], what: str):
+    """(kept, taken out): `size` persons taken out, stratified by label where every class can be."""
     if size == 0:
         return ids, []
-    try:
-        keep, out = train_test_split(ids, test_size=size, stratify=labels, random_state=seed)
-    except ValueError as err:
-        notes.append(f"{what} split not stratified by label ({err}); persons were split at random")
-        keep, out = train_test_split(ids, test_size=size, random_state=seed)
-    return keep, out
+    rng = np.random.default_rng(seed)
+    classes, class_sizes = np.unique(labels, return_counts=True)
+    if class_sizes.min() < 2:
+        reason = "a class has only 1 person"
+    elif not len(classes) <= size <= len(ids) - len(classes):
+        reason = f"{size} of {len(ids)} persons cannot hold each of {len(classes)} classes on both sides"
+    else:
+        reason = None
+    if reason is not None:
+        notes.append(f"{what} split not stratified by label ({reason}); persons were split at random")
+        out = set(rng.permutation(len(ids))[:size].tolist())
+    else:
+        out = set()
+        for klass, count in zip(classes, _allocate(class_sizes, size, rng)):
+            members = [i for i, label in enumerate(labels) if label == klass]
+            out.update(members[j] for j in rng.permutation(len(members))[:count])
+    return [p for i, p in enumerate(ids) if i not in out], [p for i, p in enumerate(ids) if i in out]
 
 
 def _group_folds(ids: list[str], labels: list[int], groups: list[str], k: int, seed: int, notes: list[str], what: str):
