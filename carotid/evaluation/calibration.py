@@ -11,9 +11,6 @@ from __future__ import annotations
 import warnings as _warnings
 
 import numpy as np
-from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax, logit, softmax
-from sklearn.metrics import brier_score_loss
 
 from carotid.evaluation.registry import CALIBRATION_METRICS, ECE_BINS
 
@@ -71,6 +68,8 @@ def logistic_recalibration(y_pos: np.ndarray, p_pos: np.ndarray) -> tuple[dict, 
     y_pos = np.asarray(y_pos, dtype=np.float64)
     if len(np.unique(y_pos)) < 2:
         return none, ["calibration slope and intercepts are undefined: only one class is present"]
+    from scipy.special import logit  # scipy loads only when a report is written, not before training
+
     lp = logit(np.clip(np.asarray(p_pos, dtype=np.float64), EPS, 1.0 - EPS))
     notes = []
     out = dict(none)
@@ -97,6 +96,8 @@ def calibration_metrics(
 ) -> tuple[dict, list[str]]:
     """One level's calibration. Binary: of P(positive class). Multi-class: the multi-class Brier score
     and the top-label ECE (confidence of the predicted class vs. whether it was right)."""
+    from sklearn.metrics import brier_score_loss
+
     y_true, probs = np.asarray(y_true), np.asarray(probs, dtype=np.float64)
     binary = len(class_names) == 2
     if binary:
@@ -122,6 +123,8 @@ def calibration_metrics(
 
 def mean_nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
     """Mean cross-entropy of softmax(logits / T) (natural log), the quantity temperature scaling minimises."""
+    from scipy.special import log_softmax
+
     logp = log_softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=1)
     return float(-logp[np.arange(len(labels)), np.asarray(labels)].mean())
 
@@ -131,6 +134,8 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> dict:
 
     One parameter: it changes confidence, never the ranking of a frame's classes, so argmax accuracy
     stays the same."""
+    from scipy.optimize import minimize_scalar
+
     logits, labels = np.asarray(logits, dtype=np.float64), np.asarray(labels)
     low, high = np.log(TEMPERATURE_BOUNDS)
     result = minimize_scalar(
@@ -147,6 +152,8 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> dict:
 
 def apply_temperature(logits: np.ndarray, temperature: float | None) -> np.ndarray:
     """Class probabilities softmax(logits / T) in float64 (T None: plain softmax)."""
+    from scipy.special import softmax
+
     return softmax(np.asarray(logits, dtype=np.float64) / (temperature or 1.0), axis=1)
 
 
