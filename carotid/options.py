@@ -91,7 +91,7 @@ def field_type(schema: type, name: str) -> tuple[type, bool]:
 
 
 def is_list(schema: type, name: str) -> bool:
-    return typing.get_origin(typing.get_type_hints(schema)[name]) is list
+    return typing.get_origin(_type_hints(schema)[name]) is list
 
 
 def coerce(schema: type, name: str, value: Any, source: str) -> Any:

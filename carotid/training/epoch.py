@@ -5,16 +5,12 @@ messages a stopped run ends with."""
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-
-try:
-    from torch.distributed.tensor import DTensor
-except ImportError:  # torch < 2.4
-    from torch.distributed._tensor import DTensor
 
 from carotid.data.manifest import DataManifest
 from carotid.errors import StopTraining
@@ -87,8 +83,11 @@ def local_part(param: torch.Tensor) -> torch.Tensor:
     """The part of a parameter this rank holds: the whole of it under DDP and ZeRO-1/2."""
     if hasattr(param, "ds_tensor"):  # ZeRO-3
         return param.ds_tensor
-    if isinstance(param, DTensor):  # FSDP2
-        return param.to_local()
+    # A DTensor's module is loaded wherever one exists (FSDP2); importing it otherwise costs ~1 s of start-up.
+    for name in ("torch.distributed.tensor", "torch.distributed._tensor"):  # the latter: torch < 2.4
+        module = sys.modules.get(name)
+        if module is not None and isinstance(param, module.DTensor):  # FSDP2
+            return param.to_local()
     return param
 
 
