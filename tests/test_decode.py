@@ -301,7 +301,7 @@ def test_a_frame_that_fails_in_training_is_listed_with_its_reason(tmp_path, monk
     assert len(listed) == 1
     split, entry = listed[0]
     assert entry["path"] == str(person / "truncated.png") and entry["frame"] == 0 and entry["reason"]
-    assert f"{split}: 1 frame(s) could not be decoded" in printed
+    assert f"{split}: 1 frame could not be decoded" in printed
 
 
 def test_the_start_up_check_is_bounded_and_names_what_it_found(tmp_path):

@@ -39,6 +39,7 @@ from carotid.data.cache_build import (
 from carotid.data.discovery import Frame
 from carotid.data.preprocessing import DEFAULT_CROP, DEFAULT_RESIZE, Preprocessing
 from carotid.errors import UserError
+from carotid.text import plural
 
 # ---------------------------------------------------------------------------------------------
 # The dataset
@@ -249,7 +250,7 @@ def cached_dataset(
     if dataset.excluded and (accelerator is None or accelerator.is_main_process):
         (path, _), reason = next(iter(dataset.excluded.items()))
         warnings.warn(
-            f"{len(dataset.excluded)} frame(s) could not be decoded and are left out of the cached dataset, "
+            f"{plural(len(dataset.excluded), 'frame')} could not be decoded and are left out of the cached dataset, "
             f"e.g. {path}: {reason}",
             stacklevel=2,
         )

@@ -19,6 +19,7 @@ import numpy as np
 from carotid.data.decode import COLOUR, LOW_RANGE, OK, decode_frames
 from carotid.data.discovery import Frame, spread_evenly
 from carotid.data.preprocessing import Preprocessing
+from carotid.text import plural
 
 SAMPLE = 64  # frames decoded at start-up: every frame of a small dataset, a fixed cost for a large one
 SEEN = 128  # status bit: the frame went through the loader (a frame never drawn has status 0 and is not a failure)
@@ -147,6 +148,6 @@ def startup_lines(report: dict, in_channels: int) -> list[str]:
 
 def summary_line(split: str, summary: dict) -> str:
     return (
-        f"{split}: {len(summary['unreadable'])} frame(s) could not be decoded, {summary['colour_frames']} colour, "
-        f"{summary['low_range_frames']} with a tiny grey range, of {summary['frames']} read"
+        f"{split}: {plural(len(summary['unreadable']), 'frame')} could not be decoded, {summary['colour_frames']} "
+        f"colour, {summary['low_range_frames']} with a tiny grey range, of {summary['frames']} read"
     )

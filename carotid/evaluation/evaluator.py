@@ -232,12 +232,12 @@ def compute_report(
     }
     if report["unreadable_images"]:
         report["warnings"].append(
-            f"{len(report['unreadable_images'])} frame(s) could not be decoded and are left out "
+            f"{plural(len(report['unreadable_images']), 'frame')} could not be decoded and are left out "
             f"(e.g. {report['unreadable_images'][0]['path']}; all listed under unreadable_images)"
         )
     if preds.decoding.get("colour_frames") and model_file.in_channels == 1:
         report["warnings"].append(
-            f"{preds.decoding['colour_frames']} colour frame(s) were converted to grey for this 1-channel model"
+            f"{plural(preds.decoding['colour_frames'], 'colour frame')} converted to grey for this 1-channel model"
         )
     if preds.decoding.get("low_range_frames"):
         report["warnings"].append(f"{preds.decoding['low_range_frames']} frame(s) use under 16 grey levels")
