@@ -12,7 +12,6 @@ epoch-end checkpoint rewrites best_model.pth if the kill came before it was writ
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 
@@ -21,7 +20,6 @@ import torch
 from accelerate import Accelerator, skip_first_batches
 
 from carotid.config import TrainConfig
-from carotid.data.check import dataset_decoding, summary_line
 from carotid.data.loaders import EpochSeeds, make_loader, stop_workers, stop_workers_at_exit
 from carotid.data.manifest import DataManifest
 from carotid.data.preprocessing import Preprocessing
@@ -29,11 +27,12 @@ from carotid.data.transforms import NORMALIZATION, eval_preset, train_preset
 from carotid.errors import UserError
 from carotid.evaluation.registry import METRIC_COLUMNS
 from carotid.evaluation.selection import ValidationOutput, choose_on_validation
-from carotid.files import atomic_write_json, write_records
+from carotid.files import write_records
 from carotid.model.file import ModelFile
 from carotid.text import plural
 from carotid.training import checkpoints
-from carotid.training.engine import SEEN, EpochProgress, reduce_progress, train_one_epoch
+from carotid.training.decoding import gather_statuses, report_decoding
+from carotid.training.engine import EpochProgress, reduce_progress, train_one_epoch
 from carotid.training.epoch import (
     better,
     diverged,
@@ -351,39 +350,13 @@ class Trainer:
         if state["stopped_early"]:
             self.log(f"early stopping: {monitor} has not improved for {plural(best['bad_epochs'], 'epoch')}")
 
-    def decode_statuses(self) -> dict[str, np.ndarray]:
-        """Collective: each split's per-frame decode status (| SEEN), merged over the ranks."""
-        gathered = self.accelerator.gather(self.train_status[None]).reshape(-1, len(self.train_status))
-        statuses = {"train": gathered.amax(dim=0).cpu().numpy()}
-        if self.val_status is not None:
-            statuses["val"] = self.val_status.astype(np.uint8) | SEEN  # validation reads every frame
-        return statuses
-
-    def report_decoding(self, statuses: dict[str, np.ndarray], test_report: dict | None) -> None:
-        """Every frame that could not be decoded in training, validation and test, with its reason, into
-        data_report.json ("decoding"), and a line per split on the console. Main process."""
-        cfg = self.cfg
-        prep = Preprocessing(cfg.image_size, cfg.in_channels, cfg.resize, cfg.crop)
-        decoding = {split: dataset_decoding(self.datasets[split], status, prep) for split, status in statuses.items()}
-        if test_report is not None:
-            decoding["test"] = test_report["decoding"] | {"unreadable": test_report["unreadable_images"]}
-        path = self.run_dir / "data_report.json"
-        atomic_write_json(path, json.loads(path.read_text(encoding="utf-8")) | {"decoding": decoding})
-        at_start = len(self.manifest.report["unreadable_images"])
-        if at_start:
-            self.log(
-                f"{plural(at_start, 'file or frame', 'files or frames')} found unreadable at start-up "
-                "(unreadable_images in data_report.json)"
-            )
-        for split, summary in decoding.items():
-            self.log(summary_line(split, summary) + (" (listed in data_report.json)" if summary["unreadable"] else ""))
-
     def finish(self) -> dict | None:
         """final_model.pth and curves.png; then the test split, evaluated with best_model.pth; then report.html.
 
         Returns the test evaluation's metrics.json dict on the main process (None elsewhere or without one)."""
         state, best = self.state, self.state["best"]
-        statuses, test_report = self.decode_statuses(), None
+        statuses = gather_statuses(self.accelerator, self.train_status, self.val_status)
+        test_report = None
         for loader in (self.train_loader, self.val_loader):
             stop_workers(loader)  # their CPUs and memory go to the test evaluation
         self.save_model(
@@ -426,7 +399,11 @@ class Trainer:
         if self.accelerator.is_main_process:
             from carotid.report.html import write_report
 
-            self.report_decoding(statuses, test_report)
+            cfg = self.cfg
+            prep = Preprocessing(cfg.image_size, cfg.in_channels, cfg.resize, cfg.crop)
+            unreadable_at_start = len(self.manifest.report["unreadable_images"])
+            for line in report_decoding(self.run_dir, self.datasets, statuses, prep, test_report, unreadable_at_start):
+                self.log(line)
 
             evaluation = self.run_dir / "eval_test_best"
             write_report(self.run_dir / "report.html", evaluation if evaluation.is_dir() else None, self.run_dir)
