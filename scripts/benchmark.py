@@ -102,6 +102,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     add("--seed", type=int, default=42, help="Seed of the split and the runs in figure (g) (default: 42).")
     add(
+        "--augment",
+        choices=("ultrasound", "none"),
+        default="ultrasound",
+        help="Augmentation of both sides in figure (g) (default: ultrasound, carotid.train's default).",
+    )
+    add(
         "--compare-only",
         action="store_true",
         help="Only the comparisons with the hand-written loop, (f) and (g): skip (a)-(e).",
@@ -376,9 +382,11 @@ _hook = _optimizer.register_optimizer_step_post_hook(_first_step)
 
 def handwritten_main(argv=None) -> int:
     """The reference: a plain Accelerate training loop as a researcher writes it in one script (imports
-    first, then argparse), on the same frames, model, batch size, optimizer and validation split as
-    carotid.train. Per epoch: train with a random flip, validate (loss, accuracy), keep the best weights;
-    at the end the final weights. No checkpoints, metrics files or plots."""
+    first, then argparse), on the same frames, model, batch size, optimizer, augmentation and validation
+    split as carotid.train. Frames are decoded with Pillow in the loader workers; the augmentation is
+    carotid's kornia preset on the device (a script doing the same would write the same kornia calls).
+    Per epoch: train, validate (loss, accuracy), keep the best weights; at the end the final weights.
+    No checkpoints, metrics files or plots."""
     import numpy as np
     import openpyxl
     import torch
@@ -386,6 +394,8 @@ def handwritten_main(argv=None) -> int:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from PIL import Image
+
+    from carotid.data.transforms import NORMALIZATION, eval_preset, train_preset
 
     parser = argparse.ArgumentParser(description="A hand-written Accelerate loop (scripts/benchmark.py reference).")
     add = parser.add_argument
@@ -401,6 +411,7 @@ def handwritten_main(argv=None) -> int:
     add("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default: 1e-4).")
     add("--num-workers", type=int, default=2, help="DataLoader workers (default: 2).")
     add("--mixed-precision", default="no", help="no, fp16 or bf16 (default: no).")
+    add("--augment", default="ultrasound", help="carotid's augmentation preset (default: ultrasound).")
     add("--seed", type=int, default=42, help="Seed (default: 42).")
     args = parser.parse_args(argv)
 
@@ -450,19 +461,15 @@ def handwritten_main(argv=None) -> int:
     val_loader = loader(splits["val"], 2 * args.batch_size, False)
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
 
-    def normalise(frames):
-        return (frames.float() / 255.0 - 0.449) / 0.226
-
+    augment = train_preset(args.augment, 1).to(accelerator.device)
+    normalise = eval_preset(**NORMALIZATION[1]).to(accelerator.device)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     best = float("inf")
     for epoch in range(args.epochs):
         model.train()
         for frames, targets in train_loader:
-            x = normalise(frames)
-            flip = torch.rand(len(x), 1, 1, 1, device=x.device) < 0.5
-            x = torch.where(flip, x.flip(-1), x)
-            loss = F.cross_entropy(model(x), targets)
+            loss = F.cross_entropy(model(augment(frames)), targets)
             accelerator.backward(loss)
             optimizer.step()
             optimizer.zero_grad()
@@ -620,6 +627,7 @@ def measure_whole_runs(args, root: Path, label: Path, manifest, work: Path, env:
         "--root-dir", str(root), "--label-excel", str(label), "--model", args.model,
         "--image-size", str(args.image_size), "--batch-size", str(args.batch_size), "--epochs", str(args.epochs),
         "--num-workers", str(args.num_workers), "--mixed-precision", args.mixed_precision, "--seed", str(args.seed),
+        "--augment", args.augment,
     ]  # fmt: skip
     commands = {
         "handwritten": python_command(
