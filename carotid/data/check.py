@@ -16,13 +16,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from carotid.data.decode import COLOUR, LOW_RANGE, OK, decode_frames
+from carotid.data.decode import COLOUR, LOW_RANGE, OK, SEEN, decode_frames
 from carotid.data.discovery import Frame, spread_evenly
 from carotid.data.preprocessing import Preprocessing
 from carotid.text import plural
 
 SAMPLE = 64  # frames decoded at start-up: every frame of a small dataset, a fixed cost for a large one
-SEEN = 128  # status bit: the frame went through the loader (a frame never drawn has status 0 and is not a failure)
 REASONS_MAX = 200  # failures whose reason is found by decoding them again; the rest are listed without one
 CHECK_PREPROCESSING = Preprocessing(32, 3, "stretch", "auto")  # flags do not depend on size or resize mode
 
@@ -67,22 +66,15 @@ def failure_reason(frame: Frame, prep: Preprocessing) -> str:
     return outcome if isinstance(outcome, str) else "decoded now, failed when it was read (file changed or I/O error)"
 
 
-def decode_summary(
-    frames: list[Frame], status: np.ndarray, prep: Preprocessing, known: dict[tuple[str, int], str] | None = None
-) -> dict:
-    """Counts and the list of undecodable frames from per-frame statuses (SEEN | flags; SEEN absent = never read).
-
-    `known` gives reasons already found (the cache's record of its failures), keyed by (path, frame)."""
+def decode_summary(frames: list[Frame], status: np.ndarray, prep: Preprocessing) -> dict:
+    """Counts and the list of undecodable frames from per-frame statuses (SEEN | flags; SEEN absent = never read)."""
     status = np.asarray(status, dtype=np.int64)
     seen = (status & SEEN) > 0
     failed = np.flatnonzero(seen & ((status & OK) == 0))
-    known = known or {}
     unreadable = []
     for k, i in enumerate(failed):
         frame = frames[i]
-        reason = known.get((frame.path, frame.index))
-        if reason is None:
-            reason = failure_reason(frame, prep) if k < REASONS_MAX else "not decoded again (too many failures)"
+        reason = failure_reason(frame, prep) if k < REASONS_MAX else "not decoded again (too many failures)"
         unreadable.append({"path": frame.path, "frame": frame.index, "person_id": frame.person_id, "reason": reason})
     return {
         "frames": int(seen.sum()),

@@ -37,6 +37,7 @@ DECODE_VERSION = 2  # bump when the pixels of any kind change: the frame cache t
 
 # Flags of a decoded frame (bits of the `status` the datasets return; 0 = could not be decoded).
 OK, COLOUR, LOW_RANGE = 1, 2, 4
+SEEN = 128  # set by whoever records statuses: the frame went through a loader (never drawn: 0, not a failure)
 LOW_RANGE_LEVELS = 16  # a frame using ≤ 16 of 256 grey levels is near-constant or crushed: reported
 
 

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from carotid.data.check import SEEN, dataset_decoding
+from carotid.data.check import dataset_decoding
+from carotid.data.decode import SEEN
 from carotid.data.discovery import Frame
 from carotid.data.loaders import frame_dataset, make_loader, stop_workers, stop_workers_at_exit
 from carotid.data.transforms import eval_preset

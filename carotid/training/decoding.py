@@ -15,10 +15,10 @@ import torch
 from accelerate import Accelerator
 
 from carotid.data.check import dataset_decoding, summary_line
+from carotid.data.decode import SEEN
 from carotid.data.preprocessing import Preprocessing
 from carotid.files import atomic_write_json
 from carotid.text import plural
-from carotid.training.engine import SEEN
 
 
 def gather_statuses(

@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
+from carotid.data.decode import SEEN
+
 SYNC_EVERY = 8  # batches between the cross-rank checks for a stop request or a non-finite loss
-SEEN = 128  # carotid.data.check.SEEN: kept here so the training loop does not import the data checks
 
 
 @dataclass
