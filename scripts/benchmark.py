@@ -264,10 +264,7 @@ def make_trainer(args, compile_model: bool) -> dict:
     from carotid.training.optim import make_optimizer
 
     accelerator = args.accelerator
-    channels_last = accelerator.device.type == "cuda"
-    model = build_model(args.model, 2, 1)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = build_model(args.model, 2, 1).to(memory_format=torch.channels_last)  # as carotid's Trainer
     if compile_model:
         model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, make_optimizer(model, 1e-4, 1e-4))
@@ -277,7 +274,7 @@ def make_trainer(args, compile_model: bool) -> dict:
         "optimizer": optimizer,
         "accelerator": accelerator,
         "preset": preset,
-        "channels_last": channels_last,
+        "channels_last": True,
     }
 
 

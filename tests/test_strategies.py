@@ -96,10 +96,11 @@ def run(command: list[str], timeout: float = 420, fresh: Callable[[], None] | No
     """Run a launch; fail with its output's tail unless it exits 0.
 
     One CI run saw rank 0 of a ZeRO-3 run abort mid-training in native code ("terminate called without an
-    active exception", SIGABRT) where 57 runs of it on a 2-core development machine did not: DeepSpeed over gloo on the CPU,
-    the test-only path (a GPU cluster runs NCCL). Such a launch, and only such, is run once more from a fresh
-    start (`fresh` puts its directories back), with a warning that shows in pytest's summary; Python's
-    faulthandler prints every thread's stack on the abort, so the warning says where it happened."""
+    active exception", SIGABRT) where 57 runs of it on a 2-core development machine did not: DeepSpeed over
+    gloo on the CPU, the test-only path (a GPU cluster runs NCCL). Such a launch, and only such, is run once
+    more from a fresh start (`fresh` puts its directories back), with a warning that shows in pytest's
+    summary; Python's faulthandler prints every thread's stack on the abort, so the warning says where
+    it happened."""
     env = subprocess_env() | {"PYTHONFAULTHANDLER": "1"}
     for attempt in (1, 2):
         started = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)

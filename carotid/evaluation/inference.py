@@ -93,7 +93,12 @@ def run_inference(
     try:
         out = exactly_once(
             predict_loader(
-                model.to(accelerator.device), stop_workers_at_exit(loader), accelerator, preset, desc="predict"
+                model.to(accelerator.device, memory_format=torch.channels_last),
+                stop_workers_at_exit(loader),
+                accelerator,
+                preset,
+                channels_last=True,
+                desc="predict",
             ),
             len(dataset),
         )
