@@ -107,7 +107,8 @@ def run(command: list[str], timeout: float = 420, fresh: Callable[[], None] | No
         output = started.stdout + started.stderr
         if started.returncode == 0 or attempt == 2 or not native_abort(output):
             break
-        tail = started.stderr[-8000:]
+        fatal = started.stderr.find("Fatal Python error")  # faulthandler's report: the threads' stacks
+        tail = started.stderr[fatal : fatal + 8000] if fatal >= 0 else started.stderr[-8000:]
         warnings.warn(f"a launch aborted in native code; run again afresh. Its stderr:\n{tail}", stacklevel=2)
         if fresh is not None:
             fresh()
@@ -199,10 +200,11 @@ def test_model_files_are_single_fp32_consolidated_files_of_the_architecture(stra
         assert {k: v.shape for k, v in model_file.state_dict.items()} == {k: v.shape for k, v in expected.items()}
         assert all(v.dtype == torch.float32 for v in model_file.state_dict.values() if v.is_floating_point())
         fresh.load_state_dict(model_file.state_dict, strict=True)
-    # Consolidated, not one rank's shard: the final weights are DDP's.
+    # Consolidated, not one rank's shard: the final weights are DDP's. DDP trains channels_last (DeepSpeed and
+    # FSDP cannot), whose convolutions sum in another order: 3.4e-5 apart after 2 epochs, hence 1e-4.
     ours = ModelFile.load(strategy.run_dir / "models" / "final_model.pth").state_dict
     ddp = ModelFile.load(all_runs("ddp").run_dir / "models" / "final_model.pth").state_dict
-    assert all(torch.allclose(ours[k].float(), ddp[k].float(), atol=1e-5) for k in ddp), strategy.name
+    assert all(torch.allclose(ours[k].float(), ddp[k].float(), atol=1e-4) for k in ddp), strategy.name
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator, skip_first_batches
+from accelerate.utils import DistributedType
 
 from carotid.config import TrainConfig
 from carotid.data.loaders import EpochSeeds, make_loader, stop_workers, stop_workers_at_exit
@@ -89,8 +90,12 @@ class Trainer:
             else None
         )
         # channels_last convolutions are faster on CUDA and on the CPU too (oneDNN): small_cnn and resnet18 at
-        # 224 px, 7-27% a step on this project's 2-core CPU (docs/PERFORMANCE.md, figure k).
-        model = model.to(memory_format=torch.channels_last)
+        # 224 px, 7-27% a step on this project's 2-core CPU (docs/PERFORMANCE.md). Not under DeepSpeed or FSDP:
+        # DeepSpeed broadcasts each parameter as a flat byte view and FSDP2 shards only contiguous parameters
+        # (both fail in prepare on a channels_last model, tests/test_strategies.py).
+        self.channels_last = accelerator.distributed_type not in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         if cfg.compile:
             model = torch.compile(model)
         optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
@@ -279,7 +284,7 @@ class Trainer:
             on_optimizer_step=self.optimizer_stepped,
             save_checkpoint=lambda p: self.save_state(p, False),
             stop_requested=lambda: stop.requested,
-            channels_last=True,
+            channels_last=self.channels_last,
             statuses=self.train_status,
         )
         if end.stop == "nonfinite":
@@ -309,7 +314,7 @@ class Trainer:
                 self.datasets["val"],
                 self.positive_index,
                 cfg.person_aggregation,
-                channels_last=True,
+                channels_last=self.channels_last,
             )
             row |= val_row
         return row, val_out
