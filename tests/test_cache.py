@@ -18,7 +18,7 @@ from accelerate import Accelerator
 from PIL import Image
 from torch.utils.data import default_collate
 
-from carotid.data import cache, cache_build
+from carotid.data import cache, cache_index
 from carotid.data.decode import load_frame
 from carotid.data.labels import read_labels
 from carotid.data.loaders import FrameDataset
@@ -39,7 +39,7 @@ def add_jpegs(root: Path, seed: int = 0) -> None:
 
 
 def index_of(folder: Path) -> dict:
-    return json.loads((folder / cache_build.INDEX).read_text(encoding="utf-8"))
+    return json.loads((folder / cache_index.INDEX).read_text(encoding="utf-8"))
 
 
 @pytest.fixture()
@@ -147,7 +147,7 @@ def test_a_killed_build_is_never_used_and_its_committed_shards_are_kept(tmp_path
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and build.poll() is None:
             folders = list((tmp_path / "cache").glob("*"))
-            if folders and (folders[0] / cache_build.INDEX).exists() and list(folders[0].glob(".frames-*.tmp.npy")):
+            if folders and (folders[0] / cache_index.INDEX).exists() and list(folders[0].glob(".frames-*.tmp.npy")):
                 break
             time.sleep(0.02)
         assert build.poll() is None, build.stderr.read()[-2000:]
@@ -240,8 +240,8 @@ def test_two_ranks_build_one_cache_in_a_real_launch(tmp_path):
     (folder,) = cache_dir.iterdir()
     index = index_of(folder)
     assert len(index["frames"]) == 8 * 4 and not index["failed"]
-    assert sorted(p.name for p in folder.iterdir() if p.name != cache_build.LOCK) == sorted(
-        [cache_build.INDEX] + [f"frames-{s}.npy" for s in index["shards"]]
+    assert sorted(p.name for p in folder.iterdir() if p.name != cache_index.LOCK) == sorted(
+        [cache_index.INDEX] + [f"frames-{s}.npy" for s in index["shards"]]
     )  # no temporary or duplicate shard
     assert len(index["shards"]) <= 3  # at most one build per split (train, val, test), none repeated by rank 1
     items = items_of(root, label)

@@ -13,8 +13,9 @@ import torch
 from carotid import evaluate
 from carotid.data.labels import read_labels
 from carotid.data.transforms import NORMALIZATION
-from carotid.evaluation.evaluator import compute_report, format_table, write_evaluation
+from carotid.evaluation.evaluator import compute_report, format_table
 from carotid.evaluation.inference import FramePredictions
+from carotid.evaluation.outputs import write_evaluation
 from carotid.model.file import ModelFile
 from carotid.model.registry import build_model
 from tests.conftest import load_model, read_json, run_module

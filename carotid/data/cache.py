@@ -25,16 +25,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from carotid.data.cache_build import (
+from carotid.data.cache_build import relative_paths, update_cache
+from carotid.data.cache_index import (
     cache_folder,
     dataset_root,
     default_cache_dir,
     locked,
     lookup,
     read_index,
-    relative_paths,
     shard_path,
-    update_cache,
 )
 from carotid.data.discovery import Frame
 from carotid.data.preprocessing import DEFAULT_CROP, DEFAULT_RESIZE, Preprocessing

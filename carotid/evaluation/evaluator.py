@@ -10,13 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 from accelerate import Accelerator
 
 from carotid.data.discovery import Frame
 from carotid.errors import UserError
 from carotid.evaluation.aggregation import aggregate_persons
-from carotid.evaluation.bootstrap import bootstrap_ci, roc_band
+from carotid.evaluation.bootstrap import bootstrap_ci
 from carotid.evaluation.calibration import apply_temperature, calibration_section, format_calibration
 from carotid.evaluation.inference import (
     FramePredictions,
@@ -24,17 +23,13 @@ from carotid.evaluation.inference import (
     decision_threshold,
     person_predictions,
     run_inference,
-    write_prediction_tables,
 )
 from carotid.evaluation.metrics import classification_metrics
 from carotid.evaluation.operating_points import format_operating_points, operating_point_report
+from carotid.evaluation.outputs import write_evaluation
 from carotid.evaluation.registry import table_metrics
-from carotid.evaluation.subgroups import format_subgroups, subgroup_records, subgroup_report
-from carotid.files import atomic_write_json, write_records
+from carotid.evaluation.subgroups import format_subgroups, subgroup_report
 from carotid.model.file import ModelFile
-from carotid.report.gallery import write_person_figures
-from carotid.report.html import write_report
-from carotid.report.plots import fonts_note, plot_confusion, plot_reliability, plot_roc
 from carotid.text import plural
 
 
@@ -65,7 +60,7 @@ def evaluate_model(
 
     Returns the metrics.json dict on the main process, None elsewhere. `model_file` is model_path's
     content when the caller has loaded it already; `context` adds the data's provenance; `subgroups`
-    ({sheet column: {person: value}}) adds the metrics per subgroup.. `heatmaps` N
+    ({sheet column: {person: value}}) adds the metrics per subgroup. `heatmaps` N
     writes a Grad-CAM montage of N frames for every person; `failures` K lists the K most wrong persons."""
     model_file = model_file or ModelFile.load(model_path)
     preds = run_inference(
@@ -247,101 +242,6 @@ def compute_report(
             f"{len(lost)} person(s) have no decodable frame and are not evaluated: {', '.join(lost[:5])}"
         )
     return report, persons
-
-
-def write_evaluation(
-    report: dict,
-    preds: FramePredictions,
-    persons: PersonPredictions,
-    model_file: ModelFile,
-    out_dir: Path,
-    *,
-    heatmaps: int = 0,
-    failures: int = 8,
-    device: torch.device | str = "cpu",
-    log: Callable[[str], None] = print,
-) -> None:
-    """metrics.json, the prediction tables, the figures, heat maps, the failure gallery and report.html,
-    each file written atomically."""
-    class_names, positive, threshold = report["class_names"], model_file.positive_index, report["threshold"]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / "metrics.json", report)
-    note = fonts_note(class_names)
-    if note:
-        log(f"warning: {note}")
-    predicted = write_prediction_tables(
-        out_dir / "predictions.csv",
-        out_dir / "person_predictions.csv",
-        preds,
-        persons,
-        class_names,
-        threshold,
-        positive,
-    )
-    levels = {"image": (preds.labels, preds.probs), "person": (persons.labels, persons.probs)}
-    points = {level: report[level] for level in levels} if threshold is not None else None
-    plot_roc(
-        levels,
-        class_names,
-        positive,
-        out_dir / "roc_curve.png",
-        operating_points=points,
-        bands=roc_bands(report, preds, persons, positive),
-        split=report["split"],
-    )
-    calibration = report["calibration"]
-    plot_reliability(
-        {level: calibration[level]["reliability"] for level in levels},
-        out_dir / "reliability_diagram.png",
-        before={level: b["reliability"] for level, b in calibration["before_temperature"].items()}
-        if calibration["before_temperature"]
-        else None,
-        binary=threshold is not None,
-    )
-    if report["subgroups"]:
-        records = subgroup_records(report["subgroups"])
-        write_records(out_dir / "subgroups.csv", records, list(records[0]))
-    plot_confusion(
-        {level: report[level]["confusion_matrix"] for level in levels},
-        class_names,
-        out_dir / "confusion_matrix.png",
-        threshold=threshold,
-        positive_class=report["positive_class"],
-    )
-    write_person_figures(
-        model_file,
-        preds,
-        persons,
-        predicted,
-        out_dir,
-        heatmaps=heatmaps,
-        failures=failures,
-        threshold=threshold,
-        aggregation=report["person_aggregation"],
-        device=device,
-    )
-    write_report(out_dir / "report.html", eval_dir=out_dir)
-
-
-def roc_bands(
-    report: dict, preds: FramePredictions, persons: PersonPredictions, positive: int
-) -> dict[str, dict | None] | None:
-    """Binary tasks: the ROC curves' 95% bands, per image and per person, from the report's person bootstrap."""
-    method = (report.get("ci") or {}).get("method")
-    if report["threshold"] is None or not method:
-        return None
-    frame_person = np.searchsorted(persons.person_ids, preds.person_ids)  # person_ids are sorted and unique
-    resample = {"n_resamples": method["resamples"], "seed": method["seed"]}
-    return {
-        "image": roc_band(frame_person, preds.labels == positive, preds.probs[:, positive], persons.labels, **resample),
-        "person": roc_band(
-            np.arange(len(persons.person_ids)),
-            persons.labels == positive,
-            persons.probs[:, positive],
-            persons.labels,
-            **resample,
-        ),
-    }
 
 
 def _number(value: float | None) -> str:

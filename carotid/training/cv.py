@@ -28,8 +28,9 @@ from carotid.config import TrainConfig
 from carotid.data.manifest import DataManifest
 from carotid.data.split import cv_splits, describe_groups, person_groups
 from carotid.errors import UserError
-from carotid.evaluation.evaluator import compute_report, format_table, write_evaluation
+from carotid.evaluation.evaluator import compute_report, format_table
 from carotid.evaluation.inference import run_inference
+from carotid.evaluation.outputs import write_evaluation
 from carotid.evaluation.pooling import (
     fold_mean_sd,
     format_cv_table,

@@ -1,9 +1,10 @@
-"""Pieces of a training epoch that need no Trainer: validation numbers, loss class weights, whether the
-monitored metric improved, the console's epoch line, the finiteness check on (sharded) weights, and the
-messages a stopped run ends with."""
+"""Pieces of a training run that need no Trainer: its loaders, the model-file fields fixed for the run,
+validation numbers, loss class weights, whether the monitored metric improved, the console's epoch line,
+the finiteness check on (sharded) weights, the messages a stopped run ends with, and the test evaluation."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -12,13 +13,60 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
+from carotid.config import TrainConfig
+from carotid.data.loaders import make_loader
 from carotid.data.manifest import DataManifest
+from carotid.data.transforms import NORMALIZATION
 from carotid.errors import StopTraining
 from carotid.evaluation.registry import EPOCH_LINE, lower_is_better
 from carotid.evaluation.selection import ValidationOutput
 from carotid.training import checkpoints
 from carotid.training.engine import EpochProgress, predict_loader
-from carotid.training.runtime import StopSignal
+from carotid.training.runtime import RunLog, StopSignal
+
+
+def run_loaders(cfg: TrainConfig, datasets: dict, num_processes: int, pin_memory: bool) -> tuple:
+    """(the training loader, the validation loader or None), before Accelerate prepares them."""
+    train_set = datasets["train"]
+    drop_last = len(train_set) >= cfg.batch_size * num_processes  # fixed shapes, when the data allows
+    train_loader = make_loader(
+        train_set,
+        cfg.batch_size,
+        train=True,
+        num_workers=cfg.num_workers,
+        seed=cfg.seed,
+        balanced=cfg.balanced_sampler,
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+    )
+    if "val" not in datasets:
+        return train_loader, None
+    # No gradients to keep: evaluation batches can be twice the training batch in the same memory.
+    val_loader = make_loader(
+        datasets["val"],
+        2 * cfg.batch_size,
+        train=False,
+        num_workers=cfg.num_workers,
+        seed=cfg.seed,
+        pin_memory=pin_memory,
+    )
+    return train_loader, val_loader
+
+
+def model_contract(cfg: TrainConfig, class_names: list[str], monitor: str, positive_index: int) -> dict:
+    """The ModelFile fields every model file of this run shares: how to rebuild and feed the model."""
+    return {
+        "arch": cfg.model,
+        "class_names": class_names,
+        "in_channels": cfg.in_channels,
+        "image_size": cfg.image_size,
+        "normalization": NORMALIZATION[cfg.in_channels],
+        "preprocessing": {"resize": cfg.resize, "crop": cfg.crop},
+        "positive_index": positive_index,
+        "aggregation": cfg.person_aggregation,
+        "monitor": monitor,
+        "config": dataclasses.asdict(cfg),
+    }
 
 
 def validate(
@@ -105,4 +153,32 @@ def preempted(stop: StopSignal, run_dir: Path, saved: Path, epoch: int, progress
         f"stopped by {stop.name} in epoch {epoch + 1} after {progress.batches_done} batch(es); "
         f"checkpoint saved: {saved}\nresume with: accelerate launch -m carotid.train --resume {run_dir}",
         128 + (stop.signum or 15),
+    )
+
+
+def evaluate_test(accelerator: Accelerator, cfg: TrainConfig, manifest: DataManifest, run_dir: Path, log: RunLog):
+    """The test split evaluated with best_model.pth into RUN/eval_test_best; its metrics.json dict on the main
+    process, None elsewhere."""
+    from carotid.evaluation.evaluator import evaluate_model
+
+    context = {
+        "run_dir": str(run_dir),
+        "data": {"root_dir": cfg.root_dir, "label_excel": cfg.label_excel},
+        "persons": manifest.splits["test"],
+    }
+    return evaluate_model(
+        accelerator,
+        run_dir / "models" / "best_model.pth",
+        manifest.frames_of("test"),
+        run_dir / "eval_test_best",
+        split="test",
+        batch_size=2 * cfg.batch_size,
+        num_workers=cfg.num_workers,
+        bootstrap=cfg.bootstrap,
+        aggregation=cfg.person_aggregation,
+        seed=cfg.seed,
+        cache=cfg.cache,
+        cache_dir=cfg.cache_dir,
+        log=log,
+        context=context,
     )

@@ -21,7 +21,7 @@ from accelerate import Accelerator, skip_first_batches
 from accelerate.utils import DistributedType
 
 from carotid.config import TrainConfig
-from carotid.data.loaders import EpochSeeds, make_loader, stop_workers, stop_workers_at_exit
+from carotid.data.loaders import EpochSeeds, stop_workers, stop_workers_at_exit
 from carotid.data.manifest import DataManifest
 from carotid.data.preprocessing import Preprocessing
 from carotid.data.transforms import NORMALIZATION, eval_preset, train_preset
@@ -38,8 +38,11 @@ from carotid.training.epoch import (
     better,
     diverged,
     epoch_line,
+    evaluate_test,
+    model_contract,
     person_class_weights,
     preempted,
+    run_loaders,
     validate,
     weights_finite,
 )
@@ -64,31 +67,8 @@ class Trainer:
         self.monitor, self.positive_index, self.datasets = monitor, positive_index, datasets
         self.on_cuda = accelerator.device.type == "cuda"
         train_set = datasets["train"]
-        drop_last = len(train_set) >= cfg.batch_size * accelerator.num_processes  # fixed shapes, when the data allows
-        train_loader = make_loader(
-            train_set,
-            cfg.batch_size,
-            train=True,
-            num_workers=cfg.num_workers,
-            seed=cfg.seed,
-            balanced=cfg.balanced_sampler,
-            drop_last=drop_last,
-            pin_memory=self.on_cuda,
-        )
+        train_loader, val_loader = run_loaders(cfg, datasets, accelerator.num_processes, pin_memory=self.on_cuda)
         self.seeds = EpochSeeds(train_loader, cfg.seed)
-        # No gradients to keep: evaluation batches can be twice the training batch in the same memory.
-        val_loader = (
-            make_loader(
-                datasets["val"],
-                2 * cfg.batch_size,
-                train=False,
-                num_workers=cfg.num_workers,
-                seed=cfg.seed,
-                pin_memory=self.on_cuda,
-            )
-            if "val" in datasets
-            else None
-        )
         # channels_last convolutions are faster on CUDA and on the CPU too (oneDNN): small_cnn and resnet18 at
         # 224 px, 7-27% a step on this project's 2-core CPU (docs/PERFORMANCE.md). Not under DeepSpeed or FSDP:
         # DeepSpeed broadcasts each parameter as a flat byte view and FSDP2 shards only contiguous parameters
@@ -121,18 +101,7 @@ class Trainer:
                 "class weights (inverse person frequency): "
                 f"{dict(zip(manifest.class_names, self.class_weights.tolist()))}"
             )
-        self.contract = {
-            "arch": cfg.model,
-            "class_names": manifest.class_names,
-            "in_channels": cfg.in_channels,
-            "image_size": cfg.image_size,
-            "normalization": norm,
-            "preprocessing": {"resize": cfg.resize, "crop": cfg.crop},
-            "positive_index": positive_index,
-            "aggregation": cfg.person_aggregation,
-            "monitor": monitor,
-            "config": dataclasses.asdict(cfg),
-        }
+        self.contract = model_contract(cfg, manifest.class_names, monitor, positive_index)
         if cfg.operating_point and len(manifest.class_names) != 2:
             raise UserError(
                 f"--operating-point needs a binary task; the classes are {manifest.class_names}",
@@ -378,30 +347,7 @@ class Trainer:
         if self.cfg.report_to:
             self.accelerator.end_training()
         if self.cfg.test and self.manifest.splits["test"]:
-            from carotid.evaluation.evaluator import evaluate_model
-
-            cfg = self.cfg
-            context = {
-                "run_dir": str(self.run_dir),
-                "data": {"root_dir": cfg.root_dir, "label_excel": cfg.label_excel},
-                "persons": self.manifest.splits["test"],
-            }
-            test_report = evaluate_model(
-                self.accelerator,
-                self.run_dir / "models" / "best_model.pth",
-                self.manifest.frames_of("test"),
-                self.run_dir / "eval_test_best",
-                split="test",
-                batch_size=2 * cfg.batch_size,
-                num_workers=cfg.num_workers,
-                bootstrap=cfg.bootstrap,
-                aggregation=cfg.person_aggregation,
-                seed=cfg.seed,
-                cache=cfg.cache,
-                cache_dir=cfg.cache_dir,
-                log=self.log,
-                context=context,
-            )
+            test_report = evaluate_test(self.accelerator, self.cfg, self.manifest, self.run_dir, self.log)
         if self.accelerator.is_main_process:
             from carotid.report.html import write_report
 

@@ -1,0 +1,124 @@
+"""Which columns of the label sheet hold the person ID and the label: the header names recognised without
+--id-column / --label-column, the flags' lookup, and the one guess allowed (a sheet of two columns)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from carotid.errors import UserError
+
+# Header names recognised without --id-column / --label-column, in order of preference. Compared after
+# lower-casing and dropping spaces, '_', '-', '.', and a bracketed note such as "(Y/N)".
+ID_HEADERS = (
+    "id",
+    "personid",
+    "person",
+    "patientid",
+    "patient",
+    "patientno",
+    "patientnumber",
+    "subjectid",
+    "subject",
+    "caseid",
+    "case",
+    "caseno",
+    "mrn",
+    "编号",
+    "患者编号",
+    "病人编号",
+    "病例号",
+    "患者id",
+    "病人id",
+    "住院号",
+    "检查号",
+    "name",
+    "姓名",
+)
+LABEL_HEADERS = (
+    "label",
+    "labels",
+    "class",
+    "target",
+    "diagnosis",
+    "category",
+    "group",
+    "y",
+    "plaque",
+    "标签",
+    "类别",
+    "分类",
+    "诊断",
+    "分组",
+    "结果",
+    "标注",
+    "斑块",
+    "有无斑块",
+    "斑块有无",
+)
+
+
+def _header_keys(text: Any) -> set[str]:
+    if text is None:
+        return set()
+    plain = str(text).strip().lower()
+    keys = {re.sub(r"[\s_\-.]+", "", plain), re.sub(r"[\s_\-.]+", "", re.sub(r"[(（\[].*?[)）\]]", "", plain))}
+    return keys - {""}
+
+
+def recognised_header(text: Any) -> bool:
+    return bool(_header_keys(text) & set(ID_HEADERS + LABEL_HEADERS))
+
+
+def wanted_column(headers: list[Any], wanted: str, flag: str, taken: int | None, what: str, shown: str) -> int:
+    key = _header_keys(wanted)
+    if not key:  # would match the first column without a header
+        raise UserError(f"{flag} '{wanted}' is empty; the headers are {shown}", f"pass one of them to {flag}")
+    plain = [re.sub(r"[\s_\-.]+", "", str(h).strip().lower()) if h is not None else "" for h in headers]
+    target = re.sub(r"[\s_\-.]+", "", wanted.strip().lower())
+    if target not in plain:
+        raise UserError(
+            f"{flag} '{wanted}' is not a column header; the headers are {shown}", f"pass one of them to {flag}"
+        )
+    if plain.index(target) == taken:
+        raise UserError(f"{flag} '{wanted}' is also the ID column", f"pass the header of the {what} column to {flag}")
+    return plain.index(target)
+
+
+def _recognised_column(headers: list[Any], known: tuple[str, ...], taken: int | None) -> int | None:
+    for candidate in known:
+        for i, header in enumerate(headers):
+            if i != taken and candidate in _header_keys(header):
+                return i
+    return None
+
+
+def choose_columns(headers: list[Any], id_column: str | None, label_column: str | None) -> tuple[int, str, int, str]:
+    """(ID column, why, label column, why). Unrecognised headers are guessed only on a two-column sheet."""
+    columns = [i for i, h in enumerate(headers) if h is not None]
+    shown = ", ".join(repr(str(headers[i])) for i in columns) or "(none)"
+    if id_column is not None:
+        id_idx, id_why = wanted_column(headers, id_column, "--id-column", None, "ID", shown), "from --id-column"
+    else:
+        id_idx, id_why = _recognised_column(headers, ID_HEADERS, None), "recognised header"
+    if label_column is not None:
+        label_idx = wanted_column(headers, label_column, "--label-column", id_idx, "label", shown)
+        label_why = "from --label-column"
+    else:
+        label_idx, label_why = _recognised_column(headers, LABEL_HEADERS, id_idx), "recognised header"
+    if id_idx is not None and label_idx is not None:
+        return id_idx, id_why, label_idx, label_why
+    if len(columns) == 2:  # the one case where the other column is not a guess among several
+        if id_idx is None and label_idx is None:
+            why = "no known header; the sheet has two columns, the first taken as the ID"
+            return columns[0], why, columns[1], why.replace("first taken as the ID", "second taken as the label")
+        if id_idx is None:
+            other = columns[1] if label_idx == columns[0] else columns[0]
+            return other, "the other of the sheet's two columns", label_idx, label_why
+        other = columns[1] if id_idx == columns[0] else columns[0]
+        return id_idx, id_why, other, "the other of the sheet's two columns"
+    what, flag = ("ID", "--id-column") if id_idx is None else ("label", "--label-column")
+    found = "found" if len(columns) < 2 else f"recognised among {len(columns)} columns"
+    example = next((str(headers[i]) for i in reversed(columns) if i != id_idx), None)
+    fix = f"name it with {flag}" + (f", e.g. {flag} '{example}'" if example and len(columns) > 2 else "")
+    raise UserError(f"no {what} column {found}; the headers are {shown}", fix)

@@ -1,0 +1,210 @@
+"""What an evaluation evaluates: the model file, the persons, the data and the output folder (`EvalPlan`),
+resolved from the evaluate options and the run directory, and the labelled frames read for it."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from carotid.config import DEFAULT_BOOTSTRAP, DEFAULT_SEED
+from carotid.errors import UserError
+
+if TYPE_CHECKING:
+    from carotid.commands import EvaluateOptions
+    from carotid.data.discovery import Frame
+
+DATA_OPTIONS = (
+    "root_dir",
+    "label_excel",
+    "sheet",
+    "header_row",
+    "id_column",
+    "label_column",
+    "strict_matching",
+    "max_imgs_per_person",
+)
+
+
+@dataclass
+class EvalPlan:
+    """Everything resolved from the flags and the run directory, before any data is read."""
+
+    model_path: Path
+    split: str
+    out_dir: Path
+    data: dict
+    persons: list[str] | None  # the split's person IDs; None = every labelled person (external validation)
+    run_dir: Path | None
+    seed: int
+    bootstrap: int
+    label_sha256: str | None  # of the label file the run was trained with
+    val_persons: list[str] | None = None  # the run's validation persons, when something is chosen on them
+
+
+def plan_evaluation(args: EvaluateOptions) -> EvalPlan:
+    """Resolve model file, persons, data paths and output folder; every mistake is a UserError."""
+    cap = None if args.max_imgs_per_person == 0 else args.max_imgs_per_person
+    given = {key: getattr(args, key) for key in DATA_OPTIONS} | {"max_imgs_per_person": cap}
+    if args.run_dir:
+        plan = _plan_run(args, given)
+        if args.calibrate or args.operating_point:
+            from carotid.training.run_dir import read_splits
+
+            plan.val_persons = list(read_splits(plan.run_dir).get("val") or [])
+            if not plan.val_persons:
+                raise UserError(
+                    f"--calibrate and --operating-point are chosen on the validation persons, and {plan.run_dir} "
+                    "has none",
+                    "drop them (the model file's own are used), or evaluate a run trained with --val-ratio > 0",
+                )
+        return plan
+    if args.calibrate or args.operating_point:
+        raise UserError(
+            "--calibrate and --operating-point are chosen on a run's validation persons",
+            "pass --run-dir RUN (external validation uses the model file's temperature and operating points)",
+        )
+    if args.split:
+        raise UserError(
+            "--split needs --run-dir", "pass --run-dir RUN, or leave --split out to evaluate every labelled person"
+        )
+    if args.model in (None, "best", "final"):
+        raise UserError(
+            "nothing to evaluate", "pass --run-dir RUN, or --model PATH --root-dir DATA --label-excel labels.xlsx"
+        )
+    if not (args.root_dir and args.label_excel):
+        raise UserError(
+            "--model without --run-dir (external validation) needs the data",
+            "pass --root-dir DATA and --label-excel labels.xlsx",
+        )
+    model_path = Path(args.model)
+    out = Path(args.out) if args.out else external_out_dir(model_path, args.root_dir)
+    return EvalPlan(
+        model_path,
+        "external",
+        out,
+        given,
+        None,
+        None,
+        _pick(args.seed, DEFAULT_SEED),
+        _pick(args.bootstrap, DEFAULT_BOOTSTRAP),
+        None,
+    )
+
+
+def _plan_run(args: EvaluateOptions, given: dict) -> EvalPlan:
+    run = Path(args.run_dir)
+    if not run.is_dir():
+        raise UserError(
+            f"run dir not found: {run}", "pass a folder made by carotid-train (output/train_YYYYMMDD_HHMMSS)"
+        )
+    from carotid.training.run_dir import read_run_config, read_splits
+
+    config = read_run_config(run)
+    options, splits, split = config["options"], read_splits(run), args.split or "test"
+    if not splits.get(split):
+        raise UserError(f"the {split} split of {run} is empty", "pick another --split")
+    model = args.model or "best"
+    model_path = run / "models" / f"{model}_model.pth" if model in ("best", "final") else Path(model)
+    data = {key: given[key] if given[key] is not None else options.get(key) for key in DATA_OPTIONS}
+    if args.max_imgs_per_person == 0:
+        data["max_imgs_per_person"] = None
+    for key, flag in (("root_dir", "--root-dir"), ("label_excel", "--label-excel")):
+        if given[key] is None and not (data[key] and Path(data[key]).exists()):
+            raise UserError(
+                f"the run's {key.replace('_', ' ')} {data[key]} (from {run / 'config.yaml'}) is not there",
+                f"pass {flag} with the data's new location",
+            )
+    name = model if model in ("best", "final") else model_path.stem
+    out = Path(args.out) if args.out else run / f"eval_{split}_{name}"
+    return EvalPlan(
+        model_path,
+        split,
+        out,
+        data,
+        list(splits[split]),
+        run,
+        _pick(args.seed, options.get("seed", DEFAULT_SEED)),
+        _pick(args.bootstrap, options.get("bootstrap", DEFAULT_BOOTSTRAP)),
+        config.get("label_file_sha256"),
+    )
+
+
+def _pick(value, default):
+    return default if value is None else value
+
+
+def external_out_dir(model_path: Path, root_dir: str) -> Path:
+    """RUN/eval_external_<data folder>_<model>/ for a model inside a run's models/, else beside the model file."""
+    name = {"best_model": "best", "final_model": "final"}.get(model_path.stem, model_path.stem)
+    folder = model_path.parent
+    if folder.name == "models" and (folder.parent / "config.yaml").is_file():
+        folder = folder.parent
+    return folder / f"eval_external_{Path(root_dir).resolve().name}_{name}"
+
+
+def collect_frames(plan: EvalPlan, class_names: list[str], columns: list[str] = ()) -> tuple[list[Frame], dict]:
+    """(the frames, labelled with the model's class indices; the data context for metrics.json, with the
+    sheet `columns` per person under "columns"). Main process only."""
+    from carotid.data.check import startup_lines
+    from carotid.data.labels import read_labels, read_person_columns
+    from carotid.data.manifest import collect_persons, data_block
+    from carotid.files import file_sha256
+
+    data = plan.data
+    # The same reader as training; a spelling variant of a class ('Plaque') takes the model's spelling.
+    table = read_labels(
+        data["label_excel"],
+        data["sheet"],
+        data["id_column"],
+        data["label_column"],
+        min_classes=1,
+        header_row=data["header_row"],
+        known_classes=class_names,
+    )
+    unknown = sorted(set(table.class_names) - set(class_names))
+    if unknown:
+        raise UserError(
+            f"label(s) {unknown} of {data['label_excel']} are not classes of the model {class_names}",
+            "use labels with the model's class names (check --label-column)",
+        )
+    # No start-up sample: the evaluation decodes every frame once and reports each failure then.
+    manifest = collect_persons(
+        data["root_dir"],
+        table,
+        data["max_imgs_per_person"],
+        persons=plan.persons,
+        strict_matching=bool(data["strict_matching"]),
+        sample=0,
+    )
+    index = {name: i for i, name in enumerate(class_names)}
+    frames = [dataclasses.replace(f, label=index[manifest.class_names[f.label]]) for f in manifest.frames_of()]
+    report = manifest.report
+    notes = manifest.left_out_notes() if plan.persons is None else []
+    if plan.label_sha256 and file_sha256(data["label_excel"]) != plan.label_sha256:
+        notes.append(
+            f"{data['label_excel']} differs from the label file the run was trained with; labels may have changed"
+        )
+    values = {}
+    if columns:
+        values, column_notes = read_person_columns(data["label_excel"], table.sheet, table.id_column, list(columns))
+        notes += column_notes
+    context = {
+        "columns": values,
+        "run_dir": str(plan.run_dir) if plan.run_dir else None,
+        "data": {
+            k: str(Path(data[k]).resolve()) if k in ("root_dir", "label_excel") else data[k] for k in DATA_OPTIONS
+        },
+        "data_notes": list(table.notes) + list(table.warnings) + report["warnings"] + notes,
+        # What the console shows first: the start-up block, the frames found (no colour check before the
+        # evaluation's decode), then notes on persons left out.
+        "startup": data_block(report, str(data["label_excel"]))
+        + startup_lines(report, in_channels=3)
+        + [f"note: {note}" for note in notes],
+        "unreadable_images": [
+            u | {"path": str(Path(data["root_dir"]) / u["path"])} for u in report["unreadable_images"]
+        ],
+        "persons": sorted(manifest.frames),
+    }
+    return frames, context
