@@ -2,26 +2,21 @@
 
     python -m carotid.predict --model RUN/models/best_model.pth --input DIR|FILE [--out predictions.csv]
 
---input is read as one of three layouts (`--layout` forces one); persons are never merged by a guess:
-- persons: a root with one sub-folder per person (person ID = folder name, images anywhere below it);
-- person:  one person's folder (person ID = the folder's name; images in its sub-folders are theirs too);
-- images:  each image on its own (a single image file as --input is this layout).
-auto: a folder holding only person folders (each with images of its own) is `persons`, a folder holding
-only images is `person`; images beside folders of images, or folders nested two levels deep
-(DATA/<class>/<id>/), are an error that asks for --layout.
+--input is read as one of three layouts (`--layout` forces one; see `carotid.data.layout`): a root of
+person folders, one person's folder, or images each on its own; persons are never merged by a guess.
 Also under `accelerate launch`; unreadable images are reported and skipped.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from carotid.commands import PredictOptions, parse_predict_args
-from carotid.data.discovery import Frame, count_frames, discover_frames, frames_below, is_image_name
+from carotid.data.discovery import Frame
+from carotid.data.layout import find_input_frames
 from carotid.errors import UserError, run_cli
 from carotid.text import display_width, pad, plural
 
@@ -32,98 +27,6 @@ if TYPE_CHECKING:
     from carotid.model.file import ModelFile
 
 MAX_ROWS_SHOWN = 50  # persons listed on the console; the CSV has them all
-
-
-# ---------------------------------------------------------------------------------------------
-# Finding the frames of an unlabelled folder
-# ---------------------------------------------------------------------------------------------
-
-
-def detect_layout(folder: Path) -> str:
-    """'persons' or 'person' for an unambiguous folder; a UserError naming --layout for a mix."""
-    try:
-        with os.scandir(folder) as entries:
-            listed = [(e.name, e.path, e.is_dir()) for e in entries if not e.name.startswith(".")]
-    except PermissionError:
-        raise UserError(f"cannot read folder {folder} (permission denied)", "give your user read access") from None
-    images = [name for name, _, is_dir in listed if not is_dir and is_image_name(name)]
-    with_images = [(name, path) for name, path, is_dir in listed if is_dir and frames_below(path)]
-    choose = "pass --layout persons (one sub-folder per person), person (all one person's) or images (each alone)"
-    if images and with_images:
-        raise UserError(
-            f"{folder} holds {len(images)} image(s) (e.g. {images[0]}) beside {len(with_images)} folder(s) with "
-            f"images (e.g. {with_images[0][0]}/): one person's folder, or person folders and stray files?",
-            choose,
-        )
-    if images or not with_images:
-        return "person"
-    # Exports often keep a person's frames in a sequence sub-folder, so some person folders hold only folders;
-    # when none holds an image itself, the tree is two levels deep: DATA/<class>/<id>/ or person/<series>/.
-    nested = [name for name, path in with_images if not _holds_images(path)]
-    if len(nested) == len(with_images):
-        raise UserError(
-            f"no sub-folder of {folder} (e.g. {nested[0]}/) holds images itself, only folders of images: "
-            f"each sub-folder a person (with series folders), or a class folder of persons "
-            f"(DATA/<class>/<id>/, then pass {folder / nested[0]} as --input)?",
-            choose,
-        )
-    return "persons"
-
-
-def _holds_images(folder: str) -> bool:
-    with os.scandir(folder) as entries:
-        return any(not e.name.startswith(".") and not e.is_dir() and is_image_name(e.name) for e in entries)
-
-
-def find_input_frames(source: Path, layout: str) -> tuple[str, dict[str, list[tuple[str, int]]], list[dict], list[str]]:
-    """(layout used, {person_id: [(file path, frame number)]}, files whose header cannot be read, warnings).
-
-    Main process only. Single images are not opened here: they are proven when decoded, and reported then."""
-    warnings: list[str] = []
-    if source.is_file():
-        if not is_image_name(source.name):
-            raise UserError(
-                f"--input {source} is not an image file (png, jpg, bmp, tif, dcm, mp4, avi, mov)",
-                "pass an image or a folder",
-            )
-        layout, folder, relative = "images", source.parent, {source.name: [source.name]}
-    elif not source.is_dir():
-        raise UserError(
-            f"input folder not found: {source}", "pass --input DIR, a folder of images or of person folders"
-        )
-    else:
-        folder = source
-        layout = detect_layout(folder) if layout == "auto" else layout
-        if layout == "persons":
-            relative = discover_frames(folder)
-            loose = sorted(e.name for e in os.scandir(folder) if e.is_file() and is_image_name(e.name))
-            if loose:
-                warnings.append(
-                    f"{len(loose)} image(s) directly in {folder} (e.g. {loose[0]}) are in no person folder and "
-                    "were not predicted"
-                )
-        elif layout == "person":
-            relative = {folder.resolve().name: frames_below(folder)}
-        else:  # images: every image its own row, named by its path below --input
-            relative = {path: [path] for path in frames_below(folder)}
-    relative = {person: frames for person, frames in relative.items() if frames}
-    if not relative:
-        raise UserError(
-            f"no images (png, jpg, bmp, tif, dcm, mp4, avi, mov) found in {folder}", "check --input (and --layout)"
-        )
-    counted = count_frames(str(folder), (f for frames in relative.values() for f in frames))
-    unreadable = [
-        {"path": str(folder / rel), "frame": None, "reason": reason}
-        for rel, reason in sorted(counted.unreadable.items())
-    ]
-    frames = {
-        person: [(str(folder / rel), index) for rel, index in counted.frames_of(fs)] for person, fs in relative.items()
-    }
-    frames = {person: fs for person, fs in frames.items() if fs}
-    if not frames:
-        example = unreadable[0]["path"] if unreadable else folder
-        raise UserError(f"none of the images in {source} can be read (e.g. {example})", "check the files")
-    return layout, frames, unreadable, warnings
 
 
 # ---------------------------------------------------------------------------------------------
