@@ -72,7 +72,7 @@ def test_evaluate_test_split_of_a_run(trained_run, tmp_path, capsys):
     out = tmp_path / "eval"
     assert evaluate.main(["--run-dir", str(trained_run), "--out", str(out), *QUICK]) == 0
     printed = capsys.readouterr().out
-    assert "per person" in printed and f"evaluation written to {out}" in printed
+    assert "per person" in printed and f"evaluation written to {out}; report: {out / 'report.html'}" in printed
     for name in ("metrics.json", "predictions.csv", "person_predictions.csv", "roc_curve.png", "confusion_matrix.png"):
         assert (out / name).is_file(), name
     report = read_json(out / "metrics.json")

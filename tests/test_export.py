@@ -39,7 +39,11 @@ def test_onnx_export_matches_pytorch_on_real_frames_and_carries_the_contract(tra
     assert json.loads(meta["class_names"]) == model_file.class_names == ["normal", "plaque"]
     assert meta["positive_class"] == "plaque" and float(meta["threshold"]) == model_file.threshold
     assert meta["aggregation"] == model_file.aggregation and meta["image_size"] == str(model_file.image_size)
-    assert "bilinear" in meta["resize"] and json.loads(meta["normalization"])["mean"] == [0.449]
+    assert json.loads(meta["normalization"])["mean"] == [0.449]
+    # The geometry the model was trained with (letterbox, crop auto by default), not a fixed text.
+    prep = model_file.prep
+    assert (meta["resize_mode"], meta["crop"]) == (prep.resize, prep.crop) == ("letterbox", "auto")
+    assert "aspect ratio kept" in meta["resize"] and "ultrasound imaging region" in meta["resize"]
     # Independently of the tool's own check: the batch is dynamic and the numbers are PyTorch's.
     frames = real_frames(root, model_file, 7)
     with torch.no_grad():

@@ -37,6 +37,8 @@ def test_training_and_evaluation_write_self_contained_reports(trained_run, evalu
     assert config["label_file_sha256"] in page and config["versions"]["torch"] in page
     persons = json.loads((trained_run / "data_report.json").read_text(encoding="utf-8"))["persons_in_sheet"]
     assert f"<b>{persons}</b>persons in the label sheet" in page
+    # The checklist's preprocessing is the model's own (letterbox and crop auto by default), not a fixed text.
+    assert "padded with black" in page and "--crop auto --resize letterbox" in page
 
 
 def test_report_opens_in_headless_chromium_without_errors(evaluation, tmp_path):

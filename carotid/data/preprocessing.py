@@ -36,6 +36,24 @@ class Preprocessing:
     def as_dict(self) -> dict:
         return {"resize": self.resize, "crop": self.crop}
 
+    def describe(self) -> str:
+        """In words, for a deployment's metadata and the report: what a frame goes through before the model."""
+        size = self.image_size
+        if self.crop == "auto":
+            crop = "cut to the DICOM ultrasound imaging region where the file names one (else the whole frame)"
+        elif self.crop == "none":
+            crop = "no crop"
+        else:
+            crop = f"cut to the box {self.crop} (x0,y0,x1,y1 in the full frame's pixels)"
+        resize = {
+            "letterbox": f"the long side scaled to {size} px (bilinear) and the short side padded with black to "
+            f"{size}x{size}: aspect ratio kept",
+            "crop": f"the short side scaled to {size} px (bilinear) and the centre {size}x{size} cut out: aspect "
+            "ratio kept, edges lost",
+            "stretch": f"scaled to {size}x{size} (bilinear): aspect ratio not kept",
+        }[self.resize]
+        return f"{crop}; then {resize} (--crop {self.crop} --resize {self.resize})"
+
 
 def parse_box(text: str) -> tuple[int, int, int, int]:
     """'x0,y0,x1,y1' (pixels, x1 and y1 exclusive) → a tuple; ValueError with the reason otherwise."""

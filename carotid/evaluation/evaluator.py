@@ -104,7 +104,7 @@ def evaluate_model(
         for note in report["warnings"]:
             log(f"warning: {note}")
         log(format_table(report))
-        log(f"evaluation written to {out_dir}")
+        log(f"evaluation written to {out_dir}; report: {Path(out_dir) / 'report.html'}")
     accelerator.wait_for_everyone()
     return report
 

@@ -1,10 +1,11 @@
 """Model files → ONNX (or TorchScript), for a workstation that runs neither this package nor PyTorch.
 
 The exported graph holds the whole inference contract except decoding: it takes uint8 frames
-(batch, C, S, S), already converted to gray or RGB and resized to S x S the way carotid does it
-(Pillow, bilinear, aspect ratio not kept), scales them to [0, 1], normalises them, runs the network and
-returns class probabilities (batch, K) (softmax; column k is class k). Putting scaling and normalisation
-inside the graph leaves a user nothing to get wrong but the resize. The batch dimension is dynamic.
+(batch, C, S, S), already converted to gray or RGB, cropped and resized to S x S the way the model was
+trained (its --crop and --resize, in the metadata in words and as values), scales them to [0, 1],
+normalises them, runs the network and returns class probabilities (batch, K) (softmax; column k is
+class k). Putting scaling and normalisation inside the graph leaves a user nothing to get wrong but the
+crop and resize. The batch dimension is dynamic.
 
 The rest of the contract travels as metadata (ONNX metadata_props; in TorchScript an extra file
 `carotid.json`): class names, positive class, threshold, person aggregation, the preprocessing in words.
@@ -66,7 +67,9 @@ def metadata(model_file: ModelFile, source: str | Path) -> dict[str, str]:
         "in_channels": str(channels),
         "color": "grayscale (1 channel)" if channels == 1 else "RGB (3 channels; gray frames replicated)",
         "image_size": str(size),
-        "resize": f"bilinear (Pillow) to {size}x{size}, aspect ratio not kept, no crop",
+        "resize": model_file.prep.describe(),
+        "resize_mode": model_file.prep.resize,
+        "crop": model_file.prep.crop,
         "normalization": json.dumps(
             {"scale": "1/255", **model_file.normalization, "inside_the_model": True}, ensure_ascii=False
         ),

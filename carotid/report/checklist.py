@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from carotid.data.preprocessing import Preprocessing, preprocessing_of
 from carotid.text import plural
 
 
@@ -57,6 +58,11 @@ def _exclusions(data_report: dict) -> str | None:
     )
 
 
+def _geometry(model: dict) -> str:
+    prep = Preprocessing(model["image_size"], model["in_channels"], **preprocessing_of(model.get("preprocessing")))
+    return prep.describe()
+
+
 def _threshold(metrics: dict) -> str:
     if metrics.get("threshold") is None:
         return "predicted class = argmax"
@@ -90,11 +96,11 @@ def checklist(options: dict, data_report: dict, metrics: dict | None, model: dic
         Item(
             "Preprocessing",
             "CLAIM: preprocessing steps; TRIPOD+AI: data preparation",
-            f"{'grayscale (1 channel)' if model.get('in_channels') == 1 else 'RGB (3 channels)'}, resized to "
-            f"{model.get('image_size')}x{model.get('image_size')} px (bilinear, aspect ratio not kept), scaled to "
-            f"[0, 1] and normalised with mean {model.get('normalization', {}).get('mean')} and std "
-            f"{model.get('normalization', {}).get('std')}; at most {o.get('max_imgs_per_person') or 'all'} frames per "
-            f"person; training augmentation: {o.get('augment', 'n/a')}"
+            f"{'grayscale (1 channel)' if model.get('in_channels') == 1 else 'RGB (3 channels)'}; "
+            f"{_geometry(model)}; scaled to [0, 1] and normalised with mean "
+            f"{model.get('normalization', {}).get('mean')} and std {model.get('normalization', {}).get('std')}; "
+            f"at most {o.get('max_imgs_per_person') or 'all'} frames per person; training augmentation: "
+            f"{o.get('augment', 'n/a')}"
             if model
             else None,
         ),

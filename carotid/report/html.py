@@ -68,7 +68,17 @@ def _model_contract(model_path: str | None) -> dict:
     from carotid.model.file import ModelFile
 
     model = ModelFile.load(model_path)
-    keys = ("arch", "class_names", "in_channels", "image_size", "normalization", "epoch", "monitor", "aggregation")
+    keys = (
+        "arch",
+        "class_names",
+        "in_channels",
+        "image_size",
+        "normalization",
+        "preprocessing",
+        "epoch",
+        "monitor",
+        "aggregation",
+    )
     return {k: getattr(model, k) for k in keys} | {"sha256": file_sha256(model_path)}
 
 
