@@ -2,7 +2,7 @@
 
     python -m carotid.export --model RUN/models/best_model.pth --format onnx [--out model.onnx] [--frames DIR]
 
-The exported model takes uint8 frames (batch, C, S, S) resized as carotid resizes them and returns class
+The exported model takes uint8 frames (batch, C, S, S) cropped and resized as in training and returns class
 probabilities; class names, threshold, positive class, aggregation and the preprocessing are in its
 metadata. Before anything is written it is run with onnxruntime (or TorchScript) on real frames and
 compared with PyTorch; the largest probability difference is printed. See carotid.model.export.
@@ -42,7 +42,7 @@ def _export(argv: Sequence[str] | None) -> int:
     print(
         f"exported {model_path} ({model_file.arch}, epoch {model_file.epoch}) to {out} ({args.format}, dynamic batch)"
     )
-    print(f"input:  {meta['input']}, {meta['color']}, resized {meta['resize']}; scaled and normalised inside")
+    print(f"input:  {meta['input']}, {meta['color']}; {meta['resize']}; scaled and normalised inside")
     print(f"output: {meta['output']}; classes {meta['class_names']}")
     print(f"use:    {meta['decision']}; {meta['person_rule']}")
     checked = f"max |ΔP| = {difference:.1e} (limit {TOLERANCE:.0e})"
