@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 INTERRUPTED = "interrupted (Ctrl-C): stopped, nothing half-written was left"
+INTERRUPTED_LATE = "interrupted (Ctrl-C), noticed only at the end: what was written is complete"
 
 
 class UserError(Exception):
@@ -64,12 +65,22 @@ def _importing() -> bool:
     return False
 
 
+_pending = {"interrupt": False}  # a Ctrl-C raised but not yet reported: Python drops one raised inside __del__
+
+
+def interrupt_pending() -> bool:
+    """Whether a Ctrl-C was raised and may have been swallowed (a KeyboardInterrupt that lands in a finaliser,
+    e.g. a zip file closed by the garbage collector, is printed as 'Exception ignored' and lost)."""
+    return _pending["interrupt"]
+
+
 def _interrupt(signum, frame) -> None:
     # A KeyboardInterrupt raised inside an import can cross torch's C++ start-up code, which then aborts
     # ("terminate called after throwing an instance of 'python_error'", SIGABRT). Imports write nothing,
     # so stopping at once there is as clean as unwinding, and elsewhere unwinding cleans up.
     if _importing():
         _exit_at_once(signum, frame)
+    _pending["interrupt"] = True
     raise KeyboardInterrupt
 
 
@@ -98,5 +109,11 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
         if _is_main_rank():
             print(INTERRUPTED, file=sys.stderr, flush=True)
         status = 130
+    else:
+        if interrupt_pending():  # swallowed on the way: the work went on, but the user asked to stop
+            if _is_main_rank():
+                print(INTERRUPTED_LATE, file=sys.stderr, flush=True)
+            status = 130
+    _pending["interrupt"] = False
     _shutdown_distributed()
     return status

@@ -115,7 +115,7 @@ def test_partial_overlap_warns_and_strict_matching_refuses(tmp_path):
     assert manifest.report["warnings"] == [
         "2 of 8 sheet rows have no person folder and are left out (e.g. '2000', '2001'); "
         "--strict-matching makes this an error",
-        "2 of 8 person folders have no sheet row and are left out (e.g. '1006', '1007'); "
+        "2 of 8 person folders have no labelled sheet row and are left out (e.g. '1006', '1007'); "
         "--strict-matching makes this an error",
     ]
     with pytest.raises(UserError, match="--strict-matching: 2 sheet row.*2 folder"):
@@ -159,7 +159,7 @@ def test_startup_block_and_data_report_say_what_was_read(tmp_path, capsys):
         "  label column: 'label' (recognised header)",
         "  classes: '阳性' 6 person(s), '阴性' 6 person(s)",
         "  positive class: '阳性' (recognised pair: '阳性' is positive, '阴性' negative)",
-        "  persons: 12 sheet row(s) matched a folder, 0 row(s) have no folder, 0 folder(s) have no row",
+        "  persons: 12 sheet row(s) matched a folder, 0 row(s) have no folder, 0 folder(s) have no labelled row",
     ]
     assert sorted(block[7:10]) == [
         "  matched though spelled differently (Unicode width or form): 1, e.g. sheet '１０１２' ↔ folder '1012'",

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from carotid import predict
-from carotid.errors import INTERRUPTED
+from carotid.errors import INTERRUPTED, INTERRUPTED_LATE
 from tests.conftest import subprocess_env
 from tests.test_errors import write_model_file
 
@@ -148,3 +148,39 @@ def test_ctrl_c_while_starting_up_is_one_line_too(tmp_path):
     job.send_signal(signal.SIGINT)
     _, err = job.communicate(timeout=120)
     assert job.returncode == 130 and err.strip() == INTERRUPTED, err
+
+
+SWALLOWED = """
+import os, signal, sys
+from carotid.errors import quiet_ctrl_c_until_run, run_cli
+quiet_ctrl_c_until_run()
+class Finalised:  # as zipfile.ZipFile.__del__ when openpyxl's archive is collected
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        sum(range(1000))  # the handler runs here, inside __del__, where Python drops its KeyboardInterrupt
+def main(argv):
+    del_me = Finalised()
+    del del_me
+    print("went on")
+    return 0
+sys.exit(run_cli(main, []))
+"""
+
+
+def test_a_ctrl_c_that_a_finaliser_swallows_still_ends_with_status_130():
+    job = subprocess.run([sys.executable, "-c", SWALLOWED], capture_output=True, text=True, env=subprocess_env())
+    assert "went on" in job.stdout  # Python itself loses the KeyboardInterrupt raised inside __del__
+    assert job.returncode == 130 and err_lines(job.stderr)[-1] == INTERRUPTED_LATE, job.stderr
+
+
+def test_a_swallowed_ctrl_c_before_training_stops_it_at_the_first_step(monkeypatch):
+    from carotid import errors
+    from carotid.training.runtime import StopSignal
+
+    monkeypatch.setitem(errors._pending, "interrupt", True)
+    with StopSignal() as stop:
+        assert stop.requested and stop.name == "SIGINT"  # the Trainer checkpoints and stops before epoch 1
+
+
+def err_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]

@@ -176,3 +176,31 @@ def test_resume_with_more_epochs_stretches_the_schedule(small_data, tmp_path, ca
     lrs = [float(r["lr"]) for r in rows(run_dir)]
     assert [r["epoch"] for r in rows(run_dir)] == ["1", "2", "3", "4"]
     assert lrs[2] > 1e-4 and lrs[3] < lrs[2], "epochs 3-4 train on the stretched cosine, not at LR 0"
+
+
+def test_a_signal_during_the_last_epoch_stops_before_the_final_model_and_resume_finishes(
+    small_data, tmp_path, monkeypatch, capsys
+):
+    from carotid.training.trainer import Trainer
+
+    train_epoch = Trainer.train_epoch
+
+    def signalled_in_last_epoch(self, stop):
+        out = train_epoch(self, stop)
+        if self.state["epoch"] == self.cfg.epochs - 1:  # as if SIGTERM came after the loop's last check
+            stop.signum = signal.SIGTERM
+        return out
+
+    monkeypatch.setattr(Trainer, "train_epoch", signalled_in_last_epoch)
+    args = common(small_data, tmp_path)
+    args[args.index("--epochs") + 1] = "2"
+    assert train_in_process(*args) == 143
+    run_dir = only_run_dir(tmp_path)
+    err = capsys.readouterr().err
+    assert "stopped by SIGTERM after the last epoch (2)" in err and f"--resume {run_dir}" in err
+    assert not (run_dir / "models" / "final_model.pth").exists() and not (run_dir / "report.html").exists()
+    monkeypatch.setattr(Trainer, "train_epoch", train_epoch)
+    assert train_in_process("--resume", str(run_dir)) == 0
+    assert [r["epoch"] for r in rows(run_dir)] == ["1", "2"]
+    assert load_model(run_dir / "models" / "final_model.pth")["epoch"] == 2
+    assert (run_dir / "report.html").is_file()

@@ -36,10 +36,11 @@ def is_image_name(name: str) -> bool:
     return not name.startswith(".") and name.rpartition(".")[2].lower() in FRAME_SUFFIXES
 
 
-def _unreadable_folder(folder: str) -> UserError:
+def _unreadable_folder(folder: str, root: bool = False) -> UserError:
+    elsewhere = "" if root else ", or move it out of the data folder"
     return UserError(
         f"cannot read folder {folder} (permission denied)",
-        "give your user read access to it (chmod -R u+rX), or move it out of the data folder",
+        f"give your user read access to it (chmod -R u+rX){elsewhere}",
     )
 
 
@@ -107,7 +108,7 @@ def discover_frames(root_dir: str | Path, unhandled: list[str] | None = None) ->
         with os.scandir(root) as entries:
             listed = [(entry.name, entry.path, entry.is_dir()) for entry in entries]
     except PermissionError:
-        raise _unreadable_folder(str(root)) from None
+        raise _unreadable_folder(str(root), root=True) from None
     for name, path, is_dir in listed:
         if name.startswith("."):
             continue

@@ -213,7 +213,7 @@ def _matching_warnings(matching: Matching) -> list[str]:
     folders = len(matching.folders) + len(matching.folders_without_row)
     for left, total, what in (
         (matching.rows_without_folder, rows, "sheet rows have no person folder"),
-        (matching.folders_without_row, folders, "person folders have no sheet row"),
+        (matching.folders_without_row, folders, "person folders have no labelled sheet row"),
     ):
         if left and len(left) > LEFT_OUT_WARNING * total:
             warnings_.append(
@@ -262,7 +262,7 @@ def data_block(report: dict, label_excel: str) -> list[str]:
         f"({why['positive_class']})",
         f"  persons: {matching['matched']} sheet row(s) matched a folder, "
         f"{matching['rows_without_folder']} row(s) have no folder, "
-        f"{matching['folders_without_row']} folder(s) have no row",
+        f"{matching['folders_without_row']} folder(s) have no labelled row",
     ]
     for kind, count in matching["not_spelled_alike"].items():
         shown = ", ".join(f"sheet '{a}' ↔ folder '{b}'" for a, b in matching["examples"][kind])

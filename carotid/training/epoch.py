@@ -148,10 +148,16 @@ def diverged(run_dir: Path, what: str) -> StopTraining:
     return StopTraining(f"error: {what} — lower --lr, or use --clip-grad-norm / --mixed-precision bf16; {kept}", 1)
 
 
-def preempted(stop: StopSignal, run_dir: Path, saved: Path, epoch: int, progress: EpochProgress) -> StopTraining:
+def preempted(
+    stop: StopSignal, run_dir: Path, saved: Path, epoch: int, progress: EpochProgress, epochs: int | None = None
+) -> StopTraining:
+    where = f"in epoch {epoch + 1} after {progress.batches_done} batch(es)"
+    then = ""
+    if epochs is not None and epoch >= epochs:
+        where, then = f"after the last epoch ({epoch})", " (writes final_model.pth, then evaluates the test split)"
     return StopTraining(
-        f"stopped by {stop.name} in epoch {epoch + 1} after {progress.batches_done} batch(es); "
-        f"checkpoint saved: {saved}\nresume with: accelerate launch -m carotid.train --resume {run_dir}",
+        f"stopped by {stop.name} {where}; checkpoint saved: {saved}\n"
+        f"resume with: accelerate launch -m carotid.train --resume {run_dir}{then}",
         128 + (stop.signum or 15),
     )
 

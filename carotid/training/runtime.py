@@ -14,7 +14,7 @@ import torch
 from accelerate import Accelerator, DataLoaderConfiguration, InitProcessGroupKwargs
 from accelerate.utils import DistributedType, broadcast_object_list
 
-from carotid.errors import UserError
+from carotid.errors import UserError, interrupt_pending
 
 T = TypeVar("T")
 
@@ -161,6 +161,8 @@ class StopSignal:
     def __enter__(self) -> StopSignal:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._previous[sig] = signal.signal(sig, self._handle)
+        if interrupt_pending():  # a Ctrl-C during start-up that a finaliser swallowed: stop before the first step
+            self.signum = signal.SIGINT
         return self
 
     def __exit__(self, *exc) -> None:

@@ -220,17 +220,20 @@ class Trainer:
                     k: v for k, v in dataclasses.asdict(self.cfg).items() if isinstance(v, (int, float, str, bool))
                 },
             )
-        while self.state["epoch"] < self.cfg.epochs and not self.state["stopped_early"]:
-            if stop.requested:
-                raise preempted(
-                    stop,
-                    self.run_dir,
-                    self.save_state(self.progress, self.progress.batches_done == 0),
-                    self.state["epoch"],
-                    self.progress,
-                )
+        # Checked before each epoch and after the last one too: a signal during a short last epoch (fewer
+        # batches than the loop's own check interval) stops the run before the final model and the test.
+        while not self.stop_agreed(stop):
+            if self.state["epoch"] >= self.cfg.epochs or self.state["stopped_early"]:
+                return
             row, val_out = self.train_epoch(stop)
             self.end_epoch(row, val_out)
+        saved = self.save_state(self.progress, self.progress.batches_done == 0)
+        raise preempted(stop, self.run_dir, saved, self.state["epoch"], self.progress, self.cfg.epochs)
+
+    def stop_agreed(self, stop: StopSignal) -> bool:
+        """Collective: whether any rank got a stop signal, so that all checkpoint and stop together."""
+        flag = torch.tensor([float(stop.requested)], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="max").item())
 
     def train_epoch(self, stop: StopSignal) -> tuple[dict, tuple | None]:
         """Train (from the batch a resume left off at), then validate: the epoch's metrics row."""
