@@ -86,6 +86,41 @@ def test_perfect_separation_leaves_the_slope_undefined_with_a_note():
     assert out["calibration_in_the_large"] is not None
 
 
+def test_saturated_probabilities_give_no_slope_or_intercepts_rather_than_clipping_artefacts():
+    # After a very small temperature most probabilities are 0 or 1 in float64: their logit is unknown, and a fit
+    # on the clipped values once reported a calibration-in-the-large of 2.25e15.
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(70), np.ones(74)]
+    p = np.r_[np.zeros(66), rng.uniform(0.2, 0.9, 4), np.ones(71), rng.uniform(0.1, 0.8, 3)]
+    out, notes = logistic_recalibration(y, p)
+    assert out == {"calibration_slope": None, "calibration_intercept": None, "calibration_in_the_large": None}
+    assert notes == [
+        "calibration slope and intercepts are not estimable: 137 of 144 probabilities are 0 or 1 (within 1e-06)"
+    ]
+
+
+def test_a_temperature_that_saturates_the_validation_frames_is_flagged():
+    from carotid.evaluation.selection import ValidationOutput, choose_on_validation
+
+    rng = np.random.default_rng(2)
+    labels = np.repeat([0, 1], 72)
+    margin = np.where(labels == 1, 1.0, -1.0) * rng.uniform(0.5, 3.0, 144)
+    margin[0] = 0.01  # one near-miss, the rest separated: the NLL minimum is a small, finite temperature
+    logits = np.stack([np.zeros(144), margin], 1)
+    persons = np.repeat([f"p{i}" for i in range(12)], 12)
+    choice = choose_on_validation(
+        ValidationOutput(labels, logits, persons), aggregation="mean", positive_index=1, calibrate="temperature"
+    )
+    assert choice["temperature"] < 0.2
+    assert any("likely fitted to them rather than to new persons" in note for note in choice["notes"]), choice
+    # An over-confident model on overlapping classes (the case temperature scaling is for) is not flagged.
+    wide = np.stack([np.zeros(144), 4.0 * (margin + rng.normal(0, 2.0, 144))], 1)
+    plain = choose_on_validation(
+        ValidationOutput(labels, wide, persons), aggregation="mean", positive_index=1, calibrate="temperature"
+    )
+    assert plain["temperature"] > 1 and not any("likely fitted" in note for note in plain["notes"])
+
+
 def test_temperature_scaling_lowers_the_nll_of_an_overconfident_model():
     rng = np.random.default_rng(1)
     true_logit = rng.normal(0, 1.5, 4000)

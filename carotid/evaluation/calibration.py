@@ -17,6 +17,9 @@ from carotid.evaluation.registry import CALIBRATION_METRICS, ECE_BINS
 # float32 softmax saturates at exactly 0 or 1; logit() of those is infinite, so probabilities are
 # clipped to [EPS, 1 - EPS] for the recalibration fit only (logit(1e-6) ≈ -13.8).
 EPS = 1e-6
+# A fitted intercept or slope beyond this many logits (odds of e^50) is a diverging fit (statsmodels can say
+# "converged" at 1e15 on nearly separated data), not a property of the model.
+MAX_LOGIT = 50.0
 TEMPERATURE_BOUNDS = (1e-2, 1e2)  # a temperature outside this range means the logits carry no usable scale
 BINNING = f"{ECE_BINS} equal-width bins of the predicted probability on [0, 1]"
 
@@ -70,7 +73,14 @@ def logistic_recalibration(y_pos: np.ndarray, p_pos: np.ndarray) -> tuple[dict, 
         return none, ["calibration slope and intercepts are undefined: only one class is present"]
     from scipy.special import logit  # scipy loads only when a report is written, not before training
 
-    lp = logit(np.clip(np.asarray(p_pos, dtype=np.float64), EPS, 1.0 - EPS))
+    p_pos = np.asarray(p_pos, dtype=np.float64)
+    saturated = int(np.count_nonzero((p_pos < EPS) | (p_pos > 1.0 - EPS)))
+    if saturated > len(p_pos) / 2:  # their logit is unknown: a fit on the clipped values describes the clipping
+        return none, [
+            f"calibration slope and intercepts are not estimable: {saturated} of {len(p_pos)} probabilities are 0 "
+            f"or 1 (within {EPS:g})"
+        ]
+    lp = logit(np.clip(p_pos, EPS, 1.0 - EPS))
     notes = []
     out = dict(none)
     family = sm.families.Binomial()
@@ -81,13 +91,15 @@ def logistic_recalibration(y_pos: np.ndarray, p_pos: np.ndarray) -> tuple[dict, 
             notes.append("calibration slope is undefined: the probabilities separate the classes perfectly")
         else:
             fit = sm.GLM(y_pos, sm.add_constant(lp, has_constant="add"), family=family).fit()
-            if fit.converged and np.all(np.isfinite(fit.params)):
+            if fit.converged and np.all(np.abs(fit.params) <= MAX_LOGIT):
                 out["calibration_intercept"], out["calibration_slope"] = (float(v) for v in fit.params)
             else:
-                notes.append("calibration slope did not converge")
+                notes.append("calibration slope did not converge to a finite value")
         large = sm.GLM(y_pos, np.ones((len(lp), 1)), family=family, offset=lp).fit()
-        if large.converged and np.isfinite(large.params[0]):
+        if large.converged and abs(large.params[0]) <= MAX_LOGIT:
             out["calibration_in_the_large"] = float(large.params[0])
+        else:
+            notes.append("calibration-in-the-large did not converge to a finite value")
     return out, notes
 
 
@@ -201,6 +213,6 @@ def format_calibration(section: dict) -> str:
     lines.append((f"  {'':<26}" + "".join(f"{name:<16}" for name, _ in columns)).rstrip())
     for metric in CALIBRATION_METRICS:
         if metric.name in section["person"]:
-            cells = "".join(f"{number(values[metric.name]):<16}" for _, values in columns)
+            cells = "".join(f"{number(values[metric.name]):<15} " for _, values in columns)
             lines.append(f"  {metric.name:<26}{cells}".rstrip())
     return "\n".join(lines)

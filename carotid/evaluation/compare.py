@@ -82,8 +82,8 @@ def align(a: Side, b: Side, shared_only: bool) -> tuple[Side, Side, list[str]]:
             f"{b.class_names} (positive '{b.positive_class}')",
             "compare evaluations of the same task",
         )
-    only_a = sorted(set(a.person_ids) - set(b.person_ids))
-    only_b = sorted(set(b.person_ids) - set(a.person_ids))
+    only_a = sorted(map(str, set(a.person_ids) - set(b.person_ids)))
+    only_b = sorted(map(str, set(b.person_ids) - set(a.person_ids)))
     notes = []
     if only_a or only_b:
         if not shared_only:

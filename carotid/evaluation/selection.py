@@ -14,6 +14,8 @@ import numpy as np
 
 from carotid.evaluation.aggregation import aggregate_persons, person_labels
 
+SATURATED = 1e-6  # a validation frame whose top class probability is within this of 1 after temperature scaling
+
 
 @dataclass
 class ValidationOutput:
@@ -62,6 +64,15 @@ def choose_on_validation(
             f"NLL {fit['nll_before']:.4f} → {fit['nll_after']:.4f}"
         )
         after = " (after temperature scaling)"
+        scaled = apply_temperature(val.logits, fit["temperature"])
+        saturated = int(np.count_nonzero(scaled.max(axis=1) > 1.0 - SATURATED))
+        if saturated > len(scaled) / 2:
+            out["notes"].append(
+                f"temperature {fit['temperature']:.3g} puts {saturated} of {len(scaled)} validation frames at "
+                f"probability 0 or 1: the validation persons are (almost) separated, so the temperature is likely "
+                "fitted to them rather than to new persons; compare calibration before and after temperature "
+                "scaling in the test evaluation (metrics.json calibration.before_temperature)"
+            )
     after = after or (" (after temperature scaling)" if temperature is not None else "")
     untouched = out["temperature"] is None and val.probs is not None
     probs = np.asarray(val.probs, dtype=np.float64) if untouched else apply_temperature(val.logits, out["temperature"])
@@ -75,7 +86,6 @@ def choose_on_validation(
     else:
         out["threshold"] = threshold
         out["threshold_source"] = f"Youden's J on the {len(ids)} validation persons{after}"
-    out["operating_points"], out["notes"] = choose_operating_points(
-        list(operating_points), y, person_probs, positive_index
-    )
+    out["operating_points"], notes = choose_operating_points(list(operating_points), y, person_probs, positive_index)
+    out["notes"] += notes
     return out
