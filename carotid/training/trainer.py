@@ -70,7 +70,7 @@ class Trainer:
         train_loader, val_loader = run_loaders(cfg, datasets, accelerator.num_processes, pin_memory=self.on_cuda)
         self.seeds = EpochSeeds(train_loader, cfg.seed)
         # channels_last convolutions are faster on CUDA and on the CPU too (oneDNN): small_cnn and resnet18 at
-        # 224 px, 7-27% a step on this project's 2-core CPU (docs/PERFORMANCE.md). Not under DeepSpeed or FSDP:
+        # 224 px, 17-29% faster steps on this project's 2-core CPU (docs/PERFORMANCE.md). Not under DeepSpeed or FSDP:
         # DeepSpeed broadcasts each parameter as a flat byte view and FSDP2 shards only contiguous parameters
         # (both fail in prepare on a channels_last model, tests/test_strategies.py).
         self.channels_last = accelerator.distributed_type not in (DistributedType.DEEPSPEED, DistributedType.FSDP)
