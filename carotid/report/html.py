@@ -8,8 +8,6 @@ request and runs no script, so it opens offline, in an e-mail client, or archive
 
 from __future__ import annotations
 
-import base64
-import csv
 import json
 import time
 from html import escape
@@ -17,106 +15,12 @@ from pathlib import Path
 
 import yaml
 
-from carotid.files import atomic_write_text, file_sha256
+from carotid.files import atomic_write_text
 from carotid.report.checklist import checklist
+from carotid.report.page import STYLE, image, model_contract, number, read_config, read_csv, read_json, table, with_ci
 
 MAX_TABLE_ROWS = 500  # persons listed in the per-person table; the CSV has them all
 MAX_HEATMAPS = 60  # heat-map montages embedded; the folder has them all
-
-STYLE = """
-body{font-family:"DejaVu Sans","Noto Sans CJK SC","Noto Sans",Arial,sans-serif;margin:24px auto;max-width:1200px;
-color:#222;padding:0 16px}
-h1{font-size:1.5em;margin-bottom:0}h2{border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:36px}
-.sub{color:#666}table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 8px;
-text-align:left;vertical-align:top}th{background:#f2f2f2}td.n{text-align:right;font-variant-numeric:tabular-nums}
-tr.wrong td{background:#fde8e8}img{max-width:100%;border:1px solid #eee;margin:4px 0}
-.flow{display:flex;align-items:center;flex-wrap:wrap;gap:6px}.box{border:1px solid #89a;border-radius:6px;
-padding:6px 10px;background:#f4f8fc;text-align:center}.box b{font-size:1.3em;display:block}.arrow{font-size:1.5em}
-.todo{color:#a15c00;font-weight:bold}tr.todorow td{background:#fff8ec}
-tr.todorow td:nth-child(3){color:#a15c00;font-weight:bold}.card{display:inline-block;
-border:1px solid #ccc;border-radius:6px;padding:8px 14px;margin:4px;background:#fafafa}.card b{font-size:1.4em}
-.warn{background:#fff4d6;border-left:4px solid #e0a800;padding:6px 10px;margin:6px 0}
-details{margin:8px 0}code,pre{font-size:.85em;background:#f6f6f6}
-"""
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading what the run and the evaluation left
-# ---------------------------------------------------------------------------------------------
-
-
-def _json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
-def _csv(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with path.open(newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
-
-
-def _config(run_dir: Path | None) -> dict:
-    path = run_dir / "config.yaml" if run_dir else None
-    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path and path.is_file() else {}
-
-
-def _model_contract(model_path: str | None) -> dict:
-    """The model file's contract (no weights), or {} when it is not there any more."""
-    if not model_path or not Path(model_path).is_file():
-        return {}
-    from carotid.model.file import ModelFile
-
-    model = ModelFile.load(model_path)
-    keys = (
-        "arch",
-        "class_names",
-        "in_channels",
-        "image_size",
-        "normalization",
-        "preprocessing",
-        "epoch",
-        "monitor",
-        "aggregation",
-    )
-    return {k: getattr(model, k) for k in keys} | {"sha256": file_sha256(model_path)}
-
-
-# ---------------------------------------------------------------------------------------------
-# Pieces of HTML
-# ---------------------------------------------------------------------------------------------
-
-
-def image(path: Path, alt: str) -> str:
-    """An <img> whose PNG is embedded as a data URI; '' when the file does not exist."""
-    if not path.is_file():
-        return ""
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" alt="{escape(alt)}">'
-
-
-def table(header: list[str], rows: list[list], classes: list[str] | None = None) -> str:
-    head = "".join(f"<th>{escape(str(h))}</th>" for h in header)
-    body = []
-    for i, row in enumerate(rows):
-        css = f' class="{classes[i]}"' if classes and classes[i] else ""
-        cells = "".join(
-            f'<td class="n">{escape(str(c))}</td>' if isinstance(c, (int, float)) else f"<td>{escape(str(c))}</td>"
-            for c in row
-        )
-        body.append(f"<tr{css}>{cells}</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
-
-
-def _num(value) -> str:
-    return "n/a" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
-
-
-def _with_ci(metrics: dict, level: str, key: str) -> str:
-    interval = ((metrics.get("ci") or {}).get(level) or {}).get(key)
-    point = _num(metrics.get(level, {}).get(key))
-    return point + (f" [{interval['low']:.3f}, {interval['high']:.3f}]" if interval else "")
-
 
 # ---------------------------------------------------------------------------------------------
 # Sections
@@ -174,7 +78,7 @@ def _notes(lines: list[str]) -> str:
 def section_training(run_dir: Path | None, model: dict) -> str:
     if not run_dir or not (run_dir / "metrics.csv").is_file():
         return ""
-    rows = _csv(run_dir / "metrics.csv")
+    rows = read_csv(run_dir / "metrics.csv")
     best = f"best_model.pth: epoch {model.get('epoch')} by {model.get('monitor')}" if model else ""
     return f'<h2 id="training">Training</h2><p>{len(rows)} epochs. {escape(best)}</p>' + image(
         run_dir / "curves.png", "training curves"
@@ -187,7 +91,7 @@ def section_metrics(metrics: dict) -> str:
     from carotid.evaluation.registry import table_metrics
 
     binary = metrics.get("threshold") is not None
-    rows = [[key, _with_ci(metrics, "image", key), _with_ci(metrics, "person", key)] for key in table_metrics(binary)]
+    rows = [[key, with_ci(metrics, "image", key), with_ci(metrics, "person", key)] for key in table_metrics(binary)]
     head = (
         f"{metrics['split']} split: {metrics['n_persons']} persons, {metrics['n_images']} frames; person probability "
         f"= {metrics['person_aggregation']} of its frames"
@@ -205,7 +109,7 @@ def section_metrics(metrics: dict) -> str:
     )
     warnings = "".join(f'<div class="warn">{escape(w)}</div>' for w in metrics.get("warnings", []))
     cards = "".join(
-        f'<div class="card">{key} per person<br><b>{escape(_with_ci(metrics, "person", key))}</b></div>'
+        f'<div class="card">{key} per person<br><b>{escape(with_ci(metrics, "person", key))}</b></div>'
         for key in (("auc", "sensitivity", "specificity") if binary else ("auc", "accuracy", "balanced_accuracy"))
     )
     return (
@@ -228,7 +132,7 @@ def section_figures(eval_dir: Path, metrics: dict) -> str:
 
             parts.append(f"<pre>{escape(format_calibration(calibration))}</pre>")
         elif isinstance(calibration, dict):
-            scalars = [[k, _num(v)] for k, v in calibration.items() if isinstance(v, (int, float, str)) or v is None]
+            scalars = [[k, number(v)] for k, v in calibration.items() if isinstance(v, (int, float, str)) or v is None]
             parts.append(table(["calibration", "value"], scalars) if scalars else "")
             numbers = escape(json.dumps(calibration, indent=1, ensure_ascii=False))
             parts.append(f"<details><summary>all calibration numbers</summary><pre>{numbers}</pre></details>")
@@ -236,7 +140,7 @@ def section_figures(eval_dir: Path, metrics: dict) -> str:
 
 
 def section_persons(eval_dir: Path) -> str:
-    rows = _csv(eval_dir / "person_predictions.csv")
+    rows = read_csv(eval_dir / "person_predictions.csv")
     if not rows:
         return ""
     header = list(rows[0])
@@ -256,7 +160,7 @@ def section_persons(eval_dir: Path) -> str:
 
 
 def section_failures(eval_dir: Path) -> str:
-    rows = _csv(eval_dir / "failures.csv")
+    rows = read_csv(eval_dir / "failures.csv")
     if not (eval_dir / "failures.csv").is_file():
         return ""
     if not rows:
@@ -334,16 +238,16 @@ def section_provenance(config: dict, metrics: dict, model: dict, run_dir: Path |
 
 def build_report(eval_dir: Path | None, run_dir: Path | None) -> str:
     """The HTML text of the report of an evaluation folder and/or a run directory."""
-    metrics = _json(eval_dir / "metrics.json") if eval_dir else {}
+    metrics = read_json(eval_dir / "metrics.json") if eval_dir else {}
     run_dir = run_dir or (Path(metrics["run_dir"]) if metrics.get("run_dir") else None)
-    config = _config(run_dir)
-    data_report = _json(run_dir / "data_report.json") if run_dir else {}
+    config = read_config(run_dir)
+    data_report = read_json(run_dir / "data_report.json") if run_dir else {}
     model_path = metrics.get("model_file") or (str(run_dir / "models" / "best_model.pth") if run_dir else None)
-    model = _model_contract(model_path)
+    model = model_contract(model_path)
     title = f"carotid — {metrics['split']} split, {Path(metrics['model_file']).name}" if metrics else "carotid run"
     classes = ", ".join(model.get("class_names", []))
     sub = f"{model.get('arch', '')} · {run_dir.name if run_dir else ''} · classes {classes}"
-    failures = {Path(r["montage"]).name for r in _csv(eval_dir / "failures.csv")} if eval_dir else set()
+    failures = {Path(r["montage"]).name for r in read_csv(eval_dir / "failures.csv")} if eval_dir else set()
     body = [
         f"<h1>{escape(title)}</h1><p class='sub'>{escape(sub)}</p>",
         section_metrics(metrics),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
@@ -196,3 +197,10 @@ class RunLog:
             with open(self.path, "a", encoding="utf-8") as handle:
                 for line in message.splitlines():
                     handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+
+
+def start_tracker(accelerator: Accelerator, cfg, run_dir: Path) -> None:
+    """--report-to tensorboard: event files in the run directory, the scalar options as its hyperparameters."""
+    accelerator.project_configuration.logging_dir = str(run_dir)
+    options = {k: v for k, v in dataclasses.asdict(cfg).items() if isinstance(v, (int, float, str, bool))}
+    accelerator.init_trackers("tensorboard", config=options)

@@ -11,7 +11,6 @@ epoch-end checkpoint rewrites best_model.pth if the kill came before it was writ
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 
@@ -47,7 +46,7 @@ from carotid.training.epoch import (
     weights_finite,
 )
 from carotid.training.optim import make_optimizer, make_scheduler, stretch_schedule
-from carotid.training.runtime import RunLog, StopSignal, on_main
+from carotid.training.runtime import RunLog, StopSignal, on_main, start_tracker
 
 
 class Trainer:
@@ -170,14 +169,7 @@ class Trainer:
         self.accelerator.wait_for_everyone()
 
     def restore(self, checkpoint: Path) -> None:
-        saved = checkpoints.read_progress(checkpoint)
-        if saved["world_size"] != self.accelerator.num_processes:
-            raise UserError(
-                f"{checkpoint} was written by {saved['world_size']} process(es), this launch has "
-                f"{self.accelerator.num_processes}",
-                f"resume with --num_processes {saved['world_size']}, or "
-                f"start a new run with --load-model {self.run_dir / 'models' / 'best_model.pth'}",
-            )
+        saved = checkpoints.read_progress(checkpoint, self.accelerator.num_processes, self.run_dir)
         self.accelerator.load_state(str(checkpoint))
         old_total = stretch_schedule(self.scheduler, self.total_steps)
         if old_total is not None:
@@ -213,13 +205,7 @@ class Trainer:
         if self.accelerator.is_main_process:
             write_records(self.run_dir / "metrics.csv", self.state["rows"], list(METRIC_COLUMNS))
         if self.cfg.report_to:
-            self.accelerator.project_configuration.logging_dir = str(self.run_dir)
-            self.accelerator.init_trackers(
-                "tensorboard",
-                config={
-                    k: v for k, v in dataclasses.asdict(self.cfg).items() if isinstance(v, (int, float, str, bool))
-                },
-            )
+            start_tracker(self.accelerator, self.cfg, self.run_dir)
         # Checked before each epoch and after the last one too: a signal during a short last epoch (fewer
         # batches than the loop's own check interval) stops the run before the final model and the test.
         while not self.stop_agreed(stop):

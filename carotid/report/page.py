@@ -1,0 +1,108 @@
+"""The pieces report.html is made of: its style sheet, the files of a run and an evaluation it reads (each
+{} or [] when missing, so a page can be built from whatever is there), embedded images, tables and numbers."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+from html import escape
+from pathlib import Path
+
+import yaml
+
+from carotid.files import file_sha256
+
+STYLE = """
+body{font-family:"DejaVu Sans","Noto Sans CJK SC","Noto Sans",Arial,sans-serif;margin:24px auto;max-width:1200px;
+color:#222;padding:0 16px}
+h1{font-size:1.5em;margin-bottom:0}h2{border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:36px}
+.sub{color:#666}table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 8px;
+text-align:left;vertical-align:top}th{background:#f2f2f2}td.n{text-align:right;font-variant-numeric:tabular-nums}
+tr.wrong td{background:#fde8e8}img{max-width:100%;border:1px solid #eee;margin:4px 0}
+.flow{display:flex;align-items:center;flex-wrap:wrap;gap:6px}.box{border:1px solid #89a;border-radius:6px;
+padding:6px 10px;background:#f4f8fc;text-align:center}.box b{font-size:1.3em;display:block}.arrow{font-size:1.5em}
+.todo{color:#a15c00;font-weight:bold}tr.todorow td{background:#fff8ec}
+tr.todorow td:nth-child(3){color:#a15c00;font-weight:bold}.card{display:inline-block;
+border:1px solid #ccc;border-radius:6px;padding:8px 14px;margin:4px;background:#fafafa}.card b{font-size:1.4em}
+.warn{background:#fff4d6;border-left:4px solid #e0a800;padding:6px 10px;margin:6px 0}
+details{margin:8px 0}code,pre{font-size:.85em;background:#f6f6f6}
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading what the run and the evaluation left
+# ---------------------------------------------------------------------------------------------
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def read_csv(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def read_config(run_dir: Path | None) -> dict:
+    path = run_dir / "config.yaml" if run_dir else None
+    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path and path.is_file() else {}
+
+
+def model_contract(model_path: str | None) -> dict:
+    """The model file's contract (no weights), or {} when it is not there any more."""
+    if not model_path or not Path(model_path).is_file():
+        return {}
+    from carotid.model.file import ModelFile
+
+    model = ModelFile.load(model_path)
+    keys = (
+        "arch",
+        "class_names",
+        "in_channels",
+        "image_size",
+        "normalization",
+        "preprocessing",
+        "epoch",
+        "monitor",
+        "aggregation",
+    )
+    return {k: getattr(model, k) for k in keys} | {"sha256": file_sha256(model_path)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Pieces of HTML
+# ---------------------------------------------------------------------------------------------
+
+
+def image(path: Path, alt: str) -> str:
+    """An <img> whose PNG is embedded as a data URI; '' when the file does not exist."""
+    if not path.is_file():
+        return ""
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{escape(alt)}">'
+
+
+def table(header: list[str], rows: list[list], classes: list[str] | None = None) -> str:
+    head = "".join(f"<th>{escape(str(h))}</th>" for h in header)
+    body = []
+    for i, row in enumerate(rows):
+        css = f' class="{classes[i]}"' if classes and classes[i] else ""
+        cells = "".join(
+            f'<td class="n">{escape(str(c))}</td>' if isinstance(c, (int, float)) else f"<td>{escape(str(c))}</td>"
+            for c in row
+        )
+        body.append(f"<tr{css}>{cells}</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def number(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def with_ci(metrics: dict, level: str, key: str) -> str:
+    interval = ((metrics.get("ci") or {}).get(level) or {}).get(key)
+    point = number(metrics.get(level, {}).get(key))
+    return point + (f" [{interval['low']:.3f}, {interval['high']:.3f}]" if interval else "")
