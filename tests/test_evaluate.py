@@ -239,7 +239,7 @@ def test_one_class_data_gives_null_metrics_with_a_warning(run_copy, data_dir, tm
     assert report["person"]["auc"] is None and report["person"]["sensitivity"] is None
     assert report["ci"]["person"]["auc"] is None and report["ci"]["person"]["specificity"] is not None
     assert "person: AUC is undefined: only one class is present" in report["warnings"]
-    assert "warning: person: AUC is undefined" in printed and "persons without folder left out" in printed
+    assert "warning: person: AUC is undefined" in printed and "sheet rows have no person folder" in printed
 
 
 def test_multiclass_report_table_and_files(tmp_path):

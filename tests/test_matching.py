@@ -118,6 +118,7 @@ def test_partial_overlap_warns_and_strict_matching_refuses(tmp_path):
         "2 of 8 person folders have no labelled sheet row and are left out (e.g. '1006', '1007'); "
         "--strict-matching makes this an error",
     ]
+    assert manifest.left_out_notes() == []  # said once, in the warnings
     with pytest.raises(UserError, match="--strict-matching: 2 sheet row.*2 folder"):
         collect_persons(str(root), read_labels(label), None, strict_matching=True)
 

@@ -50,10 +50,11 @@ class DataManifest:
 
     def left_out_notes(self) -> list[str]:
         """One line per kind of person left out (no folder, no sheet row, no image), with the first IDs."""
+        warned = " ".join(self.report["warnings"])  # a kind already in a warning (LEFT_OUT_WARNING) is said once
         return [
             f"{self.report[key]['count']} {key.replace('_', ' ')} left out, e.g. {self.report[key]['first']}"
             for key in ("persons_without_folder", "folders_without_label", "persons_without_images")
-            if self.report[key]["count"]
+            if self.report[key]["count"] and LEFT_OUT_WHAT.get(key, "\0") not in warned
         ]
 
     def counts(self, split: str) -> dict[str, dict[str, int]]:
@@ -67,6 +68,10 @@ class DataManifest:
 
 
 LEFT_OUT_WARNING = 0.10  # share of sheet rows or folders left out above which it is a warning, not a note
+LEFT_OUT_WHAT = {  # the words of that warning, per kind of left-out person in data_report.json
+    "persons_without_folder": "sheet rows have no person folder",
+    "folders_without_label": "person folders have no labelled sheet row",
+}
 
 
 def collect_persons(
@@ -212,8 +217,8 @@ def _matching_warnings(matching: Matching) -> list[str]:
     rows = len(matching.folders) + len(matching.rows_without_folder)
     folders = len(matching.folders) + len(matching.folders_without_row)
     for left, total, what in (
-        (matching.rows_without_folder, rows, "sheet rows have no person folder"),
-        (matching.folders_without_row, folders, "person folders have no labelled sheet row"),
+        (matching.rows_without_folder, rows, LEFT_OUT_WHAT["persons_without_folder"]),
+        (matching.folders_without_row, folders, LEFT_OUT_WHAT["folders_without_label"]),
     ):
         if left and len(left) > LEFT_OUT_WARNING * total:
             warnings_.append(
