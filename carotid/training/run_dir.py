@@ -90,7 +90,8 @@ def create_run_dir(
         write_run_config(staging / "config.yaml", options, extra)
         atomic_write_json(staging / "splits.json", splits)
         atomic_write_json(staging / "data_report.json", data_report)
-        (staging / "models").mkdir()
+        if prefix != "cv":  # a CV folder's models are in its fold_k/ run folders
+            (staging / "models").mkdir()
         return publish_run_dir(staging, prefix, name)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
