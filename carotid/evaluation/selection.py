@@ -14,8 +14,6 @@ import numpy as np
 
 from carotid.evaluation.aggregation import aggregate_persons, person_labels
 
-SATURATED = 1e-6  # a validation frame whose top class probability is within this of 1 after temperature scaling
-
 
 @dataclass
 class ValidationOutput:
@@ -51,7 +49,7 @@ def choose_on_validation(
     if val is None:
         return out
     # scipy and scikit-learn load here, after the first epoch, not before the first batch.
-    from carotid.evaluation.calibration import apply_temperature, fit_temperature
+    from carotid.evaluation.calibration import EPS, apply_temperature, fit_temperature
     from carotid.evaluation.metrics import youden_threshold
     from carotid.evaluation.operating_points import choose_operating_points
 
@@ -64,18 +62,17 @@ def choose_on_validation(
             f"NLL {fit['nll_before']:.4f} → {fit['nll_after']:.4f}"
         )
         after = " (after temperature scaling)"
-        scaled = apply_temperature(val.logits, fit["temperature"])
-        saturated = int(np.count_nonzero(scaled.max(axis=1) > 1.0 - SATURATED))
-        if saturated > len(scaled) / 2:
-            out["notes"].append(
-                f"temperature {fit['temperature']:.3g} puts {saturated} of {len(scaled)} validation frames at "
-                f"probability 0 or 1: the validation persons are (almost) separated, so the temperature is likely "
-                "fitted to them rather than to new persons; compare calibration before and after temperature "
-                "scaling in the test evaluation (metrics.json calibration.before_temperature)"
-            )
     after = after or (" (after temperature scaling)" if temperature is not None else "")
     untouched = out["temperature"] is None and val.probs is not None
     probs = np.asarray(val.probs, dtype=np.float64) if untouched else apply_temperature(val.logits, out["temperature"])
+    saturated = int(np.count_nonzero(probs.max(axis=1) > 1.0 - EPS))
+    if calibrate == "temperature" and saturated > len(probs) / 2:
+        out["notes"].append(
+            f"temperature {out['temperature']:.3g} puts {saturated} of {len(probs)} validation frames at "
+            f"probability 0 or 1: the validation persons are (almost) separated, so the temperature is likely "
+            "fitted to them rather than to new persons; compare calibration before and after temperature "
+            "scaling in the test evaluation (metrics.json calibration.before_temperature)"
+        )
     if probs.shape[1] != 2:
         return out | {"threshold": None, "threshold_source": None}
     ids, person_probs = aggregate_persons(val.person_ids, probs, aggregation, positive_index)

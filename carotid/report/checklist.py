@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from carotid.data.preprocessing import Preprocessing, preprocessing_of
 from carotid.text import plural
 
 
@@ -58,11 +57,6 @@ def _exclusions(data_report: dict) -> str | None:
     )
 
 
-def _geometry(model: dict) -> str:
-    prep = Preprocessing(model["image_size"], model["in_channels"], **preprocessing_of(model.get("preprocessing")))
-    return prep.describe()
-
-
 def _threshold(metrics: dict) -> str:
     if metrics.get("threshold") is None:
         return "predicted class = argmax"
@@ -97,7 +91,7 @@ def checklist(options: dict, data_report: dict, metrics: dict | None, model: dic
             "Preprocessing",
             "CLAIM: preprocessing steps; TRIPOD+AI: data preparation",
             f"{'grayscale (1 channel)' if model.get('in_channels') == 1 else 'RGB (3 channels)'}; "
-            f"{_geometry(model)}; scaled to [0, 1] and normalised with mean "
+            f"{model.get('geometry')}; scaled to [0, 1] and normalised with mean "
             f"{model.get('normalization', {}).get('mean')} and std {model.get('normalization', {}).get('std')}; "
             f"at most {o.get('max_imgs_per_person') or 'all'} frames per person; training augmentation: "
             f"{o.get('augment', 'n/a')}"

@@ -17,7 +17,7 @@ import yaml
 
 from carotid.files import atomic_write_text
 from carotid.report.checklist import checklist
-from carotid.report.page import STYLE, image, model_contract, number, read_config, read_csv, read_json, table, with_ci
+from carotid.report.page import STYLE, image, number, read_config, read_csv, read_json, read_model, table, with_ci
 
 MAX_TABLE_ROWS = 500  # persons listed in the per-person table; the CSV has them all
 MAX_HEATMAPS = 60  # heat-map montages embedded; the folder has them all
@@ -243,7 +243,7 @@ def build_report(eval_dir: Path | None, run_dir: Path | None) -> str:
     config = read_config(run_dir)
     data_report = read_json(run_dir / "data_report.json") if run_dir else {}
     model_path = metrics.get("model_file") or (str(run_dir / "models" / "best_model.pth") if run_dir else None)
-    model = model_contract(model_path)
+    model = read_model(model_path)
     title = f"carotid — {metrics['split']} split, {Path(metrics['model_file']).name}" if metrics else "carotid run"
     classes = ", ".join(model.get("class_names", []))
     sub = f"{model.get('arch', '')} · {run_dir.name if run_dir else ''} · classes {classes}"

@@ -51,8 +51,9 @@ def read_config(run_dir: Path | None) -> dict:
     return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path and path.is_file() else {}
 
 
-def model_contract(model_path: str | None) -> dict:
-    """The model file's contract (no weights), or {} when it is not there any more."""
+def read_model(model_path: str | None) -> dict:
+    """The model file's contract (no weights) and its crop and resize in words, or {} when it is not there
+    any more."""
     if not model_path or not Path(model_path).is_file():
         return {}
     from carotid.model.file import ModelFile
@@ -64,12 +65,11 @@ def model_contract(model_path: str | None) -> dict:
         "in_channels",
         "image_size",
         "normalization",
-        "preprocessing",
         "epoch",
         "monitor",
         "aggregation",
     )
-    return {k: getattr(model, k) for k in keys} | {"sha256": file_sha256(model_path)}
+    return {k: getattr(model, k) for k in keys} | {"geometry": model.prep.describe(), "sha256": file_sha256(model_path)}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -39,8 +39,8 @@ def read_progress(checkpoint: Path, num_processes: int | None = None, run_dir: P
     """The run's progress saved beside Accelerate's state. Given this launch's `num_processes`, a UserError when
     another number of processes wrote it (the loaders' sharding and the RNG states are per rank)."""
     saved = json.loads((checkpoint / PROGRESS_FILE).read_text(encoding="utf-8"))
-    best = Path(run_dir or checkpoint.parent.parent) / "models" / "best_model.pth"
     if num_processes is not None and saved["world_size"] != num_processes:
+        best = Path(run_dir or checkpoint.parent.parent) / "models" / "best_model.pth"
         raise UserError(
             f"{checkpoint} was written by {saved['world_size']} process(es), this launch has {num_processes}",
             f"resume with --num_processes {saved['world_size']}, or start a new run with --load-model {best}",

@@ -123,6 +123,7 @@ def cross_validate(
                 plan,
                 report,
                 prefix="cv",
+                models=False,
             ),
         )
     log = RunLog(accelerator, cv_dir / "cv.log")

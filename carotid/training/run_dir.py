@@ -76,9 +76,11 @@ def create_run_dir(
     prefix: str = "train",
     name: str | None = None,
     note: dict[str, Any] | None = None,
+    models: bool = True,
 ) -> Path:
     """Write config.yaml, splits.json and data_report.json into a staging folder, then publish it as
-    PREFIX_YYYYMMDD_HHMMSS (or `name`); `note` adds keys to config.yaml (e.g. a fold's place in its CV)."""
+    PREFIX_YYYYMMDD_HHMMSS (or `name`); `note` adds keys to config.yaml (e.g. a fold's place in its CV);
+    `models` False leaves out models/ (a CV folder's models are in its fold_k/ run folders)."""
     staging = stage_run_dir(output_dir)
     try:
         extra = {
@@ -90,7 +92,7 @@ def create_run_dir(
         write_run_config(staging / "config.yaml", options, extra)
         atomic_write_json(staging / "splits.json", splits)
         atomic_write_json(staging / "data_report.json", data_report)
-        if prefix != "cv":  # a CV folder's models are in its fold_k/ run folders
+        if models:
             (staging / "models").mkdir()
         return publish_run_dir(staging, prefix, name)
     except BaseException:
