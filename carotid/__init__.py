@@ -8,6 +8,6 @@ __version__ = "0.1.0"
 # Started as a command (`python -m carotid.X` names "-m" while the package is imported; console scripts are
 # carotid-*): a Ctrl-C while torch is still being imported ends with one line too, not a traceback.
 if _sys.argv[:1] == ["-m"] or _os.path.basename(_sys.argv[0] if _sys.argv else "").startswith("carotid-"):
-    from carotid.errors import quiet_ctrl_c_until_run
+    from carotid.core.errors import quiet_ctrl_c_until_run
 
     quiet_ctrl_c_until_run()

@@ -7,9 +7,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from carotid.config import (
-    DEFAULT_BOOTSTRAP,
-    DEFAULT_SEED,
+from carotid.core.errors import UserError
+from carotid.core.options import like, opt, parse_options
+from carotid.evaluation.registry import DEFAULT_BOOTSTRAP, DEFAULT_SEED, OPERATING_POINT_HELP
+from carotid.training.config import (
     TrainConfig,
     check_header_row,
     check_non_negative,
@@ -17,11 +18,6 @@ from carotid.config import (
     check_positive,
     check_threshold,
 )
-from carotid.errors import UserError
-from carotid.evaluation.registry import (
-    OPERATING_POINT_HELP,
-)
-from carotid.options import like, opt, parse_options
 
 # ---------------------------------------------------------------------------------------------
 # carotid-evaluate

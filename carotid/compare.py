@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from carotid.commands import parse_compare_args
-from carotid.errors import run_cli
+from carotid.core.errors import run_cli
 
 
 def default_out(eval_a: str, eval_b: str) -> Path:
@@ -30,9 +30,9 @@ def default_out(eval_a: str, eval_b: str) -> Path:
 
 def compare(argv: Sequence[str] | None) -> int:
     args = parse_compare_args(argv)
+    from carotid.core.files import atomic_write_json
+    from carotid.core.run_dir import check_writable
     from carotid.evaluation.compare import compare_evaluations, format_comparison
-    from carotid.files import atomic_write_json
-    from carotid.training.run_dir import check_writable
 
     out = Path(args.out) if args.out else default_out(args.eval_a, args.eval_b)
     result = compare_evaluations(

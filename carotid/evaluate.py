@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from carotid.commands import EvaluateOptions, parse_evaluate_args
-from carotid.errors import run_cli
+from carotid.core.errors import run_cli
+from carotid.core.text import plural
 from carotid.evaluation.plan import EvalPlan, collect_frames, plan_evaluation
-from carotid.text import plural
 
 if TYPE_CHECKING:
     from carotid.data.discovery import Frame
@@ -28,11 +28,11 @@ if TYPE_CHECKING:
 def evaluate(argv: Sequence[str] | None) -> int:
     args = parse_evaluate_args(argv)
     plan = plan_evaluation(args)
-    from carotid.evaluation.evaluator import evaluate_model
+    from carotid.core.run_dir import check_writable
+    from carotid.core.runtime import RunLog, build_accelerator, on_main
     from carotid.evaluation.inference import check_cache_available
     from carotid.model.file import ModelFile
-    from carotid.training.run_dir import check_writable
-    from carotid.training.runtime import RunLog, build_accelerator, on_main
+    from carotid.report.outputs import evaluate_model
 
     check_cache_available(args.cache)
     check_writable(plan.out_dir)
@@ -85,9 +85,9 @@ def choose_again(accelerator, args: EvaluateOptions, plan: EvalPlan, model_file,
     validation persons; the model file with them is written to OUT/model.pth for carotid-predict."""
     import numpy as np
 
+    from carotid.core.runtime import on_main
     from carotid.evaluation.inference import run_inference
     from carotid.evaluation.selection import ValidationOutput, choose_on_validation
-    from carotid.training.runtime import on_main
 
     val_plan = dataclasses.replace(plan, persons=plan.val_persons)
     val_frames, _ = on_main(accelerator, lambda: collect_frames(val_plan, model_file.class_names))
@@ -135,7 +135,7 @@ def score_reader(args: EvaluateOptions, plan: EvalPlan, model_file, frames: list
     """--reader-column: the reader's evaluation folder beside the model's, on the same persons."""
     from collections import Counter
 
-    from carotid.evaluation.reader import evaluate_reader, format_reader, reader_out_dir
+    from carotid.evaluation.reader_study import evaluate_reader, format_reader, reader_out_dir
 
     n_frames = Counter(f.person_id for f in frames)
     persons = {f.person_id: (f.label, n_frames[f.person_id]) for f in frames}

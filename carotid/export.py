@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from carotid.commands import parse_export_args
-from carotid.errors import UserError, run_cli
+from carotid.core.errors import UserError, run_cli
 
 NEEDS = {"onnx": ("onnx", "onnxscript", "onnxruntime"), "torchscript": ()}
 

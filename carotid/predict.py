@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from carotid.commands import PredictOptions, parse_predict_args
+from carotid.core.errors import UserError, run_cli
+from carotid.core.text import display_width, pad, plural
 from carotid.data.discovery import Frame
 from carotid.data.layout import find_input_frames
-from carotid.errors import UserError, run_cli
-from carotid.text import display_width, pad, plural
 
 if TYPE_CHECKING:
     import numpy as np
@@ -36,7 +36,7 @@ MAX_ROWS_SHOWN = 50  # persons listed on the console; the CSV has them all
 
 def output_paths(args: PredictOptions) -> tuple[Path, Path, Path]:
     """(per-image CSV, per-person CSV, unreadable-images CSV)."""
-    from carotid.training.run_dir import check_writable
+    from carotid.core.run_dir import check_writable
 
     source = Path(args.input).resolve()
     out = Path(args.out) if args.out else Path(f"predictions_{source.stem if source.is_file() else source.name}.csv")
@@ -75,8 +75,8 @@ def write_predictions(
     aggregation: str,
 ) -> tuple[PersonPredictions, np.ndarray]:
     """The per-image, per-person (and unreadable-image) CSVs; returns the persons and their predicted classes."""
+    from carotid.core.files import write_table
     from carotid.evaluation.inference import person_predictions, write_prediction_tables
-    from carotid.files import write_table
 
     frame_out, person_out, unreadable_out = paths
     frame_out.parent.mkdir(parents=True, exist_ok=True)
@@ -93,9 +93,9 @@ def write_predictions(
 def predict(argv: Sequence[str] | None) -> int:
     args = parse_predict_args(argv)
     paths = output_paths(args)
+    from carotid.core.runtime import RunLog, build_accelerator, on_main
     from carotid.evaluation.inference import decision_threshold, run_inference
     from carotid.model.file import ModelFile
-    from carotid.training.runtime import RunLog, build_accelerator, on_main
 
     model_file = ModelFile.load(args.model)
     accelerator, _ = build_accelerator()

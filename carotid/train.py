@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from carotid.config import TrainConfig, parse_train_args
-from carotid.errors import UserError, run_cli
+from carotid.core.errors import UserError, run_cli
+from carotid.training.config import TrainConfig, parse_train_args
 
 # torch, Accelerate and the data, model and training modules are imported inside the functions that
 # use them, so `--help` and argument errors answer before any of them loads (tests/test_startup.py).
@@ -48,7 +48,7 @@ RESUMABLE_CHANGES = {
 
 def merge_resume(cfg: TrainConfig, given: set[str], run_dir: Path) -> TrainConfig:
     """The run's saved options, with the few that may change taken from the command line."""
-    from carotid.training import run_dir as run_folder
+    from carotid.core import run_dir as run_folder
 
     saved = run_folder.read_run_config(run_dir)["options"]
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -69,9 +69,9 @@ def merge_resume(cfg: TrainConfig, given: set[str], run_dir: Path) -> TrainConfi
 
 def prepare_data(cfg: TrainConfig, resume_run: Path | None) -> tuple[DataManifest, str, str]:
     """Labels, frames and the person-level split (or the resumed run's split). Main process only."""
+    from carotid.core import run_dir as run_folder
     from carotid.data.manifest import SPLITS
     from carotid.data.split import describe_groups, person_groups, split_persons
-    from carotid.training import run_dir as run_folder
     from carotid.training.fit import read_data, with_splits
 
     if resume_run is not None:
@@ -93,10 +93,10 @@ def train(cfg: TrainConfig, given: set[str] | frozenset = frozenset()) -> Path:
     """Run (or resume) one training run, or with --folds a cross-validation; returns its directory."""
     from accelerate.utils import set_seed
 
+    from carotid.core import run_dir as run_folder
+    from carotid.core.runtime import build_accelerator, match_deepspeed_clipping, on_main, strategy_warning
     from carotid.training import checkpoints
-    from carotid.training import run_dir as run_folder
     from carotid.training.fit import fit_run
-    from carotid.training.runtime import build_accelerator, match_deepspeed_clipping, on_main, strategy_warning
 
     resume_run = resume_from = None
     if cfg.resume:

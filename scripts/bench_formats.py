@@ -24,7 +24,7 @@ import numpy as np
 
 def grey_frames(count: int, width: int = 800, height: int = 600) -> list[np.ndarray]:
     """Synthetic carotid B-mode frames (carotid.demo), shifted and with fresh noise each."""
-    from carotid.demo import make_persons, synth_frame
+    from carotid.data.demo import make_persons, synth_frame
 
     rng = np.random.default_rng(0)
     person = make_persons(1, rng)[0]
@@ -219,7 +219,7 @@ def make_png_tree(root: Path, files: int, persons: int = 200) -> Path:
     """`files` valid 64x48 PNG files (hard links of one) over `persons` person folders, and label.xlsx."""
     from PIL import Image
 
-    from carotid.demo import write_label_excel
+    from carotid.data.demo import write_label_excel
 
     root.mkdir(parents=True, exist_ok=True)
     one = root / "frame.png"

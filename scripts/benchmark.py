@@ -9,9 +9,9 @@
 
 Figures: (a) compute ceiling: the trainer's step (device-side augmentation, model, loss, backward,
 AdamW) on synthetic uint8 batches already on the device; (b) end-to-end training on the JPEG files,
-no cache; (c) the same from the decoded-frame cache; both through carotid.engine.train_one_epoch with
-carotid.data.make_loader; (a)-(c) report the fastest epoch after the first (warm-up, worker start);
-(d) the loader alone, uncached and cached; (e) carotid.data.discover_frames against
+no cache; (c) the same from the decoded-frame cache; both through carotid.training.engine.train_one_epoch with
+carotid.data.loaders.make_loader; (a)-(c) report the fastest epoch after the first (warm-up, worker start);
+(d) the loader alone, uncached and cached; (e) carotid.data.discovery.discover_frames against
 `find ROOT -type f` on the same tree; (f) start-up: `--help` and a bad flag of carotid.train against
 `--help` of a hand-written Accelerate script (`handwritten_main` below), plus the other CLIs' `--help`
 and `import carotid.train`; (g) whole processes of carotid.train (--no-test) and of that hand-written
@@ -48,7 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     add = parser.add_argument
     add("--device", choices=("cpu", "cuda"), default="cpu", help="Where the model trains (default: cpu).")
-    add("--model", default="small_cnn", help="Architecture from carotid.models (default: small_cnn).")
+    add("--model", default="small_cnn", help="Architecture from carotid.model.registry (default: small_cnn).")
     add("--image-size", type=int, default=224, help="Training resolution in pixels (default: 224).")
     add("--batch-size", type=int, default=32, help="Frames per batch (default: 32).")
     add("--mixed-precision", choices=("no", "fp16", "bf16"), default="no", help="Autocast precision (default: no).")
@@ -147,7 +147,7 @@ def write_person(folder: Path, person: dict, frames: int, seed: int) -> None:
     import numpy as np
     from PIL import Image
 
-    from carotid.demo import synth_frame
+    from carotid.data.demo import synth_frame
 
     rng = np.random.default_rng(seed)
     bases = [synth_frame(rng, person, t, 800, 600).astype(np.int16) for t in (0.0, 0.5)]
@@ -165,7 +165,7 @@ def make_jpeg_dataset(root: Path, persons: int, frames: int) -> Path:
     """Per-person folders of JPEG frames plus label.xlsx, written by all cores; returns the label file."""
     import numpy as np
 
-    from carotid.demo import CLASSES, make_persons, write_label_excel
+    from carotid.data.demo import CLASSES, make_persons, write_label_excel
 
     people = make_persons(persons, np.random.default_rng(0))
     with ProcessPoolExecutor(min(os.cpu_count() or 1, persons)) as pool:
@@ -234,7 +234,7 @@ def measure_loader(loader, min_seconds: float) -> float:
 
 
 def train_epochs(trainer: dict, loader, epochs: int) -> list[dict]:
-    """Epochs of the real training step (carotid.engine.train_one_epoch); one reduce_progress row each."""
+    """Epochs of the real training step (carotid.training.engine.train_one_epoch); one reduce_progress row each."""
     from carotid.training.engine import EpochProgress, reduce_progress, train_one_epoch
 
     rows = []
@@ -324,7 +324,7 @@ def measure_epoch_end(args, work: Path, repeats: int = 3) -> dict:
     """(h): the fixed cost at the end of every epoch besides validation: carotid's resumable checkpoint
     (Accelerate's save_state, then progress.json, an fsync of every file, the rename and pruning), against
     Accelerate's save_state alone, and best_model.pth (torch.save, fsync, rename); medians of `repeats`."""
-    from carotid.files import atomic_torch_save
+    from carotid.core.files import atomic_torch_save
     from carotid.training.checkpoints import save_training_state
 
     trainer = make_trainer(args, False)
@@ -831,7 +831,7 @@ def machine(accelerator) -> dict:
 def run(args, work: Path) -> dict:
     from carotid.data.labels import read_labels
     from carotid.data.manifest import collect_persons
-    from carotid.training.runtime import build_accelerator
+    from carotid.core.runtime import build_accelerator
 
     root, label = (Path(args.root_dir), Path(args.label_excel)) if args.root_dir else (work / "frames", None)
     if label is None:

@@ -13,4 +13,5 @@ python -m pip install -q "setuptools>=77" wheel
 DS_BUILD_OPS=0 python -m pip install -q --no-build-isolation -e ".[dev,deepspeed]"
 python -m ruff check .          # lint (config in pyproject.toml)
 python -m ruff format --check . # formatting, line length 120
+lint-imports --no-cache          # the layers (contract in pyproject.toml): nothing imports a layer above it
 python -m pytest "$@"

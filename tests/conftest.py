@@ -17,7 +17,7 @@ import openpyxl
 import pytest
 import torch
 
-from carotid.demo import make_demo_data
+from carotid.data.demo import make_demo_data
 
 # Fast training options used across the suite.
 FAST = [

@@ -192,10 +192,10 @@ def test_racing_builders_build_once(tmp_path, data):
 
 
 def test_evaluation_is_identical_cached_and_uncached(tmp_path, data):
+    from carotid.core.predict import predict_loader
     from carotid.data.loaders import frame_dataset, make_loader
     from carotid.data.transforms import NORMALIZATION, eval_preset
     from carotid.model.registry import build_model
-    from carotid.training.engine import predict_loader
 
     torch.manual_seed(0)
     model = build_model("small_cnn", 2, 1).eval()

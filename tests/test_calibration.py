@@ -12,8 +12,8 @@ from scipy.special import expit, logit
 from sklearn.linear_model import LogisticRegression
 
 from carotid import evaluate, predict
+from carotid.core.errors import UserError
 from carotid.data.transforms import NORMALIZATION
-from carotid.errors import UserError
 from carotid.evaluation.calibration import (
     apply_temperature,
     calibration_metrics,

@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from carotid.commands import EvaluateOptions, PredictOptions
-from carotid.config import TRAIN_GROUPS, TrainConfig, parse_train_args, train_yaml
-from carotid.errors import UserError
-from carotid.options import build_parser
+from carotid.core.errors import UserError
+from carotid.core.options import build_parser
+from carotid.training.config import TRAIN_GROUPS, TrainConfig, parse_train_args, train_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,7 +78,7 @@ def test_bad_flags_are_user_errors_naming_the_value(argv, message):
 
 def test_default_yaml_is_in_sync_and_loads():
     shipped = (REPO / "configs" / "train" / "default.yaml").read_text(encoding="utf-8")
-    assert shipped == train_yaml(), "regenerate with: python -m carotid.config > configs/train/default.yaml"
+    assert shipped == train_yaml(), "regenerate with: python -m carotid.training.config > configs/train/default.yaml"
     assert set(yaml.safe_load(shipped)) == {f.name for f in dataclasses.fields(TrainConfig)}
     cfg, _ = parse_train_args(["--config", str(REPO / "configs" / "train" / "default.yaml")])
     assert cfg == TrainConfig()

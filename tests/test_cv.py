@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
 
+from carotid.core.errors import UserError
+from carotid.data.demo import make_demo_data
 from carotid.data.split import cv_splits, person_groups, split_persons
-from carotid.demo import make_demo_data
-from carotid.errors import UserError
 from tests.conftest import FAST, module_command, run_module, subprocess_env, train_in_process, write_xlsx
 
 # ---------------------------------------------------------------------------------------------

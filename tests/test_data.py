@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from carotid.core.errors import UserError
 from carotid.data.decode import load_frame
 from carotid.data.discovery import Frame, discover_frames, spread_evenly
 from carotid.data.labels import read_labels
 from carotid.data.loaders import FrameDataset
 from carotid.data.manifest import collect_persons
 from carotid.data.split import split_persons
-from carotid.errors import UserError
 from tests.conftest import write_xlsx
 
 

@@ -14,6 +14,7 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
+from carotid.core.errors import UserError
 from carotid.data import check
 from carotid.data.decode import COLOUR, LOW_RANGE, OK, decode_frame, decode_frames, load_frame, probe
 from carotid.data.discovery import Frame
@@ -21,7 +22,6 @@ from carotid.data.labels import read_labels
 from carotid.data.loaders import FrameDataset
 from carotid.data.manifest import collect_persons
 from carotid.data.preprocessing import Preprocessing
-from carotid.errors import UserError
 from carotid.model.file import ModelFile
 from tests.conftest import FAST, only_run_dir, read_json, train_in_process, write_xlsx
 
@@ -220,7 +220,7 @@ def test_exif_orientation_is_applied(tmp_path):
 
 
 def test_crop_option_is_checked_and_old_model_files_read_as_stretch():
-    from carotid.config import parse_train_args
+    from carotid.training.config import parse_train_args
 
     for bad in ("1,2,3", "5,5,1,1", "a,b,c,d"):
         with pytest.raises(UserError, match="--crop"):

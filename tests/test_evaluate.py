@@ -15,9 +15,9 @@ from carotid.data.labels import read_labels
 from carotid.data.transforms import NORMALIZATION
 from carotid.evaluation.evaluator import compute_report, format_table
 from carotid.evaluation.inference import FramePredictions
-from carotid.evaluation.outputs import write_evaluation
 from carotid.model.file import ModelFile
 from carotid.model.registry import build_model
+from carotid.report.outputs import write_evaluation
 from tests.conftest import load_model, read_json, run_module
 
 QUICK = ["--num-workers", "0", "--batch-size", "8", "--bootstrap", "50"]

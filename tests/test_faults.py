@@ -15,9 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from carotid import files
+from carotid.core import files, run_dir
 from carotid.model.file import ModelFile
-from carotid.training import checkpoints, run_dir
+from carotid.training import checkpoints
 from tests.conftest import FAST, make_data, only_run_dir, subprocess_env, train_in_process
 from tests.forked import start_training
 
@@ -104,7 +104,7 @@ FULL_DISK = textwrap.dedent("""
     from pathlib import Path
     import torch
     from accelerate import Accelerator
-    from carotid import files
+    from carotid.core import files
     from carotid.model.file import ModelFile
     from carotid.model.registry import SmallCNN
     from carotid.training import checkpoints

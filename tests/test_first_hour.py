@@ -8,11 +8,12 @@ import os
 import numpy as np
 import pytest
 
-from carotid import commands, config, predict
+from carotid import commands, predict
+from carotid.core.options import build_parser
+from carotid.core.text import display_width, plural
 from carotid.data.loaders import default_workers
 from carotid.evaluation.inference import PersonPredictions
-from carotid.options import build_parser
-from carotid.text import display_width, plural
+from carotid.training import config
 
 SCHEMAS = {
     "carotid-train": (config.TrainConfig, config.TRAIN_GROUPS),

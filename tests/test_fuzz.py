@@ -33,10 +33,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from carotid.core.errors import UserError
 from carotid.data.classes import MISSING_MARKS, ZERO_WIDTH
 from carotid.data.labels import EXCEL_ERRORS, read_labels
 from carotid.data.split import split_persons
-from carotid.errors import UserError
 
 # 100 examples each keep the file under ~15 s; CAROTID_FUZZ_EXAMPLES=2000 fuzzes longer.
 SETTINGS = settings(

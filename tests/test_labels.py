@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from carotid.core.errors import UserError
 from carotid.data.labels import normalize_id, read_labels
-from carotid.errors import UserError
 from tests.conftest import write_xlsx
 
 

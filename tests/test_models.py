@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchvision
 
-from carotid.errors import UserError
+from carotid.core.errors import UserError
 from carotid.model import ARCHITECTURES
 from carotid.model.file import ModelFile, read_weights
 from carotid.model.registry import build_model, load_matching, strip_prefixes

@@ -9,13 +9,13 @@ import pytest
 import torch
 from accelerate import Accelerator
 
+from carotid.core.runtime import cpu_has_native_bf16
 from carotid.data.manifest import DataManifest
 from carotid.data.transforms import train_preset
 from carotid.model.registry import build_model
 from carotid.training.engine import EpochProgress, train_one_epoch
 from carotid.training.epoch import person_class_weights
 from carotid.training.optim import lr_factor, make_optimizer, make_scheduler
-from carotid.training.runtime import cpu_has_native_bf16
 from tests.conftest import FAST, only_run_dir, reset_accelerate, train_in_process
 
 

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from carotid import predict
-from carotid.errors import INTERRUPTED, INTERRUPTED_LATE
+from carotid.core.errors import INTERRUPTED, INTERRUPTED_LATE
 from tests.conftest import subprocess_env
 from tests.test_errors import write_model_file
 
@@ -152,7 +152,7 @@ def test_ctrl_c_while_starting_up_is_one_line_too(tmp_path):
 
 SWALLOWED = """
 import os, signal, sys
-from carotid.errors import quiet_ctrl_c_until_run, run_cli
+from carotid.core.errors import quiet_ctrl_c_until_run, run_cli
 quiet_ctrl_c_until_run()
 class Finalised:  # as zipfile.ZipFile.__del__ when openpyxl's archive is collected
     def __del__(self):
@@ -174,8 +174,8 @@ def test_a_ctrl_c_that_a_finaliser_swallows_still_ends_with_status_130():
 
 
 def test_a_swallowed_ctrl_c_before_training_stops_it_at_the_first_step(monkeypatch):
-    from carotid import errors
-    from carotid.training.runtime import StopSignal
+    from carotid.core import errors
+    from carotid.core.runtime import StopSignal
 
     monkeypatch.setitem(errors._pending, "interrupt", True)
     with StopSignal() as stop:

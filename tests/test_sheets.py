@@ -16,9 +16,9 @@ import openpyxl
 import pytest
 from openpyxl.styles import Font
 
+from carotid.core.errors import UserError
 from carotid.data import sheet as sheet_module
 from carotid.data.labels import read_labels
-from carotid.errors import UserError
 from tests.conftest import write_xlsx
 
 

@@ -26,12 +26,13 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DeepSpeedPlugin
 
+from carotid.core.errors import UserError
+from carotid.core.predict import predict_loader
+from carotid.core.runtime import set_deepspeed_clipping
 from carotid.data.transforms import NORMALIZATION, eval_preset
-from carotid.errors import UserError
 from carotid.model.file import ModelFile
 from carotid.model.registry import build_model
-from carotid.training.engine import EpochProgress, predict_loader, train_one_epoch
-from carotid.training.runtime import set_deepspeed_clipping
+from carotid.training.engine import EpochProgress, train_one_epoch
 from tests.conftest import FAST, free_port, make_data, only_run_dir, read_json, subprocess_env, train_in_process
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,14 +9,14 @@ import pytest
 
 from carotid import evaluate
 from carotid.commands import parse_evaluate_args
-from carotid.config import parse_train_args
+from carotid.core.errors import UserError
 from carotid.data.labels import read_labels, read_person_columns
-from carotid.errors import UserError
 from carotid.evaluation.aggregation import aggregate_persons, person_labels
 from carotid.evaluation.metrics import classification_metrics, metrics_at_threshold, youden_threshold
 from carotid.evaluation.operating_points import choose_operating_points
 from carotid.evaluation.registry import parse_operating_point
 from carotid.evaluation.subgroups import MISSING, subgroup_report
+from carotid.training.config import parse_train_args
 from tests.conftest import read_json, write_xlsx
 
 NAMES = ["normal", "plaque"]

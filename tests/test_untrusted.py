@@ -16,7 +16,8 @@ import pytest
 import torch
 import yaml
 
-from carotid import evaluate, files, predict
+from carotid import evaluate, predict
+from carotid.core import files
 from carotid.data.transforms import NORMALIZATION
 from carotid.model.file import FORMAT, FORMAT_VERSION
 from carotid.model.registry import SmallCNN

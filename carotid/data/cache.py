@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
+from carotid.core.errors import UserError
+from carotid.core.text import plural
 from carotid.data.cache_build import relative_paths, update_cache
 from carotid.data.cache_index import (
     cache_folder,
@@ -37,8 +39,6 @@ from carotid.data.cache_index import (
 )
 from carotid.data.discovery import Frame
 from carotid.data.preprocessing import DEFAULT_CROP, DEFAULT_RESIZE, Preprocessing
-from carotid.errors import UserError
-from carotid.text import plural
 
 # ---------------------------------------------------------------------------------------------
 # The dataset

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from carotid.core.errors import UserError
 from carotid.data.cache_index import (
     INDEX,
     LOCK,
@@ -30,7 +31,6 @@ from carotid.data.cache_index import (
 from carotid.data.decode import decode_frames
 from carotid.data.discovery import Frame
 from carotid.data.preprocessing import Preprocessing
-from carotid.errors import UserError
 
 SHARD_BYTES = 1 << 30  # a build commits after each shard, so a kill loses at most this much work
 CHUNK = 32  # frames per worker task: large enough to hide the task overhead, small enough for a smooth bar

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from carotid.core.files import atomic_write_bytes
 from carotid.data.decode import DECODE_VERSION
 from carotid.data.discovery import Frame
 from carotid.data.preprocessing import Preprocessing
-from carotid.files import atomic_write_bytes
 
 FORMAT, VERSION = "carotid-frame-cache", 2  # 2: frames keyed by file and frame number, with their flags
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from carotid.core.text import plural
 from carotid.data.decode import COLOUR, LOW_RANGE, OK, SEEN, decode_frames
 from carotid.data.discovery import Frame, spread_evenly
 from carotid.data.preprocessing import Preprocessing
-from carotid.text import plural
 
 SAMPLE = 64  # frames decoded at start-up: every frame of a small dataset, a fixed cost for a large one
 REASONS_MAX = 200  # failures whose reason is found by decoding them again; the rest are listed without one

@@ -13,6 +13,8 @@ import unicodedata
 from collections import Counter
 from typing import Any
 
+from carotid.core.errors import UserError
+
 # Dropped before comparing: a zero-width space pasted with a label is invisible in Excel.
 ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
 # What people type for "not known" (compared case-insensitively): blank, not a class. '无' ("none") is a
@@ -116,8 +118,6 @@ def choose_positive(class_names: list[str], wanted: str | None) -> tuple[str | N
             n for n in class_names if spelling_key(n) == spelling_key(wanted)
         ]
         if not matches:
-            from carotid.errors import UserError
-
             raise UserError(
                 f"--positive-class '{wanted}' is not a class; the classes are {class_names}", "pass one of them"
             )

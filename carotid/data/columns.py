@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from carotid.errors import UserError
+from carotid.core.errors import UserError
 
 # Header names recognised without --id-column / --label-column, in order of preference. Compared after
 # lower-casing and dropping spaces, '_', '-', '.', and a bracketed note such as "(Y/N)".

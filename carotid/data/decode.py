@@ -6,18 +6,20 @@ scaled by the kind's own rules, and the imaging region when the file names one);
 applies the crop, the channel count and the resize mode, the same for every kind. The result is a uint8
 (C, S, S) array plus flags (colour source, tiny grey range): the cache stores exactly this array.
 
-DICOM lives in `carotid.data.dicom`; pydicom and PyAV are imported only when such a file is read.
+DICOM lives in `carotid.data.dicom`, the types every kind shares in `carotid.data.pixels`; pydicom and PyAV
+are imported only when such a file is read.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from carotid.data.dicom import dicom_frames, probe_dicom
+from carotid.data.pixels import Probe, Source, bit_range, has_dicom_preamble, scale_to_uint8
 from carotid.data.preprocessing import DEFAULT_CROP, DEFAULT_RESIZE, Preprocessing
 
 # File kinds by suffix (lower case). Files without a suffix, or with a numeric one (DICOM exports named by
@@ -64,29 +66,9 @@ def kind_of(name: str) -> str | None:
     return None
 
 
-def has_dicom_preamble(path: str) -> bool:
-    """True when bytes 128-131 are b'DICM' (the DICOM Part 10 file header)."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(128)
-            return handle.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
 # ---------------------------------------------------------------------------------------------
 # Frames per file (discovery reads only headers, and only of kinds that can hold several frames)
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Probe:
-    """What a file's header says: its kind, frame count and (DICOM) whether its frames are colour."""
-
-    kind: str
-    frames: int
-    colour: bool | None = None
-    region: bool = False  # names an ultrasound imaging region (used by --crop auto)
 
 
 def probe(path: str, kind: str) -> Probe | None:
@@ -101,8 +83,6 @@ def probe(path: str, kind: str) -> Probe | None:
         return Probe("video", video_frame_count(path))
     if kind == "maybe-dicom" and not has_dicom_preamble(path):
         return None
-    from carotid.data.dicom import probe_dicom
-
     return probe_dicom(path)
 
 
@@ -122,14 +102,6 @@ def video_frame_count(path: str) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Source:
-    """One frame as read: uint8 (H, W) grey or (H, W, 3) RGB, and the imaging region (x0, y0, x1, y1) if named."""
-
-    pixels: np.ndarray
-    region: tuple[int, int, int, int] | None = None
-
-
 def read_frames(path: str, indices: Sequence[int], draft_size: int | None = None) -> Iterator[Source | Exception]:
     """One Source (or the exception that stopped it) per index, in order; the file is opened once."""
     kind = kind_of(path)
@@ -139,8 +111,6 @@ def read_frames(path: str, indices: Sequence[int], draft_size: int | None = None
         elif kind == "video":
             yield from _video_frames(path, indices)
         elif kind in ("dicom", "maybe-dicom"):
-            from carotid.data.dicom import dicom_frames
-
             yield from dicom_frames(path, indices)
         else:
             raise ValueError(f"not a frame file kind: {os.path.basename(path)}")
@@ -198,22 +168,6 @@ def _grey_palette(image: Image.Image) -> bool:
     palette = np.frombuffer(image.palette.tobytes(), dtype=np.uint8) if image.palette else np.zeros(0, np.uint8)
     rgb = palette[: len(palette) // 3 * 3].reshape(-1, 3)
     return bool((rgb == rgb[:, :1]).all())
-
-
-def bit_range(array: np.ndarray) -> tuple[float, float]:
-    """(0, 2^bits - 1) for the fewest bits ≥ 8 that hold the frame's maximum: 12-bit data in a 16-bit file is
-    scaled by 4095, not 65535 (which would leave it 16 grey levels)."""
-    high = int(array.max()) if array.size else 0
-    if int(array.min()) < 0:
-        return float(array.min()), float(max(high, 1))
-    bits = max(8, high.bit_length())
-    return 0.0, float(2**bits - 1)
-
-
-def scale_to_uint8(array: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Map [low, high] linearly onto 0..255 (rounded, clipped)."""
-    span = max(high - low, 1e-12)
-    return np.clip(np.rint((array.astype(np.float64) - low) * (255.0 / span)), 0, 255).astype(np.uint8)
 
 
 def _video_frames(path: str, indices: Sequence[int]) -> Iterator[Source | Exception]:

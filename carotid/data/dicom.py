@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from carotid.data.decode import Probe, Source, has_dicom_preamble, scale_to_uint8
+from carotid.data.pixels import Probe, Source, has_dicom_preamble, scale_to_uint8
 
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 

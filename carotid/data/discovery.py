@@ -15,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from carotid.core.errors import UserError
 from carotid.data.decode import FRAME_SUFFIXES, describe_error, kind_of, probe
-from carotid.errors import UserError
 
 IMAGE_SUFFIXES = FRAME_SUFFIXES  # every suffix read as frames (the name older code imports)
 

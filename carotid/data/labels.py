@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from carotid.core.errors import UserError
 from carotid.data.classes import (
     EXCEL_ERRORS,
     PRESENT_MARK,
@@ -25,7 +26,6 @@ from carotid.data.classes import (
 )
 from carotid.data.columns import choose_columns, recognised_header, wanted_column
 from carotid.data.sheet import OLE2_MAGIC, Sheet, cell_name, find_header_row, formula_cells, read_sheet
-from carotid.errors import UserError
 
 __all__ = ["OLE2_MAGIC", "EXCEL_ERRORS", "LabelTable", "normalize_id", "normalize_label", "read_labels"]
 

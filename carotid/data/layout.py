@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from carotid.core.errors import UserError
 from carotid.data.discovery import count_frames, discover_frames, frames_below, is_image_name
-from carotid.errors import UserError
 
 
 def detect_layout(folder: Path) -> str:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler, WeightedRandomSampler
 
+from carotid.data.cache import cached_dataset
 from carotid.data.decode import decode_frame, decode_frames, kind_of
 from carotid.data.discovery import Frame
 from carotid.data.preprocessing import DEFAULT_CROP, DEFAULT_RESIZE, Preprocessing
@@ -89,8 +90,6 @@ def frame_dataset(
 ) -> Dataset:
     """The Dataset of a split: frames decoded on the fly, or sliced from the decoded-frame cache."""
     if cache:
-        from carotid.data.cache import cached_dataset
-
         return cached_dataset(
             frames, image_size, in_channels, resize=resize, crop=crop, cache_dir=cache_dir, accelerator=accelerator
         )

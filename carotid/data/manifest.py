@@ -11,11 +11,11 @@ import unicodedata
 import warnings
 from dataclasses import dataclass, field
 
+from carotid.core.errors import UserError
 from carotid.data import check
 from carotid.data.discovery import IMAGE_SUFFIXES, Frame, count_frames, discover_frames, spread_evenly
 from carotid.data.labels import LabelTable
 from carotid.data.matching import Matching, match_ids
-from carotid.errors import UserError
 
 SPLITS = ("train", "val", "test")
 

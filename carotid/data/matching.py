@@ -15,8 +15,8 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from carotid.core.errors import UserError
 from carotid.data.classes import ZERO_WIDTH
-from carotid.errors import UserError
 
 EXAMPLES = 3  # IDs shown per kind of mismatch; data_report.json has them all
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from openpyxl.utils import get_column_letter
 
-from carotid.errors import UserError
+from carotid.core.errors import UserError
 
 MAX_ROWS = 100_000  # non-empty rows; a label sheet has one per person
 MAX_COLUMNS = 500  # columns read; a value further right is an error, not silently dropped

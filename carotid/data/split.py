@@ -18,7 +18,7 @@ from collections import Counter
 
 import numpy as np
 
-from carotid.errors import UserError
+from carotid.core.errors import UserError
 
 
 def _count(ratio: float, n: int) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from carotid.evaluation.registry import AGGREGATIONS
+from carotid.model import AGGREGATIONS
 
 
 def _group_median(groups: np.ndarray, values: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import norm, rankdata
 
-from carotid.errors import UserError
+from carotid.core.errors import UserError
 from carotid.evaluation.bootstrap import _RankAUC, resample_counts
 
 EXACT_BELOW = 25  # discordant pairs under which McNemar's test is the exact binomial one

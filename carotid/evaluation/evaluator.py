@@ -1,19 +1,14 @@
-"""The evaluation of a model on a set of labelled frames: metrics.json, prediction tables, figures, console table.
+"""The numbers of an evaluation: predictions → the metrics.json dict (`compute_report`) and its console table.
 
-Library code shared by `carotid.evaluate` (the CLI) and the trainer's evaluation of the test split.
+`carotid.report.outputs.evaluate_model` runs the inference, this, and writes the evaluation folder.
 See docs/EVALUATION.md for every key of metrics.json.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-
 import numpy as np
-from accelerate import Accelerator
 
-from carotid.data.discovery import Frame
-from carotid.errors import UserError
+from carotid.core.text import plural
 from carotid.evaluation.aggregation import aggregate_persons
 from carotid.evaluation.bootstrap import bootstrap_ci
 from carotid.evaluation.calibration import apply_temperature, calibration_section, format_calibration
@@ -22,91 +17,12 @@ from carotid.evaluation.inference import (
     PersonPredictions,
     decision_threshold,
     person_predictions,
-    run_inference,
 )
 from carotid.evaluation.metrics import classification_metrics
 from carotid.evaluation.operating_points import format_operating_points, operating_point_report
-from carotid.evaluation.outputs import write_evaluation
 from carotid.evaluation.registry import table_metrics
 from carotid.evaluation.subgroups import format_subgroups, subgroup_report
 from carotid.model.file import ModelFile
-from carotid.text import plural
-
-
-def evaluate_model(
-    accelerator: Accelerator,
-    model_path: str | Path,
-    frames: list[Frame],
-    out_dir: str | Path,
-    *,
-    split: str,
-    batch_size: int = 64,
-    num_workers: int | None = None,
-    bootstrap: int = 1000,
-    aggregation: str | None = None,
-    seed: int = 0,
-    threshold: float | None = None,
-    cache: bool = False,
-    cache_dir: str | None = None,
-    log: Callable[[str], None] = print,
-    model_file: ModelFile | None = None,
-    context: dict | None = None,
-    subgroups: dict[str, dict[str, str | None]] | None = None,
-    subgroup_min_persons: int = 10,
-    heatmaps: int = 0,
-    failures: int = 8,
-) -> dict | None:
-    """Predict every frame of `frames` (all processes), then write the evaluation (main process).
-
-    Returns the metrics.json dict on the main process, None elsewhere. `model_file` is model_path's
-    content when the caller has loaded it already; `context` adds the data's provenance; `subgroups`
-    ({sheet column: {person: value}}) adds the metrics per subgroup. `heatmaps` N
-    writes a Grad-CAM montage of N frames for every person; `failures` K lists the K most wrong persons."""
-    model_file = model_file or ModelFile.load(model_path)
-    preds = run_inference(
-        accelerator,
-        model_file.build_model(),
-        model_file,
-        frames,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        cache=cache,
-        cache_dir=cache_dir,
-    )
-    if len(preds.paths) == 0:
-        raise UserError(f"none of the {len(frames)} frames could be decoded", "check the image files")
-    report = None
-    if accelerator.is_main_process:
-        report, persons = compute_report(
-            preds,
-            model_file,
-            model_path=str(model_path),
-            split=split,
-            bootstrap=bootstrap,
-            aggregation=aggregation or model_file.aggregation,
-            seed=seed,
-            threshold=threshold,
-            context=context or {},
-            subgroups=subgroups,
-            subgroup_min_persons=subgroup_min_persons,
-        )
-        write_evaluation(
-            report,
-            preds,
-            persons,
-            model_file,
-            Path(out_dir),
-            heatmaps=heatmaps,
-            failures=failures,
-            device=accelerator.device,
-            log=log,
-        )
-        for note in report["warnings"]:
-            log(f"warning: {note}")
-        log(format_table(report))
-        log(f"evaluation written to {out_dir}; report: {Path(out_dir) / 'report.html'}")
-    accelerator.wait_for_everyone()
-    return report
 
 
 def compute_report(

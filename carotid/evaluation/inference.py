@@ -15,17 +15,17 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
+from carotid.core.errors import UserError
+from carotid.core.files import write_table
+from carotid.core.predict import predict_loader
 from carotid.data.check import dataset_decoding
 from carotid.data.decode import SEEN
 from carotid.data.discovery import Frame
 from carotid.data.loaders import frame_dataset, make_loader, stop_workers, stop_workers_at_exit
 from carotid.data.transforms import eval_preset
-from carotid.errors import UserError
 from carotid.evaluation.aggregation import aggregate_persons, person_labels
 from carotid.evaluation.calibration import apply_temperature
-from carotid.files import write_table
 from carotid.model.file import ModelFile
-from carotid.training.engine import predict_loader
 
 
 @dataclass

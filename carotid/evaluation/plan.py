@@ -6,14 +6,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from carotid.config import DEFAULT_BOOTSTRAP, DEFAULT_SEED
-from carotid.errors import UserError
-
-if TYPE_CHECKING:
-    from carotid.commands import EvaluateOptions
-    from carotid.data.discovery import Frame
+from carotid.core.errors import UserError
+from carotid.core.files import file_sha256
+from carotid.core.run_dir import read_run_config, read_splits
+from carotid.data.check import startup_lines
+from carotid.data.discovery import Frame
+from carotid.data.labels import read_labels, read_person_columns
+from carotid.data.manifest import collect_persons, data_block
+from carotid.evaluation.registry import DEFAULT_BOOTSTRAP, DEFAULT_SEED
 
 DATA_OPTIONS = (
     "root_dir",
@@ -43,15 +44,15 @@ class EvalPlan:
     val_persons: list[str] | None = None  # the run's validation persons, when something is chosen on them
 
 
-def plan_evaluation(args: EvaluateOptions) -> EvalPlan:
-    """Resolve model file, persons, data paths and output folder; every mistake is a UserError."""
+def plan_evaluation(args) -> EvalPlan:
+    """Resolve model file, persons, data paths and output folder; every mistake is a UserError.
+
+    `args` are the evaluate command's options (`carotid.commands.EvaluateOptions`, a layer above this one)."""
     cap = None if args.max_imgs_per_person == 0 else args.max_imgs_per_person
     given = {key: getattr(args, key) for key in DATA_OPTIONS} | {"max_imgs_per_person": cap}
     if args.run_dir:
         plan = _plan_run(args, given)
         if args.calibrate or args.operating_point:
-            from carotid.training.run_dir import read_splits
-
             plan.val_persons = list(read_splits(plan.run_dir).get("val") or [])
             if not plan.val_persons:
                 raise UserError(
@@ -93,13 +94,12 @@ def plan_evaluation(args: EvaluateOptions) -> EvalPlan:
     )
 
 
-def _plan_run(args: EvaluateOptions, given: dict) -> EvalPlan:
+def _plan_run(args, given: dict) -> EvalPlan:
     run = Path(args.run_dir)
     if not run.is_dir():
         raise UserError(
             f"run dir not found: {run}", "pass a folder made by carotid-train (output/train_YYYYMMDD_HHMMSS)"
         )
-    from carotid.training.run_dir import read_run_config, read_splits
 
     config = read_run_config(run)
     options, splits, split = config["options"], read_splits(run), args.split or "test"
@@ -147,10 +147,6 @@ def external_out_dir(model_path: Path, root_dir: str) -> Path:
 def collect_frames(plan: EvalPlan, class_names: list[str], columns: list[str] = ()) -> tuple[list[Frame], dict]:
     """(the frames, labelled with the model's class indices; the data context for metrics.json, with the
     sheet `columns` per person under "columns"). Main process only."""
-    from carotid.data.check import startup_lines
-    from carotid.data.labels import read_labels, read_person_columns
-    from carotid.data.manifest import collect_persons, data_block
-    from carotid.files import file_sha256
 
     data = plan.data
     # The same reader as training; a spelling variant of a class ('Plaque') takes the model's spelling.

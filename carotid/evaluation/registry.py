@@ -12,8 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-# How frame probabilities become a person's probability (carotid.evaluation.aggregation).
-AGGREGATIONS = ("mean", "median", "max")
+DEFAULT_SEED, DEFAULT_BOOTSTRAP = 42, 1000  # the training seed, and person resamples for the 95% CIs
 LEVELS = ("image", "person")
 
 

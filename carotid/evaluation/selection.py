@@ -13,6 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from carotid.evaluation.aggregation import aggregate_persons, person_labels
+from carotid.evaluation.calibration import EPS, apply_temperature, fit_temperature
+from carotid.evaluation.metrics import youden_threshold
+from carotid.evaluation.operating_points import choose_operating_points
 
 
 @dataclass
@@ -49,9 +52,6 @@ def choose_on_validation(
     if val is None:
         return out
     # scipy and scikit-learn load here, after the first epoch, not before the first batch.
-    from carotid.evaluation.calibration import EPS, apply_temperature, fit_temperature
-    from carotid.evaluation.metrics import youden_threshold
-    from carotid.evaluation.operating_points import choose_operating_points
 
     after = ""
     if calibrate == "temperature":

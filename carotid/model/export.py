@@ -24,9 +24,11 @@ import torch
 from torch import nn
 
 import carotid
+from carotid.core.errors import UserError
+from carotid.core.files import atomic_write_bytes
+from carotid.data.decode import decode_frames
+from carotid.data.discovery import frames_below, spread_evenly
 from carotid.data.transforms import eval_preset
-from carotid.errors import UserError
-from carotid.files import atomic_write_bytes
 from carotid.model.file import ModelFile
 
 FORMATS = ("onnx", "torchscript")
@@ -168,8 +170,6 @@ def parity_frames(model_file: ModelFile, folder: str | Path | None, n: int = 32)
     """(up to n readable frames of `folder` as the model takes them, where they came from in words).
 
     Without `folder`, the frames of the data the model was trained on, when that folder is still there."""
-    from carotid.data.decode import decode_frames
-    from carotid.data.discovery import frames_below, spread_evenly
 
     if folder is None:
         folder = model_file.config.get("root_dir")

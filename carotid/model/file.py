@@ -18,11 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from carotid.core.errors import UserError
+from carotid.core.files import atomic_torch_save, safe_torch_load
 from carotid.data.preprocessing import LEGACY_PREPROCESSING, RESIZE_MODES, Preprocessing, parse_box, preprocessing_of
-from carotid.errors import UserError
-from carotid.evaluation.registry import AGGREGATIONS
-from carotid.files import atomic_torch_save, safe_torch_load
-from carotid.model import ARCHITECTURES
+from carotid.model import AGGREGATIONS, ARCHITECTURES
 from carotid.model.registry import build_model, check_fits, load_matching, strip_prefixes
 
 FORMAT = "carotid-model"
@@ -46,7 +45,7 @@ class ModelFile:
     positive_index: int  # binary tasks: the class counted as positive (AUC, sensitivity); else the last class
     # {"resize": letterbox|crop|stretch, "crop": auto|none|"x0,y0,x1,y1"}: how frames became input in training
     preprocessing: dict[str, str] = field(default_factory=lambda: dict(LEGACY_PREPROCESSING))
-    aggregation: str = "mean"  # frame probabilities → person probability (carotid.evaluation.registry.AGGREGATIONS)
+    aggregation: str = "mean"  # frame probabilities → person probability (carotid.model.AGGREGATIONS)
     threshold: float | None = None  # binary: positive ⇔ P(positive) ≥ threshold; None for multi-class models
     threshold_source: str | None = None  # how the threshold was chosen, in words
     temperature: float | None = None  # probabilities are softmax(logits / temperature); None = not calibrated

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from carotid.errors import UserError
+from carotid.core.errors import UserError
 from carotid.model import ARCHITECTURES
 
 PREFIXES = ("module.", "_orig_mod.")

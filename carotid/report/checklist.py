@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from carotid.text import plural
+from carotid.core.text import plural
 
 
 @dataclass

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from carotid.core.files import write_table
 from carotid.evaluation.inference import FramePredictions, PersonPredictions
-from carotid.files import write_table
 from carotid.model.file import ModelFile
 from carotid.report.heatmaps import (
     GradCamRenderer,

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import yaml
 
-from carotid.files import atomic_write_text
+from carotid.core.files import atomic_write_text
+from carotid.evaluation.calibration import format_calibration
+from carotid.evaluation.registry import table_metrics
 from carotid.report.checklist import checklist
 from carotid.report.page import STYLE, image, number, read_config, read_csv, read_json, read_model, table, with_ci
 
@@ -88,7 +90,6 @@ def section_training(run_dir: Path | None, model: dict) -> str:
 def section_metrics(metrics: dict) -> str:
     if not metrics:
         return ""
-    from carotid.evaluation.registry import table_metrics
 
     binary = metrics.get("threshold") is not None
     rows = [[key, with_ci(metrics, "image", key), with_ci(metrics, "person", key)] for key in table_metrics(binary)]
@@ -128,8 +129,6 @@ def section_figures(eval_dir: Path, metrics: dict) -> str:
         parts.append('<h2 id="calibration">Calibration</h2>')
         parts += [image(p, "calibration") for p in pictures]
         if isinstance(calibration, dict) and {"binning", "image", "person"} <= set(calibration):
-            from carotid.evaluation.calibration import format_calibration
-
             parts.append(f"<pre>{escape(format_calibration(calibration))}</pre>")
         elif isinstance(calibration, dict):
             scalars = [[k, number(v)] for k, v in calibration.items() if isinstance(v, (int, float, str)) or v is None]

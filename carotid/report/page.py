@@ -11,7 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from carotid.files import file_sha256
+from carotid.core.files import file_sha256
+from carotid.model.file import ModelFile
 
 STYLE = """
 body{font-family:"DejaVu Sans","Noto Sans CJK SC","Noto Sans",Arial,sans-serif;margin:24px auto;max-width:1200px;
@@ -56,7 +57,6 @@ def read_model(model_path: str | None) -> dict:
     any more."""
     if not model_path or not Path(model_path).is_file():
         return {}
-    from carotid.model.file import ModelFile
 
     model = ModelFile.load(model_path)
     keys = (

@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt
 from matplotlib import font_manager
 from matplotlib.ticker import MaxNLocator
 
-from carotid.files import atomic_write_bytes
+from carotid.core.files import atomic_write_bytes
 
 # Fonts with Chinese glyphs, most common first: Debian/Ubuntu (fonts-noto-cjk, fonts-wqy-*), macOS, Windows.
 CJK_FAMILIES = (

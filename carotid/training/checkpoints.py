@@ -14,9 +14,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from carotid.errors import UserError
-from carotid.files import atomic_write_json, fsync_dir
-from carotid.training.run_dir import remove_leftovers
+from carotid.core.errors import UserError
+from carotid.core.files import atomic_write_json, fsync_dir
+from carotid.core.run_dir import remove_leftovers
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d{8})(-epoch-end)?$")
 PROGRESS_FILE = "progress.json"

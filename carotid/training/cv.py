@@ -24,13 +24,14 @@ import numpy as np
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from carotid.config import TrainConfig
+from carotid.core import run_dir as run_folder
+from carotid.core.errors import UserError
+from carotid.core.files import atomic_write_json, write_table
+from carotid.core.runtime import RunLog, on_main
 from carotid.data.manifest import DataManifest
 from carotid.data.split import cv_splits, describe_groups, person_groups
-from carotid.errors import UserError
 from carotid.evaluation.evaluator import compute_report, format_table
 from carotid.evaluation.inference import run_inference
-from carotid.evaluation.outputs import write_evaluation
 from carotid.evaluation.pooling import (
     fold_mean_sd,
     format_cv_table,
@@ -38,12 +39,11 @@ from carotid.evaluation.pooling import (
     pooled_metrics,
     read_fold_evaluation,
 )
-from carotid.files import atomic_write_json, write_table
 from carotid.model.file import ModelFile
+from carotid.report.outputs import write_evaluation
 from carotid.training import checkpoints
-from carotid.training import run_dir as run_folder
+from carotid.training.config import TrainConfig
 from carotid.training.fit import describe_persons, fit_run, read_data, with_splits
-from carotid.training.runtime import RunLog, on_main
 
 PROGRESS = "cv_progress.json"
 

@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
+from carotid.core.files import atomic_write_json
+from carotid.core.text import plural
 from carotid.data.check import dataset_decoding, summary_line
 from carotid.data.decode import SEEN
 from carotid.data.preprocessing import Preprocessing
-from carotid.files import atomic_write_json
-from carotid.text import plural
 
 
 def gather_statuses(

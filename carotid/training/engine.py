@@ -1,4 +1,4 @@
-"""`train_one_epoch` and `predict_loader`: accelerator-aware loops that return plain numbers and arrays."""
+"""`train_one_epoch`: the accelerator-aware training loop over one epoch, returning plain numbers."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
+from carotid.core.predict import input_dtype
 from carotid.data.decode import SEEN
 
 SYNC_EVERY = 8  # batches between the cross-rank checks for a stop request or a non-finite loss
@@ -55,18 +55,6 @@ def masked_loss(
     )
     weight = readable.float() if class_weights is None else class_weights[labels] * readable.float()
     return (per_frame * readable.float()).sum() / weight.sum().clamp_min(1e-12)
-
-
-def input_dtype(model: torch.nn.Module) -> torch.dtype:
-    """The dtype the model's weights are kept in, which its inputs must have.
-
-    fp32 under DDP and FSDP (autocast and FSDP's mixed-precision policy cast on the fly), but DeepSpeed
-    bf16/fp16 converts the weights themselves and its autocast does nothing: fp32 frames would fail the
-    first convolution ("Input type (torch.FloatTensor) and weight type (BFloat16) should be the same")."""
-    for param in model.parameters():
-        if param.is_floating_point():
-            return param.dtype
-    return torch.float32
 
 
 def train_one_epoch(
@@ -209,39 +197,3 @@ def reduce_progress(accelerator: Accelerator, progress: EpochProgress) -> dict[s
         "epoch_seconds": progress.seconds,
         "unreadable_frames": int(unreadable),
     }
-
-
-@torch.no_grad()
-def predict_loader(
-    model, loader, accelerator: Accelerator, preset, *, channels_last: bool = False, desc: str = "evaluate"
-) -> dict[str, np.ndarray]:
-    """Softmax probabilities for every frame of `loader`, gathered from all ranks without duplicates.
-
-    Returns numpy arrays ordered by sample index: probs (N, K), logits (N, K; for temperature scaling),
-    labels, index, status (the decode flags, 0 = not decodable) and loss (per frame)."""
-    model.eval()
-    preset.eval()
-    dtype = input_dtype(model)
-    parts: dict[str, list[torch.Tensor]] = {
-        "probs": [],
-        "logits": [],
-        "labels": [],
-        "index": [],
-        "status": [],
-        "loss": [],
-    }
-    for frames, labels, index, status in tqdm(
-        loader, desc=desc, disable=None if accelerator.is_main_process else True, dynamic_ncols=True, leave=False
-    ):
-        inputs = preset(frames).to(dtype)
-        if channels_last:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        with accelerator.autocast():  # the model may not be prepared (evaluation needs no DDP wrapper)
-            logits = model(inputs).float()
-        loss = F.cross_entropy(logits, labels, reduction="none")
-        batch = (logits.softmax(dim=1), logits, labels, index, status, loss)
-        for key, value in zip(parts, accelerator.gather_for_metrics(batch)):
-            parts[key].append(value.cpu())
-    out = {k: (torch.cat(v).numpy() if v else np.zeros((0,))) for k, v in parts.items()}
-    order = np.argsort(out["index"], kind="stable")
-    return {k: v[order] for k, v in out.items()}

@@ -13,16 +13,19 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from carotid.config import TrainConfig
+from carotid.core.errors import StopTraining
+from carotid.core.predict import predict_loader
+from carotid.core.runtime import RunLog, StopSignal
 from carotid.data.loaders import make_loader
 from carotid.data.manifest import DataManifest
 from carotid.data.transforms import NORMALIZATION
-from carotid.errors import StopTraining
+from carotid.evaluation.metrics import epoch_metrics
 from carotid.evaluation.registry import EPOCH_LINE, lower_is_better
 from carotid.evaluation.selection import ValidationOutput
+from carotid.report.outputs import evaluate_model
 from carotid.training import checkpoints
-from carotid.training.engine import EpochProgress, predict_loader
-from carotid.training.runtime import RunLog, StopSignal
+from carotid.training.config import TrainConfig
+from carotid.training.engine import EpochProgress
 
 
 def run_loaders(cfg: TrainConfig, datasets: dict, num_processes: int, pin_memory: bool) -> tuple:
@@ -75,7 +78,6 @@ def validate(
     """val_* numbers of the metrics row, the validation frames' outputs for choosing the threshold, and every
     frame's decode status (carotid.data.check)."""
     # Loaded here, after the first epoch; its per-epoch numbers are numpy (no scikit-learn import, ~1.2 s).
-    from carotid.evaluation.metrics import epoch_metrics
 
     out = predict_loader(model, loader, accelerator, preset, channels_last=channels_last, desc="validate")
     ok = out["status"] > 0
@@ -165,7 +167,6 @@ def preempted(
 def evaluate_test(accelerator: Accelerator, cfg: TrainConfig, manifest: DataManifest, run_dir: Path, log: RunLog):
     """The test split evaluated with best_model.pth into RUN/eval_test_best; its metrics.json dict on the main
     process, None elsewhere."""
-    from carotid.evaluation.evaluator import evaluate_model
 
     context = {
         "run_dir": str(run_dir),

@@ -14,17 +14,18 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from carotid.config import TrainConfig
+from carotid.core import run_dir as run_folder
+from carotid.core.errors import StopTraining, UserError
+from carotid.core.runtime import RunLog, StopSignal, on_main
+from carotid.core.text import plural
 from carotid.data.check import startup_lines
+from carotid.data.demo import make_demo_data
 from carotid.data.labels import LabelTable, read_labels
 from carotid.data.loaders import frame_dataset
 from carotid.data.manifest import SPLITS, DataManifest, check_classes_in_training, collect_persons, data_block
-from carotid.errors import StopTraining, UserError
 from carotid.model.file import load_initial_weights, read_weights
 from carotid.model.registry import build_model
-from carotid.text import plural
-from carotid.training import run_dir as run_folder
-from carotid.training.runtime import RunLog, StopSignal, on_main
+from carotid.training.config import TrainConfig
 from carotid.training.trainer import Trainer
 
 # ---------------------------------------------------------------------------------------------
@@ -40,8 +41,6 @@ def read_data(
     `persons` restricts the data to a resumed run's persons; `trained_classes` are that run's classes."""
     root_dir, label_excel = cfg.root_dir, cfg.label_excel
     if cfg.demo and not root_dir:
-        from carotid.demo import make_demo_data
-
         root_dir = str(Path(cfg.output_dir) / "demo_data")
         label_excel = str(Path(root_dir) / "label.xlsx")
         if not Path(label_excel).exists():

@@ -19,18 +19,21 @@ import torch
 from accelerate import Accelerator, skip_first_batches
 from accelerate.utils import DistributedType
 
-from carotid.config import TrainConfig
+from carotid.core.errors import UserError
+from carotid.core.files import write_records
+from carotid.core.runtime import RunLog, StopSignal, on_main, start_tracker
+from carotid.core.text import plural
 from carotid.data.loaders import EpochSeeds, stop_workers, stop_workers_at_exit
 from carotid.data.manifest import DataManifest
 from carotid.data.preprocessing import Preprocessing
 from carotid.data.transforms import NORMALIZATION, eval_preset, train_preset
-from carotid.errors import UserError
 from carotid.evaluation.registry import METRIC_COLUMNS
 from carotid.evaluation.selection import ValidationOutput, choose_on_validation
-from carotid.files import write_records
 from carotid.model.file import ModelFile
-from carotid.text import plural
+from carotid.report.html import write_report
+from carotid.report.plots import plot_curves  # matplotlib only once there is something to draw
 from carotid.training import checkpoints
+from carotid.training.config import TrainConfig
 from carotid.training.decoding import gather_statuses, report_decoding
 from carotid.training.engine import EpochProgress, reduce_progress, train_one_epoch
 from carotid.training.epoch import (
@@ -46,7 +49,6 @@ from carotid.training.epoch import (
     weights_finite,
 )
 from carotid.training.optim import make_optimizer, make_scheduler, stretch_schedule
-from carotid.training.runtime import RunLog, StopSignal, on_main, start_tracker
 
 
 class Trainer:
@@ -329,8 +331,6 @@ class Trainer:
         if best.get("temperature") is not None:
             self.log(f"temperature of best_model.pth: {best['temperature']:.3f} ({best['temperature_source']})")
         if self.accelerator.is_main_process and state["rows"]:
-            from carotid.report.plots import plot_curves  # matplotlib only once there is something to draw
-
             plot_curves(state["rows"], self.monitor, self.run_dir / "curves.png", best_epoch=best["epoch"])
         self.log(f"best {self.monitor}: {best['value']} (epoch {best['epoch']}); models in {self.run_dir / 'models'}")
         if self.cfg.report_to:
@@ -338,8 +338,6 @@ class Trainer:
         if self.cfg.test and self.manifest.splits["test"]:
             test_report = evaluate_test(self.accelerator, self.cfg, self.manifest, self.run_dir, self.log)
         if self.accelerator.is_main_process:
-            from carotid.report.html import write_report
-
             cfg = self.cfg
             prep = Preprocessing(cfg.image_size, cfg.in_channels, cfg.resize, cfg.crop)
             unreadable_at_start = len(self.manifest.report["unreadable_images"])

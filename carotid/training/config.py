@@ -1,8 +1,8 @@
 """The training options, each declared once: `TrainConfig` (carotid-train, also the YAML schema), and the
 checks every CLI's options share. The other commands' options (`carotid.commands`) reuse train's
-definitions through `like()`. The machinery that turns them into argparse and YAML is `carotid.options`.
+definitions through `like()`. The machinery that turns them into argparse and YAML is `carotid.core.options`.
 
-`python -m carotid.config > configs/train/default.yaml` regenerates the documented YAML.
+`python -m carotid.training.config > configs/train/default.yaml` regenerates the documented YAML.
 """
 
 from __future__ import annotations
@@ -13,19 +13,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from carotid.core.errors import UserError
+from carotid.core.options import default_yaml, flag, opt, parse_options
 from carotid.data.preprocessing import DEFAULT_CROP, DEFAULT_RESIZE, RESIZE_MODES, parse_box
-from carotid.errors import UserError
 from carotid.evaluation.registry import (
-    AGGREGATIONS,
     CALIBRATIONS,
     MONITORS,
     OPERATING_POINT_HELP,
     parse_operating_point,
 )
-from carotid.model import ARCHITECTURES
-from carotid.options import default_yaml, flag, opt, parse_options
-
-DEFAULT_SEED, DEFAULT_BOOTSTRAP = 42, 1000
+from carotid.model import AGGREGATIONS, ARCHITECTURES
 
 
 @dataclass
@@ -359,7 +356,7 @@ def train_yaml() -> str:
             "# Use with:  accelerate launch -m carotid.train --config configs/train/default.yaml \\",
             "#                --root-dir DATA --label-excel label.xlsx",
             "# Keys replace the built-in defaults; flags on the command line still win. Unknown keys are errors.",
-            "# Regenerate with:  python -m carotid.config > configs/train/default.yaml",
+            "# Regenerate with:  python -m carotid.training.config > configs/train/default.yaml",
         ],
     )
 

@@ -15,7 +15,7 @@ import torch
 from accelerate import Accelerator, DataLoaderConfiguration, InitProcessGroupKwargs
 from accelerate.utils import DistributedType, broadcast_object_list
 
-from carotid.errors import UserError, interrupt_pending
+from carotid.core.errors import UserError, interrupt_pending
 
 T = TypeVar("T")
 

@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from carotid.errors import UserError
+from carotid.core.errors import UserError
 
 
 def fsync_dir(path: Path) -> None:

@@ -1,4 +1,5 @@
-"""The files of an evaluation folder: metrics.json, the prediction tables, subgroups.csv, the figures
+"""An evaluation end to end (`evaluate_model`: inference on every process, the numbers, the files) and the
+files of an evaluation folder: metrics.json, the prediction tables, subgroups.csv, the figures
 (ROC with its bootstrap bands, reliability, confusion, heat maps, failure gallery) and report.html."""
 
 from __future__ import annotations
@@ -8,15 +9,95 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import Accelerator
 
+from carotid.core.errors import UserError
+from carotid.core.files import atomic_write_json, write_records
+from carotid.data.discovery import Frame
 from carotid.evaluation.bootstrap import roc_band
-from carotid.evaluation.inference import FramePredictions, PersonPredictions, write_prediction_tables
+from carotid.evaluation.evaluator import compute_report, format_table
+from carotid.evaluation.inference import FramePredictions, PersonPredictions, run_inference, write_prediction_tables
 from carotid.evaluation.subgroups import subgroup_records
-from carotid.files import atomic_write_json, write_records
 from carotid.model.file import ModelFile
 from carotid.report.gallery import write_person_figures
 from carotid.report.html import write_report
 from carotid.report.plots import fonts_note, plot_confusion, plot_reliability, plot_roc
+
+
+def evaluate_model(
+    accelerator: Accelerator,
+    model_path: str | Path,
+    frames: list[Frame],
+    out_dir: str | Path,
+    *,
+    split: str,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    bootstrap: int = 1000,
+    aggregation: str | None = None,
+    seed: int = 0,
+    threshold: float | None = None,
+    cache: bool = False,
+    cache_dir: str | None = None,
+    log: Callable[[str], None] = print,
+    model_file: ModelFile | None = None,
+    context: dict | None = None,
+    subgroups: dict[str, dict[str, str | None]] | None = None,
+    subgroup_min_persons: int = 10,
+    heatmaps: int = 0,
+    failures: int = 8,
+) -> dict | None:
+    """Predict every frame of `frames` (all processes), then write the evaluation (main process).
+
+    Returns the metrics.json dict on the main process, None elsewhere. `model_file` is model_path's
+    content when the caller has loaded it already; `context` adds the data's provenance; `subgroups`
+    ({sheet column: {person: value}}) adds the metrics per subgroup. `heatmaps` N
+    writes a Grad-CAM montage of N frames for every person; `failures` K lists the K most wrong persons."""
+    model_file = model_file or ModelFile.load(model_path)
+    preds = run_inference(
+        accelerator,
+        model_file.build_model(),
+        model_file,
+        frames,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        cache=cache,
+        cache_dir=cache_dir,
+    )
+    if len(preds.paths) == 0:
+        raise UserError(f"none of the {len(frames)} frames could be decoded", "check the image files")
+    report = None
+    if accelerator.is_main_process:
+        report, persons = compute_report(
+            preds,
+            model_file,
+            model_path=str(model_path),
+            split=split,
+            bootstrap=bootstrap,
+            aggregation=aggregation or model_file.aggregation,
+            seed=seed,
+            threshold=threshold,
+            context=context or {},
+            subgroups=subgroups,
+            subgroup_min_persons=subgroup_min_persons,
+        )
+        write_evaluation(
+            report,
+            preds,
+            persons,
+            model_file,
+            Path(out_dir),
+            heatmaps=heatmaps,
+            failures=failures,
+            device=accelerator.device,
+            log=log,
+        )
+        for note in report["warnings"]:
+            log(f"warning: {note}")
+        log(format_table(report))
+        log(f"evaluation written to {out_dir}; report: {Path(out_dir) / 'report.html'}")
+    accelerator.wait_for_everyone()
+    return report
 
 
 def write_evaluation(

@@ -1,6 +1,6 @@
 """The options machinery of every CLI: a dataclass declares each option once, with its default, help,
 choices and group; argparse (and, for training, YAML) are built from it, and checks live in the
-dataclass's `__post_init__`. The schemas themselves are in `carotid.config`.
+dataclass's `__post_init__`. The schemas themselves are in `carotid.training.config`.
 
 Imports nothing heavy (no torch, numpy or sklearn), so `--help` and argument errors answer at once.
 """
@@ -19,7 +19,7 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any
 
-from carotid.errors import UserError
+from carotid.core.errors import UserError
 
 
 def opt(

@@ -104,7 +104,7 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
             print(str(stop), file=sys.stderr, flush=True)
         status = stop.exit_status
     except KeyboardInterrupt:
-        # Whatever was being written is written atomically (carotid.files), and a new run directory is
+        # Whatever was being written is written atomically (carotid.core.files), and a new run directory is
         # removed (train.py), so stopping here leaves nothing half-written.
         if _is_main_rank():
             print(INTERRUPTED, file=sys.stderr, flush=True)

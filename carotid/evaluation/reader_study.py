@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from carotid.errors import UserError
+from carotid.core.errors import UserError
+from carotid.core.files import atomic_write_json, write_table
 from carotid.evaluation.bootstrap import bootstrap_ci
 from carotid.evaluation.calibration import BINNING, calibration_metrics
 from carotid.evaluation.metrics import classification_metrics
-from carotid.files import atomic_write_json, write_table
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 A run directory only appears under its final name (train_YYYYMMDD_HHMMSS) once config.yaml,
 splits.json and data_report.json are in it; everything else is written into it atomically
-(`carotid.files`). Temp files of killed writers are recognised by their pid and removed.
+(`carotid.core.files`). Temp files of killed writers are recognised by their pid and removed.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from typing import Any
 
 import yaml
 
-from carotid.errors import UserError
-from carotid.files import atomic_write_json, atomic_write_text, file_sha256, fsync_dir
+import carotid
+from carotid.core.errors import UserError
+from carotid.core.files import atomic_write_json, atomic_write_text, file_sha256, fsync_dir
 
 
 def stage_run_dir(output_dir: str | Path) -> Path:
@@ -114,8 +115,6 @@ def software_versions() -> dict[str, str]:
     # A module not loaded yet is asked through its package metadata: importing torchvision and scikit-learn
     # only to read their versions cost seconds at every start. (Loaded ones give their build tag, e.g. +cu130.)
     from importlib.metadata import PackageNotFoundError, version
-
-    import carotid
 
     versions = {"carotid": carotid.__version__}
     for package, module in (
