@@ -829,9 +829,9 @@ def machine(accelerator) -> dict:
 
 
 def run(args, work: Path) -> dict:
+    from carotid.core.runtime import build_accelerator
     from carotid.data.labels import read_labels
     from carotid.data.manifest import collect_persons
-    from carotid.core.runtime import build_accelerator
 
     root, label = (Path(args.root_dir), Path(args.label_excel)) if args.root_dir else (work / "frames", None)
     if label is None:
