@@ -353,12 +353,23 @@ class DemoOptions:
         None, "Folder to write the person folders and label.xlsx into.", group="demo", metavar="DIR", required=True
     )
     persons: int = opt(60, "Number of persons, half of them with plaque.", group="demo")
-    frames: int = opt(12, "Frames per person.", group="demo")
+    frames: int = opt(12, "Frames per person (the most, with --min-frames).", group="demo")
+    min_frames: int | None = opt(
+        None,
+        "Give each person between N and --frames frames, drawn at random (default: all get --frames).",
+        group="demo",
+    )
+    finding_frames: int | None = opt(
+        None,
+        "How many consecutive frames of a plaque person show the plaque; their other frames look like a normal "
+        "person's (default: all frames). findings.csv lists which frames show it.",
+        group="demo",
+    )
     size: int = opt(128, "Frame width in pixels; height is 3/4 of it.", group="demo")
     seed: int = opt(0, "Random seed.", group="demo")
 
     def __post_init__(self) -> None:
-        check_positive(self, "persons", "frames")
+        check_positive(self, "persons", "frames")  # --min-frames and --finding-frames: make_demo_data checks them
         if self.size < 16:
             raise UserError(f"--size must be at least 16, got {self.size}", "use e.g. 128")
 

@@ -6,8 +6,10 @@ from one wall into the lumen; "normal" persons have none. Frames of a person dif
 pulsation of the calibre, a small probe drift and fresh speckle.
 
     python -m carotid.demo --out demo_data [--persons 60 --frames 12 --size 128 --seed 0]
+    python -m carotid.demo --out sparse_data --persons 200 --min-frames 6 --frames 10 --finding-frames 2
 
-writes demo_data/<person_id>/…/frame_XXX.png and demo_data/label.xlsx (Chinese headers 患者编号 / 诊断).
+writes demo_data/<person_id>/…/frame_XXX.png, demo_data/label.xlsx (Chinese headers 患者编号 / 诊断) and
+demo_data/findings.csv (which frames show the plaque).
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ from carotid.data.demo import make_demo_data
 
 def _main(argv: Sequence[str] | None) -> int:
     args = parse_demo_args(argv, __doc__.split("\n\n")[0])
-    label_path = make_demo_data(args.out, args.persons, args.frames, args.size, args.seed)
-    print(
-        f"wrote {plural(args.persons, 'person')} x {plural(args.frames, 'frame')} to {args.out} "
-        f"and labels to {label_path}"
+    label_path = make_demo_data(
+        args.out, args.persons, args.frames, args.size, args.seed, args.finding_frames, args.min_frames
     )
+    frames = plural(args.frames, "frame") if args.min_frames is None else f"{args.min_frames}-{args.frames} frames"
+    shown = "" if args.finding_frames is None else f" (plaque in {plural(args.finding_frames, 'frame')} a person)"
+    print(f"wrote {plural(args.persons, 'person')} x {frames}{shown} to {args.out} and labels to {label_path}")
     return 0
 
 

@@ -71,6 +71,12 @@ class TrainConfig:
     demo: bool = opt(
         False, "Train on synthetic carotid B-mode data (made under --output-dir/demo_data when missing).", group="data"
     )
+    finding_frames: int | None = opt(
+        None,
+        "With --demo: how many of a plaque person's 12 frames show the plaque, the others looking like a normal "
+        "person's (made under --output-dir/demo_data_findingN; default: all frames).",
+        group="data",
+    )
     max_imgs_per_person: int | None = opt(
         None, "Keep at most N frames per person, spread evenly over the sorted frame list.", group="data"
     )
@@ -266,6 +272,11 @@ class TrainConfig:
                 )
         if not self.lr_gamma > 0:
             raise UserError(f"--lr-gamma must be > 0, got {self.lr_gamma}", "use e.g. 0.1")
+        if self.finding_frames is not None and not (self.demo and 1 <= self.finding_frames <= 12):
+            raise UserError(
+                f"--finding-frames {self.finding_frames} needs --demo and a count from 1 to 12",
+                "use it as --demo --finding-frames 2 (it shapes the synthetic demo data only)",
+            )
         if self.max_imgs_per_person is not None and self.max_imgs_per_person <= 0:
             raise UserError(
                 f"--max-imgs-per-person must be ≥ 1, got {self.max_imgs_per_person}", "leave it out to keep every frame"

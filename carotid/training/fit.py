@@ -41,10 +41,12 @@ def read_data(
     `persons` restricts the data to a resumed run's persons; `trained_classes` are that run's classes."""
     root_dir, label_excel = cfg.root_dir, cfg.label_excel
     if cfg.demo and not root_dir:
-        root_dir = str(Path(cfg.output_dir) / "demo_data")
+        # One folder per --finding-frames setting, so that data made with another setting is never reused.
+        sparse = "" if cfg.finding_frames is None else f"_finding{cfg.finding_frames}"
+        root_dir = str(Path(cfg.output_dir) / f"demo_data{sparse}")
         label_excel = str(Path(root_dir) / "label.xlsx")
         if not Path(label_excel).exists():
-            make_demo_data(root_dir, seed=cfg.seed)
+            make_demo_data(root_dir, seed=cfg.seed, finding_frames=cfg.finding_frames)
     if not root_dir or not label_excel:
         raise UserError("no data given", "pass --root-dir DATA --label-excel label.xlsx (or --demo)")
     table = read_labels(
