@@ -22,13 +22,19 @@ from carotid.core.errors import UserError
 from carotid.core.files import atomic_torch_save, safe_torch_load
 from carotid.data.preprocessing import LEGACY_PREPROCESSING, RESIZE_MODES, Preprocessing, parse_box, preprocessing_of
 from carotid.model import AGGREGATIONS, ARCHITECTURES
+from carotid.model.person import POOLINGS, PersonModel
 from carotid.model.registry import build_model, check_fits, load_matching, strip_prefixes
+
+# What the model is: "frames" = a frame classifier whose probabilities are aggregated per person; "attention"
+# and "mean" = a PersonModel (carotid.model.person) pooling each person's frame embeddings that way.
+PERSON_MODELS = ("frames", *POOLINGS)
 
 FORMAT = "carotid-model"
 # 1: the aggregation was stored as 'person_aggregation'; 2: no temperature or operating points; 3: no
 # 'preprocessing' (stretch, no crop). Files from version 3 on may hold a temperature or a preprocessing,
-# which an older carotid would silently ignore, so those refuse them.
-FORMAT_VERSION = 4
+# which an older carotid would silently ignore, so those refuse them. 4: no 'person_model' (frame-level only);
+# from 5 on a file may hold a person-level model, which an older carotid would build as a frame-level one.
+FORMAT_VERSION = 5
 REQUIRED = ("state_dict", "arch", "num_classes", "class_names", "in_channels", "image_size", "normalization")
 
 
@@ -46,6 +52,8 @@ class ModelFile:
     # {"resize": letterbox|crop|stretch, "crop": auto|none|"x0,y0,x1,y1"}: how frames became input in training
     preprocessing: dict[str, str] = field(default_factory=lambda: dict(LEGACY_PREPROCESSING))
     aggregation: str = "mean"  # frame probabilities → person probability (carotid.model.AGGREGATIONS)
+    person_model: str = "frames"  # PERSON_MODELS: a frame classifier, or a person model and its pooling
+    bag_size: int | None = None  # person models: frames sampled per person per training step
     threshold: float | None = None  # binary: positive ⇔ P(positive) ≥ threshold; None for multi-class models
     threshold_source: str | None = None  # how the threshold was chosen, in words
     temperature: float | None = None  # probabilities are softmax(logits / temperature); None = not calibrated
@@ -68,6 +76,11 @@ class ModelFile:
     @property
     def positive_class(self) -> str:
         return self.class_names[self.positive_index]
+
+    @property
+    def person_level(self) -> bool:
+        """Whether the model gives one output per person (from all its frames), not one per frame."""
+        return self.person_model != "frames"
 
     @property
     def prep(self) -> Preprocessing:
@@ -136,6 +149,8 @@ class ModelFile:
             preprocessing=preprocessing_of(data.get("preprocessing")),
             positive_index=int(data.get("positive_index", len(names) - 1)),
             aggregation=data.get("aggregation", data.get("person_aggregation", "mean")),
+            person_model=data.get("person_model", "frames"),
+            bag_size=data.get("bag_size"),
             threshold=None if data.get("threshold") is None else float(data["threshold"]),
             threshold_source=data.get("threshold_source"),
             temperature=None if data.get("temperature") is None else float(data["temperature"]),
@@ -157,12 +172,18 @@ class ModelFile:
     def check_shapes(self, source: str) -> None:
         """Every tensor has the shape the architecture gives it (built on the meta device: no memory, no time)."""
         with torch.device("meta"):
-            skeleton = build_model(self.arch, self.num_classes, self.in_channels)
+            skeleton = self.skeleton()
         check_fits(skeleton, self.state_dict, f"model file {source}", self.arch)
 
+    def skeleton(self) -> nn.Module:
+        """The untrained module this file's weights belong to: the architecture, or a PersonModel around it."""
+        if self.person_level:
+            return PersonModel(self.arch, self.num_classes, self.in_channels, pooling=self.person_model)
+        return build_model(self.arch, self.num_classes, self.in_channels)
+
     def build_model(self) -> nn.Module:
-        """The architecture with these weights, in eval mode, on the CPU."""
-        model = build_model(self.arch, self.num_classes, self.in_channels)
+        """The model with these weights, in eval mode, on the CPU: a frame classifier or a PersonModel."""
+        model = self.skeleton()
         load_matching(model, self.state_dict, f"model file ({self.arch})", self.arch)
         return model.eval()
 
@@ -211,6 +232,11 @@ def _field_problem(data: dict[str, Any]) -> str | None:
     aggregation = data.get("aggregation", data.get("person_aggregation", "mean"))
     if aggregation not in AGGREGATIONS:
         return f"'aggregation' is {aggregation!r}"
+    if data.get("person_model", "frames") not in PERSON_MODELS:
+        return f"'person_model' is {data['person_model']!r}"
+    bag_size = data.get("bag_size")
+    if bag_size is not None and (isinstance(bag_size, bool) or not isinstance(bag_size, int) or bag_size < 1):
+        return f"'bag_size' is {bag_size!r}"
     temperature = data.get("temperature")
     if temperature is not None and (
         isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf
@@ -260,10 +286,17 @@ def read_weights(path: str | Path, what: str) -> tuple[ModelFile | None, dict[st
     return None, strip_prefixes(data)
 
 
-def load_initial_weights(model: nn.Module, path: str | Path, arch: str, class_names: list[str]) -> None:
+def load_initial_weights(
+    model: nn.Module, path: str | Path, arch: str, class_names: list[str], person_model: str = "frames"
+) -> None:
     """--load-model: start from a carotid model file (checked against this run) or a bare state dict."""
     model_file, state = read_weights(path, "--load-model file")
     if model_file is not None:
+        if model_file.person_model != person_model:
+            raise UserError(
+                f"--load-model {path} is a --person-model {model_file.person_model} model, this run is {person_model}",
+                f"pass --person-model {model_file.person_model}",
+            )
         if model_file.arch != arch:
             raise UserError(
                 f"--load-model {path} is a '{model_file.arch}' model, this run is '{arch}'",

@@ -135,10 +135,12 @@ def load_matching(model: nn.Module, state_dict: dict[str, torch.Tensor], source:
 
 
 def target_layer(model: nn.Module, arch: str) -> nn.Module:
-    """The module whose activations and gradients Grad-CAM weighs, for a model built by `build_model`."""
+    """The module whose activations and gradients Grad-CAM weighs, for a model built by `build_model` (or a
+    person model, whose frame encoder is `model.encoder`)."""
     if arch not in TARGET_LAYERS:
         raise UserError(f"no Grad-CAM layer is known for '{arch}'", f"use one of {', '.join(TARGET_LAYERS)}")
-    return model.get_submodule(TARGET_LAYERS[arch])
+    prefix = "encoder." if hasattr(model, "encoder") else ""
+    return model.get_submodule(prefix + TARGET_LAYERS[arch])
 
 
 def build_model(
@@ -172,3 +174,21 @@ def build_model(
     _adapt_first_conv(model, conv, in_channels, pretrained=pretrained or pretrained_state is not None)
     _replace_head(model, head, num_classes)
     return model
+
+
+def build_encoder(
+    arch: str,
+    in_channels: int = 1,
+    pretrained: bool = False,
+    pretrained_state: dict[str, torch.Tensor] | None = None,
+    source: str = "pretrained weights",
+) -> tuple[nn.Module, int]:
+    """(the architecture without its classifier head, its embedding size): one embedding per frame.
+
+    Built as `build_model` builds it (pretrained weights and stem adaptation included), then the last linear
+    layer becomes an identity, so the module returns what that layer read: `(N, D)` for `(N, C, S, S)`."""
+    model = build_model(arch, 2, in_channels, pretrained, pretrained_state, source)
+    head = _first_conv_and_last_linear(model)[1]
+    dim = model.get_submodule(head).in_features
+    model.set_submodule(head, nn.Identity())
+    return model, dim
