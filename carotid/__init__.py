@@ -3,7 +3,7 @@
 import os as _os
 import sys as _sys
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Started as a command (`python -m carotid.X` names "-m" while the package is imported; console scripts are
 # carotid-*): a Ctrl-C while torch is still being imported ends with one line too, not a traceback.
