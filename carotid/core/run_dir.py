@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,65 @@ import yaml
 import carotid
 from carotid.core.errors import UserError
 from carotid.core.files import atomic_write_json, atomic_write_text, file_sha256, fsync_dir
+
+
+@dataclass(frozen=True)
+class EvalDir:
+    """Every file of an evaluation folder (RUN/eval_<split>_<model>/ or evaluate's --out), named once."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    metrics = property(lambda self: self.path / "metrics.json")
+    predictions = property(lambda self: self.path / "predictions.csv")
+    person_predictions = property(lambda self: self.path / "person_predictions.csv")
+    subgroups = property(lambda self: self.path / "subgroups.csv")
+    report = property(lambda self: self.path / "report.html")
+    roc = property(lambda self: self.path / "roc_curve.png")
+    confusion = property(lambda self: self.path / "confusion_matrix.png")
+    reliability = property(lambda self: self.path / "reliability_diagram.png")
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Every path of a run folder (train_YYYYMMDD_HHMMSS/, a CV folder, a fold's folder), named once."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    config = property(lambda self: self.path / "config.yaml")
+    splits = property(lambda self: self.path / "splits.json")
+    data_report = property(lambda self: self.path / "data_report.json")
+    metrics_csv = property(lambda self: self.path / "metrics.csv")
+    log = property(lambda self: self.path / "train.log")
+    curves = property(lambda self: self.path / "curves.png")
+    report = property(lambda self: self.path / "report.html")
+    models = property(lambda self: self.path / "models")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    cv_metrics = property(lambda self: self.path / "cv_metrics.json")
+
+    def model(self, which: str = "best") -> Path:
+        """models/best_model.pth or models/final_model.pth."""
+        return self.models / f"{which}_model.pth"
+
+    @property
+    def best_model(self) -> Path:
+        return self.model("best")
+
+    @property
+    def final_model(self) -> Path:
+        return self.model("final")
+
+    def evaluation(self, split: str = "test", model: str = "best") -> EvalDir:
+        """The evaluation folder of `model` (best, final or a name) on `split` (test, val, train, ensemble)."""
+        return EvalDir(self.path / f"eval_{split}_{model}")
+
+    def is_run(self) -> bool:
+        return self.config.is_file()
 
 
 def stage_run_dir(output_dir: str | Path) -> Path:
@@ -90,11 +150,11 @@ def create_run_dir(
             "label_file_sha256": file_sha256(label_excel),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         } | (note or {})
-        write_run_config(staging / "config.yaml", options, extra)
-        atomic_write_json(staging / "splits.json", splits)
-        atomic_write_json(staging / "data_report.json", data_report)
+        write_run_config(RunDir(staging).config, options, extra)
+        atomic_write_json(RunDir(staging).splits, splits)
+        atomic_write_json(RunDir(staging).data_report, data_report)
         if models:
-            (staging / "models").mkdir()
+            RunDir(staging).models.mkdir()
         return publish_run_dir(staging, prefix, name)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -150,7 +210,7 @@ def write_run_config(path: Path, options: dict[str, Any], extra: dict[str, Any])
 
 
 def read_run_config(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / "config.yaml"
+    path = RunDir(run_dir).config
     if not path.is_file():
         raise UserError(
             f"{run_dir} is not a carotid run directory (no config.yaml)", "pass a folder made by carotid-train"
@@ -168,7 +228,7 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
 
 
 def read_splits(run_dir: str | Path) -> dict[str, list[str]]:
-    path = Path(run_dir) / "splits.json"
+    path = RunDir(run_dir).splits
     if not path.is_file():
         raise UserError(f"{run_dir} has no splits.json", "pass a run directory made by carotid-train")
     try:
@@ -184,7 +244,7 @@ def read_splits(run_dir: str | Path) -> dict[str, list[str]]:
 
 def remove_leftovers(run_dir: str | Path) -> None:
     """Delete the temp files of atomic writes whose process was killed (the real files are intact)."""
-    for folder in (Path(run_dir), Path(run_dir) / "models"):
+    for folder in (Path(run_dir), RunDir(run_dir).models):
         for stale in folder.glob(".*.tmp-*"):
             if _left_by_dead_process(stale.name):
                 stale.unlink(missing_ok=True)

@@ -23,6 +23,7 @@ import numpy as np
 from scipy.stats import norm, rankdata
 
 from carotid.core.errors import UserError
+from carotid.core.run_dir import EvalDir
 from carotid.evaluation.bootstrap import _RankAUC, resample_counts
 
 EXACT_BELOW = 25  # discordant pairs under which McNemar's test is the exact binomial one
@@ -47,7 +48,7 @@ def read_side(folder: str | Path) -> Side:
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"evaluation folder not found: {folder}", "pass folders written by carotid-evaluate (eval_*)")
-    metrics_path, table_path = folder / "metrics.json", folder / "person_predictions.csv"
+    metrics_path, table_path = EvalDir(folder).metrics, EvalDir(folder).person_predictions
     for path in (metrics_path, table_path):
         if not path.is_file():
             raise UserError(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from carotid.core.errors import UserError
 from carotid.core.files import file_sha256
-from carotid.core.run_dir import read_run_config, read_splits
+from carotid.core.run_dir import RunDir, read_run_config, read_splits
 from carotid.data.check import startup_lines
 from carotid.data.discovery import Frame
 from carotid.data.labels import read_labels, read_person_columns
@@ -106,7 +106,7 @@ def _plan_run(args, given: dict) -> EvalPlan:
     if not splits.get(split):
         raise UserError(f"the {split} split of {run} is empty", "pick another --split")
     model = args.model or "best"
-    model_path = run / "models" / f"{model}_model.pth" if model in ("best", "final") else Path(model)
+    model_path = RunDir(run).model(model) if model in ("best", "final") else Path(model)
     data = {key: given[key] if given[key] is not None else options.get(key) for key in DATA_OPTIONS}
     if args.max_imgs_per_person == 0:
         data["max_imgs_per_person"] = None
@@ -117,7 +117,7 @@ def _plan_run(args, given: dict) -> EvalPlan:
                 f"pass {flag} with the data's new location",
             )
     name = model if model in ("best", "final") else model_path.stem
-    out = Path(args.out) if args.out else run / f"eval_{split}_{name}"
+    out = Path(args.out) if args.out else RunDir(run).evaluation(split, name).path
     return EvalPlan(
         model_path,
         split,
@@ -139,7 +139,7 @@ def external_out_dir(model_path: Path, root_dir: str) -> Path:
     """RUN/eval_external_<data folder>_<model>/ for a model inside a run's models/, else beside the model file."""
     name = {"best_model": "best", "final_model": "final"}.get(model_path.stem, model_path.stem)
     folder = model_path.parent
-    if folder.name == "models" and (folder.parent / "config.yaml").is_file():
+    if folder.name == "models" and RunDir(folder.parent).is_run():
         folder = folder.parent
     return folder / f"eval_external_{Path(root_dir).resolve().name}_{name}"
 

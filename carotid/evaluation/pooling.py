@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from carotid.core.run_dir import EvalDir
 from carotid.evaluation.bootstrap import bootstrap_ci
 from carotid.evaluation.inference import FramePredictions, person_predictions
 from carotid.evaluation.metrics import classification_metrics, metrics_at_threshold
@@ -26,7 +27,7 @@ FRAME_ARRAYS = ("paths", "frames", "person_ids", "labels", "probs")  # the Frame
 
 def read_fold_evaluation(eval_dir: Path, class_names: list[str]) -> tuple[FramePredictions, dict]:
     """(the per-image predictions of predictions.csv, metrics.json) of one fold's held-out evaluation."""
-    with (eval_dir / "predictions.csv").open(newline="", encoding="utf-8") as handle:
+    with EvalDir(eval_dir).predictions.open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     index = {name: i for i, name in enumerate(class_names)}
     preds = FramePredictions(
@@ -38,7 +39,7 @@ def read_fold_evaluation(eval_dir: Path, class_names: list[str]) -> tuple[FrameP
             len(rows), len(class_names)
         ),
     )
-    return preds, json.loads((eval_dir / "metrics.json").read_text(encoding="utf-8"))
+    return preds, json.loads(EvalDir(eval_dir).metrics.read_text(encoding="utf-8"))
 
 
 def _decisions(p_pos: np.ndarray, thresholds: np.ndarray, positive: int) -> np.ndarray:

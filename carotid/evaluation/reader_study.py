@@ -20,6 +20,7 @@ import numpy as np
 
 from carotid.core.errors import UserError
 from carotid.core.files import atomic_write_json, write_table
+from carotid.core.run_dir import EvalDir
 from carotid.evaluation.bootstrap import bootstrap_ci
 from carotid.evaluation.calibration import BINNING, calibration_metrics
 from carotid.evaluation.metrics import classification_metrics
@@ -145,14 +146,14 @@ def evaluate_reader(
         "data_notes": data_notes + notes,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / "metrics.json", report)
+    atomic_write_json(EvalDir(out_dir).metrics, report)
 
     # A score (e.g. 1-5) is no probability: prob_<positive> holds it as given, prob_<negative> stays empty.
     def prob_of(value: float) -> str:
         return "" if reader.kind == "score" else f"{value:.6f}"
 
     write_table(
-        out_dir / "person_predictions.csv",
+        EvalDir(out_dir).person_predictions,
         ["person_id", "true_label", "n_frames"] + [f"prob_{name}" for name in class_names] + ["predicted_label"],
         (
             [p, class_names[persons[p][0]], persons[p][1]]

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from carotid.core.files import atomic_write_text
+from carotid.core.run_dir import EvalDir, RunDir
 from carotid.evaluation.calibration import format_calibration
 from carotid.evaluation.registry import table_metrics
 from carotid.report.checklist import checklist
@@ -78,12 +79,12 @@ def _notes(lines: list[str]) -> str:
 
 
 def section_training(run_dir: Path | None, model: dict) -> str:
-    if not run_dir or not (run_dir / "metrics.csv").is_file():
+    if not run_dir or not RunDir(run_dir).metrics_csv.is_file():
         return ""
-    rows = read_csv(run_dir / "metrics.csv")
+    rows = read_csv(RunDir(run_dir).metrics_csv)
     best = f"best_model.pth: epoch {model.get('epoch')} by {model.get('monitor')}" if model else ""
     return f'<h2 id="training">Training</h2><p>{len(rows)} epochs. {escape(best)}</p>' + image(
-        run_dir / "curves.png", "training curves"
+        RunDir(run_dir).curves, "training curves"
     )
 
 
@@ -122,7 +123,7 @@ def section_metrics(metrics: dict) -> str:
 
 def section_figures(eval_dir: Path, metrics: dict) -> str:
     parts = ['<h2 id="figures">ROC and confusion matrix</h2>']
-    parts += [image(eval_dir / "roc_curve.png", "ROC curve"), image(eval_dir / "confusion_matrix.png", "confusion")]
+    parts += [image(EvalDir(eval_dir).roc, "ROC curve"), image(EvalDir(eval_dir).confusion, "confusion")]
     calibration = metrics.get("calibration")
     pictures = sorted({*eval_dir.glob("*calibration*.png"), *eval_dir.glob("*reliability*.png")})
     if calibration or pictures:
@@ -139,7 +140,7 @@ def section_figures(eval_dir: Path, metrics: dict) -> str:
 
 
 def section_persons(eval_dir: Path) -> str:
-    rows = read_csv(eval_dir / "person_predictions.csv")
+    rows = read_csv(EvalDir(eval_dir).person_predictions)
     if not rows:
         return ""
     header = list(rows[0])
@@ -237,11 +238,11 @@ def section_provenance(config: dict, metrics: dict, model: dict, run_dir: Path |
 
 def build_report(eval_dir: Path | None, run_dir: Path | None) -> str:
     """The HTML text of the report of an evaluation folder and/or a run directory."""
-    metrics = read_json(eval_dir / "metrics.json") if eval_dir else {}
+    metrics = read_json(EvalDir(eval_dir).metrics) if eval_dir else {}
     run_dir = run_dir or (Path(metrics["run_dir"]) if metrics.get("run_dir") else None)
     config = read_config(run_dir)
-    data_report = read_json(run_dir / "data_report.json") if run_dir else {}
-    model_path = metrics.get("model_file") or (str(run_dir / "models" / "best_model.pth") if run_dir else None)
+    data_report = read_json(RunDir(run_dir).data_report) if run_dir else {}
+    model_path = metrics.get("model_file") or (str(RunDir(run_dir).best_model) if run_dir else None)
     model = read_model(model_path)
     title = f"carotid — {metrics['split']} split, {Path(metrics['model_file']).name}" if metrics else "carotid run"
     classes = ", ".join(model.get("class_names", []))

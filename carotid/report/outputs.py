@@ -13,6 +13,7 @@ from accelerate import Accelerator
 
 from carotid.core.errors import UserError
 from carotid.core.files import atomic_write_json, write_records
+from carotid.core.run_dir import EvalDir
 from carotid.data.discovery import Frame
 from carotid.evaluation.bootstrap import roc_band
 from carotid.evaluation.evaluator import compute_report, format_table
@@ -95,7 +96,7 @@ def evaluate_model(
         for note in report["warnings"]:
             log(f"warning: {note}")
         log(format_table(report))
-        log(f"evaluation written to {out_dir}; report: {Path(out_dir) / 'report.html'}")
+        log(f"evaluation written to {out_dir}; report: {EvalDir(out_dir).report}")
     accelerator.wait_for_everyone()
     return report
 
@@ -116,13 +117,13 @@ def write_evaluation(
     each file written atomically."""
     class_names, positive, threshold = report["class_names"], model_file.positive_index, report["threshold"]
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / "metrics.json", report)
+    atomic_write_json(EvalDir(out_dir).metrics, report)
     note = fonts_note(class_names)
     if note:
         log(f"warning: {note}")
     predicted = write_prediction_tables(
-        out_dir / "predictions.csv",
-        out_dir / "person_predictions.csv",
+        EvalDir(out_dir).predictions,
+        EvalDir(out_dir).person_predictions,
         preds,
         persons,
         class_names,
@@ -135,7 +136,7 @@ def write_evaluation(
         levels,
         class_names,
         positive,
-        out_dir / "roc_curve.png",
+        EvalDir(out_dir).roc,
         operating_points=points,
         bands=roc_bands(report, preds, persons, positive),
         split=report["split"],
@@ -143,7 +144,7 @@ def write_evaluation(
     calibration = report["calibration"]
     plot_reliability(
         {level: calibration[level]["reliability"] for level in levels},
-        out_dir / "reliability_diagram.png",
+        EvalDir(out_dir).reliability,
         before={level: b["reliability"] for level, b in calibration["before_temperature"].items()}
         if calibration["before_temperature"]
         else None,
@@ -151,11 +152,11 @@ def write_evaluation(
     )
     if report["subgroups"]:
         records = subgroup_records(report["subgroups"])
-        write_records(out_dir / "subgroups.csv", records, list(records[0]))
+        write_records(EvalDir(out_dir).subgroups, records, list(records[0]))
     plot_confusion(
         {level: report[level]["confusion_matrix"] for level in levels},
         class_names,
-        out_dir / "confusion_matrix.png",
+        EvalDir(out_dir).confusion,
         threshold=threshold,
         positive_class=report["positive_class"],
     )
@@ -171,7 +172,7 @@ def write_evaluation(
         aggregation=report["person_aggregation"],
         device=device,
     )
-    write_report(out_dir / "report.html", eval_dir=out_dir)
+    write_report(EvalDir(out_dir).report, eval_dir=out_dir)
 
 
 def roc_bands(

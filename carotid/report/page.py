@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from carotid.core.files import file_sha256
+from carotid.core.run_dir import RunDir
 from carotid.model.file import ModelFile
 
 STYLE = """
@@ -48,7 +49,7 @@ def read_csv(path: Path) -> list[dict]:
 
 
 def read_config(run_dir: Path | None) -> dict:
-    path = run_dir / "config.yaml" if run_dir else None
+    path = RunDir(run_dir).config if run_dir else None
     return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path and path.is_file() else {}
 
 

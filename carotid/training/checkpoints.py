@@ -16,7 +16,7 @@ from typing import Any
 
 from carotid.core.errors import UserError
 from carotid.core.files import atomic_write_json, fsync_dir
-from carotid.core.run_dir import remove_leftovers
+from carotid.core.run_dir import RunDir, remove_leftovers
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d{8})(-epoch-end)?$")
 PROGRESS_FILE = "progress.json"
@@ -28,7 +28,7 @@ def checkpoint_name(global_step: int, epoch_end: bool) -> str:
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
     """Complete checkpoints, oldest first. A folder only gets its final name once it is complete."""
-    folder = Path(run_dir) / "checkpoints"
+    folder = RunDir(run_dir).checkpoints
     if not folder.is_dir():
         return []
     found = [p for p in folder.iterdir() if CHECKPOINT_RE.match(p.name) and (p / PROGRESS_FILE).is_file()]
@@ -40,7 +40,7 @@ def read_progress(checkpoint: Path, num_processes: int | None = None, run_dir: P
     another number of processes wrote it (the loaders' sharding and the RNG states are per rank)."""
     saved = json.loads((checkpoint / PROGRESS_FILE).read_text(encoding="utf-8"))
     if num_processes is not None and saved["world_size"] != num_processes:
-        best = Path(run_dir or checkpoint.parent.parent) / "models" / "best_model.pth"
+        best = RunDir(run_dir or checkpoint.parent.parent).best_model
         raise UserError(
             f"{checkpoint} was written by {saved['world_size']} process(es), this launch has {num_processes}",
             f"resume with --num_processes {saved['world_size']}, or start a new run with --load-model {best}",
@@ -54,7 +54,7 @@ def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
     checkpoints = list_checkpoints(run_dir)
     for old in checkpoints[: max(len(checkpoints) - keep, 0)]:
         shutil.rmtree(old, ignore_errors=True)
-    for stale in (run_dir / "checkpoints").glob(".*.tmp"):
+    for stale in RunDir(run_dir).checkpoints.glob(".*.tmp"):
         shutil.rmtree(stale, ignore_errors=True)
     remove_leftovers(run_dir)
 
@@ -68,7 +68,7 @@ def resolve_resume(path: str | Path) -> tuple[Path, Path | None]:
         )
     if (path / PROGRESS_FILE).is_file() and path.parent.name == "checkpoints":
         return path.parent.parent, path
-    if not (path / "config.yaml").is_file():
+    if not RunDir(path).is_run():
         raise UserError(
             f"--resume {path} is neither a run directory nor a checkpoint folder",
             "pass output/train_YYYYMMDD_HHMMSS or one of its checkpoints/checkpoint-* folders",
@@ -90,7 +90,7 @@ def save_training_state(
 ) -> Path:
     """Collective: every rank calls it. Accelerate writes the state into a hidden folder, the main
     process adds progress.json and renames the folder into place, then prunes to the last `keep`."""
-    folder = Path(run_dir) / "checkpoints"
+    folder = RunDir(run_dir).checkpoints
     name = checkpoint_name(global_step, epoch_end)
     tmp, final = folder / f".{name}.tmp", folder / name
     if accelerator.is_main_process:

@@ -27,6 +27,7 @@ from accelerate.utils import set_seed
 from carotid.core import run_dir as run_folder
 from carotid.core.errors import UserError
 from carotid.core.files import atomic_write_json, write_table
+from carotid.core.run_dir import RunDir
 from carotid.core.runtime import RunLog, on_main
 from carotid.data.manifest import DataManifest
 from carotid.data.split import cv_splits, describe_groups, person_groups
@@ -56,18 +57,18 @@ def find_cv_dir(path: str | Path) -> Path | None:
     """The CV directory that `--resume path` means (the CV dir itself, a fold in it, or a fold's checkpoint)."""
     path = Path(path)
     for candidate in [path, *list(path.parents)[:3]]:
-        if (candidate / "config.yaml").is_file() and run_folder.read_run_config(candidate)["options"].get("folds"):
+        if RunDir(candidate).is_run() and run_folder.read_run_config(candidate)["options"].get("folds"):
             return candidate
     return None
 
 
 def read_plan(cv_dir: Path) -> dict:
     try:
-        plan = json.loads((cv_dir / "splits.json").read_text(encoding="utf-8"))
+        plan = json.loads(RunDir(cv_dir).splits.read_text(encoding="utf-8"))
         assert isinstance(plan["test"], list) and all(isinstance(f["held_out"], list) for f in plan["folds"])
     except (OSError, ValueError, KeyError, TypeError, AssertionError):
         raise UserError(
-            f"{cv_dir / 'splits.json'} is not a cross-validation plan", "restore the CV directory's splits.json"
+            f"{RunDir(cv_dir).splits} is not a cross-validation plan", "restore the CV directory's splits.json"
         ) from None
     return plan
 
@@ -194,11 +195,13 @@ def summarise(
     folds = [cv_dir / f"fold_{k}" for k in range(1, cfg.folds + 1)]
     ensemble = None
     if cfg.test and plan["test"]:
-        ensemble = evaluate_ensemble(accelerator, cfg, manifest, plan, folds, cv_dir / "eval_test_ensemble", log)
+        ensemble = evaluate_ensemble(
+            accelerator, cfg, manifest, plan, folds, RunDir(cv_dir).evaluation("test", "ensemble").path, log
+        )
     if not accelerator.is_main_process:
         accelerator.wait_for_everyone()
         return
-    evaluations = [read_fold_evaluation(f / "eval_test_best", class_names) for f in folds]
+    evaluations = [read_fold_evaluation(RunDir(f).evaluation().path, class_names) for f in folds]
     pooled, frames = pooled_metrics(
         [(preds, report["threshold"]) for preds, report in evaluations],
         class_names,
@@ -236,7 +239,7 @@ def summarise(
         "fold_mean_sd": fold_mean_sd(reports, binary),
         "test_ensemble": ensemble,
     }
-    atomic_write_json(cv_dir / "cv_metrics.json", metrics)
+    atomic_write_json(RunDir(cv_dir).cv_metrics, metrics)
     log(f"out of fold ({metrics['n_persons']} persons, {metrics['n_images']} images), each at its fold's threshold:")
     log(format_cv_table(metrics, binary))
     log(f"cross-validation written to {cv_dir}")
@@ -247,7 +250,7 @@ def write_oof_persons(path: Path, folds: list[Path], class_names: list[str]) -> 
     """The folds' person_predictions.csv tables, one after another, with the fold that predicted each person."""
     header, rows = None, []
     for k, fold in enumerate(folds, start=1):
-        with (fold / "eval_test_best" / "person_predictions.csv").open(newline="", encoding="utf-8") as handle:
+        with RunDir(fold).evaluation().person_predictions.open(newline="", encoding="utf-8") as handle:
             table = list(csv.reader(handle))
         header = header or ["person_id", "fold", *table[0][1:]]
         rows += [[row[0], k, *row[1:]] for row in table[1:]]
@@ -266,7 +269,7 @@ def evaluate_ensemble(
     """Collective: the K best models on the test persons, their mean probability evaluated like one model at
     the mean of the folds' thresholds. Returns the evaluation's summary on the main process."""
     frames = dataclasses.replace(manifest, splits={"test": plan["test"]}).frames_of("test")
-    model_files = [ModelFile.load(f / "models" / "best_model.pth") for f in folds]
+    model_files = [ModelFile.load(RunDir(f).best_model) for f in folds]
     predictions = [
         run_inference(
             accelerator,
@@ -288,7 +291,7 @@ def evaluate_ensemble(
     report, persons = compute_report(
         preds,
         model_files[0],
-        model_path=", ".join(str(f / "models" / "best_model.pth") for f in folds),
+        model_path=", ".join(str(RunDir(f).best_model) for f in folds),
         split="test",
         bootstrap=cfg.bootstrap,
         aggregation=cfg.person_aggregation,

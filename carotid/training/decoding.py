@@ -15,6 +15,7 @@ import torch
 from accelerate import Accelerator
 
 from carotid.core.files import atomic_write_json
+from carotid.core.run_dir import RunDir
 from carotid.core.text import plural
 from carotid.data.check import dataset_decoding, summary_line
 from carotid.data.decode import SEEN
@@ -45,7 +46,7 @@ def report_decoding(
     decoding = {split: dataset_decoding(datasets[split], status, prep) for split, status in statuses.items()}
     if test_report is not None:
         decoding["test"] = test_report["decoding"] | {"unreadable": test_report["unreadable_images"]}
-    path = run_dir / "data_report.json"
+    path = RunDir(run_dir).data_report
     atomic_write_json(path, json.loads(path.read_text(encoding="utf-8")) | {"decoding": decoding})
     lines = []
     if unreadable_at_start:

@@ -15,6 +15,7 @@ from accelerate import Accelerator
 
 from carotid.core.errors import StopTraining
 from carotid.core.predict import predict_loader
+from carotid.core.run_dir import RunDir
 from carotid.core.runtime import RunLog, StopSignal
 from carotid.data.loaders import make_loader
 from carotid.data.manifest import DataManifest
@@ -144,7 +145,7 @@ def local_part(param: torch.Tensor) -> torch.Tensor:
 def diverged(run_dir: Path, what: str) -> StopTraining:
     """Stop on NaN/inf: nothing diverged was saved, so the checkpoints and model files on disk are the good ones."""
     last = checkpoints.list_checkpoints(run_dir)
-    models = sorted(p.name for p in (run_dir / "models").glob("*.pth"))
+    models = sorted(p.name for p in RunDir(run_dir).models.glob("*.pth"))
     kept = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint had been written yet"
     kept += f"; models/ still holds {' and '.join(models)} from before" if models else ""
     return StopTraining(f"error: {what} — lower --lr, or use --clip-grad-norm / --mixed-precision bf16; {kept}", 1)
@@ -175,9 +176,9 @@ def evaluate_test(accelerator: Accelerator, cfg: TrainConfig, manifest: DataMani
     }
     return evaluate_model(
         accelerator,
-        run_dir / "models" / "best_model.pth",
+        RunDir(run_dir).best_model,
         manifest.frames_of("test"),
-        run_dir / "eval_test_best",
+        RunDir(run_dir).evaluation().path,
         split="test",
         batch_size=2 * cfg.batch_size,
         num_workers=cfg.num_workers,

@@ -16,6 +16,7 @@ from accelerate import Accelerator
 
 from carotid.core import run_dir as run_folder
 from carotid.core.errors import StopTraining, UserError
+from carotid.core.run_dir import RunDir
 from carotid.core.runtime import RunLog, StopSignal, on_main
 from carotid.core.text import plural
 from carotid.data.check import startup_lines
@@ -184,7 +185,7 @@ def fit_run(
             note=run_note,
         ),
     )
-    log = RunLog(accelerator, run_dir / "train.log")
+    log = RunLog(accelerator, RunDir(run_dir).log)
     log(f"{'resuming' if resume_run else 'run directory'}: {run_dir}")
     for note in notes:
         log(note)

@@ -21,6 +21,7 @@ from accelerate.utils import DistributedType
 
 from carotid.core.errors import UserError
 from carotid.core.files import write_records
+from carotid.core.run_dir import RunDir
 from carotid.core.runtime import RunLog, StopSignal, on_main, start_tracker
 from carotid.core.text import plural
 from carotid.data.loaders import EpochSeeds, stop_workers, stop_workers_at_exit
@@ -65,6 +66,7 @@ class Trainer:
         positive_index: int,
     ):
         self.accelerator, self.cfg, self.manifest, self.run_dir, self.log = accelerator, cfg, manifest, run_dir, log
+        self.paths = RunDir(run_dir)
         self.monitor, self.positive_index, self.datasets = monitor, positive_index, datasets
         self.on_cuda = accelerator.device.type == "cuda"
         train_set = datasets["train"]
@@ -152,8 +154,9 @@ class Trainer:
         )
         return {k: v for k, v in choice.items() if k != "notes"} | {"choice_notes": choice["notes"]}
 
-    def save_model(self, name: str, epoch: int, metrics: dict, choice: dict | None = None) -> None:
-        """Collective: consolidates the weights on every rank (needed under ZeRO-3/FSDP), main writes."""
+    def save_model(self, which: str, epoch: int, metrics: dict, choice: dict | None = None) -> None:
+        """models/{which}_model.pth (which: best or final). Collective: consolidates the weights on every rank
+        (needed under ZeRO-3/FSDP), main writes."""
         choice = choice or self.state["best"]
         state_dict = self.accelerator.get_state_dict(self.model)
         if self.accelerator.is_main_process:
@@ -167,7 +170,7 @@ class Trainer:
                 temperature=choice.get("temperature"),
                 temperature_source=choice.get("temperature_source"),
                 operating_points=choice.get("operating_points", []),
-            ).save(self.run_dir / "models" / name)
+            ).save(self.paths.model(which))
         self.accelerator.wait_for_everyone()
 
     def restore(self, checkpoint: Path) -> None:
@@ -187,7 +190,7 @@ class Trainer:
             f"resumed from {checkpoint.name}: epoch {self.state['epoch'] + 1}, batch {self.progress.batches_done}, "
             f"optimizer step {self.state['global_step']}"
         )
-        best, path = self.state["best"], self.run_dir / "models" / "best_model.pth"
+        best, path = self.state["best"], self.paths.best_model
         # Only an epoch-end checkpoint of the best epoch holds the best weights; the kill may have come
         # between it and best_model.pth. The main process decides for all: a rank that read the file
         # while the main one rewrote it would skip the collective save, and the others would wait forever.
@@ -197,7 +200,7 @@ class Trainer:
             )
             if stale:
                 self.log(f"rewriting best_model.pth for epoch {best['epoch']} from the checkpoint")
-                self.save_model("best_model.pth", best["epoch"], self.state["rows"][-1])
+                self.save_model("best", best["epoch"], self.state["rows"][-1])
 
     # -----------------------------------------------------------------------------------------
     # The loop
@@ -205,7 +208,7 @@ class Trainer:
 
     def fit(self, stop: StopSignal) -> None:
         if self.accelerator.is_main_process:
-            write_records(self.run_dir / "metrics.csv", self.state["rows"], list(METRIC_COLUMNS))
+            write_records(self.paths.metrics_csv, self.state["rows"], list(METRIC_COLUMNS))
         if self.cfg.report_to:
             start_tracker(self.accelerator, self.cfg, self.run_dir)
         # Checked before each epoch and after the last one too: a signal during a short last epoch (fewer
@@ -306,9 +309,9 @@ class Trainer:
         self.progress = EpochProgress()
         self.save_state(self.progress, epoch_end=True)
         if improved:
-            self.save_model("best_model.pth", row["epoch"], row)
+            self.save_model("best", row["epoch"], row)
         if self.accelerator.is_main_process:
-            write_records(self.run_dir / "metrics.csv", state["rows"], list(METRIC_COLUMNS))
+            write_records(self.paths.metrics_csv, state["rows"], list(METRIC_COLUMNS))
         self.log(epoch_line(row, monitor, improved))
         self.accelerator.log(
             {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "epoch"}, step=row["epoch"]
@@ -325,13 +328,11 @@ class Trainer:
         test_report = None
         for loader in (self.train_loader, self.val_loader):
             stop_workers(loader)  # their CPUs and memory go to the test evaluation
-        self.save_model(
-            "final_model.pth", state["epoch"], state["rows"][-1] if state["rows"] else {}, state["last_choice"]
-        )
+        self.save_model("final", state["epoch"], state["rows"][-1] if state["rows"] else {}, state["last_choice"])
         if best.get("temperature") is not None:
             self.log(f"temperature of best_model.pth: {best['temperature']:.3f} ({best['temperature_source']})")
         if self.accelerator.is_main_process and state["rows"]:
-            plot_curves(state["rows"], self.monitor, self.run_dir / "curves.png", best_epoch=best["epoch"])
+            plot_curves(state["rows"], self.monitor, self.paths.curves, best_epoch=best["epoch"])
         self.log(f"best {self.monitor}: {best['value']} (epoch {best['epoch']}); models in {self.run_dir / 'models'}")
         if self.cfg.report_to:
             self.accelerator.end_training()
@@ -344,8 +345,8 @@ class Trainer:
             for line in report_decoding(self.run_dir, self.datasets, statuses, prep, test_report, unreadable_at_start):
                 self.log(line)
 
-            evaluation = self.run_dir / "eval_test_best"
-            write_report(self.run_dir / "report.html", evaluation if evaluation.is_dir() else None, self.run_dir)
+            evaluation = self.paths.evaluation().path
+            write_report(self.paths.report, evaluation if evaluation.is_dir() else None, self.run_dir)
             self.log(f"report: {self.run_dir / 'report.html'}")
         self.accelerator.wait_for_everyone()
         return test_report
