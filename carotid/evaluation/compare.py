@@ -15,7 +15,6 @@ or a model and a reader. Every difference is A − B, per person.
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from scipy.stats import norm, rankdata
 from carotid.core.errors import UserError
 from carotid.core.run_dir import EvalDir
 from carotid.evaluation.bootstrap import _RankAUC, resample_counts
+from carotid.evaluation.records import read_metrics
 
 EXACT_BELOW = 25  # discordant pairs under which McNemar's test is the exact binomial one
 
@@ -54,7 +54,7 @@ def read_side(folder: str | Path) -> Side:
             raise UserError(
                 f"{path} not found", "pass evaluation folders written by carotid-evaluate or carotid-train (eval_*)"
             )
-    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    metrics = read_metrics(metrics_path)
     class_names, positive = metrics.get("class_names") or [], metrics.get("positive_class")
     if len(class_names) != 2 or positive not in class_names:
         raise UserError(f"{folder} is not a binary evaluation (classes {class_names})", "compare binary tasks only")

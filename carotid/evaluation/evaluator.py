@@ -20,6 +20,7 @@ from carotid.evaluation.inference import (
 )
 from carotid.evaluation.metrics import classification_metrics
 from carotid.evaluation.operating_points import format_operating_points, operating_point_report
+from carotid.evaluation.records import METRICS_SCHEMA, MetricsRecord
 from carotid.evaluation.registry import table_metrics
 from carotid.evaluation.subgroups import format_subgroups, subgroup_report
 from carotid.model.file import ModelFile
@@ -38,7 +39,7 @@ def compute_report(
     context: dict,
     subgroups: dict[str, dict[str, str | None]] | None = None,
     subgroup_min_persons: int = 10,
-) -> tuple[dict, PersonPredictions]:
+) -> tuple[MetricsRecord, PersonPredictions]:
     """(the metrics.json dict, the per-person table it was computed from)."""
     class_names, positive = model_file.class_names, model_file.positive_index
     threshold, source = decision_threshold(model_file, threshold)
@@ -112,7 +113,8 @@ def compute_report(
         level: dict(zip(class_names, np.bincount(y, minlength=len(class_names)).tolist()))
         for level, y in (("images", preds.labels), ("persons", persons.labels))
     }
-    report = {
+    report: MetricsRecord = {
+        "schema_version": METRICS_SCHEMA,
         "model_file": model_path,
         "arch": model_file.arch,
         "model_epoch": model_file.epoch,

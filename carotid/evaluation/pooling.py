@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from carotid.core.run_dir import EvalDir
 from carotid.evaluation.bootstrap import bootstrap_ci
 from carotid.evaluation.inference import FramePredictions, person_predictions
 from carotid.evaluation.metrics import classification_metrics, metrics_at_threshold
+from carotid.evaluation.records import read_metrics
 from carotid.evaluation.registry import table_metrics
 
 FRAME_ARRAYS = ("paths", "frames", "person_ids", "labels", "probs")  # the FramePredictions arrays pooled over folds
@@ -39,7 +39,7 @@ def read_fold_evaluation(eval_dir: Path, class_names: list[str]) -> tuple[FrameP
             len(rows), len(class_names)
         ),
     )
-    return preds, json.loads(EvalDir(eval_dir).metrics.read_text(encoding="utf-8"))
+    return preds, read_metrics(EvalDir(eval_dir).metrics)
 
 
 def _decisions(p_pos: np.ndarray, thresholds: np.ndarray, positive: int) -> np.ndarray:

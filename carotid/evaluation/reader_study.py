@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from carotid.core.errors import UserError
-from carotid.core.files import atomic_write_json, write_table
+from carotid.core.files import write_table
 from carotid.core.run_dir import EvalDir
 from carotid.evaluation.bootstrap import bootstrap_ci
 from carotid.evaluation.calibration import BINNING, calibration_metrics
 from carotid.evaluation.metrics import classification_metrics
+from carotid.evaluation.records import write_metrics
 
 
 @dataclass
@@ -146,7 +147,7 @@ def evaluate_reader(
         "data_notes": data_notes + notes,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(EvalDir(out_dir).metrics, report)
+    write_metrics(EvalDir(out_dir).metrics, report)
 
     # A score (e.g. 1-5) is no probability: prob_<positive> holds it as given, prob_<negative> stays empty.
     def prob_of(value: float) -> str:

@@ -16,6 +16,7 @@ from carotid.evaluation.aggregation import aggregate_persons, person_labels
 from carotid.evaluation.calibration import EPS, apply_temperature, fit_temperature
 from carotid.evaluation.metrics import youden_threshold
 from carotid.evaluation.operating_points import choose_operating_points
+from carotid.evaluation.records import ValidationChoice
 
 
 @dataclass
@@ -37,11 +38,11 @@ def choose_on_validation(
     operating_points: list[str] | tuple[str, ...] = (),
     temperature: float | None = None,
     temperature_source: str | None = None,
-) -> dict:
-    """{threshold, threshold_source, temperature, temperature_source, operating_points, notes}.
+) -> ValidationChoice:
+    """The threshold, temperature and operating points chosen on the validation persons, with notes.
 
     Without `calibrate`, `temperature` (a model file's) is kept and the choices are made after it."""
-    out = {
+    out: ValidationChoice = {
         "threshold": 0.5,
         "threshold_source": "default 0.5 (no validation split)",
         "temperature": temperature,

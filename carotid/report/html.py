@@ -18,6 +18,7 @@ import yaml
 from carotid.core.files import atomic_write_text
 from carotid.core.run_dir import EvalDir, RunDir
 from carotid.evaluation.calibration import format_calibration
+from carotid.evaluation.records import read_metrics
 from carotid.evaluation.registry import table_metrics
 from carotid.report.checklist import checklist
 from carotid.report.page import STYLE, image, number, read_config, read_csv, read_json, read_model, table, with_ci
@@ -238,7 +239,7 @@ def section_provenance(config: dict, metrics: dict, model: dict, run_dir: Path |
 
 def build_report(eval_dir: Path | None, run_dir: Path | None) -> str:
     """The HTML text of the report of an evaluation folder and/or a run directory."""
-    metrics = read_json(EvalDir(eval_dir).metrics) if eval_dir else {}
+    metrics = read_metrics(EvalDir(eval_dir).metrics) if eval_dir and EvalDir(eval_dir).metrics.is_file() else {}
     run_dir = run_dir or (Path(metrics["run_dir"]) if metrics.get("run_dir") else None)
     config = read_config(run_dir)
     data_report = read_json(RunDir(run_dir).data_report) if run_dir else {}

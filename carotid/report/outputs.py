@@ -12,12 +12,13 @@ import torch
 from accelerate import Accelerator
 
 from carotid.core.errors import UserError
-from carotid.core.files import atomic_write_json, write_records
+from carotid.core.files import write_records
 from carotid.core.run_dir import EvalDir
 from carotid.data.discovery import Frame
 from carotid.evaluation.bootstrap import roc_band
 from carotid.evaluation.evaluator import compute_report, format_table
 from carotid.evaluation.inference import FramePredictions, PersonPredictions, run_inference, write_prediction_tables
+from carotid.evaluation.records import write_metrics
 from carotid.evaluation.subgroups import subgroup_records
 from carotid.model.file import ModelFile
 from carotid.report.gallery import write_person_figures
@@ -117,7 +118,7 @@ def write_evaluation(
     each file written atomically."""
     class_names, positive, threshold = report["class_names"], model_file.positive_index, report["threshold"]
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(EvalDir(out_dir).metrics, report)
+    write_metrics(EvalDir(out_dir).metrics, report)
     note = fonts_note(class_names)
     if note:
         log(f"warning: {note}")

@@ -40,6 +40,7 @@ from carotid.evaluation.pooling import (
     pooled_metrics,
     read_fold_evaluation,
 )
+from carotid.evaluation.records import CV_METRICS_SCHEMA, CVMetricsRecord, write_cv_metrics
 from carotid.model.file import ModelFile
 from carotid.report.outputs import write_evaluation
 from carotid.training import checkpoints
@@ -213,7 +214,8 @@ def summarise(
     write_oof_persons(cv_dir / "oof_person_predictions.csv", folds, class_names)
     binary = len(class_names) == 2
     reports = [report for _, report in evaluations]
-    metrics = {
+    metrics: CVMetricsRecord = {
+        "schema_version": CV_METRICS_SCHEMA,
         "folds": cfg.folds,
         "class_names": class_names,
         "positive_class": class_names[positive] if binary else None,
@@ -239,7 +241,7 @@ def summarise(
         "fold_mean_sd": fold_mean_sd(reports, binary),
         "test_ensemble": ensemble,
     }
-    atomic_write_json(RunDir(cv_dir).cv_metrics, metrics)
+    write_cv_metrics(RunDir(cv_dir).cv_metrics, metrics)
     log(f"out of fold ({metrics['n_persons']} persons, {metrics['n_images']} images), each at its fold's threshold:")
     log(format_cv_table(metrics, binary))
     log(f"cross-validation written to {cv_dir}")

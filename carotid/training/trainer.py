@@ -28,6 +28,7 @@ from carotid.data.loaders import EpochSeeds, stop_workers, stop_workers_at_exit
 from carotid.data.manifest import DataManifest
 from carotid.data.preprocessing import Preprocessing
 from carotid.data.transforms import NORMALIZATION, eval_preset, train_preset
+from carotid.evaluation.records import ValidationChoice
 from carotid.evaluation.registry import METRIC_COLUMNS
 from carotid.evaluation.selection import ValidationOutput, choose_on_validation
 from carotid.model.file import ModelFile
@@ -143,7 +144,7 @@ class Trainer:
             keep=self.cfg.keep_checkpoints,
         )
 
-    def choose(self, val_out: ValidationOutput | None) -> dict:
+    def choose(self, val_out: ValidationOutput | None) -> ValidationChoice:
         """Threshold, temperature and operating points of this epoch's weights, from the validation persons."""
         choice = choose_on_validation(
             val_out,
@@ -154,7 +155,7 @@ class Trainer:
         )
         return {k: v for k, v in choice.items() if k != "notes"} | {"choice_notes": choice["notes"]}
 
-    def save_model(self, which: str, epoch: int, metrics: dict, choice: dict | None = None) -> None:
+    def save_model(self, which: str, epoch: int, metrics: dict, choice: ValidationChoice | None = None) -> None:
         """models/{which}_model.pth (which: best or final). Collective: consolidates the weights on every rank
         (needed under ZeRO-3/FSDP), main writes."""
         choice = choice or self.state["best"]
