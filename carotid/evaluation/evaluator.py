@@ -40,44 +40,18 @@ def compute_report(
     subgroups: dict[str, dict[str, str | None]] | None = None,
     subgroup_min_persons: int = 10,
 ) -> tuple[MetricsRecord, PersonPredictions]:
-    """(the metrics.json dict, the per-person table it was computed from)."""
+    """(the metrics.json record, the per-person table it was computed from), section by section.
+
+    Over 60 lines because the record is written out here once, key by key (its type is MetricsRecord)."""
     class_names, positive = model_file.class_names, model_file.positive_index
     threshold, source = decision_threshold(model_file, threshold)
     cut = 0.5 if threshold is None else threshold  # multi-class metrics ignore it
     persons = person_predictions(preds, aggregation, positive, labelled=True)
     image, image_notes = classification_metrics(preds.labels, preds.probs, class_names, positive, cut)
     person, person_notes = classification_metrics(persons.labels, persons.probs, class_names, positive, cut)
-    ci = None
-    if bootstrap:
-        ci = bootstrap_ci(
-            preds.person_ids,
-            preds.labels,
-            preds.probs,
-            n_classes=len(class_names),
-            positive_index=positive,
-            threshold=cut,
-            n_resamples=bootstrap,
-            seed=seed,
-            aggregation=aggregation,
-        )
-    levels = {"image": (preds.labels, preds.probs), "person": (persons.labels, persons.probs)}
-    before = None
-    if preds.temperature is not None:  # the same frames without the temperature: calibration before and after
-        raw = apply_temperature(preds.logits, None)
-        before = {
-            "image": (preds.labels, raw),
-            "person": (persons.labels, aggregate_persons(preds.person_ids, raw, aggregation, positive)[1]),
-        }
-    calibration, calibration_notes = calibration_section(
-        levels,
-        class_names,
-        positive,
-        before=before,
-        temperature=preds.temperature,
-        temperature_source=model_file.temperature_source,
-    )
 
     def ci_at(cut_at: float) -> dict | None:
+        """Person-bootstrap CIs of every metric at the threshold `cut_at`."""
         if not bootstrap:
             return None
         return bootstrap_ci(
@@ -92,6 +66,8 @@ def compute_report(
             aggregation=aggregation,
         )
 
+    levels = {"image": (preds.labels, preds.probs), "person": (persons.labels, persons.probs)}
+    calibration, calibration_notes = _calibration(preds, persons, levels, model_file, aggregation)
     points = (
         operating_point_report(model_file.operating_points, levels, positive, ci_at) if threshold is not None else []
     )
@@ -109,10 +85,6 @@ def compute_report(
             seed=seed,
             min_persons=subgroup_min_persons,
         )
-    counts = {
-        level: dict(zip(class_names, np.bincount(y, minlength=len(class_names)).tolist()))
-        for level, y in (("images", preds.labels), ("persons", persons.labels))
-    }
     report: MetricsRecord = {
         "schema_version": METRICS_SCHEMA,
         "model_file": model_path,
@@ -126,13 +98,13 @@ def compute_report(
         "positive_class": class_names[positive] if threshold is not None else None,
         "n_images": int(len(preds.labels)),
         "n_persons": int(len(persons.person_ids)),
-        "counts": counts,
+        "counts": _class_counts(class_names, preds, persons),
         "person_aggregation": aggregation,
         "threshold": threshold,
         "threshold_source": source,
         "image": image,
         "person": person,
-        "ci": ci,
+        "ci": ci_at(cut),
         "calibration": calibration,
         "operating_points": points,
         "subgroups": groups,
@@ -143,23 +115,61 @@ def compute_report(
         "unreadable_images": context.get("unreadable_images", []) + preds.unreadable,
         "decoding": preds.decoding,
     }
+    report["warnings"] += _data_warnings(report, preds, persons, model_file, context)
+    return report, persons
+
+
+def _calibration(
+    preds: FramePredictions, persons: PersonPredictions, levels: dict, model_file: ModelFile, aggregation: str
+) -> tuple[dict, list[str]]:
+    """The calibration section, before and after the model's temperature when it has one."""
+    before = None
+    if preds.temperature is not None:  # the same frames without the temperature: calibration before and after
+        raw = apply_temperature(preds.logits, None)
+        before = {
+            "image": (preds.labels, raw),
+            "person": (
+                persons.labels,
+                aggregate_persons(preds.person_ids, raw, aggregation, model_file.positive_index)[1],
+            ),
+        }
+    return calibration_section(
+        levels,
+        model_file.class_names,
+        model_file.positive_index,
+        before=before,
+        temperature=preds.temperature,
+        temperature_source=model_file.temperature_source,
+    )
+
+
+def _class_counts(class_names: list[str], preds: FramePredictions, persons: PersonPredictions) -> dict:
+    return {
+        level: dict(zip(class_names, np.bincount(y, minlength=len(class_names)).tolist()))
+        for level, y in (("images", preds.labels), ("persons", persons.labels))
+    }
+
+
+def _data_warnings(
+    report: MetricsRecord, preds: FramePredictions, persons: PersonPredictions, model_file: ModelFile, context: dict
+) -> list[str]:
+    """What about the evaluated frames a reader of the numbers must know: unreadable, colour, flat, lost persons."""
+    warnings = []
     if report["unreadable_images"]:
-        report["warnings"].append(
+        warnings.append(
             f"{plural(len(report['unreadable_images']), 'frame')} could not be decoded and are left out "
             f"(e.g. {report['unreadable_images'][0]['path']}; all listed under unreadable_images)"
         )
     if preds.decoding.get("colour_frames") and model_file.in_channels == 1:
-        report["warnings"].append(
+        warnings.append(
             f"{plural(preds.decoding['colour_frames'], 'colour frame')} converted to grey for this 1-channel model"
         )
     if preds.decoding.get("low_range_frames"):
-        report["warnings"].append(f"{preds.decoding['low_range_frames']} frame(s) use under 16 grey levels")
+        warnings.append(f"{preds.decoding['low_range_frames']} frame(s) use under 16 grey levels")
     lost = sorted(set(context.get("persons", [])) - set(persons.person_ids.tolist()))
     if lost:
-        report["warnings"].append(
-            f"{len(lost)} person(s) have no decodable frame and are not evaluated: {', '.join(lost[:5])}"
-        )
-    return report, persons
+        warnings.append(f"{len(lost)} person(s) have no decodable frame and are not evaluated: {', '.join(lost[:5])}")
+    return warnings
 
 
 def _number(value: float | None) -> str:
