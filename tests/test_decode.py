@@ -16,8 +16,9 @@ from pydicom.dataset import Dataset
 
 from carotid.core.errors import UserError
 from carotid.data import check
-from carotid.data.decode import COLOUR, LOW_RANGE, OK, decode_frame, decode_frames, load_frame, probe
+from carotid.data.decode import COLOUR, LOW_RANGE, OK, decode_frame, decode_frames, load_frame
 from carotid.data.discovery import Frame
+from carotid.data.kinds import BY_NAME
 from carotid.data.labels import read_labels
 from carotid.data.loaders import FrameDataset
 from carotid.data.manifest import collect_persons
@@ -77,7 +78,7 @@ def test_dicom_frames_are_counted_from_the_header_and_decoded_as_pydicom_reads_t
     path = dicom(name)
     ds = pydicom.dcmread(path)
     assert ds.PhotometricInterpretation == photometric
-    assert probe(str(path), "dicom").frames == frames
+    assert BY_NAME["dicom"].probe(str(path)).frames == frames
     results = decode_frames(str(path), list(range(frames)), Preprocessing(32, 3, "stretch", "none"))
     assert all(not isinstance(r, str) for r in results), results
     if photometric != "MONOCHROME2":
@@ -144,7 +145,7 @@ def test_every_page_of_a_tiff_is_a_frame_and_the_cap_spreads_over_all_frames(tmp
     pages = [Image.fromarray(np.full((30, 40), 40 * k, np.uint8)) for k in range(5)]
     pages[0].save(person / "loop.tif", save_all=True, append_images=pages[1:])
     Image.fromarray(np.full((30, 40), 250, np.uint8)).save(person / "zz_single.png")
-    assert probe(str(person / "loop.tif"), "tiff").frames == 5
+    assert BY_NAME["tiff"].probe(str(person / "loop.tif")).frames == 5
     for k in range(5):
         assert load_frame(str(person / "loop.tif"), 16, 1, k, resize="stretch").mean() == 40 * k
     table = read_labels(write_xlsx(tmp_path / "label.xlsx", [["id", "label"], ["p1", "a"]]), min_classes=1)
@@ -158,7 +159,7 @@ def test_an_mp4_cine_loop_is_counted_and_decoded_once_in_order(tmp_path):
     path = tmp_path / "p1" / "loop.mp4"
     path.parent.mkdir()
     write_mp4(path, 12)
-    assert probe(str(path), "video").frames == 12
+    assert BY_NAME["video"].probe(str(path)).frames == 12
     results = decode_frames(str(path), list(range(12)), Preprocessing(32, 1, "stretch", "none"))
     means = [float(r[0].mean()) for r in results]
     assert all(abs(m - (10 + 20 * k)) < 6 for k, m in enumerate(means)), means
@@ -200,7 +201,7 @@ def test_crop_auto_uses_the_dicom_ultrasound_region(tmp_path):
     ds.SequenceOfUltrasoundRegions = [region]
     path = tmp_path / "region.dcm"
     ds.save_as(path)
-    assert probe(str(path), "dicom").region
+    assert BY_NAME["dicom"].probe(str(path)).region
     auto = load_frame(str(path), 64, 3, crop="auto", resize="stretch")
     assert np.array_equal(auto, load_frame(str(path), 64, 3, crop="40,30,200,150", resize="stretch"))
     assert auto.max() < 255  # the white border is gone

@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from carotid.core.errors import UserError
-from carotid.data.decode import FRAME_SUFFIXES, describe_error, kind_of, probe
-
-IMAGE_SUFFIXES = FRAME_SUFFIXES  # every suffix read as frames (the name older code imports)
+from carotid.data.decode import describe_error
+from carotid.data.kinds import BY_SUFFIX, FRAME_SUFFIXES, KINDS, is_unhandled, kind_by_name, may_sniff
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,14 +57,10 @@ def _walk(folder: str, prefix: str, out: list[str], unhandled: list[str], seen: 
                     folders.append(name)
                 elif entry.is_symlink() and entry.is_dir():  # a linked sub-folder: followed once (see below)
                     folders.append(name)
-                elif name.rpartition(".")[2].lower() in FRAME_SUFFIXES:
-                    names.append(name)
-                else:
-                    kind = kind_of(name)
-                    if kind == "maybe-dicom":
-                        names.append(name)
-                    elif kind == "unhandled":
-                        unhandled.append(prefix + name)
+                elif name.rpartition(".")[2].lower() in BY_SUFFIX or may_sniff(name):
+                    names.append(name)  # a name that says nothing is decided by content (count_frames)
+                elif is_unhandled(name):
+                    unhandled.append(prefix + name)
     except PermissionError:
         raise _unreadable_folder(folder) from None
     out += [prefix + name for name in names]
@@ -167,8 +162,11 @@ def bounded_map(fn: Callable, items: Iterable, workers: int = 8, window: int = 2
 
 
 def _probe(path: str):
+    """The header's Probe; None for a file that holds no image (or, named by nothing, is no kind's by
+    content); the reason as text when the header cannot be read."""
     try:
-        return probe(path, kind_of(os.path.basename(path)))
+        kind = kind_by_name(path) or next((k for k in KINDS if k.sniff(path)), None)
+        return None if kind is None else kind.probe(path)
     except Exception as err:  # noqa: BLE001 - a damaged header is reported, not fatal
         return describe_error(err)
 
@@ -178,9 +176,10 @@ def count_frames(root_dir: str, files: Iterable[str]) -> FrameCounts:
     result = FrameCounts()
     to_probe = []
     for rel in files:
-        if kind_of(rel) == "image":
-            result.files_by_kind["image"] += 1
-            result.frames_by_kind["image"] += 1
+        kind = kind_by_name(rel)
+        if kind is not None and kind.single_frame:
+            result.files_by_kind[kind.name] += 1
+            result.frames_by_kind[kind.name] += 1
         else:
             to_probe.append(rel)
     # Threads hide file-system latency (NFS); header parsing itself holds the GIL.
@@ -188,7 +187,7 @@ def count_frames(root_dir: str, files: Iterable[str]) -> FrameCounts:
         if isinstance(found, str):
             result.unreadable[rel] = found
         elif found is None:
-            if kind_of(rel) == "maybe-dicom":
+            if kind_by_name(rel) is None:  # named by nothing and no kind's by content: not a frame file
                 result.skipped.add(rel)
             else:
                 result.not_images.append(rel)
@@ -198,9 +197,8 @@ def count_frames(root_dir: str, files: Iterable[str]) -> FrameCounts:
             result.frames_by_kind[found.kind] += found.frames
             if found.frames != 1:
                 result.counts[rel] = found.frames
-            if found.kind == "dicom":
-                result.dicom_colour_frames += found.frames if found.colour else 0
-                result.dicom_files_with_region += found.region
+            result.dicom_colour_frames += found.frames if found.colour else 0  # only DICOM headers say
+            result.dicom_files_with_region += found.region
     return result
 
 

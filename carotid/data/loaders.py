@@ -12,8 +12,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler, WeightedRandomSampler
 
 from carotid.data.cache import cached_dataset
-from carotid.data.decode import decode_frame, decode_frames, kind_of
+from carotid.data.decode import decode_frame, decode_frames
 from carotid.data.discovery import Frame
+from carotid.data.kinds import kind_by_name
 from carotid.data.preprocessing import DEFAULT_CROP, DEFAULT_RESIZE, Preprocessing
 
 
@@ -48,7 +49,7 @@ class FrameDataset(Dataset):
     def __getitem__(self, index: int):
         frame = self.frames[index]
         try:
-            if kind_of(frame.path) == "video":
+            if _sequential(frame.path):
                 pixels, status = self._from_video(frame)
             else:
                 pixels, status = decode_frame(frame.path, frame.index, self.prep)
@@ -66,7 +67,7 @@ class FrameDataset(Dataset):
             if self._video_frames is None:
                 self._video_frames = {}
                 for f in self.frames:
-                    if kind_of(f.path) == "video":
+                    if _sequential(f.path):
                         self._video_frames.setdefault(f.path, []).append(f.index)
             indices = self._video_frames[frame.path]
             decoded = dict(zip(indices, decode_frames(frame.path, indices, self.prep)))
@@ -75,6 +76,11 @@ class FrameDataset(Dataset):
         if isinstance(outcome, str):
             raise ValueError(outcome)
         return outcome
+
+
+def _sequential(path: str) -> bool:
+    kind = kind_by_name(path)
+    return kind is not None and kind.sequential
 
 
 def frame_dataset(

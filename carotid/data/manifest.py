@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 from carotid.core.errors import UserError
 from carotid.data import check
-from carotid.data.discovery import IMAGE_SUFFIXES, Frame, count_frames, discover_frames, spread_evenly
+from carotid.data.discovery import Frame, FrameCounts, count_frames, discover_frames, spread_evenly
+from carotid.data.kinds import FRAME_SUFFIXES
 from carotid.data.labels import LabelTable
 from carotid.data.matching import Matching, match_ids
 
@@ -98,15 +99,7 @@ def collect_persons(
     person_of = {folder: unicodedata.normalize("NFC", folder).strip() for folder in matching.folders.values()}
     sheet_id_of = {person_of[folder]: sheet_id for sheet_id, folder in matching.folders.items()}
     folder_of = {person: folder for folder, person in person_of.items()}
-    wanted = sorted(sheet_id_of)
-    if persons is not None:
-        missing = sorted(set(persons) - set(wanted))
-        if missing:
-            raise UserError(
-                f"{len(missing)} person(s) of the split are not in the data: {', '.join(missing[:5])}",
-                "use the same --root-dir and --label-excel as the training run",
-            )
-        wanted = sorted(persons)
+    wanted = _wanted(sorted(sheet_id_of), persons)
     files_of = {p: found[folder_of[p]] for p in wanted}
     counted = count_frames(root_dir, (f for p in wanted for f in files_of[p]))
     all_frames = {p: counted.frames_of(files_of[p]) for p in wanted}
@@ -114,29 +107,43 @@ def collect_persons(
     if len(no_images) == len(wanted):
         raise UserError(
             f"none of the {len(wanted)} labelled person folders in {root_dir} holds an image file "
-            f"(e.g. {folder_of[wanted[0]]}/; looked for {', '.join(sorted(IMAGE_SUFFIXES))} and DICOM files without "
-            "a suffix)",
+            f"(e.g. {folder_of[wanted[0]]}/; looked for {', '.join(sorted(FRAME_SUFFIXES))} and DICOM files "
+            "without a suffix)",
             "put each person's frames (png, jpg, bmp, tif, dcm, mp4, avi, mov) in their folder or a sub-folder of it",
         )
     capped = {p: spread_evenly(all_frames[p], max_imgs_per_person) for p in wanted if files_of[p]}
     sample = check.SAMPLE if sample is None else sample
     checked = check.check_sample(root_dir, capped, sample) if sample else None
     failed = checked.failed if checked else {}
-    frames: dict[str, list[tuple[str, int]]] = {}
-    for person, person_frames in capped.items():
-        readable = [f for f in person_frames if f not in failed]
-        if not readable:
-            bad = [f for f in files_of[person] if f in counted.unreadable]
-            example, reason = (
-                (bad[0], counted.unreadable[bad[0]]) if bad else (person_frames[0][0], failed[person_frames[0]])
-            )
-            raise UserError(
-                f"person '{person}': all {len(files_of[person])} images are unreadable (e.g. {example}: {reason})",
-                "replace the files, or remove the folder or its row from the sheet",
-            )
-        frames[person] = readable
+    frames = _readable(capped, failed, files_of, counted.unreadable)
     wanted_folders = {folder_of[p] for p in wanted}
-    unhandled = [u for u in unhandled if u.split("/", 1)[0] in wanted_folders]
+    unhandled = [u for u in unhandled if u.split("/", 1)[0] in wanted_folders] + counted.not_images
+    unreadable = _unreadable(counted, failed)
+    person_labels = {p: table.class_index[table.labels[sheet_id_of[p]]] for p in frames}
+    report = _report(root_dir, table, person_labels, found, matching) | {
+        "persons_without_images": _first(no_images),
+        "files_found": sum(len(files_of[p]) for p in capped),
+        "images_found": sum(len(all_frames[p]) for p in capped),
+        "images_used": sum(len(f) for f in frames.values()),
+        "max_imgs_per_person": max_imgs_per_person,
+        **_counted_report(counted),
+        "unhandled_files": _first(unhandled, 20),
+        "start_up_check": checked.as_dict() if checked else None,
+        "unreadable_images": unreadable,
+        "warnings": _matching_warnings(matching),
+    }
+    return DataManifest(
+        str(root_dir),
+        list(table.class_names),
+        person_labels,
+        frames,
+        report=report,
+        positive_class=table.positive_class,
+    )
+
+
+def _unreadable(counted: FrameCounts, failed: dict) -> list[dict]:
+    """data_report.json's unreadable frames: files whose header failed, frames the start-up check failed."""
     unreadable = [
         {"path": rel, "frame": None, "reason": reason, "found_at": "discovery (header)"}
         for rel, reason in sorted(counted.unreadable.items())
@@ -147,11 +154,43 @@ def collect_persons(
     if unreadable:
         warnings.warn(
             f"{len(unreadable)} unreadable image(s) skipped, e.g. {unreadable[0]['path']}; see data_report.json",
-            stacklevel=2,
+            stacklevel=3,
         )
-    class_index = table.class_index
-    person_labels = {p: class_index[table.labels[sheet_id_of[p]]] for p in frames}
-    report = {
+    return unreadable
+
+
+def _wanted(matched: list[str], persons: list[str] | None) -> list[str]:
+    """The persons to collect: every matched one, or `persons` (all of which must be matched)."""
+    if persons is None:
+        return matched
+    missing = sorted(set(persons) - set(matched))
+    if missing:
+        raise UserError(
+            f"{len(missing)} person(s) of the split are not in the data: {', '.join(missing[:5])}",
+            "use the same --root-dir and --label-excel as the training run",
+        )
+    return sorted(persons)
+
+
+def _readable(capped: dict, failed: dict, files_of: dict, unreadable: dict) -> dict[str, list[tuple[str, int]]]:
+    """Each person's frames less those the start-up check failed; a person with none left is an error."""
+    frames: dict[str, list[tuple[str, int]]] = {}
+    for person, person_frames in capped.items():
+        readable = [f for f in person_frames if f not in failed]
+        if not readable:
+            bad = [f for f in files_of[person] if f in unreadable]
+            example, reason = (bad[0], unreadable[bad[0]]) if bad else (person_frames[0][0], failed[person_frames[0]])
+            raise UserError(
+                f"person '{person}': all {len(files_of[person])} images are unreadable (e.g. {example}: {reason})",
+                "replace the files, or remove the folder or its row from the sheet",
+            )
+        frames[person] = readable
+    return frames
+
+
+def _report(root_dir: str, table: LabelTable, person_labels: dict, found: dict, matching: Matching) -> dict:
+    """data_report.json's account of the sheet and the matching."""
+    return {
         "root_dir": str(root_dir),
         "label_file": {
             "sheet": table.sheet,
@@ -169,29 +208,18 @@ def collect_persons(
         "matching": matching.summary(),
         "persons_without_folder": _first(matching.rows_without_folder),
         "folders_without_label": _first(matching.folders_without_row),
-        "persons_without_images": _first(no_images),
-        "files_found": sum(len(files_of[p]) for p in capped),
-        "images_found": sum(len(all_frames[p]) for p in capped),
-        "images_used": sum(len(f) for f in frames.values()),
-        "max_imgs_per_person": max_imgs_per_person,
+    }
+
+
+def _counted_report(counted: FrameCounts) -> dict:
+    """data_report.json's account of the frame files by kind."""
+    return {
         "frames_by_kind": dict(counted.frames_by_kind),
         "files_by_kind": dict(counted.files_by_kind),
         "multi_frame_files": len(counted.counts),
         "dicom_colour_frames": counted.dicom_colour_frames,
         "dicom_files_with_ultrasound_region": counted.dicom_files_with_region,
-        "unhandled_files": _first(unhandled + counted.not_images, 20),
-        "start_up_check": checked.as_dict() if checked else None,
-        "unreadable_images": unreadable,
-        "warnings": _matching_warnings(matching),
     }
-    return DataManifest(
-        str(root_dir),
-        list(table.class_names),
-        person_labels,
-        frames,
-        report=report,
-        positive_class=table.positive_class,
-    )
 
 
 def _check_overlap(matching: Matching, table: LabelTable, root_dir: str, strict: bool) -> None:

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from carotid.data.decode import decode_frames, kind_of
+from carotid.data.decode import decode_frames
+from carotid.data.kinds import kind_by_name
 from carotid.data.transforms import eval_preset
 from carotid.model.file import ModelFile
 from carotid.model.registry import target_layer
@@ -90,7 +91,8 @@ def file_name(person_id: str, taken: set[str]) -> str:
 
 def frame_name(path: str, index: int) -> str:
     """A frame as a caption: the file's name, with the frame number for a frame of a multi-frame file."""
-    return Path(path).name if kind_of(path) == "image" else f"{Path(path).name} #{index}"
+    kind = kind_by_name(path)
+    return Path(path).name if kind is not None and kind.single_frame else f"{Path(path).name} #{index}"
 
 
 class GradCamRenderer:

@@ -14,9 +14,26 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from carotid.data.pixels import Probe, Source, has_dicom_preamble, scale_to_uint8
+from carotid.data.kinds.base import FileKind, Probe, Source, has_dicom_preamble, scale_to_uint8
 
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+
+
+class DicomKind(FileKind):
+    """.dcm/.dicom/.dic, and files whose name says nothing (exports named IM0000 or by their instance UID,
+    "1.2.840…123") when their content starts with the Part 10 preamble."""
+
+    name = "dicom"
+    suffixes = frozenset({"dcm", "dicom", "dic"})
+
+    def sniff(self, path: str) -> bool:
+        return has_dicom_preamble(path)
+
+    def probe(self, path: str) -> Probe | None:
+        return probe_dicom(path)
+
+    def read(self, path: str, indices: Sequence[int], draft_size: int | None = None) -> Iterator[Source | Exception]:
+        return dicom_frames(path, indices)
 
 
 def _read(path: str, header_only: bool):

@@ -1,0 +1,59 @@
+"""The file kinds read as frames, one reader class per kind, and the one list that registers them.
+
+To add a kind (NIfTI, NRRD, a vendor format): write a module here with a `FileKind` subclass (its
+suffixes, `probe` for the frame count, `read` for the frames, `sniff` if its files can be recognised by
+content) and add one instance to `KINDS`. Discovery, the layout check of `--input`, the loaders and the
+reports ask this registry and branch only on a kind's properties (`single_frame`, `sequential`).
+"""
+
+from __future__ import annotations
+
+from carotid.data.kinds.base import FileKind, Probe, Source
+from carotid.data.kinds.dicom import DicomKind
+from carotid.data.kinds.image import ImageKind
+from carotid.data.kinds.tiff import TiffKind
+from carotid.data.kinds.video import VideoKind
+
+KINDS: list[FileKind] = [ImageKind(), TiffKind(), DicomKind(), VideoKind()]
+
+BY_SUFFIX: dict[str, FileKind] = {suffix: kind for kind in KINDS for suffix in kind.suffixes}
+BY_NAME: dict[str, FileKind] = {kind.name: kind for kind in KINDS}
+FRAME_SUFFIXES = frozenset(BY_SUFFIX)
+# Files that look like images or cine loops but are not read: counted and named in data_report.json.
+UNHANDLED_SUFFIXES = frozenset(
+    {"j2k", "jp2", "jpx", "jpf", "jls", "gif", "webp", "heic", "heif", "nii", "nrrd", "mha", "mhd", "mkv", "wmv"}
+    | {"mpg", "mpeg", "m4v", "webm"}
+)
+UNHANDLED_DOUBLE_SUFFIXES = (".dcm.gz", ".nii.gz")
+
+__all__ = ["BY_NAME", "FRAME_SUFFIXES", "KINDS", "FileKind", "Probe", "Source", "kind_by_name", "kind_of"]
+
+
+def suffix_of(name: str) -> str:
+    name = name.rpartition("/")[2]  # a path's folders may hold dots
+    return name.rpartition(".")[2].lower() if "." in name else ""
+
+
+def kind_by_name(name: str) -> FileKind | None:
+    """The kind a file's suffix names; None when the name says nothing (see `may_sniff`) or is not a frame file."""
+    return BY_SUFFIX.get(suffix_of(name))
+
+
+def may_sniff(name: str) -> bool:
+    """A name without a suffix, or with a numeric one (DICOM exports named by their instance UID,
+    "1.2.840…123"): its kind, if any, is decided by content."""
+    suffix = suffix_of(name)
+    return not suffix or suffix.isdigit()
+
+
+def is_unhandled(name: str) -> bool:
+    """Looks like an image or a cine loop of a kind that is not read (counted and named, never read)."""
+    return suffix_of(name) in UNHANDLED_SUFFIXES or name.lower().endswith(UNHANDLED_DOUBLE_SUFFIXES)
+
+
+def kind_of(path: str) -> FileKind | None:
+    """The kind of a file: by its suffix, else by content for a name that says nothing; None if not frames."""
+    kind = kind_by_name(path)
+    if kind is None and may_sniff(path):
+        kind = next((k for k in KINDS if k.sniff(path)), None)
+    return kind
