@@ -28,6 +28,15 @@ def find_chromium() -> str | None:
     return next((path for path in map(shutil.which, BROWSERS) if path), None)
 
 
+BLANKS = """[...document.querySelectorAll('table')].flatMap((table, t) => {
+    const cells = [...table.querySelectorAll('td')];
+    if (!cells.length) return [`table ${t + 1} has no row (${table.innerText.slice(0, 60)})`];
+    return cells.filter(td => !td.querySelector('img') && ['', '-', 'None', 'null'].includes(td.innerText.trim()))
+        .map(td => `table ${t + 1}, row "${td.parentElement.innerText.slice(0, 60)}": a blank cell`);
+}).concat([...document.querySelectorAll('h1, p, .card')].filter(e => /(·\\s*·|:\\s*$|\\bNone\\b|\\bclasses\\s*$)/
+    .test(e.innerText.trim())).map(e => `a blank field in "${e.innerText.slice(0, 80)}"`))"""
+
+
 @dataclass
 class PageReport:
     console: list[dict] = field(default_factory=list)  # Runtime.consoleAPICalled and Log.entryAdded
@@ -37,6 +46,7 @@ class PageReport:
     images: list[dict] = field(default_factory=list)
     screenshot: bytes = b""
     title: str = ""
+    blanks: list[str] = field(default_factory=list)  # tables without a row, empty cells, fields left blank
 
 
 class DevTools:
@@ -128,6 +138,7 @@ def _load(tools: DevTools, path: Path) -> PageReport:
     report.images = tools.send("Runtime.evaluate", expression=IMAGES, awaitPromise=True, returnByValue=True)["result"][
         "value"
     ]
+    report.blanks = tools.send("Runtime.evaluate", expression=BLANKS, returnByValue=True)["result"]["value"]
     report.title = tools.send("Runtime.evaluate", expression="document.title", returnByValue=True)["result"]["value"]
     size = tools.send("Page.getLayoutMetrics")["cssContentSize"]
     shot = tools.send(

@@ -180,7 +180,8 @@ def strategy(request, all_runs) -> StrategyRuns:
 @pytest.mark.slow
 def test_the_strategy_runs_as_named_and_trains_like_ddp(strategy, all_runs):
     log = (strategy.run_dir / "train.log").read_text(encoding="utf-8")
-    assert f"processes: 2 ({STRATEGIES[strategy.name][1]})" in log
+    words = {"MULTI_CPU": "DDP over CPU processes", "DEEPSPEED": "DeepSpeed", "FSDP": "FSDP"}
+    assert f"processes: 2 ({words[STRATEGIES[strategy.name][1]]})" in log
     assert "warning: the launch config asks for" not in log
     last = sorted((strategy.run_dir / "checkpoints").glob("checkpoint-*"))[-1]
     assert (last / SHARD_FILES[strategy.name]).is_file(), sorted(p.name for p in last.rglob("*"))

@@ -17,7 +17,8 @@ import numpy as np
 
 from carotid.core.run_dir import EvalDir
 from carotid.evaluation.bootstrap import bootstrap_ci
-from carotid.evaluation.inference import FramePredictions, person_predictions
+from carotid.evaluation.calibration import calibration_section
+from carotid.evaluation.inference import FramePredictions, PersonPredictions, person_predictions
 from carotid.evaluation.metrics import classification_metrics, metrics_at_threshold
 from carotid.evaluation.records import read_metrics
 from carotid.evaluation.registry import table_metrics
@@ -59,18 +60,23 @@ def pooled_metrics(
     aggregation: str,
     bootstrap: int,
     seed: int,
-) -> tuple[dict, FramePredictions]:
-    """Out-of-fold image and person metrics (and person-bootstrap CIs) from each fold's (predictions,
-    threshold). Returns (the metrics, the pooled per-image predictions)."""
+) -> tuple[dict, FramePredictions, PersonPredictions]:
+    """Out-of-fold image and person metrics (person-bootstrap CIs, calibration of the pooled probabilities)
+    from each fold's (predictions, threshold). Returns (the metrics, the pooled per-image and per-person
+    predictions)."""
     pooled = FramePredictions(**{key: np.concatenate([getattr(p, key) for p, _ in folds]) for key in FRAME_ARRAYS})
     fold_of_frame = np.concatenate([np.full(len(p.labels), k) for k, (p, _) in enumerate(folds)])
     persons = person_predictions(pooled, aggregation, positive, labelled=True)
     binary = len(class_names) == 2
     levels = {"image": (pooled.labels, pooled.probs), "person": (persons.labels, persons.probs)}
     out: dict = {"threshold": "each fold's own" if binary else None, "warnings": []}
+    # Binary: these metrics at 0.5 end up in "at_threshold_0.5"; the headline ones are each fold's own decisions.
+    where = ", at threshold 0.5 (at_threshold_0.5)" if binary else ""
     for level, (y, probs) in levels.items():
         out[level], notes = classification_metrics(y, probs, class_names, positive, 0.5)
-        out["warnings"] += [f"{level}: {n}" for n in notes]
+        out["warnings"] += [f"{level}{where}: {n}" for n in notes]
+    out["calibration"], notes = calibration_section(levels, class_names, positive)
+    out["warnings"] += [f"calibration, {n}" for n in notes]
     ci = None
     if bootstrap:
         common = {"n_classes": len(class_names), "positive_index": positive, "n_resamples": bootstrap, "seed": seed}
@@ -86,6 +92,11 @@ def pooled_metrics(
         for level, (y, _) in levels.items():
             at_own = metrics_at_threshold(y, called[level][:, positive], positive, 0.5)
             out[level] |= {k: v for k, v in at_own.items() if k != "threshold"} | {"threshold": None}
+            for key, called_as in (("ppv", "positive"), ("npv", "negative")):
+                if at_own[key] is None:
+                    out["warnings"].append(
+                        f"{level}, at each fold's threshold: {key} is undefined: no {called_as} call"
+                    )
         if ci is not None:
             # The same seed and persons give the same resamples, so AUC and these CIs share their draws.
             ids = {"image": pooled.person_ids, "person": persons.person_ids}
@@ -93,7 +104,7 @@ def pooled_metrics(
                 own = bootstrap_ci(ids[level], y, called[level], threshold=0.5, aggregation="mean", **common)[level]
                 ci[level] = {k: v for k, v in own.items() if k != "auc"} | {"auc": ci[level]["auc"]}
     out["ci"] = ci
-    return out, pooled
+    return out, pooled, persons
 
 
 def fold_mean_sd(fold_reports: list[dict], binary: bool) -> dict:

@@ -12,6 +12,10 @@ from dataclasses import dataclass
 from carotid.core.text import plural
 
 
+def number(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
 @dataclass
 class Item:
     topic: str
@@ -31,9 +35,13 @@ def _counts(data_report: dict, metrics: dict | None) -> str | None:
         parts.append(f"{split}: {plural(sum(persons.values()), 'person')} ({by_class})")
     if not parts and metrics:
         counts = metrics.get("counts", {})
+        per_class = ", ".join(
+            f"{c}: {plural(n, 'person')} / {plural(counts.get('images', {}).get(c, 0), 'frame')}"
+            for c, n in (counts.get("persons") or {}).items()
+        )
         parts.append(
-            f"{metrics.get('split')}: {metrics.get('n_persons')} persons, {metrics.get('n_images')} frames "
-            f"(persons per class {counts.get('persons')})"
+            f"{metrics.get('split')}: {plural(metrics.get('n_persons', 0), 'person')}, "
+            f"{plural(metrics.get('n_images', 0), 'frame')} ({per_class})"
         )
     return "; ".join(parts) or None
 
@@ -171,4 +179,79 @@ def checklist(options: dict, data_report: dict, metrics: dict | None, model: dic
         ("Ethics, funding, registration", "TRIPOD+AI: open science", "approval, funding, protocol"),
     ]
     items += [Item(topic, refs, None, hint) for topic, refs, hint in researcher]
+    return items
+
+
+def _matrix_counts(matrix: list[list[int]] | None, class_names: list[str]) -> dict[str, int]:
+    """Per true class: the row sums of a confusion matrix (rows: true class, in class_names order)."""
+    return {c: int(sum(row)) for c, row in zip(class_names, matrix or [])}
+
+
+def cv_checklist(
+    options: dict, data_report: dict, metrics: dict, plan: dict, model: dict, fold_models: list[dict]
+) -> list[Item]:
+    """The checklist of a cross-validation: the run checklist's items, with those a CV answers differently
+    (partitions, counts, selection, metrics, calibration) filled from cv_metrics.json and splits.json."""
+    o, k, classes = options, metrics["folds"], metrics["class_names"]
+    oof, folds, ensemble = metrics["out_of_fold"], metrics["per_fold"], metrics.get("test_ensemble")
+    grouping = (
+        f"groups from column {o['group_column']!r} kept whole" if o.get("group_column") else "each person its own group"
+    )
+    test = len(plan.get("test", []))
+    persons = _matrix_counts(oof["person"].get("confusion_matrix"), classes)
+    frames = _matrix_counts(oof["image"].get("confusion_matrix"), classes)
+    by_class = ", ".join(f"{c}: {plural(persons[c], 'person')} / {plural(frames.get(c, 0), 'frame')}" for c in persons)
+    counts = f"out of fold: {plural(metrics['n_persons'], 'person')} ({by_class}) in {k} folds of " + ", ".join(
+        f"{f['n_persons']}" for f in folds
+    )
+    if ensemble:
+        counts += f"; test: {plural(ensemble['n_persons'], 'person')}, {plural(ensemble['n_images'], 'frame')}"
+    thresholds = [f["threshold"] for f in folds]
+    selection = (
+        f"per fold: the best epoch by {model.get('monitor')} on that fold's validation persons (epochs "
+        f"{', '.join(str(m.get('epoch')) for m in fold_models)}); "
+        + (
+            f"per fold a threshold on P({metrics['positive_class']}) ({folds[0].get('threshold_source')}): "
+            f"{', '.join(number(t) for t in thresholds)}; each out-of-fold person is called at its fold's threshold"
+            if metrics.get("positive_class")
+            else "predicted class = argmax"
+        )
+        + (
+            f"; test persons: mean probability of the {k} fold models at {ensemble['threshold_source']}"
+            if ensemble
+            else ""
+        )
+        + f"; person probability = {metrics['person_aggregation']} of its frames"
+    )
+    ci = (oof.get("ci") or {}).get("method") or {}
+    filled = {
+        "Data partitions and their level": f"{k}-fold cross-validation by person (never by frame; no person in two "
+        f"partitions), {grouping}, stratified by label, seed {o.get('seed')}: {metrics.get('split_method')}; "
+        f"{test} test persons set aside from every fold (test ratio {o.get('test_ratio')}); in each fold the "
+        f"persons not held out are split into training and validation (val ratio {o.get('val_ratio')}); saved in "
+        "splits.json",
+        "Counts per partition and class": counts,
+        "Model selection and operating point": selection,
+        "Performance metrics with confidence intervals": "AUC, accuracy, balanced accuracy, sensitivity, "
+        "specificity, PPV, NPV, F1, per frame and per person: out of fold (pooled over the held-out folds) and on "
+        "the test persons (fold ensemble), with mean ± SD over folds; "
+        + (
+            f"95% CIs from {ci.get('resamples')} {ci.get('interval')} bootstrap resamples of persons stratified by "
+            f"{ci.get('stratified_by')}"
+            if ci
+            else "no CIs (--bootstrap 0)"
+        ),
+        "Calibration": "the pooled out-of-fold probabilities: reliability diagram, Brier score, ECE, calibration "
+        "slope and intercept (calibration section)"
+        if oof.get("calibration")
+        else None,
+        "Failure analysis": "each fold's most wrong held-out persons, with frame probabilities and Grad-CAM "
+        "montages, in fold_k/eval_test_best/report.html",
+    }
+    items = checklist(options, data_report, None, model)
+    for item in items:
+        if item.topic in filled:
+            item.text = filled[item.topic]
+        if item.topic == "Preprocessing" and item.text:
+            item.text += f"; the same in all {k} folds"
     return items

@@ -17,11 +17,21 @@ import yaml
 
 from carotid.core.files import atomic_write_text
 from carotid.core.run_dir import EvalDir, RunDir
-from carotid.evaluation.calibration import format_calibration
 from carotid.evaluation.records import read_metrics
 from carotid.evaluation.registry import table_metrics
 from carotid.report.checklist import checklist
-from carotid.report.page import STYLE, image, number, read_config, read_csv, read_json, read_model, table, with_ci
+from carotid.report.page import (
+    STYLE,
+    calibration_table,
+    image,
+    number,
+    read_config,
+    read_csv,
+    read_json,
+    read_model,
+    table,
+    with_ci,
+)
 
 MAX_TABLE_ROWS = 500  # persons listed in the per-person table; the CSV has them all
 MAX_HEATMAPS = 60  # heat-map montages embedded; the folder has them all
@@ -38,16 +48,8 @@ def section_data(data_report: dict, metrics: dict) -> str:
         counts = metrics.get("counts", {})
         rows = [[name, counts["persons"][name], counts["images"][name]] for name in counts.get("persons", {})]
         return "<h2>Data</h2>" + table(["class", "persons", "frames"], rows) + _notes(metrics.get("data_notes", []))
-    in_sheet = data_report.get("persons_in_sheet", 0)
     without_folder = data_report.get("persons_without_folder", {}).get("count", 0)
     without_images = data_report.get("persons_without_images", {}).get("count", 0)
-    matched = in_sheet - without_folder
-    steps = [
-        ("persons in the label sheet", in_sheet),
-        ("matched to a folder", matched),
-        ("with readable frames", matched - without_images),
-    ]
-    boxes = '<span class="arrow">→</span>'.join(f'<div class="box"><b>{n}</b>{escape(t)}</div>' for t, n in steps)
     splits = data_report.get("splits", {})
     classes = sorted({c for s in splits.values() for c in s.get("persons", {})})
     rows = [
@@ -67,16 +69,32 @@ def section_data(data_report: dict, metrics: dict) -> str:
     ]
     notes = data_report.get("label_file", {}).get("notes", []) + data_report.get("split_notes", [])
     return (
-        '<h2 id="data">Data flow</h2><div class="flow">'
-        + boxes
-        + '<span class="arrow">→</span><div class="box">per split and class<br>(persons / frames)</div></div>'
-        + table(["split", *classes, "all"], rows)
+        '<h2 id="data">Data flow</h2>'
+        + flow_boxes(data_report, ["per split and class (persons / frames)"])
+        + (table(["split", *classes, "all"], rows) if rows else "")
         + _notes(extra + notes)
     )
 
 
+def flow_boxes(data_report: dict, then: list[str]) -> str:
+    """Persons in the sheet → matched to a folder → with readable frames → each of `then`."""
+    in_sheet = data_report.get("persons_in_sheet", 0)
+    matched = in_sheet - data_report.get("persons_without_folder", {}).get("count", 0)
+    steps = [
+        ("persons in the label sheet", in_sheet),
+        ("matched to a folder", matched),
+        ("with readable frames", matched - data_report.get("persons_without_images", {}).get("count", 0)),
+    ]
+    boxes = [f'<div class="box"><b>{n}</b>{escape(t)}</div>' for t, n in steps]
+    boxes.append("".join(f'<div class="box">{escape(t)}</div>' for t in then))
+    return '<div class="flow">' + '<span class="arrow">→</span>'.join(boxes) + "</div>"
+
+
 def _notes(lines: list[str]) -> str:
     return "".join(f"<p class='sub'>{escape(line)}</p>" for line in lines)
+
+
+notes = _notes
 
 
 def section_training(run_dir: Path | None, model: dict) -> str:
@@ -131,7 +149,7 @@ def section_figures(eval_dir: Path, metrics: dict) -> str:
         parts.append('<h2 id="calibration">Calibration</h2>')
         parts += [image(p, "calibration") for p in pictures]
         if isinstance(calibration, dict) and {"binning", "image", "person"} <= set(calibration):
-            parts.append(f"<pre>{escape(format_calibration(calibration))}</pre>")
+            parts.append(calibration_table(calibration))
         elif isinstance(calibration, dict):
             scalars = [[k, number(v)] for k, v in calibration.items() if isinstance(v, (int, float, str)) or v is None]
             parts.append(table(["calibration", "value"], scalars) if scalars else "")
@@ -141,20 +159,20 @@ def section_figures(eval_dir: Path, metrics: dict) -> str:
 
 
 def section_persons(eval_dir: Path) -> str:
-    rows = read_csv(EvalDir(eval_dir).person_predictions)
+    return persons_table(read_csv(EvalDir(eval_dir).person_predictions), "person_predictions.csv", "Per person")
+
+
+def persons_table(rows: list[dict], csv_name: str, heading: str) -> str:
+    """The rows of a person table (wrong ones shaded), at most MAX_TABLE_ROWS of them."""
     if not rows:
         return ""
     header = list(rows[0])
     wrong = ["wrong" if r.get("true_label") not in (None, r["predicted_label"]) else "" for r in rows]
     shown = rows[:MAX_TABLE_ROWS]
-    more = (
-        f"<p class='sub'>… {len(rows) - MAX_TABLE_ROWS} more in person_predictions.csv</p>"
-        if len(rows) > len(shown)
-        else ""
-    )
+    more = f"<p class='sub'>… {len(rows) - len(shown)} more in {csv_name}</p>" if len(rows) > len(shown) else ""
     n_wrong = sum(1 for w in wrong if w)
     return (
-        f'<h2 id="persons">Per person</h2><p>{len(rows)} persons, {n_wrong} misclassified (shaded).</p>'
+        f'<h2 id="persons">{escape(heading)}</h2><p>{len(rows)} persons, {n_wrong} misclassified (shaded).</p>'
         + table(header, [[r[h] for h in header] for r in shown], wrong[: len(shown)])
         + more
     )
@@ -194,7 +212,10 @@ def section_heatmaps(eval_dir: Path, failures: set[str]) -> str:
 
 
 def section_checklist(options: dict, data_report: dict, metrics: dict, model: dict) -> str:
-    items = checklist(options, data_report, metrics, model)
+    return checklist_table(checklist(options, data_report, metrics, model), "this run recorded")
+
+
+def checklist_table(items: list, recorded: str) -> str:
     rows, classes = [], []
     for item in items:
         status = "filled by carotid" if item.text else "researcher to write"
@@ -203,10 +224,21 @@ def section_checklist(options: dict, data_report: dict, metrics: dict, model: di
     filled = sum(1 for item in items if item.text)
     return (
         '<h2 id="checklist">Reporting checklist (CLAIM 2024, TRIPOD+AI)</h2>'
-        f"<p>{filled} of {len(items)} topics filled from what this run recorded; "
+        f"<p>{filled} of {len(items)} topics filled from what {recorded}; "
         "<span class='todo'>researcher to write</span> marks what only you can report.</p>"
         + table(["topic", "asked for by", "status", "content"], rows, classes)
     )
+
+
+def model_rows(metrics: dict, model: dict) -> list[list[str]]:
+    """The model file and its SHA-256; each of an ensemble's model files with theirs."""
+    models = (metrics.get("ensemble") or {}).get("models")
+    if models:
+        return [
+            [f"model file, fold {m['fold']} (epoch {m['epoch']})", f"{m['path']} (SHA-256 {m['sha256']})"]
+            for m in models
+        ]
+    return [["model file", metrics.get("model_file", "-")], ["model file SHA-256", model.get("sha256", "-")]]
 
 
 def section_provenance(config: dict, metrics: dict, model: dict, run_dir: Path | None) -> str:
@@ -220,8 +252,7 @@ def section_provenance(config: dict, metrics: dict, model: dict, run_dir: Path |
             (config.get("options") or {}).get("label_excel") or (metrics.get("data") or {}).get("label_excel") or "-",
         ],
         ["label file SHA-256 (training)", config.get("label_file_sha256", "-")],
-        ["model file", metrics.get("model_file", "-")],
-        ["model file SHA-256", model.get("sha256", "-")],
+        *model_rows(metrics, model),
         ["report written", time.strftime("%Y-%m-%d %H:%M:%S %z")],
     ]
     options = yaml.safe_dump(config.get("options", {}), allow_unicode=True, sort_keys=False)
@@ -237,15 +268,24 @@ def section_provenance(config: dict, metrics: dict, model: dict, run_dir: Path |
 # ---------------------------------------------------------------------------------------------
 
 
+def _split_words(split: str) -> str:
+    return f"{split} split" if split in ("train", "val", "test") else split
+
+
 def build_report(eval_dir: Path | None, run_dir: Path | None) -> str:
     """The HTML text of the report of an evaluation folder and/or a run directory."""
     metrics = read_metrics(EvalDir(eval_dir).metrics) if eval_dir and EvalDir(eval_dir).metrics.is_file() else {}
     run_dir = run_dir or (Path(metrics["run_dir"]) if metrics.get("run_dir") else None)
     config = read_config(run_dir)
     data_report = read_json(RunDir(run_dir).data_report) if run_dir else {}
-    model_path = metrics.get("model_file") or (str(RunDir(run_dir).best_model) if run_dir else None)
-    model = read_model(model_path)
-    title = f"carotid — {metrics['split']} split, {Path(metrics['model_file']).name}" if metrics else "carotid run"
+    models = (metrics.get("ensemble") or {}).get("models") or []  # a cross-validation's fold ensemble
+    model_path = models[0]["path"] if models else metrics.get("model_file")
+    model = read_model(model_path or (str(RunDir(run_dir).best_model) if run_dir else None))
+    title = (
+        f"carotid — {_split_words(metrics['split'])}, {Path(metrics['model_file']).name}" if metrics else "carotid run"
+    )
+    if models:
+        title = f"carotid — {_split_words(metrics['split'])}, ensemble of the {len(models)} fold models"
     classes = ", ".join(model.get("class_names", []))
     sub = f"{model.get('arch', '')} · {run_dir.name if run_dir else ''} · classes {classes}"
     failures = {Path(r["montage"]).name for r in read_csv(eval_dir / "failures.csv")} if eval_dir else set()

@@ -13,6 +13,7 @@ import yaml
 
 from carotid.core.files import file_sha256
 from carotid.core.run_dir import RunDir
+from carotid.evaluation.registry import CALIBRATION_METRICS
 from carotid.model.file import ModelFile
 
 STYLE = """
@@ -107,3 +108,24 @@ def with_ci(metrics: dict, level: str, key: str) -> str:
     interval = ((metrics.get("ci") or {}).get(level) or {}).get(key)
     point = number(metrics.get(level, {}).get(key))
     return point + (f" [{interval['low']:.3f}, {interval['high']:.3f}]" if interval else "")
+
+
+def calibration_table(section: dict) -> str:
+    """metrics.json's calibration section (or cv_metrics.json's) as a table: one row per measure, one column
+    per level (and before temperature scaling, when there was one)."""
+    columns = [("per image", section["image"]), ("per person", section["person"])]
+    if section.get("before_temperature"):
+        t = section.get("temperature") or 1.0
+        columns = [
+            (f"{name}, T=1", section["before_temperature"][level])
+            for name, level in (("per image", "image"), ("per person", "person"))
+        ] + [(f"{name}, T={t:.2f}", v) for name, v in columns]
+    rows = [
+        [metric.name.replace("_", " ")] + [number(values.get(metric.name)) for _, values in columns]
+        for metric in CALIBRATION_METRICS
+        if metric.name in section["person"]
+    ]
+    return table(["calibration", *(name for name, _ in columns)], rows) + (
+        f"<p class='sub'>ECE over {escape(section.get('binning', ''))}; slope and intercept of a logistic "
+        "recalibration (1 and 0 when calibrated); n/a: not estimable on these probabilities.</p>"
+    )

@@ -228,7 +228,7 @@ def plot_roc(
                 label=f"threshold {point['threshold']:.3f}",
             )
         ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
-        where = f"{split} split, " if split else ""
+        where = (f"{split} split, " if split in ("train", "val", "test") else f"{split}, ") if split else ""
         unit = "images" if level == "image" else "persons"
         ax.set(
             title=f"ROC per {level}\n{where}{_counts_text(y_true, class_names, unit)}",
@@ -282,7 +282,7 @@ def plot_reliability(
     """Reliability diagram per level: observed rate against mean predicted probability in each bin (marker
     area ∝ persons or frames in the bin), the diagonal of perfect calibration, and, after temperature
     scaling, the curve before it (dashed)."""
-    fig, axes = new_figure(1, len(levels), figsize=(5 * len(levels), 4.5), squeeze=False)
+    fig, axes = new_figure(1, len(levels), figsize=(5 * len(levels), 5.2), squeeze=False)
     for ax, (level, bins) in zip(axes[0], levels.items()):
         ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect calibration")
         after = "after temperature scaling" if before else "model"
@@ -302,7 +302,8 @@ def plot_reliability(
             xlim=(0, 1),
             ylim=(0, 1.02),
         )
-        ax.legend(loc="upper left")
+        # Below the axes: inside, the legend would hide the part of the curve it overlaps.
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=8, ncol=2, frameon=False)
     save_figure(fig, path)
 
 

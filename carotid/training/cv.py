@@ -26,7 +26,7 @@ from accelerate.utils import set_seed
 
 from carotid.core import run_dir as run_folder
 from carotid.core.errors import UserError
-from carotid.core.files import atomic_write_json, write_table
+from carotid.core.files import file_sha256, write_table
 from carotid.core.run_dir import RunDir
 from carotid.core.runtime import RunLog, on_main
 from carotid.data.manifest import DataManifest
@@ -42,10 +42,11 @@ from carotid.evaluation.pooling import (
 )
 from carotid.evaluation.records import CV_METRICS_SCHEMA, CVMetricsRecord, write_cv_metrics
 from carotid.model.file import ModelFile
+from carotid.report.cv_page import write_cv_figures, write_cv_report
 from carotid.report.outputs import write_evaluation
 from carotid.training import checkpoints
 from carotid.training.config import TrainConfig
-from carotid.training.fit import describe_persons, fit_run, read_data, with_splits
+from carotid.training.fit import describe_data, describe_persons, describe_setup, fit_run, read_data, with_splits
 
 PROGRESS = "cv_progress.json"
 
@@ -135,6 +136,8 @@ def cross_validate(
     log(f" test: {describe_persons(manifest, plan['test'])}")
     for fold in plan["folds"]:
         log(f"fold {fold['fold']}: held out {describe_persons(manifest, fold['held_out'])}")
+    describe_setup(accelerator, cfg, log)  # the start-up block, once: each fold prints only its persons
+    describe_data(cfg, manifest, log)
     progress = cv_dir / PROGRESS
     done = set(json.loads(progress.read_text(encoding="utf-8"))["folds_done"]) if progress.is_file() else set()
     for k in range(1, cfg.folds + 1):
@@ -165,10 +168,11 @@ def run_fold(
     fit_run(
         accelerator,
         fold_cfg,
-        with_splits(manifest, fold_splits(plan, k), []),
+        with_splits(manifest, fold_splits(plan, k), [], names={"test": f"held-out fold {k}"}),
         resume_run=resume_run,
         resume_from=resume_from,
         run_name=fold_dir.name,
+        startup=False,
         run_note={"cross_validation": {"dir": str(cv_dir), "fold": k, "folds": cfg.folds, "test": "the held-out fold"}},
     )
     release(accelerator)
@@ -203,7 +207,7 @@ def summarise(
         accelerator.wait_for_everyone()
         return
     evaluations = [read_fold_evaluation(RunDir(f).evaluation().path, class_names) for f in folds]
-    pooled, frames = pooled_metrics(
+    pooled, frames, persons = pooled_metrics(
         [(preds, report["threshold"]) for preds, report in evaluations],
         class_names,
         positive,
@@ -242,9 +246,13 @@ def summarise(
         "test_ensemble": ensemble,
     }
     write_cv_metrics(RunDir(cv_dir).cv_metrics, metrics)
+    write_cv_figures(cv_dir, pooled, frames, persons, class_names, positive)
     log(f"out of fold ({metrics['n_persons']} persons, {metrics['n_images']} images), each at its fold's threshold:")
+    for note in pooled["warnings"]:
+        log(f"warning: {note}")
     log(format_cv_table(metrics, binary))
     log(f"cross-validation written to {cv_dir}")
+    log(f"report: {write_cv_report(cv_dir)}")
     accelerator.wait_for_everyone()
 
 
@@ -271,7 +279,8 @@ def evaluate_ensemble(
     """Collective: the K best models on the test persons, their mean probability evaluated like one model at
     the mean of the folds' thresholds. Returns the evaluation's summary on the main process."""
     frames = dataclasses.replace(manifest, splits={"test": plan["test"]}).frames_of("test")
-    model_files = [ModelFile.load(RunDir(f).best_model) for f in folds]
+    paths = [RunDir(f).best_model for f in folds]
+    model_files = [ModelFile.load(path) for path in paths]
     predictions = [
         run_inference(
             accelerator,
@@ -293,7 +302,7 @@ def evaluate_ensemble(
     report, persons = compute_report(
         preds,
         model_files[0],
-        model_path=", ".join(str(RunDir(f).best_model) for f in folds),
+        model_path=", ".join(map(str, paths)),
         split="test",
         bootstrap=cfg.bootstrap,
         aggregation=cfg.person_aggregation,
@@ -304,6 +313,19 @@ def evaluate_ensemble(
     report |= {
         "arch": f"ensemble: mean probability of {len(folds)} x {model_files[0].arch}",
         "model_epoch": [mf.epoch for mf in model_files],
+        "ensemble": {
+            "rule": f"mean probability of the {len(folds)} folds' best models",
+            "models": [
+                {
+                    "fold": k,
+                    "path": str(path),
+                    "sha256": file_sha256(path),
+                    "epoch": mf.epoch,
+                    "threshold": mf.threshold,
+                }
+                for k, (path, mf) in enumerate(zip(paths, model_files), start=1)
+            ],
+        },
         "threshold_source": f"mean of the {len(folds)} folds' thresholds {[round(t, 4) for t in thresholds]}"
         if threshold is not None
         else None,
@@ -311,5 +333,5 @@ def evaluate_ensemble(
     write_evaluation(report, preds, persons, model_files[0], out_dir)
     log("test persons, fold ensemble (mean of the folds' best models):")
     log(format_table(report))
-    kept = ("n_persons", "n_images", "threshold", "threshold_source", "image", "person", "ci")
+    kept = ("n_persons", "n_images", "threshold", "threshold_source", "image", "person", "ci", "ensemble")
     return {key: report[key] for key in kept}

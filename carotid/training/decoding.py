@@ -40,6 +40,7 @@ def report_decoding(
     prep: Preprocessing,
     test_report: dict | None,
     unreadable_at_start: int,
+    names: dict[str, str] | None = None,
 ) -> list[str]:
     """Main process: every frame that could not be decoded in training, validation and test, with its reason,
     into data_report.json ("decoding"); returns the console lines (one per split)."""
@@ -55,5 +56,8 @@ def report_decoding(
             "(unreadable_images in data_report.json)"
         )
     for split, summary in decoding.items():
-        lines.append(summary_line(split, summary) + (" (listed in data_report.json)" if summary["unreadable"] else ""))
+        lines.append(
+            summary_line((names or {}).get(split, split), summary)
+            + (" (listed in data_report.json)" if summary["unreadable"] else "")
+        )
     return lines

@@ -165,6 +165,11 @@ def preempted(
     )
 
 
+def split_names(manifest: DataManifest) -> dict[str, str]:
+    """Each split's name in words: a fold of a cross-validation calls its "test" split "held-out fold k"."""
+    return {s: s for s in ("train", "val", "test")} | manifest.report.get("split_names", {})
+
+
 def evaluate_test(accelerator: Accelerator, cfg: TrainConfig, manifest: DataManifest, run_dir: Path, log: RunLog):
     """The test split evaluated with best_model.pth into RUN/eval_test_best; its metrics.json dict on the main
     process, None elsewhere."""
@@ -179,7 +184,7 @@ def evaluate_test(accelerator: Accelerator, cfg: TrainConfig, manifest: DataMani
         RunDir(run_dir).best_model,
         manifest.frames_of("test"),
         RunDir(run_dir).evaluation().path,
-        split="test",
+        split=split_names(manifest)["test"],
         batch_size=2 * cfg.batch_size,
         num_workers=cfg.num_workers,
         bootstrap=cfg.bootstrap,

@@ -27,6 +27,7 @@ from carotid.data.manifest import SPLITS, DataManifest, check_classes_in_trainin
 from carotid.model.file import load_initial_weights, read_weights
 from carotid.model.registry import build_model
 from carotid.training.config import TrainConfig
+from carotid.training.epoch import split_names
 from carotid.training.trainer import Trainer
 
 # ---------------------------------------------------------------------------------------------
@@ -70,30 +71,60 @@ def read_data(
     return manifest, table, str(Path(root_dir).resolve()), str(Path(label_excel).resolve())
 
 
-def with_splits(manifest: DataManifest, splits: dict[str, list[str]], notes: list[str]) -> DataManifest:
-    """The manifest with these splits, their counts and notes recorded in its report (data_report.json)."""
+def with_splits(
+    manifest: DataManifest, splits: dict[str, list[str]], notes: list[str], names: dict[str, str] | None = None
+) -> DataManifest:
+    """The manifest with these splits, their counts and notes recorded in its report (data_report.json);
+    `names` gives a split another name in words (a fold's "test" is "held-out fold k")."""
     out = dataclasses.replace(manifest, splits=splits, report=dict(manifest.report))
     out.report["split_notes"] = notes
+    if names:
+        out.report["split_names"] = names
     out.report["splits"] = {s: out.counts(s) for s in SPLITS}
     return out
 
 
+DISTRIBUTION = {  # Accelerate's DistributedType values in words
+    "NO": "one process, not distributed",
+    "MULTI_CPU": "DDP over CPU processes",
+    "MULTI_GPU": "DDP over GPUs",
+    "DEEPSPEED": "DeepSpeed",
+    "FSDP": "FSDP",
+}
+
+
 def describe(accelerator: Accelerator, cfg: TrainConfig, manifest: DataManifest, log: RunLog) -> None:
+    """The start-up block: processes, batch, the persons of each split, the data, the checks."""
+    describe_setup(accelerator, cfg, log)
+    describe_splits(manifest, log)
+    describe_data(cfg, manifest, log)
+
+
+def describe_setup(accelerator: Accelerator, cfg: TrainConfig, log: RunLog) -> None:
     per_device, accumulation = cfg.batch_size, accelerator.gradient_accumulation_steps
     effective = per_device * accelerator.num_processes * accumulation
+    kind = accelerator.distributed_type.value
     log(
-        f"processes: {accelerator.num_processes} ({accelerator.distributed_type.value}), device: {accelerator.device}, "
+        f"processes: {accelerator.num_processes} ({DISTRIBUTION.get(kind, kind)}), device: {accelerator.device}, "
         f"mixed precision: {accelerator.mixed_precision}"
     )
     log(
         f"batch: {per_device} per device x {plural(accelerator.num_processes, 'process', 'processes')} x "
         f"{plural(accumulation, 'accumulation step')} = {effective} effective"
     )
+
+
+def describe_splits(manifest: DataManifest, log: RunLog) -> None:
+    names = split_names(manifest)
+    width = max(len(names[s]) for s in SPLITS)
     for split in SPLITS:
-        log(f"{split:>5}: {describe_persons(manifest, manifest.splits[split])}")
+        log(f"{names[split]:>{width}}: {describe_persons(manifest, manifest.splits[split])}")
+
+
+def describe_data(cfg: TrainConfig, manifest: DataManifest, log: RunLog) -> None:
     for line in data_block(manifest.report, cfg.label_excel):
         log(line)
-    for note in manifest.report["split_notes"]:
+    for note in manifest.report.get("split_notes", []):
         log(f"note: {note}")
     for note in manifest.left_out_notes():
         log(f"note: {note}")
@@ -149,11 +180,13 @@ def fit_run(
     notes: Iterable[str] = (),
     run_name: str | None = None,
     run_note: dict | None = None,
+    startup: bool = True,
 ) -> Path:
     """Train (or resume) one run on `manifest.splits`; returns its run directory.
 
     A new run directory is made in cfg.output_dir (named `run_name`, else train_YYYYMMDD_HHMMSS) once the
-    model is built; `run_note` adds keys to its config.yaml."""
+    model is built; `run_note` adds keys to its config.yaml. `startup` False (a fold of a cross-validation,
+    whose start-up block was printed once) prints only the persons of each split."""
     check_classes_in_training(manifest)
     class_names = manifest.class_names
     # Binary: the positive class read_labels chose (and reported); more classes keep the last as before.
@@ -189,7 +222,10 @@ def fit_run(
     log(f"{'resuming' if resume_run else 'run directory'}: {run_dir}")
     for note in notes:
         log(note)
-    describe(accelerator, cfg, manifest, log)
+    if startup:
+        describe(accelerator, cfg, manifest, log)
+    else:
+        describe_splits(manifest, log)
     monitor = choose_monitor(cfg, manifest, log)
     training = False
     try:

@@ -47,6 +47,7 @@ from carotid.training.epoch import (
     person_class_weights,
     preempted,
     run_loaders,
+    split_names,
     validate,
     weights_finite,
 )
@@ -343,7 +344,15 @@ class Trainer:
             cfg = self.cfg
             prep = Preprocessing(cfg.image_size, cfg.in_channels, cfg.resize, cfg.crop)
             unreadable_at_start = len(self.manifest.report["unreadable_images"])
-            for line in report_decoding(self.run_dir, self.datasets, statuses, prep, test_report, unreadable_at_start):
+            for line in report_decoding(
+                self.run_dir,
+                self.datasets,
+                statuses,
+                prep,
+                test_report,
+                unreadable_at_start,
+                split_names(self.manifest),
+            ):
                 self.log(line)
 
             evaluation = self.paths.evaluation().path

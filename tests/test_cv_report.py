@@ -1,0 +1,95 @@
+"""A cross-validation's own page (CV_DIR/report.html), its fold runs' words, and the pooled warnings."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+
+import numpy as np
+import pytest
+
+from carotid.core.files import file_sha256
+from carotid.evaluation.inference import FramePredictions
+from carotid.evaluation.pooling import pooled_metrics
+from tests.browser import find_chromium, open_page
+from tests.test_cv import cv_run  # noqa: F401  (the module-scoped 2-fold run)
+
+
+def test_cv_ends_with_its_report_out_of_fold_result_first(cv_run):  # noqa: F811
+    cv_dir = cv_run[0]
+    log = (cv_dir / "cv.log").read_text(encoding="utf-8").splitlines()
+    assert log[-1].endswith(f"report: {cv_dir / 'report.html'}")
+    page = html.unescape((cv_dir / "report.html").read_text(encoding="utf-8"))
+    order = ["oof", "folds", "calibration", "ensemble", "data", "persons", "checklist", "provenance"]
+    places = [page.index(f'<h2 id="{name}">') for name in order]
+    assert places == sorted(places), "sections out of order"
+    metrics = json.loads((cv_dir / "cv_metrics.json").read_text(encoding="utf-8"))
+    auc = metrics["out_of_fold"]["person"]["auc"]
+    interval = metrics["out_of_fold"]["ci"]["person"]["auc"]
+    assert f"{auc:.3f} [{interval['low']:.3f}, {interval['high']:.3f}]" in page[: places[1]]
+    spread = metrics["fold_mean_sd"]["person"]["auc"]
+    assert f"{spread['mean']:.3f} ± {spread['sd']:.3f}" in page[places[1] : places[2]]
+    assert "<th>calibration</th>" in page[places[2] : places[3]] and "<pre>" not in page[places[2] : places[3]]
+    ensemble = page[places[3] : places[4]]
+    assert "Test set: the fold ensemble" in ensemble
+    for k in (1, 2):  # the ensemble's models and their hashes
+        assert file_sha256(cv_dir / f"fold_{k}" / "models" / "best_model.pth") in ensemble
+    assert "fold 2: held out" in page[places[4] : places[5]]
+    assert page.count('<tr class="wrong">') + page[places[5] : places[6]].count("<tr>") >= 12
+    checklist = page[places[6] : places[7]]
+    assert "2-fold cross-validation by person" in checklist and "each person its own group" in checklist
+    assert "the best epoch by val_auc on that fold's validation persons" in checklist
+    assert "grayscale (1 channel)" in checklist and "the same in all 2 folds" in checklist
+    ensemble_page = (cv_dir / "eval_test_ensemble" / "report.html").read_text(encoding="utf-8")
+    assert "test split, ensemble of the 2 fold models" in ensemble_page and "small_cnn" in ensemble_page
+
+
+def test_fold_runs_name_their_held_out_fold_and_the_startup_block_prints_once(cv_run):  # noqa: F811
+    cv_dir = cv_run[0]
+    cv_log = (cv_dir / "cv.log").read_text(encoding="utf-8")
+    assert cv_log.count("label sheet:") == 1
+    assert "processes: 1 (one process, not distributed)" in cv_log  # not Accelerate's internal "NO"
+    for k in (1, 2):
+        log = (cv_dir / f"fold_{k}" / "train.log").read_text(encoding="utf-8")
+        assert f"held-out fold {k}: 6 persons" in log
+        assert not re.search(r"^\s*test:", log, re.MULTILINE), "a fold calls its held-out persons test"
+        assert "label sheet:" not in log and "processes:" not in log
+        metrics = json.loads((cv_dir / f"fold_{k}" / "eval_test_best" / "metrics.json").read_text())
+        assert metrics["split"] == f"held-out fold {k}"
+
+
+def test_pooled_warnings_say_which_threshold_they_belong_to():
+    """At 0.5 nobody is called negative (npv undefined), at each fold's own threshold they are."""
+
+    def fold(probs, labels, tag):
+        n = len(probs)
+        return FramePredictions(
+            paths=np.array([f"{tag}{i}.png" for i in range(n)]),
+            frames=np.zeros(n, dtype=np.int64),
+            person_ids=np.array([f"{tag}{i}" for i in range(n)]),
+            labels=np.array(labels),
+            probs=np.array([[1 - p, p] for p in probs]),
+        )
+
+    folds = [
+        (fold([0.6, 0.7, 0.8, 0.9], [0, 0, 1, 1], "a"), 0.75),
+        (fold([0.55, 0.65, 0.85, 0.95], [0, 0, 1, 1], "b"), 0.7),
+    ]
+    out, _, _ = pooled_metrics(folds, ["normal", "plaque"], 1, aggregation="mean", bootstrap=0, seed=0)
+    assert out["person"]["npv"] == pytest.approx(1.0)
+    npv = [w for w in out["warnings"] if "npv is undefined" in w]
+    assert npv and all("at threshold 0.5 (at_threshold_0.5)" in w for w in npv), out["warnings"]
+    assert out["person"]["at_threshold_0.5"]["npv"] is None
+
+
+def test_cv_report_opens_in_headless_chromium_with_no_empty_table_or_blank_field(cv_run, tmp_path):  # noqa: F811
+    if find_chromium() is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
+    cv_dir = cv_run[0]
+    report = open_page(cv_dir / "report.html")
+    assert report.title == "carotid — 2-fold cross-validation"
+    assert not report.exceptions and not report.failed
+    assert not report.blanks, report.blanks
+    assert len(report.images) >= 3 and all(image["ok"] for image in report.images)  # ROC, reliability, ensemble
+    (tmp_path / "cv.png").write_bytes(report.screenshot)
