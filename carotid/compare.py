@@ -4,7 +4,8 @@
     python -m carotid.compare RUN/eval_test_best RUN/eval_test_best_reader_radiologist
 
 DeLong's test of the person-level AUCs, McNemar's tests of sensitivity and specificity (each side at its
-own threshold) and paired person-bootstrap CIs of the differences, into DIR/compare.json.
+own threshold) and paired person-bootstrap CIs of the differences, into DIR/compare.json, with the overlaid
+ROC of both (DIR/roc_overlay.png, 95% bands) and the page DIR/compare.html.
 """
 
 from __future__ import annotations
@@ -32,17 +33,18 @@ def compare(argv: Sequence[str] | None) -> int:
     args = parse_compare_args(argv)
     from carotid.core.files import atomic_write_json
     from carotid.core.run_dir import check_writable
-    from carotid.evaluation.compare import compare_evaluations, format_comparison
+    from carotid.evaluation.compare import align, compare_sides, format_comparison, read_side
+    from carotid.report.compare_page import write_compare_page
 
     out = Path(args.out) if args.out else default_out(args.eval_a, args.eval_b)
-    result = compare_evaluations(
-        args.eval_a, args.eval_b, shared_only=args.shared_persons, bootstrap=args.bootstrap, seed=args.seed
-    )
+    a, b, notes = align(read_side(args.eval_a), read_side(args.eval_b), args.shared_persons)
+    result = compare_sides(a, b, notes, bootstrap=args.bootstrap, seed=args.seed)
     check_writable(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "compare.json", result)
+    page = write_compare_page(result, a, b, out, n_resamples=args.bootstrap, seed=args.seed)
     print(format_comparison(result))
-    print(f"comparison written to {out / 'compare.json'}")
+    print(f"comparison written to {out / 'compare.json'}, {out / 'roc_overlay.png'}; page: {page}")
     return 0
 
 

@@ -4,16 +4,19 @@ a hand count, refusals of mismatched folders, and the real CLIs on a trained run
 from __future__ import annotations
 
 import csv
+import html
 import json
 from pathlib import Path
 
 import numpy as np
 import openpyxl
 import pytest
+from PIL import Image
 from scipy.stats import binomtest, chi2, norm
 
 from carotid import compare, evaluate
 from carotid.evaluation.compare import delong, mcnemar_test
+from tests.browser import find_chromium, open_page
 from tests.conftest import read_json, write_xlsx
 
 QUICK = ["--num-workers", "0", "--batch-size", "8", "--bootstrap", "50"]
@@ -89,7 +92,7 @@ def test_mcnemar_matches_a_hand_count(a_only, b_only):
 def write_eval(folder: Path, persons: dict[str, tuple[str, float]], threshold: float = 0.5) -> Path:
     """An evaluation folder as carotid-evaluate writes it (metrics.json + person_predictions.csv)."""
     folder.mkdir(parents=True)
-    metrics = {"class_names": ["normal", "plaque"], "positive_class": "plaque", "threshold": threshold}
+    metrics = {"class_names": ["normal", "plaque"], "positive_class": "plaque", "threshold": threshold, "person": {}}
     (folder / "metrics.json").write_text(json.dumps(metrics))
     with (folder / "person_predictions.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -175,3 +178,39 @@ def test_reader_column_is_scored_and_compared_end_to_end(trained_run, data_dir, 
     )
     scored = read_json(tmp_path / "m3_reader_confidence" / "metrics.json")
     assert scored["reader"]["kind"] == "score" and scored["person"]["sensitivity"] == 1.0
+
+
+def test_compare_writes_an_overlaid_roc_and_a_page_naming_both_classes(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    truth = ["plaque" if i % 2 else "normal" for i in range(20)]
+    a = write_eval(
+        tmp_path / "run_a" / "eval_test_best",
+        {
+            f"p{i}": (t, float(rng.uniform(0.3, 1.0) if t == "plaque" else rng.uniform(0, 0.7)))
+            for i, t in enumerate(truth)
+        },
+    )
+    b = write_eval(
+        tmp_path / "run_b" / "eval_test_best",
+        {f"p{i}": (t, float(rng.uniform(0, 1))) for i, t in enumerate(truth)},
+        threshold=0.4,
+    )
+    out = tmp_path / "cmp"
+    assert compare.main([str(a), str(b), "--out", str(out), "--bootstrap", "200"]) == 0
+    printed = capsys.readouterr().out
+    assert "20 persons (10 plaque, 10 normal)" in printed and "other" not in printed
+    result = read_json(out / "compare.json")
+    assert result["negative_class"] == "normal" and result["class_names"] == ["normal", "plaque"]
+    with Image.open(out / "roc_overlay.png") as figure:
+        assert figure.width > 400 and figure.height > 400
+    page = html.unescape((out / "compare.html").read_text(encoding="utf-8"))
+    assert "A: run_a/eval_test_best" in page and "B: run_b/eval_test_best" in page
+    assert "10 plaque (positive), 10 normal" in page
+    assert f"{result['auc']['auc_a']:.3f}" in page and f"{result['auc']['difference']:+.3f}" in page
+    assert "data:image/png;base64," in page and "<script" not in page
+    if find_chromium() is None:
+        return
+    report = open_page(out / "compare.html")
+    assert report.title == "carotid — comparison of two evaluations"
+    assert not report.exceptions and not report.failed and not report.blanks, report.blanks
+    assert len(report.images) == 1 and report.images[0]["ok"] and report.images[0]["width"] > 400

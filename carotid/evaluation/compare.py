@@ -75,6 +75,10 @@ def read_side(folder: str | Path) -> Side:
     )
 
 
+def negative_class(side: Side) -> str:
+    return next(c for c in side.class_names if c != side.positive_class)
+
+
 def align(a: Side, b: Side, shared_only: bool) -> tuple[Side, Side, list[str]]:
     """Both sides on the same persons in the same order; refuses differing classes, persons or labels."""
     if (a.class_names, a.positive_class) != (b.class_names, b.positive_class):
@@ -226,12 +230,18 @@ def compare_evaluations(
     folder_a: str | Path, folder_b: str | Path, *, shared_only: bool = False, bootstrap: int = 1000, seed: int = 42
 ) -> dict:
     """The compare.json dict of two evaluation folders."""
-    a, b, notes = align(read_side(folder_a), read_side(folder_b), shared_only)
+    return compare_sides(*align(read_side(folder_a), read_side(folder_b), shared_only), bootstrap, seed)
+
+
+def compare_sides(a: Side, b: Side, notes: list[str], bootstrap: int = 1000, seed: int = 42) -> dict:
+    """The compare.json dict of two aligned sides (`align`)."""
     y_pos = a.truth == a.positive_class
     return {
         "a": {"folder": str(a.folder), "threshold": a.threshold, "reader": a.reader},
         "b": {"folder": str(b.folder), "threshold": b.threshold, "reader": b.reader},
+        "class_names": a.class_names,
         "positive_class": a.positive_class,
+        "negative_class": negative_class(a),
         "n_persons": int(len(y_pos)),
         "counts": {"positive": int(y_pos.sum()), "negative": int((~y_pos).sum())},
         "difference": "A - B",
@@ -258,7 +268,7 @@ def format_comparison(result: dict) -> str:
         f"A: {result['a']['folder']}",
         f"B: {result['b']['folder']}",
         f"{result['n_persons']} persons ({result['counts']['positive']} {result['positive_class']}, "
-        f"{result['counts']['negative']} other); differences are A − B",
+        f"{result['counts']['negative']} {result.get('negative_class', 'other')}); differences are A − B",
         f"{'':<13}{'A':>7}{'B':>7}{'A − B':>9}  {'95% CI':<18}  {'bootstrap 95% CI':<18}  p",
         f"{'AUC':<13}{number(auc['auc_a']):>7}{number(auc['auc_b']):>7}{auc['difference']:>+9.3f}  "
         f"{interval(auc['ci']):<18}  {interval(ci['auc']):<18}  {p(auc['p_value'])} (DeLong)",

@@ -18,8 +18,8 @@ from pathlib import Path
 import yaml
 
 from carotid.core.files import atomic_write_text
-from carotid.core.text import plural
 from carotid.core.run_dir import RunDir
+from carotid.core.text import plural
 from carotid.evaluation.inference import FramePredictions, PersonPredictions
 from carotid.evaluation.records import read_cv_metrics
 from carotid.evaluation.registry import table_metrics
@@ -176,7 +176,7 @@ def section_ensemble(cv_dir: Path, metrics: dict) -> str:
 
 
 def section_data(cv_dir: Path, metrics: dict, plan: dict) -> str:
-    data_report = read_json(cv_dir / "data_report.json")
+    data_report = read_json(RunDir(cv_dir).data_report)
     classes = metrics["class_names"]
     rows = []
     ensemble = read_json(cv_dir / "eval_test_ensemble" / "metrics.json")
@@ -188,7 +188,7 @@ def section_data(cv_dir: Path, metrics: dict, plan: dict) -> str:
             + [f"{len(plan['test'])} / {ensemble.get('n_images', '?')}"]
         )
     for fold in plan.get("folds", []):
-        splits = read_json(cv_dir / f"fold_{fold['fold']}" / "data_report.json").get("splits", {})
+        splits = read_json(RunDir(cv_dir / f"fold_{fold['fold']}").data_report).get("splits", {})
         for split, name in (("train", "training"), ("val", "validation"), ("test", "held out")):
             counts = splits.get(split, {"persons": {}, "images": {}})
             rows.append(
@@ -234,17 +234,15 @@ def build_cv_report(cv_dir: Path) -> str:
     metrics = read_cv_metrics(RunDir(cv_dir).cv_metrics)
     plan = read_json(cv_dir / "splits.json")
     config = read_config(cv_dir)
-    model = read_model(str(cv_dir / "fold_1" / "models" / "best_model.pth"))
-    fold_models = [
-        read_model(str(cv_dir / f"fold_{k}" / "models" / "best_model.pth")) for k in range(1, 1 + len(plan["folds"]))
-    ]
+    model = read_model(str(RunDir(cv_dir / "fold_1").best_model))
+    fold_models = [read_model(str(RunDir(cv_dir / f"fold_{k}").best_model)) for k in range(1, 1 + len(plan["folds"]))]
     title = f"carotid — {metrics['folds']}-fold cross-validation"
     positive = f", positive class {metrics['positive_class']}" if metrics.get("positive_class") else ""
     classes = ", ".join(metrics["class_names"])
     sub = f"{model.get('arch', 'model file missing')} · {cv_dir.name} · classes {classes}{positive}"
     oof_rows = read_csv(cv_dir / "oof_person_predictions.csv")
     items = cv_checklist(
-        config.get("options") or {}, read_json(cv_dir / "data_report.json"), metrics, plan, model, fold_models
+        config.get("options") or {}, read_json(RunDir(cv_dir).data_report), metrics, plan, model, fold_models
     )
     body = [
         f"<h1>{escape(title)}</h1><p class='sub'>{escape(sub)}</p>",

@@ -26,7 +26,7 @@ from accelerate.utils import set_seed
 
 from carotid.core import run_dir as run_folder
 from carotid.core.errors import UserError
-from carotid.core.files import file_sha256, write_table
+from carotid.core.files import atomic_write_json, file_sha256, write_table
 from carotid.core.run_dir import RunDir
 from carotid.core.runtime import RunLog, on_main
 from carotid.data.manifest import DataManifest
