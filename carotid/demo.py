@@ -29,7 +29,9 @@ def _main(argv: Sequence[str] | None) -> int:
         args.out, args.persons, args.frames, args.size, args.seed, args.finding_frames, args.min_frames
     )
     frames = plural(args.frames, "frame") if args.min_frames is None else f"{args.min_frames}-{args.frames} frames"
-    shown = "" if args.finding_frames is None else f" (plaque in {plural(args.finding_frames, 'frame')} a person)"
+    shown = ""
+    if args.finding_frames is not None:
+        shown = f" (the plaque in {plural(args.finding_frames, 'frame')} of each plaque person)"
     print(f"wrote {plural(args.persons, 'person')} x {frames}{shown} to {args.out} and labels to {label_path}")
     return 0
 

@@ -4,8 +4,10 @@
 
 The exported model takes uint8 frames (batch, C, S, S) cropped and resized as in training and returns class
 probabilities; class names, threshold, positive class, aggregation and the preprocessing are in its
-metadata. Before anything is written it is run with onnxruntime (or TorchScript) on real frames and
-compared with PyTorch; the largest probability difference is printed. See carotid.model.export.
+metadata. A person model (--person-model attention|mean) takes one person's frames (n, C, S, S), any n, and returns
+the person's probabilities (1, K) and each frame's attention (n,). Before anything is written it is run with
+onnxruntime (or TorchScript) on real frames and compared with PyTorch; the largest difference is printed. See
+carotid.model.export.
 """
 
 from __future__ import annotations
@@ -39,14 +41,14 @@ def _export(argv: Sequence[str] | None) -> int:
     frames, where = parity_frames(model_file, args.frames)
     difference = export(model_file, model_path, args.format, out, frames)
     meta = metadata(model_file, model_path)
-    print(
-        f"exported {model_path} ({model_file.arch}, epoch {model_file.epoch}) to {out} ({args.format}, dynamic batch)"
-    )
+    dynamic = "one person a run, any frame count" if model_file.person_level else "dynamic batch"
+    print(f"exported {model_path} ({model_file.arch}, epoch {model_file.epoch}) to {out} ({args.format}, {dynamic})")
     print(f"input:  {meta['input']}, {meta['color']}; {meta['resize']}; scaled and normalised inside")
     print(f"output: {meta['output']}; classes {meta['class_names']}")
     print(f"use:    {meta['decision']}; {meta['person_rule']}")
     checked = f"max |ΔP| = {difference:.1e} (limit {TOLERANCE:.0e})"
-    print(f"parity with PyTorch on {where} (one batch and frame by frame): {checked}")
+    batches = "as one bag, frame by frame and a bag of 3" if model_file.person_level else "one batch and frame by frame"
+    print(f"parity with PyTorch on {where} ({batches}): {checked}")
     return 0
 
 

@@ -89,7 +89,7 @@ def test_demo_cli_writes_sparse_data_and_refuses_more_findings_than_frames(tmp_p
     assert "error: --finding-frames must be between 1 and the frames per person (4)" in capsys.readouterr().err
     assert not out.exists()
     assert demo_cli.main([*argv[:-1], "1"]) == 0
-    assert "(plaque in 1 frame a person)" in capsys.readouterr().out
+    assert "(the plaque in 1 frame of each plaque person)" in capsys.readouterr().out
     flags = [int(row["finding"]) for row in frames_by_person(out)["1002"]]
     assert flags.count(1) == 1 and len(flags) == 4
 

@@ -14,6 +14,7 @@ from carotid import export
 from carotid.data.decode import load_frame
 from carotid.model.export import DeployableModel
 from carotid.model.file import ModelFile
+from carotid.model.person import PersonModel
 
 onnxruntime = pytest.importorskip("onnxruntime", reason="the export extra is not installed: pip install '.[export]'")
 
@@ -39,6 +40,7 @@ def test_onnx_export_matches_pytorch_on_real_frames_and_carries_the_contract(tra
     assert json.loads(meta["class_names"]) == model_file.class_names == ["normal", "plaque"]
     assert meta["positive_class"] == "plaque" and float(meta["threshold"]) == model_file.threshold
     assert meta["aggregation"] == model_file.aggregation and meta["image_size"] == str(model_file.image_size)
+    assert (meta["model_kind"], meta["person_model"]) == ("frame", "frames")
     assert json.loads(meta["normalization"])["mean"] == [0.449]
     # The geometry the model was trained with (letterbox, crop auto by default), not a fixed text.
     prep = model_file.prep
@@ -77,3 +79,82 @@ def test_export_errors_are_one_line(trained_run, tmp_path, capsys):
     assert not (tmp_path / "moved.onnx").exists()
     assert export.main(["--model", str(tmp_path / "none.pth")]) == 2
     assert "error: model file not found" in capsys.readouterr().err
+
+
+def person_model_file(tmp_path, pooling: str) -> tuple[ModelFile, str]:
+    torch.manual_seed(3)
+    model = PersonModel("small_cnn", 2, 1, pooling=pooling)
+    with torch.no_grad():  # attention that differs between frames, as a trained model's does
+        model.attention_w.weight.mul_(50) if pooling == "attention" else None
+    model_file = ModelFile(
+        state_dict=model.state_dict(),
+        arch="small_cnn",
+        class_names=["normal", "plaque"],
+        in_channels=1,
+        image_size=32,
+        normalization={"mean": [0.449], "std": [0.226]},
+        positive_index=1,
+        person_model=pooling,
+        bag_size=4,
+        threshold=0.5,
+    )
+    model_file.save(tmp_path / f"{pooling}.pth")
+    return model_file, str(tmp_path / f"{pooling}.pth")
+
+
+def pytorch_person(model_file: ModelFile, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A person's probabilities and attention computed the way evaluate does, from the model file, by hand."""
+    mean, std = (torch.tensor(model_file.normalization[k]).view(1, -1, 1, 1) for k in ("mean", "std"))
+    pixels = (torch.from_numpy(frames).float() / 255 - mean) / std
+    with torch.no_grad():
+        logits, attention = model_file.build_model()(pixels, torch.zeros(len(frames), dtype=torch.long), 1)
+    return logits.softmax(1).numpy(), attention.numpy()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pooling", ["attention", "mean"])
+def test_onnx_export_of_a_person_model_takes_a_bag_of_any_size_and_returns_its_probabilities_and_attention(
+    data_dir, tmp_path, capsys, pooling
+):
+    root, _ = data_dir
+    model_file, model_path = person_model_file(tmp_path, pooling)
+    out = tmp_path / "person.onnx"
+    assert export.main(["--model", model_path, "--format", "onnx", "--out", str(out), "--frames", str(root)]) == 0
+    printed = capsys.readouterr().out
+    assert "one person a run, any frame count" in printed and "as one bag, frame by frame and a bag of 3" in printed
+    assert float(re.search(r"max \|ΔP\| = ([0-9.e+-]+)", printed).group(1)) <= 1e-4
+
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    assert (meta["model_kind"], meta["person_model"]) == ("person", pooling)
+    assert "one person per run" in meta["input"] and "attention: float32 (n,)" in meta["output"]
+    assert [o.name for o in session.get_outputs()] == ["probabilities", "attention"]
+    person = real_frames(root / "1002", model_file, 4)  # one person's frames
+    for bag in (person[:1], person, person[::-1].copy()):
+        probs, attention = session.run(None, {"frames": bag})
+        assert probs.shape == (1, 2) and attention.shape == (len(bag),)
+        reference_probs, reference_attention = pytorch_person(model_file, bag)
+        np.testing.assert_allclose(probs, reference_probs, atol=1e-4)
+        np.testing.assert_allclose(attention, reference_attention, atol=1e-4)
+        assert abs(attention.sum() - 1) < 1e-5
+    # The frames' order is not the person's: reversed frames, the same probability and the same weights reversed.
+    forward, backward = session.run(None, {"frames": person}), session.run(None, {"frames": person[::-1].copy()})
+    np.testing.assert_allclose(forward[0], backward[0], atol=1e-5)
+    np.testing.assert_allclose(forward[1], backward[1][::-1], atol=1e-6)
+    if pooling == "attention":
+        assert forward[1].std() > 1e-3  # not uniform: the test would not see a mixed-up order otherwise
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+def test_torchscript_export_of_a_person_model_takes_any_frame_count(data_dir, tmp_path, capsys):
+    root, _ = data_dir
+    model_file, model_path = person_model_file(tmp_path, "attention")
+    assert export.main(["--model", model_path, "--format", "torchscript", "--frames", str(root)]) == 0
+    assert "max |ΔP| = " in capsys.readouterr().out
+    module = torch.jit.load(str(tmp_path / "attention.pt"))
+    person = real_frames(root / "1003", model_file, 4)
+    for bag in (person[:1], person):
+        probs, attention = module(torch.from_numpy(bag))
+        np.testing.assert_allclose(probs.detach().numpy(), pytorch_person(model_file, bag)[0], atol=1e-5)
+        assert attention.shape == (len(bag),)

@@ -10,6 +10,10 @@ crop and resize. The batch dimension is dynamic.
 The rest of the contract travels as metadata (ONNX metadata_props; in TorchScript an extra file
 `carotid.json`): class names, positive class, threshold, person aggregation, the preprocessing in words.
 Every export is checked against PyTorch on real frames (`check_parity`) before it is written.
+
+A person model (`--person-model attention|mean`) exports as a graph for one person: all of a person's frames
+(n, C, S, S) in, any n ≥ 1, and the person's probabilities (1, K) and each frame's attention (n,) out (its weight
+in the pooling, summing to 1). Its metadata say `model_kind: person` and how to feed it.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from carotid.model.file import ModelFile
 FORMATS = ("onnx", "torchscript")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
 TOLERANCE = 1e-4  # largest accepted difference of a probability between the export and PyTorch
-INPUT, OUTPUT = "frames", "probabilities"
+INPUT, OUTPUT, ATTENTION = "frames", "probabilities", "attention"
 
 
 class DeployableModel(nn.Module):
@@ -49,6 +53,27 @@ class DeployableModel(nn.Module):
         return torch.softmax(self.network(self.preset(frames)), dim=1)
 
 
+class DeployablePersonModel(DeployableModel):
+    """uint8 frames of one person (n, C, S, S) → (person probabilities (1, K), attention (n,)).
+
+    The frames go through the PersonModel's own encode and pool (one bag), so the graph is the code evaluate runs."""
+
+    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embeddings = self.network.encode(self.preset(frames))
+        bag = torch.zeros(frames.shape[0], dtype=torch.long, device=frames.device)
+        logits, attention = self.network.pool(embeddings, bag, 1)
+        return torch.softmax(logits, dim=1), attention
+
+
+def deployable(model_file: ModelFile) -> DeployableModel:
+    """The module that is exported, in eval mode: for frames, or for one person's frames."""
+    return (DeployablePersonModel if model_file.person_level else DeployableModel)(model_file).eval()
+
+
+def output_names(model_file: ModelFile) -> list[str]:
+    return [OUTPUT, ATTENTION] if model_file.person_level else [OUTPUT]
+
+
 def metadata(model_file: ModelFile, source: str | Path) -> dict[str, str]:
     """The contract of the exported model, as string key-value pairs (ONNX metadata_props allow nothing else)."""
     size, channels = model_file.image_size, model_file.in_channels
@@ -59,7 +84,7 @@ def metadata(model_file: ModelFile, source: str | Path) -> dict[str, str]:
         if binary
         else "argmax of probabilities"
     )
-    return {
+    meta = {
         "carotid_export": "1",
         "carotid_version": carotid.__version__,
         "source_model": str(source),
@@ -84,10 +109,31 @@ def metadata(model_file: ModelFile, source: str | Path) -> dict[str, str]:
         "decision": rule,
         "aggregation": model_file.aggregation,
         "person_rule": f"a person's probabilities are the {model_file.aggregation} of its frames' probabilities",
+        "model_kind": "frame",
+        "person_model": "frames",
+    }
+    return meta | (_person_metadata(model_file) if model_file.person_level else {})
+
+
+def _person_metadata(model_file: ModelFile) -> dict[str, str]:
+    """What differs for a person model: one person per run, its probabilities and the frames' attention out."""
+    size, channels, k = model_file.image_size, model_file.in_channels, model_file.num_classes
+    cap = model_file.config.get("max_imgs_per_person")
+    feed = f"up to {cap} of a person's frames, spread evenly over them" if cap else "all of a person's frames"
+    return {
+        "model_kind": "person",
+        "person_model": model_file.person_model,
+        "input": f"{INPUT}: uint8 (n, {channels}, {size}, {size}): {feed}, any n >= 1; one person per run",
+        "output": (
+            f"{OUTPUT}: float32 (1, {k}), softmax, the person's; column k is class_names[k]. {ATTENTION}: float32 "
+            f"(n,), each frame's weight in the {model_file.person_model} pooling (sums to 1 over the frames)"
+        ),
+        "aggregation": "",
+        "person_rule": f"the person's probabilities come out directly ({model_file.person_model} pooling of {feed})",
     }
 
 
-def _example(model_file: ModelFile, batch: int = 2) -> torch.Tensor:
+def _example(model_file: ModelFile, batch: int = 3) -> torch.Tensor:
     size = model_file.image_size
     return torch.zeros(batch, model_file.in_channels, size, size, dtype=torch.uint8)
 
@@ -96,8 +142,8 @@ def onnx_bytes(model_file: ModelFile, source: str | Path) -> bytes:
     """The ONNX file (opset of torch's exporter, dynamic batch) with the contract in its metadata_props."""
     import onnx
 
-    module = DeployableModel(model_file).eval()
-    batch = torch.export.Dim("batch", min=1)
+    module = deployable(model_file)
+    batch = torch.export.Dim("n" if model_file.person_level else "batch", min=1)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", FutureWarning)
         program = torch.onnx.export(
@@ -105,21 +151,26 @@ def onnx_bytes(model_file: ModelFile, source: str | Path) -> bytes:
             (_example(model_file),),
             dynamo=True,
             input_names=[INPUT],
-            output_names=[OUTPUT],
+            output_names=output_names(model_file),
             dynamic_shapes={"frames": {0: batch}},
             external_data=False,
             verbose=False,
         )
     proto = program.model_proto
     onnx.helper.set_model_props(proto, metadata(model_file, source))
-    proto.doc_string = f"carotid {model_file.arch}: uint8 frames → class probabilities; see metadata_props"
+    what = (
+        "a person's uint8 frames → its probabilities and attention"
+        if model_file.person_level
+        else ("uint8 frames → class probabilities")
+    )
+    proto.doc_string = f"carotid {model_file.arch}: {what}; see metadata_props"
     onnx.checker.check_model(proto)
     return proto.SerializeToString()
 
 
 def torchscript_bytes(model_file: ModelFile, source: str | Path) -> bytes:
     """A traced TorchScript module (any batch size) with the contract in the extra file carotid.json."""
-    module = DeployableModel(model_file).eval()
+    module = deployable(model_file)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchScript's own deprecation notice
         traced = torch.jit.trace(module, _example(model_file))
@@ -143,27 +194,45 @@ def export(model_file: ModelFile, source: str | Path, fmt: str, out: str | Path,
     return difference
 
 
-def run_exported(data: bytes, fmt: str, frames: np.ndarray) -> np.ndarray:
-    """Probabilities of `frames` from an exported model, run the way a user would run it."""
+def run_exported(data: bytes, fmt: str, frames: np.ndarray) -> list[np.ndarray]:
+    """The outputs for `frames` of an exported model (probabilities, and attention for a person model), run the
+    way a user would run it."""
     if fmt == "onnx":
         import onnxruntime
 
         session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
-        return session.run([OUTPUT], {INPUT: frames})[0]
+        return session.run(None, {INPUT: frames})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         module = torch.jit.load(io.BytesIO(data), map_location="cpu")
     with torch.no_grad():
-        return module(torch.from_numpy(frames)).numpy()
+        outputs = module(torch.from_numpy(frames))
+    return [t.numpy() for t in (outputs if isinstance(outputs, tuple) else (outputs,))]
+
+
+def parity_batches(model_file: ModelFile, frames: np.ndarray) -> list[np.ndarray]:
+    """The inputs the export is checked on: all frames as one batch (a person model: one bag), single frames (the
+    batch or bag size is dynamic) and, for a person model, a bag of three."""
+    batches = [frames] + [frames[i : i + 1] for i in range(min(len(frames), 4))]
+    return batches + [frames[:3]] * (model_file.person_level and len(frames) > 3)
 
 
 def check_parity(model_file: ModelFile, data: bytes, fmt: str, frames: np.ndarray) -> float:
-    """Largest |P_export - P_pytorch| over `frames`, run as one batch and frame by frame (the batch is dynamic)."""
-    with torch.no_grad():
-        reference = DeployableModel(model_file).eval()(torch.from_numpy(frames)).double().numpy()
-    whole = run_exported(data, fmt, frames)
-    single = np.concatenate([run_exported(data, fmt, frames[i : i + 1]) for i in range(min(len(frames), 4))])
-    return float(max(np.abs(whole - reference).max(), np.abs(single - reference[: len(single)]).max()))
+    """Largest |export - PyTorch| of any output (probabilities; attention weights of a person model) over
+    `parity_batches`."""
+    module, difference = deployable(model_file), 0.0
+    for batch in parity_batches(model_file, frames):
+        with torch.no_grad():
+            reference = module(torch.from_numpy(batch))
+        reference = reference if isinstance(reference, tuple) else (reference,)
+        exported = run_exported(data, fmt, batch)
+        if len(exported) != len(reference):
+            return float("inf")
+        for ours, theirs in zip(exported, reference, strict=True):
+            if ours.shape != tuple(theirs.shape):
+                return float("inf")
+            difference = max(difference, float(np.abs(ours - theirs.double().numpy()).max()))
+    return difference
 
 
 def parity_frames(model_file: ModelFile, folder: str | Path | None, n: int = 32) -> tuple[np.ndarray, str]:
