@@ -115,3 +115,32 @@ def test_missing_non_xlsx_and_corrupt_files(tmp_path):
     encrypted.write_bytes(bytes.fromhex("d0cf11e0a1b11ae1") + b"\0" * 512)
     with pytest.raises(UserError, match="password-protected"):
         read_labels(encrypted)
+
+
+@pytest.mark.parametrize(
+    "negated,named",
+    [
+        ("非心脏", "心脏"),
+        ("无钙化", "钙化"),
+        ("不狭窄", "狭窄"),
+        ("non-plaque", "plaque"),
+        ("Non Stenosis", "stenosis"),
+        ("no calcification", "calcification"),
+        ("not occluded", "occluded"),
+        ("plaque-negative", "plaque"),
+        ("Stenosis negative", "Stenosis"),
+        ("斑块阴性", "斑块"),
+    ],
+)
+def test_a_label_that_negates_the_other_is_the_negative_class(tmp_path, negated, named):
+    """Sorted order would make the negated label (e.g. 非心脏 after 心脏) positive; its meaning decides instead."""
+    rows = [["ID", "label"]] + [[i, (negated, named)[i % 2]] for i in range(6)]
+    table = read_labels(write_xlsx(tmp_path / "l.xlsx", rows))
+    assert table.positive_class == named, table.choices
+    assert f"'{negated}' is the negation of '{named}'" in table.choices["positive_class"] and not table.warnings
+
+
+def test_a_label_that_only_starts_like_a_negation_is_not_one(tmp_path):
+    rows = [["ID", "label"]] + [[i, ("nodule", "cyst")[i % 2]] for i in range(6)]  # 'no'+'dule' is not 'no X'
+    table = read_labels(write_xlsx(tmp_path / "l.xlsx", rows))
+    assert table.positive_class == "nodule" and "negation" not in table.choices["positive_class"]

@@ -1,7 +1,8 @@
 """What a label cell means: normalised text, blanks, spellings of one class, and the positive class.
 
 `normalize_label` turns a cell into text (or None); `merge_spellings` makes values that differ only in case
-(or booleans beside 0/1) one class; `choose_positive` picks the positive class of a binary task and says why.
+(or booleans beside 0/1) one class; `choose_positive` picks the positive class of a binary task and says why
+(a label that negates the other, such as 非心脏 beside 心脏, is the negative one).
 """
 
 from __future__ import annotations
@@ -111,6 +112,21 @@ def _meaning_key(name: str) -> str:
     return re.sub(r"[\s_\-.()（）]+", "", unicodedata.normalize("NFKC", name).casefold())
 
 
+# A label that negates another one: 非X, 无X, 不X, non-X, no X, not X, X-negative, X阴性 is the negative of X.
+NEGATION_PREFIX = re.compile(r"^(?:非|无|不|non[\s\-_]*|no[\s\-_]+|not[\s\-_]+)(?P<stem>.+)$")
+NEGATION_SUFFIX = re.compile(r"^(?P<stem>.+?)[\s\-_]*(?:negative|阴性)$")
+
+
+def negates(label: str, other: str) -> bool:
+    """Whether `label` is the negation of `other` ('非心脏' of '心脏', 'plaque-negative' of 'plaque')."""
+    text = unicodedata.normalize("NFKC", label).casefold().strip()
+    target = _meaning_key(other)
+    return any(
+        found is not None and _meaning_key(found.group("stem")) == target
+        for found in (NEGATION_PREFIX.match(text), NEGATION_SUFFIX.match(text))
+    )
+
+
 def choose_positive(class_names: list[str], wanted: str | None) -> tuple[str | None, str, bool]:
     """(positive class, why, whether the user must be warned). None for more than two classes."""
     if wanted is not None:
@@ -128,6 +144,9 @@ def choose_positive(class_names: list[str], wanted: str | None) -> tuple[str | N
     negative = [k in NEGATIVE_LABELS for k in keys]
     positive = [k in POSITIVE_LABELS for k in keys]
     a, b = class_names
+    for label, other in ((a, b), (b, a)):
+        if negates(label, other):
+            return other, f"'{label}' is the negation of '{other}', so '{other}' is positive", False
     if negative == [True, False] and positive[1] or negative == [False, True] and positive[0]:
         pick = b if positive[1] else a
         return pick, f"recognised pair: '{pick}' is positive, '{a if pick == b else b}' negative", False
