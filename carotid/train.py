@@ -95,6 +95,7 @@ def train(cfg: TrainConfig, given: set[str] | frozenset = frozenset()) -> Path:
 
     from carotid.core import run_dir as run_folder
     from carotid.core.runtime import build_accelerator, match_deepspeed_clipping, on_main, strategy_warning
+    from carotid.model.registry import check_arch
     from carotid.training import checkpoints
     from carotid.training.fit import fit_run
 
@@ -108,6 +109,7 @@ def train(cfg: TrainConfig, given: set[str] | frozenset = frozenset()) -> Path:
         cfg = merge_resume(cfg, set(given), resume_run)
     else:
         run_folder.check_writable(cfg.output_dir)
+    check_arch(cfg.model)  # a misspelt timm name fails here, before any data is read
     accelerator, precision_note = build_accelerator(
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,

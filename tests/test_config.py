@@ -48,7 +48,7 @@ def test_yaml_changes_defaults_and_flags_still_win(tmp_path):
         ("batch_sise: 4\n", "unknown key 'batch_sise'"),
         ("epochs: many\n", "'epochs' must be an integer, got 'many'"),
         ("cache: 1\n", "'cache' must be true or false"),
-        ("model: vgg\n", "'model' is 'vgg', not one of"),
+        ("model: tv/vgg\n", "unknown model 'tv/vgg'"),
         ("- a\n- b\n", "must be a mapping"),
     ],
 )
@@ -67,7 +67,7 @@ def test_bad_yaml_is_a_user_error(tmp_path, text, message):
         ("--batch-size 0", "--batch-size must be ≥ 1, got 0"),
         ("--lr 0", "--lr must be > 0, got 0.0"),
         ("--max-imgs-per-person 0", "--max-imgs-per-person must be ≥ 1, got 0"),
-        ("--model vgg", "invalid choice: 'vgg'"),
+        ("--model tv/vgg", "unknown model 'tv/vgg'"),
         ("--epochs two", "invalid int value: 'two'"),
     ],
 )

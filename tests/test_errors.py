@@ -252,7 +252,7 @@ CASES = [
     ("lr-infinite", lambda e: (e.train("--lr", "inf"), "inf")),
     ("max-imgs-per-person-0", lambda e: (e.train("--max-imgs-per-person", "0"), "--max-imgs-per-person")),
     ("max-imgs-per-person-negative", lambda e: (e.train("--max-imgs-per-person", "-5"), "-5")),
-    ("unknown-model", lambda e: (e.train("--model", "vgg16"), "vgg16")),
+    ("unknown-model", lambda e: (e.train("--model", "convnext_atoo"), "did you mean convnext_atto")),
     ("unknown-flag", lambda e: (e.train("--epoch", "3"), "--epoch")),
     ("output-dir-under-a-file", lambda e: (e.train("--output-dir", e.file("taken") / "out"), "taken")),
     ("output-dir-is-a-file", lambda e: (e.train("--output-dir", e.file("taken")), "taken")),

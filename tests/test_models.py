@@ -8,8 +8,9 @@ import torchvision
 
 from carotid.core.errors import UserError
 from carotid.model import ARCHITECTURES
-from carotid.model.file import ModelFile, read_weights
+from carotid.model.file import ModelFile
 from carotid.model.registry import build_model, load_matching, strip_prefixes
+from carotid.model.weights import load_pretrained, read_weights
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -27,13 +28,14 @@ def test_local_pretrained_weights_are_loaded_and_the_stem_summed_for_gray(tmp_pa
     reference = torchvision.models.resnet18(weights=None)
     path = tmp_path / "resnet18-imagenet.pth"
     torch.save(reference.state_dict(), path)
-    state = read_weights(path, "pretrained weights")[1]
-    model = build_model("resnet18", num_classes=2, in_channels=1, pretrained_state=state)
+    model = build_model("resnet18", num_classes=2, in_channels=1)
+    report = load_pretrained(model, "resnet18", path)
     assert torch.allclose(model.conv1.weight, reference.conv1.weight.sum(dim=1, keepdim=True))
     assert torch.equal(model.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
     assert model.fc.out_features == 2
-    with pytest.raises(UserError, match="does not fit architecture 'resnet34'"):
-        build_model("resnet34", num_classes=2, pretrained_state=state)
+    assert "conv1.weight 3 → 1 input channel(s)" in "\n".join(report) and "fc.weight (1000, 512)" in "\n".join(report)
+    with pytest.raises(UserError, match="fits only .* backbone tensors of densenet121"):
+        load_pretrained(build_model("densenet121", num_classes=2), "densenet121", path)
 
 
 def test_pretrained_download_failure_points_to_local_weights(monkeypatch, tmp_path):

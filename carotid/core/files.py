@@ -122,6 +122,19 @@ def safe_torch_load(path: str | Path, what: str) -> Any:
         ) from None
 
 
+def read_safetensors(path: str | Path, what: str) -> dict[str, Any]:
+    """A .safetensors file's tensors (a format that holds tensors only: nothing in it can run)."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as err:  # noqa: BLE001 - a truncated or foreign file
+        raise UserError(
+            f"{what} {path} is not a readable .safetensors file ({type(err).__name__}: {str(err)[:120]})",
+            "copy the file again, or pass the .pth/.bin it was made from",
+        ) from None
+
+
 def _refusal_reason(err: Exception) -> str:
     # torch reports a refused global only in its message text; reading it lets us name what the file would call.
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # torch colours its message

@@ -21,9 +21,9 @@ from torch import nn
 from carotid.core.errors import UserError
 from carotid.core.files import atomic_torch_save, safe_torch_load
 from carotid.data.preprocessing import LEGACY_PREPROCESSING, RESIZE_MODES, Preprocessing, parse_box, preprocessing_of
-from carotid.model import AGGREGATIONS, ARCHITECTURES
+from carotid.model import AGGREGATIONS, split_arch
 from carotid.model.person import POOLINGS, PersonModel
-from carotid.model.registry import build_model, check_fits, load_matching, strip_prefixes
+from carotid.model.registry import build_model, check_arch, check_fits, load_matching, strip_prefixes
 
 # What the model is: "frames" = a frame classifier whose probabilities are aggregated per person; "attention"
 # and "mean" = a PersonModel (carotid.model.person) pooling each person's frame embeddings that way.
@@ -43,7 +43,7 @@ class ModelFile:
     """A trained model and its contract: what input it takes and how its output is read."""
 
     state_dict: dict[str, torch.Tensor]  # consolidated, fp32, no 'module.'/'_orig_mod.' prefixes
-    arch: str  # a name of carotid.model.ARCHITECTURES
+    arch: str  # small_cnn, a torchvision name or timm/NAME (carotid.model.split_arch); written with its library
     class_names: list[str]  # output index k is class_names[k]
     in_channels: int  # 1 (gray) or 3 (RGB)
     image_size: int  # frames are resized to image_size x image_size
@@ -68,6 +68,11 @@ class ModelFile:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def library(self) -> str:
+        """Which library builds `arch`: carotid, torchvision or timm."""
+        return split_arch(self.arch)[0]
 
     @property
     def binary(self) -> bool:
@@ -98,7 +103,13 @@ class ModelFile:
             k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().contiguous()
             for k, v in strip_prefixes(self.state_dict).items()
         }
-        return {"format": FORMAT, "num_classes": self.num_classes, **payload, "format_version": FORMAT_VERSION}
+        return {
+            "format": FORMAT,
+            "num_classes": self.num_classes,
+            "library": self.library,
+            **payload,
+            "format_version": FORMAT_VERSION,
+        }
 
     def save(self, path: str | Path) -> None:
         """Write atomically: a crash leaves the previous file, never half of one."""
@@ -178,8 +189,10 @@ class ModelFile:
     def skeleton(self) -> nn.Module:
         """The untrained module this file's weights belong to: the architecture, or a PersonModel around it."""
         if self.person_level:
-            return PersonModel(self.arch, self.num_classes, self.in_channels, pooling=self.person_model)
-        return build_model(self.arch, self.num_classes, self.in_channels)
+            return PersonModel(
+                self.arch, self.num_classes, self.in_channels, pooling=self.person_model, image_size=self.image_size
+            )
+        return build_model(self.arch, self.num_classes, self.in_channels, image_size=self.image_size)
 
     def build_model(self) -> nn.Module:
         """The model with these weights, in eval mode, on the CPU: a frame classifier or a PersonModel."""
@@ -201,8 +214,10 @@ def _field_problem(data: dict[str, Any]) -> str | None:
         or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
     ):
         return "'state_dict' is not a dict of tensors"
-    if data["arch"] not in ARCHITECTURES:
-        return f"'arch' is {data['arch']!r}, not one of {', '.join(ARCHITECTURES)}"
+    try:
+        check_arch(data["arch"]) if isinstance(data["arch"], str) else check_arch("")
+    except UserError as err:
+        return f"'arch' is {data['arch']!r}: {err.what}, {err.fix}"
     if (
         not isinstance(names, (list, tuple))
         or len(names) < 2
@@ -262,49 +277,3 @@ def _field_problem(data: dict[str, Any]) -> str | None:
         except ValueError:
             return f"'preprocessing' is {prep!r}"
     return None
-
-
-def read_weights(path: str | Path, what: str) -> tuple[ModelFile | None, dict[str, torch.Tensor]]:
-    """(the ModelFile if `path` is one, its state dict): a carotid model file or a bare state dict
-    (also one stored under 'state_dict'/'model', with or without 'module.'/'_orig_mod.' prefixes)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{what} not found: {path}", "check the path")
-    data = safe_torch_load(path, what)
-    if is_model_file(data):
-        model_file = ModelFile.from_dict(data, path)
-        return model_file, model_file.state_dict
-    if isinstance(data, dict):
-        for key in ("state_dict", "model"):
-            if isinstance(data.get(key), dict):
-                data = data[key]
-                break
-    if not isinstance(data, dict) or not data or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise UserError(
-            f"{what} {path} holds no state dict of tensors", "pass a file saved with torch.save(model.state_dict())"
-        )
-    return None, strip_prefixes(data)
-
-
-def load_initial_weights(
-    model: nn.Module, path: str | Path, arch: str, class_names: list[str], person_model: str = "frames"
-) -> None:
-    """--load-model: start from a carotid model file (checked against this run) or a bare state dict."""
-    model_file, state = read_weights(path, "--load-model file")
-    if model_file is not None:
-        if model_file.person_model != person_model:
-            raise UserError(
-                f"--load-model {path} is a --person-model {model_file.person_model} model, this run is {person_model}",
-                f"pass --person-model {model_file.person_model}",
-            )
-        if model_file.arch != arch:
-            raise UserError(
-                f"--load-model {path} is a '{model_file.arch}' model, this run is '{arch}'",
-                f"pass --model {model_file.arch}",
-            )
-        if model_file.class_names != list(class_names):
-            raise UserError(
-                f"--load-model {path} has classes {model_file.class_names}, this run's labels are {class_names}",
-                "use a model trained on the same classes",
-            )
-    load_matching(model, state, f"--load-model {path}", arch)

@@ -36,14 +36,15 @@ class PersonModel(nn.Module):
         pooling: str = "attention",
         *,
         pretrained: bool = False,
-        pretrained_state: dict[str, torch.Tensor] | None = None,
-        source: str = "pretrained weights",
+        image_size: int | None = None,
+        drop_path: float | None = None,
     ):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; one of {POOLINGS}")
         self.pooling = pooling
-        self.encoder, dim = build_encoder(arch, in_channels, pretrained, pretrained_state, source)
+        # Local starting weights load into the encoder afterwards: carotid.model.weights.load_pretrained(model, ...).
+        self.encoder, dim = build_encoder(arch, in_channels, pretrained, image_size=image_size, drop_path=drop_path)
         self.embedding_size = dim
         if pooling == "attention":
             self.attention_v = nn.Linear(dim, ATTENTION_HIDDEN)

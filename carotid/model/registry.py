@@ -1,21 +1,28 @@
-"""A registry of architectures: torchvision models plus one small CNN for fast CPU runs.
+"""A registry of architectures: carotid's small CNN, torchvision's models and every timm model.
 
-Every model is built with its ImageNet shape first (so torchvision weights load strictly), then its
-first convolution is adapted to `in_channels` and its last linear layer replaced by a `num_classes` head.
+Which library a `--model` name means is `carotid.model.split_arch`. A torchvision model is built with its
+ImageNet shape first, then its first convolution is adapted to `in_channels` and its last linear layer
+replaced by a `num_classes` head (or removed, for an encoder); timm builds `in_chans` and `num_classes` itself.
+Weights from a local file are loaded afterwards by `carotid.model.weights`.
 """
 
 from __future__ import annotations
+
+import difflib
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from carotid.core.errors import UserError
-from carotid.model import ARCHITECTURES
+from carotid.model import ARCHITECTURES, TORCHVISION, canonical_arch, split_arch
 
 PREFIXES = ("module.", "_orig_mod.")
 
-# Grad-CAM's layer per architecture: the last convolutional stage, whose maps the head pools (its spatial
-# detail is what a heat map can show). Every name of ARCHITECTURES has one (tests check each).
+# Grad-CAM's layer per built-in architecture: the last convolutional stage, whose maps the head pools (its
+# spatial detail is what a heat map can show). A timm model's is found from its feature_info (`cam_layer`).
 TARGET_LAYERS = {
     "small_cnn": "features",
     "resnet18": "layer4",
@@ -47,7 +54,8 @@ class SmallCNN(nn.Module):
             channels = out
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(channels, num_classes)
+        self.classifier = nn.Linear(channels, num_classes) if num_classes else nn.Identity()
+        self.num_features = channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
@@ -65,6 +73,142 @@ def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
                     key, changed = key[len(prefix) :], True
         out[key] = value
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Names
+# ---------------------------------------------------------------------------------------------
+
+
+def _timm():
+    # timm takes ~2-5 s to import: only runs that use one of its models (or check a name) pay for it.
+    import timm
+
+    return timm
+
+
+def check_arch(name: str) -> str:
+    """The canonical name of a --model name, or a UserError with the closest known names."""
+    library, bare = split_arch(name)
+    if library == "torchvision" and bare not in TORCHVISION:
+        known = list(TORCHVISION)
+    elif library == "timm" and not _timm().is_model(bare):
+        known = [*ARCHITECTURES, *_timm().list_models()]
+    else:
+        return canonical_arch(name)
+    close = difflib.get_close_matches(bare, known, n=5, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}?" if close else "see --help for how to list the names"
+    raise UserError(f"unknown model '{name}'", hint)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building
+# ---------------------------------------------------------------------------------------------
+
+
+def build_model(
+    arch: str,
+    num_classes: int,
+    in_channels: int = 1,
+    pretrained: bool = False,
+    *,
+    image_size: int | None = None,
+    drop_path: float | None = None,
+) -> nn.Module:
+    """A fresh classifier; ImageNet weights only when `pretrained` (a download). Local weights: carotid.model.weights.
+
+    `image_size` matters to timm models of a fixed input size (ViTs, Swin), `drop_path` to those with DropPath."""
+    check_arch(arch)
+    library, bare = split_arch(arch)
+    if library == "carotid":
+        return SmallCNN(num_classes=num_classes, in_channels=in_channels)
+    if library == "timm":
+        return _timm_model(bare, num_classes, in_channels, pretrained, image_size, drop_path)
+    _refuse_drop_path(arch, drop_path)
+    model = _torchvision_model(bare, pretrained)
+    conv, head = _first_conv_and_last_linear(model)
+    _adapt_first_conv(model, conv, in_channels, pretrained=pretrained)
+    head_module: nn.Linear = model.get_submodule(head)
+    model.set_submodule(head, nn.Linear(head_module.in_features, num_classes))
+    return model
+
+
+def build_encoder(
+    arch: str,
+    in_channels: int = 1,
+    pretrained: bool = False,
+    *,
+    image_size: int | None = None,
+    drop_path: float | None = None,
+) -> tuple[nn.Module, int]:
+    """(a frame encoder: (N, C, S, S) → (N, dim) pooled features, dim): the classifier without its last linear layer.
+
+    Its parameter names are the classifier's, less the head's, so `carotid.model.weights` loads the same files."""
+    check_arch(arch)
+    library, bare = split_arch(arch)
+    if library == "carotid":
+        model = SmallCNN(num_classes=0, in_channels=in_channels)
+        return model, model.num_features
+    if library == "timm":
+        model = _timm_model(bare, 0, in_channels, pretrained, image_size, drop_path)
+        return model, int(getattr(model, "head_hidden_size", None) or model.num_features)
+    _refuse_drop_path(arch, drop_path)
+    model = _torchvision_model(bare, pretrained)
+    conv, head = _first_conv_and_last_linear(model)
+    _adapt_first_conv(model, conv, in_channels, pretrained=pretrained)
+    dim = model.get_submodule(head).in_features
+    model.set_submodule(head, nn.Identity())
+    return model, dim
+
+
+def _timm_model(
+    name: str, num_classes: int, in_channels: int, pretrained: bool, image_size: int | None, drop_path: float | None
+) -> nn.Module:
+    timm = _timm()
+    kwargs: dict = {"num_classes": num_classes, "in_chans": in_channels}
+    if image_size and timm.get_pretrained_cfg(name) is not None and timm.get_pretrained_cfg(name).fixed_input_size:
+        kwargs["img_size"] = image_size  # position embeddings and windows are sized for the run's frames
+    if drop_path:
+        kwargs["drop_path_rate"] = drop_path
+    try:
+        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    except TypeError as err:  # the architecture takes no drop_path_rate / img_size
+        raise UserError(
+            f"timm's {name} cannot be built with {', '.join(k for k in kwargs if k in str(err)) or kwargs} ({err})",
+            "drop --drop-path (this architecture has no stochastic depth)" if drop_path else "pick another --model",
+        ) from None
+    except Exception as err:
+        if not pretrained:
+            raise
+        raise UserError(
+            f"could not download ImageNet weights for timm/{name} ({type(err).__name__}: {err})",
+            "offline? save the weights elsewhere and pass --pretrained-weights FILE (README: offline hospital)",
+        ) from None
+    if drop_path and not any(type(m).__name__ == "DropPath" for m in model.modules()):
+        raise UserError(f"timm/{name} has no drop-path layers", "drop --drop-path for this architecture")
+    return model
+
+
+def _refuse_drop_path(arch: str, drop_path: float | None) -> None:
+    if drop_path:
+        raise UserError(
+            f"--drop-path is for timm architectures; '{arch}' is built by {split_arch(arch)[0]}",
+            f"use timm's model (--model timm/{split_arch(arch)[1]}) or drop --drop-path",
+        )
+
+
+def _torchvision_model(name: str, pretrained: bool) -> nn.Module:
+    import torchvision  # ~2 s to import (it loads torch._dynamo): only for the architectures that need it
+
+    if not pretrained:
+        return torchvision.models.get_model(name, weights=None)
+    try:
+        return torchvision.models.get_model(name, weights="DEFAULT")
+    except Exception as err:  # noqa: BLE001 - URLError, OSError, hash mismatch…
+        raise UserError(
+            f"could not download ImageNet weights for {name} ({type(err).__name__}: {err})",
+            "offline? download the torchvision .pth elsewhere and pass --pretrained-weights FILE",
+        ) from None
 
 
 def _first_conv_and_last_linear(model: nn.Module) -> tuple[str, str]:
@@ -88,23 +232,104 @@ def _adapt_first_conv(model: nn.Module, name: str, in_channels: int, pretrained:
         conv.bias is not None,
         conv.padding_mode,
     )
-    if not pretrained:
-        model.set_submodule(name, new)  # fresh default initialisation
-        return
-    with torch.no_grad():
-        if in_channels == 1:
-            # Summing the RGB filters keeps a pretrained stem's response to a gray image (R = G = B).
-            new.weight.copy_(conv.weight.sum(dim=1, keepdim=True))
-        else:
-            new.weight.copy_(conv.weight.mean(dim=1, keepdim=True).repeat(1, in_channels, 1, 1))
-        if conv.bias is not None:
-            new.bias.copy_(conv.bias)
+    if pretrained:
+        with torch.no_grad():
+            # Summing the RGB filters keeps a pretrained stem's response to a gray image (R = G = B), as timm's
+            # adapt_input_conv does.
+            new.weight.copy_(adapt_stem(conv.weight, in_channels))
+            if conv.bias is not None:
+                new.bias.copy_(conv.bias)
     model.set_submodule(name, new)
 
 
-def _replace_head(model: nn.Module, name: str, num_classes: int) -> None:
-    head: nn.Linear = model.get_submodule(name)
-    model.set_submodule(name, nn.Linear(head.in_features, num_classes))
+def adapt_stem(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """A first convolution's weight for `in_channels` inputs, as timm adapts `in_chans` (summed to one channel)."""
+    from timm.models import adapt_input_conv
+
+    return adapt_input_conv(in_channels, weight)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parts: stem, head, Grad-CAM layer
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Parts:
+    """Parameter-name prefixes of a model's first convolution(s) and classifier head(s)."""
+
+    stem: tuple[str, ...]
+    head: tuple[str, ...]
+
+    def is_head(self, key: str) -> bool:
+        return any(key == h or key.startswith(h + ".") for h in self.head)
+
+    def is_stem(self, key: str) -> bool:
+        return any(key == f"{s}.weight" for s in self.stem)
+
+
+def parts(model: nn.Module, arch: str) -> Parts:
+    """The stem and head of a model (or encoder) that `build_model` (`build_encoder`) made for `arch`."""
+    library, bare = split_arch(arch)
+    if library == "carotid":
+        return Parts(("features.0",), ("classifier",))
+    if library == "timm":
+        cfg = getattr(model, "pretrained_cfg", None) or _timm().get_pretrained_cfg(bare).to_dict()
+        as_tuple = lambda v: tuple(v) if isinstance(v, (list, tuple)) else ((v,) if v else ())  # noqa: E731
+        return Parts(as_tuple(cfg.get("first_conv")), as_tuple(cfg.get("classifier")))
+    return Parts(*((name,) for name in _torchvision_parts(bare)))
+
+
+@functools.cache
+def _torchvision_parts(name: str) -> tuple[str, str]:
+    with torch.device("meta"):
+        return _first_conv_and_last_linear(_torchvision_model(name, False))
+
+
+def target_layer(model: nn.Module, arch: str) -> tuple[str, nn.Module, Callable | None]:
+    """(name, module, reshape_transform) that Grad-CAM hooks in a model built by `build_model` (or a person
+    model, whose frame encoder is `model.encoder`).
+
+    A CNN's last feature stage; a vision transformer's last block's first norm (its patch tokens still carry the
+    gradient of the class token there), with a reshape of the token grid to (N, C, H, W)."""
+    if type(model).__name__ == "PersonModel":  # carotid.model.person imports this module: no isinstance here
+        name, module, reshape = target_layer(model.encoder, arch)
+        return f"encoder.{name}", module, reshape
+    library, _ = split_arch(arch)
+    if library != "timm":
+        name = TARGET_LAYERS.get(canonical_arch(arch))
+        if name is None:
+            raise UserError(f"no Grad-CAM layer is known for '{arch}'", f"use one of {', '.join(TARGET_LAYERS)}")
+        return name, model.get_submodule(name), None
+    blocks = getattr(model, "blocks", None)
+    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
+    if blocks is not None and grid is not None and hasattr(blocks[-1], "norm1"):
+        name = f"blocks.{len(blocks) - 1}.norm1"
+        return name, model.get_submodule(name), TokenGrid(int(getattr(model, "num_prefix_tokens", 1)), tuple(grid))
+    info = getattr(model, "feature_info", None)
+    if not info:
+        raise UserError(
+            f"no Grad-CAM layer is known for '{arch}' (it has no feature_info)", "evaluate without heat maps"
+        )
+    name = info[-1]["module"]
+    nhwc = getattr(model, "output_fmt", "NCHW") == "NHWC"
+    return name, model.get_submodule(name), (lambda x: x.permute(0, 3, 1, 2)) if nhwc else None
+
+
+class TokenGrid:
+    """Grad-CAM's reshape of a ViT's tokens (N, prefix + H*W, C) to maps (N, C, H, W), the prefix tokens dropped."""
+
+    def __init__(self, prefix_tokens: int, grid: tuple[int, int]):
+        self.prefix_tokens, self.grid = prefix_tokens, grid
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        patches = tokens[:, self.prefix_tokens :, :]
+        return patches.reshape(patches.shape[0], *self.grid, patches.shape[-1]).permute(0, 3, 1, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking a state dict against a model
+# ---------------------------------------------------------------------------------------------
 
 
 def check_fits(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str, arch: str) -> None:
@@ -132,63 +357,3 @@ def load_matching(model: nn.Module, state_dict: dict[str, torch.Tensor], source:
     """load_state_dict(strict) with an error that says what differs."""
     check_fits(model, state_dict, source, arch)
     model.load_state_dict(state_dict)
-
-
-def target_layer(model: nn.Module, arch: str) -> nn.Module:
-    """The module whose activations and gradients Grad-CAM weighs, for a model built by `build_model` (or a
-    person model, whose frame encoder is `model.encoder`)."""
-    if arch not in TARGET_LAYERS:
-        raise UserError(f"no Grad-CAM layer is known for '{arch}'", f"use one of {', '.join(TARGET_LAYERS)}")
-    prefix = "encoder." if hasattr(model, "encoder") else ""
-    return model.get_submodule(prefix + TARGET_LAYERS[arch])
-
-
-def build_model(
-    arch: str,
-    num_classes: int,
-    in_channels: int = 1,
-    pretrained: bool = False,
-    pretrained_state: dict[str, torch.Tensor] | None = None,
-    source: str = "pretrained weights",
-) -> nn.Module:
-    """A fresh model; ImageNet weights from a state dict (read from a local file) or (only when asked) a download."""
-    if arch not in ARCHITECTURES:
-        raise UserError(f"unknown model '{arch}'", f"choose one of {', '.join(ARCHITECTURES)}")
-    if arch == "small_cnn":
-        return SmallCNN(num_classes=num_classes, in_channels=in_channels)
-    import torchvision  # ~2 s to import (it loads torch._dynamo): only for the architectures that need it
-
-    if pretrained:
-        try:
-            model = torchvision.models.get_model(arch, weights="DEFAULT")
-        except Exception as err:  # noqa: BLE001 - URLError, OSError, hash mismatch…
-            raise UserError(
-                f"could not download ImageNet weights for {arch} ({type(err).__name__}: {err})",
-                "offline? download the torchvision .pth elsewhere and pass --pretrained-weights FILE",
-            ) from None
-    else:
-        model = torchvision.models.get_model(arch, weights=None)
-    if pretrained_state is not None:
-        load_matching(model, pretrained_state, source, arch)
-    conv, head = _first_conv_and_last_linear(model)
-    _adapt_first_conv(model, conv, in_channels, pretrained=pretrained or pretrained_state is not None)
-    _replace_head(model, head, num_classes)
-    return model
-
-
-def build_encoder(
-    arch: str,
-    in_channels: int = 1,
-    pretrained: bool = False,
-    pretrained_state: dict[str, torch.Tensor] | None = None,
-    source: str = "pretrained weights",
-) -> tuple[nn.Module, int]:
-    """(the architecture without its classifier head, its embedding size): one embedding per frame.
-
-    Built as `build_model` builds it (pretrained weights and stem adaptation included), then the last linear
-    layer becomes an identity, so the module returns what that layer read: `(N, D)` for `(N, C, S, S)`."""
-    model = build_model(arch, 2, in_channels, pretrained, pretrained_state, source)
-    head = _first_conv_and_last_linear(model)[1]
-    dim = model.get_submodule(head).in_features
-    model.set_submodule(head, nn.Identity())
-    return model, dim

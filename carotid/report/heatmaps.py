@@ -105,7 +105,9 @@ class GradCamRenderer:
         self.device = torch.device(device)
         self.model = model_file.build_model().to(self.device)
         self.preset = eval_preset(model_file.normalization["mean"], model_file.normalization["std"]).to(self.device)
-        self.cam = GradCAM(model=self.model, target_layers=[target_layer(self.model, model_file.arch)])
+        # The layer is chosen by the architecture (a ViT's token grid reshaped to maps); `layer_name` is recorded.
+        self.layer_name, layer, reshape = target_layer(self.model, model_file.arch)
+        self.cam = GradCAM(model=self.model, target_layers=[layer], reshape_transform=reshape)
 
     def maps(self, frames: list[tuple[str, int]], target: int) -> tuple[np.ndarray, np.ndarray]:
         """(uint8 frames (N, C, S, S) as the model saw them, Grad-CAM maps (N, S, S) in [0, 1]) for class `target`;

@@ -22,7 +22,7 @@ from carotid.evaluation.registry import (
     OPERATING_POINT_HELP,
     parse_operating_point,
 )
-from carotid.model import AGGREGATIONS, ARCHITECTURES
+from carotid.model import AGGREGATIONS, MODEL_HELP, TORCHVISION, split_arch
 
 
 @dataclass
@@ -138,16 +138,42 @@ class TrainConfig:
         None, "Where the frame cache lives (default: $XDG_CACHE_HOME/carotid or ~/.cache/carotid).", group="data"
     )
     # Model
-    model: str = opt("resnet18", "Architecture.", choices=ARCHITECTURES, group="model")
+    model: str = opt("resnet18", MODEL_HELP, group="model")
     pretrained: bool = opt(
         False,
-        "Download torchvision ImageNet weights (needs internet; offline use --pretrained-weights).",
+        "Download the ImageNet weights of --model (torchvision's or timm's; needs internet; offline use "
+        "--pretrained-weights).",
         group="model",
     )
     pretrained_weights: str | None = opt(
         None,
-        "Local torchvision state-dict file to initialise the backbone from (ImageNet head and RGB stem are adapted).",
+        "Local file of starting weights (offline): a timm or torchvision state dict (.safetensors, .pth, .bin), a "
+        "Lightning/DeepSpeed checkpoint or a carotid model file. Wrapper prefixes are stripped, a head of another "
+        "class count skipped, an RGB stem summed for gray frames; the run prints what loaded.",
         group="model",
+    )
+    freeze_backbone_epochs: int = opt(
+        0,
+        "Train only the classifier head for the first N epochs, the backbone's weights and BatchNorm statistics "
+        "frozen; N ≥ --epochs is a linear probe.",
+        group="model",
+        metavar="N",
+    )
+    layer_decay: float | None = opt(
+        None,
+        "Layer-wise LR decay (e.g. 0.75): each layer group from the head down gets this factor more (timm models, "
+        "which define their layer groups).",
+        group="model",
+    )
+    ema: bool = opt(
+        False,
+        "Keep an exponential moving average of the weights (timm's ModelEmaV3); validation scores it and the "
+        "best/final model files hold it.",
+        group="model",
+    )
+    ema_decay: float = opt(0.998, "--ema: decay per optimizer step (warmed up over the first steps).", group="model")
+    drop_path: float | None = opt(
+        None, "Stochastic depth rate (e.g. 0.1) for timm architectures that have drop-path layers.", group="model"
     )
     load_model: str | None = opt(
         None,
@@ -303,10 +329,29 @@ class TrainConfig:
                 "--calibrate and --operating-point are chosen on the validation persons, but --val-ratio is 0",
                 "give the validation split a share, e.g. --val-ratio 0.15",
             )
+        self.check_fine_tuning()
         if self.model == "small_cnn" and (self.pretrained or self.pretrained_weights):
             raise UserError(
                 "small_cnn has no pretrained weights",
-                "pick a torchvision --model or drop --pretrained/--pretrained-weights",
+                "pick a torchvision or timm --model or drop --pretrained/--pretrained-weights",
+            )
+
+    def check_fine_tuning(self) -> None:
+        """--model's library prefix and the fine-tuning options (timm names are checked once timm loads)."""
+        library, bare = split_arch(self.model)
+        if library == "torchvision" and bare not in TORCHVISION:
+            raise UserError(f"unknown model '{self.model}': tv/ names are {', '.join(TORCHVISION)}", "see --help")
+        check_non_negative(self, "freeze_backbone_epochs")
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise UserError(f"--layer-decay must be in (0, 1], got {self.layer_decay}", "use e.g. 0.75")
+        if not 0 < self.ema_decay < 1:
+            raise UserError(f"--ema-decay must be between 0 and 1, got {self.ema_decay}", "use e.g. 0.998")
+        if self.drop_path is not None and not 0 <= self.drop_path < 1:
+            raise UserError(f"--drop-path must be in [0, 1), got {self.drop_path}", "use e.g. 0.1")
+        if 0 < self.freeze_backbone_epochs < self.epochs and self.scheduler == "plateau":
+            raise UserError(
+                "--freeze-backbone-epochs shorter than --epochs needs a step-wise schedule, not --scheduler plateau",
+                "use --scheduler cosine (or a linear probe: --freeze-backbone-epochs ≥ --epochs)",
             )
 
 

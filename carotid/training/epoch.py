@@ -23,6 +23,7 @@ from carotid.data.transforms import NORMALIZATION
 from carotid.evaluation.metrics import epoch_metrics
 from carotid.evaluation.registry import EPOCH_LINE, lower_is_better
 from carotid.evaluation.selection import ValidationOutput
+from carotid.model import canonical_arch
 from carotid.report.outputs import evaluate_model
 from carotid.training import checkpoints
 from carotid.training.config import TrainConfig
@@ -60,7 +61,7 @@ def run_loaders(cfg: TrainConfig, datasets: dict, num_processes: int, pin_memory
 def model_contract(cfg: TrainConfig, class_names: list[str], monitor: str, positive_index: int) -> dict:
     """The ModelFile fields every model file of this run shares: how to rebuild and feed the model."""
     return {
-        "arch": cfg.model,
+        "arch": canonical_arch(cfg.model),
         "class_names": class_names,
         "in_channels": cfg.in_channels,
         "image_size": cfg.image_size,

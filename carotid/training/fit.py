@@ -24,8 +24,8 @@ from carotid.data.demo import make_demo_data
 from carotid.data.labels import LabelTable, read_labels
 from carotid.data.loaders import frame_dataset
 from carotid.data.manifest import SPLITS, DataManifest, check_classes_in_training, collect_persons, data_block
-from carotid.model.file import load_initial_weights, read_weights
 from carotid.model.registry import build_model
+from carotid.model.weights import load_initial_weights, load_pretrained
 from carotid.training.config import TrainConfig
 from carotid.training.epoch import split_names
 from carotid.training.trainer import Trainer
@@ -192,15 +192,10 @@ def fit_run(
     # Binary: the positive class read_labels chose (and reported); more classes keep the last as before.
     positive = manifest.positive_class
     positive_index = class_names.index(positive) if positive in class_names else len(class_names) - 1
-    pretrained = read_weights(cfg.pretrained_weights, "pretrained weights")[1] if cfg.pretrained_weights else None
     model = build_model(
-        cfg.model,
-        len(class_names),
-        cfg.in_channels,
-        cfg.pretrained,
-        pretrained,
-        source=f"pretrained weights {cfg.pretrained_weights}",
+        cfg.model, len(class_names), cfg.in_channels, cfg.pretrained, image_size=cfg.image_size, drop_path=cfg.drop_path
     )
+    weight_lines = load_pretrained(model, cfg.model, cfg.pretrained_weights) if cfg.pretrained_weights else []
     if cfg.load_model:
         load_initial_weights(model, cfg.load_model, cfg.model, class_names)
 
@@ -222,6 +217,8 @@ def fit_run(
     log(f"{'resuming' if resume_run else 'run directory'}: {run_dir}")
     for note in notes:
         log(note)
+    for line in weight_lines:
+        log(line)
     if startup:
         describe(accelerator, cfg, manifest, log)
     else:

@@ -1,0 +1,76 @@
+"""timm architectures, local starting weights in every usual shape, and the small-cohort fine-tuning options."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+import torchvision
+from safetensors.torch import save_file
+
+from carotid.core.errors import UserError
+from carotid.model import canonical_arch, split_arch
+from carotid.model.registry import build_encoder, build_model, check_arch
+from carotid.model.weights import load_initial_weights, load_pretrained
+
+
+def test_names_of_both_libraries_follow_the_documented_rule_and_a_misspelt_name_suggests_the_closest():
+    assert split_arch("resnet18") == ("torchvision", "resnet18")  # old commands and model files keep their meaning
+    assert split_arch("tv/resnet18") == ("torchvision", "resnet18")
+    assert split_arch("timm/resnet18") == ("timm", "resnet18")
+    assert canonical_arch("convnext_atto") == canonical_arch("timm/convnext_atto") == "timm/convnext_atto"
+    assert isinstance(build_model("resnet18", 2, 1), torchvision.models.ResNet)
+    assert isinstance(build_model("timm/resnet18", 2, 1), timm.models.ResNet)
+    with pytest.raises(UserError, match="did you mean .*convnext_atto"):
+        check_arch("convnext_atoo")
+    with pytest.raises(UserError, match="did you mean resnet18"):
+        check_arch("tv/resnet181")
+
+
+@pytest.mark.parametrize("arch", ["convnext_atto", "efficientnet_b0", "vit_tiny_patch16_224", "resnet18", "small_cnn"])
+def test_classifier_and_encoder_take_gray_frames(arch):
+    model = build_model(arch, 3, 1, image_size=32).eval()
+    encoder, dim = build_encoder(arch, 1, image_size=32)
+    with torch.no_grad():
+        assert model(torch.randn(2, 1, 32, 32)).shape == (2, 3)
+        assert encoder.eval()(torch.randn(2, 1, 32, 32)).shape == (2, dim)
+    # The encoder is the classifier less its head: the same names, so the same weight files load into both.
+    assert set(encoder.state_dict()) < set(model.state_dict())
+
+
+def test_timm_safetensors_load_into_a_gray_model_with_the_stem_summed_and_the_head_skipped(tmp_path):
+    reference = timm.create_model("convnext_atto", pretrained=False)
+    save_file(reference.state_dict(), tmp_path / "convnext_atto.safetensors")
+    model = build_model("convnext_atto", 2, 1)
+    report = "\n".join(load_pretrained(model, "convnext_atto", tmp_path / "convnext_atto.safetensors"))
+    theirs, ours = reference.state_dict(), model.state_dict()
+    assert torch.allclose(ours["stem.0.weight"], theirs["stem.0.weight"].sum(dim=1, keepdim=True))
+    backbone = [k for k in ours if not k.startswith("head.fc") and k != "stem.0.weight"]
+    assert backbone and all(torch.equal(ours[k], theirs[k]) for k in backbone)
+    assert "126 of 126 backbone tensors" in report and "stem.0.weight 3 → 1" in report
+    assert "head.fc.weight (1000, 320)" in report
+
+
+def test_wrapped_checkpoints_load_after_their_prefixes_are_stripped(tmp_path):
+    reference = timm.create_model("resnet18", pretrained=False)
+    state = reference.state_dict()
+    torch.save({"state_dict": {f"model.backbone.{k}": v for k, v in state.items()}, "epoch": 9}, tmp_path / "a.ckpt")
+    torch.save({"module": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "b.bin")
+    for name in ("a.ckpt", "b.bin"):
+        model = build_model("timm/resnet18", 2, 3)
+        load_pretrained(model, "timm/resnet18", tmp_path / name)
+        assert torch.equal(model.layer4[1].conv2.weight, reference.layer4[1].conv2.weight), name
+        assert torch.equal(model.conv1.weight, reference.conv1.weight), name  # 3 channels: nothing to adapt
+
+
+def test_weights_of_another_architecture_are_refused_with_names(tmp_path):
+    save_file(timm.create_model("convnext_atto").state_dict(), tmp_path / "convnext.safetensors")
+    model = build_model("efficientnet_b0", 2, 1)
+    with pytest.raises(UserError, match=r"fits only 0 of the \d+ backbone tensors of efficientnet_b0 .*features.0.0"):
+        load_pretrained(model, "efficientnet_b0", tmp_path / "convnext.safetensors")
+
+
+def test_load_model_given_plain_weights_suggests_pretrained_weights(tmp_path):
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "imagenet.pth")
+    with pytest.raises(UserError, match="--pretrained-weights .*imagenet.pth"):
+        load_initial_weights(build_model("resnet18", 2, 1), tmp_path / "imagenet.pth", "resnet18", ["a", "b"])
