@@ -41,6 +41,8 @@ def evaluate(argv: Sequence[str] | None) -> int:
     log = RunLog(accelerator)
     if precision_note:
         log(precision_note)
+    if plan.note:
+        log(f"note: {plan.note}")
     columns = list(dict.fromkeys(args.subgroup_column + ([args.reader_column] if args.reader_column else [])))
     frames, context = on_main(accelerator, lambda: collect_frames(plan, model_file.class_names, columns))
     for line in context.pop("startup"):
@@ -76,6 +78,10 @@ def evaluate(argv: Sequence[str] | None) -> int:
     )
     if args.reader_column and accelerator.is_main_process:
         score_reader(args, plan, model_file, frames, context, log)
+    if plan.run_dir is not None and accelerator.is_main_process:
+        from carotid.report.html import write_run_report
+
+        log(f"run report (links every evaluation of the run): {write_run_report(plan.run_dir)}")
     accelerator.wait_for_everyone()
     return 0
 

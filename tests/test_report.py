@@ -30,6 +30,10 @@ def test_training_and_evaluation_write_self_contained_reports(trained_run, evalu
     page = (evaluation / "report.html").read_text(encoding="utf-8")
     assert "<script" not in page.lower()
     assert not re.findall(r"""(?:src|href)\s*=\s*["'](?!data:|#)""", page), "a resource outside the file"
+    run_page = (trained_run / "report.html").read_text(encoding="utf-8")
+    assert not re.findall(r"""src\s*=\s*["'](?!data:)""", run_page), "a resource outside the file"
+    links = re.findall(r"""href\s*=\s*["'](?!data:)([^"'#]+)""", run_page)
+    assert links == ["eval_test_best/report.html"], "the run's page links its evaluations, nothing else"
     for heading in ("Metrics", "Data flow", "Training", "ROC and confusion matrix", "Per person", "Heat maps"):
         assert f">{heading}</h2>" in page
     assert "Failure gallery" in page and "Reporting checklist" in page and "researcher to write" in page
@@ -76,3 +80,22 @@ def test_report_shows_calibration_when_metrics_has_it(evaluation, tmp_path):
     page = build_report(folder, None)
     assert '<h2 id="calibration">Calibration</h2>' in page and "0.071" in page
     assert "assess calibration" not in page  # the checklist item is filled, not left to the researcher
+
+
+def test_a_later_evaluation_keeps_the_earlier_one_and_the_run_report_links_both(trained_run, tmp_path, capsys):
+    run = tmp_path / trained_run.name
+    shutil.copytree(trained_run, run)
+    first = (run / "eval_test_best" / "metrics.json").read_bytes()
+    capsys.readouterr()
+    assert evaluate.main(["--run-dir", str(run), "--heatmaps", "1", "--num-workers", "0", "--bootstrap", "20"]) == 0
+    printed = capsys.readouterr().out
+    assert f"note: {run / 'eval_test_best'} holds an earlier evaluation, kept; this one goes to " in printed
+    assert (run / "eval_test_best" / "metrics.json").read_bytes() == first, "training's evaluation overwritten"
+    assert (run / "eval_test_best_2" / "report.html").is_file() and any(
+        (run / "eval_test_best_2" / "heatmaps").iterdir()
+    )
+    assert f"run report (links every evaluation of the run): {run / 'report.html'}" in printed
+    page = (run / "report.html").read_text(encoding="utf-8")
+    links = re.findall(r"""href\s*=\s*["'](?!data:)([^"'#]+)""", page)
+    assert links == ["eval_test_best/report.html", "eval_test_best_2/report.html"]
+    assert all((run / link).is_file() for link in links)

@@ -42,6 +42,7 @@ class EvalPlan:
     bootstrap: int
     label_sha256: str | None  # of the label file the run was trained with
     val_persons: list[str] | None = None  # the run's validation persons, when something is chosen on them
+    note: str | None = None  # what the output folder is, when it is not the one the user may expect
 
 
 def plan_evaluation(args) -> EvalPlan:
@@ -117,8 +118,13 @@ def _plan_run(args, given: dict) -> EvalPlan:
                 f"pass {flag} with the data's new location",
             )
     name = model if model in ("best", "final") else model_path.stem
-    out = Path(args.out) if args.out else RunDir(run).evaluation(split, name).path
-    return EvalPlan(
+    out, note = Path(args.out) if args.out else RunDir(run).evaluation(split, name).path, None
+    if not args.out and (out / "metrics.json").is_file():  # an earlier evaluation (training's own) stays
+        taken, number = out, 2
+        while (out := taken.with_name(f"{taken.name}_{number}")).exists():
+            number += 1
+        note = f"{taken} holds an earlier evaluation, kept; this one goes to {out} (--out chooses the folder)"
+    plan = EvalPlan(
         model_path,
         split,
         out,
@@ -129,6 +135,8 @@ def _plan_run(args, given: dict) -> EvalPlan:
         _pick(args.bootstrap, options.get("bootstrap", DEFAULT_BOOTSTRAP)),
         config.get("label_file_sha256"),
     )
+    plan.note = note
+    return plan
 
 
 def _pick(value, default):

@@ -311,5 +311,41 @@ def build_report(eval_dir: Path | None, run_dir: Path | None) -> str:
 
 
 def write_report(path: Path, eval_dir: Path | None = None, run_dir: Path | None = None) -> Path:
-    atomic_write_text(path, build_report(eval_dir, run_dir))
+    page = build_report(eval_dir, run_dir)
+    if run_dir is not None and path.parent.resolve() == Path(run_dir).resolve():  # the run's own page
+        end = page.index("</p>", page.index("<h1>")) + len("</p>")  # after the title and its subtitle
+        page = page[:end] + section_evaluations(Path(run_dir)) + page[end:]
+    atomic_write_text(path, page)
     return path
+
+
+def write_run_report(run_dir: Path) -> Path:
+    """RUN/report.html again: the run, its test evaluation, and a link to every evaluation folder of the run."""
+    evaluation = RunDir(run_dir).evaluation().path
+    return write_report(RunDir(run_dir).report, evaluation if evaluation.is_dir() else None, run_dir)
+
+
+def section_evaluations(run_dir: Path) -> str:
+    """Every evaluation folder of the run (eval_*/ with a metrics.json), each linked to its own report.html."""
+    rows = []
+    for folder in sorted(p.parent for p in run_dir.glob("eval_*/metrics.json")):
+        metrics = read_json(folder / "metrics.json")
+        auc = (metrics.get("person") or {}).get("auc")
+        written = time.strftime("%Y-%m-%d %H:%M", time.localtime((folder / "metrics.json").stat().st_mtime))
+        cells = [
+            f'<a href="{escape(folder.name)}/report.html">{escape(folder.name)}</a>',
+            escape(str(metrics.get("split", "n/a"))),
+            escape(Path(str(metrics.get("model_file", "n/a")).split(", ")[0]).name),
+            str(metrics.get("n_persons", "n/a")),
+            number(auc),
+            written,
+        ]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    if not rows:
+        return ""
+    head = "".join(f"<th>{h}</th>" for h in ("evaluation", "persons of", "model", "persons", "person AUC", "written"))
+    return (
+        '<h2 id="evaluations">Evaluations of this run</h2><p>Each has its own report.html; a later '
+        "<code>carotid.evaluate</code> adds its folder here.</p>"
+        f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+    )

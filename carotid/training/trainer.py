@@ -32,7 +32,7 @@ from carotid.evaluation.records import ValidationChoice
 from carotid.evaluation.registry import METRIC_COLUMNS
 from carotid.evaluation.selection import ValidationOutput, choose_on_validation
 from carotid.model.file import ModelFile
-from carotid.report.html import write_report
+from carotid.report.html import write_run_report
 from carotid.report.plots import plot_curves  # matplotlib only once there is something to draw
 from carotid.training import checkpoints
 from carotid.training.config import TrainConfig
@@ -355,8 +355,7 @@ class Trainer:
             ):
                 self.log(line)
 
-            evaluation = self.paths.evaluation().path
-            write_report(self.paths.report, evaluation if evaluation.is_dir() else None, self.run_dir)
+            write_run_report(self.run_dir)
             self.log(f"report: {self.run_dir / 'report.html'}")
         self.accelerator.wait_for_everyone()
         return test_report
