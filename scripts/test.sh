@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install carotid with its dev and deepspeed extras into the active environment (or a new .venv), then run the
 # test suite (tests/test_strategies.py runs DeepSpeed ZeRO-2/3 and FSDP2 on the CPU).
-# Usage: bash scripts/test.sh [pytest arguments]
+# Usage: bash scripts/test.sh [--fast] [pytest arguments]
+#   --fast: skip the tests marked slow (multi-process launches, the browser, the benchmark): the quick loop of a
+#   developer (pytest -m "not slow"); CI runs everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
@@ -14,4 +16,8 @@ DS_BUILD_OPS=0 python -m pip install -q --no-build-isolation -e ".[dev,deepspeed
 python -m ruff check .          # lint (config in pyproject.toml)
 python -m ruff format --check . # formatting, line length 120
 lint-imports --no-cache          # the layers (contract in pyproject.toml): nothing imports a layer above it
+if [ "${1:-}" = "--fast" ]; then
+    shift
+    set -- -m "not slow" "$@"
+fi
 python -m pytest "$@"

@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import subprocess_env
+
+pytestmark = pytest.mark.slow  # the benchmark runs whole training processes: scripts/test.sh --fast skips it
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "benchmark.py"
 FIGURES = [

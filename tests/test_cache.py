@@ -215,6 +215,7 @@ def test_evaluation_is_identical_cached_and_uncached(tmp_path, data):
         np.testing.assert_array_equal(cached[key], plain[key])
 
 
+@pytest.mark.slow
 def test_two_ranks_build_one_cache_in_a_real_launch(tmp_path):
     root, label = make_data(tmp_path / "frames", persons=8, frames=4)
     cache_dir = tmp_path / "cache"

@@ -11,6 +11,8 @@ from accelerate.commands.config.config_args import load_config_from_file
 
 from tests.conftest import FAST, free_port, load_model, only_run_dir, read_json, subprocess_env
 
+pytestmark = pytest.mark.slow  # real multi-process launches: scripts/test.sh --fast skips them
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = ["single_gpu", "multi_gpu_ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp", "multi_node", "cpu_ddp"]
 

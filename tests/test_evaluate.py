@@ -198,6 +198,7 @@ def test_user_errors_exit_2_before_any_output(case, fragment, trained_run, data_
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_same_evaluation_as_one(trained_run, tmp_path):
     """Batch size 5 over 12 frames: the last batch is split unevenly and padded by Accelerate."""
     common = ["--run-dir", str(trained_run), "--num-workers", "0", "--batch-size", "5", "--bootstrap", "100"]

@@ -15,6 +15,7 @@ import random
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -24,6 +25,8 @@ from carotid.model.file import ModelFile
 from carotid.training import checkpoints
 from tests.conftest import FAST, make_data, only_run_dir, train_in_process
 from tests.forked import start_training
+
+pytestmark = pytest.mark.slow  # real multi-process launches: scripts/test.sh --fast skips them
 
 TIMING = {"epoch_seconds", "images_per_second", "data_wait_fraction"}
 SLOW_FSYNC = 0.03

@@ -45,6 +45,7 @@ def test_training_and_evaluation_write_self_contained_reports(trained_run, evalu
     assert "padded with black" in page and "--crop auto --resize letterbox" in page
 
 
+@pytest.mark.slow
 def test_report_opens_in_headless_chromium_without_errors(evaluation, tmp_path):
     if find_chromium() is None:
         pytest.skip("chromium is not installed (Debian: apt-get install chromium; .ci/run installs it)")

@@ -23,6 +23,8 @@ from tests.conftest import (
     train_in_process,
 )
 
+pytestmark = pytest.mark.slow  # real multi-process launches: scripts/test.sh --fast skips them
+
 TIMING = {"epoch_seconds", "images_per_second", "data_wait_fraction"}
 
 

@@ -35,6 +35,8 @@ from carotid.model.registry import build_model
 from carotid.training.engine import EpochProgress, train_one_epoch
 from tests.conftest import FAST, free_port, make_data, only_run_dir, read_json, subprocess_env, train_in_process
 
+pytestmark = pytest.mark.slow  # real multi-process launches: scripts/test.sh --fast skips them
+
 REPO = Path(__file__).resolve().parents[1]
 # strategy → (launch config, the distributed type its log must name)
 STRATEGIES = {

@@ -229,6 +229,7 @@ def test_load_model_mismatches_say_what_differs(trained_run, data_dir, tmp_path,
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), "no run directory is left behind"
 
 
+@pytest.mark.slow
 def test_demo_flag_makes_data_and_trains(tmp_path):
     assert train_in_process("--demo", "--output-dir", str(tmp_path), "--epochs", "1", "--no-test", *FAST) == 0
     assert (tmp_path / "demo_data" / "label.xlsx").is_file()
