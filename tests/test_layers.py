@@ -108,3 +108,41 @@ def test_every_module_the_docs_name_exists():
                 if not defined:
                     missing.append(f"{doc.name}: {dotted}")
     assert missing == []
+
+
+CHANGE_TOPICS = (
+    "split rule",
+    "aggregation",
+    "a metric",
+    "model-file format",
+    "augmentation",
+    "LR schedule",
+    "CLI option",
+    "architecture",
+    "file kind",
+    "section of report.html",
+)
+
+
+def test_to_change_x_edit_y_names_files_and_symbols_that_exist():
+    """docs/ARCHITECTURE.md's table: every topic a contributor asks about is there, every file it names exists and
+    every `symbol` in parentheses after a file is defined in that file (a grep, as a reader would check)."""
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    table = text.split("## To change X, edit Y", 1)[1]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| to change")]
+    assert all(any(topic in row for row in rows) for topic in CHANGE_TOPICS), [
+        t for t in CHANGE_TOPICS if not any(t in row for row in rows)
+    ]
+    problems = []
+    for row in rows:
+        for path, symbols in re.findall(r"`(carotid/[\w/]+(?:\.py|/))`(?: \(([^)]*)\))?", row):
+            target = ROOT / path
+            if not target.exists():
+                problems.append(f"{path} does not exist")
+                continue
+            sources = [target] if target.is_file() else sorted(target.glob("*.py"))
+            text_of = "\n".join(source.read_text(encoding="utf-8") for source in sources)
+            for symbol in re.findall(r"`([A-Za-z_]\w*)`", symbols):
+                if not re.search(rf"^\s*(?:def|class) {symbol}\b|^{symbol}\b\s*[:=]", text_of, re.M):
+                    problems.append(f"{symbol} is not defined in {path}")
+    assert problems == []
