@@ -113,24 +113,7 @@ def evaluate_reader(
     probs = np.zeros((len(ids), 2))
     probs[:, positive_index], probs[:, 1 - positive_index] = score, 1.0 - score  # rows sum to 1 for the bootstrap
     person, warnings = classification_metrics(y, probs, class_names, positive_index, reader.threshold)
-    calibration = None
-    if reader.kind == "probability":
-        calibration, calibration_notes = calibration_metrics(y, probs, class_names, positive_index)
-        calibration = {"binning": BINNING, "person": calibration}
-        warnings += calibration_notes
-    ci = None
-    if bootstrap:
-        ci = bootstrap_ci(
-            ids,
-            y,
-            probs,
-            n_classes=2,
-            positive_index=positive_index,
-            threshold=reader.threshold,
-            n_resamples=bootstrap,
-            seed=seed,
-        )
-        ci = {"person": ci["person"], "method": ci["method"]}
+    calibration, ci = _reader_uncertainty(reader, ids, y, probs, class_names, positive_index, bootstrap, seed, warnings)
     report = {
         "reader": {"column": column, "kind": reader.kind},
         "split": split,
@@ -148,13 +131,41 @@ def evaluate_reader(
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     write_metrics(EvalDir(out_dir).metrics, report)
+    _write_reader_table(EvalDir(out_dir).person_predictions, reader, ids, score, persons, class_names, positive_index)
+    return report
 
-    # A score (e.g. 1-5) is no probability: prob_<positive> holds it as given, prob_<negative> stays empty.
+
+def _reader_uncertainty(reader, ids, y, probs, class_names, positive_index, bootstrap, seed, warnings) -> tuple:
+    """(calibration section for a probability reader, else None; person-bootstrap CIs or None)."""
+    calibration = None
+    if reader.kind == "probability":
+        per_person, calibration_notes = calibration_metrics(y, probs, class_names, positive_index)
+        calibration = {"binning": BINNING, "person": per_person}
+        warnings += calibration_notes
+    if not bootstrap:
+        return calibration, None
+    ci = bootstrap_ci(
+        ids,
+        y,
+        probs,
+        n_classes=2,
+        positive_index=positive_index,
+        threshold=reader.threshold,
+        n_resamples=bootstrap,
+        seed=seed,
+    )
+    return calibration, {"person": ci["person"], "method": ci["method"]}
+
+
+def _write_reader_table(path, reader, ids, score, persons, class_names, positive_index) -> None:
+    """person_predictions.csv of the reader. A score (e.g. 1-5) is no probability: prob_<positive> holds it as
+    given and prob_<negative> stays empty."""
+
     def prob_of(value: float) -> str:
         return "" if reader.kind == "score" else f"{value:.6f}"
 
     write_table(
-        EvalDir(out_dir).person_predictions,
+        path,
         ["person_id", "true_label", "n_frames"] + [f"prob_{name}" for name in class_names] + ["predicted_label"],
         (
             [p, class_names[persons[p][0]], persons[p][1]]
@@ -163,7 +174,6 @@ def evaluate_reader(
             for p, s in zip(ids, score)
         ),
     )
-    return report
 
 
 def format_reader(report: dict) -> str:

@@ -54,7 +54,10 @@ def evaluate_model(
     Returns the metrics.json dict on the main process, None elsewhere. `model_file` is model_path's
     content when the caller has loaded it already; `context` adds the data's provenance; `subgroups`
     ({sheet column: {person: value}}) adds the metrics per subgroup. `heatmaps` N
-    writes a Grad-CAM montage of N frames for every person; `failures` K lists the K most wrong persons."""
+    writes a Grad-CAM montage of N frames for every person; `failures` K lists the K most wrong persons.
+
+    Over 60 lines because its signature holds every option of an evaluation, one per line; the body is four
+    steps: inference, `compute_report`, `write_evaluation`, the console lines."""
     model_file = model_file or ModelFile.load(model_path)
     preds = run_inference(
         accelerator,
