@@ -146,3 +146,13 @@ def test_to_change_x_edit_y_names_files_and_symbols_that_exist():
                 if not re.search(rf"^\s*(?:def|class) {symbol}\b|^{symbol}\b\s*[:=]", text_of, re.M):
                     problems.append(f"{symbol} is not defined in {path}")
     assert problems == []
+
+
+def test_every_module_has_its_line_in_the_architecture_map():
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    unnamed = [
+        str(path.relative_to(ROOT))
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path.name != "__init__.py" and f"`{path.relative_to(ROOT)}`" not in text
+    ]
+    assert unnamed == []
