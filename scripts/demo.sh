@@ -7,7 +7,15 @@ set -euo pipefail
 START_DIR="$PWD"
 cd "$(dirname "$0")/.."
 . scripts/env.sh
-python -m pip install -q -e ".[export]"
+# pip -q still passes on the build backend's notices (setuptools' "Editable installation." warning):
+# the install's output is shown only when it fails.
+INSTALL_LOG="$(mktemp)"
+if ! python -m pip install -q -e ".[export]" >"$INSTALL_LOG" 2>&1; then
+    cat "$INSTALL_LOG" >&2
+    rm -f "$INSTALL_LOG"
+    exit 1
+fi
+rm -f "$INSTALL_LOG"
 OUT="${DEMO_OUTPUT:-output/demo}"
 STARTED=$SECONDS
 accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \

@@ -267,3 +267,20 @@ def test_calibrate_needs_validation_persons(data_dir, tmp_path, capsys):
     )
     assert status == 2 and "--val-ratio is 0" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_a_tiny_test_set_gives_one_calibration_line_not_one_per_failed_fit():
+    from carotid.evaluation.calibration import MIN_CALIBRATION_PERSONS, calibration_section
+
+    y = np.array([0, 0, 1, 1])  # 4 persons, perfectly separated: every recalibration fit fails
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.1, 0.9]])
+    frames = (np.repeat(y, 3), np.repeat(probs, 3, axis=0))
+    section, notes = calibration_section({"image": frames, "person": (y, probs)}, ["normal", "plaque"], 1)
+    assert notes == [
+        f"4 persons are too few to judge calibration (at least {MIN_CALIBRATION_PERSONS} advised): its slope and "
+        "intercepts are undefined or unreliable here; Brier score and ECE are shown as measured"
+    ]
+    assert section["person"]["brier"] == pytest.approx(np.mean((probs[:, 1] - y) ** 2))
+    many = (np.tile(y, 6), np.tile(probs, (6, 1)))  # 24 persons, still separated: each failed fit is named
+    _, notes = calibration_section({"image": many, "person": many}, ["normal", "plaque"], 1)
+    assert len(notes) >= 2 and all("separate the classes perfectly" in n for n in notes)

@@ -55,6 +55,7 @@ def test_fold_runs_name_their_held_out_fold_and_the_startup_block_prints_once(cv
         assert f"held-out fold {k}: 6 persons" in log
         assert not re.search(r"^\s*test:", log, re.MULTILINE), "a fold calls its held-out persons test"
         assert "label sheet:" not in log and "processes:" not in log
+        assert re.search(r"best val_auc: \d\.\d{3} \(epoch \d\)", log), "the best value in 3 decimals"
         metrics = json.loads((cv_dir / f"fold_{k}" / "eval_test_best" / "metrics.json").read_text())
         assert metrics["split"] == f"held-out fold {k}"
 

@@ -271,7 +271,8 @@ def test_pydicom_ultrasound_files_train_end_to_end(tmp_path, capsys):
     report = read_json(run_dir / "data_report.json")
     assert report["frames_by_kind"] == {"dicom": 66} and report["images_found"] == 66 and report["images_used"] == 26
     assert report["unreadable_images"] == [] and report["dicom_files_with_ultrasound_region"] == 4
-    assert "frames: 66 in 8 files (dicom 66); 2 multi-frame file(s); 26 used" in printed
+    assert report["files_by_kind"] == {"dicom": 8}
+    assert "frames: 66 in 8 files (dicom: 66 frames in 8 files); 2 multi-frame files; 26 used" in printed
     assert all(not report["decoding"][s]["unreadable"] for s in ("train", "val", "test"))
     rows = list(csv.DictReader(open(run_dir / "eval_test_best" / "predictions.csv", encoding="utf-8")))
     frames = {(Path(r["path"]).name, int(r["frame"])) for r in rows}

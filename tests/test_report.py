@@ -91,6 +91,9 @@ def test_a_later_evaluation_keeps_the_earlier_one_and_the_run_report_links_both(
     assert evaluate.main(["--run-dir", str(run), "--heatmaps", "1", "--num-workers", "0", "--bootstrap", "20"]) == 0
     printed = capsys.readouterr().out
     assert f"note: {run / 'eval_test_best'} holds an earlier evaluation, kept; this one goes to " in printed
+    tested = len(json.loads((run / "splits.json").read_text(encoding="utf-8"))["test"])
+    assert f"  classes (the {tested} test persons evaluated): " in printed  # not the sheet's classes
+    assert "  persons (the whole sheet): " in printed
     assert (run / "eval_test_best" / "metrics.json").read_bytes() == first, "training's evaluation overwritten"
     assert (run / "eval_test_best_2" / "report.html").is_file() and any(
         (run / "eval_test_best_2" / "heatmaps").iterdir()

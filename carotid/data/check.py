@@ -97,10 +97,14 @@ def dataset_decoding(dataset, status: np.ndarray, prep: Preprocessing) -> dict:
 
 def startup_lines(report: dict, in_channels: int) -> list[str]:
     """The start-up block's lines about the frames: kinds, multi-frame files, the check, colour, crop."""
-    kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(report.get("frames_by_kind", {}).items()))
+    files = report.get("files_by_kind", {})
+    kinds = ", ".join(  # frames and files counted apart: a multi-frame DICOM is one file of many frames
+        f"{kind}: {plural(n, 'frame')} in {plural(files.get(kind, 0), 'file')}"
+        for kind, n in sorted(report.get("frames_by_kind", {}).items())
+    )
     lines = [
-        f"frames: {report['images_found']} in {report['files_found']} files ({kinds}); "
-        f"{report.get('multi_frame_files', 0)} multi-frame file(s); {report['images_used']} used"
+        f"frames: {report['images_found']} in {plural(report['files_found'], 'file')} ({kinds}); "
+        f"{plural(report.get('multi_frame_files', 0), 'multi-frame file')}; {report['images_used']} used"
     ]
     check = report.get("start_up_check")
     if check:

@@ -290,10 +290,13 @@ def data_block(report: dict, label_excel: str) -> list[str]:
         f"  header row: {label['header_row']} ({why['header_row']})",
         f"  ID column: '{label['id_column']}' ({why['id_column']})",
         f"  label column: '{label['label_column']}' ({why['label_column']})",
-        "  classes: " + ", ".join(f"'{name}' {n} person(s)" for name, n in report["classes"].items()),
+        # Evaluating one split: the classes count its persons, the matching line the whole sheet; say which.
+        f"  classes{' (' + report['classes_of'] + ')' if report.get('classes_of') else ''}: "
+        + ", ".join(f"'{name}' {n} person(s)" for name, n in report["classes"].items()),
         f"  positive class: {repr(label['positive_class']) if label['positive_class'] else '—'} "
         f"({why['positive_class']})",
-        f"  persons: {matching['matched']} sheet row(s) matched a folder, "
+        f"  persons{' (the whole sheet)' if report.get('classes_of') else ''}: {matching['matched']} sheet row(s) "
+        "matched a folder, "
         f"{matching['rows_without_folder']} row(s) have no folder, "
         f"{matching['folders_without_row']} folder(s) have no labelled row",
     ]

@@ -21,6 +21,7 @@ EPS = 1e-6
 # "converged" at 1e15 on nearly separated data), not a property of the model.
 MAX_LOGIT = 50.0
 TEMPERATURE_BOUNDS = (1e-2, 1e2)  # a temperature outside this range means the logits carry no usable scale
+MIN_CALIBRATION_PERSONS = 20  # below this, failed or wild recalibration fits are the sample's size, not the model
 BINNING = f"{ECE_BINS} equal-width bins of the predicted probability on [0, 1]"
 
 
@@ -190,6 +191,12 @@ def calibration_section(
     for level, (y, probs) in levels.items():
         out[level], level_notes = calibration_metrics(y, probs, class_names, positive_index)
         notes += [f"{level}: {n}" for n in level_notes]
+    persons = len(levels["person"][0]) if "person" in levels else None
+    if notes and persons is not None and persons < MIN_CALIBRATION_PERSONS:  # one line, not one per failed fit
+        notes = [
+            f"{persons} persons are too few to judge calibration (at least {MIN_CALIBRATION_PERSONS} advised): "
+            "its slope and intercepts are undefined or unreliable here; Brier score and ECE are shown as measured"
+        ]
     out["before_temperature"] = None
     if before is not None:
         out["before_temperature"] = {

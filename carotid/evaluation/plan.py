@@ -185,6 +185,8 @@ def collect_frames(plan: EvalPlan, class_names: list[str], columns: list[str] = 
     index = {name: i for i, name in enumerate(class_names)}
     frames = [dataclasses.replace(f, label=index[manifest.class_names[f.label]]) for f in manifest.frames_of()]
     report = manifest.report
+    if plan.persons is not None:
+        report["classes_of"] = f"the {len(manifest.frames)} {plan.split} persons evaluated"
     notes = manifest.left_out_notes() if plan.persons is None else []
     if plan.label_sha256 and file_sha256(data["label_excel"]) != plan.label_sha256:
         notes.append(

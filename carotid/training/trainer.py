@@ -335,7 +335,8 @@ class Trainer:
             self.log(f"temperature of best_model.pth: {best['temperature']:.3f} ({best['temperature_source']})")
         if self.accelerator.is_main_process and state["rows"]:
             plot_curves(state["rows"], self.monitor, self.paths.curves, best_epoch=best["epoch"])
-        self.log(f"best {self.monitor}: {best['value']} (epoch {best['epoch']}); models in {self.run_dir / 'models'}")
+        value = f"{best['value']:.3f}" if isinstance(best["value"], float) else best["value"]
+        self.log(f"best {self.monitor}: {value} (epoch {best['epoch']}); models in {self.run_dir / 'models'}")
         if self.cfg.report_to:
             self.accelerator.end_training()
         if self.cfg.test and self.manifest.splits["test"]:
