@@ -30,11 +30,9 @@ def evaluate(argv: Sequence[str] | None) -> int:
     plan = plan_evaluation(args)
     from carotid.core.run_dir import check_writable
     from carotid.core.runtime import RunLog, build_accelerator, on_main
-    from carotid.evaluation.inference import check_cache_available
     from carotid.model.file import ModelFile
     from carotid.report.outputs import evaluate_model
 
-    check_cache_available(args.cache)
     check_writable(plan.out_dir)
     model_file = ModelFile.load(plan.model_path)
     accelerator, precision_note = build_accelerator()

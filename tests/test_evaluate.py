@@ -274,3 +274,16 @@ def test_multiclass_report_table_and_files(tmp_path):
     predicted = [r["predicted_label"] for r in rows(tmp_path / "predictions.csv")]
     assert predicted == [names[k] for k in probs.argmax(axis=1)]
     assert (tmp_path / "roc_curve.png").stat().st_size > 0 and (tmp_path / "confusion_matrix.png").is_file()
+
+
+def test_evaluate_with_cache_gives_the_uncached_numbers_and_fills_the_cache(trained_run, tmp_path):
+    """--cache used to fail with "not available in this installation" (it looked for a module that moved)."""
+    plain, cached, cache_dir = tmp_path / "plain", tmp_path / "cached", tmp_path / "cache"
+    assert evaluate.main(["--run-dir", str(trained_run), "--out", str(plain), *QUICK]) == 0
+    args = ["--run-dir", str(trained_run), "--out", str(cached), "--cache", "--cache-dir", str(cache_dir), *QUICK]
+    assert evaluate.main(args) == 0
+    (folder,) = cache_dir.iterdir()
+    assert any(p.name.endswith(".npy") for p in folder.iterdir())
+    first, second = read_json(plain / "metrics.json"), read_json(cached / "metrics.json")
+    for key in ("n_images", "n_persons", "image", "person"):
+        assert_same(first[key], second[key], key)

@@ -7,7 +7,6 @@ prediction tables.
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +14,6 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from carotid.core.errors import UserError
 from carotid.core.files import write_table
 from carotid.core.predict import predict_loader
 from carotid.data.check import dataset_decoding
@@ -44,11 +42,6 @@ class FramePredictions:
     decoding: dict = field(default_factory=dict)
     logits: np.ndarray | None = None  # the raw outputs, for calibration before temperature scaling
     temperature: float | None = None  # the model file's, applied to `probs`
-
-
-def check_cache_available(cache: bool) -> None:
-    if cache and importlib.util.find_spec("carotid.cache") is None:
-        raise UserError("--cache is not available in this installation of carotid", "drop --cache")
 
 
 def run_inference(
