@@ -72,12 +72,13 @@ def prepare_data(cfg: TrainConfig, resume_run: Path | None) -> tuple[DataManifes
     from carotid.core import run_dir as run_folder
     from carotid.data.manifest import SPLITS
     from carotid.data.split import describe_groups, person_groups, split_persons
-    from carotid.training.fit import read_data, with_splits
+    from carotid.training.fit import check_resumed_labels, read_data, with_splits
 
     if resume_run is not None:
         trained = run_folder.read_run_config(resume_run).get("class_names")
         splits = run_folder.read_splits(resume_run)
         manifest, _, root_dir, label_excel = read_data(cfg, [p for s in SPLITS for p in splits[s]], trained)
+        manifest.report["warnings"] += check_resumed_labels(resume_run, manifest, label_excel)
         return with_splits(manifest, splits, []), root_dir, label_excel
     manifest, table, root_dir, label_excel = read_data(cfg)
     groups = person_groups(sorted(manifest.person_labels), table.groups)

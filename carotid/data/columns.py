@@ -85,27 +85,54 @@ def wanted_column(headers: list[Any], wanted: str, flag: str, taken: int | None,
     return plain.index(target)
 
 
-def _recognised_column(headers: list[Any], known: tuple[str, ...], taken: int | None) -> int | None:
-    for candidate in known:
-        for i, header in enumerate(headers):
-            if i != taken and candidate in _header_keys(header):
-                return i
-    return None
+NAME_HEADERS = frozenset({"name", "姓名"})  # an ID of last resort: beside a real ID column, a name is not the ID
 
 
-def choose_columns(headers: list[Any], id_column: str | None, label_column: str | None) -> tuple[int, str, int, str]:
-    """(ID column, why, label column, why). Unrecognised headers are guessed only on a two-column sheet."""
+def _recognised_columns(headers: list[Any], known: tuple[str, ...], taken: set[int]) -> list[int]:
+    """The columns whose header is one of `known`, in order of preference, `taken` left out."""
+    rank = {name: i for i, name in enumerate(known)}
+    found = {
+        i: min(rank[k] for k in keys)
+        for i, header in enumerate(headers)
+        if i not in taken and (keys := _header_keys(header) & rank.keys())
+    }
+    return sorted(found, key=lambda i: (found[i], i))
+
+
+def _one_recognised(headers: list[Any], known: tuple[str, ...], taken: set[int], what: str) -> int | None:
+    """The one recognised column, or None; several (Plaque (left) and Plaque (right)) are an error, since
+    taking the first would train on one of them without a word."""
+    found = _recognised_columns(headers, known, taken)
+    if what == "ID" and any(not (_header_keys(headers[i]) & NAME_HEADERS) for i in found):
+        found = [i for i in found if not (_header_keys(headers[i]) & NAME_HEADERS)]
+    if len(found) <= 1:
+        return found[0] if found else None
+    flag = f"--{what.lower()}-column"
+    listed = ", ".join(repr(str(headers[i])) for i in sorted(found))
+    runs = " (one run per column, e.g. one per side)" if what == "label" else ""
+    raise UserError(
+        f"{len(found)} columns are recognised as the {what} column: {listed}",
+        f"choose one with {flag}, e.g. {flag} '{headers[sorted(found)[0]]}'{runs}",
+    )
+
+
+def choose_columns(
+    headers: list[Any], id_column: str | None, label_column: str | None, excluded: frozenset[int] = frozenset()
+) -> tuple[int, str, int, str]:
+    """(ID column, why, label column, why). Unrecognised headers are guessed only on a two-column sheet;
+    `excluded` are columns named by other flags (--group-column), never taken as the ID or the label."""
     columns = [i for i, h in enumerate(headers) if h is not None]
     shown = ", ".join(repr(str(headers[i])) for i in columns) or "(none)"
     if id_column is not None:
         id_idx, id_why = wanted_column(headers, id_column, "--id-column", None, "ID", shown), "from --id-column"
     else:
-        id_idx, id_why = _recognised_column(headers, ID_HEADERS, None), "recognised header"
+        id_idx, id_why = _one_recognised(headers, ID_HEADERS, set(excluded), "ID"), "recognised header"
     if label_column is not None:
         label_idx = wanted_column(headers, label_column, "--label-column", id_idx, "label", shown)
         label_why = "from --label-column"
     else:
-        label_idx, label_why = _recognised_column(headers, LABEL_HEADERS, id_idx), "recognised header"
+        taken = set(excluded) | ({id_idx} if id_idx is not None else set())
+        label_idx, label_why = _one_recognised(headers, LABEL_HEADERS, taken, "label"), "recognised header"
     if id_idx is not None and label_idx is not None:
         return id_idx, id_why, label_idx, label_why
     if len(columns) == 2:  # the one case where the other column is not a guess among several

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from openpyxl.utils import range_boundaries
+
 from carotid.core.errors import UserError
 from carotid.data.classes import (
     EXCEL_ERRORS,
@@ -29,6 +31,7 @@ from carotid.data.sheet import OLE2_MAGIC, Sheet, cell_name, find_header_row, fo
 
 __all__ = ["OLE2_MAGIC", "EXCEL_ERRORS", "LabelTable", "normalize_id", "normalize_label", "read_labels"]
 
+EXAMPLES = 3  # IDs or ranges shown in a message
 EXCEL_DIGITS = 15  # Excel stores numbers with 15 significant digits; longer numeric IDs are already rounded
 
 
@@ -77,36 +80,85 @@ def read_labels(
     path = Path(path)
     data = read_sheet(path, sheet)
     if not data.rows:
-        raise UserError(f"sheet '{data.name}' of {path} is empty", "put a header row and one row per person on it")
+        raise _empty_sheet(path, data)
     position, header_why = find_header_row(data, header_row, recognised_header)
     header_number, raw_headers = data.rows[position]
     headers = [cell_text(h) for h in raw_headers]
-    id_idx, id_why, label_idx, label_why = choose_columns(headers, id_column, label_column)
+    excluded = frozenset() if group_column is None else frozenset({_group_index(headers, group_column)})
+    id_idx, id_why, label_idx, label_why = choose_columns(headers, id_column, label_column, excluded)
     body = data.rows[position + 1 :]
     _refuse_uncached_formulas(path, data, header_number, (id_idx, label_idx))
+    _refuse_merged_cells(path, data, header_number, headers, (id_idx, label_idx))
+    _refuse_blank_id_column(path, data.name, body, headers, id_idx, label_idx)
+    rows = _label_rows(path, body, id_idx, label_idx, known_classes)
+    rows.warnings += _hidden_rows_used(data, rows.first_row)
+    class_names = sorted_classes(set(rows.labels.values()))
+    if len(class_names) < min_classes:
+        found = f"only '{class_names[0]}'" if class_names else "no labels"
+        raise UserError(
+            f"{path} has {found} in column '{headers[label_idx]}'; "
+            + ("a classifier needs at least two classes" if min_classes > 1 else "nothing to evaluate"),
+            "check --label-column and the sheet's label cells",
+        )
+    positive, positive_why, doubtful = choose_positive(class_names, positive_class)
+    if doubtful:
+        rows.warnings.append(f"positive class '{positive}' is {positive_why}")
+    choices = {
+        "sheet": data.reason,
+        "header_row": header_why,
+        "id_column": id_why,
+        "label_column": label_why,
+        "positive_class": positive_why,
+    }
+    groups = None
+    if group_column is not None:
+        groups = _read_groups(headers, body, id_idx, rows.labels, group_column, rows.notes)
+    return LabelTable(
+        rows.labels,
+        class_names,
+        data.name,
+        str(headers[id_idx]),
+        str(headers[label_idx]),
+        rows.notes,
+        rows.warnings,
+        header_number,
+        positive,
+        choices,
+        groups,
+    )
 
-    notes: list[str] = []
+
+# ---------------------------------------------------------------------------------------------
+# The rows: one label per person, and what was left out
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Rows:
+    labels: dict[str, str]  # person ID → class name
+    first_row: dict[str, int]  # person ID → the Excel row its label was read from
+    notes: list[str]
+    warnings: list[str]
+
+
+def _label_rows(
+    path: Path, body: list[tuple[int, list]], id_idx: int, label_idx: int, known_classes: list[str] | None
+) -> _Rows:
+    """Each person's label (class spellings merged), repeated rows merged, conflicting ones refused."""
     cells = [(n, _cell(row, id_idx), _cell(row, label_idx)) for n, row in body]
-    texts = [(n, cell_text(i), normalize_label(lab), i, lab) for n, i, lab in cells]
-    present = any(t is not None and t.casefold() == PRESENT_MARK for _, _, t, _, _ in texts)
-    missing = [t for _, _, t, _, _ in texts if t is not None and is_missing_mark(t, present)]
-    texts = [(n, p, None if t is None or is_missing_mark(t, present) else t, i, lab) for n, p, t, i, lab in texts]
-    names, warnings = merge_spellings([t for _, p, t, _, _ in texts if p is not None and t], known_classes)
-
+    texts = [(n, cell_text(i), normalize_label(lab)) for n, i, lab in cells]
+    present = any(t is not None and t.casefold() == PRESENT_MARK for _, _, t in texts)
+    missing = [t for _, _, t in texts if t is not None and is_missing_mark(t, present)]
+    texts = [(n, p, None if t is None or is_missing_mark(t, present) else t) for n, p, t in texts]
+    names, warnings = merge_spellings([t for _, p, t in texts if p is not None and t], known_classes)
     labels: dict[str, str] = {}
     first_row: dict[str, int] = {}
     conflicts: list[str] = []
     no_id = no_label = repeated = 0
-    errors = [f"{c.strip()} in row {n}" for n, i, lab in cells for c in (i, lab) if _is_excel_error(c)]
-    long_numbers = [
-        cell_text(i) for _, i, _ in cells if isinstance(i, (int, float)) and not isinstance(i, bool) and _long(i)
-    ]
-    for row_number, person_id, text, _, _ in texts:
-        if person_id is None:
-            no_id += text is not None
-            continue
-        if text is None:
-            no_label += 1
+    for row_number, person_id, text in texts:
+        if person_id is None or text is None:
+            no_id += person_id is None and text is not None
+            no_label += person_id is not None and text is None
             continue
         label = names[text]
         if person_id in labels:
@@ -117,14 +169,32 @@ def read_labels(
                 )
             repeated += 1
             continue
-        labels[person_id] = label
-        first_row[person_id] = row_number
+        labels[person_id], first_row[person_id] = label, row_number
     if conflicts:
         more = f" (and {len(conflicts) - 3} more)" if len(conflicts) > 3 else ""
         raise UserError(
             f"duplicate person IDs with conflicting labels in {path}: {'; '.join(conflicts[:3])}{more}",
             "keep one row per person",
         )
+    notes = _cell_notes(cells, missing) + [
+        text
+        for count, text in (
+            (no_id, f"{no_id} row(s) have a label but no ID and were skipped"),
+            (no_label, f"{no_label} person(s) have no label and were skipped"),
+            (repeated, f"{repeated} repeated row(s) with the same label were merged"),
+        )
+        if count
+    ]
+    return _Rows(labels, first_row, notes, warnings)
+
+
+def _cell_notes(cells: list[tuple[int, Any, Any]], missing: list[str]) -> list[str]:
+    """Notes on cells that read as blank or may not match: Excel errors, rounded long numbers, missing marks."""
+    notes = []
+    errors = [f"{c.strip()} in row {n}" for n, i, lab in cells for c in (i, lab) if _is_excel_error(c)]
+    long_numbers = [
+        cell_text(i) for _, i, _ in cells if isinstance(i, (int, float)) and not isinstance(i, bool) and _long(i)
+    ]
     if errors:
         notes.append(
             f"{len(errors)} cell(s) hold an Excel error value and count as empty (e.g. {errors[0]}): fix the formulas"
@@ -137,42 +207,74 @@ def read_labels(
     if missing:
         marks = ", ".join(sorted({repr(m) for m in missing}))
         notes.append(f"{len(missing)} label cell(s) hold a missing-value mark ({marks}) and count as blank")
-    if no_id:
-        notes.append(f"{no_id} row(s) have a label but no ID and were skipped")
-    if no_label:
-        notes.append(f"{no_label} person(s) have no label and were skipped")
-    if repeated:
-        notes.append(f"{repeated} repeated row(s) with the same label were merged")
-    class_names = sorted_classes(set(labels.values()))
-    if len(class_names) < min_classes:
-        found = f"only '{class_names[0]}'" if class_names else "no labels"
-        raise UserError(
-            f"{path} has {found} in column '{headers[label_idx]}'; "
-            + ("a classifier needs at least two classes" if min_classes > 1 else "nothing to evaluate"),
-            "check --label-column and the sheet's label cells",
+    return notes
+
+
+def _hidden_rows_used(data: Sheet, first_row: dict[str, int]) -> list[str]:
+    """Rows hidden in Excel (by hand or by a filter) are read like any other: say so, since hiding a row
+    looks like leaving the person out."""
+    hidden = sorted((n, p) for p, n in first_row.items() if n in data.hidden_rows)
+    if not hidden:
+        return []
+    shown = ", ".join(f"'{p}' (row {n})" for n, p in hidden[:EXAMPLES])
+    return [
+        f"{len(hidden)} person(s) are in rows hidden in Excel (e.g. {shown}) and are used like the visible ones: "
+        "to leave a person out, delete the row"
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Sheets and columns that cannot be read as meant
+# ---------------------------------------------------------------------------------------------
+
+
+def _empty_sheet(path: Path, data: Sheet) -> UserError:
+    if data.filled_sheets:
+        listed = ", ".join(map(repr, data.filled_sheets))
+        return UserError(
+            f"sheet '{data.name}' of {path} ({data.reason.split(';')[0]}) is empty; sheet(s) {listed} hold data",
+            f"pass --sheet '{data.filled_sheets[0]}'",
         )
-    positive, positive_why, doubtful = choose_positive(class_names, positive_class)
-    if doubtful:
-        warnings.append(f"positive class '{positive}' is {positive_why}")
-    choices = {
-        "sheet": data.reason,
-        "header_row": header_why,
-        "id_column": id_why,
-        "label_column": label_why,
-        "positive_class": positive_why,
-    }
-    return LabelTable(
-        labels,
-        class_names,
-        data.name,
-        str(headers[id_idx]),
-        str(headers[label_idx]),
-        notes,
-        warnings,
-        header_number,
-        positive,
-        choices,
-        None if group_column is None else _read_groups(headers, body, id_idx, labels, group_column, notes),
+    return UserError(f"sheet '{data.name}' of {path} is empty", "put a header row and one row per person on it")
+
+
+def _group_index(headers: list[Any], group_column: str) -> int:
+    shown = ", ".join(repr(str(h)) for h in headers if h is not None) or "(none)"
+    return wanted_column(headers, group_column, "--group-column", None, "group", shown)
+
+
+def _refuse_merged_cells(path: Path, data: Sheet, header_number: int, headers: list, columns: tuple[int, int]) -> None:
+    """A label (or ID) merged down over several rows is read, like Excel stores it, in its first row only:
+    the other rows would silently have no label, so the ranges are named instead."""
+    found: dict[str, int] = {}  # range → the ID or label column it covers
+    for ref in data.merged:
+        low_col, _, high_col, high_row = range_boundaries(ref)
+        covered = [c for c in columns if low_col - 1 <= c <= high_col - 1]
+        if high_row > header_number and covered:
+            found[ref] = covered[0]
+    if found:
+        refs = sorted(found, key=lambda ref: range_boundaries(ref)[1::-1])
+        names = " and ".join(repr(str(headers[c])) for c in columns if c in found.values())
+        more = f" (and {len(refs) - EXAMPLES} more)" if len(refs) > EXAMPLES else ""
+        raise UserError(
+            f"{len(refs)} merged cell range(s) of column {names} in sheet '{data.name}' of {path} span several rows: "
+            f"{', '.join(refs[:EXAMPLES])}{more}; a merged cell holds its value in its first row only, the other "
+            "rows would have none",
+            "unmerge those cells (Merge & Center off) and fill the value into every row",
+        )
+
+
+def _refuse_blank_id_column(
+    path: Path, sheet: str, body: list[tuple[int, list]], headers: list, id_idx: int, label_idx: int
+) -> None:
+    """An ID column with no value at all is the wrong column (or IDs not filled in), not 'no labels'."""
+    if any(cell_text(_cell(row, id_idx)) is not None for _, row in body):
+        return
+    labelled = sum(normalize_label(_cell(row, label_idx)) is not None for _, row in body)
+    raise UserError(
+        f"the ID column '{headers[id_idx]}' of sheet '{sheet}' in {path} is blank in every row, while the label "
+        f"column '{headers[label_idx]}' holds {labelled} value(s)",
+        "fill in each person's ID (their folder's name), or name the column that holds it with --id-column",
     )
 
 

@@ -16,7 +16,7 @@ from carotid.data import check
 from carotid.data.discovery import Frame, FrameCounts, count_frames, discover_frames, spread_evenly
 from carotid.data.kinds import FRAME_SUFFIXES
 from carotid.data.labels import LabelTable
-from carotid.data.matching import Matching, match_ids
+from carotid.data.matching import Matching, explain_unmatched, match_ids
 
 SPLITS = ("train", "val", "test")
 
@@ -130,7 +130,7 @@ def collect_persons(
         "unhandled_files": _first(unhandled, 20),
         "start_up_check": checked.as_dict() if checked else None,
         "unreadable_images": unreadable,
-        "warnings": _matching_warnings(matching),
+        "warnings": table.warnings + _matching_warnings(matching),  # every start-up warning, as printed
     }
     return DataManifest(
         str(root_dir),
@@ -204,6 +204,7 @@ def _report(root_dir: str, table: LabelTable, person_labels: dict, found: dict, 
         },
         "classes": {name: sum(1 for k in person_labels.values() if k == i) for i, name in enumerate(table.class_names)},
         "persons_in_sheet": len(table.labels),
+        "person_labels": {p: table.class_names[k] for p, k in sorted(person_labels.items())},  # resume checks it
         "person_folders": len(found),
         "matching": matching.summary(),
         "persons_without_folder": _first(matching.rows_without_folder),
@@ -258,7 +259,7 @@ def _matching_warnings(matching: Matching) -> list[str]:
             f"{len(matching.ambiguous)} numeric ID(s) match several zero-padded folders and are left out "
             f"(e.g. {matching.ambiguous[0]!r}): rename the folders"
         )
-    return warnings_
+    return warnings_ + explain_unmatched(matching)
 
 
 def check_classes_in_training(manifest: DataManifest) -> None:
@@ -304,5 +305,5 @@ def data_block(report: dict, label_excel: str) -> list[str]:
         shown = ", ".join(f"sheet '{a}' ↔ folder '{b}'" for a, b in matching["examples"][kind])
         lines.append(f"  matched though spelled differently ({kind}): {count}, e.g. {shown}")
     lines += [f"note: {note}" for note in label["notes"]]
-    lines += [f"warning: {warning}" for warning in label["warnings"] + report["warnings"]]
+    lines += [f"warning: {warning}" for warning in report["warnings"]]  # the label file's among them
     return lines

@@ -117,3 +117,55 @@ def match_ids(sheet_ids: Iterable[str], folders: Iterable[str], root_dir: str = 
         sorted(set(found.values()) - matched_folders),
         ambiguous,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Why a sheet ID has no folder: what Excel or a script did to it
+# ---------------------------------------------------------------------------------------------
+
+EXCEL_DATE = re.compile(r"\d{4}-(\d{2})-(\d{2})(T00:00:00)?")  # a date cell, as carotid.data.classes.cell_text reads it
+MONTH_DAY = re.compile(r"(\d{1,2})[-/.](\d{1,2})")  # a folder such as '1-5', which Excel turns into a date
+ID_TRAPS = {  # kind of sheet ID → (is it that kind, why and how to fix the sheet)
+    "dates": (
+        lambda t: EXCEL_DATE.fullmatch(t) is not None,
+        "Excel turned IDs typed like 1-5 into dates: format the ID column as Text, then retype those IDs",
+    ),
+    "numbers stored as text with '.0'": (
+        lambda t: re.fullmatch(r"\d+\.0+", t) is not None,
+        "a script or CSV export wrote the numbers as floats: retype the IDs without '.0'",
+    ),
+    "text starting with an apostrophe": (
+        lambda t: t[:1] in ("'", "\u2019", "`"),
+        "the apostrophe is part of the text (a program wrote it; Excel hides only its own): delete it from those cells",
+    ),
+    "text holding a path separator": (
+        lambda t: "/" in t or "\\" in t,
+        "a folder name cannot hold '/' or '\\': write each ID as the person's folder is named",
+    ),
+}
+
+
+def _day_folder(sheet_id: str, day_folders: list[str]) -> str | None:
+    """The folder ('1-5', '5.1') that a date ID (2026-01-05) was typed as, if there is one."""
+    date = EXCEL_DATE.fullmatch(sheet_id)
+    wanted = {(int(date[1]), int(date[2])), (int(date[2]), int(date[1]))}
+    return next((f for f in day_folders if tuple(map(int, MONTH_DAY.fullmatch(f).groups())) in wanted), None)
+
+
+def explain_unmatched(matching: Matching) -> list[str]:
+    """A warning per kind of sheet ID left out for what Excel or a script did to it, with how to fix the sheet."""
+    day_folders = [f for f in matching.folders_without_row if MONTH_DAY.fullmatch(f)]
+    found: dict[str, list[str]] = defaultdict(list)
+    for sheet_id in matching.rows_without_folder:
+        kind = next((k for k, (test, _) in ID_TRAPS.items() if test(sheet_id)), None)
+        if kind == "dates" and (folder := _day_folder(sheet_id, day_folders)) is not None:
+            found[kind].append(f"{sheet_id[:10]} beside folder '{folder}'")
+        elif kind is not None:
+            found[kind].append(repr(sheet_id))
+    warnings = []
+    for kind, ids in found.items():
+        warnings.append(
+            f"{len(ids)} sheet ID(s) are {kind} (e.g. {', '.join(ids[:EXAMPLES])}): they match no "
+            f"folder and are left out; {ID_TRAPS[kind][1]}"
+        )
+    return warnings

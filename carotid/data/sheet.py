@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from openpyxl.utils import get_column_letter
+from openpyxl.utils import get_column_letter, range_boundaries
 
 from carotid.core.errors import UserError
 
@@ -34,6 +34,9 @@ class Sheet:
     reason: str  # why this sheet, for the start-up block
     rows: list[tuple[int, list[Any]]]  # (Excel row number, values without trailing empty cells)
     has_formulas: bool
+    merged: list[str] = field(default_factory=list)  # merged ranges spanning several rows, e.g. 'B2:B5'
+    hidden_rows: set[int] = field(default_factory=set)  # row numbers hidden in Excel (by hand or by a filter)
+    filled_sheets: list[str] = field(default_factory=list)  # an empty sheet chosen without --sheet: those with data
 
     def row(self, number: int) -> list[Any] | None:
         return next((values for n, values in self.rows if n == number), None)
@@ -44,7 +47,26 @@ def cell_name(row: int, column: int) -> str:
     return f"{get_column_letter(column + 1)}{row}"
 
 
+def _lock_file(path: Path) -> UserError | None:
+    """Excel writes '~$label.xlsx' (its owner file: who has label.xlsx open) beside an open workbook."""
+    if not path.name.startswith("~$"):
+        return None
+    rest = path.name[2:]
+    beside = sorted(
+        p.name
+        for p in path.parent.glob("*")
+        if not p.name.startswith("~$") and p.is_file() and (p.name == rest or p.name.endswith(rest))
+    )
+    real = path.parent / (rest if rest in beside else beside[0]) if beside else None
+    return UserError(
+        f"{path} is Excel's lock file (Excel writes it beside a workbook it has open), not the workbook",
+        f"pass the workbook itself, {real}" if real else f"pass the workbook itself (the lock file is for '{rest}')",
+    )
+
+
 def _check_file(path: Path) -> None:
+    if (lock := _lock_file(path)) is not None:
+        raise lock
     if not path.exists():
         raise UserError(f"label file not found: {path}", "check the --label-excel path")
     if not path.is_file():
@@ -138,7 +160,9 @@ def read_sheet(path: str | Path, wanted: str | None = None) -> Sheet:
         with zipfile.ZipFile(path) as archive:
             _check_part_sizes(path, archive, (part,))
             has_formulas = _has_formulas(archive, part)
-        rows = _bounded_rows(worksheet, name, path)
+        layout: dict = {}
+        rows = _bounded_rows(worksheet, name, path, layout)
+        filled = _filled_sheets(workbook, path, name) if not rows and wanted is None else []
     except UserError:
         raise
     except PermissionError:
@@ -147,7 +171,21 @@ def read_sheet(path: str | Path, wanted: str | None = None) -> Sheet:
         raise _corrupt(path, err) from None
     finally:
         workbook.close()
-    return Sheet(name, reason, rows, has_formulas)
+    return Sheet(name, reason, rows, has_formulas, layout["merged"], layout["hidden_rows"], filled)
+
+
+def _filled_sheets(workbook, path: Path, empty: str) -> list[str]:
+    """The other sheets holding a value (each read up to its first non-empty row), when the one chosen without
+    --sheet is empty: an empty active sheet beside the filled one is a workbook saved on the wrong tab."""
+    filled = []
+    with zipfile.ZipFile(path) as archive:
+        for worksheet in workbook.worksheets:
+            if worksheet.title == empty or not hasattr(worksheet, "_worksheet_path"):
+                continue
+            _check_part_sizes(path, archive, (worksheet._worksheet_path,))
+            if any(cells for _, cells in _sparse_rows(worksheet)):
+                filled.append(worksheet.title)
+    return filled
 
 
 def _has_formulas(archive: zipfile.ZipFile, part: str) -> bool:
@@ -161,11 +199,13 @@ def _has_formulas(archive: zipfile.ZipFile, part: str) -> bool:
     return False
 
 
-def _sparse_rows(worksheet):
+def _sparse_rows(worksheet, layout: dict | None = None):
     """(Excel row number, {column index: value}) for each row the sheet's XML holds, empty cells left out.
 
     openpyxl's iter_rows pads every row to the sheet's width, 16,384 cells for rows styled out to column XFD
-    (a MemoryError on a 1 MB file), so rows are taken, sparse, from the parser iter_rows itself uses."""
+    (a MemoryError on a 1 MB file), so rows are taken, sparse, from the parser iter_rows itself uses. That
+    parser also reads the row attributes and the <mergeCells> element (which read-only worksheets drop):
+    `layout` receives the hidden rows and the merged ranges spanning several rows once the rows are read."""
     from openpyxl.worksheet._reader import WorkSheetParser
 
     workbook = worksheet.parent
@@ -180,11 +220,25 @@ def _sparse_rows(worksheet):
         )
         for number, cells in parser.parse():
             yield number, {cell["column"] - 1: cell["value"] for cell in cells if cell["value"] is not None}
+    if layout is not None:
+        layout["hidden_rows"] = {
+            int(r) for r, attrs in parser.row_dimensions.items() if attrs.get("hidden") in ("1", "true")
+        }
+        ranges = parser.merged_cells.mergeCell if parser.merged_cells is not None else []
+        layout["merged"] = [str(m.ref) for m in ranges if _rows_spanned(str(m.ref)) > 1]
 
 
-def _bounded_rows(worksheet, name: str, path: Path) -> list[tuple[int, list[Any]]]:
+def _rows_spanned(ref: str) -> int:
+    try:
+        _, first, _, last = range_boundaries(ref)
+    except ValueError:  # a malformed range: openpyxl's own reader ignores it too
+        return 0
+    return (last or first or 0) - (first or 0) + 1
+
+
+def _bounded_rows(worksheet, name: str, path: Path, layout: dict | None = None) -> list[tuple[int, list[Any]]]:
     rows: list[tuple[int, list[Any]]] = []
-    for number, cells in _sparse_rows(worksheet):
+    for number, cells in _sparse_rows(worksheet, layout):
         if not cells:
             continue
         if len(rows) == MAX_ROWS:

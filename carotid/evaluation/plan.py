@@ -202,7 +202,7 @@ def collect_frames(plan: EvalPlan, class_names: list[str], columns: list[str] = 
         "data": {
             k: str(Path(data[k]).resolve()) if k in ("root_dir", "label_excel") else data[k] for k in DATA_OPTIONS
         },
-        "data_notes": list(table.notes) + list(table.warnings) + report["warnings"] + notes,
+        "data_notes": list(table.notes) + report["warnings"] + notes,  # report["warnings"] holds table.warnings
         # What the console shows first: the start-up block, the frames found (no colour check before the
         # evaluation's decode), then notes on persons left out.
         "startup": data_block(report, str(data["label_excel"]))
