@@ -182,6 +182,17 @@ def expected_table(rows: list[list]) -> tuple[dict[str, str], list[str]]:
     return labels, conflicts
 
 
+def blank_id_column(rows: list[list]) -> bool:
+    """No ID in any row beside a label cell that is not blank (a missing-value mark counts as written)."""
+    labelled = any(
+        len(r) > 1
+        and (t := contract_id(r[1])) is not None
+        and unicodedata.normalize("NFKC", t).translate(ZERO_WIDTH).strip()
+        for r in rows
+    )
+    return labelled and all(contract_id(r[0]) is None for r in rows if r)
+
+
 def uncached_formulas(written: list[list], read: list[list]) -> bool:
     """Whether an ID or label cell was written as a formula and reads back without a result."""
     for row_written, row_read in zip(written[1:], read[1:]):
@@ -212,6 +223,8 @@ def test_label_reader_follows_the_contract(tmp_path, body, cached):
         message = str(err)
         if formulas:
             assert "formula with no stored result" in message, message
+        elif blank_id_column(rows):
+            assert "is blank in every row" in message, message
         elif conflicts:
             assert "conflicting labels" in message and f"'{conflicts[0]}'" in message
         else:
@@ -219,6 +232,7 @@ def test_label_reader_follows_the_contract(tmp_path, body, cached):
         return
     assert not formulas, "a formula without a stored result was read as an empty cell"
     assert not conflicts, f"conflicting labels for {conflicts} were not reported"
+    assert not blank_id_column(rows), "labels beside a blank ID column were not reported"
     assert {person: class_key(label) for person, label in table.labels.items()} == want
     assert sorted(map(class_key, table.class_names)) == sorted(set(want.values())) and len(table.class_names) >= 2
     for person in table.labels:  # IDs are normalised text

@@ -1,12 +1,17 @@
-"""Which columns of the label sheet hold the person ID and the label: the header names recognised without
---id-column / --label-column, the flags' lookup, and the one guess allowed (a sheet of two columns)."""
+"""Where the label sheet's table is: its header row (title rows above it skipped), and which columns hold the
+person ID and the label (the header names recognised without --id-column / --label-column, the flags' lookup,
+and the one guess allowed: a sheet of two columns)."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from carotid.core.errors import UserError
+from carotid.data.sheet import Sheet
+
+HEADER_SCAN_ROWS = 20  # non-empty rows searched for the header row
 
 # Header names recognised without --id-column / --label-column, in order of preference. Compared after
 # lower-casing and dropping spaces, '_', '-', '.', and a bracketed note such as "(Y/N)".
@@ -149,3 +154,52 @@ def choose_columns(
     example = next((str(headers[i]) for i in reversed(columns) if i != id_idx), None)
     fix = f"name it with {flag}" + (f", e.g. {flag} '{example}'" if example and len(columns) > 2 else "")
     raise UserError(f"no {what} column {found}; the headers are {shown}", fix)
+
+
+# ---------------------------------------------------------------------------------------------
+# The header row
+# ---------------------------------------------------------------------------------------------
+
+
+def _all_text(values: list[Any]) -> bool:
+    return all(isinstance(v, str) for v in values if v is not None)
+
+
+def _looks_like_headers(values: list[Any]) -> bool:
+    # A title row (one cell, merged across columns or not) has one value; a header row names two columns or more,
+    # all as text (a row holding a number or a date is data).
+    filled = [v for v in values if v is not None and str(v).strip()]
+    return len(filled) >= 2 and _all_text(filled)
+
+
+def _shown(values: list[Any]) -> str:
+    text = " | ".join(str(v).strip() for v in values if v is not None and str(v).strip())
+    return text if len(text) <= 60 else text[:57] + "…"
+
+
+def find_header_row(sheet: Sheet, wanted: int | None, recognised: Callable[[Any], bool]) -> tuple[int, str]:
+    """(position in sheet.rows, why): row `wanted`, else the first header-like row holding a recognised header,
+    else the first header-like row; title rows, merged title cells and blank rows above it are skipped."""
+    if wanted is not None:
+        for position, (number, _) in enumerate(sheet.rows):
+            if number == wanted:
+                return position, "from --header-row"
+        last = sheet.rows[-1][0] if sheet.rows else 0
+        where = "is blank" if wanted < last else f"is past the last row ({last})"
+        raise UserError(f"--header-row {wanted} of sheet '{sheet.name}' {where}", "pass the row number of the headers")
+    scanned = sheet.rows[:HEADER_SCAN_ROWS]
+    known = [i for i, (_, values) in enumerate(scanned) if _all_text(values) and any(map(recognised, values))]
+    candidates = [i for i, (_, values) in enumerate(scanned) if _looks_like_headers(values)]
+    if not candidates and not known:
+        first = scanned[0] if scanned else (1, [])
+        raise UserError(
+            f"no header row found in the first {len(scanned)} non-empty rows of sheet '{sheet.name}' "
+            f"(row {first[0]}: {_shown(first[1])!r})",
+            "put a row of column names (e.g. ID | label) above the data, or pass --header-row N",
+        )
+    position = known[0] if known else candidates[0]
+    why = "holds recognised headers" if known else "the first row of text cells"
+    above = [f"row {n}: {_shown(v)!r}" for n, v in sheet.rows[:position]]
+    if above:
+        why += f"; above it skipped as title: {'; '.join(above[:3])}" + (" …" if len(above) > 3 else "")
+    return position, why

@@ -2,8 +2,9 @@
 
 Every choice made without a flag (sheet, header row, columns, class spellings, positive class) is recorded
 in `LabelTable.choices` with its reason, and made only when it is unambiguous; otherwise a UserError lists
-the candidates and the flag that chooses. Reading the workbook itself is `carotid.data.sheet`; which columns
-are the ID and the label is `carotid.data.columns`; what a label cell means is `carotid.data.classes`.
+the candidates and the flag that chooses. Reading the workbook itself is `carotid.data.sheet`; the header row
+and which columns are the ID and the label, `carotid.data.columns`; cells that cannot be read as meant (merged,
+hidden, blank, formulas), `carotid.data.sheet_checks`; what a label cell means, `carotid.data.classes`.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from openpyxl.utils import range_boundaries
 
 from carotid.core.errors import UserError
 from carotid.data.classes import (
@@ -26,12 +25,18 @@ from carotid.data.classes import (
     normalize_label,
     sorted_classes,
 )
-from carotid.data.columns import choose_columns, recognised_header, wanted_column
-from carotid.data.sheet import OLE2_MAGIC, Sheet, cell_name, find_header_row, formula_cells, read_sheet
+from carotid.data.columns import choose_columns, find_header_row, recognised_header, wanted_column
+from carotid.data.sheet import OLE2_MAGIC, cell_at, read_sheet
+from carotid.data.sheet_checks import (
+    empty_sheet_error,
+    hidden_rows_used,
+    refuse_blank_id_column,
+    refuse_merged_cells,
+    refuse_uncached_formulas,
+)
 
 __all__ = ["OLE2_MAGIC", "EXCEL_ERRORS", "LabelTable", "normalize_id", "normalize_label", "read_labels"]
 
-EXAMPLES = 3  # IDs or ranges shown in a message
 EXCEL_DIGITS = 15  # Excel stores numbers with 15 significant digits; longer numeric IDs are already rounded
 
 
@@ -80,18 +85,18 @@ def read_labels(
     path = Path(path)
     data = read_sheet(path, sheet)
     if not data.rows:
-        raise _empty_sheet(path, data)
+        raise empty_sheet_error(path, data)
     position, header_why = find_header_row(data, header_row, recognised_header)
     header_number, raw_headers = data.rows[position]
     headers = [cell_text(h) for h in raw_headers]
     excluded = frozenset() if group_column is None else frozenset({_group_index(headers, group_column)})
     id_idx, id_why, label_idx, label_why = choose_columns(headers, id_column, label_column, excluded)
     body = data.rows[position + 1 :]
-    _refuse_uncached_formulas(path, data, header_number, (id_idx, label_idx))
-    _refuse_merged_cells(path, data, header_number, headers, (id_idx, label_idx))
-    _refuse_blank_id_column(path, data.name, body, headers, id_idx, label_idx)
+    refuse_uncached_formulas(path, data, header_number, (id_idx, label_idx))
+    refuse_merged_cells(path, data, header_number, headers, (id_idx, label_idx))
+    refuse_blank_id_column(path, data.name, body, headers, id_idx, label_idx)
     rows = _label_rows(path, body, id_idx, label_idx, known_classes)
-    rows.warnings += _hidden_rows_used(data, rows.first_row)
+    rows.warnings += hidden_rows_used(data, rows.first_row)
     class_names = sorted_classes(set(rows.labels.values()))
     if len(class_names) < min_classes:
         found = f"only '{class_names[0]}'" if class_names else "no labels"
@@ -145,7 +150,7 @@ def _label_rows(
     path: Path, body: list[tuple[int, list]], id_idx: int, label_idx: int, known_classes: list[str] | None
 ) -> _Rows:
     """Each person's label (class spellings merged), repeated rows merged, conflicting ones refused."""
-    cells = [(n, _cell(row, id_idx), _cell(row, label_idx)) for n, row in body]
+    cells = [(n, cell_at(row, id_idx), cell_at(row, label_idx)) for n, row in body]
     texts = [(n, cell_text(i), normalize_label(lab)) for n, i, lab in cells]
     present = any(t is not None and t.casefold() == PRESENT_MARK for _, _, t in texts)
     missing = [t for _, _, t in texts if t is not None and is_missing_mark(t, present)]
@@ -210,72 +215,9 @@ def _cell_notes(cells: list[tuple[int, Any, Any]], missing: list[str]) -> list[s
     return notes
 
 
-def _hidden_rows_used(data: Sheet, first_row: dict[str, int]) -> list[str]:
-    """Rows hidden in Excel (by hand or by a filter) are read like any other: say so, since hiding a row
-    looks like leaving the person out."""
-    hidden = sorted((n, p) for p, n in first_row.items() if n in data.hidden_rows)
-    if not hidden:
-        return []
-    shown = ", ".join(f"'{p}' (row {n})" for n, p in hidden[:EXAMPLES])
-    return [
-        f"{len(hidden)} person(s) are in rows hidden in Excel (e.g. {shown}) and are used like the visible ones: "
-        "to leave a person out, delete the row"
-    ]
-
-
-# ---------------------------------------------------------------------------------------------
-# Sheets and columns that cannot be read as meant
-# ---------------------------------------------------------------------------------------------
-
-
-def _empty_sheet(path: Path, data: Sheet) -> UserError:
-    if data.filled_sheets:
-        listed = ", ".join(map(repr, data.filled_sheets))
-        return UserError(
-            f"sheet '{data.name}' of {path} ({data.reason.split(';')[0]}) is empty; sheet(s) {listed} hold data",
-            f"pass --sheet '{data.filled_sheets[0]}'",
-        )
-    return UserError(f"sheet '{data.name}' of {path} is empty", "put a header row and one row per person on it")
-
-
 def _group_index(headers: list[Any], group_column: str) -> int:
     shown = ", ".join(repr(str(h)) for h in headers if h is not None) or "(none)"
     return wanted_column(headers, group_column, "--group-column", None, "group", shown)
-
-
-def _refuse_merged_cells(path: Path, data: Sheet, header_number: int, headers: list, columns: tuple[int, int]) -> None:
-    """A label (or ID) merged down over several rows is read, like Excel stores it, in its first row only:
-    the other rows would silently have no label, so the ranges are named instead."""
-    found: dict[str, int] = {}  # range → the ID or label column it covers
-    for ref in data.merged:
-        low_col, _, high_col, high_row = range_boundaries(ref)
-        covered = [c for c in columns if low_col - 1 <= c <= high_col - 1]
-        if high_row > header_number and covered:
-            found[ref] = covered[0]
-    if found:
-        refs = sorted(found, key=lambda ref: range_boundaries(ref)[1::-1])
-        names = " and ".join(repr(str(headers[c])) for c in columns if c in found.values())
-        more = f" (and {len(refs) - EXAMPLES} more)" if len(refs) > EXAMPLES else ""
-        raise UserError(
-            f"{len(refs)} merged cell range(s) of column {names} in sheet '{data.name}' of {path} span several rows: "
-            f"{', '.join(refs[:EXAMPLES])}{more}; a merged cell holds its value in its first row only, the other "
-            "rows would have none",
-            "unmerge those cells (Merge & Center off) and fill the value into every row",
-        )
-
-
-def _refuse_blank_id_column(
-    path: Path, sheet: str, body: list[tuple[int, list]], headers: list, id_idx: int, label_idx: int
-) -> None:
-    """An ID column with no value at all is the wrong column (or IDs not filled in), not 'no labels'."""
-    if any(cell_text(_cell(row, id_idx)) is not None for _, row in body):
-        return
-    labelled = sum(normalize_label(_cell(row, label_idx)) is not None for _, row in body)
-    raise UserError(
-        f"the ID column '{headers[id_idx]}' of sheet '{sheet}' in {path} is blank in every row, while the label "
-        f"column '{headers[label_idx]}' holds {labelled} value(s)",
-        "fill in each person's ID (their folder's name), or name the column that holds it with --id-column",
-    )
 
 
 def _read_groups(
@@ -286,7 +228,7 @@ def _read_groups(
     idx = wanted_column(headers, column, "--group-column", id_idx, "group", shown)
     groups: dict[str, str] = {}
     for row_number, row in rows:
-        person_id, group = normalize_id(_cell(row, id_idx)), normalize_id(_cell(row, idx))
+        person_id, group = normalize_id(cell_at(row, id_idx)), normalize_id(cell_at(row, idx))
         if person_id not in labels or group is None:
             continue
         if groups.setdefault(person_id, group) != group:
@@ -302,32 +244,12 @@ def _read_groups(
     return groups
 
 
-def _cell(row: list[Any], index: int) -> Any:
-    return row[index] if index < len(row) else None
-
-
 def _is_excel_error(value: Any) -> bool:
     return isinstance(value, str) and value.strip() in EXCEL_ERRORS
 
 
 def _long(number: float) -> bool:
     return abs(number) >= 10**EXCEL_DIGITS
-
-
-def _refuse_uncached_formulas(path: Path, data: Sheet, header_number: int, columns: tuple[int, int]) -> None:
-    """A formula whose result was never stored (a file written by a script, not saved by Excel) reads as an
-    empty cell; that is no missing label, so it is an error naming the cells."""
-    if not data.has_formulas:
-        return
-    filled = {(n, c) for n, row in data.rows for c in columns if _cell(row, c) is not None}
-    found = formula_cells(path, data.name, set(columns), header_number + 1, filled)
-    if found:
-        (row, column), formula = min(found.items())
-        raise UserError(
-            f"{len(found)} cell(s) of the ID and label columns of {path} hold a formula with no stored result "
-            f"(e.g. {cell_name(row, column)}: {formula}): the file was written by a program and never saved by Excel",
-            "open it in Excel or LibreOffice and save it (that stores the results), or write values, not formulas",
-        )
 
 
 def read_person_columns(
@@ -362,11 +284,11 @@ def read_person_columns(
     out: dict[str, dict[str, str | None]] = {c: {} for c in columns}
     conflicts: list[str] = []
     for row_number, row in enumerate(rows[header_number + 1 :], start=header_number + 2):
-        person = normalize_id(_cell(row, id_idx))
+        person = normalize_id(cell_at(row, id_idx))
         if person is None:
             continue
         for column, k in zip(columns, wanted):
-            value = normalize_id(_cell(row, keys.index(k)))
+            value = normalize_id(cell_at(row, keys.index(k)))
             seen = out[column].get(person)
             if seen is not None and value is not None and seen != value:
                 conflicts.append(f"'{person}' has {column} '{seen}' and '{value}' (row {row_number})")

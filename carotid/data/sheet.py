@@ -8,7 +8,6 @@ XFD) ends in an `error:` within seconds instead of a MemoryError after minutes.
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ MAX_ROWS = 100_000  # non-empty rows; a label sheet has one per person
 MAX_COLUMNS = 500  # columns read; a value further right is an error, not silently dropped
 MAX_CELL_CHARS = 32_767  # Excel's own limit per cell: a longer text was not typed in Excel
 MAX_PART_BYTES = 64 * 2**20  # uncompressed XML of the sheet or its shared strings (~150,000 rows x 10 columns)
-HEADER_SCAN_ROWS = 20  # non-empty rows searched for the header row
 OLE2_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # .xls and password-protected .xlsx are OLE2 containers
 SHARED_PARTS = ("xl/sharedStrings.xml", "xl/styles.xml", "xl/workbook.xml")
 
@@ -62,6 +60,11 @@ def _lock_file(path: Path) -> UserError | None:
         f"{path} is Excel's lock file (Excel writes it beside a workbook it has open), not the workbook",
         f"pass the workbook itself, {real}" if real else f"pass the workbook itself (the lock file is for '{rest}')",
     )
+
+
+def cell_at(row: list[Any], index: int) -> Any:
+    """The value in column `index` of a row read by read_sheet (trailing empty cells are not stored)."""
+    return row[index] if index < len(row) else None
 
 
 def _check_file(path: Path) -> None:
@@ -284,52 +287,3 @@ def formula_cells(
     finally:
         workbook.close()
     return found
-
-
-# ---------------------------------------------------------------------------------------------
-# The header row
-# ---------------------------------------------------------------------------------------------
-
-
-def _all_text(values: list[Any]) -> bool:
-    return all(isinstance(v, str) for v in values if v is not None)
-
-
-def _looks_like_headers(values: list[Any]) -> bool:
-    # A title row (one cell, merged across columns or not) has one value; a header row names two columns or more,
-    # all as text (a row holding a number or a date is data).
-    filled = [v for v in values if v is not None and str(v).strip()]
-    return len(filled) >= 2 and _all_text(filled)
-
-
-def _shown(values: list[Any]) -> str:
-    text = " | ".join(str(v).strip() for v in values if v is not None and str(v).strip())
-    return text if len(text) <= 60 else text[:57] + "…"
-
-
-def find_header_row(sheet: Sheet, wanted: int | None, recognised: Callable[[Any], bool]) -> tuple[int, str]:
-    """(position in sheet.rows, why): row `wanted`, else the first header-like row holding a recognised header,
-    else the first header-like row; title rows, merged title cells and blank rows above it are skipped."""
-    if wanted is not None:
-        for position, (number, _) in enumerate(sheet.rows):
-            if number == wanted:
-                return position, "from --header-row"
-        last = sheet.rows[-1][0] if sheet.rows else 0
-        where = "is blank" if wanted < last else f"is past the last row ({last})"
-        raise UserError(f"--header-row {wanted} of sheet '{sheet.name}' {where}", "pass the row number of the headers")
-    scanned = sheet.rows[:HEADER_SCAN_ROWS]
-    known = [i for i, (_, values) in enumerate(scanned) if _all_text(values) and any(map(recognised, values))]
-    candidates = [i for i, (_, values) in enumerate(scanned) if _looks_like_headers(values)]
-    if not candidates and not known:
-        first = scanned[0] if scanned else (1, [])
-        raise UserError(
-            f"no header row found in the first {len(scanned)} non-empty rows of sheet '{sheet.name}' "
-            f"(row {first[0]}: {_shown(first[1])!r})",
-            "put a row of column names (e.g. ID | label) above the data, or pass --header-row N",
-        )
-    position = known[0] if known else candidates[0]
-    why = "holds recognised headers" if known else "the first row of text cells"
-    above = [f"row {n}: {_shown(v)!r}" for n, v in sheet.rows[:position]]
-    if above:
-        why += f"; above it skipped as title: {'; '.join(above[:3])}" + (" …" if len(above) > 3 else "")
-    return position, why
