@@ -72,7 +72,8 @@ def prepare_data(cfg: TrainConfig, resume_run: Path | None) -> tuple[DataManifes
     from carotid.core import run_dir as run_folder
     from carotid.data.manifest import SPLITS
     from carotid.data.split import describe_groups, person_groups, split_persons
-    from carotid.training.fit import check_resumed_labels, read_data, with_splits
+    from carotid.training.checkpoints import check_resumed_labels
+    from carotid.training.fit import read_data, with_splits
 
     if resume_run is not None:
         trained = run_folder.read_run_config(resume_run).get("class_names")

@@ -46,15 +46,7 @@ from carotid.report.cv_page import write_cv_figures, write_cv_report
 from carotid.report.outputs import write_evaluation
 from carotid.training import checkpoints
 from carotid.training.config import TrainConfig
-from carotid.training.fit import (
-    check_resumed_labels,
-    describe_data,
-    describe_persons,
-    describe_setup,
-    fit_run,
-    read_data,
-    with_splits,
-)
+from carotid.training.fit import describe_data, describe_persons, describe_setup, fit_run, read_data, with_splits
 
 PROGRESS = "cv_progress.json"
 
@@ -90,7 +82,7 @@ def prepare(cfg: TrainConfig, cv_dir: Path | None) -> tuple[DataManifest, dict, 
         persons = plan["test"] + [p for fold in plan["folds"] for p in fold["held_out"]]
         trained = run_folder.read_run_config(cv_dir).get("class_names")
         manifest, _, root_dir, label_excel = read_data(cfg, persons, trained)
-        manifest.report["warnings"] += check_resumed_labels(cv_dir, manifest, label_excel)
+        manifest.report["warnings"] += checkpoints.check_resumed_labels(cv_dir, manifest, label_excel)
         return manifest, plan, [], root_dir, label_excel
     manifest, table, root_dir, label_excel = read_data(cfg)
     groups = person_groups(sorted(manifest.person_labels), table.groups)

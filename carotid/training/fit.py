@@ -7,7 +7,6 @@ normal run directory. `read_data` is the data side both start from (main process
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -17,7 +16,6 @@ from accelerate import Accelerator
 
 from carotid.core import run_dir as run_folder
 from carotid.core.errors import StopTraining, UserError
-from carotid.core.files import file_sha256
 from carotid.core.run_dir import RunDir
 from carotid.core.runtime import RunLog, StopSignal, on_main
 from carotid.core.text import plural
@@ -71,55 +69,6 @@ def read_data(
         root_dir, table, cfg.max_imgs_per_person, persons=persons, strict_matching=cfg.strict_matching
     )
     return manifest, table, str(Path(root_dir).resolve()), str(Path(label_excel).resolve())
-
-
-def check_resumed_labels(run_dir: Path, manifest: DataManifest, label_excel: str) -> list[str]:
-    """A resumed run goes on with the labels it started with. A label file whose content changed is refused
-    when any of the run's persons has another label (the epochs done learned the old ones); when their labels
-    are the same (rows of other persons added or edited) the run goes on, and config.yaml records the new file
-    and its SHA-256 beside the old one. Returns the warnings for the start-up block."""
-    config = run_folder.read_run_config(run_dir)
-    started_sha, sha = config.get("label_file_sha256"), file_sha256(label_excel)
-    if started_sha is None or sha == started_sha:
-        return []
-    started = config["options"].get("label_excel")
-    before = _started_labels(run_dir)
-    now = {p: manifest.class_names[k] for p, k in manifest.person_labels.items()}
-    fix = (
-        f"resume with the label file the run started with ({started}, SHA-256 {started_sha[:12]}…), or start a "
-        f"new run on the new labels (--load-model {run_dir / 'models' / 'best_model.pth'} starts from its weights)"
-    )
-    if not isinstance(before, dict):
-        raise UserError(
-            f"{label_excel} is not the label file the run started with (SHA-256 {sha[:12]}…, not {started_sha[:12]}…) "
-            "and the run predates the record of each person's label, so it cannot be checked",
-            fix,
-        )
-    changed = sorted(p for p in before if now.get(p) != before[p])
-    if changed:
-        shown = ", ".join(f"'{p}' {before[p]!r} → {now.get(p)!r}" for p in changed[:3])
-        raise UserError(
-            f"{label_excel} changed since the run started: {len(changed)} of its {len(before)} persons have another "
-            f"label (e.g. {shown})",
-            fix,
-        )
-    history = config.get("label_file_history", []) + [{"label_excel": started, "label_file_sha256": started_sha}]
-    extra = {k: v for k, v in config.items() if k != "options"}
-    extra |= {"label_file_sha256": sha, "label_file_history": history}
-    options = config["options"] | {"label_excel": str(label_excel)}
-    run_folder.write_run_config(run_dir / "config.yaml", options, extra)
-    return [
-        f"{label_excel} is not the file the run started with ({started}), but its {len(before)} persons have the "
-        "same labels in both: the run goes on, and config.yaml records the new file and its SHA-256"
-    ]
-
-
-def _started_labels(run_dir: Path) -> dict | None:
-    """Each person's label when the run started (data_report.json's person_labels; None for older runs)."""
-    try:
-        return json.loads((run_dir / "data_report.json").read_text(encoding="utf-8")).get("person_labels")
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 def with_splits(
