@@ -40,7 +40,7 @@ def test_cv_ends_with_its_report_out_of_fold_result_first(cv_run):  # noqa: F811
     checklist = page[places[6] : places[7]]
     assert "2-fold cross-validation by person" in checklist and "each person its own group" in checklist
     assert "the best epoch by val_auc on that fold's validation persons" in checklist
-    assert "grayscale (1 channel)" in checklist and "the same in all 2 folds" in checklist
+    assert "convert('L'), weights 0.299, 0.587, 0.114" in checklist and "the same in all 2 folds" in checklist
     ensemble_page = (cv_dir / "eval_test_ensemble" / "report.html").read_text(encoding="utf-8")
     assert "test split, ensemble of the 2 fold models" in ensemble_page and "small_cnn" in ensemble_page
 

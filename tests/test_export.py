@@ -3,8 +3,10 @@ the model's contract in the metadata and a dynamic batch."""
 
 from __future__ import annotations
 
+import csv
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,3 +160,78 @@ def test_torchscript_export_of_a_person_model_takes_any_frame_count(data_dir, tm
         probs, attention = module(torch.from_numpy(bag))
         np.testing.assert_allclose(probs.detach().numpy(), pytorch_person(model_file, bag)[0], atol=1e-5)
         assert attention.shape == (len(bag),)
+
+
+def prepare_from_metadata(path, meta: dict) -> np.ndarray:
+    """A deployer's preparation of one image file, written from the exported model's metadata alone."""
+    from PIL import Image
+
+    conversion, size = json.loads(meta["channel_conversion"]), int(meta["image_size"])
+    assert meta["in_channels"] == "1" and meta["crop"] in ("auto", "none")  # a PNG has no ultrasound region
+    with Image.open(path) as image:
+        if image.mode == "P":  # "palette frames ... are mapped through their palette to RGB first"
+            image = image.convert("RGB")
+        pixels = np.asarray(image).astype(np.int64)
+    if pixels.ndim == 3:  # colour → grey by the fixed-point formula the metadata states
+        r, g, b = pixels[..., 0], pixels[..., 1], pixels[..., 2]
+        assert conversion["rgb_to_grey"]["formula"] == "L = (19595*R + 38470*G + 7471*B + 32768) >> 16"
+        grey = ((19595 * r + 38470 * g + 7471 * b + 32768) >> 16).astype(np.uint8)
+    elif pixels.max() > 255:  # more than 8 bits: value * 255 / (2^bits - 1), bits = max(8, bit length of the max)
+        assert conversion["sixteen_bit"]["bits"] == "max(8, bit_length(max(frame)))"
+        bits = max(8, int(pixels.max()).bit_length())
+        grey = np.clip(np.rint(pixels * (255.0 / (2**bits - 1))), 0, 255).astype(np.uint8)
+    else:
+        grey = pixels.astype(np.uint8)
+    assert meta["resize_mode"] == "letterbox"  # "the long side scaled to S px (bilinear) ... padded with black"
+    height, width = grey.shape
+    scale = size / max(width, height)
+    inner = (max(1, round(width * scale)), max(1, round(height * scale)))
+    canvas = Image.new("L", (size, size))
+    canvas.paste(
+        Image.fromarray(grey).resize(inner, Image.Resampling.BILINEAR), ((size - inner[0]) // 2, (size - inner[1]) // 2)
+    )
+    return np.asarray(canvas, dtype=np.uint8)[None]
+
+
+def test_a_deployment_that_follows_the_metadata_gets_predicts_probabilities(trained_run, tmp_path, capsys):
+    """Colour, palette and 16-bit frames prepared only from the exported metadata give carotid.predict's
+    probabilities within 1e-4."""
+    from PIL import Image
+
+    from carotid import predict
+
+    rng = np.random.default_rng(5)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    colour = rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    colour[10:30, 10:30] = (200, 40, 40)  # a Doppler-like red box
+    Image.fromarray(colour).save(folder / "colour.png")
+    palette = Image.fromarray(rng.integers(0, 16, (48, 36), dtype=np.uint8), mode="P")
+    palette.putpalette([int(v) for v in rng.integers(0, 256, 16 * 3)])
+    palette.save(folder / "palette.png")
+    Image.fromarray(rng.integers(0, 4096, (36, 44), dtype=np.uint16)).save(folder / "sixteen_bit.png")  # 12-bit
+    with Image.open(folder / "sixteen_bit.png") as saved:
+        assert saved.mode.startswith("I") and np.asarray(saved).max() > 255
+    model_path = trained_run / "models" / "best_model.pth"
+    out = tmp_path / "model.onnx"
+    assert export.main(["--model", str(model_path), "--format", "onnx", "--out", str(out)]) == 0
+    table = tmp_path / "predictions.csv"
+    assert (
+        predict.main(["--model", str(model_path), "--input", str(folder), "--out", str(table), "--num-workers", "0"])
+        == 0
+    )
+    with table.open(newline="", encoding="utf-8") as handle:
+        predicted = {
+            Path(r["path"]).name: [float(r["prob_normal"]), float(r["prob_plaque"])] for r in csv.DictReader(handle)
+        }
+    assert set(predicted) == {"colour.png", "palette.png", "sixteen_bit.png"}
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    conversion = json.loads(meta["channel_conversion"])
+    assert conversion["rgb_to_grey"]["weights"] == [0.299, 0.587, 0.114] and "palette" in conversion
+    assert "YBR_FULL" in conversion["ybr"] and "4095" in conversion["sixteen_bit"]["words"]
+    assert ModelFile.load(model_path).to_dict()["channel_conversion"] == conversion  # the model file says the same
+    for name, probabilities in predicted.items():
+        frame = prepare_from_metadata(folder / name, meta)
+        deployed = session.run(["probabilities"], {"frames": frame[None]})[0][0]
+        np.testing.assert_allclose(deployed, probabilities, atol=1e-4, err_msg=name)

@@ -69,3 +69,55 @@ def parse_box(text: str) -> tuple[int, int, int, int]:
 def preprocessing_of(saved: dict | None) -> dict:
     """A model file's preprocessing with defaults for fields it lacks (older files: stretch, no crop)."""
     return {**LEGACY_PREPROCESSING, **(saved or {})}
+
+
+# How a decoded frame of any kind becomes the model's channels (carotid.data.decode and the readers in
+# carotid.data.kinds do exactly this): the parameters a deployment needs to prepare the same input.
+RGB_TO_GREY = {
+    "words": "luma of ITU-R 601-2 as Pillow's Image.convert('L') computes it, in fixed point",
+    "weights": [0.299, 0.587, 0.114],
+    "formula": "L = (19595*R + 38470*G + 7471*B + 32768) >> 16",
+}
+SIXTEEN_BIT = {
+    "words": "grey frames of more than 8 bits are mapped linearly onto 0..255 by the range they can hold: "
+    "value * 255 / (2^bits - 1), bits = the fewest (at least 8) that hold the frame's maximum, so 12-bit data "
+    "in a 16-bit file is divided by 4095; rounded half to even and clipped to 0..255; a frame with negative "
+    "values maps (value - min) / (max - min). DICOM: the modality rescale (slope, intercept or LUT) and the "
+    "VOI LUT or window (the first) are applied first, then the output range (the LUT's bits, else BitsStored, "
+    "signed when PixelRepresentation is 1, through the rescale) is mapped onto 0..255; MONOCHROME1 is inverted",
+    "bits": "max(8, bit_length(max(frame)))",
+    "scale": "round(value * 255 / (2**bits - 1))",
+    "rounding": "half to even (numpy.rint), then clipped to 0..255",
+}
+PALETTE = (
+    "palette frames (PNG, GIF or TIFF mode P; DICOM PALETTE COLOR) are mapped through their palette to RGB first "
+    "(to grey when every palette entry is grey); a DICOM palette of more than 8 bits is scaled by 255/(2^bits - 1)"
+)
+YBR = (
+    "DICOM YBR_FULL, YBR_FULL_422, YBR_ICT and YBR_RCT frames are converted to RGB by pydicom (ITU-R BT.601, "
+    "full range) before anything else; JPEG files are decoded to RGB by Pillow"
+)
+
+
+def channel_conversion(in_channels: int) -> dict:
+    """The contract of how colour, palette, YBR and 16-bit frames become the model's `in_channels` channels:
+    in words and as parameters (a model file and its exports carry it)."""
+    to_model = (
+        {"rgb_to_grey": RGB_TO_GREY}
+        if in_channels == 1
+        else {"grey_to_rgb": "a grey frame is copied into R, G and B (Pillow's Image.convert('RGB'))"}
+    )
+    words = (
+        "colour (RGB, after palette and YBR are applied) becomes grey by L = (19595*R + 38470*G + 7471*B + 32768) "
+        ">> 16 (Pillow's convert('L'), weights 0.299, 0.587, 0.114)"
+        if in_channels == 1
+        else "grey frames are copied into three channels; colour frames stay RGB"
+    )
+    return {
+        "words": f"{words}; {SIXTEEN_BIT['words']}; {PALETTE}; {YBR}. Order: decode, crop, channels, resize.",
+        "order": ["decode (palette, YBR, 16-bit → uint8)", "crop", "channels", "resize"],
+        **to_model,
+        "sixteen_bit": {k: v for k, v in SIXTEEN_BIT.items() if k != "words"} | {"words": SIXTEEN_BIT["words"]},
+        "palette": PALETTE,
+        "ybr": YBR,
+    }

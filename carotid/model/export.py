@@ -32,6 +32,7 @@ from carotid.core.errors import UserError
 from carotid.core.files import atomic_write_bytes
 from carotid.data.decode import decode_frames
 from carotid.data.discovery import frames_below, spread_evenly
+from carotid.data.preprocessing import channel_conversion
 from carotid.data.transforms import eval_preset
 from carotid.model.file import ModelFile
 
@@ -93,6 +94,7 @@ def metadata(model_file: ModelFile, source: str | Path) -> dict[str, str]:
         "input": f"{INPUT}: uint8 (batch, {channels}, {size}, {size})",
         "in_channels": str(channels),
         "color": "grayscale (1 channel)" if channels == 1 else "RGB (3 channels; gray frames replicated)",
+        "channel_conversion": json.dumps(channel_conversion(channels), ensure_ascii=False),
         "image_size": str(size),
         "resize": model_file.prep.describe(),
         "resize_mode": model_file.prep.resize,

@@ -20,7 +20,14 @@ from torch import nn
 
 from carotid.core.errors import UserError
 from carotid.core.files import atomic_torch_save, safe_torch_load
-from carotid.data.preprocessing import LEGACY_PREPROCESSING, RESIZE_MODES, Preprocessing, parse_box, preprocessing_of
+from carotid.data.preprocessing import (
+    LEGACY_PREPROCESSING,
+    RESIZE_MODES,
+    Preprocessing,
+    channel_conversion,
+    parse_box,
+    preprocessing_of,
+)
 from carotid.model import AGGREGATIONS, split_arch
 from carotid.model.person import POOLINGS, PersonModel
 from carotid.model.registry import build_model, check_arch, check_fits, load_matching, strip_prefixes
@@ -108,6 +115,8 @@ class ModelFile:
             "num_classes": self.num_classes,
             "library": self.library,
             **payload,
+            # For a reader of the file: how colour, palette, YBR and 16-bit frames became the input channels.
+            "channel_conversion": channel_conversion(self.in_channels),
             "format_version": FORMAT_VERSION,
         }
 

@@ -16,6 +16,13 @@ def number(value) -> str:
     return "n/a" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+GREY = (
+    "grayscale (1 channel: palettes applied and DICOM YBR converted to RGB first, colour to grey by Pillow's "
+    "convert('L'), weights 0.299, 0.587, 0.114; grey of more than 8 bits scaled by 255/(2^bits - 1), DICOM after "
+    "its rescale and VOI window)"
+)
+
+
 @dataclass
 class Item:
     topic: str
@@ -98,7 +105,7 @@ def checklist(options: dict, data_report: dict, metrics: dict | None, model: dic
         Item(
             "Preprocessing",
             "CLAIM: preprocessing steps; TRIPOD+AI: data preparation",
-            f"{'grayscale (1 channel)' if model.get('in_channels') == 1 else 'RGB (3 channels)'}; "
+            f"{GREY if model.get('in_channels') == 1 else 'RGB (3 channels; grey frames copied into each)'}; "
             f"{model.get('geometry')}; scaled to [0, 1] and normalised with mean "
             f"{model.get('normalization', {}).get('mean')} and std {model.get('normalization', {}).get('std')}; "
             f"at most {o.get('max_imgs_per_person') or 'all'} frames per person; training augmentation: "
