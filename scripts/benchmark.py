@@ -48,7 +48,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     add = parser.add_argument
     add("--device", choices=("cpu", "cuda"), default="cpu", help="Where the model trains (default: cpu).")
-    add("--model", default="small_cnn", help="Architecture from carotid.model.registry (default: small_cnn).")
+    add(
+        "--model",
+        default="small_cnn",
+        help="Any carotid-train --model: small_cnn, a torchvision or a timm name (default: small_cnn).",
+    )
     add("--image-size", type=int, default=224, help="Training resolution in pixels (default: 224).")
     add("--batch-size", type=int, default=32, help="Frames per batch (default: 32).")
     add("--mixed-precision", choices=("no", "fp16", "bf16"), default="no", help="Autocast precision (default: no).")
@@ -126,6 +130,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--work-dir", help="Where generated data and caches go (default: a temporary folder, deleted at the end).")
     add("--json", metavar="FILE", help="Write every figure as JSON.")
     add("--quick", action="store_true", help="Tiny sizes for the test suite (seconds on a laptop CPU).")
+    add(
+        "--ceiling-only",
+        action="store_true",
+        help="Only figure (a), the training step on synthetic batches, and this process's peak memory: one row "
+        "per --model for comparing architectures (docs/PERFORMANCE.md).",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.image_size, args.batch_size, args.persons, args.frames = 32, 8, 6, 4  # 3 persons a class: both in train
@@ -264,7 +274,9 @@ def make_trainer(args, compile_model: bool) -> dict:
     from carotid.training.optim import make_optimizer
 
     accelerator = args.accelerator
-    model = build_model(args.model, 2, 1).to(memory_format=torch.channels_last)  # as carotid's Trainer
+    model = build_model(args.model, 2, 1, image_size=args.image_size).to(
+        memory_format=torch.channels_last
+    )  # as Trainer
     if compile_model:
         model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, make_optimizer(model, 1e-4, 1e-4))
@@ -906,6 +918,34 @@ def measure_pipeline(args, work: Path, root: Path, items: list) -> dict:
     return figures | measure_discovery(tree)
 
 
+def ceiling_row(args) -> int:
+    """--ceiling-only: figure (a) for --model and the peak resident memory of this process (model, AdamW state,
+    activations of one batch, the libraries), as a docs/PERFORMANCE.md row."""
+    from carotid.core.runtime import build_accelerator
+    from carotid.model.registry import check_arch
+
+    check_arch(args.model)
+    args.accelerator, _ = build_accelerator(mixed_precision=args.mixed_precision)
+    steps = 4 if args.quick else 8
+    images_per_second = measure_ceiling(args, steps, args.compile)
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    row = {
+        "model": args.model,
+        "device": str(args.accelerator.device),
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "images_per_second": images_per_second,
+        "peak_rss_mib": peak_mib,
+    }
+    print(
+        f"| {args.model} | {args.accelerator.device} | {args.image_size} | {args.batch_size} | "
+        f"{images_per_second:.1f} | {peak_mib:.0f} |"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(row, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.device == "cpu":
@@ -915,6 +955,8 @@ def main(argv=None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but no CUDA device is visible", file=sys.stderr)
         return 2
+    if args.ceiling_only:
+        return ceiling_row(args)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="carotid-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     try:

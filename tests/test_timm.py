@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 import timm
 import torch
 import torchvision
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
+from carotid import export
 from carotid.core.errors import UserError
 from carotid.model import canonical_arch, split_arch
+from carotid.model.file import ModelFile
 from carotid.model.registry import build_encoder, build_model, check_arch
 from carotid.model.weights import load_initial_weights, load_pretrained
+from tests.conftest import FAST, only_run_dir, read_json, run_module, train_in_process
 
 
 def test_names_of_both_libraries_follow_the_documented_rule_and_a_misspelt_name_suggests_the_closest():
@@ -74,3 +80,96 @@ def test_load_model_given_plain_weights_suggests_pretrained_weights(tmp_path):
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "imagenet.pth")
     with pytest.raises(UserError, match="--pretrained-weights .*imagenet.pth"):
         load_initial_weights(build_model("resnet18", 2, 1), tmp_path / "imagenet.pth", "resnet18", ["a", "b"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Training runs (the real CLI, in process)
+# ---------------------------------------------------------------------------------------------
+
+
+def _train(data_dir, out, model: str, *extra: str) -> Path:
+    root, label = data_dir
+    args = [*FAST, "--root-dir", str(root), "--label-excel", str(label), "--output-dir", str(out), *extra]
+    args[args.index("small_cnn")] = model
+    assert train_in_process(*args) == 0
+    return only_run_dir(out)
+
+
+@pytest.mark.slow
+def test_timm_weights_load_into_a_gray_run_and_a_linear_probe_keeps_the_backbone_as_loaded(data_dir, tmp_path):
+    reference = timm.create_model("resnet18", pretrained=False)  # BatchNorm: its statistics must not move either
+    save_file(reference.state_dict(), tmp_path / "resnet18.safetensors")
+    weights = str(tmp_path / "resnet18.safetensors")
+    run = _train(
+        data_dir,
+        tmp_path / "out",
+        "timm/resnet18",
+        "--epochs",
+        "2",
+        "--no-test",
+        "--pretrained-weights",
+        weights,
+        "--freeze-backbone-epochs",
+        "2",
+    )
+    log = (run / "train.log").read_text(encoding="utf-8")
+    assert "120 of 120 backbone tensors" in log and "conv1.weight 3 → 1 input channel(s)" in log
+    assert "linear probe" in log
+    saved, theirs = ModelFile.load(run / "models" / "final_model.pth"), reference.state_dict()
+    assert saved.arch == "timm/resnet18" and saved.library == "timm"
+    assert saved.config["freeze_backbone_epochs"] == 2
+    assert torch.allclose(saved.state_dict["conv1.weight"], theirs["conv1.weight"].sum(dim=1, keepdim=True))
+    backbone = [k for k in saved.state_dict if not k.startswith("fc.") and k != "conv1.weight"]
+    assert len(backbone) == 119 and all(torch.equal(saved.state_dict[k], theirs[k]) for k in backbone)
+
+
+@pytest.mark.slow
+def test_ema_weights_differ_from_the_raw_ones_and_are_what_the_model_files_hold(data_dir, tmp_path):
+    run = _train(data_dir, tmp_path / "out", "small_cnn", "--epochs", "2", "--no-test", "--ema", "--ema-decay", "0.9")
+    assert "EMA weights: val_loss" in (run / "train.log").read_text(encoding="utf-8")
+    checkpoint = sorted((run / "checkpoints").glob("checkpoint-*"))[-1]
+    raw = load_file(checkpoint / "model.safetensors")
+    ema = {k.removeprefix("module."): v for k, v in torch.load(checkpoint / "custom_checkpoint_1.pkl").items()}
+    final = ModelFile.load(run / "models" / "final_model.pth")
+    assert final.config["ema"] is True
+    assert all(torch.equal(final.state_dict[k], ema[k]) for k in final.state_dict)
+    assert any(not torch.equal(final.state_dict[k], raw[k]) for k in raw if raw[k].is_floating_point())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["vit_tiny_patch16_224", "convnext_atto"])
+def test_a_vit_and_a_convnext_train_evaluate_export_and_make_heat_maps(arch, data_dir, tmp_path, capsys):
+    root, label = data_dir
+    run = _train(data_dir, tmp_path / "out", arch, "--epochs", "2", "--drop-path", "0.1", "--no-test")
+    model = run / "models" / "best_model.pth"
+    assert ModelFile.load(model).arch == f"timm/{arch}"
+    out = tmp_path / "eval"
+    result = run_module(
+        "carotid.evaluate",
+        "--model",
+        str(model),
+        "--root-dir",
+        str(root),
+        "--label-excel",
+        str(label),
+        "--out",
+        str(out),
+        "--heatmaps",
+        "2",
+        "--num-workers",
+        "0",
+        "--bootstrap",
+        "20",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 0 <= read_json(out / "metrics.json")["person"]["auc"] <= 1
+    assert len(list((out / "heatmaps").glob("*.png"))) == read_json(out / "metrics.json")["n_persons"] > 0
+    capsys.readouterr()
+    assert (
+        export.main(
+            ["--model", str(model), "--format", "onnx", "--out", str(tmp_path / "m.onnx"), "--frames", str(root)]
+        )
+        == 0
+    )
+    difference = float(re.search(r"max \|ΔP\| = ([0-9.e+-]+)", capsys.readouterr().out).group(1))
+    assert difference <= 1e-4

@@ -179,7 +179,7 @@ def write_montage(
     fig.suptitle(
         f"{person.person_id}: {verdict(person, class_names, positive, binary)}\n"
         f"person P({class_names[score]}) {person.person_prob[score]:.3f} = {aggregation} of "
-        f"{len(person.rows)} frames{rule}; Grad-CAM for '{class_names[target]}'",
+        f"{len(person.rows)} frames{rule}; Grad-CAM for '{class_names[target]}' at {renderer.layer_name}",
         fontsize=9,
     )
     save_figure(fig, path)

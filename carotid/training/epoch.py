@@ -110,11 +110,13 @@ def better(value: float | None, best: float | None, monitor: str) -> bool:
     return value < best if lower_is_better(monitor) else value > best
 
 
-def epoch_line(row: dict, monitor: str, improved: bool) -> str:
+def epoch_line(row: dict, monitor: str, improved: bool, ema: bool = False) -> str:
+    """The console's line for an epoch; `ema`: the validation numbers are the EMA weights' (said before them)."""
     shown = [f"epoch {row['epoch']}", f"train_loss {row['train_loss']:.4f}", f"train_acc {row['train_accuracy']:.3f}"]
     for key in EPOCH_LINE:
         if row.get(key) is not None:
-            shown.append(f"{key} {row[key]:.4f}")
+            said = ema and key.startswith("val_") and not any(s.startswith("EMA") for s in shown)
+            shown.append(f"{'EMA weights: ' if said else ''}{key} {row[key]:.4f}")
     shown.append(f"{row['images_per_second']:.0f} img/s, data wait {row['data_wait_fraction']:.0%}")
     return " | ".join(shown) + (f"  * best {monitor}" if improved else "")
 

@@ -8,8 +8,13 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW; biases and normalisation weights (1-D tensors) get no weight decay."""
+def make_optimizer(
+    model: torch.nn.Module, lr: float, weight_decay: float, groups: list[dict] | None = None
+) -> torch.optim.AdamW:
+    """AdamW; biases and normalisation weights (1-D tensors) get no weight decay. `groups` (from
+    carotid.training.finetune) replace the default two, each with its own LR."""
+    if groups is not None:
+        return torch.optim.AdamW(groups, lr=lr)
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad:
@@ -32,26 +37,36 @@ def lr_factor(
     return 1.0
 
 
-def make_scheduler(optimizer, cfg, steps_per_epoch: int, monitor: str):
+def make_scheduler(optimizer, cfg, steps_per_epoch: int, monitor: str, frozen_steps: list[int] | None = None):
     """LambdaLR for cosine/step/none (stepped per optimizer step); ReduceLROnPlateau per epoch.
 
-    `optimizer` is the torch optimizer (not Accelerate's wrapper): schedulers check its type."""
+    `optimizer` is the torch optimizer (not Accelerate's wrapper): schedulers check its type. `frozen_steps`
+    (one per parameter group) holds a group's LR at 0 for that many first steps (a frozen backbone)."""
     if cfg.scheduler == "plateau":
         mode = "min" if monitor.endswith("loss") else "max"
         return ReduceLROnPlateau(optimizer, mode=mode, factor=cfg.lr_gamma, patience=2)
     total = steps_per_epoch * cfg.epochs
     warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), max(total - 1, 0))
-    return LambdaLR(optimizer, _Factor(cfg.scheduler, warmup, total, steps_per_epoch, cfg.lr_step_epochs, cfg.lr_gamma))
+    frozen = frozen_steps or [0] * len(optimizer.param_groups)
+    return LambdaLR(
+        optimizer,
+        [_Factor(cfg.scheduler, warmup, total, steps_per_epoch, cfg.lr_step_epochs, cfg.lr_gamma, f) for f in frozen],
+    )
 
 
 class _Factor:
     """A picklable lr_lambda (LambdaLR saves callable objects' __dict__ in its state)."""
 
-    def __init__(self, kind: str, warmup: int, total: int, steps_per_epoch: int, step_epochs: int, gamma: float):
+    def __init__(
+        self, kind: str, warmup: int, total: int, steps_per_epoch: int, step_epochs: int, gamma: float, frozen: int = 0
+    ):
         self.kind, self.warmup, self.total = kind, warmup, total
         self.steps_per_epoch, self.step_epochs, self.gamma = steps_per_epoch, step_epochs, gamma
+        self.frozen = frozen
 
     def __call__(self, step: int) -> float:
+        if step < getattr(self, "frozen", 0):  # getattr: a checkpoint of an older version restores no 'frozen'
+            return 0.0
         return lr_factor(
             step,
             kind=self.kind,
@@ -71,5 +86,7 @@ def stretch_schedule(scheduler, total_steps: int) -> int | None:
     factors = getattr(scheduler, "lr_lambdas", [])
     if not factors or not isinstance(factors[0], _Factor) or factors[0].total == total_steps:
         return None
-    old, factors[0].total = factors[0].total, total_steps
+    old = factors[0].total
+    for factor in factors:
+        factor.total = total_steps
     return old

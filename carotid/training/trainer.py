@@ -51,6 +51,7 @@ from carotid.training.epoch import (
     validate,
     weights_finite,
 )
+from carotid.training.finetune import FineTuning
 from carotid.training.optim import make_optimizer, make_scheduler, stretch_schedule
 
 
@@ -81,9 +82,10 @@ class Trainer:
         self.channels_last = accelerator.distributed_type not in (DistributedType.DEEPSPEED, DistributedType.FSDP)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        self.tuning = FineTuning(cfg, model, log)  # before compile: it holds the plain module
         if cfg.compile:
             model = torch.compile(model)
-        optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
+        optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, self.tuning.param_groups())
         prepared = accelerator.prepare(
             model, optimizer, train_loader, *([val_loader] if val_loader is not None else [])
         )
@@ -94,8 +96,12 @@ class Trainer:
         steps_per_epoch = math.ceil(len(self.train_loader) / accelerator.gradient_accumulation_steps)
         self.total_steps = steps_per_epoch * cfg.epochs
         # The schedule drives the torch optimizer itself: Accelerate's and DeepSpeed's wrappers share its param_groups.
-        self.scheduler = make_scheduler(optimizer, cfg, steps_per_epoch, monitor)
+        frozen = self.tuning.frozen_steps(optimizer.param_groups, steps_per_epoch)
+        self.scheduler = make_scheduler(optimizer, cfg, steps_per_epoch, monitor, frozen)
         accelerator.register_for_checkpointing(self.scheduler)
+        self.tuning.prepared(accelerator)
+        for line in self.tuning.describe():
+            log(line)
         norm = NORMALIZATION[cfg.in_channels]
         self.augment = train_preset(cfg.augment, cfg.in_channels).to(accelerator.device)
         self.eval_preset = eval_preset(norm["mean"], norm["std"]).to(accelerator.device)
@@ -160,7 +166,7 @@ class Trainer:
         """models/{which}_model.pth (which: best or final). Collective: consolidates the weights on every rank
         (needed under ZeRO-3/FSDP), main writes."""
         choice = choice or self.state["best"]
-        state_dict = self.accelerator.get_state_dict(self.model)
+        state_dict = self.tuning.state_dict(self.accelerator, self.model)  # the EMA's under --ema
         if self.accelerator.is_main_process:
             ModelFile(
                 state_dict=state_dict,
@@ -231,6 +237,7 @@ class Trainer:
     def train_epoch(self, stop: StopSignal) -> tuple[dict, tuple | None]:
         """Train (from the batch a resume left off at), then validate: the epoch's metrics row."""
         cfg, epoch = self.cfg, self.state["epoch"]
+        self.tuning.start_epoch(epoch)
         self.seeds.set_epoch(epoch)
         done = self.progress.batches_done
         loader = stop_workers_at_exit(skip_first_batches(self.train_loader, done)) if done else self.train_loader
@@ -272,7 +279,7 @@ class Trainer:
         val_out = None
         if self.val_loader is not None:
             val_row, val_out, self.val_status = validate(
-                self.model,
+                self.tuning.evaluated(self.model),
                 self.val_loader,
                 self.accelerator,
                 self.eval_preset,
@@ -287,6 +294,7 @@ class Trainer:
     def optimizer_stepped(self) -> bool:
         """Advance the LR schedule by one optimizer step; True when a mid-epoch checkpoint is due."""
         self.state["global_step"] += 1
+        self.tuning.stepped(self.state["global_step"])
         if self.cfg.scheduler != "plateau":
             self.scheduler.step()
         every = self.cfg.checkpoint_every_steps
@@ -314,7 +322,7 @@ class Trainer:
             self.save_model("best", row["epoch"], row)
         if self.accelerator.is_main_process:
             write_records(self.paths.metrics_csv, state["rows"], list(METRIC_COLUMNS))
-        self.log(epoch_line(row, monitor, improved))
+        self.log(epoch_line(row, monitor, improved, ema=self.tuning.ema is not None))
         self.accelerator.log(
             {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "epoch"}, step=row["epoch"]
         )
