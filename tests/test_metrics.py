@@ -219,8 +219,12 @@ def test_epoch_metrics_are_the_registry_columns_and_use_the_run_aggregation():
 
 
 @pytest.mark.parametrize("n_classes,positive_index,seed", [(2, 1, 0), (2, 0, 1), (3, 1, 2), (2, 1, 3)])
-def test_epoch_metrics_equal_sklearn_with_ties_and_missing_classes(n_classes, positive_index, seed):
-    """Training computes its per-epoch numbers with the bootstrap's numpy arithmetic: they must be sklearn's."""
+def test_epoch_metrics_and_roc_points_equal_sklearn_with_ties_and_missing_classes(n_classes, positive_index, seed):
+    """Training computes its per-epoch numbers in numpy (no scikit-learn import): they must be sklearn's."""
+    from sklearn.metrics import roc_curve
+
+    from carotid.evaluation.metrics import roc_points
+
     rng = np.random.default_rng(seed)
     n = 60
     persons = np.array([f"p{i % 12}" for i in range(n)])
@@ -248,3 +252,8 @@ def test_epoch_metrics_equal_sklearn_with_ties_and_missing_classes(n_classes, po
     person_y = np.array([y[persons == p][0] for p in ids])
     person_pred = person_probs.argmax(axis=1)
     assert out["val_person_accuracy"] == pytest.approx(accuracy_score(person_y, person_pred))
+    for k in range(n_classes):
+        ours = roc_points(y == k, probs[:, k])
+        theirs = roc_curve(y == k, probs[:, k], drop_intermediate=False)
+        for a, b in zip(ours, theirs):
+            np.testing.assert_allclose(a, b)

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.conftest import subprocess_env
+from tests.conftest import FAST, make_data, subprocess_env
 
 CLIS = ("carotid.train", "carotid.evaluate", "carotid.predict", "carotid.demo")
 HEAVY = ("torch", "torchvision", "sklearn", "matplotlib")
@@ -67,3 +67,36 @@ def test_a_bad_value_is_refused_before_torch_loads():
     messages = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
     assert messages == [messages[0]] and messages[0].startswith("error: --epochs must be ≥ 1"), messages
     assert not imported_modules(result.stderr) & set(HEAVY)
+
+
+# Run carotid.train with its first optimizer step reporting which libraries were loaded by then.
+FIRST_STEP_PROBE = """
+import sys
+import carotid.training.engine as engine
+from carotid.train import main
+
+def probe(*args, **kwargs):
+    loaded = sorted(name for name in ("sklearn", "scipy", "matplotlib") if name in sys.modules)
+    print("loaded before the first batch:", ",".join(loaded) or "none", file=sys.stderr, flush=True)
+    engine.train_one_epoch = original  # the later epochs as usual
+    return original(*args, **kwargs)
+
+original, engine.train_one_epoch = engine.train_one_epoch, probe
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_the_first_batch_comes_before_scipy_sklearn_and_matplotlib_load(tmp_path):
+    """They are needed after the first epoch (validation metrics, calibration, curves): a plain run's
+    first batch does not wait for their ~2-3 s of imports (docs/PERFORMANCE.md, figure g)."""
+    root, label = make_data(tmp_path / "data", persons=6, frames=2, size=32)
+    result = subprocess.run(
+        [sys.executable, "-c", FIRST_STEP_PROBE, "--root-dir", str(root), "--label-excel", str(label)]
+        + [*FAST, "--epochs", "1", "--no-test", "--output-dir", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=subprocess_env(),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "loaded before the first batch: none" in result.stderr, result.stderr[-3000:]

@@ -1,10 +1,13 @@
 """Persons → train / validation / test, or → K cross-validation folds: stratified by label, seeded, never
 splitting a person, and with `groups` (a sheet column) never splitting a group of persons either.
 
-Every split comes from scikit-learn: without groups `StratifiedShuffleSplit` (exact person counts, each
-class its floor or ceiling share; `ShuffleSplit` where a class is too small to stratify, said in a note),
-with groups `StratifiedGroupKFold`, which keeps groups whole while balancing labels. tests/test_fuzz.py
-checks the guarantees.
+Without groups the plain split keeps its exact person counts and is written out here rather than taken
+from scikit-learn's `train_test_split`: importing scikit-learn (with scipy) takes 1-1.5 s, the largest
+single cost between the command and the first training batch, for a split of a few hundred IDs. The
+allocation is the one `StratifiedShuffleSplit` makes (each class gets the floor or the ceiling of its exact
+share, the remainder going to the largest fractions), stratified under the same conditions, so the
+guarantees tests/test_fuzz.py checks are scikit-learn's. With groups every split and fold comes from
+scikit-learn's `StratifiedGroupKFold`, which keeps groups whole while balancing labels.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import warnings
 from collections import Counter
 
 import numpy as np
-from sklearn.model_selection import GroupKFold, ShuffleSplit, StratifiedGroupKFold, StratifiedShuffleSplit
 
 from carotid.core.errors import UserError
 
@@ -23,10 +25,28 @@ def _count(ratio: float, n: int) -> int:
     return 0 if ratio == 0 else max(1, math.floor(ratio * n + 0.5))
 
 
+def _allocate(class_sizes: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Persons of each class to take out: floor of the exact share, plus one for the largest remainders
+    (ties broken at random), never more than the class has."""
+    exact = class_sizes * size / class_sizes.sum()
+    taken = np.floor(exact).astype(int)
+    left = size - taken.sum()
+    remainder = exact - taken
+    order = sorted(range(len(class_sizes)), key=lambda k: (-remainder[k], rng.random()))
+    for k in order:
+        if left == 0:
+            break
+        if taken[k] < class_sizes[k]:
+            taken[k] += 1
+            left -= 1
+    return taken
+
+
 def _split_off(ids: list[str], labels: list[int], size: int, seed: int, notes: list[str], what: str):
     """(kept, taken out): `size` persons taken out, stratified by label where every class can be."""
     if size == 0:
         return ids, []
+    rng = np.random.default_rng(seed)
     classes, class_sizes = np.unique(labels, return_counts=True)
     if class_sizes.min() < 2:
         reason = "a class has only 1 person"
@@ -34,18 +54,21 @@ def _split_off(ids: list[str], labels: list[int], size: int, seed: int, notes: l
         reason = f"{size} of {len(ids)} persons cannot hold each of {len(classes)} classes on both sides"
     else:
         reason = None
-    if reason is None:
-        splitter = StratifiedShuffleSplit(n_splits=1, test_size=size, random_state=seed)
-    else:
+    if reason is not None:
         notes.append(f"{what} split not stratified by label ({reason}); persons were split at random")
-        splitter = ShuffleSplit(n_splits=1, test_size=size, random_state=seed)
-    _, out = next(splitter.split(np.zeros(len(ids)), labels))
-    taken = set(out.tolist())
-    return [p for i, p in enumerate(ids) if i not in taken], [p for i, p in enumerate(ids) if i in taken]
+        out = set(rng.permutation(len(ids))[:size].tolist())
+    else:
+        out = set()
+        for klass, count in zip(classes, _allocate(class_sizes, size, rng)):
+            members = [i for i, label in enumerate(labels) if label == klass]
+            out.update(members[j] for j in rng.permutation(len(members))[:count])
+    return [p for i, p in enumerate(ids) if i not in out], [p for i, p in enumerate(ids) if i in out]
 
 
 def _group_folds(ids: list[str], labels: list[int], groups: list[str], k: int, seed: int, notes: list[str], what: str):
     """The K folds (lists of person IDs) of StratifiedGroupKFold, with its warnings turned into notes."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
     n_groups = len(set(groups))
     if n_groups < k:
         raise UserError(
@@ -59,6 +82,8 @@ def _group_folds(ids: list[str], labels: list[int], groups: list[str], k: int, s
             held_out = [sorted(ids[i] for i in test) for _, test in folds]
         except ValueError as err:  # every class has fewer persons than folds: stratifying is impossible
             notes.append(f"{what}: folds not stratified by label ({err})")
+            from sklearn.model_selection import GroupKFold
+
             held_out = [sorted(ids[i] for i in test) for _, test in GroupKFold(n_splits=k).split(ids, labels, groups)]
     notes += [f"{what}: {w.message}" for w in caught if issubclass(w.category, UserWarning)]
     if any(not fold for fold in held_out):

@@ -2,10 +2,12 @@
 
 scikit-learn does the arithmetic of every evaluation's point estimates. A metric that is undefined on the
 data at hand (AUC with one class, sensitivity without positives) is None, and the reason is added to the
-returned notes; `youden_threshold` walks scikit-learn's `roc_curve`. One exception uses numpy: the bootstrap
-(`carotid.evaluation.bootstrap`) vectorises its resamples for speed, and the per-epoch validation numbers
-(`epoch_metrics`) are that arithmetic with one resample; tests check both against scikit-learn. Metric
-names and roles come from `carotid.evaluation.registry`.
+returned notes. Two exceptions use numpy: the bootstrap (`carotid.evaluation.bootstrap`), for speed, and
+what training needs every epoch (`epoch_metrics`, `youden_threshold`), computed by the bootstrap's
+arithmetic: importing scikit-learn (with scipy) costs about as much CPU as importing torch, which a
+training run would otherwise pay for six numbers per epoch. Tests check both against scikit-learn.
+scikit-learn is therefore imported inside the functions that use it. Metric names and roles come from
+`carotid.evaluation.registry`.
 """
 
 from __future__ import annotations
@@ -13,14 +15,6 @@ from __future__ import annotations
 import warnings as _warnings
 
 import numpy as np
-from sklearn.metrics import (
-    accuracy_score,
-    balanced_accuracy_score,
-    confusion_matrix,
-    f1_score,
-    roc_auc_score,
-    roc_curve,
-)
 
 from carotid.evaluation.aggregation import aggregate_persons, person_labels
 from carotid.evaluation.bootstrap import ResampledMetrics
@@ -52,6 +46,7 @@ def _quiet(fn, *args, **kwargs):
 
 
 def _f1(y, pred, **kwargs) -> float | None:
+    from sklearn.metrics import f1_score
 
     value = _quiet(f1_score, y, pred, zero_division=np.nan, **kwargs)
     return None if np.isnan(value) else float(value)
@@ -59,6 +54,7 @@ def _f1(y, pred, **kwargs) -> float | None:
 
 def auc_score(y_true: np.ndarray, probs: np.ndarray, positive_index: int = 1) -> float | None:
     """Binary: AUC of the positive class. Multi-class: macro one-vs-rest AUC. None when a class is missing."""
+    from sklearn.metrics import roc_auc_score
 
     y_true, probs = np.asarray(y_true), np.asarray(probs)
     n_classes = probs.shape[1]
@@ -71,6 +67,7 @@ def auc_score(y_true: np.ndarray, probs: np.ndarray, positive_index: int = 1) ->
 
 def metrics_at_threshold(y_true: np.ndarray, p_pos: np.ndarray, positive_index: int, threshold: float) -> dict:
     """Binary metrics at one threshold: positive ⇔ p_pos ≥ threshold. Confusion matrix rows: true class."""
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix
 
     y_pos = (np.asarray(y_true) == positive_index).astype(int)
     pred = (np.asarray(p_pos) >= threshold).astype(int)
@@ -106,6 +103,7 @@ def binary_metrics(
 
 def multiclass_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: list[str]) -> tuple[dict, list[str]]:
     """Argmax predictions; macro one-vs-rest AUC; sensitivity, specificity and AUC of each class."""
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, roc_auc_score
 
     y_true, probs = np.asarray(y_true), np.asarray(probs)
     pred = probs.argmax(axis=1)
@@ -148,6 +146,16 @@ def classification_metrics(
     return multiclass_metrics(y_true, probs, class_names)
 
 
+def roc_points(y_pos: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, tpr, thresholds): a first point (0, 0) at +inf, then one per distinct score, highest first;
+    positive ⇔ score ≥ threshold. scikit-learn's roc_curve(drop_intermediate=False), in numpy."""
+    thresholds, block = np.unique(np.asarray(scores), return_inverse=True)
+    y_pos = np.asarray(y_pos, dtype=np.float64)
+    tps = np.cumsum(np.bincount(block.ravel(), weights=y_pos, minlength=len(thresholds))[::-1])
+    fps = np.cumsum(np.bincount(block.ravel(), weights=1.0 - y_pos, minlength=len(thresholds))[::-1])
+    return np.r_[0.0, fps / fps[-1]], np.r_[0.0, tps / tps[-1]], np.r_[np.inf, thresholds[::-1]]
+
+
 def youden_threshold(y_true: np.ndarray, probs: np.ndarray, positive_index: int = 1) -> float | None:
     """The positive-class threshold that maximises sensitivity + specificity − 1 (None with one class).
 
@@ -157,7 +165,7 @@ def youden_threshold(y_true: np.ndarray, probs: np.ndarray, positive_index: int 
     y_pos = (np.asarray(y_true) == positive_index).astype(int)
     if len(np.unique(y_pos)) < 2:
         return None
-    fpr, tpr, scores = roc_curve(y_pos, np.asarray(probs)[:, positive_index], drop_intermediate=False)
+    fpr, tpr, scores = roc_points(y_pos, np.asarray(probs)[:, positive_index])
     upper = np.r_[1.0, scores[1:]]  # point i: positive ⇔ p ≥ scores[i] ⇔ p > scores[i + 1]
     lower = np.r_[scores[1:], 0.0]
     middle = (np.maximum(upper, lower) + lower) / 2

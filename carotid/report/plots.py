@@ -15,13 +15,7 @@ import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
 
-import matplotlib
 import numpy as np
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-from matplotlib import font_manager
-from matplotlib.ticker import MaxNLocator
 
 from carotid.core.files import atomic_write_bytes
 
@@ -48,8 +42,33 @@ FONT_HINT = "install a font with Chinese glyphs (Debian/Ubuntu: apt install font
 
 
 @functools.cache
+def _matplotlib():
+    """matplotlib with the Agg backend (no display), imported at the first figure rather than with this module:
+    the trainer imports this module, and matplotlib's ~0.5 s would otherwise come before the first training
+    batch (docs/PERFORMANCE.md, "The layers and the first batch")."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.font_manager
+    import matplotlib.pyplot
+
+    return matplotlib
+
+
+def _pyplot():
+    return _matplotlib().pyplot
+
+
+def _integer_ticks():
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
+
+
+@functools.cache
 def cjk_font() -> str | None:
     """The family name of an installed font with Chinese glyphs, or None."""
+    font_manager = _matplotlib().font_manager
     names = {f.name for f in font_manager.fontManager.ttflist}
     found = next((name for name in CJK_FAMILIES if name in names), None)
     if found is None:
@@ -68,7 +87,7 @@ def cjk_font() -> str | None:
 def use_fonts() -> None:
     """DejaVu Sans for Latin text, falling back to a CJK font glyph by glyph (matplotlib >= 3.6)."""
     family = ["DejaVu Sans"] + ([cjk_font()] if cjk_font() else [])
-    matplotlib.rcParams["font.family"] = family
+    _matplotlib().rcParams["font.family"] = family
 
 
 def needs_cjk(texts: Iterable[str]) -> bool:
@@ -94,13 +113,13 @@ def save_figure(fig, path: str | Path) -> None:
     """Render in memory, then write atomically like every other file of a run."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    _pyplot().close(fig)
     atomic_write_bytes(path, buffer.getvalue())
 
 
 def new_figure(*args, **kwargs):
     use_fonts()
-    return plt.subplots(*args, **kwargs)
+    return _pyplot().subplots(*args, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,7 +170,7 @@ def plot_curves(rows: list[dict], monitor: str, path: str | Path, best_epoch: in
     metric_ax.set(title=shown or "no validation metric", xlabel="epoch", ylabel=shown.removeprefix("val_") or "")
     metric_ax.set_ylim(max(0.0, low), 1.0)  # every metric of the registry lies in [0, 1]
     for ax in (loss_ax, metric_ax):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(_integer_ticks())
         ax.grid(alpha=0.3)
     if best_epoch is not None:
         target = loss_ax if monitor.endswith("loss") else metric_ax
@@ -334,6 +353,6 @@ def plot_probability_strip(
         ax.axhline(threshold, color="grey", linestyle="--", linewidth=1, label=f"threshold {threshold:.3f}")
     ax.set(ylim=(0, 1), xlabel="frame (sorted by file name)", ylabel=f"P({class_name})")
     ax.set_title(title, fontsize=9)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(_integer_ticks())
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7)
     save_figure(fig, path)
