@@ -211,3 +211,25 @@ def test_resume_refuses_changed_labels_and_records_a_new_file_with_the_same_ones
     assert now["label_file_history"] == [
         {"label_excel": started["options"]["label_excel"], "label_file_sha256": started["label_file_sha256"]}
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# data_report.json holds every start-up warning
+# ---------------------------------------------------------------------------------------------
+
+
+def test_every_start_up_warning_is_in_data_report_json(tmp_path, capsys):
+    root, label = make_data(tmp_path / "frames", persons=8, frames=2, size=32)
+    demo = read_labels(label).labels
+    rows = [["患者编号", "诊断"], *([p, "AB"[c == "plaque"]] for p, c in sorted(demo.items()))]  # no known positive
+    hidden = workbook(tmp_path / "hidden.xlsx", rows, hidden_rows=[2])
+    args = ["--root-dir", str(root), "--label-excel", str(hidden), "--output-dir", str(tmp_path / "out"), *FAST]
+    ratios = ["--train-ratio", "0.75", "--val-ratio", "0", "--test-ratio", "0.25", "--monitor", "val_auc"]
+    assert train_in_process(*args, *ratios, "--epochs", "1", "--no-test") == 0
+    out = capsys.readouterr().out
+    printed = [line.removeprefix("warning: ") for line in out.splitlines() if line.startswith("warning: ")]
+    report = json.loads((only_run_dir(tmp_path / "out") / "data_report.json").read_text(encoding="utf-8"))
+    assert any("rows hidden in Excel" in w for w in report["warnings"])
+    assert any("positive class 'B'" in w for w in report["warnings"])
+    assert "no validation split; --monitor val_auc replaced by train_loss" in report["warnings"]
+    assert sorted(printed) == sorted(report["warnings"])

@@ -155,19 +155,19 @@ def describe_persons(manifest: DataManifest, persons: Iterable[str]) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def choose_monitor(cfg: TrainConfig, manifest: DataManifest, log: RunLog) -> str:
+def choose_monitor(cfg: TrainConfig, manifest: DataManifest) -> tuple[str, str | None]:
+    """(the metric best_model.pth follows, a warning when --monitor cannot be followed on these splits)."""
     if not manifest.splits["val"]:
         if cfg.monitor not in ("auto", "train_loss"):
-            log(f"warning: no validation split; --monitor {cfg.monitor} replaced by train_loss")
-        return "train_loss"
+            return "train_loss", f"no validation split; --monitor {cfg.monitor} replaced by train_loss"
+        return "train_loss", None
     monitor = (
         cfg.monitor if cfg.monitor != "auto" else ("val_auc" if len(manifest.class_names) == 2 else "val_accuracy")
     )
     val_classes = {manifest.person_labels[p] for p in manifest.splits["val"]}
     if "auc" in monitor and len(val_classes) < 2:
-        log(f"warning: the validation split has one class, so {monitor} is undefined; monitoring val_loss instead")
-        return "val_loss"
-    return monitor
+        return "val_loss", f"the validation split has one class, so {monitor} is undefined; monitoring val_loss instead"
+    return monitor, None
 
 
 def fit_run(
@@ -199,6 +199,13 @@ def fit_run(
     if cfg.load_model:
         load_initial_weights(model, cfg.load_model, cfg.model, class_names)
 
+    notes = list(notes)
+    monitor, monitor_warning = choose_monitor(cfg, manifest)
+    # Every warning the start-up block prints is in data_report.json's "warnings" (the data's are already).
+    warned = [n.removeprefix("warning: ") for n in notes if n.startswith("warning: ")]
+    report = manifest.report | {
+        "warnings": manifest.report["warnings"] + warned + [monitor_warning] * bool(monitor_warning)
+    }
     # Everything the user gave is valid: from here on there is a run directory.
     run_dir = resume_run or on_main(
         accelerator,
@@ -208,7 +215,7 @@ def fit_run(
             cfg.label_excel,
             class_names,
             manifest.splits,
-            manifest.report,
+            report,
             name=run_name,
             note=run_note,
         ),
@@ -223,7 +230,8 @@ def fit_run(
         describe(accelerator, cfg, manifest, log)
     else:
         describe_splits(manifest, log)
-    monitor = choose_monitor(cfg, manifest, log)
+    if monitor_warning:
+        log(f"warning: {monitor_warning}")
     training = False
     try:
         # Datasets (and the frame cache) first: a signal during a long cache build simply ends the process.
