@@ -43,6 +43,9 @@ def test_cv_ends_with_its_report_out_of_fold_result_first(cv_run):  # noqa: F811
     assert "convert('L'), weights 0.299, 0.587, 0.114" in checklist and "the same in all 2 folds" in checklist
     ensemble_page = (cv_dir / "eval_test_ensemble" / "report.html").read_text(encoding="utf-8")
     assert "test split, ensemble of the 2 fold models" in ensemble_page and "small_cnn" in ensemble_page
+    assert "2-fold cross-validation of the persons not in the test set" in ensemble_page  # not train/val/test ratios
+    for k in (1, 2):
+        assert file_sha256(cv_dir / f"fold_{k}" / "models" / "best_model.pth") in ensemble_page
 
 
 def test_fold_runs_name_their_held_out_fold_and_the_startup_block_prints_once(cv_run):  # noqa: F811

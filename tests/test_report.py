@@ -41,6 +41,9 @@ def test_training_and_evaluation_write_self_contained_reports(trained_run, evalu
     assert config["label_file_sha256"] in page and config["versions"]["torch"] in page
     persons = json.loads((trained_run / "data_report.json").read_text(encoding="utf-8"))["persons_in_sheet"]
     assert f"<b>{persons}</b>persons in the label sheet" in page
+    calibration = page[page.index('<h2 id="calibration">') :]
+    assert "<th>calibration</th><th>per image</th><th>per person</th>" in calibration  # a table, not a console dump
+    assert "<pre>" not in calibration[: calibration.index("</table>")]
     # The checklist's preprocessing is the model's own (letterbox and crop auto by default), not a fixed text.
     assert "padded with black" in page and "--crop auto --resize letterbox" in page
 

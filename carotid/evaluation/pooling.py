@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from carotid.core.run_dir import EvalDir
+from carotid.core.files import write_table
+from carotid.core.run_dir import EvalDir, RunDir
 from carotid.evaluation.bootstrap import bootstrap_ci
 from carotid.evaluation.calibration import calibration_section
 from carotid.evaluation.inference import FramePredictions, PersonPredictions, person_predictions
@@ -148,3 +149,14 @@ def format_cv_table(metrics: dict, binary: bool) -> str:
             cells += [f"{cell:<28}", f"{folds:<20}"]
         lines.append(f"{key:<20}" + "".join(cells).rstrip())
     return "\n".join(lines)
+
+
+def write_oof_persons(path: Path, folds: list[Path], class_names: list[str]) -> None:
+    """The folds' person_predictions.csv tables, one after another, with the fold that predicted each person."""
+    header, rows = None, []
+    for k, fold in enumerate(folds, start=1):
+        with RunDir(fold).evaluation().person_predictions.open(newline="", encoding="utf-8") as handle:
+            table = list(csv.reader(handle))
+        header = header or ["person_id", "fold", *table[0][1:]]
+        rows += [[row[0], k, *row[1:]] for row in table[1:]]
+    write_table(path, header, sorted(rows, key=lambda r: r[0]))

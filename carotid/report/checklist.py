@@ -86,6 +86,12 @@ def checklist(options: dict, data_report: dict, metrics: dict | None, model: dic
     ratios = (
         f"train/val/test = {o.get('train_ratio')}/{o.get('val_ratio')}/{o.get('test_ratio')}" if o else "(not a run)"
     )
+    if o.get("folds"):  # a cross-validation's own evaluation (its test-set ensemble, a fold)
+        ratios = (
+            f"{o['folds']}-fold cross-validation of the persons not in the test set (test ratio {o.get('test_ratio')}; "
+            f"within each fold validation ratio {o.get('val_ratio')}); the folds are in the cross-validation's "
+            "report.html"
+        )
     items = [
         Item(
             "Data partitions and their level",

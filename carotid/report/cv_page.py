@@ -24,13 +24,16 @@ from carotid.evaluation.inference import FramePredictions, PersonPredictions
 from carotid.evaluation.records import read_cv_metrics
 from carotid.evaluation.registry import table_metrics
 from carotid.report.checklist import cv_checklist
-from carotid.report.html import checklist_table, flow_boxes, notes, persons_table
 from carotid.report.outputs import roc_bands
 from carotid.report.page import (
     STYLE,
     calibration_table,
+    checklist_table,
+    flow_boxes,
     image,
+    notes,
     number,
+    persons_table,
     read_config,
     read_csv,
     read_json,

@@ -23,8 +23,12 @@ from carotid.report.checklist import checklist
 from carotid.report.page import (
     STYLE,
     calibration_table,
+    checklist_table,
+    flow_boxes,
     image,
+    notes,
     number,
+    persons_table,
     read_config,
     read_csv,
     read_json,
@@ -33,7 +37,6 @@ from carotid.report.page import (
     with_ci,
 )
 
-MAX_TABLE_ROWS = 500  # persons listed in the per-person table; the CSV has them all
 MAX_HEATMAPS = 60  # heat-map montages embedded; the folder has them all
 
 # ---------------------------------------------------------------------------------------------
@@ -47,7 +50,7 @@ def section_data(data_report: dict, metrics: dict) -> str:
             return ""
         counts = metrics.get("counts", {})
         rows = [[name, counts["persons"][name], counts["images"][name]] for name in counts.get("persons", {})]
-        return "<h2>Data</h2>" + table(["class", "persons", "frames"], rows) + _notes(metrics.get("data_notes", []))
+        return "<h2>Data</h2>" + table(["class", "persons", "frames"], rows) + notes(metrics.get("data_notes", []))
     without_folder = data_report.get("persons_without_folder", {}).get("count", 0)
     without_images = data_report.get("persons_without_images", {}).get("count", 0)
     splits = data_report.get("splits", {})
@@ -67,34 +70,13 @@ def section_data(data_report: dict, metrics: dict) -> str:
         f"(at most {data_report.get('max_imgs_per_person') or 'all'} per person); "
         f"{len(data_report.get('unreadable_images', []))} unreadable frames skipped",
     ]
-    notes = data_report.get("label_file", {}).get("notes", []) + data_report.get("split_notes", [])
+    sheet_notes = data_report.get("label_file", {}).get("notes", []) + data_report.get("split_notes", [])
     return (
         '<h2 id="data">Data flow</h2>'
         + flow_boxes(data_report, ["per split and class (persons / frames)"])
         + (table(["split", *classes, "all"], rows) if rows else "")
-        + _notes(extra + notes)
+        + notes(extra + sheet_notes)
     )
-
-
-def flow_boxes(data_report: dict, then: list[str]) -> str:
-    """Persons in the sheet → matched to a folder → with readable frames → each of `then`."""
-    in_sheet = data_report.get("persons_in_sheet", 0)
-    matched = in_sheet - data_report.get("persons_without_folder", {}).get("count", 0)
-    steps = [
-        ("persons in the label sheet", in_sheet),
-        ("matched to a folder", matched),
-        ("with readable frames", matched - data_report.get("persons_without_images", {}).get("count", 0)),
-    ]
-    boxes = [f'<div class="box"><b>{n}</b>{escape(t)}</div>' for t, n in steps]
-    boxes.append("".join(f'<div class="box">{escape(t)}</div>' for t in then))
-    return '<div class="flow">' + '<span class="arrow">→</span>'.join(boxes) + "</div>"
-
-
-def _notes(lines: list[str]) -> str:
-    return "".join(f"<p class='sub'>{escape(line)}</p>" for line in lines)
-
-
-notes = _notes
 
 
 def section_training(run_dir: Path | None, model: dict) -> str:
@@ -162,22 +144,6 @@ def section_persons(eval_dir: Path) -> str:
     return persons_table(read_csv(EvalDir(eval_dir).person_predictions), "person_predictions.csv", "Per person")
 
 
-def persons_table(rows: list[dict], csv_name: str, heading: str) -> str:
-    """The rows of a person table (wrong ones shaded), at most MAX_TABLE_ROWS of them."""
-    if not rows:
-        return ""
-    header = list(rows[0])
-    wrong = ["wrong" if r.get("true_label") not in (None, r["predicted_label"]) else "" for r in rows]
-    shown = rows[:MAX_TABLE_ROWS]
-    more = f"<p class='sub'>… {len(rows) - len(shown)} more in {csv_name}</p>" if len(rows) > len(shown) else ""
-    n_wrong = sum(1 for w in wrong if w)
-    return (
-        f'<h2 id="persons">{escape(heading)}</h2><p>{len(rows)} persons, {n_wrong} misclassified (shaded).</p>'
-        + table(header, [[r[h] for h in header] for r in shown], wrong[: len(shown)])
-        + more
-    )
-
-
 def section_failures(eval_dir: Path) -> str:
     rows = read_csv(eval_dir / "failures.csv")
     if not (eval_dir / "failures.csv").is_file():
@@ -213,21 +179,6 @@ def section_heatmaps(eval_dir: Path, failures: set[str]) -> str:
 
 def section_checklist(options: dict, data_report: dict, metrics: dict, model: dict) -> str:
     return checklist_table(checklist(options, data_report, metrics, model), "this run recorded")
-
-
-def checklist_table(items: list, recorded: str) -> str:
-    rows, classes = [], []
-    for item in items:
-        status = "filled by carotid" if item.text else "researcher to write"
-        rows.append([item.topic, item.guidelines, status, item.text or f"to write: {item.hint}"])
-        classes.append("" if item.text else "todorow")
-    filled = sum(1 for item in items if item.text)
-    return (
-        '<h2 id="checklist">Reporting checklist (CLAIM 2024, TRIPOD+AI)</h2>'
-        f"<p>{filled} of {len(items)} topics filled from what {recorded}; "
-        "<span class='todo'>researcher to write</span> marks what only you can report.</p>"
-        + table(["topic", "asked for by", "status", "content"], rows, classes)
-    )
 
 
 def model_rows(metrics: dict, model: dict) -> list[list[str]]:

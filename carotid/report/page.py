@@ -16,6 +16,8 @@ from carotid.core.run_dir import RunDir
 from carotid.evaluation.registry import CALIBRATION_METRICS
 from carotid.model.file import ModelFile
 
+MAX_TABLE_ROWS = 500  # persons listed in a per-person table; the CSV has them all
+
 STYLE = """
 body{font-family:"DejaVu Sans","Noto Sans CJK SC","Noto Sans",Arial,sans-serif;margin:24px auto;max-width:1200px;
 color:#222;padding:0 16px}
@@ -128,4 +130,53 @@ def calibration_table(section: dict) -> str:
     return table(["calibration", *(name for name, _ in columns)], rows) + (
         f"<p class='sub'>ECE over {escape(section.get('binning', ''))}; slope and intercept of a logistic "
         "recalibration (1 and 0 when calibrated); n/a: not estimable on these probabilities.</p>"
+    )
+
+
+def notes(lines: list[str]) -> str:
+    return "".join(f"<p class='sub'>{escape(line)}</p>" for line in lines)
+
+
+def flow_boxes(data_report: dict, then: list[str]) -> str:
+    """Persons in the sheet → matched to a folder → with readable frames → each of `then`."""
+    in_sheet = data_report.get("persons_in_sheet", 0)
+    matched = in_sheet - data_report.get("persons_without_folder", {}).get("count", 0)
+    steps = [
+        ("persons in the label sheet", in_sheet),
+        ("matched to a folder", matched),
+        ("with readable frames", matched - data_report.get("persons_without_images", {}).get("count", 0)),
+    ]
+    boxes = [f'<div class="box"><b>{n}</b>{escape(t)}</div>' for t, n in steps]
+    boxes.append("".join(f'<div class="box">{escape(t)}</div>' for t in then))
+    return '<div class="flow">' + '<span class="arrow">→</span>'.join(boxes) + "</div>"
+
+
+def persons_table(rows: list[dict], csv_name: str, heading: str) -> str:
+    """The rows of a person table (wrong ones shaded), at most MAX_TABLE_ROWS of them."""
+    if not rows:
+        return ""
+    header = list(rows[0])
+    wrong = ["wrong" if r.get("true_label") not in (None, r["predicted_label"]) else "" for r in rows]
+    shown = rows[:MAX_TABLE_ROWS]
+    more = f"<p class='sub'>… {len(rows) - len(shown)} more in {csv_name}</p>" if len(rows) > len(shown) else ""
+    n_wrong = sum(1 for w in wrong if w)
+    return (
+        f'<h2 id="persons">{escape(heading)}</h2><p>{len(rows)} persons, {n_wrong} misclassified (shaded).</p>'
+        + table(header, [[r[h] for h in header] for r in shown], wrong[: len(shown)])
+        + more
+    )
+
+
+def checklist_table(items: list, recorded: str) -> str:
+    rows, classes = [], []
+    for item in items:
+        status = "filled by carotid" if item.text else "researcher to write"
+        rows.append([item.topic, item.guidelines, status, item.text or f"to write: {item.hint}"])
+        classes.append("" if item.text else "todorow")
+    filled = sum(1 for item in items if item.text)
+    return (
+        '<h2 id="checklist">Reporting checklist (CLAIM 2024, TRIPOD+AI)</h2>'
+        f"<p>{filled} of {len(items)} topics filled from what {recorded}; "
+        "<span class='todo'>researcher to write</span> marks what only you can report.</p>"
+        + table(["topic", "asked for by", "status", "content"], rows, classes)
     )

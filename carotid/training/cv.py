@@ -14,7 +14,6 @@ last checkpoint (fold and batch).
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 from collections.abc import Iterable
@@ -26,7 +25,7 @@ from accelerate.utils import set_seed
 
 from carotid.core import run_dir as run_folder
 from carotid.core.errors import UserError
-from carotid.core.files import atomic_write_json, file_sha256, write_table
+from carotid.core.files import atomic_write_json, file_sha256
 from carotid.core.run_dir import RunDir
 from carotid.core.runtime import RunLog, on_main
 from carotid.data.manifest import DataManifest
@@ -39,6 +38,7 @@ from carotid.evaluation.pooling import (
     mean_of_models,
     pooled_metrics,
     read_fold_evaluation,
+    write_oof_persons,
 )
 from carotid.evaluation.records import CV_METRICS_SCHEMA, CVMetricsRecord, write_cv_metrics
 from carotid.model.file import ModelFile
@@ -255,17 +255,6 @@ def summarise(
     log(f"cross-validation written to {cv_dir}")
     log(f"report: {write_cv_report(cv_dir)}")
     accelerator.wait_for_everyone()
-
-
-def write_oof_persons(path: Path, folds: list[Path], class_names: list[str]) -> None:
-    """The folds' person_predictions.csv tables, one after another, with the fold that predicted each person."""
-    header, rows = None, []
-    for k, fold in enumerate(folds, start=1):
-        with RunDir(fold).evaluation().person_predictions.open(newline="", encoding="utf-8") as handle:
-            table = list(csv.reader(handle))
-        header = header or ["person_id", "fold", *table[0][1:]]
-        rows += [[row[0], k, *row[1:]] for row in table[1:]]
-    write_table(path, header, sorted(rows, key=lambda r: r[0]))
 
 
 def evaluate_ensemble(
