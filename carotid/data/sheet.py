@@ -15,6 +15,7 @@ from typing import Any
 from openpyxl.utils import get_column_letter, range_boundaries
 
 from carotid.core.errors import UserError
+from carotid.data import sheet_xml
 
 MAX_ROWS = 100_000  # non-empty rows; a label sheet has one per person
 MAX_COLUMNS = 500  # columns read; a value further right is an error, not silently dropped
@@ -162,7 +163,7 @@ def read_sheet(path: str | Path, wanted: str | None = None) -> Sheet:
         part = worksheet._worksheet_path  # read-only sheets name their zip part only here
         with zipfile.ZipFile(path) as archive:
             _check_part_sizes(path, archive, (part,))
-            has_formulas = _has_formulas(archive, part)
+            has_formulas = sheet_xml.has_formulas(archive, part)
         layout: dict = {}
         rows = _bounded_rows(worksheet, name, path, layout)
         filled = _filled_sheets(workbook, path, name) if not rows and wanted is None else []
@@ -191,28 +192,18 @@ def _filled_sheets(workbook, path: Path, empty: str) -> list[str]:
     return filled
 
 
-def _has_formulas(archive: zipfile.ZipFile, part: str) -> bool:
-    # A substring scan in 1 MB blocks; only a sheet with formulas is read a second time (formula_cells).
-    tail = b""
-    with archive.open(part) as source:
-        while block := source.read(2**20):
-            if b"<f>" in tail + block or b"<f " in tail + block:
-                return True
-            tail = block[-3:]
-    return False
-
-
 def _sparse_rows(worksheet, layout: dict | None = None):
     """(Excel row number, {column index: value}) for each row the sheet's XML holds, empty cells left out.
 
     openpyxl's iter_rows pads every row to the sheet's width, 16,384 cells for rows styled out to column XFD
-    (a MemoryError on a 1 MB file), so rows are taken, sparse, from the parser iter_rows itself uses. That
-    parser also reads the row attributes and the <mergeCells> element (which read-only worksheets drop):
-    `layout` receives the hidden rows and the merged ranges spanning several rows once the rows are read."""
+    (a MemoryError on a 1 MB file), so rows are taken, sparse, from the parser iter_rows itself uses, fed the
+    XML less its merged ranges (carotid.data.sheet_xml). `layout` receives, once the rows are read, the
+    hidden rows (from the parser's row attributes) and the merged ranges spanning several rows."""
     from openpyxl.worksheet._reader import WorkSheetParser
 
     workbook = worksheet.parent
-    with worksheet._get_source() as source:
+    with worksheet._get_source() as raw:
+        source = sheet_xml.WithoutMergeCells(raw)
         parser = WorkSheetParser(
             source,
             worksheet._shared_strings,
@@ -227,8 +218,7 @@ def _sparse_rows(worksheet, layout: dict | None = None):
         layout["hidden_rows"] = {
             int(r) for r, attrs in parser.row_dimensions.items() if attrs.get("hidden") in ("1", "true")
         }
-        ranges = parser.merged_cells.mergeCell if parser.merged_cells is not None else []
-        layout["merged"] = [str(m.ref) for m in ranges if _rows_spanned(str(m.ref)) > 1]
+        layout["merged"] = [ref for ref in source.refs if _rows_spanned(ref) > 1]
 
 
 def _rows_spanned(ref: str) -> int:
