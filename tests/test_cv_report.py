@@ -8,6 +8,7 @@ import re
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from carotid.core.files import file_sha256
 from carotid.evaluation.inference import FramePredictions
@@ -97,3 +98,5 @@ def test_cv_report_opens_in_headless_chromium_with_no_empty_table_or_blank_field
     assert not report.blanks, report.blanks
     assert len(report.images) >= 3 and all(image["ok"] for image in report.images)  # ROC, reliability, ensemble
     (tmp_path / "cv.png").write_bytes(report.screenshot)
+    with Image.open(tmp_path / "cv.png") as shot:
+        assert shot.width <= 1280 and shot.height > 3000  # nothing wider than the window; the whole page drawn

@@ -153,6 +153,13 @@ def section_calibration(cv_dir: Path, metrics: dict) -> str:
     )
 
 
+def _relative(path: str, folder: Path) -> str:
+    try:
+        return str(Path(path).relative_to(folder))
+    except ValueError:
+        return path
+
+
 def section_ensemble(cv_dir: Path, metrics: dict) -> str:
     ensemble = metrics.get("test_ensemble")
     if not ensemble:
@@ -168,7 +175,9 @@ def section_ensemble(cv_dir: Path, metrics: dict) -> str:
     )
     if binary:
         head += f", at threshold {ensemble['threshold']:.3f} ({ensemble['threshold_source']})"
-    model_rows = [[m["fold"], m["epoch"], number(m["threshold"]), m["path"], m["sha256"]] for m in models]
+    model_rows = [
+        [m["fold"], m["epoch"], number(m["threshold"]), _relative(m["path"], cv_dir), m["sha256"]] for m in models
+    ]
     return (
         f'<h2 id="ensemble">Test set: the fold ensemble</h2><p>{escape(head)}.</p>{_cards(ensemble, binary)}'
         + _metrics_table(ensemble, binary)
