@@ -90,6 +90,35 @@ def write_predictions(
     return persons, predicted
 
 
+def trained_on(model_path: str, persons: Sequence[str]) -> str | None:
+    """A warning when persons of --input are in the training or validation split of the model's own run
+    (the model file in RUN/models/, RUN/splits.json beside it): their predictions are not a fair test."""
+    import json
+    import unicodedata
+
+    from carotid.core.run_dir import RunDir
+
+    models = Path(model_path).resolve().parent
+    run = RunDir(models.parent)
+    if models.name != "models" or not run.splits.is_file():
+        return None
+    try:
+        splits = json.loads(run.splits.read_text(encoding="utf-8"))
+        seen = {str(p): s for s in ("train", "val") for p in splits.get(s, [])}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
+    ids = {unicodedata.normalize("NFC", p).strip(): p for p in persons}
+    hit = sorted(ids[p] for p in ids if p in seen)
+    if not hit:
+        return None
+    which = sorted({seen[unicodedata.normalize("NFC", p).strip()] for p in hit})
+    return (
+        f"{plural(len(hit), 'person')} of {len(persons)} in --input ({', '.join(map(repr, hit[:5]))}) are in the "
+        f"model's own {' and '.join(which)} split ({run.splits}): the model has seen them, so their predictions "
+        "are no test of it"
+    )
+
+
 def predict(argv: Sequence[str] | None) -> int:
     args = parse_predict_args(argv)
     paths = output_paths(args)
@@ -131,7 +160,8 @@ def predict(argv: Sequence[str] | None) -> int:
             f"person probability: {aggregation} of frames{threshold_note}"
         )
         log(summary_table(persons, predicted, class_names, model_file.positive_index, threshold is not None))
-        for warning in input_warnings:
+        seen = trained_on(args.model, sorted(found))
+        for warning in input_warnings + ([seen] if seen else []):
             log(f"warning: {warning}")
         if unreadable:
             first = min(u["path"] for u in unreadable)

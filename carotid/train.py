@@ -82,7 +82,7 @@ def prepare_data(cfg: TrainConfig, resume_run: Path | None) -> tuple[DataManifes
         manifest.report["warnings"] += check_resumed_labels(resume_run, manifest, label_excel)
         return with_splits(manifest, splits, []), root_dir, label_excel
     manifest, table, root_dir, label_excel = read_data(cfg)
-    groups = person_groups(sorted(manifest.person_labels), table.groups)
+    groups = person_groups(sorted(manifest.person_labels), table.groups, manifest.report["persons_sharing_files"])
     splits, notes = split_persons(
         manifest.person_labels, cfg.train_ratio, cfg.val_ratio, cfg.test_ratio, cfg.seed, groups
     )

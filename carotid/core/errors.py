@@ -8,10 +8,14 @@ bug or a fault and keeps its traceback (exit status 1).
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
+import warnings
 from collections.abc import Callable, Sequence
+
+from carotid.core import console
 
 INTERRUPTED = "interrupted (Ctrl-C): stopped, nothing half-written was left"
 INTERRUPTED_LATE = "interrupted (Ctrl-C), noticed only at the end: what was written is complete"
@@ -94,7 +98,9 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     if signal.getsignal(signal.SIGINT) is _exit_at_once:
         signal.signal(signal.SIGINT, _interrupt)  # from here KeyboardInterrupt cleans up
     try:
-        status = main(argv) or 0
+        with warnings.catch_warnings():  # the routing below ends with the command (in-process callers, tests)
+            console.route_warnings()
+            status = main(argv) or 0
     except UserError as err:
         if _is_main_rank():
             print(f"error: {err}", file=sys.stderr, flush=True)
@@ -103,6 +109,18 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
         if _is_main_rank():
             print(str(stop), file=sys.stderr, flush=True)
         status = stop.exit_status
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        if _is_main_rank():
+            where = f" writing {err.filename}" if err.filename else ""
+            print(
+                f"error: the disk is full ({err.strerror}{where}) — free space on it and run the command again; "
+                "files written before are complete (each is written whole or not at all)",
+                file=sys.stderr,
+                flush=True,
+            )
+        status = 2
     except KeyboardInterrupt:
         # Whatever was being written is written atomically (carotid.core.files), and a new run directory is
         # removed (train.py), so stopping here leaves nothing half-written.
@@ -115,5 +133,8 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
                 print(INTERRUPTED_LATE, file=sys.stderr, flush=True)
             status = 130
     _pending["interrupt"] = False
+    for line in console.repeated_warnings():
+        print(line, file=sys.stderr, flush=True)
+    console.forget_warnings()
     _shutdown_distributed()
     return status

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from carotid.core.errors import UserError
+from carotid.core.text import ESCAPE
 
 
 def fsync_dir(path: Path) -> None:
@@ -53,7 +54,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    """UTF-8; a file name that is not UTF-8 (carotid.core.text.printable) is written with its bytes as \\xNN."""
+    atomic_write_bytes(path, text.encode("utf-8", ESCAPE))
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

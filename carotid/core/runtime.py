@@ -16,6 +16,7 @@ from accelerate import Accelerator, DataLoaderConfiguration, InitProcessGroupKwa
 from accelerate.utils import DistributedType, broadcast_object_list
 
 from carotid.core.errors import UserError, interrupt_pending
+from carotid.core.text import ESCAPE
 
 T = TypeVar("T")
 
@@ -190,11 +191,13 @@ class RunLog:
     def __init__(self, accelerator: Accelerator, path: Path | None = None):
         self.accelerator = accelerator
         self.path = path
+        self.warnings: list[str] = []  # every `warning:` line said, without the prefix (data_report.json)
 
     def __call__(self, message: str) -> None:
         self.accelerator.print(message, flush=True)
+        self.warnings += [line[len("warning: ") :] for line in message.splitlines() if line.startswith("warning: ")]
         if self.path is not None and self.accelerator.is_main_process:
-            with open(self.path, "a", encoding="utf-8") as handle:
+            with open(self.path, "a", encoding="utf-8", errors=ESCAPE) as handle:
                 for line in message.splitlines():
                     handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
 

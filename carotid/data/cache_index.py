@@ -131,7 +131,8 @@ def read_index(folder: Path, prep: Preprocessing) -> dict:
 
 def commit(folder: Path, index: dict) -> None:
     """Replace index.json atomically: the one moment a build becomes visible."""
-    atomic_write_bytes(folder / INDEX, json.dumps(index, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+    # ASCII with \\u escapes: a file name that is not UTF-8 (lone surrogates) is written and read back alike.
+    atomic_write_bytes(folder / INDEX, json.dumps(index, separators=(",", ":"), ensure_ascii=True).encode("ascii"))
 
 
 def shard_path(folder: Path, shard: str) -> Path:

@@ -18,7 +18,8 @@ from PIL import Image
 from carotid.data.kinds import Source, kind_of
 from carotid.data.preprocessing import DEFAULT_CROP, DEFAULT_RESIZE, Preprocessing
 
-DECODE_VERSION = 2  # bump when the pixels of any kind change: the frame cache then decodes afresh
+DECODE_VERSION = 3  # bump when the pixels of any kind change: the frame cache then decodes afresh
+# 3: NaN/infinite pixels make a frame unreadable (were black); DICOM holding fewer frames than claimed: those held
 
 # Flags of a decoded frame (bits of the `status` the datasets return; 0 = could not be decoded).
 OK, COLOUR, LOW_RANGE = 1, 2, 4

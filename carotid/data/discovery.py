@@ -8,6 +8,7 @@ a time, and nothing else: single-image files are proven readable when they are f
 
 from __future__ import annotations
 
+import errno
 import os
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -17,7 +18,16 @@ from pathlib import Path
 
 from carotid.core.errors import UserError
 from carotid.data.decode import describe_error
-from carotid.data.kinds import BY_SUFFIX, FRAME_SUFFIXES, KINDS, is_unhandled, kind_by_name, may_sniff
+from carotid.data.kinds import (
+    BY_SUFFIX,
+    FRAME_SUFFIXES,
+    KINDS,
+    is_archive,
+    is_unhandled,
+    kind_by_name,
+    kind_of,
+    may_sniff,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,12 +45,37 @@ def is_image_name(name: str) -> bool:
     return not name.startswith(".") and name.rpartition(".")[2].lower() in FRAME_SUFFIXES
 
 
+def is_frame_file(path: str) -> bool:
+    """A file read as frames: by its suffix, or for a name that says nothing (IM0000) by its content, as the
+    reader decides (hidden files never)."""
+    return not os.path.basename(path).startswith(".") and kind_of(path) is not None
+
+
 def _unreadable_folder(folder: str, root: bool = False) -> UserError:
     elsewhere = "" if root else ", or move it out of the data folder"
     return UserError(
         f"cannot read folder {folder} (permission denied)",
         f"give your user read access to it (chmod -R u+rX){elsewhere}",
     )
+
+
+PATH_MAX = 4096  # Linux; a longer path cannot be opened (ENAMETOOLONG)
+
+
+def _too_long(folder: str) -> UserError:
+    return UserError(
+        f"the path of folder {folder} is longer than the system allows ({len(os.fsencode(folder))} bytes with its "
+        f"file names, limit {PATH_MAX})",
+        "move the data to a shorter path, or shorten the names of its nested folders",
+    )
+
+
+def _check_length(folder: str, names: list[str]) -> None:
+    # Byte lengths only where the characters come near the limit (a character is at most 4 bytes).
+    if names and len(folder) > PATH_MAX // 8:
+        longest = max(len(os.fsencode(name)) for name in names)
+        if len(os.fsencode(folder)) + 1 + longest >= PATH_MAX:
+            raise _too_long(folder)
 
 
 def _walk(folder: str, prefix: str, out: list[str], unhandled: list[str], seen: set[tuple[int, int]]) -> None:
@@ -59,10 +94,15 @@ def _walk(folder: str, prefix: str, out: list[str], unhandled: list[str], seen: 
                     folders.append(name)
                 elif name.rpartition(".")[2].lower() in BY_SUFFIX or may_sniff(name):
                     names.append(name)  # a name that says nothing is decided by content (count_frames)
-                elif is_unhandled(name):
+                elif is_unhandled(name) or is_archive(name):  # named in data_report.json (archives apart)
                     unhandled.append(prefix + name)
     except PermissionError:
         raise _unreadable_folder(folder) from None
+    except OSError as err:
+        if err.errno == errno.ENAMETOOLONG:
+            raise _too_long(folder) from None
+        raise
+    _check_length(folder, names + folders)
     out += [prefix + name for name in names]
     for name in folders:
         path = os.path.join(folder, name)
@@ -82,6 +122,10 @@ def frames_below(folder: str | Path, prefix: str = "", unhandled: list[str] | No
         info = os.stat(folder)
     except PermissionError:
         raise _unreadable_folder(str(folder)) from None
+    except OSError as err:
+        if err.errno == errno.ENAMETOOLONG:
+            raise _too_long(str(folder)) from None
+        raise
     _walk(str(folder), prefix, files, [] if unhandled is None else unhandled, {(info.st_dev, info.st_ino)})
     return sorted(files)
 
@@ -111,8 +155,12 @@ def discover_frames(root_dir: str | Path, unhandled: list[str] | None = None) ->
             persons[name] = frames_below(path, f"{name}/", unhandled)
         elif is_image_name(name):
             loose_images += 1
+        elif is_archive(name) and unhandled is not None:  # e.g. a person's folder left as 1001.zip
+            unhandled.append(name)
     if not persons:
+        archives = sum(1 for name, _, is_dir in listed if not is_dir and is_archive(name))
         found = f" (it holds {loose_images} images directly)" if loose_images else ""
+        found += f" (it holds {archives} archive(s), which are not read: unpack them)" if archives else ""
         raise UserError(
             f"root dir {root} has no person folders{found}",
             "put each person's frames in a sub-folder named by their ID",
@@ -132,7 +180,8 @@ class FrameCounts:
     counts: dict[str, int] = field(default_factory=dict)  # files holding other than one frame
     unreadable: dict[str, str] = field(default_factory=dict)  # header could not be read: the reason
     not_images: list[str] = field(default_factory=list)  # DICOM files without pixel data (DICOMDIR, reports)
-    skipped: set[str] = field(default_factory=set)  # suffix-less files that are not DICOM: not frames at all
+    skipped: set[str] = field(default_factory=set)  # not frames: not_images and names no kind claims by content
+    short: dict[str, tuple[int, int]] = field(default_factory=dict)  # (header's frame count, frames found)
     files_by_kind: Counter = field(default_factory=Counter)
     frames_by_kind: Counter = field(default_factory=Counter)
     dicom_colour_frames: int = 0
@@ -197,6 +246,8 @@ def count_frames(root_dir: str, files: Iterable[str]) -> FrameCounts:
             result.frames_by_kind[found.kind] += found.frames
             if found.frames != 1:
                 result.counts[rel] = found.frames
+            if found.claimed is not None:
+                result.short[rel] = (found.claimed, found.frames)
             result.dicom_colour_frames += found.frames if found.colour else 0  # only DICOM headers say
             result.dicom_files_with_region += found.region
     return result

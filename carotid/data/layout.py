@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from carotid.core.errors import UserError
-from carotid.data.discovery import count_frames, discover_frames, frames_below, is_image_name
+from carotid.data.discovery import count_frames, discover_frames, frames_below, is_frame_file
 
 
 def detect_layout(folder: Path) -> str:
@@ -24,7 +24,7 @@ def detect_layout(folder: Path) -> str:
             listed = [(e.name, e.path, e.is_dir()) for e in entries if not e.name.startswith(".")]
     except PermissionError:
         raise UserError(f"cannot read folder {folder} (permission denied)", "give your user read access") from None
-    images = [name for name, _, is_dir in listed if not is_dir and is_image_name(name)]
+    images = [name for name, path, is_dir in listed if not is_dir and is_frame_file(path)]
     with_images = [(name, path) for name, path, is_dir in listed if is_dir and frames_below(path)]
     choose = "pass --layout persons (one sub-folder per person), person (all one person's) or images (each alone)"
     if images and with_images:
@@ -50,7 +50,7 @@ def detect_layout(folder: Path) -> str:
 
 def _holds_images(folder: str) -> bool:
     with os.scandir(folder) as entries:
-        return any(not e.name.startswith(".") and not e.is_dir() and is_image_name(e.name) for e in entries)
+        return any(not e.is_dir() and is_frame_file(e.path) for e in entries)
 
 
 def find_input_frames(source: Path, layout: str) -> tuple[str, dict[str, list[tuple[str, int]]], list[dict], list[str]]:
@@ -59,7 +59,7 @@ def find_input_frames(source: Path, layout: str) -> tuple[str, dict[str, list[tu
     Main process only. Single images are not opened here: they are proven when decoded, and reported then."""
     warnings: list[str] = []
     if source.is_file():
-        if not is_image_name(source.name):
+        if not is_frame_file(str(source)):
             raise UserError(
                 f"--input {source} is not an image file (png, jpg, bmp, tif, dcm, mp4, avi, mov)",
                 "pass an image or a folder",
@@ -74,7 +74,7 @@ def find_input_frames(source: Path, layout: str) -> tuple[str, dict[str, list[tu
         layout = detect_layout(folder) if layout == "auto" else layout
         if layout == "persons":
             relative = discover_frames(folder)
-            loose = sorted(e.name for e in os.scandir(folder) if e.is_file() and is_image_name(e.name))
+            loose = sorted(e.name for e in os.scandir(folder) if e.is_file() and is_frame_file(e.path))
             if loose:
                 warnings.append(
                     f"{len(loose)} image(s) directly in {folder} (e.g. {loose[0]}) are in no person folder and "

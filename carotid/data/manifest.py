@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import os
 import unicodedata
-import warnings
 from dataclasses import dataclass, field
 
 from carotid.core.errors import UserError
-from carotid.data import check
+from carotid.core.text import plural, printable
+from carotid.data import audit, check
 from carotid.data.discovery import Frame, FrameCounts, count_frames, discover_frames, spread_evenly
 from carotid.data.kinds import FRAME_SUFFIXES
 from carotid.data.labels import LabelTable
@@ -103,34 +103,50 @@ def collect_persons(
     files_of = {p: found[folder_of[p]] for p in wanted}
     counted = count_frames(root_dir, (f for p in wanted for f in files_of[p]))
     all_frames = {p: counted.frames_of(files_of[p]) for p in wanted}
-    no_images = [p for p in wanted if not files_of[p]]
+    # A folder with no frame (empty, or only a DICOMDIR, a README, a DICOM without its preamble) is left out.
+    no_images = [p for p in wanted if not all_frames[p]]
     if len(no_images) == len(wanted):
         raise UserError(
-            f"none of the {len(wanted)} labelled person folders in {root_dir} holds an image file "
-            f"(e.g. {folder_of[wanted[0]]}/; looked for {', '.join(sorted(FRAME_SUFFIXES))} and DICOM files "
-            "without a suffix)",
+            f"none of the {len(wanted)} labelled person folders in {root_dir} holds an image file that can be read "
+            f"(e.g. {printable(folder_of[wanted[0]])}/; looked for {', '.join(sorted(FRAME_SUFFIXES))} and DICOM "
+            "files without a suffix)",
             "put each person's frames (png, jpg, bmp, tif, dcm, mp4, avi, mov) in their folder or a sub-folder of it",
         )
-    capped = {p: spread_evenly(all_frames[p], max_imgs_per_person) for p in wanted if files_of[p]}
+    capped = {p: spread_evenly(all_frames[p], max_imgs_per_person) for p in wanted if all_frames[p]}
     sample = check.SAMPLE if sample is None else sample
     checked = check.check_sample(root_dir, capped, sample) if sample else None
     failed = checked.failed if checked else {}
     frames = _readable(capped, failed, files_of, counted.unreadable)
     wanted_folders = {folder_of[p] for p in wanted}
-    unhandled = [u for u in unhandled if u.split("/", 1)[0] in wanted_folders] + counted.not_images
+    archives, archive_warnings = audit.archive_warning(unhandled)
+    unhandled = [u for u in unhandled if u.split("/", 1)[0] in wanted_folders and u not in archives]
     unreadable = _unreadable(counted, failed)
+    shared = audit.shared_files(root_dir, {p: files_of[p] for p in frames})
     person_labels = {p: table.class_index[table.labels[sheet_id_of[p]]] for p in frames}
     report = _report(root_dir, table, person_labels, found, matching) | {
         "persons_without_images": _first(no_images),
-        "files_found": sum(len(files_of[p]) for p in capped),
+        "files_found": sum(len(files_of[p]) for p in wanted),
         "images_found": sum(len(all_frames[p]) for p in capped),
         "images_used": sum(len(f) for f in frames.values()),
         "max_imgs_per_person": max_imgs_per_person,
         **_counted_report(counted),
-        "unhandled_files": _first(unhandled, 20),
+        "unhandled_files": _first(unhandled + counted.not_images, 20),
+        "archives": _first(archives, 20),
+        "persons_sharing_files": shared,
         "start_up_check": checked.as_dict() if checked else None,
         "unreadable_images": unreadable,
-        "warnings": table.warnings + _matching_warnings(matching),  # every start-up warning, as printed
+        "warnings": table.warnings  # every start-up warning about the data, as printed
+        + _matching_warnings(matching)
+        + (
+            [f"{plural(len(unreadable), 'unreadable image')} skipped (listed in data_report.json)"]
+            if unreadable
+            else []
+        )
+        + audit.short_warning(counted)
+        + archive_warnings
+        + audit.shared_warning(shared)
+        + audit.dominant_warning(frames, max_imgs_per_person)
+        + audit.non_utf8_warning(list(found) + [f for p in wanted for f in files_of[p]] + unhandled),
     }
     return DataManifest(
         str(root_dir),
@@ -151,11 +167,6 @@ def _unreadable(counted: FrameCounts, failed: dict) -> list[dict]:
         {"path": rel, "frame": index, "reason": reason, "found_at": "start-up check"}
         for (rel, index), reason in sorted(failed.items())
     ]
-    if unreadable:
-        warnings.warn(
-            f"{len(unreadable)} unreadable image(s) skipped, e.g. {unreadable[0]['path']}; see data_report.json",
-            stacklevel=3,
-        )
     return unreadable
 
 
@@ -213,8 +224,20 @@ def _report(root_dir: str, table: LabelTable, person_labels: dict, found: dict, 
 
 
 def _counted_report(counted: FrameCounts) -> dict:
-    """data_report.json's account of the frame files by kind."""
+    """data_report.json's account of the frame files by kind; with "unreadable_images" (headers) and
+    "files_without_frames" every file of files_found is in one of them."""
+    without = sorted(counted.skipped)
     return {
+        "files_without_frames": {
+            "count": len(without),
+            "first": without[:20],
+            "why": "DICOM without an image (DICOMDIR, report, RT plan), or a file named without a suffix whose "
+            "content is no frame kind's (no DICOM preamble)",
+        },
+        "dicom_frames_missing": [
+            {"path": rel, "header_frames": claimed, "frames_found": held}
+            for rel, (claimed, held) in sorted(counted.short.items())
+        ],
         "frames_by_kind": dict(counted.frames_by_kind),
         "files_by_kind": dict(counted.files_by_kind),
         "multi_frame_files": len(counted.counts),

@@ -110,19 +110,31 @@ def _split_off_groups(
     return [p for p in ids if p not in taken], out
 
 
-def person_groups(persons: list[str], sheet_groups: dict[str, str] | None) -> dict[str, str] | None:
-    """Person → group key (a person without a group cell is a group of its own); None without a group column."""
-    if sheet_groups is None:
+def person_groups(
+    persons: list[str], sheet_groups: dict[str, str] | None, shared: list[dict] = ()
+) -> dict[str, str] | None:
+    """Person → group key (a person without a group cell is a group of its own); None without a group column
+    and without `shared` (data_report.json "persons_sharing_files": persons holding the same frame files,
+    who are one group, merged with their sheet groups, so that they never land in two splits)."""
+    if sheet_groups is None and not shared:
         return None
     # The prefixes keep a group named like a person apart from that person's own group.
-    return {p: f"group:{sheet_groups[p]}" if p in sheet_groups else f"person:{p}" for p in persons}
+    groups = {p: f"group:{sheet_groups[p]}" if sheet_groups and p in sheet_groups else f"person:{p}" for p in persons}
+    for link in shared:
+        keys = {groups[p] for p in link["persons"] if p in groups}
+        merged = min(keys, default=None)
+        for p, key in groups.items():
+            if key in keys:
+                groups[p] = merged
+    return groups
 
 
-def describe_groups(groups: dict[str, str], column: str) -> str:
+def describe_groups(groups: dict[str, str], column: str | None) -> str:
     sizes = Counter(groups.values())
     shared = sum(n for n in sizes.values() if n > 1)
+    source = f"column '{column}'" if column else "persons sharing frame files"
     return (
-        f"groups from column '{column}': {len(sizes)} group(s) for {len(groups)} persons; {shared} persons share "
+        f"groups from {source}: {len(sizes)} group(s) for {len(groups)} persons; {shared} persons share "
         f"a group with others (largest group: {max(sizes.values())} persons); each group stays in one split"
     )
 

@@ -85,7 +85,7 @@ def prepare(cfg: TrainConfig, cv_dir: Path | None) -> tuple[DataManifest, dict, 
         manifest.report["warnings"] += checkpoints.check_resumed_labels(cv_dir, manifest, label_excel)
         return manifest, plan, [], root_dir, label_excel
     manifest, table, root_dir, label_excel = read_data(cfg)
-    groups = person_groups(sorted(manifest.person_labels), table.groups)
+    groups = person_groups(sorted(manifest.person_labels), table.groups, manifest.report["persons_sharing_files"])
     plan, notes = cv_splits(
         manifest.person_labels, cfg.folds, cfg.train_ratio, cfg.val_ratio, cfg.test_ratio, cfg.seed, groups
     )
@@ -93,7 +93,7 @@ def prepare(cfg: TrainConfig, cv_dir: Path | None) -> tuple[DataManifest, dict, 
         notes.insert(0, describe_groups(groups, cfg.group_column))
     plan["method"] = (
         f"StratifiedGroupKFold(n_splits={cfg.folds}, shuffle=True, random_state={cfg.seed}) over the non-test "
-        f"persons ({'groups from column ' + repr(cfg.group_column) if groups else 'each person its own group'})"
+        f"persons ({describe_groups(groups, cfg.group_column) if groups else 'each person its own group'})"
     )
     return manifest, plan, notes, root_dir, label_excel
 

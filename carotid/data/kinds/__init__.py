@@ -25,6 +25,8 @@ UNHANDLED_SUFFIXES = frozenset(
     | {"mpg", "mpeg", "m4v", "webm"}
 )
 UNHANDLED_DOUBLE_SUFFIXES = (".dcm.gz", ".nii.gz")
+# Archives are never opened: a person's folder left zipped is reported, not read.
+ARCHIVE_SUFFIXES = frozenset({"zip", "rar", "7z", "tar", "tgz", "gz", "bz2", "xz"})
 
 __all__ = ["BY_NAME", "FRAME_SUFFIXES", "KINDS", "FileKind", "Probe", "Source", "kind_by_name", "kind_of"]
 
@@ -49,6 +51,10 @@ def may_sniff(name: str) -> bool:
 def is_unhandled(name: str) -> bool:
     """Looks like an image or a cine loop of a kind that is not read (counted and named, never read)."""
     return suffix_of(name) in UNHANDLED_SUFFIXES or name.lower().endswith(UNHANDLED_DOUBLE_SUFFIXES)
+
+
+def is_archive(name: str) -> bool:
+    return suffix_of(name) in ARCHIVE_SUFFIXES and not name.lower().endswith(UNHANDLED_DOUBLE_SUFFIXES)
 
 
 def kind_of(path: str) -> FileKind | None:

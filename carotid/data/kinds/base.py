@@ -23,6 +23,7 @@ class Probe:
     frames: int
     colour: bool | None = None
     region: bool = False  # names an ultrasound imaging region (used by --crop auto)
+    claimed: int | None = None  # the header's frame count where the file holds fewer (`frames` are those found)
 
 
 @dataclass
@@ -75,7 +76,17 @@ def bit_range(array: np.ndarray) -> tuple[float, float]:
     return 0.0, float(2**bits - 1)
 
 
+def check_finite(array: np.ndarray) -> None:
+    """Float pixels must all be finite: a NaN or infinity would reach the model as an arbitrary grey level,
+    so the frame is unreadable, with the count as its reason."""
+    if array.dtype.kind in "fc":
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise ValueError(f"{bad} of {array.size} pixel values are not finite (NaN or infinite)")
+
+
 def scale_to_uint8(array: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Map [low, high] linearly onto 0..255 (rounded, clipped)."""
+    """Map [low, high] linearly onto 0..255 (rounded, clipped); non-finite values raise (`check_finite`)."""
+    check_finite(array)
     span = max(high - low, 1e-12)
     return np.clip(np.rint((array.astype(np.float64) - low) * (255.0 / span)), 0, 255).astype(np.uint8)

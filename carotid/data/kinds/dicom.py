@@ -17,6 +17,9 @@ import numpy as np
 from carotid.data.kinds.base import FileKind, Probe, Source, has_dicom_preamble, scale_to_uint8
 
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+# Uncompressed transfer syntaxes (implicit VR little, explicit VR little and big endian): the pixel data's
+# length says how many frames it holds, whatever NumberOfFrames claims.
+NATIVE = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2")
 
 
 class DicomKind(FileKind):
@@ -52,12 +55,46 @@ def frame_count(ds) -> int:
 
 def probe_dicom(path: str) -> Probe | None:
     """Frames, colour and imaging region from the header alone; None when the file holds no image
-    (a DICOMDIR, a structured report)."""
+    (a DICOMDIR, a structured report, an RT plan). Uncompressed pixel data is measured too (its value
+    is not read): a file holding fewer frames than its header claims gives those it holds."""
     ds = _read(path, header_only=True)
     if "Rows" not in ds or "Columns" not in ds:
         return None
     colour = ds.get("PhotometricInterpretation", "MONOCHROME2") not in MONOCHROME
-    return Probe("dicom", frame_count(ds), colour, imaging_region(ds) is not None)
+    claimed = frame_count(ds)
+    held = claimed
+    if _syntax(ds) in NATIVE:
+        import pydicom
+
+        element = pydicom.dcmread(path, defer_size=1024, force=True).get_item(0x7FE00010, keep_deferred=True)
+        held = frames_held(ds, claimed, None if element is None else element.length)
+    return Probe("dicom", held, colour, imaging_region(ds) is not None, claimed if held != claimed else None)
+
+
+def _syntax(ds) -> str | None:
+    meta = getattr(ds, "file_meta", None)
+    return None if meta is None else meta.get("TransferSyntaxUID")
+
+
+def frame_bytes(ds) -> int | None:
+    """Bytes of one uncompressed frame (None for 1-bit data, packed across frames)."""
+    bits = int(ds.get("BitsAllocated") or 0)
+    if bits < 8:
+        return None
+    return int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel") or 1) * bits // 8
+
+
+def frames_held(ds, claimed: int, length: int | None) -> int:
+    """Whole frames in `length` bytes of uncompressed pixel data, at most `claimed`; raises when the data
+    cannot hold one frame of the header's Rows x Columns (the reason names both)."""
+    size = frame_bytes(ds)
+    if not size or length is None or length >= claimed * size:
+        return claimed
+    if length < size:
+        raise ValueError(
+            f"the header's {ds.Rows}x{ds.Columns} frame ({size} bytes) does not fit the {length} bytes of pixel data"
+        )
+    return length // size
 
 
 def imaging_region(ds) -> tuple[int, int, int, int] | None:
@@ -131,6 +168,10 @@ def dicom_frames(path: str, indices: Sequence[int]) -> Iterator[Source | Excepti
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise ValueError("the DICOM file holds no pixel data")
     frames, region = frame_count(ds), imaging_region(ds)
+    if _syntax(ds) in NATIVE and "PixelData" in ds:
+        held = frames_held(ds, frames, len(ds.PixelData))
+        if held < frames:  # read the frames that are there (pydicom refuses data shorter than the header says)
+            ds.PixelData, ds.NumberOfFrames, frames = ds.PixelData[: held * frame_bytes(ds)], held, held
     for index in indices:
         try:
             if not 0 <= index < frames:

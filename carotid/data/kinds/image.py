@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
-from carotid.data.kinds.base import FileKind, Probe, Source, bit_range, scale_to_uint8
+from carotid.data.kinds.base import FileKind, Probe, Source, bit_range, check_finite, scale_to_uint8
 
 
 class ImageKind(FileKind):
@@ -55,6 +55,7 @@ def pillow_to_uint8(image: Image.Image) -> np.ndarray:
         return scale_to_uint8(np.asarray(image, dtype=np.int64), *bit_range(np.asarray(image)))
     if image.mode == "F":
         array = np.asarray(image, dtype=np.float64)
+        check_finite(array)  # before min/max: one NaN makes both NaN
         return scale_to_uint8(array, float(array.min()), float(array.max()))
     if image.mode in ("L", "RGB"):
         return np.array(image, dtype=np.uint8)

@@ -1,0 +1,174 @@
+"""What the start-up block warns about the files themselves (beyond the sheet and the matching): persons
+sharing frame files, a person holding a large share of the frames, names that are not UTF-8, archives
+that are not read, DICOM headers that claim more frames than the file holds. Each check returns warning
+texts (data_report.json "warnings", printed as `warning:` lines) and what it found."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import defaultdict
+
+from carotid.core.text import is_utf8, printable
+from carotid.data.discovery import FrameCounts, bounded_map
+from carotid.data.kinds import is_archive
+
+HEAD_BYTES = 1 << 16  # files of equal size are compared by the hash of their first 64 KiB, then whole
+DOMINANT_SHARE = 0.2  # a person holding ≥ 20% of the frames, and ≥ 3x an even share, is named
+DOMINANT_FACTOR = 3
+
+# ---------------------------------------------------------------------------------------------
+# Persons sharing frame files (the same file through a link, or identical content)
+# ---------------------------------------------------------------------------------------------
+
+
+def _stat(path: str) -> tuple[int, int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino, info.st_size
+
+
+def _digest(path: str, limit: int | None) -> str | None:
+    try:
+        with open(path, "rb") as handle:
+            if limit is not None:
+                return hashlib.sha256(handle.read(limit)).hexdigest()
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+    except OSError:
+        return None
+
+
+def _same_content(root_dir: str, files: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
+    """Groups of (person, file) of equal content among files of one size: head hash first, then whole."""
+    groups = [files]
+    for limit in (HEAD_BYTES, None):
+        refined = []
+        for group in groups:
+            digests = bounded_map(lambda pf, lim=limit: _digest(os.path.join(root_dir, pf[1]), lim), group)
+            by_digest: dict[str, list] = defaultdict(list)
+            for item, digest in zip(group, digests):
+                if digest is not None:
+                    by_digest[digest].append(item)
+            refined += [g for g in by_digest.values() if len({p for p, _ in g}) > 1]
+        groups = refined
+    return groups
+
+
+def shared_files(root_dir: str, files_of: dict[str, list[str]]) -> list[dict]:
+    """[{"persons": [...], "example": [file, file]}] for persons holding the same file (a linked folder or
+    file, a hard link) or files of identical content: the same frames under two IDs."""
+    items = [(p, f) for p, files in files_of.items() for f in files]
+    stats = bounded_map(lambda pf: _stat(os.path.join(root_dir, pf[1])), items)
+    by_inode: dict[tuple, list] = defaultdict(list)
+    by_size: dict[int, list] = defaultdict(list)
+    for item, stat in zip(items, stats):
+        if stat is not None:
+            by_inode[stat[:2]].append(item)
+            by_size[stat[2]].append(item)
+    found = [g for g in by_inode.values() if len({p for p, _ in g}) > 1]
+    for group in by_size.values():
+        if len({p for p, _ in group}) > 1:
+            found += _same_content(root_dir, group)
+    return _linked_persons(found)
+
+
+def _linked_persons(groups: list[list[tuple[str, str]]]) -> list[dict]:
+    """Union of persons over the groups of shared files, each with one example pair of files."""
+    parent: dict[str, str] = {}
+
+    def root(p: str) -> str:
+        while parent.setdefault(p, p) != p:
+            p = parent[p]
+        return p
+
+    example: dict[frozenset, list[str]] = {}
+    for group in groups:
+        persons = sorted({p for p, _ in group})
+        for other in persons[1:]:
+            parent[root(other)] = root(persons[0])
+        first = {}
+        for p, f in group:
+            first.setdefault(p, f)
+        example.setdefault(frozenset(persons), [first[persons[0]], first[persons[1]]])
+    linked: dict[str, list[str]] = defaultdict(list)
+    for p in parent:
+        linked[root(p)].append(p)
+    out = []
+    for members in linked.values():
+        members = sorted(members)
+        pair = next((e for k, e in example.items() if k <= set(members)), [])
+        out.append({"persons": members, "example": pair})
+    return sorted(out, key=lambda g: g["persons"])
+
+
+def shared_warning(shared: list[dict]) -> list[str]:
+    if not shared:
+        return []
+    persons = sum(len(g["persons"]) for g in shared)
+    first = shared[0]
+    return [
+        f"{persons} persons share frame files with another person ({len(shared)} group(s), e.g. "
+        f"{', '.join(map(repr, first['persons'][:4]))}: {' and '.join(first['example'])} are the same file or "
+        "identical): the same frames under two IDs? Each group is kept in one split (never train and test); "
+        "check the folders (a copied or linked folder)"
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# The other checks
+# ---------------------------------------------------------------------------------------------
+
+
+def dominant_warning(frames: dict[str, list], cap: int | None) -> list[str]:
+    """A person holding a large share of the frames dominates the image-level metrics."""
+    total = sum(len(f) for f in frames.values())
+    if len(frames) < 3 or not total:
+        return []
+    even = 1 / len(frames)
+    big = sorted(
+        (p for p, f in frames.items() if len(f) / total >= max(DOMINANT_SHARE, DOMINANT_FACTOR * even)),
+        key=lambda p: -len(frames[p]),
+    )
+    if not big:
+        return []
+    shown = ", ".join(f"'{p}' {len(frames[p])} of {total} ({len(frames[p]) / total:.0%})" for p in big[:3])
+    capped = f" (now --max-imgs-per-person {cap})" if cap else ""
+    return [
+        f"{len(big)} person(s) hold a large share of the frames: {shown}; image-level metrics are dominated by "
+        f"them (person-level ones are not): --max-imgs-per-person caps each person's frames{capped}"
+    ]
+
+
+def non_utf8_warning(names: list[str]) -> list[str]:
+    bad = sorted({n for n in names if not is_utf8(n)})
+    if not bad:
+        return []
+    return [
+        f"{len(bad)} path(s) hold file or folder names that are not valid UTF-8 (e.g. "
+        f"{', '.join(printable(n) for n in bad[:3])}): "
+        "they are read, and written with their bytes as \\xNN in the run's files; to keep the names readable, "
+        "rename them or unpack the archive with its encoding (unzip -O GBK)"
+    ]
+
+
+def archive_warning(unhandled: list[str]) -> tuple[list[str], list[str]]:
+    """(archives, warnings): archives are never opened; a person's folder left as 1001.zip is not read."""
+    archives = sorted(u for u in unhandled if is_archive(u))
+    if not archives:
+        return [], []
+    return archives, [
+        f"{len(archives)} archive(s) found and not read (e.g. {', '.join(map(printable, archives[:3]))}): "
+        "unpack each into its person's folder (named by the ID) and remove the archive"
+    ]
+
+
+def short_warning(counted: FrameCounts) -> list[str]:
+    if not counted.short:
+        return []
+    rel, (claimed, held) = next(iter(sorted(counted.short.items())))
+    return [
+        f"{len(counted.short)} DICOM file(s) hold fewer frames than their header claims (e.g. {printable(rel)}: "
+        f"NumberOfFrames {claimed}, pixel data for {held}): the frames found are read (listed in data_report.json)"
+    ]
