@@ -242,6 +242,15 @@ def read_splits(run_dir: str | Path) -> dict[str, list[str]]:
     return splits
 
 
+def record_warnings(run_dir: str | Path, said: list[str]) -> None:
+    """data_report.json's "warnings": every warning the start-up block said (the data's, the split's, the
+    frames', the run's), in order, once each."""
+    path = RunDir(run_dir).data_report
+    report = json.loads(path.read_text(encoding="utf-8"))
+    report["warnings"] = list(dict.fromkeys(report.get("warnings", []) + said))
+    atomic_write_json(path, report)
+
+
 def remove_leftovers(run_dir: str | Path) -> None:
     """Delete the temp files of atomic writes whose process was killed (the real files are intact)."""
     for folder in (Path(run_dir), RunDir(run_dir).models):

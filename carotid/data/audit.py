@@ -18,6 +18,46 @@ DOMINANT_SHARE = 0.2  # a person holding ≥ 20% of the frames, and ≥ 3x an ev
 DOMINANT_FACTOR = 3
 
 # ---------------------------------------------------------------------------------------------
+# Accounting for every file
+# ---------------------------------------------------------------------------------------------
+
+
+def files_report(counted: FrameCounts) -> dict:
+    """data_report.json's account of the frame files by kind; with "unreadable_images" (headers) and
+    "files_without_frames" every file of files_found is in one of them."""
+    without = sorted(counted.skipped)
+    return {
+        "files_without_frames": {
+            "count": len(without),
+            "first": without[:20],
+            "why": "DICOM without an image (DICOMDIR, report, RT plan), or a file named without a suffix whose "
+            "content is no frame kind's (no DICOM preamble)",
+        },
+        "dicom_frames_missing": [
+            {"path": rel, "header_frames": claimed, "frames_found": held}
+            for rel, (claimed, held) in sorted(counted.short.items())
+        ],
+        "frames_by_kind": dict(counted.frames_by_kind),
+        "files_by_kind": dict(counted.files_by_kind),
+        "multi_frame_files": len(counted.counts),
+        "dicom_colour_frames": counted.dicom_colour_frames,
+        "dicom_files_with_ultrasound_region": counted.dicom_files_with_region,
+    }
+
+
+def unreadable_list(counted: FrameCounts, failed: dict) -> list[dict]:
+    """data_report.json's unreadable frames: files whose header failed, frames the start-up check failed."""
+    unreadable = [
+        {"path": rel, "frame": None, "reason": reason, "found_at": "discovery (header)"}
+        for rel, reason in sorted(counted.unreadable.items())
+    ] + [
+        {"path": rel, "frame": index, "reason": reason, "found_at": "start-up check"}
+        for (rel, index), reason in sorted(failed.items())
+    ]
+    return unreadable
+
+
+# ---------------------------------------------------------------------------------------------
 # Persons sharing frame files (the same file through a link, or identical content)
 # ---------------------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from carotid.core.errors import UserError
 from carotid.core.text import plural, printable
 from carotid.data import audit, check
-from carotid.data.discovery import Frame, FrameCounts, count_frames, discover_frames, spread_evenly
+from carotid.data.discovery import Frame, count_frames, discover_frames, spread_evenly
 from carotid.data.kinds import FRAME_SUFFIXES
 from carotid.data.labels import LabelTable
 from carotid.data.matching import Matching, explain_unmatched, match_ids
@@ -120,7 +120,7 @@ def collect_persons(
     wanted_folders = {folder_of[p] for p in wanted}
     archives, archive_warnings = audit.archive_warning(unhandled)
     unhandled = [u for u in unhandled if u.split("/", 1)[0] in wanted_folders and u not in archives]
-    unreadable = _unreadable(counted, failed)
+    unreadable = audit.unreadable_list(counted, failed)
     shared = audit.shared_files(root_dir, {p: files_of[p] for p in frames})
     person_labels = {p: table.class_index[table.labels[sheet_id_of[p]]] for p in frames}
     report = _report(root_dir, table, person_labels, found, matching) | {
@@ -129,7 +129,7 @@ def collect_persons(
         "images_found": sum(len(all_frames[p]) for p in capped),
         "images_used": sum(len(f) for f in frames.values()),
         "max_imgs_per_person": max_imgs_per_person,
-        **_counted_report(counted),
+        **audit.files_report(counted),
         "unhandled_files": _first(unhandled + counted.not_images, 20),
         "archives": _first(archives, 20),
         "persons_sharing_files": shared,
@@ -156,18 +156,6 @@ def collect_persons(
         report=report,
         positive_class=table.positive_class,
     )
-
-
-def _unreadable(counted: FrameCounts, failed: dict) -> list[dict]:
-    """data_report.json's unreadable frames: files whose header failed, frames the start-up check failed."""
-    unreadable = [
-        {"path": rel, "frame": None, "reason": reason, "found_at": "discovery (header)"}
-        for rel, reason in sorted(counted.unreadable.items())
-    ] + [
-        {"path": rel, "frame": index, "reason": reason, "found_at": "start-up check"}
-        for (rel, index), reason in sorted(failed.items())
-    ]
-    return unreadable
 
 
 def _wanted(matched: list[str], persons: list[str] | None) -> list[str]:
@@ -220,29 +208,6 @@ def _report(root_dir: str, table: LabelTable, person_labels: dict, found: dict, 
         "matching": matching.summary(),
         "persons_without_folder": _first(matching.rows_without_folder),
         "folders_without_label": _first(matching.folders_without_row),
-    }
-
-
-def _counted_report(counted: FrameCounts) -> dict:
-    """data_report.json's account of the frame files by kind; with "unreadable_images" (headers) and
-    "files_without_frames" every file of files_found is in one of them."""
-    without = sorted(counted.skipped)
-    return {
-        "files_without_frames": {
-            "count": len(without),
-            "first": without[:20],
-            "why": "DICOM without an image (DICOMDIR, report, RT plan), or a file named without a suffix whose "
-            "content is no frame kind's (no DICOM preamble)",
-        },
-        "dicom_frames_missing": [
-            {"path": rel, "header_frames": claimed, "frames_found": held}
-            for rel, (claimed, held) in sorted(counted.short.items())
-        ],
-        "frames_by_kind": dict(counted.frames_by_kind),
-        "files_by_kind": dict(counted.files_by_kind),
-        "multi_frame_files": len(counted.counts),
-        "dicom_colour_frames": counted.dicom_colour_frames,
-        "dicom_files_with_ultrasound_region": counted.dicom_files_with_region,
     }
 
 

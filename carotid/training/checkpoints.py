@@ -180,3 +180,17 @@ def _started_labels(run_dir: Path) -> dict | None:
         return json.loads(RunDir(run_dir).data_report.read_text(encoding="utf-8")).get("person_labels")
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def disk_full(err: OSError, run_dir: Path) -> str:
+    """The one line for a full disk (or quota) during training: which disk, and how the run continues."""
+    then = (
+        f"then continue with --resume {run_dir} (its checkpoints and model files are complete: each is written "
+        "whole or not at all)"
+        if list_checkpoints(run_dir)
+        else "then start the run again (no checkpoint had been saved yet)"
+    )
+    return (
+        f"error: the disk holding {run_dir} is full ({err.strerror}{': ' + str(err.filename) if err.filename else ''})"
+        f" — free space on it (df -h {run_dir}), {then}"
+    )

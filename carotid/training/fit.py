@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import json
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -18,7 +17,6 @@ from accelerate import Accelerator
 
 from carotid.core import run_dir as run_folder
 from carotid.core.errors import StopTraining, UserError
-from carotid.core.files import atomic_write_json
 from carotid.core.run_dir import RunDir
 from carotid.core.runtime import RunLog, StopSignal, on_main
 from carotid.core.text import plural
@@ -29,7 +27,7 @@ from carotid.data.loaders import frame_dataset
 from carotid.data.manifest import SPLITS, DataManifest, check_classes_in_training, collect_persons, data_block
 from carotid.model.registry import build_model
 from carotid.model.weights import load_initial_weights, load_pretrained
-from carotid.training.checkpoints import list_checkpoints
+from carotid.training.checkpoints import disk_full
 from carotid.training.config import TrainConfig
 from carotid.training.epoch import split_names
 from carotid.training.trainer import Trainer
@@ -252,7 +250,7 @@ def fit_run(
         }
         report_cache(datasets, log)
         if resume_run is None and accelerator.is_main_process:
-            record_warnings(RunDir(run_dir).data_report, log.warnings)
+            run_folder.record_warnings(run_dir, log.warnings)
         trainer = Trainer(accelerator, cfg, manifest, model, datasets, run_dir, log, monitor, positive_index)
         if resume_from is not None:
             trainer.restore(resume_from)
@@ -279,29 +277,6 @@ def fit_run(
             1,
         ) from None
     return run_dir
-
-
-def disk_full(err: OSError, run_dir: Path) -> str:
-    """The one line for a full disk (or quota) during training: which disk, and how the run continues."""
-    saved = list_checkpoints(run_dir)
-    then = (
-        f"then continue with --resume {run_dir} (its checkpoints and model files are complete: each is written "
-        "whole or not at all)"
-        if saved
-        else "then start the run again (no checkpoint had been saved yet)"
-    )
-    return (
-        f"error: the disk holding {run_dir} is full ({err.strerror}{': ' + str(err.filename) if err.filename else ''})"
-        f" — free space on it (df -h {run_dir}), {then}"
-    )
-
-
-def record_warnings(data_report: Path, said: list[str]) -> None:
-    """data_report.json's "warnings": every warning the start-up block said (the data's, the split's, the
-    frames', the run's), in order, once each."""
-    report = json.loads(data_report.read_text(encoding="utf-8"))
-    report["warnings"] = list(dict.fromkeys(report.get("warnings", []) + said))
-    atomic_write_json(data_report, report)
 
 
 def report_cache(datasets: dict, log: RunLog) -> None:
