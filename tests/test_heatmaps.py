@@ -12,9 +12,17 @@ import torch
 
 from carotid.model import ARCHITECTURES
 from carotid.model.file import ModelFile
+from carotid.model.person import PersonModel
 from carotid.model.registry import TARGET_LAYERS, build_model
 from carotid.report.gallery import most_wrong
-from carotid.report.heatmaps import GradCamRenderer, PersonFrames, decisive_frames, explained_class, file_name
+from carotid.report.heatmaps import (
+    GradCamRenderer,
+    PersonFrames,
+    decisive_frames,
+    explained_class,
+    file_name,
+    group_persons,
+)
 from tests.conftest import read_json, run_module
 
 
@@ -59,6 +67,39 @@ def test_decisive_frames_explain_the_call_and_a_missed_positive_shows_what_misse
     assert decisive_frames(caught, 1, 2).tolist() == [3, 1]  # highest P(plaque) first
     assert explained_class(missed, positive=1, binary=True) == 0
     assert decisive_frames(missed, 0, 2).tolist() == [2, 0]  # the frames that drove the miss
+
+
+def test_a_person_models_montage_shows_the_frames_of_highest_attention_first():
+    # Two persons whose frame rows interleave; the person model's probability is repeated on each frame.
+    frame_ids = np.array(["b", "a", "a", "b", "a", "a"])
+    attention = np.array([0.7, 0.1, 0.5, 0.3, 0.15, 0.25])
+    person_probs = np.array([[0.2, 0.8], [0.6, 0.4]])
+    grouped = group_persons(frame_ids, person_probs[[1, 0, 0, 1, 0, 0]], np.array(["a", "b"]), person_probs,
+                            np.array([1, 0]), np.array([1, 0]), attention)  # fmt: skip
+    a, b = grouped
+    assert a.attention.tolist() == [0.1, 0.5, 0.15, 0.25] and b.attention.tolist() == [0.7, 0.3]
+    for target in (0, 1):  # whichever class is explained: the frames the pooling rests on
+        assert decisive_frames(a, target, 3).tolist() == [1, 3, 2]
+    assert decisive_frames(b, 1, 5).tolist() == [0, 1]
+
+
+def test_grad_cam_of_a_person_model_explains_each_frame_on_its_own(data_dir):
+    root, _ = data_dir
+    torch.manual_seed(0)
+    model = PersonModel("small_cnn", 2, 1)
+    norm = {"mean": [0.449], "std": [0.226]}
+    model_file = ModelFile(
+        model.state_dict(), "small_cnn", ["normal", "plaque"], 1, 32, norm, 1, person_model="attention"
+    )
+    frames = [(str(p), 0) for p in sorted(root.rglob("*.png"))[:3]]
+    renderer = GradCamRenderer(model_file)
+    try:
+        pixels, maps = renderer.maps(frames, target=1)
+        _, alone = renderer.maps(frames[1:2], target=1)
+    finally:
+        renderer.close()
+    assert pixels.shape == (3, 1, 32, 32) and maps.shape == (3, 32, 32) and np.isfinite(maps).all()
+    np.testing.assert_allclose(alone[0], maps[1], atol=1e-5)  # not a function of the frames beside it
 
 
 def test_failure_gallery_lists_false_negatives_first_then_the_most_confidently_wrong():

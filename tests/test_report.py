@@ -106,3 +106,45 @@ def test_a_later_evaluation_keeps_the_earlier_one_and_the_run_report_links_both(
     links = re.findall(r"""href\s*=\s*["'](?!data:)([^"'#]+)""", page)
     assert links == ["eval_test_best/report.html", "eval_test_best_2/report.html"]
     assert all((run / link).is_file() for link in links)
+
+
+def _write_csv(path, header: list[str], rows: list[list]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(",".join(str(c) for c in row) for row in [header, *rows]) + "\n", encoding="utf-8")
+
+
+def _person_model_evaluation(folder, attention: dict[str, list[tuple[str, str]]]) -> None:
+    """An evaluation folder as a person model leaves it: predictions.csv with an attention column (empty for a
+    frame model), person_predictions.csv, failures.csv with its strip and montage, and the heat maps."""
+    header = ["path", "frame", "person_id", "true_label", "prob_normal", "prob_plaque", "predicted_label", "attention"]
+    rows = [
+        [f"root/{p}/{name}", 0, p, "plaque", "", "", "", weight]
+        for p, frames in attention.items()
+        for name, weight in frames
+    ]
+    _write_csv(folder / "predictions.csv", header, rows)
+    _write_csv(folder / "person_predictions.csv", ["person_id", "true_label", "predicted_label"],
+               [[p, "plaque", "normal"] for p in sorted(attention)])  # fmt: skip
+    failure = {"rank": 1, "person_id": "P 1", "kind": "false negative", "true_label": "plaque",
+               "predicted_label": "normal", "score": "P(plaque) 0.2", "n_frames": 3,
+               "strip": "failures/P_1_strip.png", "montage": "heatmaps/P_1.png"}  # fmt: skip
+    _write_csv(folder / "failures.csv", list(failure), [list(failure.values())])
+    for name in ("failures/P_1_strip.png", "heatmaps/P_1.png", "heatmaps/2.png"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 4)).save(folder / name)
+
+
+def test_report_lists_a_person_models_frames_by_attention_in_the_gallery_and_the_heat_maps(tmp_path):
+    frames = {"P 1": [("a.png", "0.100000"), ("b.png", "0.600000"), ("c.png", "0.300000")],
+              "2": [("d.png", "0.250000"), ("e.png", "0.750000")]}  # fmt: skip
+    _person_model_evaluation(tmp_path / "person", frames)
+    page = build_report(tmp_path / "person", None)
+    gallery, heatmaps = page.split('id="failures"')[1].split('id="heatmaps"')
+    assert "b.png <b>0.600</b> · c.png <b>0.300</b> · a.png <b>0.100</b>" in gallery  # highest first
+    assert "3 frames; equal weights would be 0.333" in gallery and "each frame&#x27;s attention" in gallery
+    assert "e.png <b>0.750</b> · d.png <b>0.250</b>" in heatmaps  # person "2", the montage not in the gallery
+    assert heatmaps.count("Highest attention first") == 1 and "the frames of highest attention" in heatmaps
+    # A frame model's folder (attention cells empty) keeps its report as it was.
+    _person_model_evaluation(tmp_path / "frames", {p: [(n, "") for n, _ in f] for p, f in frames.items()})
+    page = build_report(tmp_path / "frames", None)
+    assert "ighest attention" not in page and "frame probabilities (the frames in the montage in red)" in page

@@ -1,6 +1,7 @@
 """The per-person figures of an evaluation or a prediction: Grad-CAM montages (`--heatmaps N`) and the
 failure gallery, the most wrong persons each with its frame-probability strip and its montage, listed
-in failures.csv (report.html shows them).
+in failures.csv (report.html shows them). A person model's strip shows each frame's attention instead (it
+gives no frame probabilities), and its montages the frames of highest attention first.
 
 Order: in a binary (screening) task the missed positive persons (false negatives) first, then the
 false positives, each from the most confidently wrong; in a multi-class task by the probability given
@@ -27,7 +28,7 @@ from carotid.report.heatmaps import (
     write_montage,
     write_montages,
 )
-from carotid.report.plots import plot_probability_strip
+from carotid.report.plots import new_figure, plot_probability_strip, save_figure
 
 GALLERY_FRAMES = 4  # frames in a failure's montage when --heatmaps does not say
 
@@ -62,6 +63,38 @@ def failure_kind(person: PersonFrames, positive: int, binary: bool) -> str:
     if not binary:
         return "misclassified"
     return "false negative" if person.true == positive else "false positive"
+
+
+def plot_attention_strip(attention: np.ndarray, path: Path, *, title: str, marked: np.ndarray) -> None:
+    """A person model's strip: each frame's attention in frame order (the montage's frames in red), beside the
+    uniform weight 1/n that mean pooling would give."""
+    x = np.arange(1, len(attention) + 1)
+    fig, ax = new_figure(figsize=(7, 1.9))
+    ax.bar(x, attention, color=np.where(np.isin(x - 1, marked), "crimson", "tab:blue"), width=0.8)
+    ax.axhline(1 / len(attention), color="grey", linestyle="--", linewidth=1, label=f"uniform 1/{len(attention)}")
+    ax.set(ylim=(0, max(1.0 / len(attention), float(attention.max())) * 1.1), xlabel="frame (sorted by file name)")
+    ax.set(ylabel="attention")
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks(x if len(x) <= 30 else x[:: len(x) // 10])
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7)
+    save_figure(fig, path)
+
+
+def write_strip(person: PersonFrames, path: Path, *, score: int, title: str, shown: np.ndarray, **rule) -> None:
+    """The failure's strip: its frames' probabilities of class `score` (frame models) or their attention."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if person.attention is not None:
+        plot_attention_strip(person.attention, path, title=title, marked=shown)
+        return
+    plot_probability_strip(
+        person.frame_probs[:, score],
+        rule["class_name"],
+        path,
+        person_prob=float(person.person_prob[score]),
+        threshold=rule["threshold"],
+        title=title,
+        marked=shown,
+    )
 
 
 def write_gallery(
@@ -102,17 +135,17 @@ def write_gallery(
             )
         score = positive if binary else person.true
         strip = out_dir / "failures" / f"{name}_strip.png"
-        strip.parent.mkdir(parents=True, exist_ok=True)
         kind = failure_kind(person, positive, binary)
-        plot_probability_strip(
-            person.frame_probs[:, score],
-            class_names[score],
+        pooled = aggregation if person.attention is None else "pooled embeddings"
+        write_strip(
+            person,
             strip,
-            person_prob=float(person.person_prob[score]),
-            threshold=threshold if binary else None,
+            score=score,
             title=f"#{rank} {person.person_id}: {kind}, true {class_names[person.true]}, "
-            f"predicted {class_names[person.predicted]} ({aggregation} of {len(person.rows)} frames)",
-            marked=shown,
+            f"predicted {class_names[person.predicted]} ({pooled} of {len(person.rows)} frames)",
+            shown=shown,
+            class_name=class_names[score],
+            threshold=threshold if binary else None,
         )
         rows.append(
             {
@@ -149,7 +182,10 @@ def write_person_figures(
     for labelled persons, the failure gallery of the `failures` most wrong; returns {person ID: montage}."""
     class_names, positive = model_file.class_names, model_file.positive_index
     binary = len(class_names) == 2
-    grouped = group_persons(preds.person_ids, preds.probs, persons.person_ids, persons.probs, predicted, persons.labels)
+    attention = getattr(preds, "attention", None)  # a person model's (FramePredictions gains it with person models)
+    grouped = group_persons(
+        preds.person_ids, preds.probs, persons.person_ids, persons.probs, predicted, persons.labels, attention
+    )
     taken: set[str] = set()
     names = {p.person_id: file_name(p.person_id, taken) for p in grouped}
     labelled = persons.labels is not None

@@ -4,8 +4,10 @@ Which frames and which class (`explained_class`, `decisive_frames`): in a binary
 the highest probability of the positive class, with Grad-CAM for that class (where the model sees
 plaque), except for a missed positive person (false negative), whose montage shows the frames with
 the lowest positive probability and explains the negative call that missed it; in a multi-class task
-the frames most confidently of the predicted class. Grad-CAM comes from the `grad-cam` package
-(pytorch_grad_cam); the layer it hooks is chosen per architecture in `carotid.model.registry`.
+the frames most confidently of the predicted class. A person model (`--person-model attention|mean`) has no
+frame probabilities: its montage shows the frames with the highest attention first, each with its weight, and
+Grad-CAM explains each frame's embedding through the person head (`PersonFrameLogits`). Grad-CAM comes from the
+`grad-cam` package (pytorch_grad_cam); the layer it hooks is chosen per architecture in `carotid.model.registry`.
 
 Montages are written by one process only (the caller's main process), one PNG per person.
 """
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from carotid.data.decode import decode_frames
 from carotid.data.kinds import kind_by_name
@@ -39,6 +42,7 @@ class PersonFrames:
     person_prob: np.ndarray  # (classes,)
     predicted: int
     true: int | None  # None where unlabelled (predict)
+    attention: np.ndarray | None = None  # person models: each frame's weight in the pooling; None for frame models
 
 
 def group_persons(
@@ -48,8 +52,10 @@ def group_persons(
     person_probs: np.ndarray,
     predicted: np.ndarray,
     labels: np.ndarray | None,
+    attention: np.ndarray | None = None,
 ) -> list[PersonFrames]:
-    """The PersonFrames of every person, in the order of `person_ids` (sorted, as PersonPredictions)."""
+    """The PersonFrames of every person, in the order of `person_ids` (sorted, as PersonPredictions);
+    `attention` (a person model's, one weight per frame row) is split the same way."""
     order = np.argsort(np.asarray(frame_person_ids), kind="stable")  # keeps each person's frame order
     ids, starts = np.unique(np.asarray(frame_person_ids)[order], return_index=True)
     rows = dict(zip(ids, np.split(order, starts[1:])))
@@ -61,6 +67,7 @@ def group_persons(
             person_probs[i],
             int(predicted[i]),
             None if labels is None else int(labels[i]),
+            None if attention is None else np.asarray(attention, dtype=float)[rows[p]],
         )
         for i, p in enumerate(person_ids)
     ]
@@ -74,7 +81,10 @@ def explained_class(person: PersonFrames, positive: int, binary: bool) -> int:
 
 
 def decisive_frames(person: PersonFrames, target: int, n: int) -> np.ndarray:
-    """Positions (into the person's frames) of its n frames most in favour of class `target`, strongest first."""
+    """Positions (into the person's frames) of its n frames most in favour of class `target`, strongest first; a
+    person model's: its n frames of highest attention, highest first (the frames its result rests on)."""
+    if person.attention is not None:
+        return np.argsort(-person.attention, kind="stable")[:n]
     return np.argsort(-person.frame_probs[:, target], kind="stable")[:n]
 
 
@@ -95,6 +105,20 @@ def frame_name(path: str, index: int) -> str:
     return Path(path).name if kind is not None and kind.single_frame else f"{Path(path).name} #{index}"
 
 
+class PersonFrameLogits(nn.Module):
+    """A person model seen frame by frame, for Grad-CAM: each frame's embedding through the person head.
+
+    The head is linear, so the person's logits are the attention-weighted sum of these frame logits: a frame's map
+    shows what in it pushes the person's result toward the class, independent of the other frames."""
+
+    def __init__(self, person_model: nn.Module):
+        super().__init__()
+        self.person_model = person_model
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.person_model.classifier(self.person_model.encode(frames))
+
+
 class GradCamRenderer:
     """A model file's network with Grad-CAM hooked on its target layer; `maps` explains a list of frames."""
 
@@ -103,10 +127,11 @@ class GradCamRenderer:
 
         self.model_file = model_file
         self.device = torch.device(device)
-        self.model = model_file.build_model().to(self.device)
+        network = model_file.build_model().to(self.device)
+        self.model = PersonFrameLogits(network) if model_file.person_level else network
         self.preset = eval_preset(model_file.normalization["mean"], model_file.normalization["std"]).to(self.device)
         # The layer is chosen by the architecture (a ViT's token grid reshaped to maps); `layer_name` is recorded.
-        self.layer_name, layer, reshape = target_layer(self.model, model_file.arch)
+        self.layer_name, layer, reshape = target_layer(network, model_file.arch)
         self.cam = GradCAM(model=self.model, target_layers=[layer], reshape_transform=reshape)
 
     def maps(self, frames: list[tuple[str, int]], target: int) -> tuple[np.ndarray, np.ndarray]:
@@ -169,17 +194,24 @@ def write_montage(
     for ax, k, frame, cam in zip(axes[0], shown, pixels, maps):
         rgb = np.repeat(frame, 3, axis=0) if frame.shape[0] == 1 else frame
         ax.imshow(show_cam_on_image(rgb.transpose(1, 2, 0).astype(np.float32) / 255.0, cam, use_rgb=True))
-        ax.set_title(f"frame {k + 1}/{len(person.rows)}\nP({class_names[target]}) {person.frame_probs[k, target]:.3f}")
+        weight = (
+            f"P({class_names[target]}) {person.frame_probs[k, target]:.3f}"
+            if person.attention is None
+            else f"attention {person.attention[k]:.3f}"
+        )
+        ax.set_title(f"frame {k + 1}/{len(person.rows)}\n{weight}")
         ax.title.set_fontsize(8)
         ax.set_xlabel(frame_name(*frames[person.rows[k]]), fontsize=6)
         ax.set_xticks([])
         ax.set_yticks([])
     score = positive if binary else person.predicted
     rule = f", threshold {threshold:.3f}" if threshold is not None and binary else ""
+    pooled = f"{aggregation} of" if person.attention is None else f"{renderer.model_file.person_model} pooling of"
+    order = "" if person.attention is None else ", highest attention first"
     fig.suptitle(
         f"{person.person_id}: {verdict(person, class_names, positive, binary)}\n"
-        f"person P({class_names[score]}) {person.person_prob[score]:.3f} = {aggregation} of "
-        f"{len(person.rows)} frames{rule}; Grad-CAM for '{class_names[target]}' at {renderer.layer_name}",
+        f"person P({class_names[score]}) {person.person_prob[score]:.3f} = {pooled} "
+        f"{len(person.rows)} frames{rule}; Grad-CAM for '{class_names[target]}' at {renderer.layer_name}{order}",
         fontsize=9,
     )
     save_figure(fig, path)

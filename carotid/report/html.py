@@ -20,8 +20,10 @@ from carotid.core.run_dir import EvalDir, RunDir
 from carotid.evaluation.records import read_metrics
 from carotid.evaluation.registry import table_metrics
 from carotid.report.checklist import checklist
+from carotid.report.heatmaps import file_name
 from carotid.report.page import (
     STYLE,
+    attention_line,
     calibration_table,
     checklist_table,
     flow_boxes,
@@ -29,6 +31,7 @@ from carotid.report.page import (
     notes,
     number,
     persons_table,
+    read_attention,
     read_config,
     read_csv,
     read_json,
@@ -150,16 +153,19 @@ def section_failures(eval_dir: Path) -> str:
         return ""
     if not rows:
         return '<h2 id="failures">Failure gallery</h2><p>No person of this split is misclassified.</p>'
+    attention = read_attention(EvalDir(eval_dir).predictions)
+    strip = "each frame's attention" if attention else "frame probabilities"
     parts = [
         '<h2 id="failures">Failure gallery</h2><p>The most wrong persons (false negatives first in a binary task): '
-        "frame probabilities (the frames in the montage in red) and the Grad-CAM montage.</p>"
+        f"{strip} (the frames in the montage in red) and the Grad-CAM montage.</p>"
     ]
     for row in rows:
         parts.append(
             f"<h3>#{row['rank']} {escape(row['person_id'])}: {escape(row['kind'])} "
             f"(true {escape(row['true_label'])}, predicted {escape(row['predicted_label'])}, "
             f"{escape(row['score'])})</h3>"
-            + image(eval_dir / row["strip"], f"frame probabilities of {row['person_id']}")
+            + attention_line(attention.get(row["person_id"]))
+            + image(eval_dir / row["strip"], f"{strip} of {row['person_id']}")
             + (image(eval_dir / row["montage"], f"heat maps of {row['person_id']}") if row["montage"] else "")
         )
     return "".join(parts)
@@ -170,9 +176,18 @@ def section_heatmaps(eval_dir: Path, failures: set[str]) -> str:
     if not files:
         return ""
     more = f"<p class='sub'>… {len(files) - MAX_HEATMAPS} more in heatmaps/</p>" if len(files) > MAX_HEATMAPS else ""
+    attention, taken = read_attention(EvalDir(eval_dir).predictions), set()
+    # The montages are named as gallery.write_person_figures names them: file_name over the sorted person IDs.
+    person_of = {
+        file_name(r["person_id"], taken): r["person_id"] for r in read_csv(EvalDir(eval_dir).person_predictions)
+    }
+    which = "the frames of highest attention" if attention else "the frames that decided its result"
     return (
-        '<h2 id="heatmaps">Heat maps</h2><p>Per person, the frames that decided its result, with Grad-CAM.</p>'
-        + "".join(image(p, f"heat maps {p.stem}") for p in files[:MAX_HEATMAPS])
+        f'<h2 id="heatmaps">Heat maps</h2><p>Per person, {which}, with Grad-CAM.</p>'
+        + "".join(
+            attention_line(attention.get(person_of.get(p.stem, ""))) + image(p, f"heat maps {p.stem}")
+            for p in files[:MAX_HEATMAPS]
+        )
         + more
     )
 

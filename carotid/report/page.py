@@ -31,7 +31,7 @@ padding:6px 10px;background:#f4f8fc;text-align:center}.box b{font-size:1.3em;dis
 tr.todorow td:nth-child(3){color:#a15c00;font-weight:bold}.card{display:inline-block;
 border:1px solid #ccc;border-radius:6px;padding:8px 14px;margin:4px;background:#fafafa}.card b{font-size:1.4em}
 .warn{background:#fff4d6;border-left:4px solid #e0a800;padding:6px 10px;margin:6px 0}
-details{margin:8px 0}code,pre{font-size:.85em;background:#f6f6f6}
+details{margin:8px 0}code,pre{font-size:.85em;background:#f6f6f6}.attention{margin:2px 0 6px;font-size:.9em}
 """
 
 
@@ -76,9 +76,38 @@ def read_model(model_path: str | None) -> dict:
     return {k: getattr(model, k) for k in keys} | {"geometry": model.prep.describe(), "sha256": file_sha256(model_path)}
 
 
+def read_attention(predictions_csv: Path) -> dict[str, list[tuple[str, float]]]:
+    """A person model's attention from predictions.csv: {person ID: [(frame, weight)], highest weight first};
+    {} for a frame model (its attention cells are empty) or an older file without the column."""
+    persons: dict[str, list[tuple[str, float]]] = {}
+    rows = [r for r in read_csv(predictions_csv) if r.get("attention")]
+    files_of: dict[str, list[str]] = {}
+    for row in rows:
+        files_of.setdefault(row["person_id"], []).append(row["path"])
+    for row in rows:
+        name = Path(row["path"]).name
+        several = files_of[row["person_id"]].count(row["path"]) > 1  # frames of one multi-frame file
+        persons.setdefault(row["person_id"], []).append(
+            (f"{name} #{row['frame']}" if several else name, float(row["attention"]))
+        )
+    return {p: sorted(frames, key=lambda f: -f[1]) for p, frames in persons.items()}
+
+
 # ---------------------------------------------------------------------------------------------
 # Pieces of HTML
 # ---------------------------------------------------------------------------------------------
+
+
+def attention_line(frames: list[tuple[str, float]] | None, shown: int = 8) -> str:
+    """'Highest attention: a.png 0.412 · b.png 0.201 · …' for one person of a person model; '' without."""
+    if not frames:
+        return ""
+    listed = " · ".join(f"{escape(name)} <b>{weight:.3f}</b>" for name, weight in frames[:shown])
+    more = f" · … {len(frames) - shown} more" if len(frames) > shown else ""
+    return (
+        f"<p class='attention'>Highest attention first ({len(frames)} frames; equal weights would be "
+        f"{1 / len(frames):.3f}): {listed}{more}</p>"
+    )
 
 
 def image(path: Path, alt: str) -> str:
