@@ -64,8 +64,8 @@ PATH_MAX = 4096  # Linux; a longer path cannot be opened (ENAMETOOLONG)
 
 def _too_long(folder: str) -> UserError:
     return UserError(
-        f"the path of folder {folder} is longer than the system allows ({len(os.fsencode(folder))} bytes with its "
-        f"file names, limit {PATH_MAX})",
+        f"the path of folder {folder} ({len(os.fsencode(folder))} bytes) with the names in it is longer than the "
+        f"system allows ({PATH_MAX} bytes)",
         "move the data to a shorter path, or shorten the names of its nested folders",
     )
 
