@@ -927,19 +927,27 @@ def ceiling_row(args) -> int:
     check_arch(args.model)
     args.accelerator, _ = build_accelerator(mixed_precision=args.mixed_precision)
     steps = 4 if args.quick else 8
+    before = resource.getrusage(resource.RUSAGE_SELF)
     images_per_second = measure_ceiling(args, steps, args.compile)
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    # CPU seconds per image over the whole measurement (warm-up included): on a shared machine wall-clock
+    # images/s moves with the other jobs, the CPU time each image costs much less.
+    images = args.batch_size * (min(steps, 5) + steps * max(args.epochs - 1, 1))
+    cpu_per_image = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / images
+    peak_mib = after.ru_maxrss / 1024  # Linux: KiB
     row = {
         "model": args.model,
         "device": str(args.accelerator.device),
         "image_size": args.image_size,
         "batch_size": args.batch_size,
         "images_per_second": images_per_second,
+        "cpu_seconds_per_image": cpu_per_image,
         "peak_rss_mib": peak_mib,
+        "load_average": os.getloadavg()[0],
     }
     print(
         f"| {args.model} | {args.accelerator.device} | {args.image_size} | {args.batch_size} | "
-        f"{images_per_second:.1f} | {peak_mib:.0f} |"
+        f"{images_per_second:.1f} | {cpu_per_image:.3f} | {peak_mib:.0f} | {row['load_average']:.1f} |"
     )
     if args.json:
         Path(args.json).write_text(json.dumps(row, indent=2) + "\n", encoding="utf-8")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -17,7 +18,9 @@ from carotid.model import canonical_arch, split_arch
 from carotid.model.file import ModelFile
 from carotid.model.registry import build_encoder, build_model, check_arch
 from carotid.model.weights import load_initial_weights, load_pretrained
+from carotid.report.heatmaps import GradCamRenderer
 from tests.conftest import FAST, only_run_dir, read_json, run_module, train_in_process
+from tests.test_strategies import launch_command, run
 
 
 def test_names_of_both_libraries_follow_the_documented_rule_and_a_misspelt_name_suggests_the_closest():
@@ -173,3 +176,66 @@ def test_a_vit_and_a_convnext_train_evaluate_export_and_make_heat_maps(arch, dat
     )
     difference = float(re.search(r"max \|ΔP\| = ([0-9.e+-]+)", capsys.readouterr().out).group(1))
     assert difference <= 1e-4
+
+
+def _model_file(arch: str, size: int = 32) -> ModelFile:
+    torch.manual_seed(0)
+    model = build_model(arch, 2, 1, image_size=size)
+    norm = {"mean": [0.449], "std": [0.226]}
+    return ModelFile(model.state_dict(), canonical_arch(arch), ["normal", "plaque"], 1, size, norm, positive_index=1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "arch, layer",
+    [
+        ("convnext_atto", "stages.3"),
+        ("timm/efficientnet_b0", "blocks.6"),
+        ("vit_tiny_patch16_224", "blocks.11.norm1"),
+        ("timm/resnet18", "layer4"),
+        ("regnetx_002", "s4"),
+        ("mobilenetv3_small_050", "blocks.5"),
+    ],
+)
+def test_grad_cam_finds_its_layer_in_every_timm_family(arch, layer, data_dir):
+    root, _ = data_dir
+    frames = [(str(p), 0) for p in sorted(root.rglob("*.png"))[:2]]
+    renderer = GradCamRenderer(_model_file(arch, 64))
+    try:
+        pixels, maps = renderer.maps(frames, target=1)
+    finally:
+        renderer.close()
+    assert renderer.layer_name == layer
+    assert maps.shape == (2, 64, 64) and np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1 + 1e-6
+
+
+@pytest.mark.slow
+def test_an_efficientnet_exports_to_onnx_within_the_parity_tolerance(data_dir, tmp_path, capsys):
+    root, _ = data_dir
+    _model_file("timm/efficientnet_b0").save(tmp_path / "m.pth")
+    args = ["--model", str(tmp_path / "m.pth"), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]
+    assert export.main([*args, "--frames", str(root)]) == 0
+    difference = float(re.search(r"max \|ΔP\| = ([0-9.e+-]+)", capsys.readouterr().out).group(1))
+    assert difference <= 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "strategy, extra",
+    [("cpu_ddp", ["--ema"]), ("deepspeed_zero2", []), ("fsdp", [])],
+    ids=["ddp", "zero2", "fsdp2"],
+)
+def test_fine_tuning_options_run_on_two_processes_under_each_strategy(strategy, extra, data_dir, tmp_path):
+    """A frozen-then-unfrozen backbone, layer decay and drop-path (and the EMA under DDP; ZeRO and FSDP shard
+    the weights the EMA would copy, so there it is refused) through the real launcher."""
+    if strategy != "cpu_ddp":
+        pytest.importorskip("torch" if strategy == "fsdp" else "deepspeed")
+    root, label = data_dir
+    args = [*FAST, "--root-dir", str(root), "--label-excel", str(label), "--output-dir", str(tmp_path / "out")]
+    args[args.index("small_cnn")] = "test_efficientnet"  # timm's tiny EfficientNet: BatchNorm and DropPath
+    tuning = ["--epochs", "2", "--freeze-backbone-epochs", "1", "--layer-decay", "0.8", "--drop-path", "0.1", *extra]
+    output = run(launch_command(strategy, *args, *tuning, "--no-test"), fresh=lambda: None)
+    assert "the head trains alone for 1 epoch(s)" in output and "layer-wise LR decay 0.8" in output
+    assert ("EMA weights: val_loss" in output) == bool(extra)
+    final = ModelFile.load(only_run_dir(tmp_path / "out") / "models" / "final_model.pth")
+    assert final.arch == "timm/test_efficientnet" and final.config["layer_decay"] == 0.8
