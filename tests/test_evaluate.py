@@ -18,7 +18,7 @@ from carotid.evaluation.inference import FramePredictions
 from carotid.model.file import ModelFile
 from carotid.model.registry import build_model
 from carotid.report.outputs import write_evaluation
-from tests.conftest import load_model, read_json, run_module
+from tests.conftest import load_model, read_json, run_module, write_xlsx
 
 QUICK = ["--num-workers", "0", "--batch-size", "8", "--bootstrap", "50"]
 LEVEL_KEYS = {
@@ -287,3 +287,23 @@ def test_evaluate_with_cache_gives_the_uncached_numbers_and_fills_the_cache(trai
     first, second = read_json(plain / "metrics.json"), read_json(cached / "metrics.json")
     for key in ("n_images", "n_persons", "image", "person"):
         assert_same(first[key], second[key], key)
+
+
+def test_evaluating_a_run_on_changed_labels_warns_with_the_persons(trained_run, data_dir, tmp_path, capsys):
+    """The run's data_report.json holds each person's label; a label file that changed them is a warning."""
+    _, label = data_dir
+    labels = read_labels(label).labels
+    test_person = sorted(read_json(trained_run / "splits.json")["test"])[0]
+    flipped = {p: ({"normal": "plaque", "plaque": "normal"}[c] if p == test_person else c) for p, c in labels.items()}
+    changed = write_xlsx(tmp_path / "changed.xlsx", [["患者编号", "诊断"], *map(list, sorted(flipped.items()))])
+    args = ["--run-dir", str(trained_run), "--label-excel", str(changed), "--out", str(tmp_path / "e"), *QUICK]
+    assert evaluate.main(args) == 0
+    out = capsys.readouterr().out
+    warning = f"warning: 1 of the {len(read_json(trained_run / 'splits.json')['test'])} persons evaluated have another"
+    assert warning in out and f"'{test_person}' '{labels[test_person]}' → '{flipped[test_person]}'" in out
+    same = write_xlsx(tmp_path / "same.xlsx", [["患者编号", "诊断"], *map(list, sorted(labels.items()))])
+    args[args.index(str(changed))] = str(same)
+    args[args.index(str(tmp_path / "e"))] = str(tmp_path / "s")
+    assert evaluate.main(args) == 0
+    out = capsys.readouterr().out
+    assert "have the labels they had in training" in out and "have another label" not in out

@@ -4,6 +4,7 @@ resolved from the evaluate options and the run directory, and the labelled frame
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,6 +153,27 @@ def external_out_dir(model_path: Path, root_dir: str) -> Path:
     return folder / f"eval_external_{Path(root_dir).resolve().name}_{name}"
 
 
+def _changed_labels(plan: EvalPlan, manifest, label_excel: str) -> tuple[bool, str]:
+    """(True, a warning) when evaluated persons have another label than when the run was trained (the run's
+    data_report.json holds each person's label), else (False, a note that the file differs)."""
+    differs = f"{label_excel} differs from the label file the run was trained with"
+    try:
+        trained = json.loads(RunDir(plan.run_dir).data_report.read_text(encoding="utf-8")).get("person_labels")
+    except (OSError, ValueError, AttributeError, TypeError):
+        trained = None
+    if not isinstance(trained, dict):
+        return False, f"{differs}; labels may have changed"
+    now = {p: manifest.class_names[k] for p, k in manifest.person_labels.items()}
+    changed = sorted(p for p in now if p in trained and trained[p] != now[p])
+    if not changed:
+        return False, f"{differs}, but the {len(now)} persons evaluated have the labels they had in training"
+    shown = ", ".join(f"'{p}' {trained[p]!r} → {now[p]!r}" for p in changed[:3])
+    return True, (
+        f"{len(changed)} of the {len(now)} persons evaluated have another label than when the run was "
+        f"trained (e.g. {shown}; {differs}): the metrics use the new labels"
+    )
+
+
 def collect_frames(plan: EvalPlan, class_names: list[str], columns: list[str] = ()) -> tuple[list[Frame], dict]:
     """(the frames, labelled with the model's class indices; the data context for metrics.json, with the
     sheet `columns` per person under "columns"). Main process only."""
@@ -189,9 +211,8 @@ def collect_frames(plan: EvalPlan, class_names: list[str], columns: list[str] = 
         report["classes_of"] = f"the {len(manifest.frames)} {plan.split} persons evaluated"
     notes = manifest.left_out_notes() if plan.persons is None else []
     if plan.label_sha256 and file_sha256(data["label_excel"]) != plan.label_sha256:
-        notes.append(
-            f"{data['label_excel']} differs from the label file the run was trained with; labels may have changed"
-        )
+        warn, text = _changed_labels(plan, manifest, data["label_excel"])
+        (report["warnings"] if warn else notes).append(text)
     values = {}
     if columns:
         values, column_notes = read_person_columns(data["label_excel"], table.sheet, table.id_column, list(columns))
