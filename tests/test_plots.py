@@ -116,3 +116,19 @@ def test_fonts_note_only_when_chinese_names_lack_a_font(classes, monkeypatch):
     assert (note is not None) == plots.needs_cjk(classes)
     if note:
         assert "fonts-noto-cjk" in note
+
+
+def test_the_reliability_legend_does_not_cover_the_curve(monkeypatch, tmp_path):
+    """A curve near the top left, where an inside legend used to sit: the legend is below the axes."""
+    figures = captured(monkeypatch)
+    bins = [{"mean_predicted": x, "observed": min(1.0, x + 0.5), "n": 5} for x in (0.05, 0.15, 0.3, 0.5)]
+    plots.plot_reliability(
+        {"image": bins, "person": bins}, tmp_path / "rel.png", before={"image": bins, "person": bins}
+    )
+    figure = figures[0]
+    figure.canvas.draw()
+    for ax in figure.axes:
+        legend, axes_box = ax.get_legend().get_window_extent(), ax.get_window_extent()
+        assert legend.y1 <= axes_box.y0, "the legend overlaps the plotting area"
+        labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert "perfect calibration" in labels and "before temperature scaling" in labels
