@@ -198,13 +198,7 @@ def fit_run(
     if cfg.load_model:
         load_initial_weights(model, cfg.load_model, cfg.model, class_names)
 
-    notes = list(notes)
     monitor, monitor_warning = choose_monitor(cfg, manifest)
-    # Every warning the start-up block prints is in data_report.json's "warnings" (the data's are already).
-    warned = [n.removeprefix("warning: ") for n in notes if n.startswith("warning: ")]
-    report = manifest.report | {
-        "warnings": manifest.report["warnings"] + warned + [monitor_warning] * bool(monitor_warning)
-    }
     # Everything the user gave is valid: from here on there is a run directory.
     run_dir = resume_run or on_main(
         accelerator,
@@ -214,7 +208,7 @@ def fit_run(
             cfg.label_excel,
             class_names,
             manifest.splits,
-            report,
+            manifest.report,
             name=run_name,
             note=run_note,
         ),
