@@ -147,6 +147,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 @pytest.fixture(scope="module")
 def cv_run(tmp_path_factory):
     root, label = data(tmp_path_factory.mktemp("cvdata") / "frames")
+    (root / "1001" / "scan.gif").write_bytes(b"GIF89a")  # not read: a start-up warning (see data_report.json)
     output = tmp_path_factory.mktemp("cv")
     assert train_in_process(*cv_args(root, label, output, "--epochs", "2")) == 0
     return only_cv_dir(output), root, label
@@ -180,6 +181,11 @@ def test_cv_directory_holds_each_person_once_out_of_fold_and_pooled_metrics(cv_r
     aucs = [f["person"]["auc"] for f in folds]
     assert metrics["fold_mean_sd"]["person"]["auc"]["mean"] == pytest.approx(np.mean(aucs))
     assert metrics["fold_mean_sd"]["person"]["auc"]["sd"] == pytest.approx(np.std(aucs, ddof=1))
+    # Every warning of the CV's start-up block (cv.log up to the first fold) is in its data_report.json.
+    startup = (cv_dir / "cv.log").read_text(encoding="utf-8").split("fold 1/2: training")[0]
+    said = {line.split(" warning: ", 1)[1] for line in startup.splitlines() if " warning: " in line}
+    assert any("look like images but are not read" in w for w in said)
+    assert said <= set(json.loads((cv_dir / "data_report.json").read_text())["warnings"])
 
 
 def test_test_ensemble_is_the_mean_of_the_fold_models(cv_run, tmp_path):

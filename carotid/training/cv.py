@@ -139,6 +139,8 @@ def cross_validate(
         log(f"fold {fold['fold']}: held out {describe_persons(manifest, fold['held_out'])}")
     describe_setup(accelerator, cfg, log)  # the start-up block, once: each fold prints only its persons
     describe_data(cfg, manifest, log)
+    if not resumed and accelerator.is_main_process:
+        run_folder.record_warnings(cv_dir, log.warnings)  # the CV folder's data_report.json: every warning said
     progress = cv_dir / PROGRESS
     done = set(json.loads(progress.read_text(encoding="utf-8"))["folds_done"]) if progress.is_file() else set()
     for k in range(1, cfg.folds + 1):
