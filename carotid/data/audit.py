@@ -9,13 +9,45 @@ import hashlib
 import os
 from collections import defaultdict
 
-from carotid.core.text import is_utf8, printable
+from carotid.core.text import is_utf8, plural, printable
 from carotid.data.discovery import FrameCounts, bounded_map
 from carotid.data.kinds import is_archive
 
 HEAD_BYTES = 1 << 16  # files of equal size are compared by the hash of their first 64 KiB, then whole
 DOMINANT_SHARE = 0.2  # a person holding ≥ 20% of the frames, and ≥ 3x an even share, is named
 DOMINANT_FACTOR = 3
+
+
+def audit_files(
+    root_dir: str,
+    found: dict[str, list[str]],
+    files_of: dict[str, list[str]],
+    frames: dict[str, list],
+    counted: FrameCounts,
+    unhandled: list[str],
+    unreadable: list[dict],
+    cap: int | None = None,
+) -> tuple[dict, list[str]]:
+    """(data_report.json keys, warnings) of the checks below, for the persons in `files_of` (`unhandled`:
+    their image-like files not read and the archives, root-level ones included)."""
+    archives, warnings = archive_warning(unhandled)
+    unhandled = [u for u in unhandled if u not in archives]
+    shared = shared_files(root_dir, {p: files_of[p] for p in frames})
+    if unreadable:
+        warnings.insert(0, f"{plural(len(unreadable), 'unreadable image')} skipped (listed in data_report.json)")
+    names = list(found) + [f for files in files_of.values() for f in files] + unhandled
+    warnings += short_warning(counted) + shared_warning(shared) + dominant_warning(frames, cap)
+    report = {
+        "unhandled_files": _first(unhandled + counted.not_images, 20),
+        "archives": _first(archives, 20),
+        "persons_sharing_files": shared,
+    }
+    return report, warnings + non_utf8_warning(names)
+
+
+def _first(items: list[str], k: int) -> dict:
+    return {"count": len(items), "first": sorted(items)[:k]}
+
 
 # ---------------------------------------------------------------------------------------------
 # Accounting for every file

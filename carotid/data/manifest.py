@@ -11,7 +11,7 @@ import unicodedata
 from dataclasses import dataclass, field
 
 from carotid.core.errors import UserError
-from carotid.core.text import plural, printable
+from carotid.core.text import printable
 from carotid.data import audit, check
 from carotid.data.discovery import Frame, count_frames, discover_frames, spread_evenly
 from carotid.data.kinds import FRAME_SUFFIXES
@@ -106,22 +106,17 @@ def collect_persons(
     # A folder with no frame (empty, or only a DICOMDIR, a README, a DICOM without its preamble) is left out.
     no_images = [p for p in wanted if not all_frames[p]]
     if len(no_images) == len(wanted):
-        raise UserError(
-            f"none of the {len(wanted)} labelled person folders in {root_dir} holds an image file that can be read "
-            f"(e.g. {printable(folder_of[wanted[0]])}/; looked for {', '.join(sorted(FRAME_SUFFIXES))} and DICOM "
-            "files without a suffix)",
-            "put each person's frames (png, jpg, bmp, tif, dcm, mp4, avi, mov) in their folder or a sub-folder of it",
-        )
+        raise _no_frames(wanted, root_dir, folder_of[wanted[0]])
     capped = {p: spread_evenly(all_frames[p], max_imgs_per_person) for p in wanted if all_frames[p]}
     sample = check.SAMPLE if sample is None else sample
     checked = check.check_sample(root_dir, capped, sample) if sample else None
     failed = checked.failed if checked else {}
     frames = _readable(capped, failed, files_of, counted.unreadable)
-    wanted_folders = {folder_of[p] for p in wanted}
-    archives, archive_warnings = audit.archive_warning(unhandled)
-    unhandled = [u for u in unhandled if u.split("/", 1)[0] in wanted_folders and u not in archives]
     unreadable = audit.unreadable_list(counted, failed)
-    shared = audit.shared_files(root_dir, {p: files_of[p] for p in frames})
+    in_wanted = [u for u in unhandled if "/" not in u or u.split("/", 1)[0] in {folder_of[p] for p in wanted}]
+    findings, file_warnings = audit.audit_files(
+        root_dir, found, files_of, frames, counted, in_wanted, unreadable, max_imgs_per_person
+    )
     person_labels = {p: table.class_index[table.labels[sheet_id_of[p]]] for p in frames}
     report = _report(root_dir, table, person_labels, found, matching) | {
         "persons_without_images": _first(no_images),
@@ -130,23 +125,11 @@ def collect_persons(
         "images_used": sum(len(f) for f in frames.values()),
         "max_imgs_per_person": max_imgs_per_person,
         **audit.files_report(counted),
-        "unhandled_files": _first(unhandled + counted.not_images, 20),
-        "archives": _first(archives, 20),
-        "persons_sharing_files": shared,
+        **findings,
         "start_up_check": checked.as_dict() if checked else None,
         "unreadable_images": unreadable,
-        "warnings": table.warnings  # every start-up warning about the data, as printed
-        + _matching_warnings(matching)
-        + (
-            [f"{plural(len(unreadable), 'unreadable image')} skipped (listed in data_report.json)"]
-            if unreadable
-            else []
-        )
-        + audit.short_warning(counted)
-        + archive_warnings
-        + audit.shared_warning(shared)
-        + audit.dominant_warning(frames, max_imgs_per_person)
-        + audit.non_utf8_warning(list(found) + [f for p in wanted for f in files_of[p]] + unhandled),
+        # Every start-up warning about the data, as printed.
+        "warnings": table.warnings + _matching_warnings(matching) + file_warnings,
     }
     return DataManifest(
         str(root_dir),
@@ -155,6 +138,15 @@ def collect_persons(
         frames,
         report=report,
         positive_class=table.positive_class,
+    )
+
+
+def _no_frames(wanted: list[str], root_dir: str, example: str) -> UserError:
+    return UserError(
+        f"none of the {len(wanted)} labelled person folders in {root_dir} holds an image file that can be read "
+        f"(e.g. {printable(example)}/; looked for {', '.join(sorted(FRAME_SUFFIXES))} and DICOM files without a "
+        "suffix)",
+        "put each person's frames (png, jpg, bmp, tif, dcm, mp4, avi, mov) in their folder or a sub-folder of it",
     )
 
 
