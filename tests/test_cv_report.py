@@ -100,3 +100,6 @@ def test_cv_report_opens_in_headless_chromium_with_no_empty_table_or_blank_field
     (tmp_path / "cv.png").write_bytes(report.screenshot)
     with Image.open(tmp_path / "cv.png") as shot:
         assert shot.width <= 1280 and shot.height > 3000  # nothing wider than the window; the whole page drawn
+    ensemble = open_page(cv_dir / "eval_test_ensemble" / "report.html")  # was: blank subtitle, empty table, "-"
+    assert ensemble.title == "carotid — test split, ensemble of the 2 fold models"
+    assert not ensemble.blanks, ensemble.blanks
