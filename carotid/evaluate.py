@@ -105,8 +105,9 @@ def choose_again(accelerator, args: EvaluateOptions, plan: EvalPlan, model_file,
         cache=args.cache,
         cache_dir=args.cache_dir,
     )
+    rows = preds.person_rows() if preds.person_level else preds  # a person model: chosen on one row per person
     choice = choose_on_validation(
-        ValidationOutput(preds.labels, preds.logits, np.asarray(preds.person_ids), preds.probs),
+        ValidationOutput(rows.labels, rows.logits, np.asarray(rows.person_ids), rows.probs),
         aggregation=args.person_aggregation or model_file.aggregation,
         positive_index=model_file.positive_index,
         calibrate=args.calibrate,

@@ -3,13 +3,25 @@ evaluation and prediction through the real CLIs."""
 
 from __future__ import annotations
 
+import csv
+import json
+import shutil
+import signal
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from carotid import evaluate, predict
 from carotid.model import ARCHITECTURES
 from carotid.model.file import ModelFile
 from carotid.model.person import PersonModel
 from carotid.model.registry import build_model
+from tests.conftest import FAST, load_model, make_data, only_run_dir, run_module, train_in_process, write_xlsx
+from tests.test_resume import launch, wait_for
+from tests.test_resume import rows as resume_rows
 
 
 def _bags(sizes: list[int]) -> torch.Tensor:
@@ -113,3 +125,184 @@ def test_model_files_of_format_4_load_as_frame_models(tmp_path):
     loaded = ModelFile.load(tmp_path / "old.pth")
     assert (loaded.person_model, loaded.person_level, loaded.format_version) == ("frames", False, 4)
     assert not isinstance(loaded.build_model(), PersonModel)
+
+
+# ---------------------------------------------------------------------------------------------
+# Through the CLIs
+# ---------------------------------------------------------------------------------------------
+
+
+def _csv(path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _person_probs(folder) -> dict[str, float]:
+    return {r["person_id"]: float(r["prob_plaque"]) for r in _csv(folder / "person_predictions.csv")}
+
+
+@pytest.fixture(scope="module")
+def attention_run(tmp_path_factory):
+    """A 2-epoch attention run on 12 persons x 5 frames: 2 persons and up to 3 frames each per step."""
+    root, label = make_data(tmp_path_factory.mktemp("mil") / "frames", persons=12, frames=5, size=40)
+    output = tmp_path_factory.mktemp("mil_run")
+    args = ["--root-dir", str(root), "--label-excel", str(label), "--output-dir", str(output), "--epochs", "2"]
+    args += [*FAST, "--batch-size", "2", "--bag-size", "3", "--person-model", "attention"]
+    args += ["--train-ratio", "0.5", "--val-ratio", "0.25", "--test-ratio", "0.25"]
+    assert train_in_process(*args) == 0
+    return only_run_dir(output)
+
+
+def test_attention_run_writes_a_person_model_and_its_attention(attention_run):
+    model_file = ModelFile.load(attention_run / "models" / "best_model.pth")
+    assert (model_file.person_model, model_file.bag_size) == ("attention", 3)
+    assert "batch: 2 persons per device" in (attention_run / "train.log").read_text(encoding="utf-8")
+    header = (attention_run / "metrics.csv").read_text(encoding="utf-8").splitlines()
+    rows = _csv(attention_run / "metrics.csv")
+    assert len(header) == 3 and all(r["val_person_auc"] != "" and r["val_auc"] == "" for r in rows)
+    evaluation = attention_run / "eval_test_best"
+    frames = _csv(evaluation / "predictions.csv")
+    assert frames and all(r["prob_plaque"] == "" and r["predicted_label"] == "" for r in frames)
+    totals: dict[str, float] = {}
+    for r in frames:
+        totals[r["person_id"]] = totals.get(r["person_id"], 0.0) + float(r["attention"])
+    assert totals.keys() == _person_probs(evaluation).keys()
+    assert all(abs(t - 1.0) < 1e-4 for t in totals.values())  # six decimals per frame in the table
+    persons = _csv(evaluation / "person_predictions.csv")
+    assert all(r["n_frames"] == "5" for r in persons)
+    metrics = json.loads((evaluation / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["image"] is None and metrics["ci"]["image"] is None and metrics["calibration"]["image"] is None
+    assert metrics["person_model"] == "attention" and metrics["n_images"] == 5 * len(persons)
+    assert "not applicable" in (evaluation / "report.html").read_text(encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_one_and_two_evaluation_processes_give_the_same_person_probabilities(attention_run, tmp_path):
+    common = ["--run-dir", str(attention_run), "--num-workers", "0", "--batch-size", "4", "--bootstrap", "20"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert evaluate.main([*common, "--split", "val", "--out", str(one)]) == 0
+    result = run_module("carotid.evaluate", *common, "--split", "val", "--out", str(two), nproc=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    first, second = _person_probs(one), _person_probs(two)
+    assert first.keys() == second.keys() and len(first) == 3
+    assert all(abs(first[p] - second[p]) < 1e-6 for p in first)
+    attention = {(r["path"]): float(r["attention"]) for r in _csv(one / "predictions.csv")}
+    assert {r["path"]: float(r["attention"]) for r in _csv(two / "predictions.csv")} == pytest.approx(attention)
+
+
+def test_predict_gives_the_persons_evaluate_gives(attention_run, tmp_path):
+    evaluation = attention_run / "eval_test_best"
+    folder = tmp_path / "input"
+    root = Path(json.loads((attention_run / "data_report.json").read_text(encoding="utf-8"))["root_dir"])
+    for person in _person_probs(evaluation):
+        shutil.copytree(root / person, folder / person)
+    out = tmp_path / "pred.csv"
+    args = ["--model", str(attention_run / "models" / "best_model.pth"), "--input", str(folder)]
+    assert predict.main([*args, "--out", str(out), "--num-workers", "0", "--batch-size", "3"]) == 0
+    persons = {r["person_id"]: float(r["prob_plaque"]) for r in _csv(tmp_path / "pred_persons.csv")}
+    assert persons == pytest.approx(_person_probs(evaluation), abs=1e-6)
+    assert all(r["attention"] != "" for r in _csv(out))
+
+
+@pytest.mark.slow
+def test_resume_of_a_killed_attention_run_ends_with_the_uninterrupted_weights(tmp_path):
+    """Which persons and frames a step holds comes from (seed, epoch): the resumed run skips to the exact step."""
+    data = make_data(tmp_path / "frames", persons=12, frames=6, size=40)
+    common = ["--root-dir", str(data[0]), "--label-excel", str(data[1]), "--epochs", "3", "--no-test"]
+    common += [*FAST, "--batch-size", "2", "--bag-size", "4", "--person-model", "attention"]
+    common += ["--checkpoint-every-steps", "3", "--balanced-sampler"]
+    straight = run_module("carotid.train", *common, "--output-dir", str(tmp_path / "straight"))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    killed = launch([*common, "--output-dir", str(tmp_path / "killed")], nproc=1)
+    # 8 training persons, 2 per step: 4 steps per epoch; checkpoint-00000006 is in epoch 2, after its 2nd step.
+    wait_for("train_*/checkpoints/checkpoint-00000006", tmp_path / "killed", killed)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    run_dir = only_run_dir(tmp_path / "killed")
+    resumed = run_module("carotid.train", "--resume", str(run_dir))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from checkpoint-" in resumed.stdout
+    reference = only_run_dir(tmp_path / "straight")
+    assert resume_rows(run_dir) == resume_rows(reference)
+    ours, theirs = (load_model(r / "models" / "final_model.pth")["state_dict"] for r in (run_dir, reference))
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def _sparse_finding_data(root: Path, persons: int, seed: int) -> set[str]:
+    """Persons of 6-8 noisy 32x32 frames at their own gain; a positive person's finding (a bright square) is in
+    1-2 of its frames, its other frames drawn exactly as a negative person's. Returns the finding frames' paths."""
+    rng = np.random.default_rng(seed)
+    rows, findings = [["ID", "label"]], set()
+    for i in range(persons):
+        person, positive = f"P{i:03d}", i % 2 == 1
+        n = int(rng.integers(6, 9))
+        shown = set(rng.choice(n, int(rng.integers(1, 3)), replace=False).tolist()) if positive else set()
+        gain = rng.uniform(0.3, 1.0)
+        (root / person).mkdir(parents=True)
+        for k in range(n):
+            frame = gain * (0.35 + 0.15 * rng.standard_normal((32, 32)))
+            if k in shown:
+                y, x = rng.integers(4, 24, size=2)
+                frame[y : y + 8, x : x + 8] = 1.0
+                findings.add(str((root / person / f"f{k}.png").resolve()))
+            Image.fromarray((np.clip(frame, 0, 1) * 255).astype(np.uint8)).save(root / person / f"f{k}.png")
+        rows.append([person, "plaque" if positive else "normal"])
+    write_xlsx(root / "label.xlsx", rows)
+    return findings
+
+
+@pytest.mark.slow
+def test_on_sparse_findings_attention_finds_the_finding_frames_and_beats_frame_training(tmp_path):
+    findings = _sparse_finding_data(tmp_path / "data", persons=64, seed=0)
+    data = ["--root-dir", str(tmp_path / "data"), "--label-excel", str(tmp_path / "data" / "label.xlsx")]
+    common = [*data, "--epochs", "8", "--bootstrap", "0", "--augment", "none", "--lr", "2e-3"]
+    common += [*FAST[: FAST.index("--batch-size")], "--num-workers", "0", "--seed", "0"]
+    # No validation split: best_model.pth is the lowest training loss, not the first epoch whose validation AUC
+    # reached 1.0 on a handful of persons.
+    common += ["--train-ratio", "0.75", "--val-ratio", "0", "--test-ratio", "0.25"]
+    auc = {}
+    for kind, batch in (("attention", ["--batch-size", "2", "--bag-size", "8"]), ("frames", ["--batch-size", "16"])):
+        assert train_in_process(*common, *batch, "--person-model", kind, "--output-dir", str(tmp_path / kind)) == 0
+        evaluation = only_run_dir(tmp_path / kind) / "eval_test_best"
+        auc[kind] = json.loads((evaluation / "metrics.json").read_text(encoding="utf-8"))["person"]["auc"]
+    assert auc["attention"] > auc["frames"], auc
+    frames = _csv(only_run_dir(tmp_path / "attention") / "eval_test_best" / "predictions.csv")
+    top: dict[str, tuple[float, str]] = {}
+    for r in frames:
+        if r["true_label"] == "plaque":
+            top[r["person_id"]] = max(top.get(r["person_id"], (-1.0, "")), (float(r["attention"]), r["path"]))
+    on_finding = sum(str(Path(path).resolve()) in findings for _, path in top.values())
+    assert on_finding > len(top) / 2, f"{on_finding} of {len(top)} positive persons"
+
+
+@pytest.mark.slow
+def test_cross_validation_of_an_attention_model_pools_its_person_probabilities(tmp_path):
+    root, label = make_data(tmp_path / "frames", persons=16, frames=3, size=32)
+    args = ["--root-dir", str(root), "--label-excel", str(label), "--output-dir", str(tmp_path / "cv")]
+    args += ["--folds", "2", "--epochs", "1", *FAST, "--batch-size", "2", "--bag-size", "2"]
+    args += ["--person-model", "attention", "--train-ratio", "0.5", "--val-ratio", "0.25", "--test-ratio", "0.25"]
+    assert train_in_process(*args) == 0
+    cv_dir = next((tmp_path / "cv").glob("cv_*"))
+    metrics = json.loads((cv_dir / "cv_metrics.json").read_text(encoding="utf-8"))
+    oof = _csv(cv_dir / "oof_person_predictions.csv")
+    assert metrics["out_of_fold"]["image"] is None and metrics["fold_mean_sd"]["image"] is None
+    matrix = metrics["out_of_fold"]["person"]["confusion_matrix"]
+    assert metrics["n_persons"] == len(oof) == sum(map(sum, matrix)), "each held-out person once, as a person"
+    assert metrics["test_ensemble"]["image"] is None
+
+
+@pytest.mark.slow
+def test_two_training_processes_train_an_attention_model(tmp_path):
+    """DDP on 2 CPU processes: each takes its own persons' bags; validation evaluates each person once."""
+    root, label = make_data(tmp_path / "frames", persons=12, frames=4, size=32)
+    args = ["--root-dir", str(root), "--label-excel", str(label), "--output-dir", str(tmp_path / "out")]
+    args += ["--epochs", "2", *FAST, "--batch-size", "2", "--bag-size", "3", "--person-model", "attention"]
+    args += ["--train-ratio", "0.5", "--val-ratio", "0.25", "--test-ratio", "0.25"]
+    result = run_module("carotid.train", *args, nproc=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = only_run_dir(tmp_path / "out")
+    assert "x 2 processes" in (run_dir / "train.log").read_text(encoding="utf-8")
+    persons = _csv(run_dir / "eval_test_best" / "person_predictions.csv")
+    splits = json.loads((run_dir / "splits.json").read_text(encoding="utf-8"))
+    assert sorted(r["person_id"] for r in persons) == sorted(splits["test"])
+    assert ModelFile.load(run_dir / "models" / "final_model.pth").person_model == "attention"

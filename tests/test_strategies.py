@@ -294,3 +294,39 @@ def test_a_bf16_model_takes_fp32_frames_in_training_and_prediction():
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters())), "the step trained the model"
     out = predict_loader(model, [batch], accelerator, preset)
     assert out["probs"].shape == (8, 2) and np.allclose(out["probs"].sum(axis=1), 1.0, atol=1e-2)
+
+
+@pytest.fixture(scope="module")
+def attention_runs(strategy_data, tmp_path_factory):
+    """2-epoch runs of a person model (--person-model attention), made on first use."""
+    made: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in made:
+            if name != "ddp":
+                pytest.importorskip("torch" if name == "fsdp2" else "deepspeed")
+            root, label = strategy_data
+            output = tmp_path_factory.mktemp(f"attention_{name}")
+            args = ["--root-dir", str(root), "--label-excel", str(label), "--output-dir", str(output), "--epochs", "2"]
+            args += [*FAST, "--batch-size", "2", "--bag-size", "3", "--person-model", "attention"]
+            run(launch_command(STRATEGIES[name][0], *args), fresh=lambda: shutil.rmtree(output, ignore_errors=True))
+            made[name] = only_run_dir(output)
+        return made[name]
+
+    return get
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["zero2", "zero3", "fsdp2"])
+def test_an_attention_model_trains_and_validates_under_the_strategy_like_under_ddp(name, attention_runs):
+    """Bags of several persons per step; validation's chunked encode/pool calls stay in step on both ranks
+    (each forward gathers the sharded weights under ZeRO-3 and FSDP2)."""
+    run_dir = attention_runs(name)
+    assert f"processes: 2 ({STRATEGIES[name][1]})" in (run_dir / "train.log").read_text(encoding="utf-8")
+    ours, ddp = metric_rows(run_dir), metric_rows(attention_runs("ddp"))
+    assert [r["epoch"] for r in ours] == ["1", "2"]
+    for mine, reference in zip(ours, ddp):
+        for key in LOSSES:
+            assert float(mine[key]) == pytest.approx(float(reference[key]), abs=1e-5), (name, mine, key)
+    model_file = ModelFile.load(run_dir / "models" / "final_model.pth")  # consolidated, keys and shapes checked
+    assert model_file.person_model == "attention"

@@ -102,7 +102,7 @@ def frame_dataset(
     return FrameDataset(frames, image_size, in_channels, resize, crop)
 
 
-def _ignore_stop_signals(worker_id: int) -> None:
+def ignore_stop_signals(worker_id: int) -> None:
     # Slurm and Ctrl-C signal the whole process group: workers keep serving batches while the main
     # process finishes its step and saves a checkpoint.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -192,7 +192,7 @@ def make_loader(
         persistent_workers=num_workers > 0,
         prefetch_factor=4 if num_workers > 0 else None,
         generator=torch.Generator().manual_seed(seed),  # worker seeds come from here, not the global RNG
-        worker_init_fn=_ignore_stop_signals if num_workers > 0 else None,
+        worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
     )
     return stop_workers_at_exit(loader)
 

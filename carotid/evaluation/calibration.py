@@ -211,10 +211,11 @@ def format_calibration(section: dict) -> str:
     def number(value) -> str:
         return "n/a" if value is None else f"{value:.3f}"
 
-    columns = [("image", section["image"]), ("person", section["person"])]
+    levels = [level for level in ("image", "person") if section.get(level) is not None]  # person models: no image
+    columns = [(level, section[level]) for level in levels]
     if section.get("before_temperature"):
-        columns = [(f"{level} (T=1)", section["before_temperature"][level]) for level in ("image", "person")] + [
-            (f"{level} (T={section['temperature']:.2f})", section[level]) for level in ("image", "person")
+        columns = [(f"{level} (T=1)", section["before_temperature"][level]) for level in levels] + [
+            (f"{level} (T={section['temperature']:.2f})", section[level]) for level in levels
         ]
     lines = [f"calibration ({section['binning']} for the ECE):"]
     lines.append((f"  {'':<26}" + "".join(f"{name:<16}" for name, _ in columns)).rstrip())

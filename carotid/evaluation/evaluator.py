@@ -42,11 +42,17 @@ def compute_report(
 ) -> tuple[MetricsRecord, PersonPredictions]:
     """(the metrics.json record, the per-person table it was computed from), section by section.
 
+    A person model's predictions are one probability per person: its numbers are computed on one row per
+    person, and the image level is left empty (None: not applicable) rather than filled with person numbers.
     Over 60 lines because the record is written out here once, key by key (its type is MetricsRecord)."""
     class_names, positive = model_file.class_names, model_file.positive_index
     threshold, source = decision_threshold(model_file, threshold)
     cut = 0.5 if threshold is None else threshold  # multi-class metrics ignore it
     persons = person_predictions(preds, aggregation, positive, labelled=True)
+    n_frames, frame_labels = len(preds.labels), preds.labels
+    person_level = preds.person_level
+    if person_level:
+        preds = preds.person_rows()
     image, image_notes = classification_metrics(preds.labels, preds.probs, class_names, positive, cut)
     person, person_notes = classification_metrics(persons.labels, persons.probs, class_names, positive, cut)
 
@@ -96,10 +102,11 @@ def compute_report(
         "data_notes": context.get("data_notes", []),
         "class_names": class_names,
         "positive_class": class_names[positive] if threshold is not None else None,
-        "n_images": int(len(preds.labels)),
+        "n_images": int(n_frames),
         "n_persons": int(len(persons.person_ids)),
-        "counts": _class_counts(class_names, preds, persons),
-        "person_aggregation": aggregation,
+        "counts": _class_counts(class_names, frame_labels, persons),
+        "person_model": model_file.person_model,
+        "person_aggregation": aggregation if not person_level else f"{model_file.person_model} pooling of embeddings",
         "threshold": threshold,
         "threshold_source": source,
         "image": image,
@@ -116,6 +123,8 @@ def compute_report(
         "decoding": preds.decoding,
     }
     report["warnings"] += _data_warnings(report, preds, persons, model_file, context)
+    if person_level:
+        _without_image_level(report)
     return report, persons
 
 
@@ -143,10 +152,10 @@ def _calibration(
     )
 
 
-def _class_counts(class_names: list[str], preds: FramePredictions, persons: PersonPredictions) -> dict:
+def _class_counts(class_names: list[str], frame_labels: np.ndarray, persons: PersonPredictions) -> dict:
     return {
         level: dict(zip(class_names, np.bincount(y, minlength=len(class_names)).tolist()))
-        for level, y in (("images", preds.labels), ("persons", persons.labels))
+        for level, y in (("images", frame_labels), ("persons", persons.labels))
     }
 
 
@@ -172,6 +181,30 @@ def _data_warnings(
     return warnings
 
 
+def _without_image_level(report: dict) -> None:
+    """Empty every image-level entry of a person model's report (computed on its person rows, they would
+    repeat the person numbers under the wrong name)."""
+    report["image"] = None
+    report["warnings"] = [w for w in report["warnings"] if not w.startswith("image: ")]
+    for holder in [
+        report["ci"],
+        *report["operating_points"],
+        *(report["calibration"], report["calibration"].get("before_temperature")),
+    ]:
+        if isinstance(holder, dict) and "image" in holder:
+            holder["image"] = None
+    for point in report["operating_points"]:
+        if point.get("ci"):
+            point["ci"]["image"] = None
+    for rows in (report["subgroups"] or {}).values():
+        for row in rows:
+            row["image"] = None
+            row["notes"] = [n for n in row["notes"] if not n.startswith("image: ")]
+            if row.get("ci"):
+                row["ci"]["image"] = None
+    report["warnings"] = [w for w in report["warnings"] if not w.startswith("calibration, image: ")]
+
+
 def _number(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -184,15 +217,21 @@ def _cell(report: dict, level: str, key: str) -> str:
 def format_table(report: dict) -> str:
     """A short table: each metric per image and per person, with its 95% CI where one was drawn."""
     binary = report["threshold"] is not None
+    person_level = report.get("image", {}) is None
+    pooling = report["person_aggregation"] if person_level else f"{report['person_aggregation']} of frames"
     head = (
         f"{report['split']}: {plural(report['n_images'], 'image')}, {plural(report['n_persons'], 'person')}; "
-        f"person = {report['person_aggregation']} of frames"
+        f"person = {pooling}"
     )
     if binary:
         head += f"; threshold {report['threshold']:.3f} ({report['threshold_source']})"
     keys = table_metrics(binary)
-    lines = [head, f"{'metric':<20}{'per image':<26}per person"]
-    lines += [f"{key:<20}{_cell(report, 'image', key):<26}{_cell(report, 'person', key)}" for key in keys]
+    if person_level:
+        lines = [head, "per image: not applicable (a person model gives one probability per person)"]
+        lines += [f"{'metric':<20}per person"] + [f"{key:<20}{_cell(report, 'person', key)}" for key in keys]
+    else:
+        lines = [head, f"{'metric':<20}{'per image':<26}per person"]
+        lines += [f"{key:<20}{_cell(report, 'image', key):<26}{_cell(report, 'person', key)}" for key in keys]
     if binary:
         at_half = report["person"]["at_threshold_0.5"]
         lines.append(

@@ -23,6 +23,7 @@ from carotid.data.loaders import frame_dataset, make_loader, stop_workers, stop_
 from carotid.data.transforms import eval_preset
 from carotid.evaluation.aggregation import aggregate_persons, person_labels
 from carotid.evaluation.calibration import apply_temperature
+from carotid.evaluation.person_inference import predict_persons
 from carotid.model.file import ModelFile
 
 
@@ -42,6 +43,22 @@ class FramePredictions:
     decoding: dict = field(default_factory=dict)
     logits: np.ndarray | None = None  # the raw outputs, for calibration before temperature scaling
     temperature: float | None = None  # the model file's, applied to `probs`
+    # Person models: each frame's weight in its person's pooling; `probs` and `logits` are then its person's
+    attention: np.ndarray | None = None
+
+    @property
+    def person_level(self) -> bool:
+        """Whether these come from a person model: one probability per person, repeated on its frames."""
+        return self.attention is not None
+
+    def person_rows(self) -> FramePredictions:
+        """One row per person (sorted IDs) of a person model's predictions: what its numbers are computed on."""
+        ids, first = np.unique(self.person_ids, return_index=True)
+        logits = None if self.logits is None else self.logits[first]
+        return FramePredictions(
+            self.paths[first], self.frames[first], ids, self.labels[first], self.probs[first],
+            self.unreadable, self.decoding, logits, self.temperature, self.attention[first],
+        )  # fmt: skip
 
 
 def run_inference(
@@ -83,6 +100,8 @@ def run_inference(
         )
     )
     preset = eval_preset(model_file.normalization["mean"], model_file.normalization["std"]).to(accelerator.device)
+    if model_file.person_level:
+        return _person_inference(accelerator, model, model_file, dataset, batch_size, num_workers, preset)
     try:
         out = exactly_once(
             predict_loader(
@@ -115,6 +134,42 @@ def run_inference(
         decoding,
         logits,
         temperature,
+    )
+
+
+def _person_inference(accelerator, model, model_file, dataset, batch_size, num_workers, preset) -> FramePredictions:
+    """run_inference for a person model: every person once (predict_persons), its probability on each of its
+    readable frames beside the frame's attention. A person without a readable frame is left out."""
+    out = predict_persons(
+        model.to(accelerator.device, memory_format=torch.channels_last),
+        dataset,
+        accelerator,
+        preset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        channels_last=True,
+        desc="predict",
+    )
+    persons = np.array(dataset.person_ids, dtype=str)
+    row = np.searchsorted(out["person_ids"], persons)
+    ok = (out["status"] > 0) & np.isin(persons, out["person_ids"])
+    row = row[ok]
+    decoding: dict = {}
+    if accelerator.is_main_process:
+        decoding = dataset_decoding(dataset, out["status"] | SEEN, model_file.prep)
+    logits, temperature = out["logits"].astype(np.float64), model_file.temperature
+    probs = out["probs"] if temperature is None else apply_temperature(logits, temperature)
+    return FramePredictions(
+        np.array(dataset.paths, dtype=str)[ok],
+        np.array([f.index for f in dataset.frames], dtype=np.int64)[ok],
+        persons[ok],
+        np.asarray(dataset.labels)[ok],
+        probs[row],
+        decoding.pop("unreadable", []),
+        decoding,
+        logits[row],
+        temperature,
+        out["attention"][ok],
     )
 
 
@@ -162,7 +217,11 @@ class PersonPredictions:
 def person_predictions(
     preds: FramePredictions, aggregation: str, positive: int, labelled: bool = False
 ) -> PersonPredictions:
-    person_ids, probs = aggregate_persons(preds.person_ids, preds.probs, aggregation, positive)
+    """Frame probabilities aggregated per person; a person model's own person probabilities as they are."""
+    if preds.person_level:
+        person_ids, probs = np.unique(preds.person_ids), preds.person_rows().probs
+    else:
+        person_ids, probs = aggregate_persons(preds.person_ids, preds.probs, aggregation, positive)
     _, n_frames = np.unique(preds.person_ids, return_counts=True)
     labels = person_labels(preds.person_ids, preds.labels, person_ids) if labelled else None
     return PersonPredictions(person_ids, probs, n_frames, labels)
@@ -182,14 +241,17 @@ def write_prediction_tables(
     labelled = persons.labels is not None
     truth = (lambda y: [class_names[y]]) if labelled else (lambda y: [])
     probs = [f"prob_{name}" for name in class_names]
-    frame_predicted = predicted_labels(preds.probs, threshold, positive)
     write_table(
         frame_path,
-        ["path", "frame", "person_id"] + ["true_label"] * labelled + probs + ["predicted_label"],
+        ["path", "frame", "person_id"] + ["true_label"] * labelled + probs + ["predicted_label", "attention"],
         (
-            [p, i, q, *truth(y), *_decimals(r), class_names[k]]
-            for p, i, q, y, r, k in zip(
-                preds.paths, preds.frames, preds.person_ids, preds.labels, preds.probs, frame_predicted
+            [p, i, q, *truth(y), *rest]
+            for p, i, q, y, rest in zip(
+                preds.paths,
+                preds.frames,
+                preds.person_ids,
+                preds.labels,
+                _frame_cells(preds, class_names, threshold, positive),
             )
         ),
     )
@@ -206,6 +268,16 @@ def write_prediction_tables(
         ),
     )
     return person_predicted
+
+
+def _frame_cells(preds: FramePredictions, class_names: list[str], threshold: float | None, positive: int):
+    """Each frame's probabilities, predicted label and attention cells: a frame model's own probabilities and no
+    attention; a person model's attention and empty probability cells (it gives a probability per person only)."""
+    if preds.person_level:
+        blank = [""] * (preds.probs.shape[1] + 1)
+        return ([*blank, f"{a:.6f}"] for a in preds.attention)
+    predicted = predicted_labels(preds.probs, threshold, positive)
+    return ([*_decimals(r), class_names[k], ""] for r, k in zip(preds.probs, predicted))
 
 
 def _decimals(row: np.ndarray) -> list[str]:

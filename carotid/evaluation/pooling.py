@@ -27,19 +27,29 @@ from carotid.evaluation.registry import table_metrics
 FRAME_ARRAYS = ("paths", "frames", "person_ids", "labels", "probs")  # the FramePredictions arrays pooled over folds
 
 
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
 def read_fold_evaluation(eval_dir: Path, class_names: list[str]) -> tuple[FramePredictions, dict]:
-    """(the per-image predictions of predictions.csv, metrics.json) of one fold's held-out evaluation."""
-    with EvalDir(eval_dir).predictions.open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
+    """(the per-image predictions of predictions.csv, metrics.json) of one fold's held-out evaluation; for a
+    person model (no probability per frame), one row per person from person_predictions.csv, flagged
+    person-level (its `attention` is NaN: the frames' weights are not pooled)."""
+    rows = _rows(EvalDir(eval_dir).predictions)
+    person_level = bool(rows) and bool(rows[0].get("attention")) and not rows[0].get(f"prob_{class_names[0]}")
+    if person_level:
+        rows = _rows(EvalDir(eval_dir).person_predictions)
     index = {name: i for i, name in enumerate(class_names)}
     preds = FramePredictions(
-        paths=np.array([r["path"] for r in rows], dtype=str),
+        paths=np.array([r.get("path", r["person_id"]) for r in rows], dtype=str),
         frames=np.array([int(r.get("frame") or 0) for r in rows], dtype=np.int64),
         person_ids=np.array([r["person_id"] for r in rows], dtype=str),
         labels=np.array([index[r["true_label"]] for r in rows], dtype=int),
         probs=np.array([[float(r[f"prob_{c}"]) for c in class_names] for r in rows], dtype=np.float64).reshape(
             len(rows), len(class_names)
         ),
+        attention=np.full(len(rows), np.nan) if person_level else None,
     )
     return preds, read_metrics(EvalDir(eval_dir).metrics)
 
@@ -64,8 +74,10 @@ def pooled_metrics(
 ) -> tuple[dict, FramePredictions, PersonPredictions]:
     """Out-of-fold image and person metrics (person-bootstrap CIs, calibration of the pooled probabilities)
     from each fold's (predictions, threshold). Returns (the metrics, the pooled per-image and per-person
-    predictions)."""
-    pooled = FramePredictions(**{key: np.concatenate([getattr(p, key) for p, _ in folds]) for key in FRAME_ARRAYS})
+    predictions). Person models' folds hold one row per person: no image level."""
+    person_level = all(p.person_level for p, _ in folds)
+    keys = FRAME_ARRAYS + (("attention",) if person_level else ())
+    pooled = FramePredictions(**{key: np.concatenate([getattr(p, key) for p, _ in folds]) for key in keys})
     fold_of_frame = np.concatenate([np.full(len(p.labels), k) for k, (p, _) in enumerate(folds)])
     persons = person_predictions(pooled, aggregation, positive, labelled=True)
     binary = len(class_names) == 2
@@ -105,13 +117,27 @@ def pooled_metrics(
                 own = bootstrap_ci(ids[level], y, called[level], threshold=0.5, aggregation="mean", **common)[level]
                 ci[level] = {k: v for k, v in own.items() if k != "auc"} | {"auc": ci[level]["auc"]}
     out["ci"] = ci
+    if person_level:
+        _without_image_level(out)
     return out, pooled, persons
+
+
+def _without_image_level(out: dict) -> None:
+    """A person model's pooled metrics: the image-level entries (computed on person rows) emptied."""
+    out["image"] = None
+    out["calibration"]["image"] = None
+    out["warnings"] = [w for w in out["warnings"] if not w.startswith(("image", "calibration, image"))]
+    if out["ci"] is not None:
+        out["ci"]["image"] = None
 
 
 def fold_mean_sd(fold_reports: list[dict], binary: bool) -> dict:
     """Per level and metric: mean and SD (ddof 1) over the folds where it is defined, and how many those are."""
     out: dict = {}
     for level in ("image", "person"):
+        if any(r.get(level) is None for r in fold_reports):  # person models: no image level
+            out[level] = None
+            continue
         out[level] = {}
         for key in table_metrics(binary):
             values = np.array([r[level][key] for r in fold_reports if r[level].get(key) is not None], dtype=float)
@@ -139,6 +165,9 @@ def format_cv_table(metrics: dict, binary: bool) -> str:
     for key in table_metrics(binary):
         cells = []
         for level in ("person", "image"):
+            if metrics["out_of_fold"][level] is None:  # a person model
+                cells += [f"{'not applicable':<28}", f"{'':<20}"]
+                continue
             value = metrics["out_of_fold"][level].get(key)
             interval = ((metrics["out_of_fold"]["ci"] or {}).get(level) or {}).get(key)
             cell = "n/a" if value is None else f"{value:.3f}"

@@ -52,10 +52,11 @@ class MetricsRecord(TypedDict):
     n_images: int
     n_persons: int
     counts: dict[str, dict[str, int]]  # {"images"|"persons": {class: count}}
+    person_model: str  # "frames", or a person model ("attention", "mean"): then no image level
     person_aggregation: str
     threshold: float | None
     threshold_source: str | None
-    image: dict[str, Any]  # metric name → value (None where undefined)
+    image: dict[str, Any] | None  # metric name → value (None where undefined); None for a person model
     person: dict[str, Any]
     ci: dict[str, Any] | None  # {"image"|"person": {metric: Interval}, "method": {...}}
     calibration: dict[str, Any]
@@ -87,6 +88,7 @@ class CVMetricsRecord(TypedDict):
 # Keys added after schema 1, with the value an older file means by leaving them out.
 _METRICS_DEFAULTS: dict[str, Any] = {
     "image": {},  # a reader study has persons only
+    "person_model": "frames",
     "threshold": None,
     "threshold_source": None,
     "ci": None,

@@ -43,6 +43,16 @@ def val_column(metric: str, level: str) -> str:
 
 
 VAL_COLUMNS = tuple(val_column(m.name, level) for level in LEVELS for m in METRICS if level in m.per_epoch)
+PERSON_COLUMNS = tuple(val_column(m.name, "person") for m in METRICS if "person" in m.per_epoch)
+
+
+def person_monitor(monitor: str) -> str:
+    """The per-person column of a validation metric (val_auc → val_person_auc): what a person model logs."""
+    if monitor in ("val_loss", "train_loss") or monitor.startswith("val_person_"):
+        return monitor
+    return monitor.replace("val_", "val_person_", 1)
+
+
 EPOCH_LINE = ("val_loss",) + tuple(
     val_column(m.name, level) for level in LEVELS for m in METRICS if level in m.epoch_line
 )

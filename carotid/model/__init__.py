@@ -16,6 +16,11 @@ A model file records the canonical name: the bare torchvision name, or `timm/NAM
 # How frame probabilities become a person's probability (carotid.evaluation.aggregation).
 AGGREGATIONS = ("mean", "median", "max")
 
+# What a model is (--person-model): "frames" = a frame classifier whose probabilities are aggregated per person;
+# the others = a person model (carotid.model.person) pooling each person's frame embeddings that way.
+POOLINGS = ("attention", "mean")
+PERSON_MODELS = ("frames", *POOLINGS)
+
 # torchvision architectures: a bare name here means torchvision's model.
 TORCHVISION = (
     "resnet18",

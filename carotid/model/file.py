@@ -28,13 +28,9 @@ from carotid.data.preprocessing import (
     parse_box,
     preprocessing_of,
 )
-from carotid.model import AGGREGATIONS, split_arch
-from carotid.model.person import POOLINGS, PersonModel
+from carotid.model import AGGREGATIONS, PERSON_MODELS, split_arch
+from carotid.model.person import PersonModel
 from carotid.model.registry import build_model, check_arch, check_fits, load_matching, strip_prefixes
-
-# What the model is: "frames" = a frame classifier whose probabilities are aggregated per person; "attention"
-# and "mean" = a PersonModel (carotid.model.person) pooling each person's frame embeddings that way.
-PERSON_MODELS = ("frames", *POOLINGS)
 
 FORMAT = "carotid-model"
 # 1: the aggregation was stored as 'person_aggregation'; 2: no temperature or operating points; 3: no

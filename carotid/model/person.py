@@ -19,9 +19,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from carotid.model import POOLINGS
 from carotid.model.registry import build_encoder
 
-POOLINGS = ("attention", "mean")
 ATTENTION_HIDDEN = 128  # the size of V h and U h, as in Ilse et al.
 
 
@@ -75,5 +75,13 @@ class PersonModel(nn.Module):
         pooled = weights.t().to(embeddings.dtype) @ embeddings  # (B, D)
         return self.classifier(pooled), weights.sum(dim=1)
 
-    def forward(self, frames: torch.Tensor, bag: torch.Tensor, num_bags: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.pool(self.encode(frames), bag, num_bags)
+    def forward(
+        self, inputs: torch.Tensor, bag: torch.Tensor | None = None, num_bags: int | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """pool(encode(frames), bag, num_bags) for frames (N, C, S, S). Chunked evaluation calls the two halves
+        through forward too, so that the hooks of a prepared model (DDP, FSDP, DeepSpeed) run: frames without
+        `bag` → encode(frames) (N, D); embeddings (N, D) with `bag` → pool(embeddings, bag, num_bags)."""
+        if bag is None:
+            return self.encode(inputs)
+        embeddings = inputs if inputs.dim() == 2 else self.encode(inputs)
+        return self.pool(embeddings, bag, num_bags)

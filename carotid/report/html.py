@@ -97,10 +97,15 @@ def section_metrics(metrics: dict) -> str:
         return ""
 
     binary = metrics.get("threshold") is not None
-    rows = [[key, with_ci(metrics, "image", key), with_ci(metrics, "person", key)] for key in table_metrics(binary)]
+    person_level = metrics.get("image", {}) is None  # a person model: no probability per image
+    rows = [
+        [key, "not applicable" if person_level else with_ci(metrics, "image", key), with_ci(metrics, "person", key)]
+        for key in table_metrics(binary)
+    ]
+    pooling = f"{metrics['person_aggregation']}" + ("" if person_level else " of its frames")
     head = (
         f"{metrics['split']} split: {metrics['n_persons']} persons, {metrics['n_images']} frames; person probability "
-        f"= {metrics['person_aggregation']} of its frames"
+        f"= {pooling}"
     )
     if binary:
         head += (
@@ -133,7 +138,7 @@ def section_figures(eval_dir: Path, metrics: dict) -> str:
     if calibration or pictures:
         parts.append('<h2 id="calibration">Calibration</h2>')
         parts += [image(p, "calibration") for p in pictures]
-        if isinstance(calibration, dict) and {"binning", "image", "person"} <= set(calibration):
+        if isinstance(calibration, dict) and {"binning", "person"} <= set(calibration):
             parts.append(calibration_table(calibration))
         elif isinstance(calibration, dict):
             scalars = [[k, number(v)] for k, v in calibration.items() if isinstance(v, (int, float, str)) or v is None]

@@ -135,6 +135,8 @@ def write_evaluation(
         positive,
     )
     levels = {"image": (preds.labels, preds.probs), "person": (persons.labels, persons.probs)}
+    if report.get("image", {}) is None:  # a person model: nothing per image
+        del levels["image"]
     points = {level: report[level] for level in levels} if threshold is not None else None
     plot_roc(
         levels,
@@ -188,8 +190,11 @@ def roc_bands(
         return None
     frame_person = np.searchsorted(persons.person_ids, preds.person_ids)  # person_ids are sorted and unique
     resample = {"n_resamples": method["resamples"], "seed": method["seed"]}
+    image = None
+    if report.get("image", {}) is not None:
+        image = roc_band(frame_person, preds.labels == positive, preds.probs[:, positive], persons.labels, **resample)
     return {
-        "image": roc_band(frame_person, preds.labels == positive, preds.probs[:, positive], persons.labels, **resample),
+        "image": image,
         "person": roc_band(
             np.arange(len(persons.person_ids)),
             persons.labels == positive,

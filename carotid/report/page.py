@@ -144,13 +144,14 @@ def with_ci(metrics: dict, level: str, key: str) -> str:
 def calibration_table(section: dict) -> str:
     """metrics.json's calibration section (or cv_metrics.json's) as a table: one row per measure, one column
     per level (and before temperature scaling, when there was one)."""
-    columns = [("per image", section["image"]), ("per person", section["person"])]
+    # A person model's sections have no image level (None).
+    levels = [(name, level) for name, level in (("per image", "image"), ("per person", "person")) if section.get(level)]
+    columns = [(name, section[level]) for name, level in levels]
     if section.get("before_temperature"):
         t = section.get("temperature") or 1.0
-        columns = [
-            (f"{name}, T=1", section["before_temperature"][level])
-            for name, level in (("per image", "image"), ("per person", "person"))
-        ] + [(f"{name}, T={t:.2f}", v) for name, v in columns]
+        columns = [(f"{name}, T=1", section["before_temperature"][level]) for name, level in levels] + [
+            (f"{name}, T={t:.2f}", v) for name, v in columns
+        ]
     rows = [
         [metric.name.replace("_", " ")] + [number(values.get(metric.name)) for _, values in columns]
         for metric in CALIBRATION_METRICS

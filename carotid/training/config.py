@@ -22,7 +22,7 @@ from carotid.evaluation.registry import (
     OPERATING_POINT_HELP,
     parse_operating_point,
 )
-from carotid.model import AGGREGATIONS, MODEL_HELP, TORCHVISION, split_arch
+from carotid.model import AGGREGATIONS, MODEL_HELP, PERSON_MODELS, TORCHVISION, split_arch
 
 
 @dataclass
@@ -180,11 +180,29 @@ class TrainConfig:
         "Start from the weights of a carotid model file (or a bare state dict) and train in a new run directory.",
         group="model",
     )
+    person_model: str = opt(
+        "frames",
+        "frames = a frame classifier trained with each frame labelled as its person, probabilities pooled by "
+        "--person-aggregation; attention = a person-level model: the frame encoder's embeddings of a person's frames "
+        "pooled by gated attention (per-frame weights are an output), the loss on the person's label; "
+        "mean = the same with the embeddings' mean.",
+        choices=PERSON_MODELS,
+        group="model",
+    )
+    bag_size: int = opt(
+        16,
+        "Person models: frames sampled at random (per epoch, seeded) from each person for a training step; "
+        "evaluation and predict use all of a person's frames.",
+        group="model",
+        metavar="K",
+    )
     compile: bool = opt(False, "torch.compile the model (see docs/PERFORMANCE.md for when it pays).", group="model")
     # Optimisation
     epochs: int = opt(50, "Number of passes over the training persons' frames.")
     batch_size: int = opt(
-        32, "Frames per batch on each process (the effective batch is this x processes x accumulation steps)."
+        32,
+        "Frames per batch on each process (the effective batch is this x processes x accumulation steps); "
+        "with a person model (--person-model attention/mean): persons per batch, each with up to --bag-size frames.",
     )
     lr: float = opt(1e-4, "Peak learning rate of AdamW.")
     weight_decay: float = opt(1e-4, "AdamW weight decay.")
@@ -280,6 +298,7 @@ class TrainConfig:
             "keep_checkpoints",
             "lr_step_epochs",
             "dist_timeout_minutes",
+            "bag_size",
         )
         check_header_row(self.header_row)
         if self.image_size < 16:

@@ -46,6 +46,7 @@ from carotid.report.cv_page import write_cv_figures, write_cv_report
 from carotid.report.outputs import write_evaluation
 from carotid.training import checkpoints
 from carotid.training.config import TrainConfig
+from carotid.training.epoch import eval_batch_size
 from carotid.training.fit import describe_data, describe_persons, describe_setup, fit_run, read_data, with_splits
 
 PROGRESS = "cv_progress.json"
@@ -228,7 +229,7 @@ def summarise(
         "positive_class": class_names[positive] if binary else None,
         "person_aggregation": cfg.person_aggregation,
         "n_persons": int(len(np.unique(frames.person_ids))),
-        "n_images": int(len(frames.labels)),
+        "n_images": int(sum(report["n_images"] for _, report in evaluations)),
         "split_method": plan.get("method"),
         "out_of_fold": pooled,
         "per_fold": [
@@ -279,7 +280,7 @@ def evaluate_ensemble(
             mf.build_model(),
             mf,
             frames,
-            batch_size=2 * cfg.batch_size,
+            batch_size=eval_batch_size(cfg),
             num_workers=cfg.num_workers,
             cache=cfg.cache,
             cache_dir=cfg.cache_dir,

@@ -17,11 +17,13 @@ from carotid.core.errors import StopTraining
 from carotid.core.predict import predict_loader
 from carotid.core.run_dir import RunDir
 from carotid.core.runtime import RunLog, StopSignal
+from carotid.data.bags import BagDataset, make_bag_loader
 from carotid.data.loaders import make_loader
 from carotid.data.manifest import DataManifest
 from carotid.data.transforms import NORMALIZATION
 from carotid.evaluation.metrics import epoch_metrics
-from carotid.evaluation.registry import EPOCH_LINE, lower_is_better
+from carotid.evaluation.person_inference import predict_persons
+from carotid.evaluation.registry import EPOCH_LINE, PERSON_COLUMNS, lower_is_better
 from carotid.evaluation.selection import ValidationOutput
 from carotid.model import canonical_arch
 from carotid.report.outputs import evaluate_model
@@ -31,7 +33,21 @@ from carotid.training.engine import EpochProgress
 
 
 def run_loaders(cfg: TrainConfig, datasets: dict, num_processes: int, pin_memory: bool) -> tuple:
-    """(the training loader, the validation loader or None), before Accelerate prepares them."""
+    """(the training loader, the validation loader or None), before Accelerate prepares them.
+
+    A person model trains on bags (carotid.data.bags) and validates through predict_persons: no loader."""
+    if cfg.person_model != "frames":
+        bags = BagDataset(datasets["train"], cfg.bag_size)
+        loader = make_bag_loader(
+            bags,
+            cfg.batch_size,
+            num_workers=cfg.num_workers,
+            seed=cfg.seed,
+            balanced=cfg.balanced_sampler,
+            drop_last=len(bags) >= cfg.batch_size * num_processes,
+            pin_memory=pin_memory,
+        )
+        return loader, None
     train_set = datasets["train"]
     drop_last = len(train_set) >= cfg.batch_size * num_processes  # fixed shapes, when the data allows
     train_loader = make_loader(
@@ -68,7 +84,9 @@ def model_contract(cfg: TrainConfig, class_names: list[str], monitor: str, posit
         "normalization": NORMALIZATION[cfg.in_channels],
         "preprocessing": {"resize": cfg.resize, "crop": cfg.crop},
         "positive_index": positive_index,
-        "aggregation": cfg.person_aggregation,
+        "aggregation": cfg.person_aggregation if cfg.person_model == "frames" else "mean",
+        "person_model": cfg.person_model,
+        "bag_size": cfg.bag_size if cfg.person_model != "frames" else None,
         "monitor": monitor,
         "config": dataclasses.asdict(cfg),
     }
@@ -90,6 +108,34 @@ def validate(
     status = np.zeros(len(dataset), dtype=np.uint8)
     status[out["index"]] = out["status"]
     return row, ValidationOutput(labels, out["logits"][ok], persons, probs), status
+
+
+def eval_batch_size(cfg: TrainConfig) -> int:
+    """Frames per evaluation batch: twice a training batch (no gradients to keep); for a person model, the frames
+    of a training step (its persons x --bag-size)."""
+    return 2 * cfg.batch_size if cfg.person_model == "frames" else cfg.batch_size * cfg.bag_size
+
+
+def validate_persons(
+    model, accelerator, preset, dataset, positive_index, batch_size, num_workers, channels_last
+) -> tuple[dict, ValidationOutput, np.ndarray]:
+    """validate() for a person model: every validation person once (predict_persons). Its image-level columns
+    are empty: a person model gives no probability per frame."""
+    out = predict_persons(
+        model,
+        dataset,
+        accelerator,
+        preset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        channels_last=channels_last,
+        desc="validate",
+    )
+    persons, labels, probs = out["person_ids"], out["labels"], out["probs"]
+    numbers = epoch_metrics(labels, probs, persons, positive_index, "mean")
+    numbers = {k: (v if k in PERSON_COLUMNS else None) for k, v in numbers.items()}
+    row = {"val_loss": float(out["loss"].mean()) if len(labels) else None} | numbers
+    return row, ValidationOutput(labels, out["logits"], persons, probs), out["status"].astype(np.uint8)
 
 
 def person_class_weights(manifest: DataManifest) -> torch.Tensor:
@@ -188,7 +234,7 @@ def evaluate_test(accelerator: Accelerator, cfg: TrainConfig, manifest: DataMani
         manifest.frames_of("test"),
         RunDir(run_dir).evaluation().path,
         split=split_names(manifest)["test"],
-        batch_size=2 * cfg.batch_size,
+        batch_size=eval_batch_size(cfg),
         num_workers=cfg.num_workers,
         bootstrap=cfg.bootstrap,
         aggregation=cfg.person_aggregation,

@@ -25,6 +25,8 @@ from carotid.data.demo import make_demo_data
 from carotid.data.labels import LabelTable, read_labels
 from carotid.data.loaders import frame_dataset
 from carotid.data.manifest import SPLITS, DataManifest, check_classes_in_training, collect_persons, data_block
+from carotid.evaluation.registry import person_monitor
+from carotid.model.person import PersonModel
 from carotid.model.registry import build_model
 from carotid.model.weights import load_initial_weights, load_pretrained
 from carotid.training.checkpoints import disk_full
@@ -112,10 +114,17 @@ def describe_setup(accelerator: Accelerator, cfg: TrainConfig, log: RunLog) -> N
         f"processes: {accelerator.num_processes} ({DISTRIBUTION.get(kind, kind)}), device: {accelerator.device}, "
         f"mixed precision: {accelerator.mixed_precision}"
     )
+    unit = "frames" if cfg.person_model == "frames" else "persons"
     log(
-        f"batch: {per_device} per device x {plural(accelerator.num_processes, 'process', 'processes')} x "
+        f"batch: {per_device} {unit} per device x {plural(accelerator.num_processes, 'process', 'processes')} x "
         f"{plural(accumulation, 'accumulation step')} = {effective} effective"
     )
+    if cfg.person_model != "frames":
+        log(
+            f"person model: --person-model {cfg.person_model} on a {cfg.model} frame encoder; each training person "
+            f"brings up to {plural(cfg.bag_size, 'frame')} (--bag-size) drawn at random per epoch, all of a step's "
+            "persons encoded together; validation and test pool all of each person's frames"
+        )
 
 
 def describe_splits(manifest: DataManifest, log: RunLog) -> None:
@@ -155,7 +164,17 @@ def describe_persons(manifest: DataManifest, persons: Iterable[str]) -> str:
 
 
 def choose_monitor(cfg: TrainConfig, manifest: DataManifest) -> tuple[str, str | None]:
-    """(the metric best_model.pth follows, a warning when --monitor cannot be followed on these splits)."""
+    """(the metric best_model.pth follows, a warning when --monitor cannot be followed on these splits); a person
+    model follows the metric's per-person column (it gives no per-image numbers)."""
+    monitor, warning = _frame_monitor(cfg, manifest)
+    if cfg.person_model == "frames" or monitor == person_monitor(monitor):
+        return monitor, warning
+    if cfg.monitor != "auto" and warning is None:
+        warning = f"a person model gives no per-image numbers; --monitor {monitor} is {person_monitor(monitor)}"
+    return person_monitor(monitor), warning
+
+
+def _frame_monitor(cfg: TrainConfig, manifest: DataManifest) -> tuple[str, str | None]:
     if not manifest.splits["val"]:
         if cfg.monitor not in ("auto", "train_loss"):
             return "train_loss", f"no validation split; --monitor {cfg.monitor} replaced by train_loss"
@@ -167,6 +186,22 @@ def choose_monitor(cfg: TrainConfig, manifest: DataManifest) -> tuple[str, str |
     if "auc" in monitor and len(val_classes) < 2:
         return "val_loss", f"the validation split has one class, so {monitor} is undefined; monitoring val_loss instead"
     return monitor, None
+
+
+def build_run_model(cfg: TrainConfig, class_names: list[str]) -> tuple[torch.nn.Module, list[str]]:
+    """(the run's fresh model, what --pretrained-weights loaded): a frame classifier or a PersonModel around the
+    --model encoder, from --pretrained/--pretrained-weights, then --load-model."""
+    common = {"image_size": cfg.image_size, "drop_path": cfg.drop_path}
+    if cfg.person_model == "frames":
+        model = build_model(cfg.model, len(class_names), cfg.in_channels, cfg.pretrained, **common)
+    else:
+        model = PersonModel(
+            cfg.model, len(class_names), cfg.in_channels, cfg.person_model, pretrained=cfg.pretrained, **common
+        )
+    weight_lines = load_pretrained(model, cfg.model, cfg.pretrained_weights) if cfg.pretrained_weights else []
+    if cfg.load_model:
+        load_initial_weights(model, cfg.load_model, cfg.model, class_names, cfg.person_model)
+    return model, weight_lines
 
 
 def fit_run(
@@ -191,12 +226,7 @@ def fit_run(
     # Binary: the positive class read_labels chose (and reported); more classes keep the last as before.
     positive = manifest.positive_class
     positive_index = class_names.index(positive) if positive in class_names else len(class_names) - 1
-    model = build_model(
-        cfg.model, len(class_names), cfg.in_channels, cfg.pretrained, image_size=cfg.image_size, drop_path=cfg.drop_path
-    )
-    weight_lines = load_pretrained(model, cfg.model, cfg.pretrained_weights) if cfg.pretrained_weights else []
-    if cfg.load_model:
-        load_initial_weights(model, cfg.load_model, cfg.model, class_names)
+    model, weight_lines = build_run_model(cfg, class_names)
 
     monitor, monitor_warning = choose_monitor(cfg, manifest)
     # Everything the user gave is valid: from here on there is a run directory.

@@ -42,6 +42,7 @@ from carotid.training.epoch import (
     better,
     diverged,
     epoch_line,
+    eval_batch_size,
     evaluate_test,
     model_contract,
     person_class_weights,
@@ -49,6 +50,7 @@ from carotid.training.epoch import (
     run_loaders,
     split_names,
     validate,
+    validate_persons,
     weights_finite,
 )
 from carotid.training.finetune import FineTuning
@@ -155,7 +157,7 @@ class Trainer:
         """Threshold, temperature and operating points of this epoch's weights, from the validation persons."""
         choice = choose_on_validation(
             val_out,
-            aggregation=self.cfg.person_aggregation,
+            aggregation=self.contract["aggregation"],
             positive_index=self.positive_index,
             calibrate=self.cfg.calibrate,
             operating_points=self.cfg.operating_point,
@@ -277,7 +279,19 @@ class Trainer:
             | {"lr": self.optimizer.param_groups[0]["lr"]}
         )
         val_out = None
-        if self.val_loader is not None:
+        if "val" in self.datasets and cfg.person_model != "frames":
+            val_row, val_out, self.val_status = validate_persons(
+                self.model,
+                self.accelerator,
+                self.eval_preset,
+                self.datasets["val"],
+                self.positive_index,
+                eval_batch_size(cfg),
+                cfg.num_workers,
+                self.channels_last,
+            )
+            row |= val_row
+        elif self.val_loader is not None:
             val_row, val_out, self.val_status = validate(
                 self.tuning.evaluated(self.model),
                 self.val_loader,
