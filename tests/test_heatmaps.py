@@ -69,6 +69,13 @@ def test_decisive_frames_explain_the_call_and_a_missed_positive_shows_what_misse
     assert decisive_frames(missed, 0, 2).tolist() == [2, 0]  # the frames that drove the miss
 
 
+def test_a_correctly_called_negative_is_explained_for_its_own_class_not_the_positive_one():
+    """Grad-CAM of the positive class on a true negative is a flat, uninformative map: show the 'normal' map."""
+    normal = person("c", 0, 0, [0.1, 0.4, 0.05, 0.2])
+    assert explained_class(normal, positive=1, binary=True) == 0
+    assert decisive_frames(normal, 0, 2).tolist() == [2, 0]  # the frames most confidently normal
+
+
 def test_a_person_models_montage_shows_the_frames_of_highest_attention_first():
     # Two persons whose frame rows interleave; the person model's probability is repeated on each frame.
     frame_ids = np.array(["b", "a", "a", "b", "a", "a"])

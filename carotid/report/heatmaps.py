@@ -1,10 +1,10 @@
 """Grad-CAM heat maps: per person, a montage of the frames that decided its result.
 
-Which frames and which class (`explained_class`, `decisive_frames`): in a binary task the frames with
-the highest probability of the positive class, with Grad-CAM for that class (where the model sees
-plaque), except for a missed positive person (false negative), whose montage shows the frames with
-the lowest positive probability and explains the negative call that missed it; in a multi-class task
-the frames most confidently of the predicted class. A person model (`--person-model attention|mean`) has no
+Which frames and which class (`explained_class`, `decisive_frames`): always the person's predicted class, and
+the frames most confidently of it, with Grad-CAM for that class (each montage's title names the class): a
+person called positive shows where the model sees plaque, a missed positive (false negative) the frames that
+drove the negative call, and a correctly called negative where the model sees "normal" (the positive class's
+map would be uninformatively flat there). A person model (`--person-model attention|mean`) has no
 frame probabilities: its montage shows the frames with the highest attention first, each with its weight, and
 Grad-CAM explains each frame's embedding through the person head (`PersonFrameLogits`). Grad-CAM comes from the
 `grad-cam` package (pytorch_grad_cam); the layer it hooks is chosen per architecture in `carotid.model.registry`.
@@ -74,10 +74,8 @@ def group_persons(
 
 
 def explained_class(person: PersonFrames, positive: int, binary: bool) -> int:
-    if not binary:
-        return person.predicted
-    missed = person.true == positive and person.predicted != positive
-    return person.predicted if missed else positive
+    """The class a person's montage explains: the one it was called (`positive`/`binary` kept for callers)."""
+    return person.predicted
 
 
 def decisive_frames(person: PersonFrames, target: int, n: int) -> np.ndarray:
