@@ -190,6 +190,28 @@ def test_one_and_two_evaluation_processes_give_the_same_person_probabilities(att
     assert {r["path"]: float(r["attention"]) for r in _csv(two / "predictions.csv")} == pytest.approx(attention)
 
 
+@pytest.mark.slow
+def test_heat_maps_and_report_show_each_persons_frames_by_attention(attention_run, tmp_path):
+    out = tmp_path / "eval"
+    args = ["--run-dir", str(attention_run), "--out", str(out), "--heatmaps", "2", "--num-workers", "0"]
+    assert evaluate.main([*args, "--bootstrap", "20", "--split", "val"]) == 0
+    persons = _person_probs(out)
+    assert sorted(p.stem for p in (out / "heatmaps").glob("*.png")) == sorted(persons)
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert page.count("Highest attention first") == len(persons)  # once each: gallery or heat-map section
+    for person in persons:
+        frames = sorted(
+            (
+                (float(r["attention"]), Path(r["path"]).name)
+                for r in _csv(out / "predictions.csv")
+                if r["person_id"] == person
+            ),
+            reverse=True,
+        )
+        listed = " · ".join(f"{name} <b>{weight:.3f}</b>" for weight, name in frames)
+        assert listed in page, person  # highest first, each with its weight
+
+
 def test_predict_gives_the_persons_evaluate_gives(attention_run, tmp_path):
     evaluation = attention_run / "eval_test_best"
     folder = tmp_path / "input"

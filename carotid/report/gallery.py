@@ -182,9 +182,8 @@ def write_person_figures(
     for labelled persons, the failure gallery of the `failures` most wrong; returns {person ID: montage}."""
     class_names, positive = model_file.class_names, model_file.positive_index
     binary = len(class_names) == 2
-    attention = getattr(preds, "attention", None)  # a person model's (FramePredictions gains it with person models)
     grouped = group_persons(
-        preds.person_ids, preds.probs, persons.person_ids, persons.probs, predicted, persons.labels, attention
+        preds.person_ids, preds.probs, persons.person_ids, persons.probs, predicted, persons.labels, preds.attention
     )
     taken: set[str] = set()
     names = {p.person_id: file_name(p.person_id, taken) for p in grouped}
