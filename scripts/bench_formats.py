@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -216,26 +215,26 @@ print(json.dumps({"imports_s": imported - START, "collect_s": checked - imported
 
 
 def make_png_tree(root: Path, files: int, persons: int = 200) -> Path:
-    """`files` valid 64x48 PNG files (hard links of one) over `persons` person folders, and label.xlsx."""
+    """`files` valid 64x48 PNG files (hard links of one per person) over `persons` person folders, and label.xlsx."""
     from PIL import Image
 
     from carotid.data.demo import write_label_excel
 
     root.mkdir(parents=True, exist_ok=True)
-    one = root / "frame.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64), dtype=np.uint8)).save(one)
     per_person = -(-files // persons)
     for p in range(persons):
         folder = root / f"{100000 + p}"
         folder.mkdir(exist_ok=True)
         first = folder / "frame_0000.png"
         if not first.exists():
-            shutil.copy(one, first)  # one inode per person: a file system allows ~65,000 links to one file
+            # One inode and one content per person (a file system allows ~65,000 links to one file; persons
+            # sharing a file's content are one group to the split, carotid.data.audit).
+            pixels = np.random.default_rng(p).integers(0, 256, (48, 64), dtype=np.uint8)
+            Image.fromarray(pixels).save(first)
         for k in range(1, min(per_person, files - p * per_person)):
             target = folder / f"frame_{k:04d}.png"
             if not target.exists():
                 os.link(first, target)
-    one.unlink()
     write_label_excel(root / "label.xlsx", [(str(100000 + p), "ab"[p % 2]) for p in range(persons)])
     return root
 

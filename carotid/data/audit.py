@@ -13,7 +13,7 @@ from carotid.core.text import is_utf8, plural, printable
 from carotid.data.discovery import FrameCounts, bounded_map
 from carotid.data.kinds import is_archive
 
-HEAD_BYTES = 1 << 16  # files of equal size are compared by the hash of their first 64 KiB, then whole
+HEAD_BYTES = 1 << 13  # files of equal size are compared by the hash of their first 8 KiB, then whole
 DOMINANT_SHARE = 0.2  # a person holding ≥ 20% of the frames, and ≥ 3x an even share, is named
 DOMINANT_FACTOR = 3
 
@@ -94,12 +94,14 @@ def unreadable_list(counted: FrameCounts, failed: dict) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _stat(path: str) -> tuple[int, int, int] | None:
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return info.st_dev, info.st_ino, info.st_size
+def _stats(root_dir: str, part: list[str]) -> list:
+    out = []
+    for rel in part:
+        try:
+            out.append(os.stat(f"{root_dir}/{rel}"))
+        except OSError:
+            out.append(None)
+    return out
 
 
 def _digest(path: str, limit: int | None) -> str | None:
@@ -112,37 +114,54 @@ def _digest(path: str, limit: int | None) -> str | None:
         return None
 
 
-def _same_content(root_dir: str, files: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
-    """Groups of (person, file) of equal content among files of one size: head hash first, then whole."""
-    groups = [files]
+def _same_content(root_dir: str, files: list[tuple[str, str]]) -> list[list[int]]:
+    """Indices of `files` ((person, file) of distinct inodes of one size) whose content is equal, in groups:
+    the hash of the first HEAD_BYTES first, then of the whole file for those still equal."""
+    groups = [list(range(len(files)))]
     for limit in (HEAD_BYTES, None):
         refined = []
         for group in groups:
-            digests = bounded_map(lambda pf, lim=limit: _digest(os.path.join(root_dir, pf[1]), lim), group)
+            digests = bounded_map(lambda k, lim=limit: _digest(os.path.join(root_dir, files[k][1]), lim), group)
             by_digest: dict[str, list] = defaultdict(list)
-            for item, digest in zip(group, digests):
+            for k, digest in zip(group, digests):
                 if digest is not None:
-                    by_digest[digest].append(item)
-            refined += [g for g in by_digest.values() if len({p for p, _ in g}) > 1]
+                    by_digest[digest].append(k)
+            refined += [g for g in by_digest.values() if len(g) > 1]
         groups = refined
     return groups
 
 
-def shared_files(root_dir: str, files_of: dict[str, list[str]]) -> list[dict]:
+def shared_files(root_dir: str, files_of: dict[str, list[str]], chunk: int = 1024) -> list[dict]:
     """[{"persons": [...], "example": [file, file]}] for persons holding the same file (a linked folder or
-    file, a hard link) or files of identical content: the same frames under two IDs."""
-    items = [(p, f) for p, files in files_of.items() for f in files]
-    stats = bounded_map(lambda pf: _stat(os.path.join(root_dir, pf[1])), items)
-    by_inode: dict[tuple, list] = defaultdict(list)
-    by_size: dict[int, list] = defaultdict(list)
-    for item, stat in zip(items, stats):
-        if stat is not None:
-            by_inode[stat[:2]].append(item)
-            by_size[stat[2]].append(item)
-    found = [g for g in by_inode.values() if len({p for p, _ in g}) > 1]
-    for group in by_size.values():
-        if len({p for p, _ in group}) > 1:
-            found += _same_content(root_dir, group)
+    file, a hard link) or files of identical content: the same frames under two IDs.
+
+    One stat per file (in chunks on the reader threads: they hide network-file-system latency; ~4 µs a file
+    here, PERFORMANCE.md); contents are read only for distinct files whose size another one shares, once each.
+    Memory: one entry per distinct file (its first path, no copies), lists only where sizes collide."""
+    chunks = [(p, files[i : i + chunk]) for p, files in files_of.items() for i in range(0, len(files), chunk)]
+    owner: dict[tuple, tuple[str, str]] = {}  # (device, inode) → its first (person, file)
+    linked: dict[tuple, dict[str, str]] = {}  # inodes reached from several persons: {person: file}
+    first_of_size: dict[int, tuple] = {}
+    same_size: dict[int, list] = {}  # sizes held by several distinct files: their inodes
+    for (person, part), stats in zip(chunks, bounded_map(lambda c: _stats(root_dir, c[1]), chunks)):
+        for rel, stat in zip(part, stats):
+            if stat is None:
+                continue
+            key = (stat.st_dev, stat.st_ino)
+            first = owner.get(key)
+            if first is None:
+                owner[key] = (person, rel)
+                other = first_of_size.setdefault(stat.st_size, key)
+                if other != key:
+                    same_size.setdefault(stat.st_size, [other]).append(key)
+            elif first[0] != person:
+                linked.setdefault(key, {first[0]: first[1]}).setdefault(person, rel)
+    found = [list(holders.items()) for holders in linked.values()]
+    for keys in same_size.values():
+        for same in _same_content(root_dir, [owner[k] for k in keys]):
+            group = [item for k in same for item in linked.get(keys[k], dict([owner[keys[k]]])).items()]
+            if len({p for p, _ in group}) > 1:
+                found.append(group)
     return _linked_persons(found)
 
 
