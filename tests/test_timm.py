@@ -239,3 +239,19 @@ def test_fine_tuning_options_run_on_two_processes_under_each_strategy(strategy, 
     assert ("EMA weights: val_loss" in output) == bool(extra)
     final = ModelFile.load(only_run_dir(tmp_path / "out") / "models" / "final_model.pth")
     assert final.arch == "timm/test_efficientnet" and final.config["layer_decay"] == 0.8
+
+
+@pytest.mark.slow
+def test_a_person_model_probes_a_timm_encoder_and_validates_its_ema(data_dir, tmp_path):
+    reference = timm.create_model("convnext_atto", pretrained=False)
+    save_file(reference.state_dict(), tmp_path / "convnext_atto.safetensors")
+    tuning = ["--freeze-backbone-epochs", "2", "--ema", "--layer-decay", "0.8"]
+    weights = ["--pretrained-weights", str(tmp_path / "convnext_atto.safetensors")]
+    run = _train(data_dir, tmp_path / "out", "convnext_atto", "--epochs", "2", "--no-test", "--person-model",
+                 "attention", *weights, *tuning)  # fmt: skip
+    assert "EMA weights: val_loss" in (run / "train.log").read_text(encoding="utf-8")
+    final = ModelFile.load(run / "models" / "final_model.pth")
+    encoder = {k.removeprefix("encoder."): v for k, v in final.state_dict.items() if k.startswith("encoder.")}
+    theirs = reference.state_dict()
+    assert final.person_model == "attention" and len(encoder) == 126
+    assert all(torch.equal(v, theirs[k]) for k, v in encoder.items() if k != "stem.0.weight")

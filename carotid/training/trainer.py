@@ -276,12 +276,12 @@ class Trainer:
         row = (
             {"epoch": epoch + 1}
             | reduce_progress(self.accelerator, self.progress)
-            | {"lr": self.optimizer.param_groups[0]["lr"]}
+            | {"lr": max(g["lr"] for g in self.optimizer.param_groups)}  # the head's, under layer decay or a freeze
         )
         val_out = None
         if "val" in self.datasets and cfg.person_model != "frames":
             val_row, val_out, self.val_status = validate_persons(
-                self.model,
+                self.tuning.evaluated(self.model),
                 self.accelerator,
                 self.eval_preset,
                 self.datasets["val"],
