@@ -19,6 +19,8 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from carotid.core.errors import UserError
 
 
@@ -148,7 +150,6 @@ def _as_float(value: Any) -> float | None:
 
 def read_yaml_defaults(schema: type, path: str, example: str) -> dict[str, Any]:
     """Options from a YAML file; keys may use '-' or '_'. A run's config.yaml repeats that run."""
-    import yaml
 
     file = Path(path)
     if not file.is_file():
@@ -289,7 +290,6 @@ def parse_options(
 
 def default_yaml(schema: type, groups: dict[str, str], header: list[str]) -> str:
     """A documented YAML of every option of `schema`, its help and its default."""
-    import yaml
 
     lines = list(header)
     current = None

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -174,7 +175,6 @@ def check_writable(output_dir: str | Path) -> None:
 def software_versions() -> dict[str, str]:
     # A module not loaded yet is asked through its package metadata: importing torchvision and scikit-learn
     # only to read their versions cost seconds at every start. (Loaded ones give their build tag, e.g. +cu130.)
-    from importlib.metadata import PackageNotFoundError, version
 
     versions = {"carotid": carotid.__version__}
     for package, module in (

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate.utils import gather_object
 from torch.utils.data import Dataset, default_collate
 
 from carotid.core.errors import UserError
@@ -192,8 +193,6 @@ def agree(accelerator, outcome: tuple, error: BaseException | None) -> None:
     """Every rank learns each builder's outcome (a collective, so it is also the barrier), and fails alike."""
     outcomes = [outcome]
     if accelerator is not None and accelerator.num_processes > 1:
-        from accelerate.utils import gather_object
-
         outcomes = gather_object([outcome])
     if error is not None:
         raise error

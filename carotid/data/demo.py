@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import openpyxl
 from PIL import Image
 
 from carotid.core.errors import UserError
@@ -104,7 +105,6 @@ def make_persons(n: int, rng: np.random.Generator) -> list[dict]:
 
 
 def write_label_excel(path: Path, rows: list[tuple[object, str]]) -> None:
-    import openpyxl
 
     book = openpyxl.Workbook()
     sheet = book.active

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import openpyxl
 from openpyxl.utils import get_column_letter, range_boundaries
+from openpyxl.worksheet._reader import WorkSheetParser
 
 from carotid.core.errors import UserError
 from carotid.data import sheet_xml
@@ -108,7 +110,6 @@ def _corrupt(path: Path, err: BaseException) -> UserError:
 
 def open_workbook(path: Path, data_only: bool = True):
     """The workbook in read-only mode; every way the file can be wrong is a UserError."""
-    import openpyxl
 
     _check_file(path)
     try:
@@ -199,7 +200,6 @@ def _sparse_rows(worksheet, layout: dict | None = None):
     (a MemoryError on a 1 MB file), so rows are taken, sparse, from the parser iter_rows itself uses, fed the
     XML less its merged ranges (carotid.data.sheet_xml). `layout` receives, once the rows are read, the
     hidden rows (from the parser's row attributes) and the merged ranges spanning several rows."""
-    from openpyxl.worksheet._reader import WorkSheetParser
 
     workbook = worksheet.parent
     with worksheet._get_source() as raw:
