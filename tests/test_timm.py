@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -255,3 +256,18 @@ def test_a_person_model_probes_a_timm_encoder_and_validates_its_ema(data_dir, tm
     theirs = reference.state_dict()
     assert final.person_model == "attention" and len(encoder) == 126
     assert all(torch.equal(v, theirs[k]) for k, v in encoder.items() if k != "stem.0.weight")
+
+
+@pytest.mark.slow
+def test_a_run_resumed_from_its_epoch_1_checkpoint_continues_the_ema_and_the_frozen_schedule(data_dir, tmp_path):
+    tuning = ["--epochs", "3", "--keep-checkpoints", "3", "--no-test", "--ema", "--ema-decay", "0.9"]
+    tuning += ["--freeze-backbone-epochs", "1"]
+    run = _train(data_dir, tmp_path / "straight", "small_cnn", *tuning)
+    copy = tmp_path / "resumed" / run.name
+    shutil.copytree(run, copy)
+    epoch_1 = sorted((copy / "checkpoints").glob("checkpoint-*-epoch-end"))[0]
+    assert read_json(epoch_1 / "progress.json")["epoch"] == 1
+    assert train_in_process("--resume", str(epoch_1)) == 0
+    straight = ModelFile.load(run / "models" / "final_model.pth").state_dict
+    resumed = ModelFile.load(copy / "models" / "final_model.pth").state_dict
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
