@@ -328,3 +328,19 @@ def test_two_training_processes_train_an_attention_model(tmp_path):
     splits = json.loads((run_dir / "splits.json").read_text(encoding="utf-8"))
     assert sorted(r["person_id"] for r in persons) == sorted(splits["test"])
     assert ModelFile.load(run_dir / "models" / "final_model.pth").person_model == "attention"
+
+
+def test_cached_frames_train_the_same_attention_model_with_temperature_and_operating_point(tmp_path):
+    """--cache: bags index the cached dataset by frame; the run equals one that decodes every frame."""
+    root, label = make_data(tmp_path / "frames", persons=12, frames=4, size=40)
+    args = ["--root-dir", str(root), "--label-excel", str(label), "--epochs", "1", *FAST, "--no-test"]
+    args += ["--batch-size", "2", "--bag-size", "3", "--person-model", "attention", "--calibrate", "temperature"]
+    args += ["--operating-point", "sensitivity=0.9", "--cache-dir", str(tmp_path / "cache")]
+    assert train_in_process(*args, "--output-dir", str(tmp_path / "plain")) == 0
+    assert train_in_process(*args, "--cache", "--output-dir", str(tmp_path / "cached")) == 0
+    plain, cached = only_run_dir(tmp_path / "plain"), only_run_dir(tmp_path / "cached")
+    assert "frames read from the cache" in (cached / "train.log").read_text(encoding="utf-8")
+    assert resume_rows(plain) == resume_rows(cached)
+    model_file = ModelFile.load(cached / "models" / "best_model.pth")
+    assert model_file.temperature is not None and "validation persons" in model_file.temperature_source
+    assert [p["name"] for p in model_file.operating_points] == ["sensitivity=0.9"]
