@@ -165,14 +165,7 @@ def train_one_epoch(
     tally = _Tally(progress, accelerator.device)
     nonfinite_at = torch.full((), -1, device=accelerator.device, dtype=torch.int64)
     end = EpochEnd(progress)
-    bar = tqdm(
-        total=len(loader) + progress.batches_done,
-        initial=progress.batches_done,
-        desc=f"epoch {epoch + 1}/{epochs}",
-        disable=None if accelerator.is_main_process else True,
-        dynamic_ncols=True,
-        leave=False,
-    )
+    bar = _progress_bar(accelerator, len(loader) + progress.batches_done, progress.batches_done, epoch, epochs)
     iterator = iter(loader)
     while (batch := tally.next_batch(iterator)) is not None:
         if statuses is not None:
@@ -203,6 +196,17 @@ def train_one_epoch(
     if end.stop is None:
         _agree_to_stop(accelerator, end, lambda: False, nonfinite_at)
     return end
+
+
+def _progress_bar(accelerator: Accelerator, total: int, done: int, epoch: int, epochs: int) -> tqdm:
+    return tqdm(
+        total=total,
+        initial=done,
+        desc=f"epoch {epoch + 1}/{epochs}",
+        disable=None if accelerator.is_main_process else True,
+        dynamic_ncols=True,
+        leave=False,
+    )
 
 
 def _agree_to_stop(accelerator: Accelerator, end: EpochEnd, stop_requested, nonfinite_at) -> bool:

@@ -1,4 +1,4 @@
-"""Pieces of a training run that need no Trainer: its loaders, the model-file fields fixed for the run,
+"""Pieces of a training run that need no Trainer: its fresh model, its loaders, the model-file fields fixed for the run,
 validation numbers, loss class weights, whether the monitored metric improved, the console's epoch line,
 the finiteness check on (sharded) weights, the messages a stopped run ends with, and the test evaluation."""
 
@@ -26,10 +26,29 @@ from carotid.evaluation.person_inference import predict_persons
 from carotid.evaluation.registry import EPOCH_LINE, PERSON_COLUMNS, lower_is_better
 from carotid.evaluation.selection import ValidationOutput
 from carotid.model import canonical_arch
+from carotid.model.person import PersonModel
+from carotid.model.registry import build_model
+from carotid.model.weights import load_initial_weights, load_pretrained
 from carotid.report.outputs import evaluate_model
 from carotid.training import checkpoints
 from carotid.training.config import TrainConfig
 from carotid.training.engine import EpochProgress
+
+
+def build_run_model(cfg: TrainConfig, class_names: list[str]) -> tuple[torch.nn.Module, list[str]]:
+    """(the run's fresh model, what --pretrained-weights loaded): a frame classifier or a PersonModel around the
+    --model encoder, from --pretrained/--pretrained-weights, then --load-model."""
+    common = {"image_size": cfg.image_size, "drop_path": cfg.drop_path}
+    if cfg.person_model == "frames":
+        model = build_model(cfg.model, len(class_names), cfg.in_channels, cfg.pretrained, **common)
+    else:
+        model = PersonModel(
+            cfg.model, len(class_names), cfg.in_channels, cfg.person_model, pretrained=cfg.pretrained, **common
+        )
+    weight_lines = load_pretrained(model, cfg.model, cfg.pretrained_weights) if cfg.pretrained_weights else []
+    if cfg.load_model:
+        load_initial_weights(model, cfg.load_model, cfg.model, class_names, cfg.person_model)
+    return model, weight_lines
 
 
 def run_loaders(cfg: TrainConfig, datasets: dict, num_processes: int, pin_memory: bool) -> tuple:

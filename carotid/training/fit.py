@@ -26,12 +26,9 @@ from carotid.data.labels import LabelTable, read_labels
 from carotid.data.loaders import frame_dataset
 from carotid.data.manifest import SPLITS, DataManifest, check_classes_in_training, collect_persons, data_block
 from carotid.evaluation.registry import person_monitor
-from carotid.model.person import PersonModel
-from carotid.model.registry import build_model
-from carotid.model.weights import load_initial_weights, load_pretrained
 from carotid.training.checkpoints import disk_full
 from carotid.training.config import TrainConfig
-from carotid.training.epoch import split_names
+from carotid.training.epoch import build_run_model, split_names
 from carotid.training.trainer import Trainer
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # exit status 2 with one line naming the disk and --resume
@@ -186,22 +183,6 @@ def _frame_monitor(cfg: TrainConfig, manifest: DataManifest) -> tuple[str, str |
     if "auc" in monitor and len(val_classes) < 2:
         return "val_loss", f"the validation split has one class, so {monitor} is undefined; monitoring val_loss instead"
     return monitor, None
-
-
-def build_run_model(cfg: TrainConfig, class_names: list[str]) -> tuple[torch.nn.Module, list[str]]:
-    """(the run's fresh model, what --pretrained-weights loaded): a frame classifier or a PersonModel around the
-    --model encoder, from --pretrained/--pretrained-weights, then --load-model."""
-    common = {"image_size": cfg.image_size, "drop_path": cfg.drop_path}
-    if cfg.person_model == "frames":
-        model = build_model(cfg.model, len(class_names), cfg.in_channels, cfg.pretrained, **common)
-    else:
-        model = PersonModel(
-            cfg.model, len(class_names), cfg.in_channels, cfg.person_model, pretrained=cfg.pretrained, **common
-        )
-    weight_lines = load_pretrained(model, cfg.model, cfg.pretrained_weights) if cfg.pretrained_weights else []
-    if cfg.load_model:
-        load_initial_weights(model, cfg.load_model, cfg.model, class_names, cfg.person_model)
-    return model, weight_lines
 
 
 def fit_run(

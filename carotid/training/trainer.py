@@ -278,10 +278,18 @@ class Trainer:
             | reduce_progress(self.accelerator, self.progress)
             | {"lr": max(g["lr"] for g in self.optimizer.param_groups)}  # the head's, under layer decay or a freeze
         )
-        val_out = None
-        if "val" in self.datasets and cfg.person_model != "frames":
-            val_row, val_out, self.val_status = validate_persons(
-                self.tuning.evaluated(self.model),
+        val_row, val_out = self.validate()
+        return row | val_row, val_out
+
+    def validate(self) -> tuple[dict, ValidationOutput | None]:
+        """The epoch's val_* numbers and the validation outputs the threshold is chosen on ({}, None without a
+        validation split); a person model's validation pools all of each person's frames (validate_persons)."""
+        cfg, model = self.cfg, self.tuning.evaluated(self.model)
+        if "val" not in self.datasets:
+            return {}, None
+        if cfg.person_model != "frames":
+            row, val_out, self.val_status = validate_persons(
+                model,
                 self.accelerator,
                 self.eval_preset,
                 self.datasets["val"],
@@ -290,19 +298,17 @@ class Trainer:
                 cfg.num_workers,
                 self.channels_last,
             )
-            row |= val_row
-        elif self.val_loader is not None:
-            val_row, val_out, self.val_status = validate(
-                self.tuning.evaluated(self.model),
-                self.val_loader,
-                self.accelerator,
-                self.eval_preset,
-                self.datasets["val"],
-                self.positive_index,
-                cfg.person_aggregation,
-                channels_last=self.channels_last,
-            )
-            row |= val_row
+            return row, val_out
+        row, val_out, self.val_status = validate(
+            model,
+            self.val_loader,
+            self.accelerator,
+            self.eval_preset,
+            self.datasets["val"],
+            self.positive_index,
+            cfg.person_aggregation,
+            channels_last=self.channels_last,
+        )
         return row, val_out
 
     def optimizer_stepped(self) -> bool:
