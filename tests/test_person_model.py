@@ -311,6 +311,7 @@ def test_cross_validation_of_an_attention_model_pools_its_person_probabilities(t
     matrix = metrics["out_of_fold"]["person"]["confusion_matrix"]
     assert metrics["n_persons"] == len(oof) == sum(map(sum, matrix)), "each held-out person once, as a person"
     assert metrics["test_ensemble"]["image"] is None
+    assert "not applicable" in (cv_dir / "report.html").read_text(encoding="utf-8")
 
 
 @pytest.mark.slow

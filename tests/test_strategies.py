@@ -33,6 +33,7 @@ from carotid.data.transforms import NORMALIZATION, eval_preset
 from carotid.model.file import ModelFile
 from carotid.model.registry import build_model
 from carotid.training.engine import EpochProgress, train_one_epoch
+from carotid.training.fit import DISTRIBUTION
 from tests.conftest import FAST, free_port, make_data, only_run_dir, read_json, subprocess_env, train_in_process
 
 pytestmark = pytest.mark.slow  # real multi-process launches: scripts/test.sh --fast skips them
@@ -322,7 +323,7 @@ def test_an_attention_model_trains_and_validates_under_the_strategy_like_under_d
     """Bags of several persons per step; validation's chunked encode/pool calls stay in step on both ranks
     (each forward gathers the sharded weights under ZeRO-3 and FSDP2)."""
     run_dir = attention_runs(name)
-    assert f"processes: 2 ({STRATEGIES[name][1]})" in (run_dir / "train.log").read_text(encoding="utf-8")
+    assert f"processes: 2 ({DISTRIBUTION[STRATEGIES[name][1]]})" in (run_dir / "train.log").read_text(encoding="utf-8")
     ours, ddp = metric_rows(run_dir), metric_rows(attention_runs("ddp"))
     assert [r["epoch"] for r in ours] == ["1", "2"]
     for mine, reference in zip(ours, ddp):

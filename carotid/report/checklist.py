@@ -212,8 +212,11 @@ def cv_checklist(
     )
     test = len(plan.get("test", []))
     persons = _matrix_counts(oof["person"].get("confusion_matrix"), classes)
-    frames = _matrix_counts(oof["image"].get("confusion_matrix"), classes)
-    by_class = ", ".join(f"{c}: {plural(persons[c], 'person')} / {plural(frames.get(c, 0), 'frame')}" for c in persons)
+    frames = _matrix_counts((oof["image"] or {}).get("confusion_matrix"), classes)  # none for person models
+    by_class = ", ".join(
+        f"{c}: {plural(persons[c], 'person')}" + (f" / {plural(frames.get(c, 0), 'frame')}" if frames else "")
+        for c in persons
+    )
     counts = f"out of fold: {plural(metrics['n_persons'], 'person')} ({by_class}) in {k} folds of " + ", ".join(
         f"{f['n_persons']}" for f in folds
     )

@@ -54,6 +54,8 @@ def write_cv_figures(
 ) -> None:
     """The out-of-fold ROC (with the person bootstrap's 95% band) and reliability diagram."""
     levels = {"image": (frames.labels, frames.probs), "person": (persons.labels, persons.probs)}
+    if pooled.get("image", {}) is None:  # person models: no image level
+        del levels["image"]
     bands = roc_bands({"threshold": pooled["threshold"], "ci": pooled["ci"]}, frames, persons, positive)
     plot_roc(levels, class_names, positive, cv_dir / "roc_curve.png", bands=bands, split="out of fold")
     calibration = pooled["calibration"]
@@ -70,7 +72,11 @@ def write_cv_figures(
 
 
 def _metrics_table(result: dict, binary: bool) -> str:
-    rows = [[key, with_ci(result, "person", key), with_ci(result, "image", key)] for key in table_metrics(binary)]
+    person_model = result.get("image", {}) is None  # no image level
+    rows = [
+        [key, with_ci(result, "person", key), "not applicable" if person_model else with_ci(result, "image", key)]
+        for key in table_metrics(binary)
+    ]
     return table(["metric", "per person", "per image"], rows)
 
 
@@ -95,6 +101,8 @@ def section_out_of_fold(cv_dir: Path, metrics: dict) -> str:
         f"each predicted once by the fold model that did not train on them; person probability = "
         f"{metrics['person_aggregation']} of its frames"
     )
+    if oof.get("image", {}) is None:
+        head = head.replace(f"{metrics['person_aggregation']} of its frames", "the fold's person model's own")
     if binary:
         head += f"; positive class {metrics['positive_class']}, each person called at its own fold's threshold"
     warnings = "".join(f'<div class="warn">{escape(w)}</div>' for w in oof.get("warnings", []))
@@ -129,6 +137,8 @@ def section_folds(metrics: dict) -> str:
     if binary:
         rows.append(["threshold", *(number(f["threshold"]) for f in folds), _mean_sd([f["threshold"] for f in folds])])
     for level in ("person", "image"):
+        if metrics["fold_mean_sd"].get(level) is None:  # person models: no image level
+            continue
         for key in table_metrics(binary):
             spread = metrics["fold_mean_sd"][level][key]
             summary = "n/a" if spread["mean"] is None else f"{spread['mean']:.3f}"

@@ -137,7 +137,7 @@ def number(value) -> str:
 
 def with_ci(metrics: dict, level: str, key: str) -> str:
     interval = ((metrics.get("ci") or {}).get(level) or {}).get(key)
-    point = number(metrics.get(level, {}).get(key))
+    point = number((metrics.get(level) or {}).get(key))
     return point + (f" [{interval['low']:.3f}, {interval['high']:.3f}]" if interval else "")
 
 
