@@ -13,7 +13,7 @@ import numpy as np
 from carotid.core.files import atomic_write_text
 from carotid.evaluation.bootstrap import roc_band
 from carotid.evaluation.compare import Side
-from carotid.report.page import STYLE, image, table
+from carotid.report.page import document, image, table
 from carotid.report.plots import new_figure, save_figure
 
 BAND_RESAMPLES = 1000  # person resamples behind each ROC band (at most --bootstrap)
@@ -127,13 +127,7 @@ def build_compare_page(result: dict, a: Side, b: Side, out: Path) -> str:
             [["compare.json", str(out / "compare.json")], ["written", time.strftime("%Y-%m-%d %H:%M:%S %z")]],
         ),
     ]
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">'
-        f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>"
-        + "\n".join(part for part in body if part)
-        + "</body></html>\n"
-    )
+    return document(title, body)
 
 
 def write_compare_page(result: dict, a: Side, b: Side, out: Path, *, n_resamples: int, seed: int) -> Path:

@@ -26,9 +26,9 @@ from carotid.evaluation.registry import table_metrics
 from carotid.report.checklist import cv_checklist
 from carotid.report.outputs import roc_bands
 from carotid.report.page import (
-    STYLE,
     calibration_table,
     checklist_table,
+    document,
     flow_boxes,
     image,
     notes,
@@ -277,13 +277,7 @@ def build_cv_report(cv_dir: Path) -> str:
         checklist_table(items, "this cross-validation recorded"),
         section_provenance(cv_dir, config),
     ]
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">'
-        f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>"
-        + "\n".join(part for part in body if part)
-        + "</body></html>\n"
-    )
+    return document(title, body)
 
 
 def write_cv_report(cv_dir: Path) -> Path:

@@ -22,10 +22,10 @@ from carotid.evaluation.registry import table_metrics
 from carotid.report.checklist import checklist
 from carotid.report.heatmaps import file_name
 from carotid.report.page import (
-    STYLE,
     attention_line,
     calibration_table,
     checklist_table,
+    document,
     flow_boxes,
     image,
     notes,
@@ -271,14 +271,7 @@ def build_report(eval_dir: Path | None, run_dir: Path | None) -> str:
         body.append(section_heatmaps(eval_dir, failures))
     body += [section_checklist(config.get("options", {}), data_report, metrics, model)]
     body.append(section_provenance(config, metrics, model, run_dir))
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        '<link rel="icon" href="data:,">'  # no favicon request
-        f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>"
-        + "\n".join(part for part in body if part)
-        + "</body></html>\n"
-    )
+    return document(title, body)
 
 
 def write_report(path: Path, eval_dir: Path | None = None, run_dir: Path | None = None) -> Path:

@@ -210,3 +210,15 @@ def checklist_table(items: list, recorded: str) -> str:
         "<span class='todo'>researcher to write</span> marks what only you can report.</p>"
         + table(["topic", "asked for by", "status", "content"], rows, classes)
     )
+
+
+def document(title: str, parts: list[str]) -> str:
+    """A whole self-contained page: the style sheet inline, no favicon request, the non-empty parts in order."""
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<link rel="icon" href="data:,">'  # no favicon request
+        f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>"
+        + "\n".join(part for part in parts if part)
+        + "</body></html>\n"
+    )
