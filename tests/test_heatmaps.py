@@ -12,8 +12,9 @@ import torch
 
 from carotid.model import ARCHITECTURES
 from carotid.model.file import ModelFile
+from carotid.model.gradcam import TARGET_LAYERS
 from carotid.model.person import PersonModel
-from carotid.model.registry import TARGET_LAYERS, build_model
+from carotid.model.registry import build_model
 from carotid.report.gallery import most_wrong
 from carotid.report.heatmaps import (
     GradCamRenderer,

@@ -26,7 +26,7 @@ from carotid.data.decode import decode_frames
 from carotid.data.kinds import kind_by_name
 from carotid.data.transforms import eval_preset
 from carotid.model.file import ModelFile
-from carotid.model.registry import target_layer
+from carotid.model.gradcam import target_layer
 from carotid.report.plots import new_figure, save_figure
 
 BATCH = 16  # frames per Grad-CAM pass: forward and backward of one batch
