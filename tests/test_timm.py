@@ -223,8 +223,8 @@ def test_an_efficientnet_exports_to_onnx_within_the_parity_tolerance(data_dir, t
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "strategy, extra",
-    [("cpu_ddp", ["--ema"]), ("deepspeed_zero2", []), ("fsdp", [])],
-    ids=["ddp", "zero2", "fsdp2"],
+    [("cpu_ddp", ["--ema"]), ("deepspeed_zero2", []), ("deepspeed_zero3", []), ("fsdp", [])],
+    ids=["ddp", "zero2", "zero3", "fsdp2"],
 )
 def test_fine_tuning_options_run_on_two_processes_under_each_strategy(strategy, extra, data_dir, tmp_path):
     """A frozen-then-unfrozen backbone, layer decay and drop-path (and the EMA under DDP; ZeRO and FSDP shard
