@@ -19,7 +19,8 @@ loop on the same frames, model, batch, optimizer and validation persons: seconds
 step and for the whole run; (h) what ends every epoch besides validation: the checkpoint with its fsyncs
 against Accelerate's save_state alone, and best_model.pth. (f) and (g) run interleaved pairs (the order
 flips every pair) and report medians: on a shared machine single runs move by 2x. (i) decode rates per
-file kind and (j) start-up against the number of frames (scripts/bench_formats.py). See docs/PERFORMANCE.md.
+file kind and (j) start-up against the number of frames (scripts/bench_formats.py). (k) a person model's bag
+step against a frame step on the same frames (scripts/bench_bags.py). See docs/PERFORMANCE.md.
 
     python scripts/benchmark.py --compare-only --startup-pairs 5 --run-pairs 3 --json compare.json
 """
@@ -265,18 +266,23 @@ def train_epochs(trainer: dict, loader, epochs: int) -> list[dict]:
     return rows
 
 
-def make_trainer(args, compile_model: bool) -> dict:
-    """Model, AdamW and the training preset, prepared as carotid.train prepares them."""
+def make_trainer(args, compile_model: bool, person_model: str | None = None) -> dict:
+    """Model, AdamW and the training preset, prepared as carotid.train prepares them; `person_model` (attention,
+    mean): a PersonModel around the architecture instead of the frame classifier."""
     import torch
 
     from carotid.data.transforms import train_preset
+    from carotid.model.person import PersonModel
     from carotid.model.registry import build_model
     from carotid.training.optim import make_optimizer
 
     accelerator = args.accelerator
-    model = build_model(args.model, 2, 1, image_size=args.image_size).to(
-        memory_format=torch.channels_last
-    )  # as Trainer
+    model = (
+        PersonModel(args.model, 2, 1, pooling=person_model, image_size=args.image_size)
+        if person_model
+        else build_model(args.model, 2, 1, image_size=args.image_size)
+    )
+    model = model.to(memory_format=torch.channels_last)  # as Trainer
     if compile_model:
         model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, make_optimizer(model, 1e-4, 1e-4))
@@ -704,6 +710,8 @@ def ratios(f: dict) -> dict:
             f.get("epoch_end", {}).get("checkpoint_seconds"), f.get("epoch_end", {}).get("save_state_seconds")
         ),
         "import_vs_handwritten_help": ratio(startup.get("import carotid.train"), startup.get("hand-written --help")),
+        "bag_vs_frame_step": f.get("bag_vs_frame_step_rounds"),  # the median of paired rounds (bench_bags.py)
+        "bag_vs_frame_step_cpu": f.get("bag_vs_frame_step_cpu_rounds"),
     }
 
 
@@ -741,6 +749,8 @@ def table(f: dict, r: dict, args) -> str:
             ),
             (f"(e) discover_frames, {f['discovery_files']} files, s", f"{f['discovery_seconds']:.4f}"),
             ("(e) find ROOT -type f, s", num(f["find_seconds"], ".4f")),
+            ("(k) frame step, img/s", num(f["frame_step_images_per_second"], ".1f")),
+            (f"(k) bag step ({f['bag_size']} frames a person), img/s", num(f["bag_step_images_per_second"], ".1f")),
         ]
     if "epoch_end" in f:
         end = f["epoch_end"]
@@ -781,6 +791,8 @@ def table(f: dict, r: dict, args) -> str:
         "loader cached/uncached": ("loader_cached_vs_uncached", ".1f"),
         "discovery/find": ("discovery_vs_find", ".2f"),
         "compile gain (a'/a)": ("compile_gain", ".3f"),
+        "bag step/frame step (k)": ("bag_vs_frame_step", ".3f"),
+        "bag step/frame step in CPU time (k)": ("bag_vs_frame_step_cpu", ".3f"),
         "checkpoint/save_state": ("checkpoint_vs_save_state", ".2f"),
         "--help: carotid.train/hand-written": ("help_vs_handwritten", ".2f"),
         "bad flag: carotid.train/hand-written --help": ("bad_flag_vs_handwritten_help", ".2f"),
@@ -883,6 +895,9 @@ def measure_pipeline(args, work: Path, root: Path, items: list) -> dict:
     figures: dict = {}
     steps = max(len(items) // args.batch_size, 1)
     figures["compute_ceiling_images_per_second"] = measure_ceiling(args, steps, args.compile)
+    from bench_bags import bag_vs_frame_step
+
+    figures |= bag_vs_frame_step(args, steps, make_trainer, train_epochs)
     if args.compile_gain:
         figures["compute_ceiling_compiled_images_per_second"] = measure_ceiling(args, steps, True)
     trainer = make_trainer(args, args.compile)

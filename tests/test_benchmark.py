@@ -25,6 +25,8 @@ FIGURES = [
     "loader_cached_images_per_second",
     "discovery_seconds",
     "find_seconds",
+    "frame_step_images_per_second",
+    "bag_step_images_per_second",
 ]
 RATIOS = [
     "uncached_train_vs_ceiling",
@@ -37,6 +39,7 @@ RATIOS = [
     "first_batch_vs_handwritten",
     "whole_run_vs_handwritten",
     "checkpoint_vs_save_state",
+    "bag_vs_frame_step",
 ]
 
 
@@ -64,6 +67,7 @@ def test_quick_benchmark_reports_every_figure(tmp_path):
         "(c) train, cache",
         "loader cached/uncached",
         "discovery/find",
+        "bag step/frame step (k)",
         "first batch: carotid.train/hand-written",
         "whole run: carotid.train/hand-written",
     ):
