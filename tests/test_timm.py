@@ -19,6 +19,7 @@ from carotid.model import canonical_arch, split_arch
 from carotid.model.file import ModelFile
 from carotid.model.registry import build_encoder, build_model, check_arch
 from carotid.model.weights import load_initial_weights, load_pretrained
+from carotid.report.checklist import initialisation
 from carotid.report.heatmaps import GradCamRenderer
 from tests.conftest import FAST, only_run_dir, read_json, run_module, train_in_process
 from tests.test_strategies import launch_command, run
@@ -271,3 +272,11 @@ def test_a_run_resumed_from_its_epoch_1_checkpoint_continues_the_ema_and_the_fro
     straight = ModelFile.load(run / "models" / "final_model.pth").state_dict
     resumed = ModelFile.load(copy / "models" / "final_model.pth").state_dict
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_the_report_checklist_names_the_starting_weights_file_and_the_fine_tuning():
+    options = {"pretrained_weights": "/data/w/convnext_atto.safetensors", "freeze_backbone_epochs": 3, "ema": True}
+    text = initialisation(options | {"ema_decay": 0.998, "layer_decay": 0.75})
+    assert text.startswith("the weights file convnext_atto.safetensors; fine-tuning: backbone frozen for 3 epoch(s)")
+    assert "layer-wise LR decay 0.75" in text and "EMA of the weights (decay 0.998)" in text
+    assert initialisation({"pretrained": True}) == "downloaded ImageNet weights" and initialisation({}) == "random"

@@ -8,6 +8,7 @@ Topics are named in words, not item numbers, so the list stays right whichever e
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from carotid.core.text import plural
 
@@ -123,8 +124,7 @@ def checklist(options: dict, data_report: dict, metrics: dict | None, model: dic
             "Model",
             "CLAIM: model description, initialisation; TRIPOD+AI: model type and building",
             f"{model.get('arch')}, {len(model.get('class_names', []))} classes {model.get('class_names')}; "
-            f"initialised from {'ImageNet weights' if o.get('pretrained') or o.get('pretrained_weights') else 'random'}"
-            + (f" (then {o['load_model']})" if o.get("load_model") else "")
+            f"initialised from {initialisation(o)}" + (f" (then {o['load_model']})" if o.get("load_model") else "")
             if model
             else None,
         ),
@@ -271,3 +271,24 @@ def cv_checklist(
         if item.topic == "Preprocessing" and item.text:
             item.text += f"; the same in all {k} folds"
     return items
+
+
+def initialisation(options: dict) -> str:
+    """Where the run's starting weights came from, and the small-cohort fine-tuning it used, in words."""
+    start = (
+        f"the weights file {Path(options['pretrained_weights']).name}"
+        if options.get("pretrained_weights")
+        else "downloaded ImageNet weights"
+        if options.get("pretrained")
+        else "random"
+    )
+    tuning = [
+        f"backbone frozen for {options['freeze_backbone_epochs']} epoch(s)"
+        if options.get("freeze_backbone_epochs")
+        else "",
+        f"layer-wise LR decay {options['layer_decay']}" if options.get("layer_decay") else "",
+        f"EMA of the weights (decay {options.get('ema_decay')})" if options.get("ema") else "",
+        f"drop-path {options['drop_path']}" if options.get("drop_path") else "",
+    ]
+    tuning = [t for t in tuning if t]
+    return start + (f"; fine-tuning: {', '.join(tuning)}" if tuning else "")
