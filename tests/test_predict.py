@@ -30,7 +30,8 @@ def test_predict_a_folder_of_persons(trained_run, data_dir, tmp_path, capsys):
     printed = capsys.readouterr().out
     frames, persons = rows(out), rows(tmp_path / "new" / "preds_persons.csv")
     assert len(frames) == 48 and len(persons) == 12
-    assert list(frames[0]) == ["path", "frame", "person_id", "prob_normal", "prob_plaque", "predicted_label"]
+    header = ["path", "frame", "person_id", "prob_normal", "prob_plaque", "predicted_label", "attention"]
+    assert list(frames[0]) == header and all(r["attention"] == "" for r in frames)  # a frame model: no attention
     assert list(persons[0]) == ["person_id", "n_frames", "prob_normal", "prob_plaque", "predicted_label"]
     assert all(r["n_frames"] == "4" for r in persons)
     assert all(Path(r["path"]).relative_to(root).parts[0] == r["person_id"] for r in frames)
