@@ -80,20 +80,46 @@ def _threshold(metrics: dict) -> str:
     return f"threshold {metrics['threshold']:.3f} on P({metrics.get('positive_class')}) ({where})"
 
 
+# What only the researcher can write: (topic, checklist references, what to write).
+RESEARCHER_TOPICS = (
+    ("Study design and goal", "CLAIM: study design; TRIPOD+AI: objectives", "retrospective or prospective"),
+    ("Data sources, setting and dates", "CLAIM: data sources; TRIPOD+AI: data sources", "sites, devices, dates"),
+    ("Eligibility criteria", "CLAIM: eligibility; TRIPOD+AI: participants", "inclusion and exclusion"),
+    ("Reference standard", "CLAIM: ground truth; TRIPOD+AI: outcome", "who labelled, how, blinded to what"),
+    ("De-identification", "CLAIM: de-identification", "how the images were anonymised"),
+    ("Sample size", "CLAIM: sample size; TRIPOD+AI: sample size", "how the number of persons was chosen"),
+    ("Characteristics per partition", "CLAIM: demographics; TRIPOD+AI: participants", "age, sex, site"),
+    ("Fairness and subgroups", "TRIPOD+AI: fairness", "performance in relevant subgroups"),
+    ("Intended use and limitations", "CLAIM: limitations; TRIPOD+AI: intended use", "clinical role"),
+    ("Ethics, funding, registration", "TRIPOD+AI: open science", "approval, funding, protocol"),
+)
+
+
 def checklist(options: dict, data_report: dict, metrics: dict | None, model: dict) -> list[Item]:
-    """The items, filled from the run's options (config.yaml), data_report.json, metrics.json and the model file."""
+    """The items, filled from the run's options (config.yaml), data_report.json, metrics.json and the model file:
+    how the data and model were handled, then what the evaluation found, then the researcher's own topics."""
     o, m = options, metrics or {}
-    ci = (m.get("ci") or {}).get("method") or {}
-    ratios = (
-        f"train/val/test = {o.get('train_ratio')}/{o.get('val_ratio')}/{o.get('test_ratio')}" if o else "(not a run)"
+    return (
+        _method_items(o, data_report, metrics, model)
+        + _result_items(o, m, model)
+        + [Item(topic, refs, None, hint) for topic, refs, hint in RESEARCHER_TOPICS]
     )
+
+
+def _partitions(o: dict) -> str:
     if o.get("folds"):  # a cross-validation's own evaluation (its test-set ensemble, a fold)
-        ratios = (
+        return (
             f"{o['folds']}-fold cross-validation of the persons not in the test set (test ratio {o.get('test_ratio')}; "
             f"within each fold validation ratio {o.get('val_ratio')}); the folds are in the cross-validation's "
             "report.html"
         )
-    items = [
+    return f"train/val/test = {o.get('train_ratio')}/{o.get('val_ratio')}/{o.get('test_ratio')}" if o else "(not a run)"
+
+
+def _method_items(o: dict, data_report: dict, metrics: dict | None, model: dict) -> list[Item]:
+    """Partitions, counts, exclusions, preprocessing, the model and its training."""
+    ratios = _partitions(o)
+    return [
         Item(
             "Data partitions and their level",
             "CLAIM: data partitions, independence of partitions; TRIPOD+AI: data splitting",
@@ -139,6 +165,13 @@ def checklist(options: dict, data_report: dict, metrics: dict | None, model: dic
             if o
             else None,
         ),
+    ]
+
+
+def _result_items(o: dict, m: dict, model: dict) -> list[Item]:
+    """Model selection, the metrics with their CIs, calibration, failures, software."""
+    ci = (m.get("ci") or {}).get("method") or {}
+    return [
         Item(
             "Model selection and operating point",
             "CLAIM: model selection; TRIPOD+AI: model selection, threshold",
@@ -179,20 +212,6 @@ def checklist(options: dict, data_report: dict, metrics: dict | None, model: dic
             "where the code and the model can be obtained",
         ),
     ]
-    researcher = [
-        ("Study design and goal", "CLAIM: study design; TRIPOD+AI: objectives", "retrospective or prospective"),
-        ("Data sources, setting and dates", "CLAIM: data sources; TRIPOD+AI: data sources", "sites, devices, dates"),
-        ("Eligibility criteria", "CLAIM: eligibility; TRIPOD+AI: participants", "inclusion and exclusion"),
-        ("Reference standard", "CLAIM: ground truth; TRIPOD+AI: outcome", "who labelled, how, blinded to what"),
-        ("De-identification", "CLAIM: de-identification", "how the images were anonymised"),
-        ("Sample size", "CLAIM: sample size; TRIPOD+AI: sample size", "how the number of persons was chosen"),
-        ("Characteristics per partition", "CLAIM: demographics; TRIPOD+AI: participants", "age, sex, site"),
-        ("Fairness and subgroups", "TRIPOD+AI: fairness", "performance in relevant subgroups"),
-        ("Intended use and limitations", "CLAIM: limitations; TRIPOD+AI: intended use", "clinical role"),
-        ("Ethics, funding, registration", "TRIPOD+AI: open science", "approval, funding, protocol"),
-    ]
-    items += [Item(topic, refs, None, hint) for topic, refs, hint in researcher]
-    return items
 
 
 def _matrix_counts(matrix: list[list[int]] | None, class_names: list[str]) -> dict[str, int]:
