@@ -201,7 +201,10 @@ def fit_run(
 
     A new run directory is made in cfg.output_dir (named `run_name`, else train_YYYYMMDD_HHMMSS) once the
     model is built; `run_note` adds keys to its config.yaml. `startup` False (a fold of a cross-validation,
-    whose start-up block was printed once) prints only the persons of each split."""
+    whose start-up block was printed once) prints only the persons of each split.
+
+    Over 60 lines with its signature: the body is one try block, whose handlers decide what a failure leaves (a
+    user error or Ctrl-C before training removes the new run directory; a full disk or OOM keeps it)."""
     check_classes_in_training(manifest)
     class_names = manifest.class_names
     # Binary: the positive class read_labels chose (and reported); more classes keep the last as before.
@@ -226,9 +229,7 @@ def fit_run(
     )
     log = RunLog(accelerator, RunDir(run_dir).log)
     log(f"{'resuming' if resume_run else 'run directory'}: {run_dir}")
-    for note in notes:
-        log(note)
-    for line in weight_lines:
+    for line in [*notes, *weight_lines]:
         log(line)
     if startup:
         describe(accelerator, cfg, manifest, log)
@@ -239,20 +240,7 @@ def fit_run(
     training = False
     try:
         # Datasets (and the frame cache) first: a signal during a long cache build simply ends the process.
-        datasets = {
-            s: frame_dataset(
-                manifest.frames_of(s),
-                cfg.image_size,
-                cfg.in_channels,
-                resize=cfg.resize,
-                crop=cfg.crop,
-                cache=cfg.cache,
-                cache_dir=cfg.cache_dir,
-                accelerator=accelerator,
-            )
-            for s in ("train", "val")
-            if manifest.splits[s]
-        }
+        datasets = run_datasets(accelerator, cfg, manifest)
         report_cache(datasets, log)
         if resume_run is None and accelerator.is_main_process:
             run_folder.record_warnings(run_dir, log.warnings)
@@ -274,14 +262,35 @@ def fit_run(
             raise
         raise StopTraining(disk_full(err, run_dir), 2) from None
     except torch.OutOfMemoryError:
-        raise StopTraining(
-            f"error: out of memory on {accelerator.device} with --batch-size {cfg.batch_size} at "
-            f"--image-size {cfg.image_size} — start a new run with a lower --batch-size (and a higher "
-            f"--gradient-accumulation-steps to keep the effective batch) or a lower --image-size; if another "
-            f"process held the memory, continue this run with --resume {run_dir}",
-            1,
-        ) from None
+        raise StopTraining(out_of_memory(accelerator, cfg, run_dir), 1) from None
     return run_dir
+
+
+def run_datasets(accelerator: Accelerator, cfg: TrainConfig, manifest: DataManifest) -> dict:
+    """The train and validation datasets (from the frame cache with --cache), for the splits that have persons."""
+    return {
+        split: frame_dataset(
+            manifest.frames_of(split),
+            cfg.image_size,
+            cfg.in_channels,
+            resize=cfg.resize,
+            crop=cfg.crop,
+            cache=cfg.cache,
+            cache_dir=cfg.cache_dir,
+            accelerator=accelerator,
+        )
+        for split in ("train", "val")
+        if manifest.splits[split]
+    }
+
+
+def out_of_memory(accelerator: Accelerator, cfg: TrainConfig, run_dir: Path) -> str:
+    return (
+        f"error: out of memory on {accelerator.device} with --batch-size {cfg.batch_size} at "
+        f"--image-size {cfg.image_size} — start a new run with a lower --batch-size (and a higher "
+        f"--gradient-accumulation-steps to keep the effective batch) or a lower --image-size; if another "
+        f"process held the memory, continue this run with --resume {run_dir}"
+    )
 
 
 def report_cache(datasets: dict, log: RunLog) -> None:
