@@ -272,6 +272,13 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
+        """Every value checked before anything runs, each mistake a UserError naming the flag."""
+        self.check_splits()
+        self.check_numbers()
+        self.check_choices()
+
+    def check_splits(self) -> None:
+        """The split ratios (each in [0, 1], summing to 1, a training share) and --folds."""
         for name in ("train_ratio", "val_ratio", "test_ratio"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -289,6 +296,9 @@ class TrainConfig:
             raise UserError("--train-ratio is 0", "give the training split a share > 0")
         if self.folds is not None and self.folds < 2:
             raise UserError(f"--folds must be ≥ 2, got {self.folds}", "use e.g. --folds 5, or leave it out")
+
+    def check_numbers(self) -> None:
+        """Sizes, the learning rate and the other numbers: positive, finite, in range."""
         check_positive(
             self,
             "batch_size",
@@ -340,6 +350,9 @@ class TrainConfig:
             raise UserError(f"--label-smoothing must be < 1, got {self.label_smoothing}", "use e.g. 0.1")
         if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
             raise UserError(f"--clip-grad-norm must be > 0, got {self.clip_grad_norm}", "leave it out to not clip")
+
+    def check_choices(self) -> None:
+        """Options that only make sense together: weights sources, operating points, calibration, fine-tuning."""
         if self.pretrained and self.pretrained_weights:
             raise UserError("--pretrained and --pretrained-weights both given", "choose one source of initial weights")
         check_operating_points(self.operating_point)
