@@ -134,28 +134,7 @@ def write_evaluation(
         threshold,
         positive,
     )
-    levels = {"image": (preds.labels, preds.probs), "person": (persons.labels, persons.probs)}
-    if report.get("image", {}) is None:  # a person model: nothing per image
-        del levels["image"]
-    points = {level: report[level] for level in levels} if threshold is not None else None
-    plot_roc(
-        levels,
-        class_names,
-        positive,
-        EvalDir(out_dir).roc,
-        operating_points=points,
-        bands=roc_bands(report, preds, persons, positive),
-        split=report["split"],
-    )
-    calibration = report["calibration"]
-    plot_reliability(
-        {level: calibration[level]["reliability"] for level in levels},
-        EvalDir(out_dir).reliability,
-        before={level: b["reliability"] for level, b in calibration["before_temperature"].items()}
-        if calibration["before_temperature"]
-        else None,
-        binary=threshold is not None,
-    )
+    levels = _plot_curves(report, preds, persons, positive, out_dir)
     if report["subgroups"]:
         records = subgroup_records(report["subgroups"])
         write_records(EvalDir(out_dir).subgroups, records, list(records[0]))
@@ -179,6 +158,37 @@ def write_evaluation(
         device=device,
     )
     write_report(EvalDir(out_dir).report, eval_dir=out_dir)
+
+
+def _plot_curves(
+    report: dict, preds: FramePredictions, persons: PersonPredictions, positive: int, out_dir: Path
+) -> dict:
+    """roc_curve.png (with its bootstrap bands) and reliability_diagram.png; returns the levels drawn (a person
+    model has no image level)."""
+    class_names, threshold = report["class_names"], report["threshold"]
+    levels = {"image": (preds.labels, preds.probs), "person": (persons.labels, persons.probs)}
+    if report.get("image", {}) is None:  # a person model: nothing per image
+        del levels["image"]
+    points = {level: report[level] for level in levels} if threshold is not None else None
+    plot_roc(
+        levels,
+        class_names,
+        positive,
+        EvalDir(out_dir).roc,
+        operating_points=points,
+        bands=roc_bands(report, preds, persons, positive),
+        split=report["split"],
+    )
+    calibration = report["calibration"]
+    plot_reliability(
+        {level: calibration[level]["reliability"] for level in levels},
+        EvalDir(out_dir).reliability,
+        before={level: b["reliability"] for level, b in calibration["before_temperature"].items()}
+        if calibration["before_temperature"]
+        else None,
+        binary=threshold is not None,
+    )
+    return levels
 
 
 def roc_bands(
