@@ -212,6 +212,11 @@ def is_model_file(data: Any) -> bool:
 
 def _field_problem(data: dict[str, Any]) -> str | None:
     """What is wrong with a model file's fields (a file written by carotid has none of these)."""
+    return _network_problem(data) or _decision_problem(data) or _preprocessing_problem(data)
+
+
+def _network_problem(data: dict[str, Any]) -> str | None:
+    """The weights and what builds the network: state_dict, arch, classes, channels, size, normalisation."""
     state, names = data["state_dict"], data["class_names"]
     if (
         not isinstance(state, dict)
@@ -241,6 +246,12 @@ def _field_problem(data: dict[str, Any]) -> str | None:
         isinstance(norm.get(k), (list, tuple)) and len(norm[k]) == data["in_channels"] for k in ("mean", "std")
     ):
         return f"'normalization' is {norm!r}"
+    return None
+
+
+def _decision_problem(data: dict[str, Any]) -> str | None:
+    """How probabilities become a decision: positive class, threshold, aggregation, person model, temperature."""
+    names = data["class_names"]
     positive = data.get("positive_index", len(names) - 1)
     if isinstance(positive, bool) or not isinstance(positive, int) or not 0 <= positive < len(names):
         return f"'positive_index' is {positive!r}"
@@ -272,6 +283,10 @@ def _field_problem(data: dict[str, Any]) -> str | None:
         for p in points
     ):
         return f"'operating_points' is {points!r}"
+    return None
+
+
+def _preprocessing_problem(data: dict[str, Any]) -> str | None:
     prep = data.get("preprocessing", LEGACY_PREPROCESSING)
     if not isinstance(prep, dict) or preprocessing_of(prep)["resize"] not in RESIZE_MODES:
         return f"'preprocessing' is {prep!r}"
