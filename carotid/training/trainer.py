@@ -77,43 +77,8 @@ class Trainer:
         train_set = datasets["train"]
         train_loader, val_loader = run_loaders(cfg, datasets, accelerator.num_processes, pin_memory=self.on_cuda)
         self.seeds = EpochSeeds(train_loader, cfg.seed)
-        # channels_last convolutions are faster on CUDA and on the CPU too (oneDNN): small_cnn and resnet18 at
-        # 224 px, 17-29% faster steps on this project's 2-core CPU (docs/PERFORMANCE.md). Not under DeepSpeed or FSDP:
-        # DeepSpeed broadcasts each parameter as a flat byte view and FSDP2 shards only contiguous parameters
-        # (both fail in prepare on a channels_last model, tests/test_strategies.py).
-        self.channels_last = accelerator.distributed_type not in (DistributedType.DEEPSPEED, DistributedType.FSDP)
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        self.tuning = FineTuning(cfg, model, log)  # before compile: it holds the plain module
-        if cfg.compile:
-            model = torch.compile(model)
-        optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, self.tuning.param_groups())
-        prepared = accelerator.prepare(
-            model, optimizer, train_loader, *([val_loader] if val_loader is not None else [])
-        )
-        self.model, self.optimizer, self.train_loader = prepared[:3]
-        self.val_loader = prepared[3] if val_loader is not None else None
-        for loader in (self.train_loader, self.val_loader):
-            stop_workers_at_exit(loader)
-        steps_per_epoch = math.ceil(len(self.train_loader) / accelerator.gradient_accumulation_steps)
-        self.total_steps = steps_per_epoch * cfg.epochs
-        # The schedule drives the torch optimizer itself: Accelerate's and DeepSpeed's wrappers share its param_groups.
-        frozen = self.tuning.frozen_steps(optimizer.param_groups, steps_per_epoch)
-        self.scheduler = make_scheduler(optimizer, cfg, steps_per_epoch, monitor, frozen)
-        accelerator.register_for_checkpointing(self.scheduler)
-        self.tuning.prepared(accelerator)
-        for line in self.tuning.describe():
-            log(line)
-        norm = NORMALIZATION[cfg.in_channels]
-        self.augment = train_preset(cfg.augment, cfg.in_channels).to(accelerator.device)
-        self.eval_preset = eval_preset(norm["mean"], norm["std"]).to(accelerator.device)
-        self.class_weights = None
-        if cfg.class_weights == "auto":
-            self.class_weights = person_class_weights(manifest).to(accelerator.device)
-            log(
-                "class weights (inverse person frequency): "
-                f"{dict(zip(manifest.class_names, self.class_weights.tolist()))}"
-            )
+        self.prepare(model, train_loader, val_loader)
+        self.make_presets()
         self.contract = model_contract(cfg, manifest.class_names, monitor, positive_index)
         if cfg.operating_point and len(manifest.class_names) != 2:
             raise UserError(
@@ -211,6 +176,49 @@ class Trainer:
             if stale:
                 self.log(f"rewriting best_model.pth for epoch {best['epoch']} from the checkpoint")
                 self.save_model("best", best["epoch"], self.state["rows"][-1])
+
+    def prepare(self, model: torch.nn.Module, train_loader, val_loader) -> None:
+        """Memory format, fine-tuning groups, compile, AdamW, `accelerator.prepare` and the LR schedule."""
+        # channels_last convolutions are faster on CUDA and on the CPU too (oneDNN): small_cnn and resnet18 at
+        # 224 px, 17-29% faster steps on this project's 2-core CPU (docs/PERFORMANCE.md). Not under DeepSpeed or FSDP:
+        # DeepSpeed broadcasts each parameter as a flat byte view and FSDP2 shards only contiguous parameters
+        # (both fail in prepare on a channels_last model, tests/test_strategies.py).
+        self.channels_last = self.accelerator.distributed_type not in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.tuning = FineTuning(self.cfg, model, self.log)  # before compile: it holds the plain module
+        if self.cfg.compile:
+            model = torch.compile(model)
+        optimizer = make_optimizer(model, self.cfg.lr, self.cfg.weight_decay, self.tuning.param_groups())
+        prepared = self.accelerator.prepare(
+            model, optimizer, train_loader, *([val_loader] if val_loader is not None else [])
+        )
+        self.model, self.optimizer, self.train_loader = prepared[:3]
+        self.val_loader = prepared[3] if val_loader is not None else None
+        for loader in (self.train_loader, self.val_loader):
+            stop_workers_at_exit(loader)
+        steps_per_epoch = math.ceil(len(self.train_loader) / self.accelerator.gradient_accumulation_steps)
+        self.total_steps = steps_per_epoch * self.cfg.epochs
+        # The schedule drives the torch optimizer itself: Accelerate's and DeepSpeed's wrappers share its param_groups.
+        frozen = self.tuning.frozen_steps(optimizer.param_groups, steps_per_epoch)
+        self.scheduler = make_scheduler(optimizer, self.cfg, steps_per_epoch, self.monitor, frozen)
+        self.accelerator.register_for_checkpointing(self.scheduler)
+        self.tuning.prepared(self.accelerator)
+        for line in self.tuning.describe():
+            self.log(line)
+
+    def make_presets(self) -> None:
+        """The augmentation and normalisation presets on the device, and the class weights of the loss."""
+        norm = NORMALIZATION[self.cfg.in_channels]
+        self.augment = train_preset(self.cfg.augment, self.cfg.in_channels).to(self.accelerator.device)
+        self.eval_preset = eval_preset(norm["mean"], norm["std"]).to(self.accelerator.device)
+        self.class_weights = None
+        if self.cfg.class_weights == "auto":
+            self.class_weights = person_class_weights(self.manifest).to(self.accelerator.device)
+            self.log(
+                "class weights (inverse person frequency): "
+                f"{dict(zip(self.manifest.class_names, self.class_weights.tolist()))}"
+            )
 
     # -----------------------------------------------------------------------------------------
     # The loop
