@@ -116,6 +116,12 @@ def run_inference(
         )
     finally:
         stop_workers(loader)  # one pass: the workers are done
+    return _frame_predictions(accelerator, dataset, out, model_file)
+
+
+def _frame_predictions(accelerator: Accelerator, dataset, out: dict, model_file: ModelFile) -> FramePredictions:
+    """The decodable frames' predictions (after the model's temperature), with the decode report of the rest."""
+    prep = model_file.prep
     ok = out["status"] > 0
     paths, persons = np.array(dataset.paths, dtype=str), np.array(dataset.person_ids, dtype=str)
     numbers = np.array([f.index for f in dataset.frames], dtype=np.int64)
