@@ -230,34 +230,8 @@ def cv_checklist(
         f"groups from column {o['group_column']!r} kept whole" if o.get("group_column") else "each person its own group"
     )
     test = len(plan.get("test", []))
-    persons = _matrix_counts(oof["person"].get("confusion_matrix"), classes)
-    frames = _matrix_counts((oof["image"] or {}).get("confusion_matrix"), classes)  # none for person models
-    by_class = ", ".join(
-        f"{c}: {plural(persons[c], 'person')}" + (f" / {plural(frames.get(c, 0), 'frame')}" if frames else "")
-        for c in persons
-    )
-    counts = f"out of fold: {plural(metrics['n_persons'], 'person')} ({by_class}) in {k} folds of " + ", ".join(
-        f"{f['n_persons']}" for f in folds
-    )
-    if ensemble:
-        counts += f"; test: {plural(ensemble['n_persons'], 'person')}, {plural(ensemble['n_images'], 'frame')}"
-    thresholds = [f["threshold"] for f in folds]
-    selection = (
-        f"per fold: the best epoch by {model.get('monitor')} on that fold's validation persons (epochs "
-        f"{', '.join(str(m.get('epoch')) for m in fold_models)}); "
-        + (
-            f"per fold a threshold on P({metrics['positive_class']}) ({folds[0].get('threshold_source')}): "
-            f"{', '.join(number(t) for t in thresholds)}; each out-of-fold person is called at its fold's threshold"
-            if metrics.get("positive_class")
-            else "predicted class = argmax"
-        )
-        + (
-            f"; test persons: mean probability of the {k} fold models at {ensemble['threshold_source']}"
-            if ensemble
-            else ""
-        )
-        + f"; person probability = {metrics['person_aggregation']} of its frames"
-    )
+    counts = _cv_counts(metrics, classes, k, folds, ensemble)
+    selection = _cv_selection(metrics, model, fold_models, k, folds, ensemble)
     ci = (oof.get("ci") or {}).get("method") or {}
     filled = {
         "Data partitions and their level": f"{k}-fold cross-validation by person (never by frame; no person in two "
@@ -290,6 +264,44 @@ def cv_checklist(
         if item.topic == "Preprocessing" and item.text:
             item.text += f"; the same in all {k} folds"
     return items
+
+
+def _cv_counts(metrics: dict, classes: list[str], k: int, folds: list[dict], ensemble: dict | None) -> str:
+    oof = metrics["out_of_fold"]
+    persons = _matrix_counts(oof["person"].get("confusion_matrix"), classes)
+    frames = _matrix_counts((oof["image"] or {}).get("confusion_matrix"), classes)  # none for person models
+    by_class = ", ".join(
+        f"{c}: {plural(persons[c], 'person')}" + (f" / {plural(frames.get(c, 0), 'frame')}" if frames else "")
+        for c in persons
+    )
+    counts = f"out of fold: {plural(metrics['n_persons'], 'person')} ({by_class}) in {k} folds of " + ", ".join(
+        f"{f['n_persons']}" for f in folds
+    )
+    if ensemble:
+        counts += f"; test: {plural(ensemble['n_persons'], 'person')}, {plural(ensemble['n_images'], 'frame')}"
+    return counts
+
+
+def _cv_selection(
+    metrics: dict, model: dict, fold_models: list[dict], k: int, folds: list[dict], ensemble: dict | None
+) -> str:
+    thresholds = [f["threshold"] for f in folds]
+    return (
+        f"per fold: the best epoch by {model.get('monitor')} on that fold's validation persons (epochs "
+        f"{', '.join(str(m.get('epoch')) for m in fold_models)}); "
+        + (
+            f"per fold a threshold on P({metrics['positive_class']}) ({folds[0].get('threshold_source')}): "
+            f"{', '.join(number(t) for t in thresholds)}; each out-of-fold person is called at its fold's threshold"
+            if metrics.get("positive_class")
+            else "predicted class = argmax"
+        )
+        + (
+            f"; test persons: mean probability of the {k} fold models at {ensemble['threshold_source']}"
+            if ensemble
+            else ""
+        )
+        + f"; person probability = {metrics['person_aggregation']} of its frames"
+    )
 
 
 def initialisation(options: dict) -> str:
