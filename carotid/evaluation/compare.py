@@ -253,16 +253,20 @@ def compare_sides(a: Side, b: Side, notes: list[str], bootstrap: int = 1000, see
     }
 
 
+def number(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def interval(ci) -> str:
+    """A signed difference's CI, '[-0.123, +0.045]'."""
+    return "n/a" if not ci else f"[{ci['low']:+.3f}, {ci['high']:+.3f}]"
+
+
+def p(value) -> str:
+    return "n/a" if value is None else (f"{value:.4f}" if value >= 1e-4 else f"{value:.1e}")
+
+
 def format_comparison(result: dict) -> str:
-    def number(value) -> str:
-        return "n/a" if value is None else f"{value:.3f}"
-
-    def interval(ci) -> str:
-        return "n/a" if not ci else f"[{ci['low']:+.3f}, {ci['high']:+.3f}]"
-
-    def p(value) -> str:
-        return "n/a" if value is None else (f"{value:.4f}" if value >= 1e-4 else f"{value:.1e}")
-
     auc, ci = result["auc"], result["bootstrap_ci"]
     lines = [
         f"A: {result['a']['folder']}",

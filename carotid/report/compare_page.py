@@ -12,7 +12,7 @@ import numpy as np
 
 from carotid.core.files import atomic_write_text
 from carotid.evaluation.bootstrap import roc_band
-from carotid.evaluation.compare import Side
+from carotid.evaluation.compare import Side, interval, number, p
 from carotid.report.page import document, image, table
 from carotid.report.plots import new_figure, save_figure
 
@@ -58,18 +58,6 @@ def plot_roc_overlay(a: Side, b: Side, path: Path, *, n_resamples: int, seed: in
     save_figure(fig, path)
 
 
-def _n(value) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
-
-
-def _ci(ci) -> str:
-    return "n/a" if not ci else f"[{ci['low']:+.3f}, {ci['high']:+.3f}]"
-
-
-def _p(value) -> str:
-    return "n/a" if value is None else (f"{value:.4f}" if value >= 1e-4 else f"{value:.1e}")
-
-
 def build_compare_page(result: dict, a: Side, b: Side, out: Path) -> str:
     auc, boot = result["auc"], result["bootstrap_ci"]
     names = [side_name("A", a), side_name("B", b)]
@@ -77,12 +65,12 @@ def build_compare_page(result: dict, a: Side, b: Side, out: Path) -> str:
     rows = [
         [
             "AUC",
-            _n(auc["auc_a"]),
-            _n(auc["auc_b"]),
+            number(auc["auc_a"]),
+            number(auc["auc_b"]),
             f"{auc['difference']:+.3f}",
-            _ci(auc["ci"]),
-            _ci(boot["auc"]),
-            f"{_p(auc['p_value'])} (DeLong)",
+            interval(auc["ci"]),
+            interval(boot["auc"]),
+            f"{p(auc['p_value'])} (DeLong)",
         ]
     ]
     for key in ("sensitivity", "specificity"):
@@ -90,12 +78,12 @@ def build_compare_page(result: dict, a: Side, b: Side, out: Path) -> str:
         rows.append(
             [
                 key,
-                _n(test["rate_a"]),
-                _n(test["rate_b"]),
+                number(test["rate_a"]),
+                number(test["rate_b"]),
                 "n/a" if test["difference"] is None else f"{test['difference']:+.3f}",
                 "n/a (McNemar test)",
-                _ci(boot[key]),
-                f"{_p(test['p_value'])} (McNemar, {test['method']}; {test['table']['only_a_right']} only A right, "
+                interval(boot[key]),
+                f"{p(test['p_value'])} (McNemar, {test['method']}; {test['table']['only_a_right']} only A right, "
                 f"{test['table']['only_b_right']} only B right)",
             ]
         )
