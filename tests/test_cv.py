@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import openpyxl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -289,3 +290,36 @@ def test_killed_cv_run_resumes_in_the_unfinished_fold_and_ends_as_the_uninterrup
     assert "fold 1/2: finished before, kept" in resumed.stdout and "resumed from checkpoint-" in resumed.stdout
     assert (killed / "fold_1" / "train.log").read_text() == fold_1_log, "fold 1 was not trained again"
     assert (killed / "oof_person_predictions.csv").read_bytes() == (cv_dir / "oof_person_predictions.csv").read_bytes()
+
+
+def relabel(label: Path, names: dict[str, str]) -> Path:
+    """The demo sheet with its classes renamed (plaque → names['plaque'], normal → names['normal'])."""
+    book = openpyxl.load_workbook(label)
+    for row in book.active.iter_rows(min_row=2):
+        row[1].value = names[row[1].value]
+    book.save(label)
+    return label
+
+
+@pytest.mark.parametrize("positive, negative", [("斑块", "正常"), ("心脏", "非心脏")])
+def test_cv_headline_uses_the_positive_class_the_folds_trained_with(tmp_path, positive, negative):
+    # 斑块 sorts before 正常 and 心脏 before 非心脏: the last class in sorted order is the negative one.
+    root, label = data(tmp_path / "frames")
+    relabel(label, {"plaque": positive, "normal": negative})
+    assert train_in_process(*cv_args(root, label, tmp_path / "out", "--epochs", "1")) == 0
+    cv_dir = only_cv_dir(tmp_path / "out")
+    metrics = json.loads((cv_dir / "cv_metrics.json").read_text(encoding="utf-8"))
+    assert metrics["positive_class"] == positive
+    for k in (1, 2):
+        fold = json.loads((cv_dir / f"fold_{k}/eval_test_best/metrics.json").read_text(encoding="utf-8"))
+        assert fold["positive_class"] == positive
+    oof = read_csv(cv_dir / "oof_person_predictions.csv")
+    truth = np.array([r["true_label"] == positive for r in oof])
+    called = np.array([r["predicted_label"] == positive for r in oof])  # each at its own fold's threshold
+    headline = metrics["out_of_fold"]["person"]
+    assert headline["sensitivity"] == pytest.approx((called & truth).sum() / truth.sum())
+    assert headline["specificity"] == pytest.approx((~called & ~truth).sum() / (~truth).sum())
+    assert headline["accuracy"] == pytest.approx((called == truth).mean())
+    assert headline["auc"] == pytest.approx(roc_auc_score(truth, [float(r[f"prob_{positive}"]) for r in oof]), abs=1e-5)
+    page = (cv_dir / "report.html").read_text(encoding="utf-8")
+    assert f"positive class {positive}" in page and f"positive class {negative}" not in page

@@ -127,6 +127,12 @@ def negates(label: str, other: str) -> bool:
     )
 
 
+def positive_index(class_names: list[str], positive_class: str | None) -> int:
+    """The index of the class whose probability is scored: the positive class `choose_positive` chose (binary), else
+    the last class. The one rule: training, every fold, the out-of-fold metrics and the CV page all call it."""
+    return class_names.index(positive_class) if positive_class in class_names else len(class_names) - 1
+
+
 def choose_positive(class_names: list[str], wanted: str | None) -> tuple[str | None, str, bool]:
     """(positive class, why, whether the user must be warned). None for more than two classes."""
     if wanted is not None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from carotid.core.errors import UserError
 from carotid.core.text import printable
 from carotid.data import audit, check
+from carotid.data.classes import positive_index
 from carotid.data.discovery import Frame, count_frames, discover_frames, spread_evenly
 from carotid.data.kinds import FRAME_SUFFIXES
 from carotid.data.labels import LabelTable
@@ -37,6 +38,10 @@ class DataManifest:
     splits: dict[str, list[str]] = field(default_factory=dict)
     report: dict = field(default_factory=dict)
     positive_class: str | None = None  # binary tasks: the class counted as positive (LabelTable.choices says why)
+
+    @property
+    def positive_index(self) -> int:
+        return positive_index(self.class_names, self.positive_class)
 
     def frames_of(self, split: str | None = None) -> list[Frame]:
         """The frames of a split (of every person when None), person by person in sorted order."""

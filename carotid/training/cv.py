@@ -200,7 +200,8 @@ def summarise(
 ) -> None:
     """oof_person_predictions.csv, cv_metrics.json and, with test persons, the fold ensemble on them."""
     class_names = manifest.class_names
-    positive = class_names.index(cfg.positive_class) if cfg.positive_class else len(class_names) - 1
+    # The class read_labels chose and the folds trained with, not --positive-class alone (None unless given).
+    positive = manifest.positive_index
     folds = [cv_dir / f"fold_{k}" for k in range(1, cfg.folds + 1)]
     ensemble = None
     if cfg.test and plan["test"]:

@@ -207,9 +207,7 @@ def fit_run(
     user error or Ctrl-C before training removes the new run directory; a full disk or OOM keeps it)."""
     check_classes_in_training(manifest)
     class_names = manifest.class_names
-    # Binary: the positive class read_labels chose (and reported); more classes keep the last as before.
-    positive = manifest.positive_class
-    positive_index = class_names.index(positive) if positive in class_names else len(class_names) - 1
+    positive_index = manifest.positive_index  # binary: the class read_labels chose (and reported)
     model, weight_lines = build_run_model(cfg, class_names)
 
     monitor, monitor_warning = choose_monitor(cfg, manifest)
