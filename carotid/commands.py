@@ -352,7 +352,11 @@ class DemoOptions:
     out: str | None = opt(
         None, "Folder to write the person folders and label.xlsx into.", group="demo", metavar="DIR", required=True
     )
-    persons: int = opt(60, "Number of persons, half of them with plaque.", group="demo")
+    persons: int = opt(
+        60,
+        "Number of persons, half of them with plaque (with --sites: over all sites, dealt by --site-mix).",
+        group="demo",
+    )
     frames: int = opt(12, "Frames per person (the most, with --min-frames).", group="demo")
     min_frames: int | None = opt(
         None,
@@ -367,9 +371,32 @@ class DemoOptions:
     )
     size: int = opt(128, "Frame width in pixels; height is 3/4 of it.", group="demo")
     seed: int = opt(0, "Random seed.", group="demo")
+    sites: int | None = opt(
+        None,
+        "Deal the persons to N hospitals for federated training: OUT/site_1 … OUT/site_N, each with its own "
+        "label.xlsx (and headers of its own), and OUT/test, held-out persons common to all; OUT/sites.csv says "
+        "who went where.",
+        group="demo",
+    )
+    site_mix: str = opt(
+        "noniid",
+        "How --sites are dealt: noniid (one site mostly plaque, one mostly normal, one small, in a cycle; each "
+        "its own scanner gain) or iid (equal sites, half plaque, one scanner).",
+        choices=("iid", "noniid"),
+        group="demo",
+    )
+    test_persons: int | None = opt(
+        None, "With --sites: persons of the common test set (default: a third of --persons).", group="demo"
+    )
 
     def __post_init__(self) -> None:
         check_positive(self, "persons", "frames")  # --min-frames and --finding-frames: make_demo_data checks them
+        if self.sites is None and self.test_persons is not None:
+            raise UserError("--test-persons needs --sites", "add e.g. --sites 3, or leave --test-persons out")
+        if self.sites is not None and self.finding_frames is not None:
+            raise UserError(
+                "--finding-frames does not go with --sites", "leave one out: site data show the plaque in every frame"
+            )
         if self.size < 16:
             raise UserError(f"--size must be at least 16, got {self.size}", "use e.g. 128")
 

@@ -26,6 +26,8 @@ from carotid.core.errors import UserError
 from carotid.core.files import write_table
 
 CLASSES = ("normal", "plaque")
+HEADERS = ("患者编号", "诊断")  # the label sheet's ID and label headers
+FINDINGS_COLUMNS = ["person_id", "path", "finding"]
 
 
 def _smooth(noise: np.ndarray, passes: int = 2) -> np.ndarray:
@@ -104,12 +106,13 @@ def make_persons(n: int, rng: np.random.Generator) -> list[dict]:
     return persons
 
 
-def write_label_excel(path: Path, rows: list[tuple[object, str]]) -> None:
-
+def write_label_excel(
+    path: Path, rows: list[tuple[object, str]], headers: tuple[str, str] = HEADERS, title: str = "标签"
+) -> None:
     book = openpyxl.Workbook()
     sheet = book.active
-    sheet.title = "标签"
-    sheet.append(["患者编号", "诊断"])
+    sheet.title = title
+    sheet.append(list(headers))
     for row in rows:
         sheet.append(list(row))
     book.save(path)
@@ -126,7 +129,7 @@ def finding_flags(plaque: bool, frames: int, finding_frames: int | None, rng: np
     return [start <= k < start + finding_frames for k in range(frames)]
 
 
-def _check_sizes(persons: int, frames: int, size: int, finding_frames: int | None, min_frames: int | None) -> None:
+def check_sizes(persons: int, frames: int, size: int, finding_frames: int | None, min_frames: int | None) -> None:
     if persons < 4:
         raise UserError(f"--persons must be at least 4, got {persons}", "the split needs persons of both classes")
     if frames < 1 or size < 32:
@@ -156,7 +159,7 @@ def make_demo_data(
 
     `finding_frames`: how many of a plaque person's frames show the plaque (None: all). `min_frames`: persons get
     between min_frames and frames frames (None: all get `frames`)."""
-    _check_sizes(persons, frames, size, finding_frames, min_frames)
+    check_sizes(persons, frames, size, finding_frames, min_frames)
     out = Path(out)
     rng = np.random.default_rng(seed)
     # Frame counts and finding places come from a stream of their own, so the default data stay as they were.
@@ -164,16 +167,32 @@ def make_demo_data(
     width, height = size, size * 3 // 4  # ultrasound frames are wider than tall
     rows, findings = [], []
     for person in make_persons(persons, rng):
-        # Half the persons keep their frames in a nested sequence folder, as exports often do.
-        folder = out / str(person["id"]) / ("seq1" if person["id"] % 4 == 0 else "")
-        folder.mkdir(parents=True, exist_ok=True)
-        count = frames if min_frames is None else int(layout_rng.integers(min_frames, frames + 1))
-        for k, finding in enumerate(finding_flags(person["plaque"], count, finding_frames, layout_rng)):
-            frame = synth_frame(rng, person, k / count, width, height, finding)
-            Image.fromarray(frame, mode="L").save(folder / f"frame_{k:03d}.png")
-            findings.append([person["id"], (folder / f"frame_{k:03d}.png").relative_to(out).as_posix(), int(finding)])
+        findings += write_person(out, person, (rng, layout_rng), (width, height), frames, min_frames, finding_frames)
         rows.append((person["id"], CLASSES[int(person["plaque"])]))
-    write_table(out / "findings.csv", ["person_id", "path", "finding"], findings)
+    write_table(out / "findings.csv", FINDINGS_COLUMNS, findings)
     label_path = out / "label.xlsx"
     write_label_excel(label_path, rows)
     return label_path
+
+
+def write_person(
+    out: Path,
+    person: dict,
+    rngs: tuple[np.random.Generator, np.random.Generator],
+    shape: tuple[int, int],
+    frames: int,
+    min_frames: int | None,
+    finding_frames: int | None,
+) -> list[list]:
+    """Write one person's frames under out/<id>/; returns their findings.csv rows. `rngs`: (pixels, layout)."""
+    rng, layout_rng = rngs
+    # Half the persons keep their frames in a nested sequence folder, as exports often do.
+    folder = out / str(person["id"]) / ("seq1" if person["id"] % 4 == 0 else "")
+    folder.mkdir(parents=True, exist_ok=True)
+    count = frames if min_frames is None else int(layout_rng.integers(min_frames, frames + 1))
+    findings = []
+    for k, finding in enumerate(finding_flags(person["plaque"], count, finding_frames, layout_rng)):
+        frame = synth_frame(rng, person, k / count, *shape, finding)
+        Image.fromarray(frame, mode="L").save(folder / f"frame_{k:03d}.png")
+        findings.append([person["id"], (folder / f"frame_{k:03d}.png").relative_to(out).as_posix(), int(finding)])
+    return findings
