@@ -1,0 +1,118 @@
+"""A federated site's own folder: its persons, split and data report, made once and read back every round.
+
+The folder is an ordinary carotid run directory (config.yaml, splits.json, data_report.json, train.log) named
+after the federated run, under the site's own output directory; it stays at the site. Only `SiteSummary`
+(class names and counts) is meant to leave it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from accelerate import Accelerator
+
+from carotid.core import run_dir as run_folder
+from carotid.core.errors import UserError
+from carotid.core.run_dir import RunDir
+from carotid.core.runtime import on_main
+from carotid.data.manifest import SPLITS, DataManifest, check_classes_in_training
+from carotid.data.split import describe_groups, person_groups, split_persons
+from carotid.training.config import TrainConfig
+from carotid.training.fit import read_data, with_splits
+
+# The options a site decides for itself (its sheet, its folders, its machine); every other option is the
+# coordinator's, the same at every site.
+SITE_OPTIONS = (
+    "root_dir",
+    "label_excel",
+    "sheet",
+    "header_row",
+    "id_column",
+    "label_column",
+    "group_column",
+    "strict_matching",
+    "max_imgs_per_person",
+    "cache",
+    "cache_dir",
+    "num_workers",
+    "output_dir",
+)
+
+
+@dataclass(frozen=True)
+class SiteSummary:
+    """What the coordinator learns of a site before round 1: no ID, path or per-person row."""
+
+    class_names: list[str]
+    positive_class: str | None
+    persons: dict[str, list[int]]  # split → persons per class, in class_names order
+    frames: dict[str, int]  # split → frames
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def site_options(cfg: TrainConfig, site: dict) -> TrainConfig:
+    """The coordinator's options with this site's own (SITE_OPTIONS) put in; anything else is refused."""
+    unknown = sorted(set(site) - set(SITE_OPTIONS))
+    if unknown:
+        raise UserError(
+            f"site options {unknown} are not a site's to set", f"a site sets only {', '.join(SITE_OPTIONS)}"
+        )
+    # The coordinator's starting weights arrive with every round: a site never loads weights of its own.
+    return dataclasses.replace(cfg, **site, pretrained=False, pretrained_weights=None, load_model=None, resume=None)
+
+
+def site_run_dir(cfg: TrainConfig, run_name: str) -> Path:
+    return Path(cfg.output_dir) / run_name
+
+
+def open_site(accelerator: Accelerator, cfg: TrainConfig, run_name: str) -> tuple[DataManifest, Path]:
+    """(the site's manifest with its split, its run folder OUTPUT_DIR/RUN_NAME): the split is made (as
+    carotid.train makes it) when the folder does not exist yet, else read back, so every round of the run trains
+    and validates on the same persons."""
+    run_dir = site_run_dir(cfg, run_name)
+    manifest = on_main(accelerator, lambda: _read_or_split(cfg, run_dir, run_name))
+    check_classes_in_training(manifest)
+    return manifest, run_dir
+
+
+def _read_or_split(cfg: TrainConfig, run_dir: Path, run_name: str) -> DataManifest:
+    if RunDir(run_dir).is_run():
+        splits = run_folder.read_splits(run_dir)
+        trained = run_folder.read_run_config(run_dir).get("class_names")
+        manifest, _, _, _ = read_data(cfg, [p for s in SPLITS for p in splits[s]], trained)
+        return with_splits(manifest, splits, [])
+    manifest, table, _, label_excel = read_data(cfg)
+    groups = person_groups(sorted(manifest.person_labels), table.groups, manifest.report["persons_sharing_files"])
+    splits, notes = split_persons(
+        manifest.person_labels, cfg.train_ratio, cfg.val_ratio, cfg.test_ratio, cfg.seed, groups
+    )
+    if groups is not None:
+        notes.insert(0, describe_groups(groups, cfg.group_column))
+    manifest = with_splits(manifest, splits, notes)
+    check_classes_in_training(manifest)  # before the folder exists: a failed site leaves nothing behind
+    run_folder.create_run_dir(
+        cfg.output_dir,
+        dataclasses.asdict(cfg),
+        label_excel,
+        manifest.class_names,
+        manifest.splits,
+        manifest.report,
+        name=run_name,
+        note={"federated": "this site's folder of a federated run"},
+    )
+    return manifest
+
+
+def summarize(manifest: DataManifest) -> SiteSummary:
+    classes = manifest.class_names
+    persons = {s: [0] * len(classes) for s in SPLITS}
+    frames = dict.fromkeys(SPLITS, 0)
+    for split in SPLITS:
+        for person in manifest.splits[split]:
+            persons[split][manifest.person_labels[person]] += 1
+            frames[split] += len(manifest.frames[person])
+    return SiteSummary(list(classes), manifest.positive_class, persons, frames)
