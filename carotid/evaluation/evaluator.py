@@ -119,6 +119,7 @@ def compute_report(
         "warnings": [f"image: {n}" for n in image_notes]
         + [f"person: {n}" for n in person_notes]
         + [f"calibration, {n}" for n in calibration_notes],
+        "best_epoch": model_file.best_epoch,
         "unreadable_images": context.get("unreadable_images", []) + preds.unreadable,
         "decoding": preds.decoding,
     }
@@ -164,6 +165,9 @@ def _data_warnings(
 ) -> list[str]:
     """What about the evaluated frames a reader of the numbers must know: unreadable, colour, flat, lost persons."""
     warnings = []
+    chosen = model_file.best_epoch or {}
+    if chosen.get("saturated") and chosen.get("epoch") == model_file.epoch:
+        warnings.append(f"validation: {chosen['message']}")
     if report["unreadable_images"]:
         warnings.append(
             f"{plural(len(report['unreadable_images']), 'frame')} could not be decoded and are left out "

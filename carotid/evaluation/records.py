@@ -36,6 +36,21 @@ class ValidationChoice(TypedDict, total=False):
     notes: list[str]
 
 
+class BestEpoch(TypedDict):
+    """How best_model.pth's epoch was chosen (evaluation.selection.next_best): stored in the run state, the model
+    file, metrics.json (`best_epoch`) and cv_metrics.json (each fold's `best_epoch`)."""
+
+    monitor: str  # the metrics.csv column followed
+    epoch: int | None  # the chosen epoch
+    value: float | None  # its monitored value
+    val_loss: float | None  # its val_loss: what breaks ties on the monitored value
+    tie_break: str | None  # "val_loss" for a metric that can tie (AUC, accuracy, ...); None for a loss monitor
+    tied_epochs: list[int]  # the epochs at the best monitored value, in order (the chosen one among them)
+    saturated: bool  # the monitored value reached its ceiling (1.0): the metric no longer ranks epochs
+    saturated_from: int | None  # the first epoch at the ceiling
+    message: str | None  # what the run printed about the choice (ties or saturation); None without either
+
+
 class MetricsRecord(TypedDict):
     """metrics.json: one evaluation of one model on one set of persons."""
 
@@ -64,6 +79,7 @@ class MetricsRecord(TypedDict):
     subgroups: dict[str, Any] | None
     subgroup_min_persons: int | None
     warnings: list[str]
+    best_epoch: BestEpoch | None  # how the model file's epoch was chosen; None for a final model or older files
     unreadable_images: list[dict[str, Any]]
     decoding: dict[str, Any]
 
@@ -99,6 +115,7 @@ _METRICS_DEFAULTS: dict[str, Any] = {
     "subgroups": None,
     "subgroup_min_persons": None,
     "warnings": [],
+    "best_epoch": None,
     "unreadable_images": [],
     "decoding": {},
     "run_dir": None,

@@ -66,6 +66,8 @@ class ModelFile:
     metrics: dict[str, Any] = field(default_factory=dict)  # that epoch's metrics row (validation numbers)
     config: dict[str, Any] = field(default_factory=dict)  # the training run's resolved options
     monitor: str | None = None  # the metric that chose the best epoch
+    # best_model.pth: how its epoch was chosen (evaluation.records.BestEpoch: ties, saturation); None otherwise
+    best_epoch: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
 
     @property
@@ -178,6 +180,7 @@ class ModelFile:
             metrics=dict(data.get("metrics") or {}),
             config=dict(data.get("config") or {}),
             monitor=data.get("monitor"),
+            best_epoch=dict(data["best_epoch"]) if isinstance(data.get("best_epoch"), dict) else None,
             format_version=version,
         )
         if model.binary and model.threshold is None and version < 2:

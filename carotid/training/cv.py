@@ -241,6 +241,7 @@ def summarise(
                 "model_epoch": r["model_epoch"],
                 "threshold": r["threshold"],
                 "threshold_source": r["threshold_source"],
+                "best_epoch": r["best_epoch"],  # how the fold's best epoch was chosen (ties, saturation)
                 "image": r["image"],
                 "person": r["person"],
                 "ci": r["ci"],

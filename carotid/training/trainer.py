@@ -30,7 +30,7 @@ from carotid.data.preprocessing import Preprocessing
 from carotid.data.transforms import NORMALIZATION, eval_preset, train_preset
 from carotid.evaluation.records import ValidationChoice
 from carotid.evaluation.registry import METRIC_COLUMNS
-from carotid.evaluation.selection import ValidationOutput, choose_on_validation
+from carotid.evaluation.selection import ValidationOutput, best_epoch_record, choose_on_validation, next_best, no_best
 from carotid.model.file import ModelFile
 from carotid.report.html import write_run_report
 from carotid.report.plots import plot_curves  # matplotlib only once there is something to draw
@@ -39,7 +39,6 @@ from carotid.training.config import TrainConfig
 from carotid.training.decoding import gather_statuses, report_decoding
 from carotid.training.engine import EpochProgress, reduce_progress, train_one_epoch
 from carotid.training.epoch import (
-    better,
     diverged,
     epoch_line,
     eval_batch_size,
@@ -91,7 +90,8 @@ class Trainer:
             "global_step": 0,
             "rows": [],
             "stopped_early": False,
-            "best": {"monitor": monitor, "value": None, "epoch": None, "bad_epochs": 0, **no_choice},
+            # The best-epoch record (evaluation.records.BestEpoch: value, tie-break state) and its validation choice
+            "best": {**no_best(monitor), "bad_epochs": 0, **no_choice},
             "last_choice": no_choice,  # the final model's threshold, temperature and operating points
         }
         self.progress = EpochProgress()
@@ -132,6 +132,7 @@ class Trainer:
     def save_model(self, which: str, epoch: int, metrics: dict, choice: ValidationChoice | None = None) -> None:
         """models/{which}_model.pth (which: best or final). Collective: consolidates the weights on every rank
         (needed under ZeRO-3/FSDP), main writes."""
+        best = which == "best"
         choice = choice or self.state["best"]
         state_dict = self.tuning.state_dict(self.accelerator, self.model)  # the EMA's under --ema
         if self.accelerator.is_main_process:
@@ -145,6 +146,7 @@ class Trainer:
                 temperature=choice.get("temperature"),
                 temperature_source=choice.get("temperature_source"),
                 operating_points=choice.get("operating_points", []),
+                best_epoch=best_epoch_record(self.state["best"]) if best else None,
             ).save(self.paths.model(which))
         self.accelerator.wait_for_everyone()
 
@@ -158,7 +160,8 @@ class Trainer:
                 f"to {self.total_steps} optimizer steps"
             )
         self.state = {k: saved[k] for k in ("epoch", "global_step", "rows", "best", "stopped_early")}
-        self.state["best"].setdefault("threshold_source", None)  # checkpoints of earlier versions
+        for key, value in {**no_best(self.monitor), "threshold_source": None}.items():
+            self.state["best"].setdefault(key, value)  # checkpoints of earlier versions
         self.state["last_choice"] = saved.get("last_choice", self.state["best"])
         self.progress = EpochProgress(**saved["epoch_progress"])
         self.log(
@@ -330,13 +333,14 @@ class Trainer:
 
     def end_epoch(self, row: dict, val_out: ValidationOutput | None) -> None:
         cfg, state, best, monitor = self.cfg, self.state, self.state["best"], self.monitor
-        improved = better(row.get(monitor), best["value"], monitor)
+        record, improved = next_best(best, row)  # ties on the monitor go to the lower val_loss
         if val_out is not None:
             state["last_choice"] = self.choose(val_out)
             for note in state["last_choice"]["choice_notes"] if improved else []:
                 self.log(f"note: {note}")
+        best.update(record)
         if improved:
-            best.update(value=row[monitor], epoch=row["epoch"], bad_epochs=0, **state["last_choice"])
+            best.update(bad_epochs=0, **state["last_choice"])
         else:
             best["bad_epochs"] += 1
         if cfg.scheduler == "plateau" and row.get(monitor) is not None:
@@ -373,6 +377,8 @@ class Trainer:
             plot_curves(state["rows"], self.monitor, self.paths.curves, best_epoch=best["epoch"])
         value = f"{best['value']:.3f}" if isinstance(best["value"], float) else best["value"]
         self.log(f"best {self.monitor}: {value} (epoch {best['epoch']}); models in {self.run_dir / 'models'}")
+        if best.get("message"):
+            self.log(f"{'warning' if best['saturated'] else 'note'}: {best['message']}")
         if self.cfg.report_to:
             self.accelerator.end_training()
         if self.cfg.test and self.manifest.splits["test"]:
