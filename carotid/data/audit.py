@@ -16,6 +16,9 @@ from carotid.data.kinds import is_archive
 HEAD_BYTES = 1 << 13  # files of equal size are compared by the hash of their first 8 KiB, then whole
 DOMINANT_SHARE = 0.2  # a person holding ≥ 20% of the frames, and ≥ 3x an even share, is named
 DOMINANT_FACTOR = 3
+# A file identical in this many persons' folders is boilerplate (a calibration frame, a logo), not the same
+# person twice: a copied or linked folder joins two persons. Twin-grouping on it would make everyone one group.
+BOILERPLATE_PERSONS = 3
 
 
 def audit_files(
@@ -32,15 +35,22 @@ def audit_files(
     their image-like files not read and the archives, root-level ones included)."""
     archives, warnings = archive_warning(unhandled)
     unhandled = [u for u in unhandled if u not in archives]
-    shared = shared_files(root_dir, {p: files_of[p] for p in frames})
+    boilerplate, twins = split_boilerplate(shared_files(root_dir, {p: files_of[p] for p in frames}), frames)
+    shared = _linked_persons(twins)
     if unreadable:
         warnings.insert(0, f"{plural(len(unreadable), 'unreadable image')} skipped (listed in data_report.json)")
     names = list(found) + [f for files in files_of.values() for f in files] + unhandled
-    warnings += short_warning(counted) + shared_warning(shared) + dominant_warning(frames, cap)
+    warnings += short_warning(counted) + boilerplate_warning(boilerplate) + shared_warning(shared)
+    warnings += dominant_warning(frames, cap)
     report = {
         "unhandled_files": _first(unhandled + counted.not_images, 20),
         "archives": _first(archives, 20),
         "persons_sharing_files": shared,
+        # Left out of training and of the twin check; every copy listed, so nothing vanishes unsaid.
+        "boilerplate_files": [
+            {"persons": len({p for p, _ in g}), "example": g[0][1], "files": sorted(f for _, f in g)}
+            for g in boilerplate
+        ],
     }
     return report, warnings + non_utf8_warning(names)
 
@@ -131,9 +141,9 @@ def _same_content(root_dir: str, files: list[tuple[str, str]]) -> list[list[int]
     return groups
 
 
-def shared_files(root_dir: str, files_of: dict[str, list[str]], chunk: int = 1024) -> list[dict]:
-    """[{"persons": [...], "example": [file, file]}] for persons holding the same file (a linked folder or
-    file, a hard link) or files of identical content: the same frames under two IDs.
+def shared_files(root_dir: str, files_of: dict[str, list[str]], chunk: int = 1024) -> list[list[tuple[str, str]]]:
+    """[[(person, file), ...], ...]: one list per file reached from several persons (a linked folder or file, a
+    hard link) or per content held by several persons' files (identical copies).
 
     One stat per file (in chunks on the reader threads: they hide network-file-system latency; ~4 µs a file
     here, PERFORMANCE.md); contents are read only for distinct files whose size another one shares, once each.
@@ -162,7 +172,26 @@ def shared_files(root_dir: str, files_of: dict[str, list[str]], chunk: int = 102
             group = [item for k in same for item in linked.get(keys[k], dict([owner[keys[k]]])).items()]
             if len({p for p, _ in group}) > 1:
                 found.append(group)
-    return _linked_persons(found)
+    return found
+
+
+def split_boilerplate(groups: list[list[tuple[str, str]]], frames: dict[str, list]) -> tuple[list, list]:
+    """(boilerplate, twins) of `shared_files`' groups. A content held by BOILERPLATE_PERSONS or more persons is
+    boilerplate, unless it is all some holder has (three copies of one folder are one person thrice)."""
+    many = [g for g in groups if len({p for p, _ in g}) >= BOILERPLATE_PERSONS]
+    files = {f for g in many for _, f in g}
+    emptied = {p for p, person_frames in frames.items() if all(rel in files for rel, _ in person_frames)}
+    boilerplate = [g for g in many if not {p for p, _ in g} & emptied]
+    kept = {id(g) for g in boilerplate}
+    return boilerplate, [g for g in groups if id(g) not in kept]
+
+
+def without_boilerplate(frames: dict[str, list], boilerplate: list[dict]) -> dict[str, list]:
+    """Each person's frames less the boilerplate files (data_report.json "boilerplate_files")."""
+    left_out = {f for g in boilerplate for f in g["files"]}
+    if not left_out:
+        return frames
+    return {p: [f for f in person_frames if f[0] not in left_out] for p, person_frames in frames.items()}
 
 
 def _linked_persons(groups: list[list[tuple[str, str]]]) -> list[dict]:
@@ -192,6 +221,20 @@ def _linked_persons(groups: list[list[tuple[str, str]]]) -> list[dict]:
         pair = next((e for k, e in example.items() if k <= set(members)), [])
         out.append({"persons": members, "example": pair})
     return sorted(out, key=lambda g: g["persons"])
+
+
+def boilerplate_warning(boilerplate: list[list[tuple[str, str]]]) -> list[str]:
+    if not boilerplate:
+        return []
+    copies = sum(len(g) for g in boilerplate)
+    first = max(boilerplate, key=len)
+    return [
+        f"{plural(len(boilerplate), 'file')} identical in {BOILERPLATE_PERSONS} or more persons' folders "
+        f"({copies} copies; e.g. {printable(first[0][1])}, in {len({p for p, _ in first})} persons) left out of "
+        "training and of the same-frames check: boilerplate (a calibration frame, a logo), not one person's "
+        'frames under two IDs (listed in data_report.json "boilerplate_files"); remove them from the person '
+        "folders to silence this"
+    ]
 
 
 def shared_warning(shared: list[dict]) -> list[str]:

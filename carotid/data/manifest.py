@@ -122,6 +122,7 @@ def collect_persons(
     findings, file_warnings = audit.audit_files(
         root_dir, found, files_of, frames, counted, in_wanted, unreadable, max_imgs_per_person
     )
+    frames = audit.without_boilerplate(frames, findings["boilerplate_files"])
     person_labels = {p: table.class_index[table.labels[sheet_id_of[p]]] for p in frames}
     report = _report(root_dir, table, person_labels, found, matching) | {
         "persons_without_images": _first(no_images),

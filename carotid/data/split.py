@@ -100,6 +100,12 @@ def _split_off_groups(
     with labels balanced and groups whole. The share met is reported, since it is only near the one asked."""
     if share == 0:
         return ids, []
+    if len(set(groups)) < 2:
+        raise UserError(
+            f"the {len(ids)} persons form one group (persons sharing frame files, or one --group-column value): "
+            f"none is left for the {what} split",
+            "check the folders named in the warning above (the same frames under several IDs), or set the ratio 0",
+        )
     k = min(max(2, round(1 / share)), len(set(groups)))
     out = _group_folds(ids, labels, groups, k, seed, notes, what)[0]
     taken = set(out)
