@@ -74,9 +74,9 @@ def test_spread_evenly_keeps_n_frames_over_the_whole_sequence():
 
 
 def make_tree(tmp_path, persons: dict[str, tuple[str, int]]):
-    for person, (_, n) in persons.items():
-        for k in range(n):
-            image(tmp_path / "root" / person / f"frame_{k:03d}.png", value=k * 10)
+    for i, (person, (_, n)) in enumerate(persons.items()):
+        for k in range(n):  # distinct pixels per person: one frame in 3 folders would be boilerplate
+            image(tmp_path / "root" / person / f"frame_{k:03d}.png", value=k * 10 + 3 * i)
     rows = [["patient_id", "label"]] + [[p, c] for p, (c, _) in persons.items()]
     return tmp_path / "root", read_labels(write_xlsx(tmp_path / "label.xlsx", rows))
 
