@@ -82,6 +82,14 @@ class EvaluateOptions:
         help=f"Person resamples for the 95% CIs, 0 = none (default: the run's, else {DEFAULT_BOOTSTRAP}).",
         group="output",
     )
+    ci: str | None = like(
+        TrainConfig,
+        "ci",
+        None,
+        help="Per-person proportions' CIs: wilson, exact (Clopper–Pearson) or bootstrap (default: the run's, else "
+        "wilson).",
+        group="output",
+    )
     seed: int | None = like(
         TrainConfig,
         "seed",

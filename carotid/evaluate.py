@@ -61,6 +61,7 @@ def evaluate(argv: Sequence[str] | None) -> int:
         batch_size=args.batch_size,
         num_workers=args.num_workers,
         bootstrap=plan.bootstrap,
+        ci=plan.ci,
         aggregation=args.person_aggregation,
         seed=plan.seed,
         threshold=args.threshold,

@@ -182,7 +182,7 @@ def test_resample_counts_keep_each_class_size():
 
 def test_bootstrap_interval_contains_the_estimate_and_is_reproducible():
     persons, y, probs = person_data()
-    ci = bootstrap_ci(persons, y, probs, n_classes=2, threshold=0.5, n_resamples=300, seed=7)
+    ci = bootstrap_ci(persons, y, probs, n_classes=2, threshold=0.5, n_resamples=300, seed=7, proportions="bootstrap")
     image, _ = classification_metrics(y, probs, ["normal", "plaque"])
     ids, person_probs = aggregate_persons(persons, probs)
     person, _ = classification_metrics(y[::5], person_probs, ["normal", "plaque"])
@@ -191,8 +191,9 @@ def test_bootstrap_interval_contains_the_estimate_and_is_reproducible():
             interval = ci[level][key]
             assert interval["low"] <= point[key] <= interval["high"], (level, key)
             assert interval["n"] == 300
-    assert ci == bootstrap_ci(persons, y, probs, n_classes=2, threshold=0.5, n_resamples=300, seed=7)
-    assert ci != bootstrap_ci(persons, y, probs, n_classes=2, threshold=0.5, n_resamples=300, seed=8)
+    again = {"n_classes": 2, "threshold": 0.5, "n_resamples": 300, "proportions": "bootstrap"}
+    assert ci == bootstrap_ci(persons, y, probs, seed=7, **again)
+    assert ci != bootstrap_ci(persons, y, probs, seed=8, **again)
     assert ci["method"]["unit"] == "person"
 
 

@@ -12,6 +12,7 @@ import warnings as _warnings
 import numpy as np
 
 from carotid.evaluation.aggregation import aggregate_persons, person_labels
+from carotid.evaluation.intervals import counts_at_threshold, interval_methods, proportion_intervals
 
 CELLS_PER_CHUNK = 4_000_000  # resamples x frames held in memory at once (~32 MB per array)
 
@@ -103,8 +104,11 @@ def bootstrap_ci(
     seed: int = 0,
     aggregation: str = "mean",
     level: float = 0.95,
+    proportions: str = "wilson",
 ) -> dict[str, dict]:
-    """Percentile CIs, per image and per person, from resampling persons with replacement.
+    """Percentile CIs, per image and per person, from resampling persons with replacement; per person,
+    the proportions (sensitivity, specificity, PPV, NPV, accuracy) by `proportions` ("wilson", "exact" or
+    "bootstrap", see carotid.evaluation.intervals).
 
     Frames of one person are correlated, so the unit of resampling is the person: a resample draws
     persons (within each class, as pROC does, so AUC stays defined) and keeps all of their frames."""
@@ -127,6 +131,9 @@ def bootstrap_ci(
     out: dict[str, dict] = {}
     for name, blocks in samples.items():
         out[name] = {key: _interval(np.concatenate([b[key] for b in blocks]), alpha, n_resamples) for key in blocks[0]}
+    if proportions != "bootstrap":  # persons are independent: a binomial interval of each count
+        counts = counts_at_threshold(person_y, person_probs, positive_index, threshold)
+        out["person"] |= proportion_intervals(counts, proportions, level)
     out["method"] = {
         "resamples": n_resamples,
         "level": level,
@@ -134,6 +141,8 @@ def bootstrap_ci(
         "stratified_by": "label",
         "interval": "percentile",
         "seed": seed,
+        "proportions": proportions,
+        "by_metric": interval_methods(out["person"], out["image"], proportions),
     }
     return out
 

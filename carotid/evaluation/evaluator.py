@@ -36,6 +36,7 @@ def compute_report(
     aggregation: str,
     seed: int,
     threshold: float | None,
+    ci: str = "wilson",
     context: dict,
     subgroups: dict[str, dict[str, str | None]] | None = None,
     subgroup_min_persons: int = 10,
@@ -70,6 +71,7 @@ def compute_report(
             n_resamples=bootstrap,
             seed=seed,
             aggregation=aggregation,
+            proportions=ci,
         )
 
     levels = {"image": (preds.labels, preds.probs), "person": (persons.labels, persons.probs)}
@@ -88,6 +90,7 @@ def compute_report(
             threshold=cut,
             aggregation=aggregation,
             bootstrap=bootstrap,
+            proportions=ci,
             seed=seed,
             min_persons=subgroup_min_persons,
         )

@@ -15,7 +15,7 @@ from carotid.data.check import startup_lines
 from carotid.data.discovery import Frame
 from carotid.data.labels import read_labels, read_person_columns
 from carotid.data.manifest import collect_persons, data_block
-from carotid.evaluation.registry import DEFAULT_BOOTSTRAP, DEFAULT_SEED
+from carotid.evaluation.registry import CI_METHODS, DEFAULT_BOOTSTRAP, DEFAULT_SEED
 
 DATA_OPTIONS = (
     "root_dir",
@@ -44,6 +44,7 @@ class EvalPlan:
     label_sha256: str | None  # of the label file the run was trained with
     val_persons: list[str] | None = None  # the run's validation persons, when something is chosen on them
     note: str | None = None  # what the output folder is, when it is not the one the user may expect
+    ci: str = CI_METHODS[0]  # how per-person proportions get their CI (--ci, else the run's)
 
 
 def plan_evaluation(args) -> EvalPlan:
@@ -93,6 +94,7 @@ def plan_evaluation(args) -> EvalPlan:
         _pick(args.seed, DEFAULT_SEED),
         _pick(args.bootstrap, DEFAULT_BOOTSTRAP),
         None,
+        ci=_pick(args.ci, CI_METHODS[0]),
     )
 
 
@@ -137,6 +139,7 @@ def _plan_run(args, given: dict) -> EvalPlan:
         config.get("label_file_sha256"),
     )
     plan.note = note
+    plan.ci = _pick(args.ci, options.get("ci", CI_METHODS[0]))
     return plan
 
 

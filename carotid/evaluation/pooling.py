@@ -71,6 +71,7 @@ def pooled_metrics(
     aggregation: str,
     bootstrap: int,
     seed: int,
+    proportions: str = "wilson",
 ) -> tuple[dict, FramePredictions, PersonPredictions]:
     """Out-of-fold image and person metrics (person-bootstrap CIs, calibration of the pooled probabilities)
     from each fold's (predictions, threshold). Returns (the metrics, the pooled per-image and per-person
@@ -93,6 +94,7 @@ def pooled_metrics(
     ci = None
     if bootstrap:
         common = {"n_classes": len(class_names), "positive_index": positive, "n_resamples": bootstrap, "seed": seed}
+        common["proportions"] = proportions
         ci = bootstrap_ci(pooled.person_ids, pooled.labels, pooled.probs, aggregation=aggregation, **common)
     if binary:
         thresholds = np.array([t for _, t in folds], dtype=np.float64)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 DEFAULT_SEED, DEFAULT_BOOTSTRAP = 42, 1000  # the training seed, and person resamples for the 95% CIs
 LEVELS = ("image", "person")
+CI_METHODS = ("wilson", "exact", "bootstrap")  # --ci: how per-person proportions get their CI (the first: default)
 
 
 @dataclass(frozen=True)

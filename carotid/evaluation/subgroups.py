@@ -30,6 +30,7 @@ def subgroup_report(
     bootstrap: int,
     seed: int,
     min_persons: int,
+    proportions: str = "wilson",
 ) -> dict:
     """{column: [one row per value]}; `frames` and `persons`: (person IDs, labels, probs) per image, per person."""
     frame_ids, frame_y, frame_p = frames
@@ -73,6 +74,7 @@ def subgroup_report(
                     n_resamples=bootstrap,
                     seed=seed,
                     aggregation=aggregation,
+                    proportions=proportions,
                 )
                 row["ci"] = {level: ci[level] for level in ("image", "person")}
             row["notes"] = notes

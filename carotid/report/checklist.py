@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from carotid.core.text import plural
+from carotid.evaluation.intervals import describe as describe_intervals
 
 
 def number(value) -> str:
@@ -185,8 +186,7 @@ def _result_items(o: dict, m: dict, model: dict) -> list[Item]:
             "Performance metrics with confidence intervals",
             "CLAIM: metrics, statistical measures of significance; TRIPOD+AI: performance measures, uncertainty",
             f"AUC, accuracy, balanced accuracy, sensitivity, specificity, PPV, NPV, F1, per frame and per person, on "
-            f"the {m.get('split')} partition; 95% CIs from {ci.get('resamples')} {ci.get('interval')} bootstrap "
-            f"resamples of persons stratified by {ci.get('stratified_by')}"
+            f"the {m.get('split')} partition; {describe_intervals(ci)}"
             if ci
             else ("metrics without CIs (--bootstrap 0)" if m else None),
             "the clinical interpretation of these numbers",
@@ -244,12 +244,7 @@ def cv_checklist(
         "Performance metrics with confidence intervals": "AUC, accuracy, balanced accuracy, sensitivity, "
         "specificity, PPV, NPV, F1, per frame and per person: out of fold (pooled over the held-out folds) and on "
         "the test persons (fold ensemble), with mean ± SD over folds; "
-        + (
-            f"95% CIs from {ci.get('resamples')} {ci.get('interval')} bootstrap resamples of persons stratified by "
-            f"{ci.get('stratified_by')}"
-            if ci
-            else "no CIs (--bootstrap 0)"
-        ),
+        + (describe_intervals(ci) if ci else "no CIs (--bootstrap 0)"),
         "Calibration": "the pooled out-of-fold probabilities: reliability diagram, Brier score, ECE, calibration "
         "slope and intercept (calibration section)"
         if oof.get("calibration")

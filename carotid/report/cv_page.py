@@ -21,6 +21,7 @@ from carotid.core.files import atomic_write_text
 from carotid.core.run_dir import RunDir
 from carotid.core.text import plural
 from carotid.evaluation.inference import FramePredictions, PersonPredictions
+from carotid.evaluation.intervals import describe as describe_intervals
 from carotid.evaluation.records import read_cv_metrics
 from carotid.evaluation.registry import table_metrics
 from carotid.report.checklist import cv_checklist
@@ -88,10 +89,7 @@ def _cards(result: dict, binary: bool) -> str:
 
 
 def _ci_note(result: dict) -> str:
-    method = (result.get("ci") or {}).get("method")
-    if not method:
-        return "no confidence intervals (--bootstrap 0)"
-    return f"95% CIs: {method['resamples']} bootstrap resamples of persons, stratified by {method['stratified_by']}"
+    return describe_intervals((result.get("ci") or {}).get("method"))
 
 
 def section_out_of_fold(cv_dir: Path, metrics: dict) -> str:

@@ -17,6 +17,7 @@ import yaml
 
 from carotid.core.files import atomic_write_text
 from carotid.core.run_dir import EvalDir, RunDir
+from carotid.evaluation.intervals import describe as describe_intervals
 from carotid.evaluation.records import read_metrics
 from carotid.evaluation.registry import table_metrics
 from carotid.report.checklist import checklist
@@ -113,11 +114,7 @@ def section_metrics(metrics: dict) -> str:
             f"({metrics['threshold_source']})"
         )
     method = (metrics.get("ci") or {}).get("method")
-    ci = (
-        f"[95% CI: {method['resamples']} bootstrap resamples of persons, stratified by {method['stratified_by']}]"
-        if method
-        else "(no confidence intervals: --bootstrap 0)"
-    )
+    ci = f"[{describe_intervals(method)}]" if method else "(no confidence intervals: --bootstrap 0)"
     warnings = "".join(f'<div class="warn">{escape(w)}</div>' for w in metrics.get("warnings", []))
     cards = "".join(
         f'<div class="card">{key} per person<br><b>{escape(with_ci(metrics, "person", key))}</b></div>'

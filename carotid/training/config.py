@@ -18,6 +18,7 @@ from carotid.core.options import default_yaml, flag, opt, parse_options
 from carotid.data.preprocessing import DEFAULT_CROP, DEFAULT_RESIZE, RESIZE_MODES, parse_box
 from carotid.evaluation.registry import (
     CALIBRATIONS,
+    CI_METHODS,
     MONITORS,
     OPERATING_POINT_HELP,
     parse_operating_point,
@@ -249,6 +250,13 @@ class TrainConfig:
     )
     bootstrap: int = opt(
         1000, "Bootstrap resamples of persons for the test metrics' confidence intervals.", group="run"
+    )
+    ci: str = opt(
+        CI_METHODS[0],
+        "Confidence intervals of per-person sensitivity, specificity, PPV, NPV and accuracy: wilson (score "
+        "interval), exact (Clopper–Pearson) or bootstrap (the person bootstrap, as AUC always).",
+        choices=CI_METHODS,
+        group="run",
     )
     person_aggregation: str = opt(
         "mean", "How frame probabilities become a person's probability.", choices=AGGREGATIONS, group="run"

@@ -218,6 +218,7 @@ def summarise(
         positive,
         aggregation=cfg.person_aggregation,
         bootstrap=cfg.bootstrap,
+        proportions=cfg.ci,
         seed=cfg.seed,
     )
     write_oof_persons(cv_dir / "oof_person_predictions.csv", folds, class_names)
@@ -300,6 +301,7 @@ def evaluate_ensemble(
         model_path=", ".join(map(str, paths)),
         split="test",
         bootstrap=cfg.bootstrap,
+        ci=cfg.ci,
         aggregation=cfg.person_aggregation,
         seed=cfg.seed,
         threshold=threshold,

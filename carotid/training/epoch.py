@@ -256,6 +256,7 @@ def evaluate_test(accelerator: Accelerator, cfg: TrainConfig, manifest: DataMani
         batch_size=eval_batch_size(cfg),
         num_workers=cfg.num_workers,
         bootstrap=cfg.bootstrap,
+        ci=cfg.ci,
         aggregation=cfg.person_aggregation,
         seed=cfg.seed,
         cache=cfg.cache,
