@@ -8,11 +8,14 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
+from pydicom.data import get_testdata_file
 
 from carotid.core.errors import UserError
 from carotid.data.labels import read_labels
+from carotid.data.layout import find_input_frames
 from carotid.data.manifest import collect_persons
 from carotid.data.split import cv_splits, person_groups, split_persons
 from tests.conftest import write_xlsx
@@ -33,6 +36,10 @@ def tree(tmp_path: Path, persons: dict[str, str], frames: int = 3) -> tuple[Path
             frame(root / person / f"f{k}.png", seed=100 * i + k)
     rows = [["patient_id", "label"]] + [[p, label] for p, label in persons.items()]
     return root, write_xlsx(tmp_path / "label.xlsx", rows)
+
+
+def sample_file(name: str) -> str:
+    return get_testdata_file(name, download=False)
 
 
 def collect(root: Path, label: Path):
@@ -86,3 +93,91 @@ def test_everyone_in_one_group_is_an_error_naming_the_cause_not_a_crash(tmp_path
             cv_splits(labels, folds, 0.5, 0.25, 0.25, 0, groups)
         else:
             split_persons(labels, 0.5, 0.25, 0.25, 0, groups)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. A person folder dragged into another
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_person_folder_inside_another_is_an_error_naming_both(tmp_path):
+    persons = {str(1000 + k): "ab"[k % 2] for k in range(6)}
+    root, label = tree(tmp_path, persons)
+    shutil.move(root / "1002", root / "1001" / "1002")
+    with pytest.raises(UserError) as caught:
+        collect(root, label)
+    assert str(caught.value) == (
+        "folder 1001/1002 inside person 1001's folder is named like sheet ID '1002', which has no folder of its "
+        f"own: its frames would be trained as 1001's — move it to {root / '1002'} (a person folder dragged into "
+        "another), or rename it if it is not that person"
+    )
+
+
+def test_series_folders_named_like_persons_with_their_own_folders_are_not_persons(tmp_path):
+    persons = {str(k): "ab"[k % 2] for k in range(1, 7)}
+    root, label = tree(tmp_path, persons, frames=0)
+    for i, person in enumerate(persons):
+        for series in ("1", "2"):  # PACS series numbers, like persons 1 and 2
+            frame(root / person / series / "f.png", seed=10 * i + int(series))
+    manifest = collect(root, label)
+    assert sorted(manifest.frames) == sorted(persons) and len(manifest.frames["3"]) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. A CT or MR series in a person's folder
+# ---------------------------------------------------------------------------------------------
+
+
+def test_dicom_of_another_modality_is_left_out_named_and_counted_by_modality(tmp_path):
+    persons = {str(1000 + k): "ab"[k % 2] for k in range(6)}
+    root, label = tree(tmp_path, persons)
+    shutil.copy(sample_file("examples_rgb_color.dcm"), root / "1000" / "us.dcm")  # Modality US
+    shutil.copy(sample_file("CT_small.dcm"), root / "1001" / "ct.dcm")
+    mr = pydicom.dcmread(sample_file("CT_small.dcm"))
+    mr.Modality = "MR"
+    mr.save_as(root / "1002" / "IM0001")  # named by nothing: a DICOM by its content
+    manifest = collect(root, label)
+    (warning,) = [w for w in manifest.report["warnings"] if "another modality" in w]
+    assert warning == (
+        "2 DICOM files of another modality than ultrasound left out (CT, MR; e.g. 1001/ct.dcm: Modality CT), not "
+        'trained or evaluated (listed in data_report.json "other_modality_dicom"): remove them from the person '
+        "folders, or export only the ultrasound series"
+    )
+    assert manifest.report["other_modality_dicom"] == [
+        {"path": "1001/ct.dcm", "modality": "CT"},
+        {"path": "1002/IM0001", "modality": "MR"},
+    ]
+    assert manifest.report["frames_by_modality"] == {"US": 1, "CT": 1, "MR": 1}
+    used = {rel for fs in manifest.frames.values() for rel, _ in fs}
+    assert "1000/us.dcm" in used and not used & {"1001/ct.dcm", "1002/IM0001"}
+    assert len(manifest.frames["1001"]) == 3
+    report = manifest.report  # every file found is accounted for
+    assert report["files_found"] == sum(report["files_by_kind"].values()) + len(report["other_modality_dicom"])
+
+
+def test_a_person_with_only_a_ct_series_is_an_error_naming_the_modality(tmp_path):
+    persons = {str(1000 + k): "ab"[k % 2] for k in range(6)}
+    root, label = tree(tmp_path, persons)
+    shutil.rmtree(root / "1003")
+    (root / "1003").mkdir()
+    shutil.copy(sample_file("CT_small.dcm"), root / "1003" / "ct.dcm")
+    with pytest.raises(UserError) as caught:
+        collect(root, label)
+    assert str(caught.value) == (
+        "person 1003's folder holds no ultrasound frame, only DICOM of modality CT (e.g. 1003/ct.dcm) — put the "
+        "person's ultrasound frames in the folder, or remove the person's row from the sheet"
+    )
+
+
+def test_predict_input_leaves_another_modality_out_with_a_warning(tmp_path):
+    for person in ("3001", "3002"):
+        frame(tmp_path / "in" / person / "f.png", seed=int(person))
+    shutil.copy(sample_file("CT_small.dcm"), tmp_path / "in" / "3001" / "ct.dcm")
+    layout, frames, _, warnings = find_input_frames(tmp_path / "in", "auto")
+    assert {p: [Path(f).name for f, _ in fs] for p, fs in frames.items()} == {"3001": ["f.png"], "3002": ["f.png"]}
+    assert warnings == [
+        "1 DICOM file of another modality than ultrasound left out (CT; e.g. 3001/ct.dcm: Modality CT), not "
+        "predicted: remove them from the person folders, or export only the ultrasound series"
+    ]
+    with pytest.raises(UserError, match=r"holds no ultrasound frame, only DICOM of another modality .*ct.dcm: CT"):
+        find_input_frames(tmp_path / "in" / "3001" / "ct.dcm", "auto")

@@ -84,9 +84,10 @@ def test_a_dicom_holding_fewer_frames_than_its_header_claims_gives_those_it_hold
     root, label = tree(tmp_path, {"1": "a", "2": "b", "3": "a", "4": "b"})
     short = pydicom.dcmread(sample_file("rtdose.dcm"))  # 15 frames of 10x10, 32-bit, uncompressed
     short.PixelData, short.NumberOfFrames = short.PixelData[: 3 * 400], 10
+    short.Modality = "US"  # read as an ultrasound loop (an RT dose is left out as another modality)
     short.save_as(root / "1" / "loop.dcm")
     wrong = pydicom.dcmread(sample_file("MR_small.dcm"))  # 64x64, 16-bit
-    wrong.Rows = 80
+    wrong.Rows, wrong.Modality = 80, "US"
     wrong.save_as(root / "2" / "wrong.dcm")
     results = decode_frames(str(root / "1" / "loop.dcm"), list(range(4)), PREP)
     assert [isinstance(r, str) for r in results] == [False, False, False, True]
@@ -201,6 +202,7 @@ def test_a_person_holding_a_large_share_of_the_frames_is_named_with_the_cap(tmp_
 
 def test_predict_input_finds_a_suffix_less_dicom_export_as_the_reader_does(tmp_path):
     source = pydicom.dcmread(sample_file("MR_small.dcm"))
+    source.Modality = "US"
     for person in ("3001", "3002"):
         for k in range(2):
             (tmp_path / "in" / person).mkdir(parents=True, exist_ok=True)

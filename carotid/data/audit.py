@@ -10,14 +10,12 @@ from collections import defaultdict
 
 from carotid.core.text import is_utf8, plural, printable
 from carotid.data import twins
+from carotid.data.boilerplate import boilerplate_warning, split_boilerplate
 from carotid.data.discovery import FrameCounts, bounded_map
 from carotid.data.kinds import is_archive
 
 DOMINANT_SHARE = 0.2  # a person holding ≥ 20% of the frames, and ≥ 3x an even share, is named
 DOMINANT_FACTOR = 3
-# A file identical in this many persons' folders is boilerplate (a calibration frame, a logo), not the same
-# person twice: a copied or linked folder joins two persons. Twin-grouping on it would make everyone one group.
-BOILERPLATE_PERSONS = 3
 
 
 def audit_files(
@@ -34,12 +32,14 @@ def audit_files(
     their image-like files not read and the archives, root-level ones included)."""
     archives, warnings = archive_warning(unhandled)
     unhandled = [u for u in unhandled if u not in archives]
-    boilerplate, twins = split_boilerplate(shared_files(root_dir, {p: files_of[p] for p in frames}), frames)
-    shared = _linked_persons(twins)
+    boilerplate, copies = split_boilerplate(shared_files(root_dir, {p: files_of[p] for p in frames}), frames)
+    shared = _linked_persons(copies)
     if unreadable:
         warnings.insert(0, f"{plural(len(unreadable), 'unreadable image')} skipped (listed in data_report.json)")
     names = list(found) + [f for files in files_of.values() for f in files] + unhandled
-    warnings += short_warning(counted) + boilerplate_warning(boilerplate) + shared_warning(shared)
+    warnings += (
+        short_warning(counted) + modality_warning(counted) + boilerplate_warning(boilerplate) + shared_warning(shared)
+    )
     warnings += dominant_warning(frames, cap)
     report = {
         "unhandled_files": _first(unhandled + counted.not_images, 20),
@@ -64,8 +64,8 @@ def _first(items: list[str], k: int) -> dict:
 
 
 def files_report(counted: FrameCounts) -> dict:
-    """data_report.json's account of the frame files by kind; with "unreadable_images" (headers) and
-    "files_without_frames" every file of files_found is in one of them."""
+    """data_report.json's account of the frame files by kind; with "unreadable_images" (headers),
+    "files_without_frames" and "other_modality_dicom" every file of files_found is in one of them."""
     without = sorted(counted.skipped)
     return {
         "files_without_frames": {
@@ -83,6 +83,8 @@ def files_report(counted: FrameCounts) -> dict:
         "multi_frame_files": len(counted.counts),
         "dicom_colour_frames": counted.dicom_colour_frames,
         "dicom_files_with_ultrasound_region": counted.dicom_files_with_region,
+        "frames_by_modality": dict(counted.frames_by_modality),
+        "other_modality_dicom": [{"path": rel, "modality": m} for rel, m in sorted(counted.other_modality.items())],
     }
 
 
@@ -160,25 +162,6 @@ def shared_files(
     return found
 
 
-def split_boilerplate(groups: list[list[tuple[str, str]]], frames: dict[str, list]) -> tuple[list, list]:
-    """(boilerplate, twins) of `shared_files`' groups. A content held by BOILERPLATE_PERSONS or more persons is
-    boilerplate, unless it is all some holder has (three copies of one folder are one person thrice)."""
-    many = [g for g in groups if len({p for p, _ in g}) >= BOILERPLATE_PERSONS]
-    files = {f for g in many for _, f in g}
-    emptied = {p for p, person_frames in frames.items() if all(rel in files for rel, _ in person_frames)}
-    boilerplate = [g for g in many if not {p for p, _ in g} & emptied]
-    kept = {id(g) for g in boilerplate}
-    return boilerplate, [g for g in groups if id(g) not in kept]
-
-
-def without_boilerplate(frames: dict[str, list], boilerplate: list[dict]) -> dict[str, list]:
-    """Each person's frames less the boilerplate files (data_report.json "boilerplate_files")."""
-    left_out = {f for g in boilerplate for f in g["files"]}
-    if not left_out:
-        return frames
-    return {p: [f for f in person_frames if f[0] not in left_out] for p, person_frames in frames.items()}
-
-
 def _linked_persons(groups: list[list[tuple[str, str]]]) -> list[dict]:
     """Union of persons over the groups of shared files, each with one example pair of files."""
     parent: dict[str, str] = {}
@@ -206,20 +189,6 @@ def _linked_persons(groups: list[list[tuple[str, str]]]) -> list[dict]:
         pair = next((e for k, e in example.items() if k <= set(members)), [])
         out.append({"persons": members, "example": pair})
     return sorted(out, key=lambda g: g["persons"])
-
-
-def boilerplate_warning(boilerplate: list[list[tuple[str, str]]]) -> list[str]:
-    if not boilerplate:
-        return []
-    copies = sum(len(g) for g in boilerplate)
-    first = max(boilerplate, key=len)
-    return [
-        f"{plural(len(boilerplate), 'file')} identical in {BOILERPLATE_PERSONS} or more persons' folders "
-        f"({copies} copies; e.g. {printable(first[0][1])}, in {len({p for p, _ in first})} persons) left out of "
-        "training and of the same-frames check: boilerplate (a calibration frame, a logo), not one person's "
-        'frames under two IDs (listed in data_report.json "boilerplate_files"); remove them from the person '
-        "folders to silence this"
-    ]
 
 
 def shared_warning(shared: list[dict]) -> list[str]:
@@ -280,6 +249,20 @@ def archive_warning(unhandled: list[str]) -> tuple[list[str], list[str]]:
     return archives, [
         f"{len(archives)} archive(s) found and not read (e.g. {', '.join(map(printable, archives[:3]))}): "
         "unpack each into its person's folder (named by the ID) and remove the archive"
+    ]
+
+
+def modality_warning(
+    counted: FrameCounts, use: str = 'not trained or evaluated (listed in data_report.json "other_modality_dicom")'
+) -> list[str]:
+    if not counted.other_modality:
+        return []
+    modalities = sorted(set(counted.other_modality.values()))
+    rel, first = next(iter(sorted(counted.other_modality.items())))
+    return [
+        f"{plural(len(counted.other_modality), 'DICOM file')} of another modality than ultrasound left out "
+        f"({', '.join(modalities)}; e.g. {printable(rel)}: Modality {first}), {use}: remove them from the person "
+        "folders, or export only the ultrasound series"
     ]
 
 

@@ -186,12 +186,14 @@ class FrameCounts:
     frames_by_kind: Counter = field(default_factory=Counter)
     dicom_colour_frames: int = 0
     dicom_files_with_region: int = 0
+    other_modality: dict[str, str] = field(default_factory=dict)  # DICOM of another modality (CT, MR, …): left out
+    frames_by_modality: Counter = field(default_factory=Counter)  # DICOM frames per header Modality
 
     def frames_of(self, files: Iterable[str]) -> list[tuple[str, int]]:
         """(file, frame number) of every frame of `files`, in order; unreadable and non-image files left out."""
         out: list[tuple[str, int]] = []
         for rel in files:
-            if rel in self.unreadable or rel in self.skipped:
+            if rel in self.unreadable or rel in self.skipped or rel in self.other_modality:
                 continue
             out += [(rel, k) for k in range(self.counts.get(rel, 1))]
         return out
@@ -220,6 +222,11 @@ def _probe(path: str):
         return describe_error(err)
 
 
+# DICOM frames read as ultrasound: US, and the modalities an ultrasound machine's screen captures carry (OT other,
+# SC secondary capture, XC external camera), or none named. A CT, MR or X-ray series is left out, named.
+KEPT_MODALITIES = frozenset({"US", "IVUS", "OT", "SC", "XC", None})
+
+
 def count_frames(root_dir: str, files: Iterable[str]) -> FrameCounts:
     """Frames per file for `files` (relative to root_dir); single-image files are counted without opening."""
     result = FrameCounts()
@@ -241,7 +248,12 @@ def count_frames(root_dir: str, files: Iterable[str]) -> FrameCounts:
             else:
                 result.not_images.append(rel)
                 result.skipped.add(rel)
+        elif found.modality not in KEPT_MODALITIES:
+            result.other_modality[rel] = found.modality
+            result.frames_by_modality[found.modality] += found.frames
         else:
+            if found.kind == "dicom":
+                result.frames_by_modality[found.modality or "not named"] += found.frames
             result.files_by_kind[found.kind] += 1
             result.frames_by_kind[found.kind] += found.frames
             if found.frames != 1:

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from carotid.core.errors import UserError
+from carotid.data.audit import modality_warning
 from carotid.data.discovery import count_frames, discover_frames, frames_below, is_frame_file
 
 
@@ -98,6 +99,13 @@ def find_input_frames(source: Path, layout: str) -> tuple[str, dict[str, list[tu
         person: [(str(folder / rel), index) for rel, index in counted.frames_of(fs)] for person, fs in relative.items()
     }
     frames = {person: fs for person, fs in frames.items() if fs}
+    warnings += modality_warning(counted, "not predicted")
+    if not frames and counted.other_modality:
+        rel, modality = next(iter(sorted(counted.other_modality.items())))
+        raise UserError(
+            f"{source} holds no ultrasound frame, only DICOM of another modality (e.g. {folder / rel}: {modality})",
+            "pass the ultrasound series",
+        )
     if not frames:
         example = unreadable[0]["path"] if unreadable else folder
         raise UserError(f"none of the images in {source} can be read (e.g. {example})", "check the files")

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 from carotid.core.errors import UserError
 from carotid.core.text import printable
-from carotid.data import audit, check
+from carotid.data import audit, check, folder_checks
+from carotid.data.boilerplate import without_boilerplate
 from carotid.data.classes import positive_index
 from carotid.data.discovery import Frame, count_frames, discover_frames, spread_evenly
 from carotid.data.kinds import FRAME_SUFFIXES
@@ -106,10 +107,12 @@ def collect_persons(
     folder_of = {person: folder for folder, person in person_of.items()}
     wanted = _wanted(sorted(sheet_id_of), persons)
     files_of = {p: found[folder_of[p]] for p in wanted}
+    folder_checks.check_nested(files_of, matching, root_dir)
     counted = count_frames(root_dir, (f for p in wanted for f in files_of[p]))
     all_frames = {p: counted.frames_of(files_of[p]) for p in wanted}
     # A folder with no frame (empty, or only a DICOMDIR, a README, a DICOM without its preamble) is left out.
     no_images = [p for p in wanted if not all_frames[p]]
+    folder_checks.check_modalities(no_images, files_of, counted)
     if len(no_images) == len(wanted):
         raise _no_frames(wanted, root_dir, folder_of[wanted[0]])
     capped = {p: spread_evenly(all_frames[p], max_imgs_per_person) for p in wanted if all_frames[p]}
@@ -122,7 +125,7 @@ def collect_persons(
     findings, file_warnings = audit.audit_files(
         root_dir, found, files_of, frames, counted, in_wanted, unreadable, max_imgs_per_person
     )
-    frames = audit.without_boilerplate(frames, findings["boilerplate_files"])
+    frames = without_boilerplate(frames, findings["boilerplate_files"])
     person_labels = {p: table.class_index[table.labels[sheet_id_of[p]]] for p in frames}
     report = _report(root_dir, table, person_labels, found, matching) | {
         "persons_without_images": _first(no_images),

@@ -169,3 +169,21 @@ def explain_unmatched(matching: Matching) -> list[str]:
             f"folder and are left out; {ID_TRAPS[kind][1]}"
         )
     return warnings
+
+
+def nested_person_folder(files_of: dict[str, list[str]], rows_without_folder: list[str]) -> tuple[str, str] | None:
+    """(folder path under the root, sheet ID) of the first sub-folder inside a person's folder named like a sheet
+    ID that has no folder of its own: a person folder dragged into another, whose frames would count as the
+    outer person's. Only IDs without a folder are looked for, so series folders named 1, 2, … of persons 1, 2
+    (who have their own folders) are not taken for persons."""
+    wanted = {id_key(sheet_id): sheet_id for sheet_id in rows_without_folder}
+    if not wanted:
+        return None
+    for files in files_of.values():
+        for rel in files:
+            parts = rel.split("/")[:-1]  # the person's folder, the folders below it; not the file name
+            for depth in range(1, len(parts)):
+                sheet_id = wanted.get(id_key(parts[depth]))
+                if sheet_id is not None:
+                    return "/".join(parts[: depth + 1]), sheet_id
+    return None

@@ -24,6 +24,7 @@ class Probe:
     colour: bool | None = None
     region: bool = False  # names an ultrasound imaging region (used by --crop auto)
     claimed: int | None = None  # the header's frame count where the file holds fewer (`frames` are those found)
+    modality: str | None = None  # DICOM: the header's Modality ("US", "CT", …), or from the SOP class
 
 
 @dataclass

@@ -17,6 +17,13 @@ import numpy as np
 from carotid.data.kinds.base import FileKind, Probe, Source, has_dicom_preamble, scale_to_uint8
 
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+# Ultrasound Image Storage, Ultrasound Multi-frame Image Storage (and their retired forms): US without Modality.
+ULTRASOUND_SOP_CLASSES = (
+    "1.2.840.10008.5.1.4.1.1.6.1",
+    "1.2.840.10008.5.1.4.1.1.3.1",
+    "1.2.840.10008.5.1.4.1.1.6",
+    "1.2.840.10008.5.1.4.1.1.3",
+)
 # Uncompressed transfer syntaxes (implicit VR little, explicit VR little and big endian): the pixel data's
 # length says how many frames it holds, whatever NumberOfFrames claims.
 NATIVE = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2")
@@ -68,7 +75,16 @@ def probe_dicom(path: str) -> Probe | None:
 
         element = pydicom.dcmread(path, defer_size=1024, force=True).get_item(0x7FE00010, keep_deferred=True)
         held = frames_held(ds, claimed, None if element is None else element.length)
-    return Probe("dicom", held, colour, imaging_region(ds) is not None, claimed if held != claimed else None)
+    region = imaging_region(ds) is not None
+    return Probe("dicom", held, colour, region, claimed if held != claimed else None, modality(ds))
+
+
+def modality(ds) -> str | None:
+    """The header's Modality ("US", "CT", "MR", …); "US" for an ultrasound SOP class without one."""
+    named = str(ds.get("Modality") or "").strip().upper()
+    if named:
+        return named
+    return "US" if str(ds.get("SOPClassUID") or "") in ULTRASOUND_SOP_CLASSES else None
 
 
 def _syntax(ds) -> str | None:
