@@ -32,11 +32,12 @@ def default_out(eval_a: str, eval_b: str) -> Path:
 def compare(argv: Sequence[str] | None) -> int:
     args = parse_compare_args(argv)
     from carotid.core.files import atomic_write_json
-    from carotid.core.run_dir import check_writable
+    from carotid.core.run_dir import check_output_dir, check_writable
     from carotid.evaluation.compare import align, compare_sides, format_comparison, read_side
     from carotid.report.compare_page import write_compare_page
 
     out = Path(args.out) if args.out else default_out(args.eval_a, args.eval_b)
+    check_output_dir(out, "--out")
     a, b, notes = align(read_side(args.eval_a), read_side(args.eval_b), args.shared_persons)
     result = compare_sides(a, b, notes, bootstrap=args.bootstrap, seed=args.seed)
     check_writable(out)

@@ -20,6 +20,7 @@ from carotid.commands import EvaluateOptions, parse_evaluate_args
 from carotid.core.errors import run_cli
 from carotid.core.text import plural
 from carotid.evaluation.plan import EvalPlan, collect_frames, plan_evaluation
+from carotid.evaluation.seen import seen_persons, seen_warning
 
 if TYPE_CHECKING:
     from carotid.data.discovery import Frame
@@ -28,11 +29,12 @@ if TYPE_CHECKING:
 def evaluate(argv: Sequence[str] | None) -> int:
     args = parse_evaluate_args(argv)
     plan = plan_evaluation(args)
-    from carotid.core.run_dir import check_writable
+    from carotid.core.run_dir import check_output_dir, check_writable
     from carotid.core.runtime import RunLog, build_accelerator, on_main
     from carotid.model.file import ModelFile
     from carotid.report.outputs import evaluate_model
 
+    check_output_dir(plan.out_dir, "--out")
     check_writable(plan.out_dir)
     model_file = ModelFile.load(plan.model_path)
     accelerator, precision_note = build_accelerator()
@@ -45,6 +47,10 @@ def evaluate(argv: Sequence[str] | None) -> int:
     frames, context = on_main(accelerator, lambda: collect_frames(plan, model_file.class_names, columns))
     for line in context.pop("startup"):
         log(line)
+    if plan.split == "external":  # persons the model trained or validated on make it no external test
+        context["seen_by_model"] = seen_persons(plan.model_path, context["persons"])
+        if context["seen_by_model"]:
+            log(f"warning: {seen_warning(context['seen_by_model'], 'the data')}; metrics.json marks it not external")
     if plan.val_persons:
         model_file = choose_again(accelerator, args, plan, model_file, log)
         plan.model_path = plan.out_dir / "model.pth"  # the file that gives these numbers

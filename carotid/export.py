@@ -25,6 +25,7 @@ NEEDS = {"onnx": ("onnx", "onnxscript", "onnxruntime"), "torchscript": ()}
 
 def _export(argv: Sequence[str] | None) -> int:
     args = parse_export_args(argv)
+    from carotid.core.run_dir import check_output_file
     from carotid.model.export import SUFFIX, TOLERANCE, export, metadata, parity_frames
     from carotid.model.file import ModelFile
 
@@ -33,10 +34,10 @@ def _export(argv: Sequence[str] | None) -> int:
         raise UserError(f"--format {args.format} needs {', '.join(missing)}", "pip install 'carotid[export]'")
     model_path = Path(args.model)
     out = Path(args.out) if args.out else model_path.with_suffix(SUFFIX[args.format])
-    if out.resolve() == model_path.resolve():
-        raise UserError(f"--out {out} is the model file itself", "pass another file name")
     if out.is_dir():
         raise UserError(f"--out {out} is a folder", f"pass a file name such as model{SUFFIX[args.format]}")
+    inputs = {"the model file itself (--model)": model_path, "the parity frames (--frames)": args.frames}
+    check_output_file(out, "--out", inputs, (SUFFIX[args.format],))
     model_file = ModelFile.load(model_path)
     frames, where = parity_frames(model_file, args.frames)
     difference = export(model_file, model_path, args.format, out, frames)

@@ -36,7 +36,7 @@ MAX_ROWS_SHOWN = 50  # persons listed on the console; the CSV has them all
 
 def output_paths(args: PredictOptions) -> tuple[Path, Path, Path]:
     """(per-image CSV, per-person CSV, unreadable-images CSV)."""
-    from carotid.core.run_dir import check_writable
+    from carotid.core.run_dir import check_output_file, check_writable
 
     source = Path(args.input).resolve()
     out = Path(args.out) if args.out else Path(f"predictions_{source.stem if source.is_file() else source.name}.csv")
@@ -44,7 +44,11 @@ def output_paths(args: PredictOptions) -> tuple[Path, Path, Path]:
         raise UserError(f"--out {out} is a folder", "pass a file name such as predictions.csv")
     check_writable(out.parent if str(out.parent) else Path("."))
     suffix = out.suffix or ".csv"
-    return out, out.with_name(f"{out.stem}_persons{suffix}"), out.with_name(f"{out.stem}_unreadable{suffix}")
+    paths = out, out.with_name(f"{out.stem}_persons{suffix}"), out.with_name(f"{out.stem}_unreadable{suffix}")
+    inputs = {"the model file (--model)": args.model, "the input (--input)": args.input}
+    for path in paths:
+        check_output_file(path, "--out" if path == out else "--out's companion", inputs, (".csv", ".tsv", ".txt"))
+    return paths
 
 
 def summary_table(
@@ -90,40 +94,12 @@ def write_predictions(
     return persons, predicted
 
 
-def trained_on(model_path: str, persons: Sequence[str]) -> str | None:
-    """A warning when persons of --input are in the training or validation split of the model's own run
-    (the model file in RUN/models/, RUN/splits.json beside it): their predictions are not a fair test."""
-    import json
-    import unicodedata
-
-    from carotid.core.run_dir import RunDir
-
-    models = Path(model_path).resolve().parent
-    run = RunDir(models.parent)
-    if models.name != "models" or not run.splits.is_file():
-        return None
-    try:
-        splits = json.loads(run.splits.read_text(encoding="utf-8"))
-        seen = {str(p): s for s in ("train", "val") for p in splits.get(s, [])}
-    except (OSError, ValueError, AttributeError, TypeError):
-        return None
-    ids = {unicodedata.normalize("NFC", p).strip(): p for p in persons}
-    hit = sorted(ids[p] for p in ids if p in seen)
-    if not hit:
-        return None
-    which = sorted({seen[unicodedata.normalize("NFC", p).strip()] for p in hit})
-    return (
-        f"{plural(len(hit), 'person')} of {len(persons)} in --input ({', '.join(map(repr, hit[:5]))}) are in the "
-        f"model's own {' and '.join(which)} split ({run.splits}): the model has seen them, so their predictions "
-        "are no test of it"
-    )
-
-
 def predict(argv: Sequence[str] | None) -> int:
     args = parse_predict_args(argv)
     paths = output_paths(args)
     from carotid.core.runtime import RunLog, build_accelerator, on_main
     from carotid.evaluation.inference import decision_threshold, run_inference
+    from carotid.evaluation.seen import seen_persons, seen_warning
     from carotid.model.file import ModelFile
 
     model_file = ModelFile.load(args.model)
@@ -160,8 +136,8 @@ def predict(argv: Sequence[str] | None) -> int:
             f"person probability: {aggregation} of frames{threshold_note}"
         )
         log(summary_table(persons, predicted, class_names, model_file.positive_index, threshold is not None))
-        seen = trained_on(args.model, sorted(found))
-        for warning in input_warnings + ([seen] if seen else []):
+        seen = seen_persons(args.model, sorted(found))
+        for warning in input_warnings + ([seen_warning(seen, "--input")] if seen else []):
             log(f"warning: {warning}")
         if unreadable:
             first = min(u["path"] for u in unreadable)

@@ -126,7 +126,9 @@ def test_split_model_and_default_out_dir(run_copy, capsys):
     assert report["n_persons"] == len(read_json(run_copy / "splits.json")["val"])
 
 
-def test_external_validation_evaluates_every_labelled_person(run_copy, data_dir, capsys):
+def test_external_validation_evaluates_every_labelled_person_and_marks_persons_it_trained_on(
+    run_copy, data_dir, capsys
+):
     root, label = data_dir
     model = run_copy / "models" / "best_model.pth"
     argv = [
@@ -146,6 +148,18 @@ def test_external_validation_evaluates_every_labelled_person(run_copy, data_dir,
     assert report["split"] == "external" and report["run_dir"] is None
     assert report["n_persons"] == 12 and report["n_images"] == 24
     assert report["data"]["root_dir"] == str(root.resolve())
+    # The run's own data: its train and val persons make this no external test, and every output says so.
+    splits = read_json(run_copy / "splits.json")
+    seen = len(splits["train"]) + len(splits["val"])
+    assert report["seen_by_model"] | {"first": []} == {
+        "count": seen, "of": 12, "splits": ["train", "val"], "first": [], "splits_file": str(run_copy / "splits.json")
+    }  # fmt: skip
+    (warning,) = [w for w in report["warnings"] if w.startswith("not external: ")]
+    assert warning.startswith(f"not external: {seen} persons of 12 in the data (")
+    printed = capsys.readouterr().out
+    assert f"warning: {seen} persons of 12 in the data (" in printed and "marks it not external" in printed
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert f"external data, not external: {seen} of 12 persons seen in training" in page
 
 
 def not_a_model(tmp_path: Path) -> Path:

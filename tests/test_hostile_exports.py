@@ -181,3 +181,45 @@ def test_predict_input_leaves_another_modality_out_with_a_warning(tmp_path):
     ]
     with pytest.raises(UserError, match=r"holds no ultrasound frame, only DICOM of another modality .*ct.dcm: CT"):
         find_input_frames(tmp_path / "in" / "3001" / "ct.dcm", "auto")
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. An output onto an input or onto a run's file
+# ---------------------------------------------------------------------------------------------
+
+
+def refused(main, argv: list[str], capsys) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip()
+
+
+def test_outputs_onto_an_input_or_a_runs_file_are_refused_before_writing(trained_run, data_dir, tmp_path, capsys):
+    from carotid import evaluate, export, predict
+
+    root, label = data_dir
+    run = Path(trained_run)
+    model, final = run / "models" / "best_model.pth", run / "models" / "final_model.pth"
+    kept = {p: p.read_bytes() for p in (label, model, final, run / "metrics.csv")}
+    base = ["--model", str(model), "--input", str(root), "--num-workers", "0"]
+    assert refused(predict.main, [*base, "--out", str(label)], capsys) == (
+        f"error: --out {label} exists and is not a .csv or .tsv or .txt file: writing there would overwrite it — "
+        "pass a new file name ending in .csv"
+    )
+    assert refused(predict.main, [*base, "--out", str(model)], capsys) == (
+        f"error: --out {model} is the model file (--model): writing there would overwrite it — pass another file name"
+    )
+    assert refused(predict.main, [*base, "--out", str(run / "metrics.csv")], capsys) == (
+        f"error: --out {run / 'metrics.csv'} is a file of the run {run}: writing there would overwrite it — pass a "
+        "file name outside the run folder (or a new name in it)"
+    )
+    exported = ["--model", str(model), "--format", "torchscript", "--out", str(final)]
+    assert f"error: --out {final} is a file of the run {run}" in refused(export.main, exported, capsys)
+    external = ["--model", str(model), "--root-dir", str(root), "--label-excel", str(label), "--out", str(run)]
+    assert refused(evaluate.main, external, capsys) == (
+        f"error: --out {run} is a run folder: its report and tables would be overwritten — pass a new folder (or "
+        "leave the option out for the default)"
+    )
+    assert all(path.read_bytes() == data for path, data in kept.items()), "an input was overwritten"
+    assert not list(tmp_path.iterdir()) and not (run / "models" / "best_model.pt").exists()

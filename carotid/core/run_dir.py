@@ -172,6 +172,58 @@ def check_writable(output_dir: str | Path) -> None:
         raise UserError(f"output dir {out} is not writable", "pass a --output-dir you can write to")
 
 
+# What a run folder holds that a run wrote: its own files, its models, checkpoints, evaluations and folds.
+RUN_FILES = ("config.yaml", "splits.json", "data_report.json", "metrics.csv", "train.log", "curves.png",
+             "report.html", "cv_metrics.json", "cv.log", "cv_progress.json", "oof_person_predictions.csv")  # fmt: skip
+
+
+def run_holding(path: Path) -> Path | None:
+    """The run folder that wrote `path` (an existing file), or None: a run's own file, a model file in its
+    models/, anything in its checkpoints/, eval_*/ or fold_*/."""
+    for folder in list(path.parents)[:6]:
+        if RunDir(folder).is_run():
+            inside = path.relative_to(folder).parts
+            if (
+                (len(inside) == 1 and inside[0] in RUN_FILES)
+                or (inside[0] == "models" and path.suffix == ".pth")
+                or inside[0] == "checkpoints"
+                or (len(inside) > 1 and inside[0].startswith(("eval_", "fold_")))
+            ):
+                return folder
+    return None
+
+
+def check_output_file(out: Path, flag: str, inputs: dict[str, str | Path | None], suffixes: tuple[str, ...]) -> None:
+    """Refuse, before anything is written, an output file that would overwrite what the user gave or a run made:
+    one of `inputs` (named by their key), a run's file, or an existing file of another kind than `suffixes`."""
+    target = out.resolve()
+    for what, given in inputs.items():
+        if given and Path(given).resolve() == target:
+            raise UserError(f"{flag} {out} is {what}: writing there would overwrite it", "pass another file name")
+    if not target.is_file():
+        return
+    run = run_holding(target)
+    if run is not None:
+        raise UserError(
+            f"{flag} {out} is a file of the run {run}: writing there would overwrite it",
+            "pass a file name outside the run folder (or a new name in it)",
+        )
+    if target.suffix.lower() not in suffixes:
+        raise UserError(
+            f"{flag} {out} exists and is not a {' or '.join(suffixes)} file: writing there would overwrite it",
+            f"pass a new file name ending in {suffixes[0]}",
+        )
+
+
+def check_output_dir(out: Path, flag: str) -> None:
+    """Refuse an output folder that is a run folder (its report.html, figures/ and tables/ would be replaced)."""
+    if RunDir(out).is_run():
+        raise UserError(
+            f"{flag} {out} is a run folder: its report and tables would be overwritten",
+            "pass a new folder (or leave the option out for the default)",
+        )
+
+
 def software_versions() -> dict[str, str]:
     # A module not loaded yet is asked through its package metadata: importing torchvision and scikit-learn
     # only to read their versions cost seconds at every start. (Loaded ones give their build tag, e.g. +cu130.)

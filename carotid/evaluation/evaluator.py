@@ -22,6 +22,7 @@ from carotid.evaluation.metrics import classification_metrics
 from carotid.evaluation.operating_points import format_operating_points, operating_point_report
 from carotid.evaluation.records import METRICS_SCHEMA, MetricsRecord
 from carotid.evaluation.registry import table_metrics
+from carotid.evaluation.seen import seen_warning
 from carotid.evaluation.subgroups import format_subgroups, subgroup_report
 from carotid.model.file import ModelFile
 
@@ -125,6 +126,7 @@ def compute_report(
         "best_epoch": model_file.best_epoch,
         "unreadable_images": context.get("unreadable_images", []) + preds.unreadable,
         "decoding": preds.decoding,
+        "seen_by_model": context.get("seen_by_model"),
     }
     report["warnings"] += _data_warnings(report, preds, persons, model_file, context)
     if person_level:
@@ -182,6 +184,9 @@ def _data_warnings(
         )
     if preds.decoding.get("low_range_frames"):
         warnings.append(f"{preds.decoding['low_range_frames']} frame(s) use under 16 grey levels")
+    seen = context.get("seen_by_model")
+    if seen:
+        warnings.append(f"not external: {seen_warning(seen, 'the data')}")
     lost = sorted(set(context.get("persons", [])) - set(persons.person_ids.tolist()))
     if lost:
         warnings.append(f"{len(lost)} person(s) have no decodable frame and are not evaluated: {', '.join(lost[:5])}")

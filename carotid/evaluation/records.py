@@ -82,6 +82,7 @@ class MetricsRecord(TypedDict):
     best_epoch: BestEpoch | None  # how the model file's epoch was chosen; None for a final model or older files
     unreadable_images: list[dict[str, Any]]
     decoding: dict[str, Any]
+    seen_by_model: dict[str, Any] | None  # external: persons in the model's own train/val split (not external)
 
 
 class CVMetricsRecord(TypedDict):
@@ -116,6 +117,7 @@ _METRICS_DEFAULTS: dict[str, Any] = {
     "subgroup_min_persons": None,
     "warnings": [],
     "best_epoch": None,
+    "seen_by_model": None,
     "unreadable_images": [],
     "decoding": {},
     "run_dir": None,

@@ -105,7 +105,8 @@ def section_metrics(metrics: dict) -> str:
     ]
     pooling = f"{metrics['person_aggregation']}" + ("" if person_level else " of its frames")
     head = (
-        f"{metrics['split']} split: {metrics['n_persons']} persons, {metrics['n_images']} frames; person probability "
+        f"{metrics['split']} split{' (not external: seen in training)' if metrics.get('seen_by_model') else ''}: "
+        f"{metrics['n_persons']} persons, {metrics['n_images']} frames; person probability "
         f"= {pooling}"
     )
     if binary:
@@ -236,7 +237,10 @@ def section_provenance(config: dict, metrics: dict, model: dict, run_dir: Path |
 # ---------------------------------------------------------------------------------------------
 
 
-def _split_words(split: str) -> str:
+def _split_words(split: str, metrics: dict | None = None) -> str:
+    seen = (metrics or {}).get("seen_by_model")
+    if seen:  # an "external" evaluation on persons the model trained or validated on
+        return f"{split} data, not external: {seen['count']} of {seen['of']} persons seen in training"
     return f"{split} split" if split in ("train", "val", "test") else split
 
 
@@ -250,7 +254,9 @@ def build_report(eval_dir: Path | None, run_dir: Path | None) -> str:
     model_path = models[0]["path"] if models else metrics.get("model_file")
     model = read_model(model_path or (str(RunDir(run_dir).best_model) if run_dir else None))
     title = (
-        f"carotid — {_split_words(metrics['split'])}, {Path(metrics['model_file']).name}" if metrics else "carotid run"
+        f"carotid — {_split_words(metrics['split'], metrics)}, {Path(metrics['model_file']).name}"
+        if metrics
+        else "carotid run"
     )
     if models:
         title = f"carotid — {_split_words(metrics['split'])}, ensemble of the {len(models)} fold models"
