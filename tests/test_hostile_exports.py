@@ -4,7 +4,9 @@ builds the real input in tmp_path and checks what a user would see."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -223,3 +225,59 @@ def test_outputs_onto_an_input_or_a_runs_file_are_refused_before_writing(trained
     )
     assert all(path.read_bytes() == data for path, data in kept.items()), "an input was overwritten"
     assert not list(tmp_path.iterdir()) and not (run / "models" / "best_model.pt").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# 10. FIFOs, devices and link loops named like frames: never opened
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_hang():
+    """Fail, not hang, if anything blocks on a FIFO or reads /dev/zero for ever."""
+
+    def stuck(*_):
+        raise TimeoutError("blocked: a special file was opened")
+
+    previous = signal.signal(signal.SIGALRM, stuck)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def special_entries(folder: Path) -> list[str]:
+    os.mkfifo(folder / "pipe.png")
+    os.symlink("/dev/zero", folder / "zero.dcm")
+    os.symlink("/dev/urandom", folder / "IM0001")  # named by nothing: would be sniffed for a DICOM preamble
+    os.symlink(folder / "loop.jpg", folder / "loop.jpg")  # a link to itself
+    os.symlink(folder, folder / "series")  # a folder link back to its own folder
+    return ["IM0001", "loop.jpg", "pipe.png", "zero.dcm"]
+
+
+def test_fifos_devices_and_link_loops_are_skipped_named_and_never_opened(tmp_path, no_hang):
+    persons = {str(1000 + k): "ab"[k % 2] for k in range(6)}
+    root, label = tree(tmp_path, persons)
+    names = special_entries(root / "1001")
+    os.symlink(root / "1006", root / "1006")  # a person "folder" that is a link to itself, beside them
+    manifest = collect(root, label)
+    assert manifest.report["not_regular_files"] == {"count": 4, "first": [f"1001/{n}" for n in names]}
+    (warning,) = [w for w in manifest.report["warnings"] if "not a regular file" in w]
+    assert warning == (
+        "4 entries named like frames but not a regular file skipped, never opened (e.g. 1001/IM0001, "
+        "1001/loop.jpg, 1001/pipe.png): a named pipe, a device or a link that leads nowhere (a loop); replace each "
+        "with the frame file it stands for, or remove it"
+    )
+    assert [rel for rel, _ in manifest.frames["1001"]] == ["1001/f0.png", "1001/f1.png", "1001/f2.png"]
+
+
+def test_predict_input_with_special_files_skips_them_and_a_fifo_input_is_an_error(tmp_path, no_hang):
+    person = tmp_path / "in" / "3001"
+    frame(person / "f.png", seed=1)
+    special_entries(person)
+    os.mkfifo(tmp_path / "in" / "IM0002")  # beside the person folder: the layout check never opens it
+    layout, frames, _, warnings = find_input_frames(tmp_path / "in", "auto")
+    assert layout == "persons" and [Path(f).name for f, _ in frames["3001"]] == ["f.png"]
+    assert any(w.startswith("4 entries named like frames but not a regular file skipped") for w in warnings)
+    with pytest.raises(UserError, match="is not a regular file or a folder .*never read"):
+        find_input_frames(tmp_path / "in" / "IM0002", "auto")

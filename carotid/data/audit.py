@@ -266,6 +266,18 @@ def modality_warning(
     ]
 
 
+def special_warning(special: list[str]) -> list[str]:
+    """Names of frames that are no regular file (a FIFO, a device, a socket, a link loop): never opened, since
+    reading one could block for ever or never end (/dev/zero)."""
+    if not special:
+        return []
+    return [
+        f"{plural(len(special), 'entry', 'entries')} named like frames but not a regular file skipped, never opened "
+        f"(e.g. {', '.join(printable(s) for s in sorted(special)[:3])}): a named pipe, a device or a link that "
+        "leads nowhere (a loop); replace each with the frame file it stands for, or remove it"
+    ]
+
+
 def short_warning(counted: FrameCounts) -> list[str]:
     if not counted.short:
         return []

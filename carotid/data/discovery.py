@@ -47,8 +47,8 @@ def is_image_name(name: str) -> bool:
 
 def is_frame_file(path: str) -> bool:
     """A file read as frames: by its suffix, or for a name that says nothing (IM0000) by its content, as the
-    reader decides (hidden files never)."""
-    return not os.path.basename(path).startswith(".") and kind_of(path) is not None
+    reader decides (hidden files never). Only a regular file (or a link to one): a FIFO or a device is never opened."""
+    return not os.path.basename(path).startswith(".") and os.path.isfile(path) and kind_of(path) is not None
 
 
 def _unreadable_folder(folder: str, root: bool = False) -> UserError:
@@ -78,7 +78,17 @@ def _check_length(folder: str, names: list[str]) -> None:
             raise _too_long(folder)
 
 
-def _walk(folder: str, prefix: str, out: list[str], unhandled: list[str], seen: set[tuple[int, int]]) -> None:
+def _follows(test: Callable[[], bool]) -> bool:
+    """A DirEntry test through a link; False for a link loop (ELOOP) or a dangling link."""
+    try:
+        return test()
+    except OSError:
+        return False
+
+
+def _walk(
+    folder: str, prefix: str, out: list[str], unhandled: list[str], seen: set[tuple[int, int]], special: list[str]
+) -> None:
     # os.scandir reuses the directory entry's type, so no extra stat per file; the inner loop is kept to
     # plain string tests because on a warm 100,000-file tree it is the cost beside the kernel's (PERFORMANCE.md).
     names, folders = [], []
@@ -90,10 +100,13 @@ def _walk(folder: str, prefix: str, out: list[str], unhandled: list[str], seen: 
                     continue
                 if entry.is_dir(follow_symlinks=False):
                     folders.append(name)
-                elif entry.is_symlink() and entry.is_dir():  # a linked sub-folder: followed once (see below)
+                elif entry.is_symlink() and _follows(entry.is_dir):  # a linked sub-folder: followed once (below)
                     folders.append(name)
                 elif name.rpartition(".")[2].lower() in BY_SUFFIX or may_sniff(name):
-                    names.append(name)  # a name that says nothing is decided by content (count_frames)
+                    if _follows(entry.is_file):  # a regular file or a link to one; no stat for a plain file
+                        names.append(name)  # a name that says nothing is decided by content (count_frames)
+                    else:  # a FIFO, a device, a socket or a link loop: opening it could block for ever
+                        special.append(prefix + name)
                 elif is_unhandled(name) or is_archive(name):  # named in data_report.json (archives apart)
                     unhandled.append(prefix + name)
     except PermissionError:
@@ -111,12 +124,15 @@ def _walk(folder: str, prefix: str, out: list[str], unhandled: list[str], seen: 
         if (info.st_dev, info.st_ino) in seen:
             continue
         seen.add((info.st_dev, info.st_ino))
-        _walk(path, f"{prefix}{name}/", out, unhandled, seen)
+        _walk(path, f"{prefix}{name}/", out, unhandled, seen, special)
 
 
-def frames_below(folder: str | Path, prefix: str = "", unhandled: list[str] | None = None) -> list[str]:
+def frames_below(
+    folder: str | Path, prefix: str = "", unhandled: list[str] | None = None, special: list[str] | None = None
+) -> list[str]:
     """Sorted frame-file paths under `folder` (sub-folders and linked sub-folders included, hidden ones
-    skipped), as prefix + relative path; image-like files that are not read go to `unhandled`."""
+    skipped), as prefix + relative path; image-like files that are not read go to `unhandled`, names of frames
+    that are no regular file (a FIFO, a device, a link loop: never opened) to `special`."""
     files: list[str] = []
     try:
         info = os.stat(folder)
@@ -126,11 +142,14 @@ def frames_below(folder: str | Path, prefix: str = "", unhandled: list[str] | No
         if err.errno == errno.ENAMETOOLONG:
             raise _too_long(str(folder)) from None
         raise
-    _walk(str(folder), prefix, files, [] if unhandled is None else unhandled, {(info.st_dev, info.st_ino)})
+    seen = {(info.st_dev, info.st_ino)}
+    _walk(str(folder), prefix, files, [] if unhandled is None else unhandled, seen, [] if special is None else special)
     return sorted(files)
 
 
-def discover_frames(root_dir: str | Path, unhandled: list[str] | None = None) -> dict[str, list[str]]:
+def discover_frames(
+    root_dir: str | Path, unhandled: list[str] | None = None, special: list[str] | None = None
+) -> dict[str, list[str]]:
     """{folder name: sorted frame-file paths relative to root_dir} for every sub-folder of root_dir.
 
     Names are kept exactly as on disk: '3006' and '3006 ' are two folders (carotid.data.matching refuses them)."""
@@ -145,14 +164,14 @@ def discover_frames(root_dir: str | Path, unhandled: list[str] | None = None) ->
     loose_images = 0
     try:
         with os.scandir(root) as entries:
-            listed = [(entry.name, entry.path, entry.is_dir()) for entry in entries]
+            listed = [(entry.name, entry.path, _follows(entry.is_dir)) for entry in entries]
     except PermissionError:
         raise _unreadable_folder(str(root), root=True) from None
     for name, path, is_dir in listed:
         if name.startswith("."):
             continue
         if is_dir:  # a symlinked person folder is followed
-            persons[name] = frames_below(path, f"{name}/", unhandled)
+            persons[name] = frames_below(path, f"{name}/", unhandled, special)
         elif is_image_name(name):
             loose_images += 1
         elif is_archive(name) and unhandled is not None:  # e.g. a person's folder left as 1001.zip

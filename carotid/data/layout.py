@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from carotid.core.errors import UserError
-from carotid.data.audit import modality_warning
+from carotid.data.audit import modality_warning, special_warning
 from carotid.data.discovery import count_frames, discover_frames, frames_below, is_frame_file
 
 
@@ -22,7 +22,8 @@ def detect_layout(folder: Path) -> str:
     """'persons' or 'person' for an unambiguous folder; a UserError naming --layout for a mix."""
     try:
         with os.scandir(folder) as entries:
-            listed = [(e.name, e.path, e.is_dir()) for e in entries if not e.name.startswith(".")]
+            # os.path.isdir, not DirEntry.is_dir: a link loop is False, not an OSError.
+            listed = [(e.name, e.path, os.path.isdir(e.path)) for e in entries if not e.name.startswith(".")]
     except PermissionError:
         raise UserError(f"cannot read folder {folder} (permission denied)", "give your user read access") from None
     images = [name for name, path, is_dir in listed if not is_dir and is_frame_file(path)]
@@ -51,7 +52,7 @@ def detect_layout(folder: Path) -> str:
 
 def _holds_images(folder: str) -> bool:
     with os.scandir(folder) as entries:
-        return any(not e.is_dir() and is_frame_file(e.path) for e in entries)
+        return any(is_frame_file(e.path) for e in entries)  # regular files only
 
 
 def find_input_frames(source: Path, layout: str) -> tuple[str, dict[str, list[tuple[str, int]]], list[dict], list[str]]:
@@ -59,6 +60,7 @@ def find_input_frames(source: Path, layout: str) -> tuple[str, dict[str, list[tu
 
     Main process only. Single images are not opened here: they are proven when decoded, and reported then."""
     warnings: list[str] = []
+    special: list[str] = []  # frame names that are no regular file: never opened
     if source.is_file():
         if not is_frame_file(str(source)):
             raise UserError(
@@ -66,6 +68,11 @@ def find_input_frames(source: Path, layout: str) -> tuple[str, dict[str, list[tu
                 "pass an image or a folder",
             )
         layout, folder, relative = "images", source.parent, {source.name: [source.name]}
+    elif source.exists() and not source.is_dir():
+        raise UserError(
+            f"--input {source} is not a regular file or a folder (a named pipe, a device or a socket): never read",
+            "pass a folder of images or an image file",
+        )
     elif not source.is_dir():
         raise UserError(
             f"input folder not found: {source}", "pass --input DIR, a folder of images or of person folders"
@@ -74,17 +81,17 @@ def find_input_frames(source: Path, layout: str) -> tuple[str, dict[str, list[tu
         folder = source
         layout = detect_layout(folder) if layout == "auto" else layout
         if layout == "persons":
-            relative = discover_frames(folder)
-            loose = sorted(e.name for e in os.scandir(folder) if e.is_file() and is_frame_file(e.path))
+            relative = discover_frames(folder, None, special)
+            loose = sorted(e.name for e in os.scandir(folder) if is_frame_file(e.path))
             if loose:
                 warnings.append(
                     f"{len(loose)} image(s) directly in {folder} (e.g. {loose[0]}) are in no person folder and "
                     "were not predicted"
                 )
         elif layout == "person":
-            relative = {folder.resolve().name: frames_below(folder)}
+            relative = {folder.resolve().name: frames_below(folder, "", None, special)}
         else:  # images: every image its own row, named by its path below --input
-            relative = {path: [path] for path in frames_below(folder)}
+            relative = {path: [path] for path in frames_below(folder, "", None, special)}
     relative = {person: frames for person, frames in relative.items() if frames}
     if not relative:
         raise UserError(
@@ -99,7 +106,7 @@ def find_input_frames(source: Path, layout: str) -> tuple[str, dict[str, list[tu
         person: [(str(folder / rel), index) for rel, index in counted.frames_of(fs)] for person, fs in relative.items()
     }
     frames = {person: fs for person, fs in frames.items() if fs}
-    warnings += modality_warning(counted, "not predicted")
+    warnings += special_warning(special) + modality_warning(counted, "not predicted")
     if not frames and counted.other_modality:
         rel, modality = next(iter(sorted(counted.other_modality.items())))
         raise UserError(

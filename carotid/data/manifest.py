@@ -98,7 +98,8 @@ def collect_persons(
     frames are decoded (0: none; default carotid.data.check.SAMPLE), every other frame is proven when it is
     first decoded and reported then (carotid.data.check)."""
     unhandled: list[str] = []
-    found = discover_frames(root_dir, unhandled)
+    special: list[str] = []  # frame names that are no regular file: never opened
+    found = discover_frames(root_dir, unhandled, special)
     matching = match_ids(table.labels, found, str(root_dir))
     _check_overlap(matching, table, root_dir, strict_matching)
     # The person ID: the folder's name as a person reads it (macOS folder names are NFD, sheets NFC).
@@ -138,7 +139,8 @@ def collect_persons(
         "start_up_check": checked.as_dict() if checked else None,
         "unreadable_images": unreadable,
         # Every start-up warning about the data, as printed.
-        "warnings": table.warnings + _matching_warnings(matching) + file_warnings,
+        "warnings": table.warnings + _matching_warnings(matching) + audit.special_warning(special) + file_warnings,
+        "not_regular_files": _first(special),
     }
     return DataManifest(
         str(root_dir),
