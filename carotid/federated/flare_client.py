@@ -1,0 +1,127 @@
+"""A site's NVIDIA FLARE client: FLARE's Client API around carotid's framework-neutral local round.
+
+FLARE runs this file at each site (the job's `train_script`), with the site's own data settings as arguments:
+
+    python flare_client.py --root-dir /data/us --label-excel /data/labels.xlsx --output-dir /data/carotid_sites
+        [--sheet S --header-row N --id-column C --label-column C --group-column C --max-imgs-per-person N
+         --cache ... --num-workers N]
+
+The coordinator's options (backbone, image size, batch size, …, the federated run's name, local epochs, FedBN)
+come in the job itself, as `carotid_flare.json` beside this file (`carotid.federated.flare_job` writes it). Each
+round: the global weights are scored on the site's validation persons (the numbers FLARE's FedAvg averages and
+its best-model choice reads), then trained for the local epochs; the new weights go back with the number of
+training persons as FedAvg's weight (`NUM_STEPS_CURRENT_ROUND`). Nothing else leaves the site: no person ID,
+path or per-person row. The site's split, data report and log stay in OUTPUT_DIR/<run name>/, as with Flower.
+FedProx's mu arrives in the round's metadata (FLARE's `FedProxRecipe`); FedBN keeps the norm layers at the site.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import nvflare.client as flare
+from nvflare.app_common.abstract.fl_model import FLModel
+from nvflare.app_common.app_constant import AlgorithmConstants
+
+from carotid.core.errors import UserError, run_cli
+from carotid.core.files import write_table
+from carotid.core.options import parse_options
+from carotid.core.runtime import build_accelerator
+from carotid.training.config import TRAIN_GROUPS, TrainConfig
+from carotid.training.local_round import evaluate_global, local_round
+from carotid.training.site import SITE_OPTIONS, open_site, site_options, site_run_dir
+
+JOB_OPTIONS = "carotid_flare.json"  # the coordinator's options, shipped in the job beside this file
+TIMINGS = "flare_rounds.csv"  # the site's seconds per round: waiting for the global weights, scoring, training, sending
+
+
+def read_job_options(folder: Path) -> tuple[TrainConfig, dict]:
+    """(the coordinator's TrainConfig, the federated settings: run_name, class_names, local_epochs, keep_local)."""
+    job = json.loads((folder / JOB_OPTIONS).read_text(encoding="utf-8"))
+    return TrainConfig(**job.pop("options")), job
+
+
+def site_settings(argv: Sequence[str]) -> dict:
+    """The site's own options (`carotid.training.site.SITE_OPTIONS`) from the script's arguments."""
+    parsed, given = parse_options(TrainConfig, argv, "flare_client.py", __doc__.split("\n\n")[0], TRAIN_GROUPS)
+    other = sorted(given - set(SITE_OPTIONS))
+    if other:
+        flags = ", ".join("--" + name.replace("_", "-") for name in other)
+        raise UserError(f"{flags} are the coordinator's options, not a site's", "set them in the FLARE job")
+    return {name: getattr(parsed, name) for name in given}
+
+
+def run_site(cfg: TrainConfig, job: dict) -> None:
+    """The Client API loop: receive the global weights, score them, train them, send them back."""
+    accelerator, _ = build_accelerator(
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        report_to=None,
+        dist_timeout_minutes=cfg.dist_timeout_minutes,
+        output_dir=cfg.output_dir,
+    )
+    if accelerator.num_processes > 1:
+        # FLARE's Client API talks to one process; Flower's client (carotid.federate) trains over several.
+        raise UserError("a FLARE site trains in one process here", "start the site's client without accelerate launch")
+    run_name, keep_local = job["run_name"], job["keep_local"]
+    manifest, _ = open_site(accelerator, cfg, run_name)  # a bad sheet or no frames stop this site before round 1
+    if list(manifest.class_names) != list(job["class_names"]):
+        raise UserError(
+            f"this site's classes {manifest.class_names} differ from the job's {job['class_names']}",
+            "give every site the same class names in its label column",
+        )
+    timings = []  # per round, at the site: what the round spent where (scripts/bench reads it)
+    while flare.is_running():
+        clock = time.perf_counter()
+        incoming = flare.receive()
+        received = time.perf_counter()
+        scores = evaluate_global(accelerator, cfg, run_name, incoming.params, keep_local=keep_local)
+        scored = time.perf_counter()
+        result = local_round(
+            accelerator,
+            cfg,
+            run_name,
+            incoming.params,
+            epochs=job["local_epochs"],
+            round_number=incoming.current_round + 1,
+            proximal_mu=float((incoming.meta or {}).get(AlgorithmConstants.FEDPROX_MU) or 0.0),
+            keep_local=keep_local,
+        )
+        trained = time.perf_counter()
+        metrics = {f"global_{k}": v for k, v in scores.items() if k in ("val_person_auc", "val_loss")}
+        metrics |= {f"local_{k}": v for k, v in result.metrics.items() if k != "val_persons"}
+        metrics |= {"val_persons": scores["val_persons"], "train_persons": result.train_persons}
+        flare.send(
+            FLModel(
+                params=result.weights,
+                metrics={k: float("nan") if v is None else float(v) for k, v in metrics.items()},
+                meta={"NUM_STEPS_CURRENT_ROUND": result.train_persons},  # FedAvg's weight: training persons
+            )
+        )
+        sent = time.perf_counter()
+        seconds = [received - clock, scored - received, trained - scored, sent - trained]
+        timings.append([incoming.current_round + 1, *(f"{x:.3f}" for x in seconds)])
+        write_table(
+            site_run_dir(cfg, run_name) / TIMINGS, ["round", "receive_s", "evaluate_s", "train_s", "send_s"], timings
+        )
+
+
+def _main(argv: Sequence[str] | None, job_folder: Path) -> int:
+    flare.init()
+    coordinator, job = read_job_options(job_folder)
+    site = site_settings(sys.argv[1:] if argv is None else argv)
+    run_site(site_options(coordinator, site), job)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, job_folder: Path | None = None) -> int:
+    """`job_folder`: where the job's carotid_flare.json lies (the job's custom/ folder at the site)."""
+    return run_cli(lambda args: _main(args, job_folder or Path.cwd() / "custom"), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

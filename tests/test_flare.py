@@ -1,0 +1,187 @@
+"""The NVIDIA FLARE adapter: carotid's local round under FLARE's Client API, a FedAvg job built with FLARE 2.9's
+recipe API (FedBN through exclude_vars, FedProx through its recipe), run in FLARE's simulator on demo sites."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("nvflare")
+
+from carotid import evaluate as evaluate_cli
+from carotid.core.errors import UserError
+from carotid.core.files import read_records
+from carotid.data.demo_sites import make_demo_sites
+from carotid.data.labels import read_labels
+from carotid.federated import flare_client, flare_job
+from carotid.model.file import ModelFile
+from carotid.training.config import TrainConfig
+from carotid.training.local_round import norm_keys
+from carotid.training.site import site_options
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = "fed_20260101_000000"
+CLASSES = ["normal", "plaque"]
+
+
+def demo_sites(tmp_path: Path) -> tuple[dict[str, dict], Path]:
+    """Two non-IID sites (mostly plaque, mostly normal) and the test folder, tiny."""
+    data = tmp_path / "data"
+    make_demo_sites(data, sites=2, persons=30, mix="noniid", test_persons=8, frames=2, size=32, seed=0)
+    sites = {
+        name: {
+            "root_dir": str(data / name),
+            "label_excel": str(data / name / "label.xlsx"),
+            "output_dir": str(tmp_path / "hospitals" / name),
+        }
+        for name in ("site_1", "site_2")
+    }
+    return sites, data / "test"
+
+
+def coordinator(model: str = "small_cnn") -> TrainConfig:
+    return TrainConfig(model=model, image_size=32, batch_size=8, num_workers=0, lr=1e-3, seed=3)
+
+
+@pytest.fixture
+def site_processes(monkeypatch):
+    """Each site's client is a process of its own: it imports this checkout, on one thread."""
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+def simulate(tmp_path, sites, cfg, classes=CLASSES, **federated) -> Path:
+    job_dir = tmp_path / "job"
+    recipe = flare_job.build_recipe(cfg, classes, sites, job_dir, run_name=RUN, **federated)
+    return flare_job.simulate(recipe, job_dir, list(sites), tmp_path / "flare", federated["rounds"])
+
+
+def text_files(folder: Path):
+    for path in folder.rglob("*"):
+        if path.is_file():
+            try:
+                yield path, path.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                continue
+
+
+# ---------------------------------------------------------------------------------------------
+# The job, exported (no simulation)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_exported_fedbn_job_excludes_exactly_the_norm_layers_and_ships_carotid_options_not_carotid(tmp_path):
+    sites, _ = demo_sites(tmp_path)
+    cfg = coordinator("mobilenet_v3_small")
+    recipe = flare_job.build_recipe(
+        cfg, CLASSES, sites, tmp_path / "job", run_name=RUN, rounds=3, local_epochs=2, keep_local="norm"
+    )
+    job = flare_job.export(recipe, tmp_path / "job", tmp_path / "export") / RUN
+
+    server = json.loads((job / "app_server" / "config" / "config_fed_server.json").read_text(encoding="utf-8"))
+    controller = next(w for w in server["workflows"] if w["path"].endswith("FedAvg"))
+    pattern = re.compile(controller["args"]["exclude_vars"])
+    model = flare_job.initial_model(json.loads(json.dumps(vars(cfg))), CLASSES, cfg.seed)
+    excluded = {k for k in model.state_dict() if pattern.search(k)}
+    assert excluded == norm_keys(model) and any(k.endswith("running_var") for k in excluded)
+    assert controller["args"]["num_rounds"] == 3
+
+    for name, site in sites.items():
+        app = job / f"app_{name}"
+        client = json.loads((app / "config" / "config_fed_client.json").read_text(encoding="utf-8"))
+        command = client["executors"][0]["executor"]["args"]["command"]
+        assert command[-7:] == ["custom/carotid_site.py", "--root-dir", site["root_dir"], "--label-excel",
+                                site["label_excel"], "--output-dir", site["output_dir"]]  # fmt: skip
+        assert (app / "custom" / "carotid_site.py").is_file() and not (app / "custom" / "carotid").exists()
+        shipped = json.loads((app / "custom" / flare_client.JOB_OPTIONS).read_text(encoding="utf-8"))
+        assert shipped["keep_local"] == "norm" and shipped["local_epochs"] == 2 and shipped["class_names"] == CLASSES
+        assert shipped["options"]["model"] == "mobilenet_v3_small"
+        assert not {"root_dir", "label_excel", "output_dir"} & set(shipped["options"])
+
+
+def test_a_site_sets_only_its_own_options_as_client_arguments(tmp_path):
+    settings = flare_client.site_settings(["--root-dir", "d", "--label-excel", "l.xlsx", "--id-column", "MRN"])
+    assert settings == {"root_dir": "d", "label_excel": "l.xlsx", "id_column": "MRN"}
+    with pytest.raises(UserError, match="--lr are the coordinator's options, not a site's"):
+        flare_client.site_settings(["--root-dir", "d", "--lr", "0.1"])
+    with pytest.raises(UserError, match=r"site options \['lr'\] are not a site's to set"):
+        flare_job.site_args({"root_dir": "d", "lr": 0.1})
+
+
+# ---------------------------------------------------------------------------------------------
+# FLARE's simulator (a process per site)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # FLARE's simulator, 2 sites x 2 rounds: about 2 minutes on two cores
+def test_fedavg_in_flares_simulator_gives_a_carotid_model_file_and_no_person_leaves_a_site(
+    tmp_path, site_processes, capsys
+):
+    sites, test_dir = demo_sites(tmp_path)
+    cfg = coordinator()
+    simulation = simulate(tmp_path, sites, cfg, rounds=2, local_epochs=1)
+
+    start = flare_job.initial_model(json.loads(json.dumps(vars(cfg))), CLASSES, cfg.seed).state_dict()
+    weights = flare_job.global_weights(simulation)
+    assert set(weights) == set(start) and all(not torch.equal(weights[k], start[k]) for k in start)
+    for site in sites.values():  # each site trained both rounds on its own split, in its own folder
+        run_dir = Path(site["output_dir"]) / RUN
+        assert (run_dir / "splits.json").is_file()
+        assert (run_dir / "rounds" / "round_001" / "metrics.csv").is_file()
+        assert (run_dir / "rounds" / "round_002" / "metrics.csv").is_file()
+        timings = read_records(run_dir / flare_client.TIMINGS)
+        assert [row["round"] for row in timings] == ["1", "2"] and all(float(row["train_s"]) > 0 for row in timings)
+
+    # Nothing of a site's persons reaches the server: no person ID, no folder of the sites.
+    persons = [p for s in sites.values() for p in read_labels(s["label_excel"]).labels]
+    leaked = [
+        (path.name, token)
+        for path, text in text_files(simulation / "server")
+        for token in [*persons, *(s["root_dir"] for s in sites.values())]
+        if re.search(rf"(?<![\d.]){re.escape(token)}(?![\d.])", text)
+    ]
+    assert leaked == []
+
+    # The global weights as an ordinary model file: carotid.evaluate scores it on the held-out test persons.
+    model_path = flare_job.save_model(tmp_path / "global.pth", cfg, CLASSES, weights, rounds=2)
+    assert ModelFile.load(model_path).class_names == CLASSES
+    out = tmp_path / "eval"
+    argv = ["--model", str(model_path), "--root-dir", str(test_dir), "--label-excel", str(test_dir / "label.xlsx")]
+    assert evaluate_cli.main([*argv, "--out", str(out), "--bootstrap", "50", "--num-workers", "0"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["n_persons"] == 8 and metrics["counts"]["persons"] == {"normal": 4, "plaque": 4}
+    assert 0.0 <= metrics["person"]["auc"] <= 1.0 and metrics["ci"]["person"]["auc"]["n"] == 50
+
+
+@pytest.mark.slow  # a BatchNorm network in FLARE's simulator, 1 round: about 2 minutes on two cores
+def test_fedbn_in_flares_simulator_keeps_batchnorm_at_each_site(tmp_path, site_processes):
+    sites, _ = demo_sites(tmp_path)
+    cfg = coordinator("mobilenet_v3_small")
+    simulation = simulate(tmp_path, sites, cfg, rounds=1, local_epochs=1, keep_local="norm")
+
+    model = flare_job.initial_model(json.loads(json.dumps(vars(cfg))), CLASSES, cfg.seed)
+    start, norms = model.state_dict(), norm_keys(model)
+    weights = flare_job.global_weights(simulation)
+    # The server never averaged a norm layer: they are the starting ones; every other layer was averaged.
+    assert all(torch.equal(weights[k], start[k]) for k in norms)
+    assert any(not torch.equal(weights[k], start[k]) for k in set(start) - norms)
+    kept = {name: flare_job.site_norm_layers(site_options(cfg, site), RUN) for name, site in sites.items()}
+    assert all(set(layers) == norms for layers in kept.values())
+    means = [k for k in norms if k.endswith("running_mean")]
+    assert all(not torch.equal(kept["site_1"][k], start[k]) for k in means)
+    assert all(not torch.equal(kept["site_1"][k], kept["site_2"][k]) for k in means)
+
+
+@pytest.mark.slow  # FLARE's simulator up to the sites' first check: about a minute
+def test_a_site_that_cannot_join_stops_the_job_with_its_error_under_its_name(tmp_path, site_processes):
+    sites, _ = demo_sites(tmp_path)
+    with pytest.raises(UserError) as caught:
+        simulate(tmp_path, sites, coordinator(), classes=["normal", "stenosis"], rounds=1, local_epochs=1)
+    message = str(caught.value)
+    assert message.startswith("the FLARE job stopped after")
+    assert "error: this site's classes ['normal', 'plaque'] differ from the job's ['normal', 'stenosis']" in message
+    assert re.search(r"site_[12]: error:", message)
