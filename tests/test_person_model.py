@@ -143,11 +143,11 @@ def _person_probs(folder) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def attention_run(tmp_path_factory):
-    """A 2-epoch attention run on 12 persons x 5 frames: 2 persons and up to 3 frames each per step."""
+    """A 2-epoch attention run on 12 persons x 5 frames: 6 frames a step, 2 persons with up to 3 frames each."""
     root, label = make_data(tmp_path_factory.mktemp("mil") / "frames", persons=12, frames=5, size=40)
     output = tmp_path_factory.mktemp("mil_run")
     args = ["--root-dir", str(root), "--label-excel", str(label), "--output-dir", str(output), "--epochs", "2"]
-    args += [*FAST, "--batch-size", "2", "--bag-size", "3", "--person-model", "attention"]
+    args += [*FAST, "--batch-size", "6", "--bag-size", "3", "--person-model", "attention"]
     args += ["--train-ratio", "0.5", "--val-ratio", "0.25", "--test-ratio", "0.25"]
     assert train_in_process(*args) == 0
     return only_run_dir(output)
@@ -156,7 +156,9 @@ def attention_run(tmp_path_factory):
 def test_attention_run_writes_a_person_model_and_its_attention(attention_run):
     model_file = ModelFile.load(attention_run / "models" / "best_model.pth")
     assert (model_file.person_model, model_file.bag_size) == ("attention", 3)
-    assert "batch: 2 persons per device" in (attention_run / "train.log").read_text(encoding="utf-8")
+    assert "batch: 2 persons per step per process (--batch-size 6 frames / 3 frames per training person" in (
+        attention_run / "train.log"
+    ).read_text(encoding="utf-8")
     header = (attention_run / "metrics.csv").read_text(encoding="utf-8").splitlines()
     rows = _csv(attention_run / "metrics.csv")
     assert len(header) == 3 and all(r["val_person_auc"] != "" and r["val_auc"] == "" for r in rows)
@@ -231,7 +233,7 @@ def test_resume_of_a_killed_attention_run_ends_with_the_uninterrupted_weights(tm
     """Which persons and frames a step holds comes from (seed, epoch): the resumed run skips to the exact step."""
     data = make_data(tmp_path / "frames", persons=12, frames=6, size=40)
     common = ["--root-dir", str(data[0]), "--label-excel", str(data[1]), "--epochs", "3", "--no-test"]
-    common += [*FAST, "--batch-size", "2", "--bag-size", "4", "--person-model", "attention"]
+    common += [*FAST, "--batch-size", "8", "--bag-size", "4", "--person-model", "attention"]
     common += ["--checkpoint-every-steps", "3", "--balanced-sampler"]
     straight = run_module("carotid.train", *common, "--output-dir", str(tmp_path / "straight"))
     assert straight.returncode == 0, straight.stderr[-3000:]
@@ -301,7 +303,7 @@ def test_on_sparse_findings_attention_finds_the_finding_frames_and_beats_frame_t
 def test_cross_validation_of_an_attention_model_pools_its_person_probabilities(tmp_path):
     root, label = make_data(tmp_path / "frames", persons=16, frames=3, size=32)
     args = ["--root-dir", str(root), "--label-excel", str(label), "--output-dir", str(tmp_path / "cv")]
-    args += ["--folds", "2", "--epochs", "1", *FAST, "--batch-size", "2", "--bag-size", "2"]
+    args += ["--folds", "2", "--epochs", "1", *FAST, "--batch-size", "4", "--bag-size", "2"]
     args += ["--person-model", "attention", "--train-ratio", "0.5", "--val-ratio", "0.25", "--test-ratio", "0.25"]
     assert train_in_process(*args) == 0
     cv_dir = next((tmp_path / "cv").glob("cv_*"))
@@ -319,7 +321,7 @@ def test_two_training_processes_train_an_attention_model(tmp_path):
     """DDP on 2 CPU processes: each takes its own persons' bags; validation evaluates each person once."""
     root, label = make_data(tmp_path / "frames", persons=12, frames=4, size=32)
     args = ["--root-dir", str(root), "--label-excel", str(label), "--output-dir", str(tmp_path / "out")]
-    args += ["--epochs", "2", *FAST, "--batch-size", "2", "--bag-size", "3", "--person-model", "attention"]
+    args += ["--epochs", "2", *FAST, "--batch-size", "6", "--bag-size", "3", "--person-model", "attention"]
     args += ["--train-ratio", "0.5", "--val-ratio", "0.25", "--test-ratio", "0.25"]
     result = run_module("carotid.train", *args, nproc=2)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -335,7 +337,7 @@ def test_cached_frames_train_the_same_attention_model_with_temperature_and_opera
     """--cache: bags index the cached dataset by frame; the run equals one that decodes every frame."""
     root, label = make_data(tmp_path / "frames", persons=12, frames=4, size=40)
     args = ["--root-dir", str(root), "--label-excel", str(label), "--epochs", "1", *FAST, "--no-test"]
-    args += ["--batch-size", "2", "--bag-size", "3", "--person-model", "attention", "--calibrate", "temperature"]
+    args += ["--batch-size", "6", "--bag-size", "3", "--person-model", "attention", "--calibrate", "temperature"]
     args += ["--operating-point", "sensitivity=0.9", "--cache-dir", str(tmp_path / "cache")]
     assert train_in_process(*args, "--output-dir", str(tmp_path / "plain")) == 0
     assert train_in_process(*args, "--cache", "--output-dir", str(tmp_path / "cached")) == 0

@@ -309,7 +309,7 @@ def attention_runs(strategy_data, tmp_path_factory):
             root, label = strategy_data
             output = tmp_path_factory.mktemp(f"attention_{name}")
             args = ["--root-dir", str(root), "--label-excel", str(label), "--output-dir", str(output), "--epochs", "2"]
-            args += [*FAST, "--batch-size", "2", "--bag-size", "3", "--person-model", "attention"]
+            args += [*FAST, "--batch-size", "6", "--bag-size", "3", "--person-model", "attention"]
             run(launch_command(STRATEGIES[name][0], *args), fresh=lambda: shutil.rmtree(output, ignore_errors=True))
             made[name] = only_run_dir(output)
         return made[name]

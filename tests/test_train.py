@@ -141,7 +141,7 @@ def test_two_process_ddp_run_and_its_model_reload_in_one_process(tmp_path, data_
         extra_launch=["--config_file", str(REPO / "configs/accelerate/cpu_ddp.yaml")],
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "processes: 2" in result.stdout and "= 16 effective" in result.stdout
+    assert "processes: 2" in result.stdout and "= 16 frames per optimizer step" in result.stdout
     run_dir = only_run_dir(tmp_path)
     for name in RUN_FILES:
         assert (run_dir / name).is_file(), name

@@ -1,6 +1,7 @@
 """Bags of a person's frames, for person models (--person-model attention|mean).
 
-Training: a step takes `--batch-size` persons, each with up to `--bag-size` of its frames drawn at random.
+Training: a step takes as many persons as bring about `--batch-size` frames (`persons_per_step`), each with up to
+`--bag-size` of its frames drawn at random.
 `BagSampler` yields (person, seed) items in a random order from its own generator (reseeded per epoch by
 `EpochSeeds`), so which persons and which frames a step holds is a function of (seed, epoch, step): a resumed
 run skips to the exact step. `BagDataset` turns an item into the person's frames, read from any frame dataset
@@ -18,6 +19,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from carotid.data.loaders import default_workers, ignore_stop_signals, stop_workers_at_exit
+
+
+def persons_per_step(batch_size: int, bag_size: int, frame_counts: list[int]) -> int:
+    """Persons in a training step of about `batch_size` frames, when persons have these frame counts: batch_size over
+    the mean frames a person brings (at most bag_size), rounded, at least 1. A fixed number (not a frame budget
+    filled person by person), so every process makes the same number of steps."""
+    if not frame_counts:
+        return 1
+    mean_frames = sum(min(n, bag_size) for n in frame_counts) / len(frame_counts)
+    return max(1, round(batch_size / mean_frames))
 
 
 class PersonBags:

@@ -202,8 +202,10 @@ class TrainConfig:
     epochs: int = opt(50, "Number of passes over the training persons' frames.")
     batch_size: int = opt(
         32,
-        "Frames per batch on each process (the effective batch is this x processes x accumulation steps); "
-        "with a person model (--person-model attention/mean): persons per batch, each with up to --bag-size frames.",
+        "Frames per batch on each process, for every model (the effective batch is this x processes x "
+        "accumulation steps); a person model (--person-model attention/mean) takes as many persons a step as "
+        "bring about this many frames (each up to --bag-size), so the same command makes about as many optimizer "
+        "steps for every --person-model. The start-up block prints persons and frames per step and the steps.",
     )
     lr: float = opt(1e-4, "Peak learning rate of AdamW.")
     weight_decay: float = opt(1e-4, "AdamW weight decay.")

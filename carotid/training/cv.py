@@ -138,7 +138,7 @@ def cross_validate(
     log(f" test: {describe_persons(manifest, plan['test'])}")
     for fold in plan["folds"]:
         log(f"fold {fold['fold']}: held out {describe_persons(manifest, fold['held_out'])}")
-    describe_setup(accelerator, cfg, log)  # the start-up block, once: each fold prints only its persons
+    describe_setup(accelerator, cfg, log)  # the start-up block, once: each fold prints its persons and steps
     describe_data(cfg, manifest, log)
     if not resumed and accelerator.is_main_process:
         run_folder.record_warnings(cv_dir, log.warnings)  # the CV folder's data_report.json: every warning said

@@ -17,7 +17,7 @@ from carotid.core.errors import StopTraining
 from carotid.core.predict import predict_loader
 from carotid.core.run_dir import RunDir
 from carotid.core.runtime import RunLog, StopSignal
-from carotid.data.bags import BagDataset, make_bag_loader
+from carotid.data.bags import BagDataset, make_bag_loader, persons_per_step
 from carotid.data.loaders import make_loader
 from carotid.data.manifest import DataManifest
 from carotid.data.transforms import NORMALIZATION
@@ -33,6 +33,7 @@ from carotid.report.outputs import evaluate_model
 from carotid.training import checkpoints
 from carotid.training.config import TrainConfig
 from carotid.training.engine import EpochProgress
+from carotid.training.steps import drops_last
 
 
 def build_run_model(cfg: TrainConfig, class_names: list[str]) -> tuple[torch.nn.Module, list[str]]:
@@ -54,21 +55,23 @@ def build_run_model(cfg: TrainConfig, class_names: list[str]) -> tuple[torch.nn.
 def run_loaders(cfg: TrainConfig, datasets: dict, num_processes: int, pin_memory: bool) -> tuple:
     """(the training loader, the validation loader or None), before Accelerate prepares them.
 
-    A person model trains on bags (carotid.data.bags) and validates through predict_persons: no loader."""
+    A person model trains on bags (carotid.data.bags), as many persons a step as bring about --batch-size frames
+    (carotid.training.steps), and validates through predict_persons: no loader."""
     if cfg.person_model != "frames":
         bags = BagDataset(datasets["train"], cfg.bag_size)
+        persons = persons_per_step(cfg.batch_size, cfg.bag_size, [len(f) for f in bags.bags.frames])
         loader = make_bag_loader(
             bags,
-            cfg.batch_size,
+            persons,
             num_workers=cfg.num_workers,
             seed=cfg.seed,
             balanced=cfg.balanced_sampler,
-            drop_last=len(bags) >= cfg.batch_size * num_processes,
+            drop_last=drops_last(len(bags), persons, num_processes),
             pin_memory=pin_memory,
         )
         return loader, None
     train_set = datasets["train"]
-    drop_last = len(train_set) >= cfg.batch_size * num_processes  # fixed shapes, when the data allows
+    drop_last = drops_last(len(train_set), cfg.batch_size, num_processes)  # fixed shapes, when the data allows
     train_loader = make_loader(
         train_set,
         cfg.batch_size,
@@ -130,9 +133,8 @@ def validate(
 
 
 def eval_batch_size(cfg: TrainConfig) -> int:
-    """Frames per evaluation batch: twice a training batch (no gradients to keep); for a person model, the frames
-    of a training step (its persons x --bag-size)."""
-    return 2 * cfg.batch_size if cfg.person_model == "frames" else cfg.batch_size * cfg.bag_size
+    """Frames per evaluation batch: twice a training batch's frames (no gradients to keep), for every model."""
+    return 2 * cfg.batch_size
 
 
 def validate_persons(

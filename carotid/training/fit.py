@@ -29,6 +29,8 @@ from carotid.evaluation.registry import person_monitor
 from carotid.training.checkpoints import disk_full
 from carotid.training.config import TrainConfig
 from carotid.training.epoch import build_run_model, split_names
+from carotid.training.steps import StepPlan, run_plan
+from carotid.training.steps import startup_lines as step_lines
 from carotid.training.trainer import Trainer
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # exit status 2 with one line naming the disk and --resume
@@ -96,26 +98,22 @@ DISTRIBUTION = {  # Accelerate's DistributedType values in words
 }
 
 
-def describe(accelerator: Accelerator, cfg: TrainConfig, manifest: DataManifest, log: RunLog) -> None:
-    """The start-up block: processes, batch, the persons of each split, the data, the checks."""
-    describe_setup(accelerator, cfg, log)
+def describe(accelerator: Accelerator, cfg: TrainConfig, manifest: DataManifest, log: RunLog, plan: StepPlan) -> None:
+    """The start-up block: processes, batch and steps, the persons of each split, the data, the checks."""
+    describe_setup(accelerator, cfg, log, plan)
     describe_splits(manifest, log)
     describe_data(cfg, manifest, log)
 
 
-def describe_setup(accelerator: Accelerator, cfg: TrainConfig, log: RunLog) -> None:
-    per_device, accumulation = cfg.batch_size, accelerator.gradient_accumulation_steps
-    effective = per_device * accelerator.num_processes * accumulation
+def describe_setup(accelerator: Accelerator, cfg: TrainConfig, log: RunLog, plan: StepPlan | None = None) -> None:
+    """Processes, devices, precision; the batch and steps (a cross-validation: each fold prints its own)."""
     kind = accelerator.distributed_type.value
     log(
         f"processes: {accelerator.num_processes} ({DISTRIBUTION.get(kind, kind)}), device: {accelerator.device}, "
         f"mixed precision: {accelerator.mixed_precision}"
     )
-    unit = "frames" if cfg.person_model == "frames" else "persons"
-    log(
-        f"batch: {per_device} {unit} per device x {plural(accelerator.num_processes, 'process', 'processes')} x "
-        f"{plural(accumulation, 'accumulation step')} = {effective} effective"
-    )
+    for line in step_lines(plan) if plan else []:
+        log(line)
     if cfg.person_model != "frames":
         log(
             f"person model: --person-model {cfg.person_model} on a {cfg.model} frame encoder; each training person "
@@ -211,6 +209,7 @@ def fit_run(
     model, weight_lines = build_run_model(cfg, class_names)
 
     monitor, monitor_warning = choose_monitor(cfg, manifest)
+    plan = run_plan(cfg, manifest, accelerator)
     # Everything the user gave is valid: from here on there is a run directory.
     run_dir = resume_run or on_main(
         accelerator,
@@ -222,7 +221,7 @@ def fit_run(
             manifest.splits,
             manifest.report,
             name=run_name,
-            note=run_note,
+            note=(run_note or {}) | {"steps": plan.to_dict()},
         ),
     )
     log = RunLog(accelerator, RunDir(run_dir).log)
@@ -230,9 +229,11 @@ def fit_run(
     for line in [*notes, *weight_lines]:
         log(line)
     if startup:
-        describe(accelerator, cfg, manifest, log)
+        describe(accelerator, cfg, manifest, log, plan)
     else:
         describe_splits(manifest, log)
+        for line in step_lines(plan):
+            log(line)
     if monitor_warning:
         log(f"warning: {monitor_warning}")
     training = False
