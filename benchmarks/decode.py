@@ -1,24 +1,19 @@
-"""Decode rates per file kind and the cost of finding and checking frames, for scripts/benchmark.py.
-
-(f) decode rates: frames/s per core (CPU seconds of this process, so a decoder's own threads count)
-    through `carotid.data.decode.decode_frames` at the training size, as the cache build decodes:
-    800x600 grey frames as separate Pillow JPEG files, a multi-frame DICOM of JPEG-baseline frames,
-    one of JPEG-lossless frames and an mp4 cine loop.
-(g) start-up against the number of frames: a fresh process that reads the labels, finds and checks
-    the frames (`collect_persons`), splits the persons and loads the first batch, on trees of 1,000
-    and N tiny PNG files (hard links of one file: seconds to make, no disk space).
-"""
+"""Decode rates per file kind: frames/s per core (CPU seconds of this process, so a decoder's own threads
+count) through carotid.data.decode.decode_frames at the training size, as the cache build decodes: the same
+grey frames as separate Pillow JPEG files, as a multi-frame DICOM of JPEG-baseline frames, one of
+JPEG-lossless frames and an mp4 cine loop. Each kind is a row against the JPEG files (ratio = its rate over
+theirs)."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.common import Options, Row
+
+TITLE = "decode rates per file kind"
 
 
 def grey_frames(count: int, width: int = 800, height: int = 600) -> list[np.ndarray]:
@@ -156,7 +151,7 @@ def make_format_files(folder: Path, count: int, width: int = 800) -> dict[str, t
 
 
 def decode_rates(folder: Path, count: int, image_size: int, width: int = 800, repeats: int = 3) -> dict[str, float]:
-    """(f): frames per CPU-second of each kind, best of `repeats` after a warm-up."""
+    """Frames per CPU-second of each kind, best of `repeats` after a warm-up."""
     from carotid.data.decode import decode_frames
     from carotid.data.preprocessing import Preprocessing
 
@@ -183,93 +178,12 @@ def _cpu_seconds(fn) -> float:
     return time.process_time() - start
 
 
-# ---------------------------------------------------------------------------------------------
-# (g) start-up against the number of frames
-# ---------------------------------------------------------------------------------------------
-
-STARTUP = r"""
-import json, sys, time, tracemalloc, warnings
-warnings.simplefilter("ignore")
-from carotid.data.labels import read_labels
-from carotid.data.manifest import collect_persons
-from carotid.data.split import split_persons
-from carotid.data.loaders import frame_dataset, make_loader
-imported = time.perf_counter()
-table = read_labels(sys.argv[2])
-manifest = collect_persons(sys.argv[1], table, None)
-checked = time.perf_counter()
-splits, _ = split_persons(manifest.person_labels, 0.7, 0.15, 0.15, 0)
-manifest.splits = splits
-frames = manifest.frames_of("train")
-loader = make_loader(frame_dataset(frames, 224, 1), 32, train=True, num_workers=0, seed=0)
-next(iter(loader))
-done = time.perf_counter()
-# Memory after the timing (tracing slows Python down): the peak of what discovery and the check allocate.
-del manifest, frames, loader
-tracemalloc.start()
-manifest = collect_persons(sys.argv[1], table, None)
-peak = tracemalloc.get_traced_memory()[1]
-print(json.dumps({"imports_s": imported - START, "collect_s": checked - imported, "to_first_batch_s": done - START,
-                  "frames": manifest.report["images_used"], "collect_peak_bytes": peak}))
-"""
-
-
-def make_png_tree(root: Path, files: int, persons: int = 200) -> Path:
-    """`files` valid 64x48 PNG files (hard links of one per person) over `persons` person folders, and label.xlsx."""
-    from PIL import Image
-
-    from carotid.data.demo import write_label_excel
-
-    root.mkdir(parents=True, exist_ok=True)
-    per_person = -(-files // persons)
-    for p in range(persons):
-        folder = root / f"{100000 + p}"
-        folder.mkdir(exist_ok=True)
-        first = folder / "frame_0000.png"
-        if not first.exists():
-            # One inode and one content per person (a file system allows ~65,000 links to one file; persons
-            # sharing a file's content are one group to the split, carotid.data.audit).
-            pixels = np.random.default_rng(p).integers(0, 256, (48, 64), dtype=np.uint8)
-            Image.fromarray(pixels).save(first)
-        for k in range(1, min(per_person, files - p * per_person)):
-            target = folder / f"frame_{k:04d}.png"
-            if not target.exists():
-                os.link(first, target)
-    write_label_excel(root / "label.xlsx", [(str(100000 + p), "ab"[p % 2]) for p in range(persons)])
-    return root
-
-
-def startup_run(root: Path) -> dict:
-    """(g): one fresh process, from interpreter start to the first batch."""
-    start = f"import time\nSTART = time.perf_counter()\n{STARTUP}"
-    out = subprocess.run(
-        [sys.executable, "-c", start, str(root), str(root / "label.xlsx")],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=dict(os.environ, TQDM_DISABLE="1", PYTHONWARNINGS="ignore"),
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def startup_scaling(work: Path, sizes: list[int], repeats: int = 5) -> dict:
-    """(g) for each tree size: medians of `repeats` rounds that run every size in turn (interleaved, so a
-    busy moment of a shared machine hits all sizes alike); ratios against the first (smallest) size."""
-    trees = {files: make_png_tree(work / f"tree_{files}", files) for files in sizes}
-    runs: dict[int, list[dict]] = {files: [] for files in sizes}
-    for _ in range(repeats):
-        for files in sizes:
-            runs[files].append(startup_run(trees[files]))
-    figures = {}
-    for files in sizes:
-        figures[files] = {
-            key: float(np.median([r[key] for r in runs[files]]))
-            for key in ("imports_s", "collect_s", "to_first_batch_s", "collect_peak_bytes")
-        } | {"frames": runs[files][0]["frames"]}
-    base = figures[sizes[0]]
-    for files in sizes:
-        run = figures[files]
-        run["startup_vs_smallest"] = run["to_first_batch_s"] / base["to_first_batch_s"]
-        run["collect_vs_smallest"] = run["collect_s"] / base["collect_s"]
-        run["collect_peak_bytes_per_frame"] = run["collect_peak_bytes"] / max(run["frames"], 1)
-    return figures
+def run(opts: Options) -> list:
+    count, width = (3, 160) if opts.quick else (40, 800)
+    rates = decode_rates(opts.work / "formats", count, opts.image_size, width, repeats=1 if opts.quick else 3)
+    jpeg = rates["pillow_jpeg"]
+    return [
+        Row(f"decode {kind}, {width}x{width * 3 // 4} at {opts.image_size} px", "Pillow JPEG files", kind,
+            "frames/s per core", jpeg, rate, rate / jpeg)
+        for kind, rate in rates.items()
+    ]  # fmt: skip
