@@ -100,3 +100,19 @@ def test_the_first_batch_comes_before_scipy_sklearn_and_matplotlib_load(tmp_path
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "loaded before the first batch: none" in result.stderr, result.stderr[-3000:]
+
+
+def test_a_plain_run_never_imports_deepspeed(tmp_path):
+    """Saving best_model.pth of a one-process run takes the model's weights without Accelerate's unwrap_model,
+    which imports DeepSpeed (and through it mlflow) whenever it is installed: 2-3 s on a CPU
+    (docs/PERFORMANCE.md, the profile of the whole run)."""
+    root, label = make_data(tmp_path / "data", persons=6, frames=2, size=32)
+    out = tmp_path / "out"
+    result = run_with_importtime(
+        "carotid.train", "--root-dir", str(root), "--label-excel", str(label), *FAST, "--epochs", "1", "--no-test",
+        "--output-dir", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(out.glob("*/models/best_model.pth")), "the run saved no best model"
+    loaded = imported_modules(result.stderr)
+    assert "torch" in loaded and "deepspeed" not in loaded and "mlflow" not in loaded

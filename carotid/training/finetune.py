@@ -173,4 +173,22 @@ class FineTuning:
 
     def state_dict(self, accelerator: Accelerator, model: nn.Module) -> dict[str, torch.Tensor]:
         """Collective: the weights a model file holds (consolidated from every rank when sharded)."""
-        return self.ema.module.state_dict() if self.ema is not None else accelerator.get_state_dict(model)
+        if self.ema is not None:
+            return self.ema.module.state_dict()
+        if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+            return accelerator.get_state_dict(model)  # gathers the shards
+        # Accelerate's unwrap imports DeepSpeed whenever it is installed (2-3 s at the first epoch's end on a
+        # CPU, docs/PERFORMANCE.md); a plain or DDP model only needs its wrappers taken off.
+        return plain_module(model).state_dict()
+
+
+def plain_module(model: nn.Module) -> nn.Module:
+    """The module inside DDP / DataParallel and torch.compile wrappers (what Accelerate's unwrap_model returns
+    for a model that is neither DeepSpeed's nor FSDP's)."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
