@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from carotid.data.labels import read_labels
 from carotid.data.layout import find_input_frames
 from carotid.data.manifest import collect_persons
 from carotid.data.split import cv_splits, person_groups, split_persons
-from tests.conftest import write_xlsx
+from tests.conftest import FAST, module_command, subprocess_env, write_xlsx
 
 
 def frame(path: Path, seed: int, size=(24, 20)) -> Path:
@@ -281,3 +282,25 @@ def test_predict_input_with_special_files_skips_them_and_a_fifo_input_is_an_erro
     assert any(w.startswith("4 entries named like frames but not a regular file skipped") for w in warnings)
     with pytest.raises(UserError, match="is not a regular file or a folder .*never read"):
         find_input_frames(tmp_path / "in" / "IM0002", "auto")
+
+
+# ---------------------------------------------------------------------------------------------
+# 12. `carotid-train … | head`: stdout closed
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("extra", [[], ["--folds", "2"]], ids=["run", "cross-validation"])
+def test_train_into_a_closed_pipe_exits_quietly_and_leaves_no_run_folder(tmp_path, extra):
+    root, label = tree(tmp_path, {str(1000 + k): "ab"[k % 2] for k in range(12)})
+    argv = ["--root-dir", str(root), "--label-excel", str(label), "--output-dir", str(tmp_path / "out"), *FAST]
+    process = subprocess.Popen(
+        module_command("carotid.train", *argv, "--epochs", "1", *extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=subprocess_env(),
+    )
+    process.stdout.close()  # `| head` that has already stopped reading: the first line finds the pipe closed
+    _, err = process.communicate(timeout=300)
+    assert b"Traceback" not in err and b"BrokenPipe" not in err and b"Exception ignored" not in err
+    assert not list((tmp_path / "out").glob("*_2*")), "a run that could not start leaves no folder"
+    assert process.returncode == 128 + signal.SIGPIPE

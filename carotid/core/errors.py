@@ -93,6 +93,14 @@ def quiet_ctrl_c_until_run() -> None:
     signal.signal(signal.SIGINT, _exit_at_once)
 
 
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is no file (a test's capture): nothing to flush into the pipe
+        pass
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
     """Run `main(argv)`; turn `UserError` / `StopTraining` / Ctrl-C into a message and an exit status."""
     if signal.getsignal(signal.SIGINT) is _exit_at_once:
@@ -109,6 +117,11 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
         if _is_main_rank():
             print(str(stop), file=sys.stderr, flush=True)
         status = stop.exit_status
+    except BrokenPipeError:
+        # stdout closed (`carotid-train … | head`): stop quietly, as Unix tools do, with SIGPIPE's status. Python
+        # would report the pipe again when it flushes stdout at exit, so stdout goes to /dev/null first.
+        _silence_stdout()
+        status = 128 + signal.SIGPIPE
     except OSError as err:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -99,6 +100,29 @@ def prepare(cfg: TrainConfig, cv_dir: Path | None) -> tuple[DataManifest, dict, 
     return manifest, plan, notes, root_dir, label_excel
 
 
+def describe_plan(
+    accelerator: Accelerator,
+    cfg: TrainConfig,
+    manifest: DataManifest,
+    plan: dict,
+    cv_dir: Path,
+    resumed: bool,
+    notes: list[str],
+    log: RunLog,
+) -> None:
+    """The CV's start-up block, once; its warnings into data_report.json."""
+    log(f"{'resuming cross-validation' if resumed else 'cross-validation'}: {cv_dir}")
+    for note in notes:
+        log(note)
+    log(f" test: {describe_persons(manifest, plan['test'])}")
+    for fold in plan["folds"]:
+        log(f"fold {fold['fold']}: held out {describe_persons(manifest, fold['held_out'])}")
+    describe_setup(accelerator, cfg, log)  # the start-up block, once: each fold prints its persons and steps
+    describe_data(cfg, manifest, log)
+    if not resumed and accelerator.is_main_process:
+        run_folder.record_warnings(cv_dir, log.warnings)  # the CV folder's data_report.json: every warning said
+
+
 def fold_splits(plan: dict, k: int) -> dict[str, list[str]]:
     fold = plan["folds"][k - 1]
     return {"train": fold["train"], "val": fold["val"], "test": fold["held_out"]}
@@ -132,16 +156,14 @@ def cross_validate(
             ),
         )
     log = RunLog(accelerator, cv_dir / "cv.log")
-    log(f"{'resuming cross-validation' if resumed else 'cross-validation'}: {cv_dir}")
-    for note in list(notes) + [f"note: {n}" for n in split_notes]:
-        log(note)
-    log(f" test: {describe_persons(manifest, plan['test'])}")
-    for fold in plan["folds"]:
-        log(f"fold {fold['fold']}: held out {describe_persons(manifest, fold['held_out'])}")
-    describe_setup(accelerator, cfg, log)  # the start-up block, once: each fold prints its persons and steps
-    describe_data(cfg, manifest, log)
-    if not resumed and accelerator.is_main_process:
-        run_folder.record_warnings(cv_dir, log.warnings)  # the CV folder's data_report.json: every warning said
+    try:
+        describe_plan(
+            accelerator, cfg, manifest, plan, cv_dir, resumed, list(notes) + [f"note: {n}" for n in split_notes], log
+        )
+    except (KeyboardInterrupt, BrokenPipeError):  # before the first fold: no half-made CV folder
+        if not resumed and accelerator.is_main_process:
+            shutil.rmtree(cv_dir, ignore_errors=True)
+        raise
     progress = cv_dir / PROGRESS
     done = set(json.loads(progress.read_text(encoding="utf-8"))["folds_done"]) if progress.is_file() else set()
     for k in range(1, cfg.folds + 1):

@@ -224,20 +224,20 @@ def fit_run(
             note=(run_note or {}) | {"steps": plan.to_dict()},
         ),
     )
-    log = RunLog(accelerator, RunDir(run_dir).log)
-    log(f"{'resuming' if resume_run else 'run directory'}: {run_dir}")
-    for line in [*notes, *weight_lines]:
-        log(line)
-    if startup:
-        describe(accelerator, cfg, manifest, log, plan)
-    else:
-        describe_splits(manifest, log)
-        for line in step_lines(plan):
-            log(line)
-    if monitor_warning:
-        log(f"warning: {monitor_warning}")
     training = False
     try:
+        log = RunLog(accelerator, RunDir(run_dir).log)
+        log(f"{'resuming' if resume_run else 'run directory'}: {run_dir}")
+        for line in [*notes, *weight_lines]:
+            log(line)
+        if startup:
+            describe(accelerator, cfg, manifest, log, plan)
+        else:
+            describe_splits(manifest, log)
+            for line in step_lines(plan):
+                log(line)
+        if monitor_warning:
+            log(f"warning: {monitor_warning}")
         # Datasets (and the frame cache) first: a signal during a long cache build simply ends the process.
         datasets = run_datasets(accelerator, cfg, manifest)
         report_cache(datasets, log)
@@ -250,9 +250,10 @@ def fit_run(
         with StopSignal() as stop:
             trainer.fit(stop)
         trainer.finish()
-    except (UserError, KeyboardInterrupt) as err:
-        # A mistake found this late, or Ctrl-C before training started, still leaves no half-made run.
-        started = isinstance(err, KeyboardInterrupt) and training
+    except (UserError, KeyboardInterrupt, BrokenPipeError) as err:
+        # A mistake found this late, or Ctrl-C (or `| head` closing stdout) before training started, still
+        # leaves no half-made run.
+        started = not isinstance(err, UserError) and training
         if resume_run is None and accelerator.is_main_process and not started:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
