@@ -4,6 +4,7 @@ builds the real input in tmp_path and checks what a user would see."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -21,7 +22,7 @@ from carotid.data.labels import read_labels
 from carotid.data.layout import find_input_frames
 from carotid.data.manifest import collect_persons
 from carotid.data.split import cv_splits, person_groups, split_persons
-from tests.conftest import FAST, module_command, subprocess_env, write_xlsx
+from tests.conftest import FAST, module_command, subprocess_env, train_in_process, write_xlsx
 
 
 def frame(path: Path, seed: int, size=(24, 20)) -> Path:
@@ -304,3 +305,26 @@ def test_train_into_a_closed_pipe_exits_quietly_and_leaves_no_run_folder(tmp_pat
     assert b"Traceback" not in err and b"BrokenPipe" not in err and b"Exception ignored" not in err
     assert not list((tmp_path / "out").glob("*_2*")), "a run that could not start leaves no folder"
     assert process.returncode == 128 + signal.SIGPIPE
+
+
+# ---------------------------------------------------------------------------------------------
+# 14. A folder name in GBK bytes without a sheet row: every JSON stays JSON
+# ---------------------------------------------------------------------------------------------
+
+
+def test_every_json_of_a_run_is_valid_with_a_gbk_folder_name_beside_the_persons(tmp_path):
+    root, label = tree(tmp_path, {str(1000 + k): "ab"[k % 2] for k in range(8)})
+    gbk = "测试".encode("gbk")  # unzipped without -O GBK: the name's bytes are not UTF-8
+    folder = os.path.join(os.fsencode(root), gbk)
+    os.mkdir(folder)
+    frame(Path(os.fsdecode(os.path.join(folder, b"f.png"))), seed=99)
+    out = tmp_path / "out"
+    argv = ["--root-dir", str(root), "--label-excel", str(label), "--output-dir", str(out), "--epochs", "1", *FAST]
+    assert train_in_process(*argv) == 0
+    (run,) = out.glob("train_*")
+    written = list(run.rglob("*.json"))
+    assert run / "data_report.json" in written and len(written) >= 3
+    for path in written:
+        json.loads(path.read_text(encoding="utf-8"))  # raises on a raw \x escape
+    report = json.loads((run / "data_report.json").read_text(encoding="utf-8"))
+    assert report["folders_without_label"]["first"] == ["\\xb2\\xe2\\xca\\xd4"]

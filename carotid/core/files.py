@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from carotid.core.errors import UserError
-from carotid.core.text import ESCAPE
+from carotid.core.text import ESCAPE, printable
 
 
 def fsync_dir(path: Path) -> None:
@@ -59,7 +59,19 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    """Valid JSON for any file name: a name that is not UTF-8 is stored as its printable form (bytes as \\xNN,
+    carotid.core.text.printable), a JSON string like any other, never a raw \\x escape JSON does not know."""
+    atomic_write_text(path, json.dumps(_printable_strings(obj), indent=2, ensure_ascii=False) + "\n")
+
+
+def _printable_strings(obj: Any) -> Any:
+    if isinstance(obj, str):
+        return printable(obj)
+    if isinstance(obj, dict):
+        return {_printable_strings(k): _printable_strings(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_printable_strings(v) for v in obj]
+    return obj
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
