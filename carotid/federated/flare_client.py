@@ -74,9 +74,9 @@ def run_site(cfg: TrainConfig, job: dict) -> None:
             f"this site's classes {manifest.class_names} differ from the job's {job['class_names']}",
             "give every site the same class names in its label column",
         )
-    timings = []  # per round, at the site: what the round spent where (scripts/bench reads it)
-    while flare.is_running():
-        clock = time.perf_counter()
+    timings = []  # per round, at the site: what the round spent where (benchmarks/federated_round.py reads it)
+    clock = time.perf_counter()
+    while flare.is_running():  # waits for the next task: the other sites, the aggregation, the transport
         incoming = flare.receive()
         received = time.perf_counter()
         scores = evaluate_global(accelerator, cfg, run_name, incoming.params, keep_local=keep_local)
@@ -104,6 +104,7 @@ def run_site(cfg: TrainConfig, job: dict) -> None:
         )
         sent = time.perf_counter()
         seconds = [received - clock, scored - received, trained - scored, sent - trained]
+        clock = sent
         timings.append([incoming.current_round + 1, *(f"{x:.3f}" for x in seconds)])
         write_table(
             site_run_dir(cfg, run_name) / TIMINGS, ["round", "receive_s", "evaluate_s", "train_s", "send_s"], timings

@@ -68,11 +68,11 @@ def site_args(settings: Mapping[str, object]) -> str:
         raise UserError(f"site options {unknown} are not a site's to set", f"use only {', '.join(SITE_OPTIONS)}")
     words = []
     for name, value in settings.items():
-        if value is None or value is False:
-            continue
-        words.append("--" + name.replace("_", "-"))
-        if value is not True:
-            words.append(str(value))
+        flag = name.replace("_", "-")
+        if isinstance(value, bool):  # --cache / --no-cache, --strict-matching / --no-strict-matching
+            words.append(f"--{flag}" if value else f"--no-{flag}")
+        elif value is not None:
+            words += [f"--{flag}", str(value)]
     return shlex.join(words)
 
 
@@ -193,6 +193,7 @@ def save_model(
 
     No threshold is chosen on validation persons here (they stay at the sites): 0.5, said so in the file."""
     positive, _, _ = choose_positive(class_names, cfg.positive_class)
+    path.parent.mkdir(parents=True, exist_ok=True)
     ModelFile(
         state_dict={k: v.float() if v.is_floating_point() else v for k, v in weights.items()},
         **model_contract(cfg, class_names, "global_val_person_auc", positive_index(class_names, positive)),
