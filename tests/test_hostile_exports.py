@@ -328,3 +328,30 @@ def test_every_json_of_a_run_is_valid_with_a_gbk_folder_name_beside_the_persons(
         json.loads(path.read_text(encoding="utf-8"))  # raises on a raw \x escape
     report = json.loads((run / "data_report.json").read_text(encoding="utf-8"))
     assert report["folders_without_label"]["first"] == ["\\xb2\\xe2\\xca\\xd4"]
+
+
+# ---------------------------------------------------------------------------------------------
+# 7, 8. One yes/no question spelled two ways; labels not decided yet
+# ---------------------------------------------------------------------------------------------
+
+
+def test_yes_no_spelled_two_ways_is_two_classes_with_the_spellings_named(tmp_path):
+    answers = ["Y", "N", "Yes", "No", "Y", "N", "yes", "Y"]
+    rows = [["patient_id", "plaque"]] + [[f"p{k}", a] for k, a in enumerate(answers)]
+    table = read_labels(str(write_xlsx(tmp_path / "label.xlsx", rows)))
+    assert table.class_names == ["N", "Y"] and table.positive_class == "Y"
+    assert [table.labels[f"p{k}"] for k in range(8)] == ["Y", "N", "Y", "N", "Y", "N", "Y", "Y"]
+    assert "labels 'Y' (3), 'Yes' (1), 'yes' (1) are one class 'Y' (they spell one yes/no answer)" in table.warnings
+    assert "labels 'N' (2), 'No' (1) are one class 'N' (they spell one yes/no answer)" in table.warnings
+
+
+def test_undecided_labels_leave_their_persons_out_and_the_study_binary(tmp_path):
+    labels = ["plaque", "normal", "待定", "plaque", "pending", "normal", "复查", "recheck", "?", "N/A"]
+    rows = [["patient_id", "label"]] + [[f"p{k}", label] for k, label in enumerate(labels)]
+    table = read_labels(str(write_xlsx(tmp_path / "label.xlsx", rows)))
+    assert table.class_names == ["normal", "plaque"] and sorted(table.labels) == ["p0", "p1", "p3", "p5"]
+    (warning,) = [w for w in table.warnings if "undecided" in w]
+    assert warning == (
+        "4 person(s) have an undecided label ('待定' (1), 'pending' (1), '复查' (1), 'recheck' (1)): left out as "
+        "unlabelled, not a class; give them their class in the sheet when it is decided"
+    )

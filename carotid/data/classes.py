@@ -24,6 +24,14 @@ MISSING_MARKS = frozenset(
     {"na", "n/a", "n.a.", "nan", "null", "-", "--", "—", "?", "空", "未知", "不详", "缺失", "无", "unknown"}
 )
 NONE_MARK, PRESENT_MARK = "无", "有"
+# A label not decided yet (a recheck, a pending report): the person is unlabelled, not a class of their own.
+UNDECIDED_MARKS = frozenset(
+    {"pending", "recheck", "re-check", "tbd", "to be determined", "undetermined", "indeterminate", "uncertain"}
+    | {"待定", "待查", "复查", "待复查", "未定", "不确定", "待确认"}
+)
+# One yes/no question answered in several spellings ('Y' beside 'Yes', '是' beside 'yes'): two classes, not four.
+YES_ANSWERS = frozenset({"yes", "y", "是", "有", "阳性", "阳", "+", "positive", "pos"})
+NO_ANSWERS = frozenset({"no", "n", "否", "无", "阴性", "阴", "-", "\u2212", "negative", "neg"})
 # Clinically negative and positive labels (compared after casefold, spaces and punctuation dropped).
 NEGATIVE_LABELS = frozenset(
     {"negative", "neg", "normal", "no", "n", "false", "0", "healthy", "control", "benign", "absent", "noplaque"}
@@ -72,9 +80,18 @@ def is_missing_mark(text: str, present_in_column: bool) -> bool:
     return key in MISSING_MARKS and not (key == NONE_MARK and present_in_column)
 
 
+def is_undecided(text: str) -> bool:
+    return text.casefold().strip() in UNDECIDED_MARKS
+
+
 def spelling_key(text: str) -> str:
-    """Spellings of one class share this key: case folded; booleans are the 0/1 pair."""
+    """Spellings of one class share this key: case folded; booleans are the 0/1 pair; the spellings of a yes
+    (Y, 是, 阳性, +) and of a no answer are one 'yes' and one 'no'."""
     key = text.casefold()
+    if key in YES_ANSWERS:
+        return "\0yes"
+    if key in NO_ANSWERS:
+        return "\0no"
     return {"true": "1", "false": "0"}.get(key, key)
 
 
@@ -92,7 +109,8 @@ def merge_spellings(labels: list[str], known: list[str] | None = None) -> tuple[
         names.update(dict.fromkeys(spellings, name))
         if len(spellings) > 1:
             listed = ", ".join(f"'{s}' ({counts[s]})" for s in sorted(spellings, key=lambda s: -counts[s]))
-            warnings.append(f"labels {listed} are one class '{name}' (they differ only in case or are TRUE/1, FALSE/0)")
+            why = "spell one yes/no answer" if key.startswith("\0") else "differ only in case or are TRUE/1, FALSE/0"
+            warnings.append(f"labels {listed} are one class '{name}' (they {why})")
     return names, warnings
 
 

@@ -10,6 +10,7 @@ hidden, blank, formulas), `carotid.data.sheet_checks`; what a label cell means, 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from carotid.data.classes import (
     cell_text,
     choose_positive,
     is_missing_mark,
+    is_undecided,
     merge_spellings,
     normalize_label,
     sorted_classes,
@@ -155,6 +157,8 @@ def _label_rows(
     present = any(t is not None and t.casefold() == PRESENT_MARK for _, _, t in texts)
     missing = [t for _, _, t in texts if t is not None and is_missing_mark(t, present)]
     texts = [(n, p, None if t is None or is_missing_mark(t, present) else t) for n, p, t in texts]
+    undecided = Counter(t for _, p, t in texts if p is not None and t is not None and is_undecided(t))
+    texts = [(n, p, None if t is not None and is_undecided(t) else t) for n, p, t in texts]
     names, warnings = merge_spellings([t for _, p, t in texts if p is not None and t], known_classes)
     labels: dict[str, str] = {}
     first_row: dict[str, int] = {}
@@ -180,6 +184,12 @@ def _label_rows(
         raise UserError(
             f"duplicate person IDs with conflicting labels in {path}: {'; '.join(conflicts[:3])}{more}",
             "keep one row per person",
+        )
+    if undecided:  # a binary study would otherwise grow a class per spelling of "not decided yet"
+        listed = ", ".join(f"'{t}' ({k})" for t, k in undecided.most_common())
+        warnings.append(
+            f"{sum(undecided.values())} person(s) have an undecided label ({listed}): left out as unlabelled, not "
+            "a class; give them their class in the sheet when it is decided"
         )
     notes = _cell_notes(cells, missing) + [
         text
