@@ -22,14 +22,14 @@ from collections.abc import Sequence
 from carotid.commands import parse_demo_args
 from carotid.core.errors import run_cli
 from carotid.core.text import plural
-from carotid.data.demo import make_demo_data
-from carotid.data.demo_sites import make_demo_sites
 
 
 def _main(argv: Sequence[str] | None) -> int:
     args = parse_demo_args(argv, __doc__.split("\n\n")[0])
     if args.sites is not None:
         return _write_sites(args)
+    from carotid.data.demo import make_demo_data  # numpy, Pillow, openpyxl: not for --help (PERFORMANCE.md)
+
     label_path = make_demo_data(
         args.out, args.persons, args.frames, args.size, args.seed, args.finding_frames, args.min_frames
     )
@@ -42,6 +42,8 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 def _write_sites(args) -> int:
+    from carotid.data.demo_sites import make_demo_sites
+
     written = make_demo_sites(
         args.out,
         args.sites,

@@ -19,15 +19,18 @@ from typing import TYPE_CHECKING
 from carotid.commands import EvaluateOptions, parse_evaluate_args
 from carotid.core.errors import run_cli
 from carotid.core.text import plural
-from carotid.evaluation.plan import EvalPlan, collect_frames, plan_evaluation
-from carotid.evaluation.seen import seen_persons, seen_warning
 
 if TYPE_CHECKING:
     from carotid.data.discovery import Frame
+    from carotid.evaluation.plan import EvalPlan
 
 
 def evaluate(argv: Sequence[str] | None) -> int:
     args = parse_evaluate_args(argv)
+    # The data layer (numpy, Pillow, openpyxl) loads after the arguments parse: --help answers without it.
+    from carotid.evaluation.plan import collect_frames, plan_evaluation
+    from carotid.evaluation.seen import seen_persons, seen_warning
+
     plan = plan_evaluation(args)
     from carotid.core.run_dir import check_output_dir, check_writable
     from carotid.core.runtime import RunLog, build_accelerator, on_main
@@ -98,6 +101,7 @@ def choose_again(accelerator, args: EvaluateOptions, plan: EvalPlan, model_file,
 
     from carotid.core.runtime import on_main
     from carotid.evaluation.inference import run_inference
+    from carotid.evaluation.plan import collect_frames
     from carotid.evaluation.selection import ValidationOutput, choose_on_validation
 
     val_plan = dataclasses.replace(plan, persons=plan.val_persons)

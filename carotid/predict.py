@@ -17,8 +17,6 @@ from typing import TYPE_CHECKING
 from carotid.commands import PredictOptions, parse_predict_args
 from carotid.core.errors import UserError, run_cli
 from carotid.core.text import display_width, pad, plural
-from carotid.data.discovery import Frame
-from carotid.data.layout import find_input_frames
 
 if TYPE_CHECKING:
     import numpy as np
@@ -98,6 +96,8 @@ def predict(argv: Sequence[str] | None) -> int:
     args = parse_predict_args(argv)
     paths = output_paths(args)
     from carotid.core.runtime import RunLog, build_accelerator, on_main
+    from carotid.data.discovery import Frame
+    from carotid.data.layout import find_input_frames
     from carotid.evaluation.inference import decision_threshold, run_inference
     from carotid.evaluation.seen import seen_persons, seen_warning
     from carotid.model.file import ModelFile

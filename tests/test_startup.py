@@ -13,8 +13,9 @@ import pytest
 
 from tests.conftest import FAST, make_data, subprocess_env
 
-CLIS = ("carotid.train", "carotid.evaluate", "carotid.predict", "carotid.demo")
-HEAVY = ("torch", "torchvision", "sklearn", "matplotlib")
+CLIS = ("carotid.train", "carotid.evaluate", "carotid.predict", "carotid.demo", "carotid.compare", "carotid.export")
+# numpy, Pillow and openpyxl too: the data layer's imports took evaluate/predict/demo --help to 0.3-0.5 CPU s
+HEAVY = ("torch", "torchvision", "sklearn", "matplotlib", "numpy", "PIL", "openpyxl")
 
 
 def imported_modules(stderr: str) -> set[str]:
