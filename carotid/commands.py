@@ -396,15 +396,24 @@ class DemoOptions:
     test_persons: int | None = opt(
         None, "With --sites: persons of the common test set (default: a third of --persons).", group="demo"
     )
+    first_id: int = opt(
+        1001,
+        "ID of the first person; the others count up from it. Another ID range (e.g. 2001) makes persons that a "
+        "model trained on the default demo data has never seen.",
+        group="demo",
+    )
 
     def __post_init__(self) -> None:
-        check_positive(self, "persons", "frames")  # --min-frames and --finding-frames: make_demo_data checks them
+        # --min-frames and --finding-frames: make_demo_data checks them
+        check_positive(self, "persons", "frames", "first_id")
         if self.sites is None and self.test_persons is not None:
             raise UserError("--test-persons needs --sites", "add e.g. --sites 3, or leave --test-persons out")
         if self.sites is not None and self.finding_frames is not None:
             raise UserError(
                 "--finding-frames does not go with --sites", "leave one out: site data show the plaque in every frame"
             )
+        if self.sites is not None and self.first_id != 1001:
+            raise UserError("--first-id does not go with --sites", "leave --first-id out: site persons are numbered")
         if self.size < 16:
             raise UserError(f"--size must be at least 16, got {self.size}", "use e.g. 128")
 

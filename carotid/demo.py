@@ -6,6 +6,7 @@ from one wall into the lumen; "normal" persons have none. Frames of a person dif
 pulsation of the calibre, a small probe drift and fresh speckle.
 
     python -m carotid.demo --out demo_data [--persons 60 --frames 12 --size 128 --seed 0]
+    python -m carotid.demo --out new_persons --persons 10 --seed 1 --first-id 2001   # persons no demo model saw
     python -m carotid.demo --out sparse_data --persons 200 --min-frames 6 --frames 10 --finding-frames 2
     python -m carotid.demo --out fed_data --sites 3 --site-mix noniid [--test-persons 20]
 
@@ -31,7 +32,7 @@ def _main(argv: Sequence[str] | None) -> int:
     from carotid.data.demo import make_demo_data  # numpy, Pillow, openpyxl: not for --help (PERFORMANCE.md)
 
     label_path = make_demo_data(
-        args.out, args.persons, args.frames, args.size, args.seed, args.finding_frames, args.min_frames
+        args.out, args.persons, args.frames, args.size, args.seed, args.finding_frames, args.min_frames, args.first_id
     )
     frames = plural(args.frames, "frame") if args.min_frames is None else f"{args.min_frames}-{args.frames} frames"
     shown = ""

@@ -5,17 +5,10 @@
 # Usage: bash scripts/demo.sh [extra carotid-train options]
 set -euo pipefail
 START_DIR="$PWD"
+DEMO_STARTED=$SECONDS
 cd "$(dirname "$0")/.."
 . scripts/env.sh
-# pip -q still passes on the build backend's notices (setuptools' "Editable installation." warning):
-# the install's output is shown only when it fails.
-INSTALL_LOG="$(mktemp)"
-if ! python -m pip install -q -e ".[export]" >"$INSTALL_LOG" 2>&1; then
-    cat "$INSTALL_LOG" >&2
-    rm -f "$INSTALL_LOG"
-    exit 1
-fi
-rm -f "$INSTALL_LOG"
+install_extras export
 OUT="${DEMO_OUTPUT:-output/demo}"
 STARTED=$SECONDS
 accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
@@ -39,14 +32,18 @@ print(f"all metrics: {sys.argv[1]}")
 PY
 PY_CMD="$CAROTID_PYTHON"
 MODEL="$RUN/models/best_model.pth"
+NEW="$OUT/new_persons"
 echo
-echo "report: $RUN/report.html (open it in a browser)"
+echo "report: $RUN/report.html (open it in a browser: curves, metrics with CIs, ROC, failure gallery)"
 echo
 echo "next, from this folder (copy as printed):"
 if [ "$START_DIR" != "$PWD" ]; then echo "  cd $PWD"; fi
 echo "  $PY_CMD -m carotid.evaluate --run-dir $RUN --heatmaps 4 --num-workers 2"
-echo "  $PY_CMD -m carotid.predict --model $MODEL --input $OUT/demo_data --out $OUT/predictions.csv --num-workers 2"
+echo "  # predict on persons the model never saw: make 10 new synthetic persons (IDs from 2001), then predict"
+echo "  $PY_CMD -m carotid.demo --out $NEW --persons 10 --seed 1 --first-id 2001"
+echo "  $PY_CMD -m carotid.predict --model $MODEL --input $NEW --out $NEW/predictions.csv --num-workers 2"
 echo "  $PY_CMD -m carotid.export --model $MODEL --format onnx"
 if [ "$PY_CMD" != python ]; then
     echo "or first run 'source .venv/bin/activate'; then 'python -m carotid.…' and 'carotid-train …' work as in README.md"
 fi
+echo "demo done in $((SECONDS - DEMO_STARTED)) s"

@@ -1,18 +1,28 @@
 #!/usr/bin/env bash
-# Install carotid with its dev, deepspeed and flare extras into the active environment (or a new .venv), then run the
-# test suite (tests/test_strategies.py runs DeepSpeed ZeRO-2/3 and FSDP2 on the CPU).
+# Install carotid with the extras the tests need into the active environment (or a new .venv), check lint, format
+# and layers, then run the test suite (tests/test_strategies.py runs DeepSpeed ZeRO-2/3 and FSDP2 on the CPU).
 # Usage: bash scripts/test.sh [--fast] [pytest arguments]
 #   --fast: skip the tests marked slow (multi-process launches, the browser, the benchmark): the quick loop of a
-#   developer (pytest -m "not slow"); CI runs everything.
+#   developer (pytest -m "not slow"); CI runs everything. README.md gives the time each takes.
+# A second run with pyproject.toml unchanged skips the install (a stamp in the environment, see scripts/env.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+STARTED=$SECONDS
+trap 'echo "scripts/test.sh took $((SECONDS - STARTED)) s (load average $(cut -d" " -f1-3 /proc/loadavg 2>/dev/null))"' EXIT
 . scripts/env.sh
-python -m pip install -q -e ".[dev]"
+
+# --- the extras the test suite needs, one install line each ---
+install_extras dev
 # DeepSpeed is a source package whose setup.py imports torch: build it against the torch installed above (an
 # isolated build would fetch a second torch) and without its compiled ops (DS_BUILD_OPS=0: CUDA kernels; the
 # CPU runs need none). About 2 minutes on a fresh runner, seconds once pip's cache holds the wheel.
-python -m pip install -q "setuptools>=77" wheel
-DS_BUILD_OPS=0 python -m pip install -q --no-build-isolation -e ".[dev,deepspeed,flare]"
+if ! is_installed dev,deepspeed,flare --no-build-isolation; then
+    python -m pip install -q "setuptools>=77" wheel
+fi
+DS_BUILD_OPS=0 install_extras dev,deepspeed,flare --no-build-isolation
+# --- end of the extras ---
+
+echo "checking lint, formatting and the import layers"
 python -m ruff check .          # lint (config in pyproject.toml)
 python -m ruff format --check . # formatting, line length 120
 lint-imports --no-cache          # the layers (contract in pyproject.toml): nothing imports a layer above it

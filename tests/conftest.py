@@ -189,3 +189,31 @@ def _fresh_accelerate_state():
     """Tests that call main() in-process each get a fresh Accelerate singleton."""
     yield
     reset_accelerate()
+
+
+# What a test run may leave in the checkout: Python's and the tools' caches, the environment.
+CACHES = ("__pycache__", ".pytest_cache", ".hypothesis", ".ruff_cache", ".venv", ".egg-info")
+
+
+def checkout_state() -> set[str]:
+    """Every changed, untracked or ignored path of the checkout (git's view), caches aside."""
+    root = Path(__file__).resolve().parents[1]
+    listed = subprocess.run(
+        ["git", "status", "--porcelain", "--ignored", "--untracked-files=all"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
+    if listed.returncode != 0:  # not a git checkout (an unpacked sdist): nothing to compare
+        return set()
+    return {line for line in listed.stdout.splitlines() if not any(cache in line for cache in CACHES)}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _the_checkout_stays_as_it_was():
+    """The tests never write into the checkout (its output/, a .venv, a stray file): git status, ignored files
+    included, is the same after the run as before."""
+    before = checkout_state()
+    yield
+    written = sorted(checkout_state() - before)
+    assert written == [], f"the tests wrote into the checkout: {written[:10]}"

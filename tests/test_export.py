@@ -182,7 +182,12 @@ def prepare_from_metadata(path, meta: dict) -> np.ndarray:
         grey = np.clip(np.rint(pixels * (255.0 / (2**bits - 1))), 0, 255).astype(np.uint8)
     else:
         grey = pixels.astype(np.uint8)
-    assert meta["resize_mode"] == "letterbox"  # "the long side scaled to S px (bilinear) ... padded with black"
+    assert meta["resize_mode"] == "letterbox"
+    # The placement a re-implementation needs (a corner instead of the centre gives other probabilities).
+    assert (
+        f"centred on a black {size}x{size} square (offset (({size} - width) // 2, ({size} - height) // 2))"
+        in meta["resize"]
+    )
     height, width = grey.shape
     scale = size / max(width, height)
     inner = (max(1, round(width * scale)), max(1, round(height * scale)))

@@ -67,3 +67,27 @@ def test_predict_heatmaps_write_one_montage_per_person(trained_run, data_dir, tm
     assert sorted(p.stem for p in folder.glob("*.png")) == persons
     printed = capsys.readouterr().out
     assert f"heat maps (2 frames per person): {folder}" in printed and "12 persons, 48 images" in printed
+
+
+def test_report_sentences_are_plain_words():
+    """No "(e.g. -)" when nothing is left out, no "at most all", early stopping off in words, no launcher jargon."""
+    from carotid.report.checklist import early_stopping
+    from carotid.report.html import data_sentence, frames_sentence
+
+    report = {"person_folders": 12, "folders_without_label": {"count": 0, "first": []}, "images_found": 48}
+    assert "e.g." not in data_sentence(report, 0, 0) and "0 without a row in the sheet;" in data_sentence(report, 0, 0)
+    report["folders_without_label"] = {"count": 2, "first": ["9001", "9002"]}
+    assert "2 without a row in the sheet (e.g. 9001, 9002)" in data_sentence(report, 0, 0)
+    assert "every frame of each person" in frames_sentence({**report, "max_imgs_per_person": None})
+    assert "at most 8 per person" in frames_sentence({**report, "max_imgs_per_person": 8})
+    assert early_stopping({"early_stopping_patience": 0}) == "no early stopping"
+    assert early_stopping({"early_stopping_patience": 5}) == "early stopping after 5 epochs without improvement"
+
+
+def test_model_help_names_timm_examples_that_a_bare_name_gives_timm():
+    """--help's timm examples are names only timm has; a name both have is said to be torchvision's."""
+    from carotid.model import MODEL_HELP, TORCHVISION
+
+    timm_examples = MODEL_HELP.split("e.g. ", 1)[1].split(")")[0].split(", ")
+    assert timm_examples and not set(timm_examples) & set(TORCHVISION)
+    assert "efficientnet_b0, convnext_tiny, …) means torchvision's" in MODEL_HELP

@@ -45,7 +45,7 @@ def test_training_and_evaluation_write_self_contained_reports(trained_run, evalu
     assert "<th>calibration</th><th>per image</th><th>per person</th>" in calibration  # a table, not a console dump
     assert "<pre>" not in calibration[: calibration.index("</table>")]
     # The checklist's preprocessing is the model's own (letterbox and crop auto by default), not a fixed text.
-    assert "padded with black" in page and "--crop auto --resize letterbox" in page
+    assert "centred on a black" in page and "--crop auto --resize letterbox" in page
 
 
 @pytest.mark.slow

@@ -81,6 +81,17 @@ def test_weights_of_another_architecture_are_refused_with_names(tmp_path):
         load_pretrained(model, "efficientnet_b0", tmp_path / "convnext.safetensors")
 
 
+def test_timm_weights_for_a_bare_name_torchvision_also_has_suggest_the_timm_name(tmp_path):
+    """`--model efficientnet_b0` is torchvision's; a file saved from timm's efficientnet_b0 is refused with the fix."""
+    save_file(timm.create_model("efficientnet_b0").state_dict(), tmp_path / "effnet.safetensors")
+    with pytest.raises(UserError, match=r"--model timm/efficientnet_b0; a bare efficientnet_b0 means torchvision's"):
+        load_pretrained(build_model("efficientnet_b0", 2, 1), "efficientnet_b0", tmp_path / "effnet.safetensors")
+    model = build_model("timm/efficientnet_b0", 2, 1)
+    assert "backbone tensors" in " ".join(
+        load_pretrained(model, "timm/efficientnet_b0", tmp_path / "effnet.safetensors")
+    )
+
+
 def test_load_model_given_plain_weights_suggests_pretrained_weights(tmp_path):
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "imagenet.pth")
     with pytest.raises(UserError, match="--pretrained-weights .*imagenet.pth"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import time
@@ -17,6 +16,7 @@ from accelerate.utils import DistributedType, broadcast_object_list
 
 from carotid.core.errors import UserError, interrupt_pending
 from carotid.core.text import ESCAPE
+from carotid.core.trackers import tracker_of
 
 T = TypeVar("T")
 
@@ -56,13 +56,7 @@ def build_accelerator(
     `mixed_precision` None takes what `accelerate launch` says; evaluation and prediction use the defaults."""
     on_cuda = torch.cuda.is_available()
     precision, note = resolve_precision(mixed_precision, on_cuda)
-    if report_to == "tensorboard":
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError:
-            raise UserError(
-                "--report-to tensorboard needs the tensorboard package", "pip install 'carotid[tensorboard]'"
-            ) from None
+    report_to = tracker_of(report_to)  # None for none; a missing package fails here, before any work
     accelerator = Accelerator(
         cpu=not on_cuda,
         mixed_precision=precision,
@@ -200,10 +194,3 @@ class RunLog:
             with open(self.path, "a", encoding="utf-8", errors=ESCAPE) as handle:
                 for line in message.splitlines():
                     handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
-
-
-def start_tracker(accelerator: Accelerator, cfg, run_dir: Path) -> None:
-    """--report-to tensorboard: event files in the run directory, the scalar options as its hyperparameters."""
-    accelerator.project_configuration.logging_dir = str(run_dir)
-    options = {k: v for k, v in dataclasses.asdict(cfg).items() if isinstance(v, (int, float, str, bool))}
-    accelerator.init_trackers("tensorboard", config=options)

@@ -82,13 +82,13 @@ def synth_frame(
     return np.clip(image * 255, 0, 255).astype(np.uint8)
 
 
-def make_persons(n: int, rng: np.random.Generator) -> list[dict]:
+def make_persons(n: int, rng: np.random.Generator, first_id: int = 1001) -> list[dict]:
     persons = []
     for i in range(n):
         plaque = i % 2 == 1  # balanced classes
         persons.append(
             {
-                "id": 1001 + i,
+                "id": first_id + i,
                 "plaque": plaque,
                 "depth": rng.uniform(0.4, 0.6),
                 "angle": rng.uniform(-0.12, 0.12),
@@ -154,11 +154,13 @@ def make_demo_data(
     seed: int = 0,
     finding_frames: int | None = None,
     min_frames: int | None = None,
+    first_id: int = 1001,
 ) -> Path:
     """Write the synthetic dataset; returns the path of its label.xlsx.
 
     `finding_frames`: how many of a plaque person's frames show the plaque (None: all). `min_frames`: persons get
-    between min_frames and frames frames (None: all get `frames`)."""
+    between min_frames and frames frames (None: all get `frames`). Person IDs count up from `first_id`: another
+    first_id makes persons no model trained on the default data has seen."""
     check_sizes(persons, frames, size, finding_frames, min_frames)
     out = Path(out)
     rng = np.random.default_rng(seed)
@@ -166,7 +168,7 @@ def make_demo_data(
     layout_rng = np.random.default_rng([seed, 23])
     width, height = size, size * 3 // 4  # ultrasound frames are wider than tall
     rows, findings = [], []
-    for person in make_persons(persons, rng):
+    for person in make_persons(persons, rng, first_id):
         findings += write_person(out, person, (rng, layout_rng), (width, height), frames, min_frames, finding_frames)
         rows.append((person["id"], CLASSES[int(person["plaque"])]))
     write_table(out / "findings.csv", FINDINGS_COLUMNS, findings)

@@ -46,10 +46,11 @@ class Preprocessing:
         else:
             crop = f"cut to the box {self.crop} (x0,y0,x1,y1 in the full frame's pixels)"
         resize = {
-            "letterbox": f"the long side scaled to {size} px (bilinear) and the short side padded with black to "
-            f"{size}x{size}: aspect ratio kept",
-            "crop": f"the short side scaled to {size} px (bilinear) and the centre {size}x{size} cut out: aspect "
-            "ratio kept, edges lost",
+            "letterbox": f"the long side scaled to {size} px (bilinear, the short side to round(short x {size} / "
+            f"long), at least 1) and the image centred on a black {size}x{size} square (offset (({size} - width) "
+            f"// 2, ({size} - height) // 2)): aspect ratio kept",
+            "crop": f"the short side scaled to {size} px (bilinear) and the centre {size}x{size} cut out (offset "
+            f"((width - {size}) // 2, (height - {size}) // 2)): aspect ratio kept, edges lost",
             "stretch": f"scaled to {size}x{size} (bilinear): aspect ratio not kept",
         }[self.resize]
         return f"{crop}; then {resize} (--crop {self.crop} --resize {self.resize})"

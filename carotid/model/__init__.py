@@ -38,8 +38,9 @@ TV_PREFIX, TIMM_PREFIX = "tv/", "timm/"
 
 MODEL_HELP = (
     "Architecture: small_cnn, a torchvision name (" + ", ".join(TORCHVISION) + "; also written tv/NAME) or any "
-    "timm name (1,300+, e.g. convnext_atto, efficientnet_b0, efficientnetv2_rw_t, vit_tiny_patch16_224). "
-    "A name both libraries have means torchvision's; timm/NAME picks timm's (e.g. timm/resnet18). "
+    "timm name (1,300+, e.g. convnext_atto, efficientnetv2_rw_t, resnet18d, vit_tiny_patch16_224). "
+    "A name both libraries have (resnet18, efficientnet_b0, convnext_tiny, …) means torchvision's; timm/NAME picks "
+    "timm's (e.g. timm/efficientnet_b0). "
     "List timm's: python -c \"import timm; print(timm.list_models('convnext*'))\"."
 )
 

@@ -73,6 +73,10 @@ def _timm():
     return timm
 
 
+def timm_has(name: str) -> bool:
+    return bool(_timm().is_model(name))
+
+
 def check_arch(name: str) -> str:
     """The canonical name of a --model name, or a UserError with the closest known names."""
     library, bare = split_arch(name)

@@ -21,7 +21,7 @@ from carotid.core.text import plural
 from carotid.model import canonical_arch, split_arch
 from carotid.model.file import ModelFile, is_model_file
 from carotid.model.person import PersonModel
-from carotid.model.registry import adapt_stem, load_matching, parts, strip_prefixes
+from carotid.model.registry import adapt_stem, load_matching, parts, strip_prefixes, timm_has
 
 # Where checkpoints of other tools keep their state dict: Lightning and timm 'state_dict', many 'model',
 # DeepSpeed 'module'.
@@ -80,6 +80,15 @@ def _timm_filter(model: nn.Module, arch: str, state: dict[str, torch.Tensor]) ->
         return state
 
 
+def _weights_fix(arch: str) -> str:
+    """A bare name timm also has means torchvision's: weights saved from timm's model need timm/NAME."""
+    library, bare = split_arch(arch)
+    fix = "pass weights of the same architecture as --model, or the --model they were saved from"
+    if library == "torchvision" and timm_has(bare):
+        fix += f" (weights saved from timm's {bare}: --model timm/{bare}; a bare {bare} means torchvision's)"
+    return fix
+
+
 def load_pretrained(model: nn.Module, arch: str, path: str | Path) -> list[str]:
     """Load `path` into `model` (a classifier, encoder or PersonModel of `arch`) as starting weights; the report.
 
@@ -113,7 +122,7 @@ def load_pretrained(model: nn.Module, arch: str, path: str | Path) -> list[str]:
             f"--pretrained-weights {path} fits only {len(backbone) - len(missing)} of the {len(backbone)} backbone "
             f"tensors of {canonical_arch(arch)} (e.g. this model has {missing[:3]}, the file "
             f"{(mismatched + [k for k in unused if state[k].ndim == 4] + unused)[:3]})",
-            "pass weights of the same architecture as --model, or the --model they were saved from",
+            _weights_fix(arch),
         )
     model.load_state_dict(take, strict=False)
     lines = [

@@ -161,8 +161,8 @@ def _method_items(o: dict, data_report: dict, metrics: dict | None, model: dict)
             f"AdamW lr {o.get('lr')}, weight decay {o.get('weight_decay')}, {o.get('scheduler')} schedule "
             f"({o.get('warmup_epochs')} warm-up epochs), {o.get('epochs')} epochs, batch {o.get('batch_size')} per "
             f"process x {o.get('gradient_accumulation_steps')} accumulation, cross-entropy (label smoothing "
-            f"{o.get('label_smoothing')}, class weights {o.get('class_weights')}), early stopping patience "
-            f"{o.get('early_stopping_patience')}, mixed precision {o.get('mixed_precision') or 'launch default'}"
+            f"{o.get('label_smoothing')}, class weights {o.get('class_weights')}), {early_stopping(o)}, "
+            f"mixed precision {o.get('mixed_precision') or 'as set by the accelerate launch configuration'}"
             if o
             else None,
         ),
@@ -318,3 +318,9 @@ def initialisation(options: dict) -> str:
     ]
     tuning = [t for t in tuning if t]
     return start + (f"; fine-tuning: {', '.join(tuning)}" if tuning else "")
+
+
+def early_stopping(options: dict) -> str:
+    """Patience 0 means early stopping is off: say so in words."""
+    patience = options.get("early_stopping_patience")
+    return f"early stopping after {patience} epochs without improvement" if patience else "no early stopping"

@@ -209,7 +209,7 @@ def write_montage(
     fig.suptitle(
         f"{person.person_id}: {verdict(person, class_names, positive, binary)}\n"
         f"person P({class_names[score]}) {person.person_prob[score]:.3f} = {pooled} "
-        f"{len(person.rows)} frames{rule}; Grad-CAM for '{class_names[target]}' at {renderer.layer_name}{order}",
+        f"{len(person.rows)} frames{rule}; bright: regions that raised P({class_names[target]}) (Grad-CAM){order}",
         fontsize=9,
     )
     save_figure(fig, path)

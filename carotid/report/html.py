@@ -65,21 +65,33 @@ def section_data(data_report: dict, metrics: dict) -> str:
         + [f"{sum(counts['persons'].values())} / {sum(counts['images'].values())}"]
         for split, counts in splits.items()
     ]
-    extra = [
-        f"{data_report.get('person_folders', 0)} person folders; "
-        f"{data_report.get('folders_without_label', {}).get('count', 0)} without a row in the sheet "
-        f"(e.g. {', '.join(data_report.get('folders_without_label', {}).get('first', [])) or '-'}); "
-        f"{without_folder} sheet persons without a folder; {without_images} folders without an image",
-        f"frames found {data_report.get('images_found')}, used {data_report.get('images_used')} "
-        f"(at most {data_report.get('max_imgs_per_person') or 'all'} per person); "
-        f"{len(data_report.get('unreadable_images', []))} unreadable frames skipped",
-    ]
+    extra = [data_sentence(data_report, without_folder, without_images), frames_sentence(data_report)]
     sheet_notes = data_report.get("label_file", {}).get("notes", []) + data_report.get("split_notes", [])
     return (
         '<h2 id="data">Data flow</h2>'
         + flow_boxes(data_report, ["per split and class (persons / frames)"])
         + (table(["split", *classes, "all"], rows) if rows else "")
         + notes(extra + sheet_notes)
+    )
+
+
+def data_sentence(data_report: dict, without_folder: int, without_images: int) -> str:
+    """Folders and sheet rows in words; examples only when there are any."""
+    unlabelled = data_report.get("folders_without_label", {})
+    count, first = unlabelled.get("count", 0), unlabelled.get("first", [])
+    examples = f" (e.g. {', '.join(first)})" if count and first else ""
+    return (
+        f"{data_report.get('person_folders', 0)} person folders; {count} without a row in the sheet{examples}; "
+        f"{without_folder} sheet persons without a folder; {without_images} folders without an image"
+    )
+
+
+def frames_sentence(data_report: dict) -> str:
+    cap = data_report.get("max_imgs_per_person")
+    limit = f"at most {cap} per person" if cap else "every frame of each person"
+    return (
+        f"frames found {data_report.get('images_found')}, used {data_report.get('images_used')} ({limit}); "
+        f"{len(data_report.get('unreadable_images', []))} unreadable frames skipped"
     )
 
 
@@ -310,7 +322,9 @@ def section_evaluations(run_dir: Path) -> str:
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     if not rows:
         return ""
-    head = "".join(f"<th>{h}</th>" for h in ("evaluation", "persons of", "model", "persons", "person AUC", "written"))
+    head = "".join(
+        f"<th>{h}</th>" for h in ("evaluation", "split evaluated", "model", "persons", "person AUC", "written")
+    )
     return (
         '<h2 id="evaluations">Evaluations of this run</h2><p>Each has its own report.html; a later '
         "<code>carotid.evaluate</code> adds its folder here.</p>"

@@ -15,6 +15,7 @@ from typing import Any
 
 from carotid.core.errors import UserError
 from carotid.core.options import default_yaml, flag, opt, parse_options
+from carotid.core.trackers import CHOICES as TRACKER_CHOICES
 from carotid.data.preprocessing import DEFAULT_CROP, DEFAULT_RESIZE, RESIZE_MODES, parse_box
 from carotid.evaluation.registry import (
     CALIBRATIONS,
@@ -243,7 +244,13 @@ class TrainConfig:
         0, "Also checkpoint every N optimizer steps inside an epoch (0 = end of epoch only).", group="run"
     )
     report_to: str | None = opt(
-        None, "Experiment tracker (needs the tensorboard extra).", choices=("tensorboard",), group="run"
+        None,
+        "Experiment tracker, through Accelerate: tensorboard (event files in RUN/tensorboard/), mlflow (a file "
+        "store in RUN/mlruns/ unless MLFLOW_TRACKING_URI is set), wandb, aim, comet_ml, clearml, dvclive, swanlab, "
+        "trackio, or none (default: none). Each needs its package (pip install 'carotid[tensorboard]', "
+        "'carotid[mlflow]').",
+        choices=TRACKER_CHOICES,
+        group="run",
     )
     test: bool = opt(
         True,

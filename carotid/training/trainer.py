@@ -22,8 +22,9 @@ from accelerate.utils import DistributedType
 from carotid.core.errors import UserError
 from carotid.core.files import write_records
 from carotid.core.run_dir import RunDir
-from carotid.core.runtime import RunLog, StopSignal, on_main, start_tracker
+from carotid.core.runtime import RunLog, StopSignal, on_main
 from carotid.core.text import plural
+from carotid.core.trackers import start_tracker, tracker_of
 from carotid.data.loaders import EpochSeeds, stop_workers, stop_workers_at_exit
 from carotid.data.manifest import DataManifest
 from carotid.data.preprocessing import Preprocessing
@@ -230,8 +231,8 @@ class Trainer:
     def fit(self, stop: StopSignal) -> None:
         if self.accelerator.is_main_process:
             write_records(self.paths.metrics_csv, self.state["rows"], list(METRIC_COLUMNS))
-        if self.cfg.report_to:
-            start_tracker(self.accelerator, self.cfg, self.run_dir)
+        if tracker_of(self.cfg.report_to):
+            self.log(f"tracker {start_tracker(self.accelerator, self.cfg, self.run_dir)}")
         # Checked before each epoch and after the last one too: a signal during a short last epoch (fewer
         # batches than the loop's own check interval) stops the run before the final model and the test.
         while not self.stop_agreed(stop):
@@ -379,7 +380,7 @@ class Trainer:
         self.log(f"best {self.monitor}: {value} (epoch {best['epoch']}); models in {self.run_dir / 'models'}")
         if best.get("message"):
             self.log(f"{'warning' if best['saturated'] else 'note'}: {best['message']}")
-        if self.cfg.report_to:
+        if tracker_of(self.cfg.report_to):
             self.accelerator.end_training()
         if self.cfg.test and self.manifest.splits["test"]:
             test_report = evaluate_test(self.accelerator, self.cfg, self.manifest, self.run_dir, self.log)
