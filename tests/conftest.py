@@ -192,11 +192,12 @@ def _fresh_accelerate_state():
 
 
 # What a test run may leave in the checkout: Python's and the tools' caches, the environment.
-CACHES = ("__pycache__", ".pytest_cache", ".hypothesis", ".ruff_cache", ".venv", ".egg-info")
+CACHES = ("__pycache__", ".pytest_cache", ".hypothesis", ".ruff_cache", ".grimp_cache", ".venv", ".egg-info")
 
 
 def checkout_state() -> set[str]:
-    """Every changed, untracked or ignored path of the checkout (git's view), caches aside."""
+    """Every untracked or ignored path of the checkout (git's view), caches aside: what a run could create. (Edits
+    to tracked files are left out: a developer may edit while the tests run.)"""
     root = Path(__file__).resolve().parents[1]
     listed = subprocess.run(
         ["git", "status", "--porcelain", "--ignored", "--untracked-files=all"],
@@ -206,7 +207,8 @@ def checkout_state() -> set[str]:
     )
     if listed.returncode != 0:  # not a git checkout (an unpacked sdist): nothing to compare
         return set()
-    return {line for line in listed.stdout.splitlines() if not any(cache in line for cache in CACHES)}
+    created = (line for line in listed.stdout.splitlines() if line[:2] in ("??", "!!"))
+    return {line for line in created if not any(cache in line for cache in CACHES)}
 
 
 @pytest.fixture(scope="session", autouse=True)
