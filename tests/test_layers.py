@@ -15,7 +15,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "carotid"
-CLIS = {"train", "evaluate", "predict", "compare", "export", "demo"}  # only these may defer imports (fast --help)
+CLIS = {
+    "train",
+    "evaluate",
+    "predict",
+    "compare",
+    "export",
+    "demo",
+    "federate",
+}  # only these may defer imports (fast --help)
 
 
 def _module_name(path: Path) -> str:

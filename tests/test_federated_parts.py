@@ -1,0 +1,139 @@
+"""The federated parts that need no running deployment: carotid-federate's option errors, the coordinator's
+numbers and files, and Flower's FedAvg over BatchNorm statistics (what a site then loads)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from carotid.core.errors import UserError
+from carotid.federated.coordinator import ALL_SITES, CoordinatorRun, Federation, aggregate_row, check_classes
+from carotid.federated.options import parse_federate_args, parse_sites
+from carotid.model.file import ModelFile
+from carotid.training.config import TrainConfig
+from carotid.training.epoch import build_run_model
+from carotid.training.local_round import load_global, norm_keys
+from tests.conftest import make_data, run_module
+
+# ---------------------------------------------------------------------------------------------
+# carotid-federate's options
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_sites(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sites")
+    return [make_data(root / name, persons=4, frames=2, size=32, seed=i) for i, name in enumerate(("a", "b"))]
+
+
+def test_each_site_brings_its_own_folder_sheet_and_sheet_settings(two_sites):
+    (root_a, label_a), (root_b, label_b) = two_sites
+    cfg, given = parse_federate_args(
+        ["--site", "hospA", str(root_a), str(label_a), "--site", "hospB", str(root_b), str(label_b),
+         "id-column=MRN", "header-row=2", "--rounds", "3", "--id-column", "ID"]
+    )  # fmt: skip
+    sites = parse_sites(cfg)
+    assert list(sites) == ["hospA", "hospB"] and cfg.rounds == 3 and "rounds" in given
+    assert sites["hospA"]["id-column"] == "ID" and sites["hospB"]["id-column"] == "MRN"
+    assert sites["hospB"]["header-row"] == 2 and sites["hospA"]["root-dir"] == str(root_a.resolve())
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--site", "hospA", "ROOT"], "needs NAME ROOT_DIR LABEL_EXCEL"),
+        (["--site", "all", "ROOT", "LABEL"], "not a plain name"),
+        (["--site", "hospA", "ROOT", "LABEL", "--site", "hospA", "ROOT", "LABEL"], "given twice"),
+        (["--site", "hospA", "ROOT", "LABEL", "colour=red"], "not KEY=VALUE"),
+        (["--rounds", "2"], "no site given"),
+    ],
+)
+def test_a_wrong_site_is_one_error_line(two_sites, args, said):
+    (root, label), _ = two_sites
+    args = [str(root) if a == "ROOT" else str(label) if a == "LABEL" else a for a in args]
+    with pytest.raises(UserError, match=said):
+        parse_sites(parse_federate_args(args)[0])
+
+
+def test_the_cli_refuses_train_only_options_with_the_fix(two_sites):
+    (root, label), _ = two_sites
+    result = run_module("carotid.federate", "--site", "a", str(root), str(label), "--epochs", "3")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: --epochs is not an option of carotid-federate")
+    assert "--local-epochs" in result.stderr and "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# The coordinator
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_all_sites_row_is_person_weighted_over_the_sites_that_answered():
+    rows = {
+        "a": {"status": "ok", "train_persons": 30, "train_loss": 0.2, "val_persons": 10, "val_person_auc": 0.9},
+        "b": {"status": "ok", "train_persons": 10, "train_loss": 0.6, "val_persons": 30, "val_person_auc": 0.5},
+        "c": {"status": "missing"},
+    }
+    total = aggregate_row(4, rows)
+    assert total["site"] == ALL_SITES and total["status"] == "2/3 sites"
+    assert total["train_persons"] == 40 and total["train_loss"] == pytest.approx((30 * 0.2 + 10 * 0.6) / 40)
+    assert total["val_person_auc"] == pytest.approx((10 * 0.9 + 30 * 0.5) / 40)
+
+
+def test_sites_with_other_classes_are_named():
+    same = {"class_names": ["normal", "plaque"], "positive_class": "plaque"}
+    other = {"class_names": ["normal", "stenosis"], "positive_class": "stenosis"}
+    assert check_classes({"a": same, "b": dict(same)}) == (["normal", "plaque"], "plaque")
+    with pytest.raises(UserError, match=r"site b has classes \['normal', 'stenosis'\], site a has"):
+        check_classes({"a": same, "b": other})
+
+
+def test_the_coordinators_files_are_ordinary_model_files_and_resume_from_the_last_round(tmp_path):
+    cfg = TrainConfig(model="small_cnn", image_size=32)
+    persons = {"train": [2, 2], "val": [1, 1], "test": [0, 0]}
+    summaries = {"a": {"class_names": ["normal", "plaque"], "positive_class": "plaque", "persons": persons}}
+    run = CoordinatorRun.create(str(tmp_path), "fed_20260101_000000", cfg, Federation(rounds=3), summaries)
+    model, _ = build_run_model(cfg, ["normal", "plaque"])
+    weights = model.state_dict()
+    good = {"status": "ok", "train_persons": 4, "train_loss": 0.5, "val_persons": 2, "val_person_auc": 0.75}
+    assert run.end_round(1, {"a": good}, weights).get("best")
+    assert not run.end_round(2, {"a": good | {"val_person_auc": 0.5}}, weights).get("best")
+    best, final = ModelFile.load(run.paths.best_model), ModelFile.load(run.paths.final_model)
+    assert (best.epoch, final.epoch) == (1, 2) and best.class_names == ["normal", "plaque"]
+    assert best.metrics["val_person_auc"] == 0.75 and best.threshold == 0.5
+
+    again, fed, _ = CoordinatorRun.reopen(run.paths.path)
+    last, resumed = again.last_round()
+    assert last == 2 and fed.rounds == 3 and set(resumed) == set(weights)
+    assert [r["round"] for r in again.rows] == ["1", "1", "2", "2"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Flower's FedAvg over BatchNorm statistics
+# ---------------------------------------------------------------------------------------------
+
+
+def test_fedavg_averages_batchnorm_statistics_weighted_by_training_persons():
+    flwr = pytest.importorskip("flwr")
+    del flwr
+    from flwr.app import ArrayRecord, MetricRecord, RecordDict
+    from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords  # what FedAvg.aggregate_train calls
+
+    cfg = TrainConfig(model="resnet18", image_size=32)
+    model, _ = build_run_model(cfg, ["normal", "plaque"])
+    states = []
+    for shift, persons in ((1.0, 30), (5.0, 10)):
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        state["bn1.running_mean"] += shift
+        state["bn1.num_batches_tracked"] += int(shift)
+        states.append((state, persons))
+    contents = [RecordDict({"arrays": ArrayRecord(s), "metrics": MetricRecord({"num-examples": n})}) for s, n in states]
+    arrays = aggregate_arrayrecords(contents, "num-examples")
+    averaged = arrays.to_torch_state_dict()
+    assert norm_keys(model) <= set(averaged)  # no statistic dropped
+    expected = model.state_dict()["bn1.running_mean"] + (30 * 1.0 + 10 * 5.0) / 40
+    assert torch.allclose(averaged["bn1.running_mean"].float(), expected, atol=1e-5)
+
+    load_global(model, averaged, {})  # what a site does with it: integer counters come back as integers
+    assert model.bn1.num_batches_tracked.dtype == torch.int64 and int(model.bn1.num_batches_tracked) == 2
+    assert torch.allclose(model.bn1.running_mean, expected, atol=1e-5)
