@@ -18,6 +18,7 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from carotid.core.errors import UserError
+from carotid.core.files import read_table, write_table
 from carotid.data.labels import read_labels
 from carotid.data.layout import find_input_frames
 from carotid.data.manifest import collect_persons
@@ -355,3 +356,39 @@ def test_undecided_labels_leave_their_persons_out_and_the_study_binary(tmp_path)
         "4 person(s) have an undecided label ('待定' (1), 'pending' (1), '复查' (1), 'recheck' (1)): left out as "
         "unlabelled, not a class; give them their class in the sheet when it is decided"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. IDs that a spreadsheet would run as formulas
+# ---------------------------------------------------------------------------------------------
+
+HOSTILE_IDS = ["=HYPERLINK(1)", "@SUM(1)", "+cmd", "-2+3", "'=quoted", "-5"]
+
+
+def test_csv_cells_that_would_run_as_formulas_are_text_and_read_back_unchanged(tmp_path):
+    path = tmp_path / "t.csv"
+    write_table(path, ["person_id", "=class"], [[v, 0.25] for v in HOSTILE_IDS] + [["\tTAB", -0.5]])
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "person_id,'=class"
+    assert lines[1:] == ["'=HYPERLINK(1),0.25", "'@SUM(1),0.25", "'+cmd,0.25", "'-2+3,0.25", "''=quoted,0.25",
+                         "-5,0.25", "'\tTAB,-0.5"]  # fmt: skip
+    assert [r["person_id"] for r in read_table(path)] == [*HOSTILE_IDS, "\tTAB"]
+    assert list(read_table(path)[0]) == ["person_id", "=class"]
+
+
+def test_predict_writes_formula_like_person_ids_as_text(trained_run, data_dir, tmp_path, capsys):
+    from carotid import predict
+
+    root, _ = data_dir
+    persons = sorted(p for p in root.iterdir() if p.is_dir())[:2]
+    for source, name in zip(persons, HOSTILE_IDS):
+        shutil.copytree(source, tmp_path / "in" / name)
+    out = tmp_path / "p.csv"
+    model = str(Path(trained_run) / "models" / "best_model.pth")
+    assert (
+        predict.main(["--model", model, "--input", str(tmp_path / "in"), "--out", str(out), "--num-workers", "0"]) == 0
+    )
+    text = (tmp_path / "p_persons.csv").read_text(encoding="utf-8")
+    assert "\n'=HYPERLINK(1)," in text and "\n'@SUM(1)," in text
+    assert not any(line.startswith(("=", "@")) for line in text.splitlines())
+    assert sorted(r["person_id"] for r in read_table(tmp_path / "p_persons.csv")) == ["=HYPERLINK(1)", "@SUM(1)"]

@@ -82,13 +82,54 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+# OWASP's CSV injection rule: a cell starting with one of these is a formula to Excel and LibreOffice.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def csv_cell(value: Any) -> Any:
+    """A cell as written: text that a spreadsheet would run as a formula ('=cmd|…', '@SUM(…)', '-2+3') gets a
+    leading apostrophe, so Excel and LibreOffice show it as text; numbers (-0.5) are left as they are. Text
+    already starting with apostrophes before such a character gets one more, so `csv_text` reverses it exactly."""
+    if isinstance(value, str) and value.lstrip("'").startswith(FORMULA_START) and not _is_number(value):
+        return "'" + value
+    return value
+
+
+def csv_text(cell: str) -> str:
+    """A cell read back: the value `csv_cell` was given."""
+    if cell.startswith("'") and cell.lstrip("'").startswith(FORMULA_START) and not _is_number(cell.lstrip("'")):
+        return cell[1:]
+    return cell
+
+
 def write_table(path: str | Path, header: list[str], rows) -> None:
-    """A CSV of plain rows (lists), written whole and atomically, so a kill never leaves half a row."""
+    """A CSV of plain rows (lists), written whole and atomically, so a kill never leaves half a row; cells that
+    would run as formulas are written as text (`csv_cell`)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
+    writer.writerow([csv_cell(h) for h in header])
+    writer.writerows([csv_cell(v) for v in row] for row in rows)
     atomic_write_text(path, buffer.getvalue())
+
+
+def read_table(path: str | Path) -> list[dict[str, str]]:
+    """A CSV written by `write_table`, as dicts of the values written."""
+    with Path(path).open(newline="", encoding="utf-8") as handle:
+        return [{csv_text(k): csv_text(v or "") for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def read_table_rows(path: str | Path) -> list[list[str]]:
+    """A CSV written by `write_table`, as lists (the header first)."""
+    with Path(path).open(newline="", encoding="utf-8") as handle:
+        return [[csv_text(v) for v in row] for row in csv.reader(handle)]
 
 
 def write_records(path: str | Path, records: list[dict[str, Any]], columns: list[str]) -> None:
@@ -108,8 +149,7 @@ def read_records(path: str | Path) -> list[dict[str, str]]:
     path = Path(path)
     if not path.exists():
         return []
-    with path.open(newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
+    return read_table(path)
 
 
 def file_sha256(path: str | Path) -> str:

@@ -14,7 +14,6 @@ or a model and a reader. Every difference is A − B, per person.
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import numpy as np
 from scipy.stats import norm, rankdata
 
 from carotid.core.errors import UserError
+from carotid.core.files import read_table
 from carotid.core.run_dir import EvalDir
 from carotid.evaluation.bootstrap import _RankAUC, resample_counts
 from carotid.evaluation.records import read_metrics
@@ -58,8 +58,7 @@ def read_side(folder: str | Path) -> Side:
     class_names, positive = metrics.get("class_names") or [], metrics.get("positive_class")
     if len(class_names) != 2 or positive not in class_names:
         raise UserError(f"{folder} is not a binary evaluation (classes {class_names})", "compare binary tasks only")
-    with table_path.open(newline="", encoding="utf-8") as handle:
-        rows = sorted(csv.DictReader(handle), key=lambda r: r["person_id"])
+    rows = sorted(read_table(table_path), key=lambda r: r["person_id"])
     if not rows or "true_label" not in rows[0] or f"prob_{positive}" not in rows[0]:
         raise UserError(f"{table_path} has no true_label or prob_{positive} column", "pass a labelled evaluation")
     return Side(

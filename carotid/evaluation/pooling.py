@@ -9,13 +9,12 @@ prediction tables, so the pooled numbers can be recomputed from the files alone.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 from pathlib import Path
 
 import numpy as np
 
-from carotid.core.files import write_table
+from carotid.core.files import read_table, read_table_rows, write_table
 from carotid.core.run_dir import EvalDir, RunDir
 from carotid.evaluation.bootstrap import bootstrap_ci
 from carotid.evaluation.calibration import calibration_section
@@ -28,8 +27,7 @@ FRAME_ARRAYS = ("paths", "frames", "person_ids", "labels", "probs")  # the Frame
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
+    return read_table(path)
 
 
 def read_fold_evaluation(eval_dir: Path, class_names: list[str]) -> tuple[FramePredictions, dict]:
@@ -186,8 +184,7 @@ def write_oof_persons(path: Path, folds: list[Path], class_names: list[str]) -> 
     """The folds' person_predictions.csv tables, one after another, with the fold that predicted each person."""
     header, rows = None, []
     for k, fold in enumerate(folds, start=1):
-        with RunDir(fold).evaluation().person_predictions.open(newline="", encoding="utf-8") as handle:
-            table = list(csv.reader(handle))
+        table = read_table_rows(RunDir(fold).evaluation().person_predictions)
         header = header or ["person_id", "fold", *table[0][1:]]
         rows += [[row[0], k, *row[1:]] for row in table[1:]]
     write_table(path, header, sorted(rows, key=lambda r: r[0]))

@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import base64
-import csv
 import json
 from html import escape
 from pathlib import Path
 
 import yaml
 
-from carotid.core.files import file_sha256
+from carotid.core.files import file_sha256, read_table
 from carotid.core.run_dir import RunDir
 from carotid.evaluation.registry import CALIBRATION_METRICS
 from carotid.model.file import ModelFile
@@ -47,8 +46,7 @@ def read_json(path: Path) -> dict:
 def read_csv(path: Path) -> list[dict]:
     if not path.is_file():
         return []
-    with path.open(newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
+    return read_table(path)
 
 
 def read_config(run_dir: Path | None) -> dict:
