@@ -14,7 +14,10 @@ from pathlib import Path
 from benchmarks.common import REPO, Options, Row, csv_text, machine, markdown
 
 # In the order they run: the targets first, so that a run cut short still has them in its table.
-COMPARISONS = ("first_step", "whole_run", "startup", "bag_step", "help", "predict", "cache", "decode", "strategies")
+COMPARISONS = (
+    "first_step", "whole_run", "startup", "bag_step", "help", "predict", "cache", "decode", "strategies",
+    "federated_round",
+)  # fmt: skip
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -13,8 +13,10 @@ import torch
 pytest.importorskip("nvflare")
 
 from carotid import evaluate as evaluate_cli
+from carotid import flare as flare_cli
 from carotid.core.errors import UserError
 from carotid.core.files import read_records
+from carotid.data.demo import write_label_excel
 from carotid.data.demo_sites import make_demo_sites
 from carotid.data.labels import read_labels
 from carotid.federated import flare_client, flare_job
@@ -74,17 +76,28 @@ def text_files(folder: Path):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_exported_fedbn_job_excludes_exactly_the_norm_layers_and_ships_carotid_options_not_carotid(tmp_path):
+def site_argv(sites: dict[str, dict]) -> list[str]:
+    argv = []
+    for name, site in sites.items():
+        argv += ["--site", name, site["root_dir"], site["label_excel"]]
+    return argv
+
+
+TRAIN_ARGV = ["--image-size", "32", "--batch-size", "8", "--num-workers", "0", "--lr", "1e-3", "--seed", "3"]
+
+
+def test_exported_fedbn_job_excludes_exactly_the_norm_layers_and_ships_carotid_options_not_carotid(tmp_path, capsys):
     sites, _ = demo_sites(tmp_path)
-    cfg = coordinator("mobilenet_v3_small")
-    recipe = flare_job.build_recipe(
-        cfg, CLASSES, sites, tmp_path / "job", run_name=RUN, rounds=3, local_epochs=2, keep_local="norm"
-    )
-    job = flare_job.export(recipe, tmp_path / "job", tmp_path / "export") / RUN
+    argv = [*site_argv(sites), "--rounds", "3", "--local-epochs", "2", "--keep-local", "norm"]
+    argv += ["--model", "mobilenet_v3_small", *TRAIN_ARGV, "--output-dir", str(tmp_path / "out")]
+    assert flare_cli.main([*argv, "--export", str(tmp_path / "jobs")]) == 0
+    (job,) = (tmp_path / "jobs").glob("flare_*")
+    assert f"nvflare job submit -j {job}" in capsys.readouterr().out
 
     server = json.loads((job / "app_server" / "config" / "config_fed_server.json").read_text(encoding="utf-8"))
     controller = next(w for w in server["workflows"] if w["path"].endswith("FedAvg"))
     pattern = re.compile(controller["args"]["exclude_vars"])
+    cfg = coordinator("mobilenet_v3_small")
     model = flare_job.initial_model(json.loads(json.dumps(vars(cfg))), CLASSES, cfg.seed)
     excluded = {k for k in model.state_dict() if pattern.search(k)}
     assert excluded == norm_keys(model) and any(k.endswith("running_var") for k in excluded)
@@ -94,13 +107,41 @@ def test_exported_fedbn_job_excludes_exactly_the_norm_layers_and_ships_carotid_o
         app = job / f"app_{name}"
         client = json.loads((app / "config" / "config_fed_client.json").read_text(encoding="utf-8"))
         command = client["executors"][0]["executor"]["args"]["command"]
-        assert command[-7:] == ["custom/carotid_site.py", "--root-dir", site["root_dir"], "--label-excel",
-                                site["label_excel"], "--output-dir", site["output_dir"]]  # fmt: skip
+        script = command.index("custom/carotid_site.py")
+        given = flare_client.site_settings(command[script + 1 :])  # what the site's client will read
+        own = {"root_dir": site["root_dir"], "label_excel": site["label_excel"]}
+        assert {k: given[k] for k in own} == own and given["output_dir"] == str(tmp_path / "out" / "sites" / name)
         assert (app / "custom" / "carotid_site.py").is_file() and not (app / "custom" / "carotid").exists()
         shipped = json.loads((app / "custom" / flare_client.JOB_OPTIONS).read_text(encoding="utf-8"))
         assert shipped["keep_local"] == "norm" and shipped["local_epochs"] == 2 and shipped["class_names"] == CLASSES
         assert shipped["options"]["model"] == "mobilenet_v3_small"
         assert not {"root_dir", "label_excel", "output_dir"} & set(shipped["options"])
+
+
+def test_flare_cli_mistakes_are_one_error_line_before_anything_is_written(tmp_path, capsys):
+    sites, _ = demo_sites(tmp_path)
+    out = tmp_path / "out"
+    argv = [*site_argv(sites), "--rounds", "1", *TRAIN_ARGV, "--output-dir", str(out)]
+    assert flare_cli.main([*argv, "--epochs", "3"]) == 2
+    assert (
+        "error: --epochs is not an option of carotid-flare — use --rounds and --local-epochs" in capsys.readouterr().err
+    )
+    assert flare_cli.main([*argv, "--min-sites", "1"]) == 2
+    assert "error: --min-sites is not an option of carotid-flare" in capsys.readouterr().err
+    # A site whose sheet names other classes: the run stops before round 1, naming the site and both sets.
+    other = tmp_path / "other.xlsx"
+    rows = [
+        (int(p), "stenosis" if c == "plaque" else c)
+        for p, c in read_labels(sites["site_2"]["label_excel"]).labels.items()
+    ]
+    write_label_excel(other, rows)
+    argv[argv.index(sites["site_2"]["label_excel"])] = str(other)
+    assert flare_cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "error: site site_2's classes ['normal', 'stenosis'] differ from site site_1's ['normal', 'plaque']"
+    )
+    assert not out.exists()
 
 
 def test_a_site_sets_only_its_own_options_as_client_arguments(tmp_path):
@@ -118,41 +159,51 @@ def test_a_site_sets_only_its_own_options_as_client_arguments(tmp_path):
 
 
 @pytest.mark.slow  # FLARE's simulator, 2 sites x 2 rounds: about 2 minutes on two cores
-def test_fedavg_in_flares_simulator_gives_a_carotid_model_file_and_no_person_leaves_a_site(
+def test_flare_cli_runs_fedavg_in_the_simulator_to_a_carotid_model_file_and_no_person_leaves_a_site(
     tmp_path, site_processes, capsys
 ):
     sites, test_dir = demo_sites(tmp_path)
-    cfg = coordinator()
-    simulation = simulate(tmp_path, sites, cfg, rounds=2, local_epochs=1)
+    out = tmp_path / "out"
+    argv = [*site_argv(sites), "--rounds", "2", "--local-epochs", "1", "--model", "small_cnn", *TRAIN_ARGV]
+    assert flare_cli.main([*argv, "--output-dir", str(out)]) == 0
+    (run_dir,) = out.glob("flare_*")
+    simulation = run_dir / "simulation" / run_dir.name
+    model_path = run_dir / "models" / "final_model.pth"
+    assert f"the global model after 2 rounds: {model_path}" in capsys.readouterr().out
 
+    cfg = coordinator()
     start = flare_job.initial_model(json.loads(json.dumps(vars(cfg))), CLASSES, cfg.seed).state_dict()
     weights = flare_job.global_weights(simulation)
     assert set(weights) == set(start) and all(not torch.equal(weights[k], start[k]) for k in start)
-    for site in sites.values():  # each site trained both rounds on its own split, in its own folder
-        run_dir = Path(site["output_dir"]) / RUN
-        assert (run_dir / "splits.json").is_file()
-        assert (run_dir / "rounds" / "round_001" / "metrics.csv").is_file()
-        assert (run_dir / "rounds" / "round_002" / "metrics.csv").is_file()
-        timings = read_records(run_dir / flare_client.TIMINGS)
+    model = ModelFile.load(model_path)
+    assert model.class_names == CLASSES and all(torch.equal(model.state_dict[k], weights[k]) for k in weights)
+    for name in sites:  # each site trained both rounds on its own split, in its own folder
+        site_dir = out / "sites" / name / run_dir.name
+        assert (site_dir / "splits.json").is_file()
+        assert (site_dir / "rounds" / "round_001" / "metrics.csv").is_file()
+        assert (site_dir / "rounds" / "round_002" / "metrics.csv").is_file()
+        timings = read_records(site_dir / flare_client.TIMINGS)
         assert [row["round"] for row in timings] == ["1", "2"] and all(float(row["train_s"]) > 0 for row in timings)
 
-    # Nothing of a site's persons reaches the server: no person ID, no folder of the sites.
+    # Nothing of a site's persons reaches the coordinator: no person ID and no folder of a site in FLARE's server
+    # workspace, the coordinator's config.yaml or the model file's options.
     persons = [p for s in sites.values() for p in read_labels(s["label_excel"]).labels]
+    tokens = [*persons, *(s["root_dir"] for s in sites.values())]
+    texts = [*text_files(simulation / "server"), (run_dir / "config.yaml", (run_dir / "config.yaml").read_text())]
+    texts.append((model_path, json.dumps(model.config)))
     leaked = [
         (path.name, token)
-        for path, text in text_files(simulation / "server")
-        for token in [*persons, *(s["root_dir"] for s in sites.values())]
+        for path, text in texts
+        for token in tokens
         if re.search(rf"(?<![\d.]){re.escape(token)}(?![\d.])", text)
     ]
-    assert leaked == []
+    assert leaked == [] and len(texts) > 10
 
-    # The global weights as an ordinary model file: carotid.evaluate scores it on the held-out test persons.
-    model_path = flare_job.save_model(tmp_path / "global.pth", cfg, CLASSES, weights, rounds=2)
-    assert ModelFile.load(model_path).class_names == CLASSES
-    out = tmp_path / "eval"
+    # An ordinary model file: carotid.evaluate scores it on the held-out test persons.
+    evaluation = tmp_path / "eval"
     argv = ["--model", str(model_path), "--root-dir", str(test_dir), "--label-excel", str(test_dir / "label.xlsx")]
-    assert evaluate_cli.main([*argv, "--out", str(out), "--bootstrap", "50", "--num-workers", "0"]) == 0
-    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert evaluate_cli.main([*argv, "--out", str(evaluation), "--bootstrap", "50", "--num-workers", "0"]) == 0
+    metrics = json.loads((evaluation / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["n_persons"] == 8 and metrics["counts"]["persons"] == {"normal": 4, "plaque": 4}
     assert 0.0 <= metrics["person"]["auc"] <= 1.0 and metrics["ci"]["person"]["auc"]["n"] == 50
 

@@ -23,6 +23,7 @@ CLIS = {
     "export",
     "demo",
     "federate",
+    "flare",
 }  # only these may defer imports (fast --help)
 
 
