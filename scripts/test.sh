@@ -16,7 +16,7 @@ install_extras dev
 # DeepSpeed is a source package whose setup.py imports torch: build it against the torch installed above (an
 # isolated build would fetch a second torch) and without its compiled ops (DS_BUILD_OPS=0: CUDA kernels; the
 # CPU runs need none). About 2 minutes on a fresh runner, seconds once pip's cache holds the wheel.
-if ! is_installed dev,deepspeed,flare,federated --no-build-isolation; then
+if [ -z "${CAROTID_NO_INSTALL:-}" ] && ! is_installed dev,deepspeed,flare,federated --no-build-isolation; then
     python -m pip install -q "setuptools>=77" wheel
 fi
 DS_BUILD_OPS=0 install_extras dev,deepspeed,flare,federated --no-build-isolation
