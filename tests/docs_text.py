@@ -42,15 +42,15 @@ def _name(page: Path) -> str:
 
 
 def _code_lines(text: str) -> list[tuple[int, str]]:
-    """(line number, line) of every shell line: in fenced blocks other than Python, and inline `code` spans."""
+    """(line number, line) of every shell line: in fenced blocks other than Python, indented code blocks, and
+    inline `code` spans; a line ending in a backslash continues on the next."""
     lines, fenced, language, pending, start = [], False, "", "", 0
     for number, line in enumerate(text.splitlines(), 1):
         if line.lstrip().startswith("```"):
             fenced, language = not fenced, line.strip().strip("`").strip()
             continue
-        if fenced:
-            if language == "python":
-                continue
+        indented = not fenced and line.startswith("    ") and not line.lstrip().startswith(("-", "*", "|"))
+        if (fenced and language != "python") or indented or pending:
             if pending:
                 pending += " " + line.strip()
             else:
@@ -60,7 +60,7 @@ def _code_lines(text: str) -> list[tuple[int, str]]:
                 continue
             lines.append((start, pending))
             pending = ""
-        else:
+        elif not fenced:
             lines += [(number, span) for span in re.findall(r"`([^`]+)`", line)]
     return lines
 
