@@ -8,6 +8,7 @@ as in a real deployment; without, they are plain (127.0.0.1 only).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -160,8 +161,10 @@ class Loopback:
         self.processes[f"supernode_{name}"].kill()
 
     def stop(self) -> None:
-        """SIGINT to every process started here (SuperNodes stop cleanly on it), SIGKILL after 10 s."""
+        """SIGINT to every process started here (SuperNodes stop cleanly on it), SIGKILL after 10 s; then the
+        processes Flower started under them (SuperExec, ServerApp, ClientApps) that are still running."""
         running = [p for p in self.processes.values() if p.poll() is None]
+        spawned = descendants([p.pid for p in running])
         for process in running:
             process.send_signal(signal.SIGINT)
         end = time.monotonic() + 10
@@ -171,6 +174,26 @@ class Loopback:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        for pid in spawned:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
+
+
+def descendants(pids: list[int]) -> list[int]:
+    """Every process below `pids` (children, their children, ...), read from /proc; [] where there is none."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], list(pids)
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
 
 
 def require_flower() -> None:
