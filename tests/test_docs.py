@@ -129,7 +129,7 @@ def test_predict_layouts_are_described_on_one_page():
     assert [name for name in layout_help if not re.search(rf"\b{name}\b", text)] == []
 
 
-KNOWN_CSVS = {"predictions.csv", "person_predictions.csv", "FILE_persons.csv", "FILE_unreadable.csv"}
+KNOWN_CSVS = {"predictions.csv", "person_predictions.csv", "FILE.csv", "FILE_persons.csv", "FILE_unreadable.csv"}
 
 
 def test_every_csv_column_list_in_the_docs_is_checked_against_a_real_file():
@@ -198,7 +198,7 @@ def test_the_short_examples_run_and_write_what_their_pages_list(trained_run, tmp
     )
     _run("carotid.predict", *predict_args, "--num-workers", "0", cwd=tmp_path)
     out = tmp_path / "results" / "predictions.csv"
-    written = {"predictions.csv": out, "FILE_persons.csv": out.with_name("predictions_persons.csv")}
+    written = {"FILE.csv": out, "FILE_persons.csv": out.with_name("predictions_persons.csv")}
     assert all(path.is_file() for path in written.values())
     assert not out.with_name("predictions_unreadable.csv").exists()  # written only when an image is unreadable
     # STUDY.md: evaluate with heat maps; EVALUATION.md's table of what is written is all there.
@@ -211,7 +211,7 @@ def test_the_short_examples_run_and_write_what_their_pages_list(trained_run, tmp
     assert "metrics.json" in listed and "report.html" in listed
     assert [name for name in listed if not (evaluation / name.rstrip("/")).exists()] == []
     written |= {"person_predictions.csv": evaluation / "person_predictions.csv"}
-    written["predictions.csv (evaluate)"] = evaluation / "predictions.csv"
+    written["predictions.csv"] = evaluation / "predictions.csv"
     # TRAINING.md's tree of a run folder.
     tree = section("docs/TRAINING.md", "What a run writes").split("```")[1]
     # An entry is indented two spaces; its names end where three spaces start its description.
@@ -225,7 +225,7 @@ def test_the_short_examples_run_and_write_what_their_pages_list(trained_run, tmp
     assert [e for e in entries if not (trained_run / e).exists()] == []
     # Every CSV column list of every page against the real header (prob_<class>… is one column per class).
     for page, name, columns in csv_column_lists():
-        files = [path for key, path in written.items() if key.split(" ")[0] == name]
+        files = [path for key, path in written.items() if key == name]
         if name == "FILE_unreadable.csv":
             continue  # checked in test_predict_writes_the_documented_unreadable_columns
         assert files, f"{page}: no real {name} to compare with"
