@@ -132,3 +132,21 @@ def test_the_reliability_legend_does_not_cover_the_curve(monkeypatch, tmp_path):
         assert legend.y1 <= axes_box.y0, "the legend overlaps the plotting area"
         labels = [t.get_text() for t in ax.get_legend().get_texts()]
         assert "perfect calibration" in labels and "before temperature scaling" in labels
+
+
+def test_dollar_signs_and_backslashes_from_the_data_are_drawn_as_typed(tmp_path):
+    """Person IDs and class names with '$' or '\\' (mathtext to matplotlib): an odd '$' used to stop the figure
+    with a ParseFatalException, a pair turned 'a$b$c' into italics."""
+    person_ids, labels, probs = binary_data()
+    classes = ["US$ 5", "C:\\scans\\$x$"]
+    plots.plot_confusion({"person": [[3, 1], [0, 4]]}, classes, tmp_path / "c.png", 0.5, classes[1])
+    plots.plot_roc({"image": (labels, probs)}, classes, 1, tmp_path / "roc.png", split="$test")
+    plots.plot_probability_strip(
+        probs[:5, 1], classes[1], tmp_path / "s.png", person_prob=0.6, threshold=0.5, title="person $1001: \\alpha"
+    )
+    for name in ("c.png", "roc.png", "s.png"):
+        with Image.open(tmp_path / name) as image:
+            assert image.width > 300
+    fig, ax = plots.new_figure()
+    title = ax.set_title("a$b$c")
+    assert not title.get_parse_math()  # drawn as typed, not as math

@@ -52,6 +52,9 @@ def _matplotlib():
     import matplotlib.font_manager
     import matplotlib.pyplot
 
+    # Every text on a figure comes from the data (person IDs, class names, file names): '$' or '\\' in one is
+    # drawn as typed, never parsed as mathtext (which fails on an odd '$' or renders 'a$b$c' in italics).
+    matplotlib.rcParams["text.parse_math"] = False
     return matplotlib
 
 
