@@ -70,6 +70,23 @@ def test_a_persons_probability_does_not_depend_on_the_other_persons_of_its_batch
     assert torch.allclose(alone[0], together[0].softmax(1)[1], atol=1e-5)
 
 
+def test_attention_dropout_and_top_frame_masking_act_in_training_only():
+    """Evaluation, predict and ONNX rebuild the model from its file without them: in eval mode it must not matter."""
+    torch.manual_seed(3)
+    stabilised = PersonModel("small_cnn", 2, 1, attention_dropout=0.5, mask_top_frames=2)
+    plain = PersonModel("small_cnn", 2, 1)
+    plain.load_state_dict(stabilised.state_dict())  # no weights of their own
+    frames, bag = torch.randn(9, 1, 32, 32), _bags([4, 1, 4])
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(stabilised.eval()(frames, bag, 3), plain.eval()(frames, bag, 3)))
+        stabilised.train()
+        draws = [stabilised(frames, bag, 3)[1] for _ in range(20)]
+    dropped = torch.stack([d == 0 for d in draws])  # (draws, frames): a masked frame has no weight
+    assert dropped.any() and not dropped[:, 4].any(), "a person's only frame is never masked"
+    per_person = torch.stack([dropped[:, :4].sum(1), dropped[:, 5:].sum(1)])
+    assert per_person.max() <= 2 and (per_person < 4).all(), "at most the top 2 masked, never all of a person"
+
+
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_every_architecture_is_a_frame_encoder_of_a_person_model(arch):
     model = PersonModel(arch, 3, 3).eval()
@@ -230,11 +247,13 @@ def test_predict_gives_the_persons_evaluate_gives(attention_run, tmp_path):
 
 @pytest.mark.slow
 def test_resume_of_a_killed_attention_run_ends_with_the_uninterrupted_weights(tmp_path):
-    """Which persons and frames a step holds comes from (seed, epoch): the resumed run skips to the exact step."""
+    """Which persons and frames a step holds comes from (seed, epoch): the resumed run skips to the exact step; the
+    training-only stabilisers draw from the generators Accelerate's checkpoints restore."""
     data = make_data(tmp_path / "frames", persons=12, frames=6, size=40)
     common = ["--root-dir", str(data[0]), "--label-excel", str(data[1]), "--epochs", "3", "--no-test"]
     common += [*FAST, "--batch-size", "8", "--bag-size", "4", "--person-model", "attention"]
     common += ["--checkpoint-every-steps", "3", "--balanced-sampler"]
+    common += ["--attention-dropout", "0.25", "--mask-top-frames", "1"]  # their random draws resume too
     straight = run_module("carotid.train", *common, "--output-dir", str(tmp_path / "straight"))
     assert straight.returncode == 0, straight.stderr[-3000:]
     killed = launch([*common, "--output-dir", str(tmp_path / "killed")], nproc=1)
@@ -276,17 +295,19 @@ def _sparse_finding_data(root: Path, persons: int, seed: int) -> set[str]:
 
 
 @pytest.mark.slow
-def test_on_sparse_findings_attention_finds_the_finding_frames_and_beats_frame_training(tmp_path):
-    findings = _sparse_finding_data(tmp_path / "data", persons=64, seed=0)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_on_sparse_findings_the_same_command_with_attention_finds_the_finding_frames_and_beats_frames(tmp_path, seed):
+    """One command, --person-model the only difference: --batch-size counts frames for both (issue 30)."""
+    findings = _sparse_finding_data(tmp_path / "data", persons=64, seed=seed)
     data = ["--root-dir", str(tmp_path / "data"), "--label-excel", str(tmp_path / "data" / "label.xlsx")]
     common = [*data, "--epochs", "8", "--bootstrap", "0", "--augment", "none", "--lr", "2e-3"]
-    common += [*FAST[: FAST.index("--batch-size")], "--num-workers", "0", "--seed", "0"]
+    common += [*FAST[: FAST.index("--batch-size")], "--num-workers", "0", "--seed", str(seed), "--batch-size", "16"]
     # No validation split: best_model.pth is the lowest training loss, not the first epoch whose validation AUC
     # reached 1.0 on a handful of persons.
     common += ["--train-ratio", "0.75", "--val-ratio", "0", "--test-ratio", "0.25"]
     auc = {}
-    for kind, batch in (("attention", ["--batch-size", "2", "--bag-size", "8"]), ("frames", ["--batch-size", "16"])):
-        assert train_in_process(*common, *batch, "--person-model", kind, "--output-dir", str(tmp_path / kind)) == 0
+    for kind in ("attention", "frames"):
+        assert train_in_process(*common, "--person-model", kind, "--output-dir", str(tmp_path / kind)) == 0
         evaluation = only_run_dir(tmp_path / kind) / "eval_test_best"
         auc[kind] = json.loads((evaluation / "metrics.json").read_text(encoding="utf-8"))["person"]["auc"]
     assert auc["attention"] > auc["frames"], auc

@@ -310,6 +310,7 @@ def attention_runs(strategy_data, tmp_path_factory):
             output = tmp_path_factory.mktemp(f"attention_{name}")
             args = ["--root-dir", str(root), "--label-excel", str(label), "--output-dir", str(output), "--epochs", "2"]
             args += [*FAST, "--batch-size", "6", "--bag-size", "3", "--person-model", "attention"]
+            args += ["--attention-dropout", "0.25", "--mask-top-frames", "1"]  # training-only stabilisers
             run(launch_command(STRATEGIES[name][0], *args), fresh=lambda: shutil.rmtree(output, ignore_errors=True))
             made[name] = only_run_dir(output)
         return made[name]

@@ -198,6 +198,21 @@ class TrainConfig:
         group="model",
         metavar="K",
     )
+    attention_dropout: float = opt(
+        0.0,
+        "--person-model attention, training only: dropout on the attention network's hidden units (CLAM uses "
+        "0.25); evaluation, predict and ONNX use every unit.",
+        group="model",
+        metavar="P",
+    )
+    mask_top_frames: int = opt(
+        0,
+        "--person-model attention, training only: leave each of a person's K highest-attention frames out of its "
+        "pooling with probability 1/2 per step (at least one frame kept; stochastic top-k masking, as in ACMIL), "
+        "so the model cannot rest on one frame alone. 0 = off.",
+        group="model",
+        metavar="K",
+    )
     compile: bool = opt(False, "torch.compile the model (see docs/PERFORMANCE.md for when it pays).", group="model")
     # Optimisation
     epochs: int = opt(50, "Number of passes over the training persons' frames.")
@@ -362,7 +377,15 @@ class TrainConfig:
             "early_stopping_patience",
             "label_smoothing",
             "bootstrap",
+            "mask_top_frames",
         )
+        if not 0 <= self.attention_dropout < 1:
+            raise UserError(f"--attention-dropout must be in [0, 1), got {self.attention_dropout}", "use e.g. 0.25")
+        if (self.attention_dropout or self.mask_top_frames) and self.person_model != "attention":
+            raise UserError(
+                f"--attention-dropout and --mask-top-frames act on attention; --person-model is {self.person_model}",
+                "add --person-model attention, or leave them out",
+            )
         if self.label_smoothing >= 1:
             raise UserError(f"--label-smoothing must be < 1, got {self.label_smoothing}", "use e.g. 0.1")
         if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:

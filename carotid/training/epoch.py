@@ -43,8 +43,15 @@ def build_run_model(cfg: TrainConfig, class_names: list[str]) -> tuple[torch.nn.
     if cfg.person_model == "frames":
         model = build_model(cfg.model, len(class_names), cfg.in_channels, cfg.pretrained, **common)
     else:
+        stabilisers = {"attention_dropout": cfg.attention_dropout, "mask_top_frames": cfg.mask_top_frames}
         model = PersonModel(
-            cfg.model, len(class_names), cfg.in_channels, cfg.person_model, pretrained=cfg.pretrained, **common
+            cfg.model,
+            len(class_names),
+            cfg.in_channels,
+            cfg.person_model,
+            pretrained=cfg.pretrained,
+            **common,
+            **stabilisers,
         )
     weight_lines = load_pretrained(model, cfg.model, cfg.pretrained_weights) if cfg.pretrained_weights else []
     if cfg.load_model:
