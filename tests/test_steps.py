@@ -10,6 +10,7 @@ import yaml
 from accelerate.data_loader import BatchSamplerShard
 from torch.utils.data import BatchSampler
 
+from carotid.data.bags import persons_per_step
 from carotid.training.steps import PERSON_MODEL_STEPS, micro_batches
 from tests.conftest import FAST, make_data, only_run_dir, read_json, train_in_process
 
@@ -80,3 +81,10 @@ def test_micro_batches_per_process_are_what_accelerate_shards(processes):
             assert {len(s) for s in shards} == {micro}, (items, per_batch, processes)
             seen = sum(len(b) for s in shards for b in s) if drop else items
             assert left_out == items - seen, (items, per_batch, processes)
+
+
+def test_a_person_model_step_holds_the_persons_of_about_batch_size_frames_and_never_one_person():
+    """BatchNorm normalising one person's frames alone learns a shortcut (issue 23): at least 2 persons a step."""
+    assert persons_per_step(32, 16, [6, 10] * 10) == 4  # 8 frames a person
+    assert persons_per_step(32, 4, [6, 10] * 10) == 8  # at most --bag-size 4 frames a person
+    assert persons_per_step(8, 16, [8] * 10) == 2  # 1 person's frames would make the batch: 2 instead

@@ -20,15 +20,18 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from carotid.data.loaders import default_workers, ignore_stop_signals, stop_workers_at_exit
 
+MIN_PERSONS_PER_STEP = 2  # one person's frames alone: the encoder's BatchNorm learns a shortcut from them
+
 
 def persons_per_step(batch_size: int, bag_size: int, frame_counts: list[int]) -> int:
     """Persons in a training step of about `batch_size` frames, when persons have these frame counts: batch_size over
-    the mean frames a person brings (at most bag_size), rounded, at least 1. A fixed number (not a frame budget
-    filled person by person), so every process makes the same number of steps."""
+    the mean frames a person brings (at most bag_size), rounded, and at least 2, so that BatchNorm never normalises
+    within one person (issue 23). A fixed number (not a frame budget filled person by person), so every process
+    makes the same number of steps."""
     if not frame_counts:
-        return 1
+        return MIN_PERSONS_PER_STEP
     mean_frames = sum(min(n, bag_size) for n in frame_counts) / len(frame_counts)
-    return max(1, round(batch_size / mean_frames))
+    return max(MIN_PERSONS_PER_STEP, round(batch_size / mean_frames))
 
 
 class PersonBags:

@@ -105,7 +105,7 @@ def startup_lines(plan: StepPlan) -> list[str]:
         frames = round(plan.persons_per_step * plan.frames_per_person * per_update)
         lines = [
             f"batch: {plan.persons_per_step} persons per step per process (--batch-size {plan.frames_per_step} frames "
-            f"/ {plan.frames_per_person:g} frames per training person, each up to --bag-size) {setup} = "
+            f"/ {plan.frames_per_person:g} frames per training person, each up to --bag-size; at least 2) {setup} = "
             f"{plan.persons_per_step * per_update} persons, about {frames} frames per optimizer step"
         ]
     else:
