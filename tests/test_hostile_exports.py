@@ -392,3 +392,20 @@ def test_predict_writes_formula_like_person_ids_as_text(trained_run, data_dir, t
     assert "\n'=HYPERLINK(1)," in text and "\n'@SUM(1)," in text
     assert not any(line.startswith(("=", "@")) for line in text.splitlines())
     assert sorted(r["person_id"] for r in read_table(tmp_path / "p_persons.csv")) == ["=HYPERLINK(1)", "@SUM(1)"]
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. predict on a folder with a person folder that holds no frames
+# ---------------------------------------------------------------------------------------------
+
+
+def test_predict_input_names_a_person_folder_without_frames(tmp_path):
+    frame(tmp_path / "in" / "3001" / "f.png", seed=1)
+    frame(tmp_path / "in" / "3002" / "f.png", seed=2)
+    (tmp_path / "in" / "3003" / "series1").mkdir(parents=True)
+    (tmp_path / "in" / "3003" / "notes.txt").write_text("scan postponed")
+    layout, frames, _, warnings = find_input_frames(tmp_path / "in", "persons")
+    assert sorted(frames) == ["3001", "3002"]
+    assert warnings == [
+        "1 person folder(s) hold no image and were not predicted (e.g. 3003/): put the person's frames in the folder"
+    ]

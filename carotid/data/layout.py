@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from carotid.core.errors import UserError
+from carotid.core.text import printable
 from carotid.data.audit import modality_warning, special_warning
 from carotid.data.discovery import count_frames, discover_frames, frames_below, is_frame_file
 
@@ -92,7 +93,13 @@ def find_input_frames(source: Path, layout: str) -> tuple[str, dict[str, list[tu
             relative = {folder.resolve().name: frames_below(folder, "", None, special)}
         else:  # images: every image its own row, named by its path below --input
             relative = {path: [path] for path in frames_below(folder, "", None, special)}
+    empty = sorted(person for person, frames in relative.items() if not frames)
     relative = {person: frames for person, frames in relative.items() if frames}
+    if empty and relative:  # as training names them: a person folder with nothing to predict is said, not dropped
+        warnings.append(
+            f"{len(empty)} person folder(s) hold no image and were not predicted (e.g. "
+            f"{', '.join(printable(p) + '/' for p in empty[:3])}): put the person's frames in the folder"
+        )
     if not relative:
         raise UserError(
             f"no images (png, jpg, bmp, tif, dcm, mp4, avi, mov) found in {folder}", "check --input (and --layout)"
