@@ -92,12 +92,22 @@ def write_predictions(
     return persons, predicted
 
 
+def pooling_words(model_file: ModelFile, aggregation: str) -> str:
+    """How a person's probability was made, in words: a frame model's aggregation of its frame probabilities, or a
+    person model's pooling of its frames' embeddings (its own, whatever --person-aggregation says)."""
+    if not model_file.person_level:
+        return f"{aggregation} of the frames' probabilities"
+    pooled = "gated-attention pooling" if model_file.person_model == "attention" else "mean pooling"
+    return f"{pooled} of the frames' embeddings (--person-model {model_file.person_model})"
+
+
 def predict(argv: Sequence[str] | None) -> int:
     args = parse_predict_args(argv)
     paths = output_paths(args)
     from carotid.core.runtime import RunLog, build_accelerator, on_main
     from carotid.data.discovery import Frame
     from carotid.data.layout import find_input_frames
+    from carotid.evaluation.attention import uniform_warning
     from carotid.evaluation.inference import decision_threshold, run_inference
     from carotid.evaluation.seen import seen_persons, seen_warning
     from carotid.model.file import ModelFile
@@ -133,11 +143,16 @@ def predict(argv: Sequence[str] | None) -> int:
             threshold_note += f"; probabilities softmax(logits / {model_file.temperature:.3f}) (calibrated)"
         log(
             f"{plural(len(persons.person_ids), 'person')}, {plural(len(preds.paths), 'image')} (layout: {layout}); "
-            f"person probability: {aggregation} of frames{threshold_note}"
+            f"person probability: {pooling_words(model_file, aggregation)}{threshold_note}"
         )
         log(summary_table(persons, predicted, class_names, model_file.positive_index, threshold is not None))
         seen = seen_persons(args.model, sorted(found))
-        for warning in input_warnings + ([seen_warning(seen, "--input")] if seen else []):
+        uniform = None
+        if persons.attention is not None:  # binary: among the persons called positive (see uniform_warning)
+            called = predicted == model_file.positive_index if threshold is not None else None
+            group = f" called {model_file.positive_class}" if threshold is not None else ""
+            uniform = uniform_warning(persons.attention, model_file.person_model, called, group)
+        for warning in input_warnings + [w for w in (seen_warning(seen, "--input") if seen else None, uniform) if w]:
             log(f"warning: {warning}")
         if unreadable:
             first = min(u["path"] for u in unreadable)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,9 @@ from PIL import Image
 
 from carotid.evaluation.selection import next_best, no_best
 from carotid.model.file import ModelFile
-from tests.conftest import FAST, only_run_dir, train_in_process, write_xlsx
+from tests.conftest import FAST, only_run_dir, run_module, train_in_process, write_xlsx
+from tests.test_resume import launch, wait_for
+from tests.test_resume import rows as resume_rows
 
 
 def _separable_data(root: Path, persons: int = 16, frames: int = 3) -> list[str]:
@@ -107,3 +110,26 @@ def test_each_cross_validation_fold_picks_its_lower_loss_epoch(tmp_path):
     for fold in per_fold:
         record = _check_choice(cv_dir / f"fold_{fold['fold']}", "val_auc")
         assert fold["best_epoch"] == record and fold["model_epoch"] == record["epoch"]
+
+
+@pytest.mark.slow
+def test_a_resumed_run_keeps_its_tie_break_state_and_chooses_the_same_epoch(tmp_path):
+    """Killed in epoch 4, after val AUC saturated: the resumed run ranks the later epochs against the
+    checkpointed best (its val_loss and tied epochs), so it ends with the uninterrupted run's choice."""
+    data = _separable_data(tmp_path / "data")
+    common = [*data, *FAST, "--epochs", "6", "--bootstrap", "0", "--augment", "none", "--no-test"]
+    common += ["--train-ratio", "0.5", "--val-ratio", "0.25", "--test-ratio", "0.25", "--checkpoint-every-steps", "2"]
+    straight = run_module("carotid.train", *common, "--output-dir", str(tmp_path / "straight"))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    killed = launch([*common, "--output-dir", str(tmp_path / "killed")], nproc=1)
+    # 8 training persons x 3 frames, 8 frames a step: 3 steps an epoch; step 10 is in epoch 4.
+    wait_for("train_*/checkpoints/checkpoint-00000010", tmp_path / "killed", killed)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    run_dir = only_run_dir(tmp_path / "killed")
+    resumed = run_module("carotid.train", "--resume", str(run_dir))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    reference = only_run_dir(tmp_path / "straight")
+    assert resume_rows(run_dir) == resume_rows(reference)
+    record = _check_choice(reference, "val_auc")
+    assert ModelFile.load(run_dir / "models" / "best_model.pth").best_epoch == record

@@ -10,6 +10,7 @@ import numpy as np
 
 from carotid.core.text import plural
 from carotid.evaluation.aggregation import aggregate_persons
+from carotid.evaluation.attention import uniform_warning
 from carotid.evaluation.bootstrap import bootstrap_ci
 from carotid.evaluation.calibration import apply_temperature, calibration_section, format_calibration
 from carotid.evaluation.inference import (
@@ -17,6 +18,7 @@ from carotid.evaluation.inference import (
     PersonPredictions,
     decision_threshold,
     person_predictions,
+    predicted_labels,
 )
 from carotid.evaluation.metrics import classification_metrics
 from carotid.evaluation.operating_points import format_operating_points, operating_point_report
@@ -128,6 +130,7 @@ def compute_report(
         "decoding": preds.decoding,
         "seen_by_model": context.get("seen_by_model"),
     }
+    report["warnings"] += _model_warnings(report, persons, model_file)
     report["warnings"] += _data_warnings(report, preds, persons, model_file, context)
     if person_level:
         _without_image_level(report)
@@ -165,14 +168,29 @@ def _class_counts(class_names: list[str], frame_labels: np.ndarray, persons: Per
     }
 
 
+def _model_warnings(report: MetricsRecord, persons: PersonPredictions, model_file: ModelFile) -> list[str]:
+    """What about the model a reader of the numbers must know: attention that prefers no frame, and a best epoch
+    chosen by val_loss because the monitored metric saturated."""
+    warnings = []
+    if persons.attention is not None:
+        binary = report["threshold"] is not None
+        called = predicted_labels(persons.probs, report["threshold"], model_file.positive_index)
+        group = f" called {model_file.positive_class}" if binary else ""
+        uniform = uniform_warning(
+            persons.attention, model_file.person_model, called == model_file.positive_index if binary else None, group
+        )
+        warnings += [f"attention: {uniform}"] if uniform else []
+    chosen = model_file.best_epoch or {}
+    if chosen.get("saturated") and chosen.get("epoch") == model_file.epoch:
+        warnings.append(f"validation: {chosen['message']}")
+    return warnings
+
+
 def _data_warnings(
     report: MetricsRecord, preds: FramePredictions, persons: PersonPredictions, model_file: ModelFile, context: dict
 ) -> list[str]:
     """What about the evaluated frames a reader of the numbers must know: unreadable, colour, flat, lost persons."""
     warnings = []
-    chosen = model_file.best_epoch or {}
-    if chosen.get("saturated") and chosen.get("epoch") == model_file.epoch:
-        warnings.append(f"validation: {chosen['message']}")
     if report["unreadable_images"]:
         warnings.append(
             f"{plural(len(report['unreadable_images']), 'frame')} could not be decoded and are left out "

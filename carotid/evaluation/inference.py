@@ -22,6 +22,7 @@ from carotid.data.discovery import Frame
 from carotid.data.loaders import frame_dataset, make_loader, stop_workers, stop_workers_at_exit
 from carotid.data.transforms import eval_preset
 from carotid.evaluation.aggregation import aggregate_persons, person_labels
+from carotid.evaluation.attention import AttentionSpread, attention_spread
 from carotid.evaluation.calibration import apply_temperature
 from carotid.evaluation.person_inference import predict_persons
 from carotid.model.file import ModelFile
@@ -218,6 +219,7 @@ class PersonPredictions:
     probs: np.ndarray
     n_frames: np.ndarray
     labels: np.ndarray | None = None
+    attention: AttentionSpread | None = None  # a person model's: how its attention spreads over each person's frames
 
 
 def person_predictions(
@@ -230,7 +232,10 @@ def person_predictions(
         person_ids, probs = aggregate_persons(preds.person_ids, preds.probs, aggregation, positive)
     _, n_frames = np.unique(preds.person_ids, return_counts=True)
     labels = person_labels(preds.person_ids, preds.labels, person_ids) if labelled else None
-    return PersonPredictions(person_ids, probs, n_frames, labels)
+    spread = None
+    if preds.person_level and np.isfinite(preds.attention).any():  # NaN: pooled out-of-fold rows have no weights
+        spread = attention_spread(preds.person_ids, preds.attention, person_ids)
+    return PersonPredictions(person_ids, probs, n_frames, labels, spread)
 
 
 def write_prediction_tables(
@@ -243,7 +248,8 @@ def write_prediction_tables(
     positive: int,
 ) -> np.ndarray:
     """The per-image CSV (a frame is its file and its frame number) and the per-person CSV (with a true_label
-    column when labelled); returns the persons' predicted labels."""
+    column when labelled; a person model's with its attention's entropy, largest weight x n and whether it is
+    near uniform); returns the persons' predicted labels."""
     labelled = persons.labels is not None
     truth = (lambda y: [class_names[y]]) if labelled else (lambda y: [])
     probs = [f"prob_{name}" for name in class_names]
@@ -263,17 +269,31 @@ def write_prediction_tables(
     )
     person_predicted = predicted_labels(persons.probs, threshold, positive)
     person_truth = persons.labels if labelled else np.zeros(len(persons.person_ids), dtype=int)
+    spread = persons.attention
     write_table(
         person_path,
-        ["person_id"] + ["true_label"] * labelled + ["n_frames"] + probs + ["predicted_label"],
+        ["person_id"] + ["true_label"] * labelled + ["n_frames"] + probs + ["predicted_label"]
+        + (ATTENTION_COLUMNS if spread is not None else []),
         (
-            [q, *truth(y), n, *_decimals(r), class_names[k]]
-            for q, y, n, r, k in zip(
-                persons.person_ids, person_truth, persons.n_frames, persons.probs, person_predicted
+            [q, *truth(y), n, *_decimals(r), class_names[k], *_spread_cells(spread, i)]
+            for i, (q, y, n, r, k) in enumerate(
+                zip(persons.person_ids, person_truth, persons.n_frames, persons.probs, person_predicted)
             )
         ),
-    )
+    )  # fmt: skip
     return person_predicted
+
+
+ATTENTION_COLUMNS = ["attention_entropy", "attention_max_ratio", "attention_uniform"]
+
+
+def _spread_cells(spread: AttentionSpread | None, i: int) -> list[str]:
+    """A person's attention cells: entropy (nats), largest weight x n, near uniform (yes/no); none for frames."""
+    if spread is None:
+        return []
+    if not np.isfinite(spread.max_ratio[i]):
+        return ["", "", ""]
+    return [f"{spread.entropy[i]:.6f}", f"{spread.max_ratio[i]:.6f}", "yes" if spread.uniform[i] else "no"]
 
 
 def _frame_cells(preds: FramePredictions, class_names: list[str], threshold: float | None, positive: int):

@@ -16,8 +16,10 @@ import numpy as np
 import torch
 
 from carotid.core.files import write_table
+from carotid.evaluation.attention import uniform_sentence
 from carotid.evaluation.inference import FramePredictions, PersonPredictions
 from carotid.model.file import ModelFile
+from carotid.report.attention import plot_attention_strip
 from carotid.report.heatmaps import (
     GradCamRenderer,
     PersonFrames,
@@ -28,7 +30,7 @@ from carotid.report.heatmaps import (
     write_montage,
     write_montages,
 )
-from carotid.report.plots import new_figure, plot_probability_strip, save_figure
+from carotid.report.plots import plot_probability_strip
 
 GALLERY_FRAMES = 4  # frames in a failure's montage when --heatmaps does not say
 
@@ -63,21 +65,6 @@ def failure_kind(person: PersonFrames, positive: int, binary: bool) -> str:
     if not binary:
         return "misclassified"
     return "false negative" if person.true == positive else "false positive"
-
-
-def plot_attention_strip(attention: np.ndarray, path: Path, *, title: str, marked: np.ndarray) -> None:
-    """A person model's strip: each frame's attention in frame order (the montage's frames in red), beside the
-    uniform weight 1/n that mean pooling would give."""
-    x = np.arange(1, len(attention) + 1)
-    fig, ax = new_figure(figsize=(7, 1.9))
-    ax.bar(x, attention, color=np.where(np.isin(x - 1, marked), "crimson", "tab:blue"), width=0.8)
-    ax.axhline(1 / len(attention), color="grey", linestyle="--", linewidth=1, label=f"uniform 1/{len(attention)}")
-    ax.set(ylim=(0, max(1.0 / len(attention), float(attention.max())) * 1.1), xlabel="frame (sorted by file name)")
-    ax.set(ylabel="attention")
-    ax.set_title(title, fontsize=9)
-    ax.set_xticks(x if len(x) <= 30 else x[:: len(x) // 10])
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7)
-    save_figure(fig, path)
 
 
 def write_strip(person: PersonFrames, path: Path, *, score: int, title: str, shown: np.ndarray, **rule) -> None:
@@ -164,6 +151,22 @@ def write_gallery(
     return rows
 
 
+def write_attention_strips(
+    persons: list[PersonFrames], folder: Path, names: dict[str, str], pooling: str, n_frames: int
+) -> None:
+    """attention/<person>.png in the montages' folder: each person's attention over its frame order (the montage's
+    frames in red), and the uniform sentence where no frame is preferred."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for person in persons:
+        plot_attention_strip(
+            person.attention,
+            folder / f"{names[person.person_id]}.png",
+            title=f"{person.person_id}: attention over its {len(person.rows)} frames",
+            marked=decisive_frames(person, person.predicted, n_frames),
+            note=uniform_sentence(pooling) if person.uniform else None,
+        )
+
+
 def write_person_figures(
     model_file: ModelFile,
     preds: FramePredictions,
@@ -202,6 +205,8 @@ def write_person_figures(
         if heatmaps:
             folder = heatmap_dir or out_dir / "heatmaps"
             montages = write_montages(renderer, grouped, frames, folder, n_frames=heatmaps, names=names, **settings)
+            if preds.attention is not None:
+                write_attention_strips(grouped, folder / "attention", names, model_file.person_model, heatmaps)
         if labelled and failures:
             write_gallery(
                 worst,

@@ -5,7 +5,8 @@ the frames most confidently of it, with Grad-CAM for that class (each montage's 
 person called positive shows where the model sees plaque, a missed positive (false negative) the frames that
 drove the negative call, and a correctly called negative where the model sees "normal" (the positive class's
 map would be uninformatively flat there). A person model (`--person-model attention|mean`) has no
-frame probabilities: its montage shows the frames with the highest attention first, each with its weight, and
+frame probabilities: its montage shows the frames with the highest attention first, each with its weight (a person
+whose attention is near uniform: frames spread over its sweep in order, and the title says no frame is preferred), and
 Grad-CAM explains each frame's embedding through the person head (`PersonFrameLogits`). Grad-CAM comes from the
 `grad-cam` package (pytorch_grad_cam); the layer it hooks is chosen per architecture in `carotid.model.registry`.
 
@@ -25,6 +26,7 @@ from torch import nn
 from carotid.data.decode import decode_frames
 from carotid.data.kinds import kind_by_name
 from carotid.data.transforms import eval_preset
+from carotid.evaluation.attention import person_uniform, uniform_sentence
 from carotid.model.file import ModelFile
 from carotid.model.gradcam import target_layer
 from carotid.report.plots import new_figure, save_figure
@@ -43,6 +45,11 @@ class PersonFrames:
     predicted: int
     true: int | None  # None where unlabelled (predict)
     attention: np.ndarray | None = None  # person models: each frame's weight in the pooling; None for frame models
+
+    @property
+    def uniform(self) -> bool:
+        """A person model's person whose attention prefers no frame (carotid.evaluation.attention's rule)."""
+        return self.attention is not None and person_uniform(self.attention)
 
 
 def group_persons(
@@ -80,7 +87,10 @@ def explained_class(person: PersonFrames, positive: int, binary: bool) -> int:
 
 def decisive_frames(person: PersonFrames, target: int, n: int) -> np.ndarray:
     """Positions (into the person's frames) of its n frames most in favour of class `target`, strongest first; a
-    person model's: its n frames of highest attention, highest first (the frames its result rests on)."""
+    person model's: its n frames of highest attention, highest first (the frames its result rests on); where its
+    attention is near uniform none is preferred, so n frames spread evenly over the sweep, in order."""
+    if person.uniform:
+        return np.unique(np.linspace(0, len(person.rows) - 1, min(n, len(person.rows))).round().astype(int))
     if person.attention is not None:
         return np.argsort(-person.attention, kind="stable")[:n]
     return np.argsort(-person.frame_probs[:, target], kind="stable")[:n]
@@ -204,8 +214,11 @@ def write_montage(
         ax.set_yticks([])
     score = positive if binary else person.predicted
     rule = f", threshold {threshold:.3f}" if threshold is not None and binary else ""
-    pooled = f"{aggregation} of" if person.attention is None else f"{renderer.model_file.person_model} pooling of"
+    pooling = renderer.model_file.person_model
+    pooled = f"{aggregation} of" if person.attention is None else f"{pooling} pooling of"
     order = "" if person.attention is None else ", highest attention first"
+    if person.uniform:
+        order = f"\n{uniform_sentence(pooling)}; frames shown in their order"
     fig.suptitle(
         f"{person.person_id}: {verdict(person, class_names, positive, binary)}\n"
         f"person P({class_names[score]}) {person.person_prob[score]:.3f} = {pooled} "

@@ -37,6 +37,7 @@ from carotid.report.page import (
     read_csv,
     read_json,
     read_model,
+    read_uniform,
     table,
     with_ci,
 )
@@ -162,13 +163,14 @@ def section_persons(eval_dir: Path) -> str:
     return persons_table(read_csv(EvalDir(eval_dir).person_predictions), "person_predictions.csv", "Per person")
 
 
-def section_failures(eval_dir: Path) -> str:
+def section_failures(eval_dir: Path, pooling: str) -> str:
     rows = read_csv(eval_dir / "failures.csv")
     if not (eval_dir / "failures.csv").is_file():
         return ""
     if not rows:
         return '<h2 id="failures">Failure gallery</h2><p>No person of this split is misclassified.</p>'
     attention = read_attention(EvalDir(eval_dir).predictions)
+    uniform = read_uniform(EvalDir(eval_dir).person_predictions)
     strip = "each frame's attention" if attention else "frame probabilities"
     parts = [
         '<h2 id="failures">Failure gallery</h2><p>The most wrong persons (false negatives first in a binary task): '
@@ -179,30 +181,38 @@ def section_failures(eval_dir: Path) -> str:
             f"<h3>#{row['rank']} {escape(row['person_id'])}: {escape(row['kind'])} "
             f"(true {escape(row['true_label'])}, predicted {escape(row['predicted_label'])}, "
             f"{escape(row['score'])})</h3>"
-            + attention_line(attention.get(row["person_id"]))
+            + attention_line(
+                attention.get(row["person_id"]), uniform=uniform.get(row["person_id"], False), pooling=pooling
+            )
             + image(eval_dir / row["strip"], f"{strip} of {row['person_id']}")
             + (image(eval_dir / row["montage"], f"heat maps of {row['person_id']}") if row["montage"] else "")
         )
     return "".join(parts)
 
 
-def section_heatmaps(eval_dir: Path, failures: set[str]) -> str:
+def section_heatmaps(eval_dir: Path, failures: set[str], pooling: str) -> str:
     files = sorted(p for p in (eval_dir / "heatmaps").glob("*.png") if p.name not in failures)
     if not files:
         return ""
     more = f"<p class='sub'>… {len(files) - MAX_HEATMAPS} more in heatmaps/</p>" if len(files) > MAX_HEATMAPS else ""
     attention, taken = read_attention(EvalDir(eval_dir).predictions), set()
+    uniform = read_uniform(EvalDir(eval_dir).person_predictions)
     # The montages are named as gallery.write_person_figures names them: file_name over the sorted person IDs.
     person_of = {
         file_name(r["person_id"], taken): r["person_id"] for r in read_csv(EvalDir(eval_dir).person_predictions)
     }
     which = "the frames of highest attention" if attention else "the frames that decided its result"
+    strips = " and its attention over the frame order (the montage's frames in red)" if attention else ""
+
+    def person(p: Path) -> str:
+        who = person_of.get(p.stem, "")
+        line = attention_line(attention.get(who), uniform=uniform.get(who, False), pooling=pooling)
+        strip = image(eval_dir / "heatmaps" / "attention" / p.name, f"attention of {p.stem}") if attention else ""
+        return line + strip + image(p, f"heat maps {p.stem}")
+
     return (
-        f'<h2 id="heatmaps">Heat maps</h2><p>Per person, {which}, with Grad-CAM.</p>'
-        + "".join(
-            attention_line(attention.get(person_of.get(p.stem, ""))) + image(p, f"heat maps {p.stem}")
-            for p in files[:MAX_HEATMAPS]
-        )
+        f'<h2 id="heatmaps">Heat maps</h2><p>Per person, {which}, with Grad-CAM{strips}.</p>'
+        + "".join(person(p) for p in files[:MAX_HEATMAPS])
         + more
     )
 
@@ -275,6 +285,7 @@ def build_report(eval_dir: Path | None, run_dir: Path | None) -> str:
     classes = ", ".join(model.get("class_names", []))
     sub = f"{model.get('arch', '')} · {run_dir.name if run_dir else ''} · classes {classes}"
     failures = {Path(r["montage"]).name for r in read_csv(eval_dir / "failures.csv")} if eval_dir else set()
+    pooling = metrics.get("person_model", "frames")  # a person model's pooling: what its attention lines say
     body = [
         f"<h1>{escape(title)}</h1><p class='sub'>{escape(sub)}</p>",
         section_metrics(metrics),
@@ -282,8 +293,8 @@ def build_report(eval_dir: Path | None, run_dir: Path | None) -> str:
         section_training(run_dir, model),
     ]
     if eval_dir:
-        body += [section_figures(eval_dir, metrics), section_persons(eval_dir), section_failures(eval_dir)]
-        body.append(section_heatmaps(eval_dir, failures))
+        body += [section_figures(eval_dir, metrics), section_persons(eval_dir), section_failures(eval_dir, pooling)]
+        body.append(section_heatmaps(eval_dir, failures, pooling))
     body += [section_checklist(config.get("options", {}), data_report, metrics, model)]
     body.append(section_provenance(config, metrics, model, run_dir))
     return document(title, body)

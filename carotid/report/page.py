@@ -12,6 +12,7 @@ import yaml
 
 from carotid.core.files import file_sha256, read_table
 from carotid.core.run_dir import RunDir
+from carotid.evaluation.attention import uniform_sentence
 from carotid.evaluation.registry import CALIBRATION_METRICS
 from carotid.model.file import ModelFile
 
@@ -96,10 +97,23 @@ def read_attention(predictions_csv: Path) -> dict[str, list[tuple[str, float]]]:
 # ---------------------------------------------------------------------------------------------
 
 
-def attention_line(frames: list[tuple[str, float]] | None, shown: int = 8) -> str:
-    """'Highest attention: a.png 0.412 · b.png 0.201 · …' for one person of a person model; '' without."""
+def read_uniform(person_csv: Path) -> dict[str, bool]:
+    """{person ID: its attention is near uniform} from person_predictions.csv; {} for a frame model."""
+    return {r["person_id"]: r["attention_uniform"] == "yes" for r in read_csv(person_csv) if r.get("attention_uniform")}
+
+
+def attention_line(
+    frames: list[tuple[str, float]] | None, shown: int = 8, *, uniform: bool = False, pooling: str = "attention"
+) -> str:
+    """'Highest attention: a.png 0.412 · b.png 0.201 · …' for one person of a person model; where its attention is
+    near uniform, that no frame is preferred (its largest weight against 1/n); '' for a frame model."""
     if not frames:
         return ""
+    if uniform:
+        return (
+            f"<p class='attention'><b>{escape(uniform_sentence(pooling))}</b> (largest weight {frames[0][1]:.3f}, "
+            f"equal weights would be {1 / len(frames):.3f} over its {len(frames)} frames)</p>"
+        )
     listed = " · ".join(f"{escape(name)} <b>{weight:.3f}</b>" for name, weight in frames[:shown])
     more = f" · … {len(frames) - shown} more" if len(frames) > shown else ""
     return (
