@@ -409,3 +409,31 @@ def test_predict_input_names_a_person_folder_without_frames(tmp_path):
     assert warnings == [
         "1 person folder(s) hold no image and were not predicted (e.g. 3003/): put the person's frames in the folder"
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# 15. A full disk reported by safetensors (no errno): the same one line
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_full_disk_inside_safetensors_is_the_one_disk_full_error(tmp_path, capsys, monkeypatch):
+    import accelerate.utils.other
+    from safetensors import SafetensorError
+
+    def full(*args, **kwargs):  # what safetensors raises with 100 KB to 3 MB free
+        raise SafetensorError(
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+        )
+
+    monkeypatch.setattr(accelerate.utils.other, "safe_save_file", full)
+    root, label = tree(tmp_path, {str(1000 + k): "ab"[k % 2] for k in range(8)})
+    out = tmp_path / "out"
+    argv = ["--root-dir", str(root), "--label-excel", str(label), "--output-dir", str(out), "--epochs", "1", *FAST]
+    assert train_in_process(*argv) == 2
+    (run,) = out.glob("train_*")
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "SafetensorError" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"error: the disk holding {run} is full (No space left on device) — free space on it (df -h {run}), then "
+        "start the run again (no checkpoint had been saved yet)"
+    )

@@ -93,6 +93,21 @@ def quiet_ctrl_c_until_run() -> None:
     signal.signal(signal.SIGINT, _exit_at_once)
 
 
+# How libraries that write files in native code report a full disk in their message, with no errno:
+# safetensors ("IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })").
+DISK_FULL_WORDS = ("No space left on device", "Disk quota exceeded", "StorageFull", "QuotaExceeded")
+
+
+def disk_full_error(err: BaseException) -> OSError | None:
+    """The full disk (or quota) `err` reports, as an OSError, whether it is one (ENOSPC, EDQUOT) or a library's
+    own exception that says so in its message; None for any other error."""
+    if isinstance(err, OSError):
+        return err if err.errno in (errno.ENOSPC, errno.EDQUOT) else None
+    if isinstance(err, Exception) and any(word in str(err) for word in DISK_FULL_WORDS):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return None
+
+
 def _silence_stdout() -> None:
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -122,9 +137,11 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
         # would report the pipe again when it flushes stdout at exit, so stdout goes to /dev/null first.
         _silence_stdout()
         status = 128 + signal.SIGPIPE
-    except OSError as err:
-        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+    except Exception as err:
+        full = disk_full_error(err)
+        if full is None:
             raise
+        err = full
         if _is_main_rank():
             where = f" writing {err.filename}" if err.filename else ""
             print(

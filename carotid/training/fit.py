@@ -7,7 +7,6 @@ normal run directory. `read_data` is the data side both start from (main process
 from __future__ import annotations
 
 import dataclasses
-import errno
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -16,7 +15,7 @@ import torch
 from accelerate import Accelerator
 
 from carotid.core import run_dir as run_folder
-from carotid.core.errors import StopTraining, UserError
+from carotid.core.errors import StopTraining, UserError, disk_full_error
 from carotid.core.run_dir import RunDir
 from carotid.core.runtime import RunLog, StopSignal, on_main
 from carotid.core.text import plural
@@ -32,8 +31,6 @@ from carotid.training.epoch import build_run_model, split_names
 from carotid.training.steps import StepPlan, run_plan
 from carotid.training.steps import startup_lines as step_lines
 from carotid.training.trainer import Trainer
-
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # exit status 2 with one line naming the disk and --resume
 
 # ---------------------------------------------------------------------------------------------
 # Data
@@ -257,12 +254,13 @@ def fit_run(
         if resume_run is None and accelerator.is_main_process and not started:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    except OSError as err:
-        if err.errno not in DISK_FULL:
-            raise
-        raise StopTraining(disk_full(err, run_dir), 2) from None
     except torch.OutOfMemoryError:
         raise StopTraining(out_of_memory(accelerator, cfg, run_dir), 1) from None
+    except Exception as err:
+        full = disk_full_error(err)
+        if full is None:
+            raise
+        raise StopTraining(disk_full(full, run_dir), 2) from None
     return run_dir
 
 
