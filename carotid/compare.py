@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from carotid.commands import parse_compare_args
-from carotid.core.errors import run_cli
+from carotid.core.errors import UserError, run_cli
 
 
 def default_out(eval_a: str, eval_b: str) -> Path:
@@ -36,6 +36,11 @@ def compare(argv: Sequence[str] | None) -> int:
     from carotid.evaluation.compare import align, compare_sides, format_comparison, read_side
     from carotid.report.compare_page import write_compare_page
 
+    if Path(args.eval_a).resolve() == Path(args.eval_b).resolve():
+        raise UserError(
+            f"A and B are the same folder ({args.eval_a}): a model compared with itself differs by nothing",
+            "pass two evaluation folders (e.g. RUN_A/eval_test_best RUN_B/eval_test_best)",
+        )
     out = Path(args.out) if args.out else default_out(args.eval_a, args.eval_b)
     check_output_dir(out, "--out")
     a, b, notes = align(read_side(args.eval_a), read_side(args.eval_b), args.shared_persons)

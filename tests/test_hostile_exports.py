@@ -437,3 +437,20 @@ def test_a_full_disk_inside_safetensors_is_the_one_disk_full_error(tmp_path, cap
         f"error: the disk holding {run} is full (No space left on device) — free space on it (df -h {run}), then "
         "start the run again (no checkpoint had been saved yet)"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# 19 (part). compare A A
+# ---------------------------------------------------------------------------------------------
+
+
+def test_compare_of_a_folder_with_itself_says_so(tmp_path, capsys):
+    from carotid import compare
+
+    folder = tmp_path / "eval_test_best"
+    folder.mkdir()
+    assert refused(compare.main, [str(folder), str(tmp_path / "." / "eval_test_best")], capsys) == (
+        f"error: A and B are the same folder ({folder}): a model compared with itself differs by nothing — pass "
+        "two evaluation folders (e.g. RUN_A/eval_test_best RUN_B/eval_test_best)"
+    )
+    assert sorted(tmp_path.iterdir()) == [folder]
