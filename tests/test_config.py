@@ -42,6 +42,13 @@ def test_yaml_changes_defaults_and_flags_still_win(tmp_path):
     assert {"batch_size", "lr", "model", "cache"} <= given
 
 
+def test_mixed_precision_no_unquoted_in_yaml_is_the_choice_no(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("mixed_precision: no\n")  # YAML 1.1: false
+    cfg, _ = parse_train_args(["--config", str(path)])
+    assert cfg.mixed_precision == "no"
+
+
 @pytest.mark.parametrize(
     "text,message",
     [
@@ -50,6 +57,7 @@ def test_yaml_changes_defaults_and_flags_still_win(tmp_path):
         ("cache: 1\n", "'cache' must be true or false"),
         ("model: tv/vgg\n", "unknown model 'tv/vgg'"),
         ("- a\n- b\n", "must be a mapping"),
+        ("model: no\n", r"'model' must be text, got False \(YAML reads an unquoted no, off, yes or on as a boolean\)"),
     ],
 )
 def test_bad_yaml_is_a_user_error(tmp_path, text, message):

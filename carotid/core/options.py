@@ -124,7 +124,17 @@ def _coerce_one(schema: type, name: str, value: Any, source: str) -> Any:
         if out is None:
             raise UserError(f"{where} must be a number, got {value!r}", "write a number such as 1.0e-4")
     else:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        choices = {f.name: f for f in dataclasses.fields(schema)}[name].metadata["choices"]
+        # YAML 1.1 reads an unquoted no/off (yes/on) as false (true): `mixed_precision: no`, as Accelerate's own
+        # configs write it, means the choice 'no'.
+        if isinstance(value, bool) and choices is not None and ("yes" if value else "no") in choices:
+            value = "yes" if value else "no"
+        if isinstance(value, bool):
+            raise UserError(
+                f"{where} must be text, got {value!r} (YAML reads an unquoted no, off, yes or on as a boolean)",
+                "write the value in quotes, e.g. 'no'",
+            )
+        if not isinstance(value, (str, int, float)):
             raise UserError(f"{where} must be text, got {value!r}", "write a single value")
         out = str(value)
     choices = {f.name: f for f in dataclasses.fields(schema)}[name].metadata["choices"]
