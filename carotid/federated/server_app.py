@@ -60,7 +60,9 @@ def main(grid: Grid, context: Context) -> None:
         coordinate(grid, context.run_config)
     except UserError as err:
         say(f"error: {err}")
-        raise SystemExit(2) from None
+        # An exception, not SystemExit: Flower records the run as failed only for an exception (a SystemExit leaves
+        # it "running" and `flwr run --stream` waiting).
+        raise RuntimeError(f"carotid stopped the run: {err}") from None
 
 
 def coordinate(grid: Grid, run_config) -> None:
