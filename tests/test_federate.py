@@ -131,7 +131,7 @@ def test_three_hospitals_train_resume_and_the_coordinator_never_holds_an_id_or_a
     result = run_module(
         "carotid.evaluate",
         "--model", str(fed_dir / "models" / "final_model.pth"),
-        "--root-dir", str(data), "--label-excel", str(label), "--split", "all",
+        "--root-dir", str(data), "--label-excel", str(label),
         "--out", str(evaluation), "--bootstrap", "20", "--num-workers", "0",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
