@@ -198,7 +198,18 @@ class ArgumentParser(argparse.ArgumentParser):
         # argparse has no public setting for this, so its matcher is widened to numbers in e-notation.
         self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|nan)$")
 
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        self._argv = list(sys.argv[1:] if args is None else args)  # for error(): the value a flag was given
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str) -> typing.NoReturn:
+        found = re.match(r"argument (--[\w-]+).*: expected one argument", message)
+        argv = getattr(self, "_argv", [])
+        if found and found.group(1) in argv:
+            after = argv[argv.index(found.group(1)) + 1 : argv.index(found.group(1)) + 2]
+            # argparse takes '-DATA' for a flag; a real flag next (`--root-dir --epochs 3`) is a missing value.
+            if after and after[0].startswith("-") and after[0].split("=")[0] not in self._option_string_actions:
+                raise UserError(message, f"a value starting with '-' is written {found.group(1)}={after[0]}")
         raise UserError(message, f"see {self.prog} --help")
 
 
