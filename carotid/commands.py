@@ -263,28 +263,30 @@ def parse_predict_args(argv: Sequence[str] | None) -> PredictOptions:
 
 @dataclass
 class CompareOptions:
-    eval_a: str | None = opt(
-        None,
-        "An evaluation folder (with person_predictions.csv and metrics.json).",
+    evaluations: list[str] = opt(
+        [],
+        "Two or more evaluation folders of the same persons (each with person_predictions.csv and metrics.json): "
+        "models, or a model and a reader.",
         group="what",
-        metavar="EVAL_A",
+        metavar="EVAL_DIR",
         positional=True,
     )
-    eval_b: str | None = opt(
-        None,
-        "The evaluation folder to compare it with (another model, or a reader).",
+    name: list[str] = opt(
+        [],
+        "A name for each evaluation, in their order (default: backbone · person model, e.g. 'resnet18 · "
+        "attention', or the reader's column).",
         group="what",
-        metavar="EVAL_B",
-        positional=True,
+        metavar="NAME",
     )
     shared_persons: bool = opt(
         False,
-        "Compare on the persons both folders hold when their person sets differ (default: refuse).",
+        "Compare on the persons every folder holds when their person sets differ (default: refuse).",
         group="what",
     )
     out: str | None = opt(
         None,
-        "Folder for compare.json (default: ./compare_<EVAL_A>_vs_<EVAL_B>/).",
+        "Folder for compare.json and compare.html (default: compare/ beside the first evaluation, numbered "
+        "when taken).",
         group="output",
         metavar="DIR",
     )
@@ -292,13 +294,25 @@ class CompareOptions:
         TrainConfig,
         "bootstrap",
         DEFAULT_BOOTSTRAP,
-        help="Paired person resamples for the CIs of the differences.",
+        help="Paired person resamples for the CIs of each AUC and of the differences.",
         group="output",
     )
     seed: int = like(TrainConfig, "seed", DEFAULT_SEED, help="Seed of the bootstrap.", group="output")
 
     def __post_init__(self) -> None:
         check_positive(self, "bootstrap")
+        if len(self.evaluations) < 2:
+            raise UserError(
+                f"carotid-compare needs two or more evaluation folders, got {len(self.evaluations)}",
+                "pass e.g. RUN_A/eval_test_best RUN_B/eval_test_best",
+            )
+        if self.name and len(self.name) != len(self.evaluations):
+            raise UserError(
+                f"{len(self.name)} --name for {len(self.evaluations)} evaluations",
+                "give one --name per evaluation folder, in their order, or none",
+            )
+        if len(set(self.name)) < len(self.name):
+            raise UserError(f"--name values repeat: {self.name}", "give each evaluation its own name")
 
 
 def parse_compare_args(argv: Sequence[str] | None) -> CompareOptions:
@@ -306,8 +320,9 @@ def parse_compare_args(argv: Sequence[str] | None) -> CompareOptions:
         CompareOptions,
         argv,
         "carotid-compare",
-        "Compare two evaluations of the same persons: DeLong's test of the AUCs, McNemar's tests of "
-        "sensitivity and specificity, and paired person-bootstrap CIs of the differences.",
+        "Compare two or more evaluations of the same persons in one table: AUC, sensitivity, specificity, PPV, "
+        "NPV, Brier score and calibration slope of each, and pairwise DeLong tests of the AUCs and McNemar tests "
+        "of sensitivity and specificity with Holm-adjusted p-values.",
         {"what": "what to compare", "output": "output"},
     )[0]
 

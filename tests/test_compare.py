@@ -70,7 +70,8 @@ def test_delong_standard_error_agrees_with_a_paired_bootstrap():
 def test_identical_scores_have_no_difference():
     y, a, _ = correlated_scores(10, 10)
     out = delong(y, a, a)
-    assert out["difference"] == 0 and out["p_value"] == 1.0
+    assert out["difference"] == 0 and out["se"] == 0
+    assert out["p_value"] is None and out["ci"] is None and out["note"].startswith("not estimable")
 
 
 @pytest.mark.parametrize("a_only, b_only", [(3, 9), (20, 35)])
@@ -87,6 +88,12 @@ def test_mcnemar_matches_a_hand_count(a_only, b_only):
         statistic = (abs(a_only - b_only) - 1) ** 2 / (a_only + b_only)
         assert out["statistic"] == pytest.approx(statistic) and out["p_value"] == pytest.approx(chi2.sf(statistic, 1))
     assert out["difference"] == pytest.approx((a_only - b_only) / len(correct_a))
+
+
+def test_mcnemar_without_a_discordant_person_is_not_estimable():
+    agree = np.r_[np.ones(5), np.zeros(2)].astype(bool)
+    out = mcnemar_test(agree, agree)
+    assert out["p_value"] is None and out["note"].startswith("not estimable")
 
 
 def write_eval(folder: Path, persons: dict[str, tuple[str, float]], threshold: float = 0.5) -> Path:
@@ -114,7 +121,7 @@ def test_compare_refuses_different_persons_or_labels(tmp_path, capsys):
     assert "different true labels" in capsys.readouterr().err
     assert compare.main([str(a), str(fewer), "--shared-persons", "--out", str(tmp_path / "c3")]) == 0
     result = read_json(tmp_path / "c3" / "compare.json")
-    assert result["n_persons"] == 11 and "1 only in A" in result["notes"][0]
+    assert result["n_persons"] == 11 and f"1 only in {a} left out" in result["notes"][0]
     assert compare.main([str(a), str(tmp_path / "nope")]) == 2
     assert "evaluation folder not found" in capsys.readouterr().err
 
@@ -126,13 +133,20 @@ def test_compare_two_models_of_a_run_end_to_end(trained_run, tmp_path, capsys):
     capsys.readouterr()
     assert compare.main([str(trained_run / "eval_test_best"), str(final), "--out", str(out), "--bootstrap", "200"]) == 0
     printed = capsys.readouterr().out
-    assert "(DeLong)" in printed and "(McNemar" in printed and f"written to {out / 'compare.json'}" in printed
+    assert "DeLong" in printed and "McNemar" in printed and f"written to {out}" in printed
     result = read_json(out / "compare.json")
     best_metrics = read_json(trained_run / "eval_test_best" / "metrics.json")
     assert result["n_persons"] == best_metrics["n_persons"]
-    assert result["auc"]["auc_a"] == pytest.approx(best_metrics["person"]["auc"])
-    assert result["sensitivity"]["rate_a"] == pytest.approx(best_metrics["person"]["sensitivity"])
-    assert set(result["bootstrap_ci"]) == {"auc", "sensitivity", "specificity", "method"}
+    best = result["models"][0]
+    assert best["auc"] == pytest.approx(best_metrics["person"]["auc"])
+    assert best["sensitivity"] == pytest.approx(best_metrics["person"]["sensitivity"])
+    config = (trained_run / "config.yaml").read_text(encoding="utf-8")
+    assert (
+        best["description"]["best_epoch"] == best_metrics["model_epoch"]
+        and str(best["description"]["epochs"]) in config
+    )
+    assert best["name"].startswith(best_metrics["arch"].split("/")[-1] + " · frames")
+    assert set(result["pairs"][0]["bootstrap_ci"]) == {"auc", "sensitivity", "specificity", "method"}
     # Another split's persons: refused.
     val = tmp_path / "val"
     assert evaluate.main(["--run-dir", str(trained_run), "--split", "val", "--out", str(val), *QUICK]) == 0
@@ -166,7 +180,8 @@ def test_reader_column_is_scored_and_compared_end_to_end(trained_run, data_dir, 
         r["true_label"] == truth[r["person_id"]] and r["predicted_label"] == called[r["person_id"]] for r in table
     )
     assert compare.main([str(out), str(reader), "--out", str(tmp_path / "cmp"), "--bootstrap", "100"]) == 0
-    assert read_json(tmp_path / "cmp" / "compare.json")["b"]["reader"]["kind"] == "call"
+    compared = read_json(tmp_path / "cmp" / "compare.json")
+    assert compared["models"][1]["name"] == "reader radiologist"
     # A 1-5 score needs its cut-off.
     assert evaluate.main([*argv, "--out", str(tmp_path / "m2"), "--reader-column", "confidence"]) == 2
     assert "--reader-threshold" in capsys.readouterr().err
@@ -204,13 +219,14 @@ def test_compare_writes_an_overlaid_roc_and_a_page_naming_both_classes(tmp_path,
     with Image.open(out / "roc_overlay.png") as figure:
         assert figure.width > 400 and figure.height > 400
     page = html.unescape((out / "compare.html").read_text(encoding="utf-8"))
-    assert "A: run_a/eval_test_best" in page and "B: run_b/eval_test_best" in page
-    assert "10 plaque (positive), 10 normal" in page
-    assert f"{result['auc']['auc_a']:.3f}" in page and f"{result['auc']['difference']:+.3f}" in page
+    # Both default to 'model · frames' (no arch in these folders): the run folder tells them apart.
+    assert "model · frames (run_a)" in page and "model · frames (run_b)" in page
+    assert "10 plaque, 10 normal (positive: plaque)" in page
+    assert f"{result['models'][0]['auc']:.3f}" in page and f"{result['pairs'][0]['auc']['difference']:+.3f}" in page
     assert "data:image/png;base64," in page and "<script" not in page
     if find_chromium() is None:
         return
     report = open_page(out / "compare.html")
-    assert report.title == "carotid — comparison of two evaluations"
+    assert report.title == "carotid — comparison of 2 models"
     assert not report.exceptions and not report.failed and not report.blanks, report.blanks
-    assert len(report.images) == 1 and report.images[0]["ok"] and report.images[0]["width"] > 400
+    assert len(report.images) == 3 and all(i["ok"] and i["width"] > 400 for i in report.images)

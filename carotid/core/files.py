@@ -133,7 +133,7 @@ def read_table_rows(path: str | Path) -> list[list[str]]:
 
 
 def write_records(path: str | Path, records: list[dict[str, Any]], columns: list[str]) -> None:
-    """A CSV of dict rows (missing keys empty, floats with 6 significant digits), written atomically."""
+    """A CSV of dict rows (missing keys empty, floats in full), written atomically."""
     write_table(path, columns, ([_csv_value(record.get(k)) for k in columns] for record in records))
 
 
@@ -141,7 +141,9 @@ def _csv_value(value: Any) -> Any:
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.6g}"
+        # repr is the shortest text that reads back as the same float: every number on a page can be
+        # recomputed from the CSVs exactly, even a decision at a threshold of 0.999999924.
+        return repr(float(value))
     return value
 
 

@@ -249,7 +249,10 @@ def build_parser(
         default = defaults.get(f.name, default_of(f))
         section = sections[meta["group"]]
         if meta.get("positional"):
-            section.add_argument(f.name, metavar=meta["metavar"], help=meta["help"], type=_scalar(base, optional))
+            many = {"nargs": "+"} if is_list(schema, f.name) else {}  # a list: one or more values
+            section.add_argument(
+                f.name, metavar=meta["metavar"], help=meta["help"], type=_scalar(base, optional), **many
+            )
             continue
         # argparse %-formats help texts: a literal % ("95% CIs") must be doubled or --help crashes.
         kwargs: dict[str, Any] = {"help": meta["help"].replace("%", "%%"), "dest": f.name}

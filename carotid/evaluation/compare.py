@@ -1,10 +1,12 @@
-"""Paired comparison of two evaluations of the same persons (`carotid-compare EVAL_A EVAL_B`): two models,
-or a model and a reader. Every difference is A − B, per person.
+"""Paired comparison of evaluations of the same persons (`carotid-compare EVAL_DIR EVAL_DIR …`): models, or
+models and readers. This module reads and aligns the folders and holds the paired tests of two of them; every
+difference is A − B, per person. `carotid.evaluation.comparison` builds the table of N models from them.
 
 - AUC: DeLong's test for two correlated ROC curves (DeLong, DeLong & Clarke-Pearson 1988), computed with
   the midrank algorithm of Sun & Xu (2014). No maintained Python package offers it (scikit-learn and
   SciPy do not; R's pROC does), so it is written out here and checked in tests/test_compare.py against
-  the structural components computed pair by pair and against a bootstrap.
+  the structural components computed pair by pair and against a bootstrap. A standard error of zero
+  (e.g. both AUCs 1.000) makes the test not estimable: no z, no p, no CI.
 - Sensitivity and specificity, each at its side's own threshold: McNemar's test on the discordant
   persons (statsmodels; exact binomial when fewer than 25 are discordant, else χ² with continuity
   correction).
@@ -14,7 +16,7 @@ or a model and a reader. Every difference is A − B, per person.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +44,7 @@ class Side:
     score: np.ndarray  # prob_<positive class> (a reader's raw score)
     call: np.ndarray  # predicted positive (predicted_label == positive class)
     reader: dict | None
+    metrics: dict = field(default_factory=dict)  # the folder's metrics.json (what the model is, its numbers)
 
 
 def read_side(folder: str | Path) -> Side:
@@ -71,6 +74,7 @@ def read_side(folder: str | Path) -> Side:
         np.array([float(r[f"prob_{positive}"]) for r in rows]),
         np.array([r["predicted_label"] == positive for r in rows]),
         metrics.get("reader"),
+        dict(metrics),
     )
 
 
@@ -78,50 +82,58 @@ def negative_class(side: Side) -> str:
     return next(c for c in side.class_names if c != side.positive_class)
 
 
-def align(a: Side, b: Side, shared_only: bool) -> tuple[Side, Side, list[str]]:
-    """Both sides on the same persons in the same order; refuses differing classes, persons or labels."""
-    if (a.class_names, a.positive_class) != (b.class_names, b.positive_class):
-        raise UserError(
-            f"the evaluations have different classes: {a.class_names} (positive '{a.positive_class}') and "
-            f"{b.class_names} (positive '{b.positive_class}')",
-            "compare evaluations of the same task",
-        )
-    only_a = sorted(map(str, set(a.person_ids) - set(b.person_ids)))
-    only_b = sorted(map(str, set(b.person_ids) - set(a.person_ids)))
+def align(sides: list[Side], shared_only: bool) -> tuple[list[Side], list[str]]:
+    """Every side on the same persons in the same order; refuses differing classes, persons or labels,
+    naming the folders that differ from the first."""
+    first = sides[0]
+    for other in sides[1:]:
+        if (other.class_names, other.positive_class) != (first.class_names, first.positive_class):
+            raise UserError(
+                f"the evaluations have different classes: {first.class_names} (positive '{first.positive_class}') "
+                f"in {first.folder} and {other.class_names} (positive '{other.positive_class}') in {other.folder}",
+                "compare evaluations of the same task",
+            )
     notes = []
-    if only_a or only_b:
+    for other in sides[1:]:
+        only_first = sorted(map(str, set(first.person_ids) - set(other.person_ids)))
+        only_other = sorted(map(str, set(other.person_ids) - set(first.person_ids)))
+        if not (only_first or only_other):
+            continue
         if not shared_only:
             raise UserError(
-                f"the evaluations hold different persons: {len(only_a)} only in {a.folder} (e.g. {only_a[:3]}), "
-                f"{len(only_b)} only in {b.folder} (e.g. {only_b[:3]})",
-                "evaluate both on the same persons (same run split, same data), or pass --shared-persons",
+                f"the evaluations hold different persons: {len(only_first)} only in {first.folder} "
+                f"(e.g. {only_first[:3]}), {len(only_other)} only in {other.folder} (e.g. {only_other[:3]})",
+                "evaluate all on the same persons (same run split, same data), or pass --shared-persons",
             )
-        notes.append(f"compared on the shared persons: {len(only_a)} only in A and {len(only_b)} only in B left out")
-    shared = np.intersect1d(a.person_ids, b.person_ids)
+    shared = first.person_ids
+    for other in sides[1:]:
+        shared = np.intersect1d(shared, other.person_ids)
     if len(shared) == 0:
-        raise UserError("the evaluations share no person", "evaluate both on the same persons")
-    a, b = (_subset(side, shared) for side in (a, b))
-    differ = a.person_ids[a.truth != b.truth]
-    if len(differ):
-        raise UserError(
-            f"{len(differ)} person(s) have different true labels in the two evaluations, e.g. {list(differ[:3])}",
-            "evaluate both with the same label file",
-        )
-    return a, b, notes
+        raise UserError("the evaluations share no person", "evaluate all on the same persons")
+    for side in sides:
+        left = len(side.person_ids) - len(shared)
+        if left:
+            notes.append(f"compared on the {len(shared)} shared persons: {left} only in {side.folder} left out")
+    sides = [_subset(side, shared) for side in sides]
+    for other in sides[1:]:
+        differ = sides[0].person_ids[sides[0].truth != other.truth]
+        if len(differ):
+            raise UserError(
+                f"{len(differ)} person(s) have different true labels in {sides[0].folder} and {other.folder}, "
+                f"e.g. {list(differ[:3])}",
+                "evaluate all with the same label file",
+            )
+    return sides, notes
 
 
 def _subset(side: Side, persons: np.ndarray) -> Side:
     keep = np.isin(side.person_ids, persons)
-    return Side(
-        side.folder,
-        side.class_names,
-        side.positive_class,
-        side.threshold,
-        side.person_ids[keep],
-        side.truth[keep],
-        side.score[keep],
-        side.call[keep],
-        side.reader,
+    return replace(
+        side,
+        person_ids=side.person_ids[keep],
+        truth=side.truth[keep],
+        score=side.score[keep],
+        call=side.call[keep],
     )
 
 
@@ -172,8 +184,11 @@ def delong(y_pos: np.ndarray, score_a: np.ndarray, score_b: np.ndarray, level: f
     if se > 0:
         out["z"] = difference / se
         out["p_value"] = float(2 * norm.sf(abs(out["z"])))
-    elif difference == 0:
-        out["p_value"] = 1.0  # both AUCs equal with no variance (e.g. both 1.0): no evidence of a difference
+    else:  # e.g. both AUCs 1.000: zero variance is not certainty, the test has nothing to go on
+        out["ci"] = None
+        out["note"] = (
+            f"not estimable: the standard error of the AUC difference is 0 (AUCs {aucs[0]:.3f} and {aucs[1]:.3f})"
+        )
     return out
 
 
@@ -186,6 +201,8 @@ def mcnemar_test(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
     b_only, neither = int((~correct_a & correct_b).sum()), int((~correct_a & ~correct_b).sum())
     exact = a_only + b_only < EXACT_BELOW
     result = mcnemar([[both, a_only], [b_only, neither]], exact=exact, correction=True)
+    # No discordant person: the test has nothing to weigh (statsmodels would say p = 1).
+    estimable = a_only + b_only > 0
     return {
         "n": int(len(correct_a)),
         "rate_a": float(correct_a.mean()) if len(correct_a) else None,
@@ -193,8 +210,9 @@ def mcnemar_test(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
         "difference": float(correct_a.mean() - correct_b.mean()) if len(correct_a) else None,
         "table": {"both_right": both, "only_a_right": a_only, "only_b_right": b_only, "both_wrong": neither},
         "method": "exact binomial" if exact else "chi-square with continuity correction",
-        "statistic": float(result.statistic),
-        "p_value": float(result.pvalue),
+        "statistic": float(result.statistic) if estimable else None,
+        "p_value": float(result.pvalue) if estimable else None,
+        "note": None if estimable else "not estimable: no discordant person (the two agree on every one)",
     }
 
 
@@ -225,33 +243,6 @@ def paired_bootstrap(
     return out
 
 
-def compare_evaluations(
-    folder_a: str | Path, folder_b: str | Path, *, shared_only: bool = False, bootstrap: int = 1000, seed: int = 42
-) -> dict:
-    """The compare.json dict of two evaluation folders."""
-    return compare_sides(*align(read_side(folder_a), read_side(folder_b), shared_only), bootstrap, seed)
-
-
-def compare_sides(a: Side, b: Side, notes: list[str], bootstrap: int = 1000, seed: int = 42) -> dict:
-    """The compare.json dict of two aligned sides (`align`)."""
-    y_pos = a.truth == a.positive_class
-    return {
-        "a": {"folder": str(a.folder), "threshold": a.threshold, "reader": a.reader},
-        "b": {"folder": str(b.folder), "threshold": b.threshold, "reader": b.reader},
-        "class_names": a.class_names,
-        "positive_class": a.positive_class,
-        "negative_class": negative_class(a),
-        "n_persons": int(len(y_pos)),
-        "counts": {"positive": int(y_pos.sum()), "negative": int((~y_pos).sum())},
-        "difference": "A - B",
-        "auc": delong(y_pos, a.score, b.score),
-        "sensitivity": mcnemar_test(a.call[y_pos], b.call[y_pos]),
-        "specificity": mcnemar_test(~a.call[~y_pos], ~b.call[~y_pos]),
-        "bootstrap_ci": paired_bootstrap(y_pos, a, b, bootstrap, seed),
-        "notes": notes,
-    }
-
-
 def number(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -263,26 +254,3 @@ def interval(ci) -> str:
 
 def p(value) -> str:
     return "n/a" if value is None else (f"{value:.4f}" if value >= 1e-4 else f"{value:.1e}")
-
-
-def format_comparison(result: dict) -> str:
-    auc, ci = result["auc"], result["bootstrap_ci"]
-    lines = [
-        f"A: {result['a']['folder']}",
-        f"B: {result['b']['folder']}",
-        f"{result['n_persons']} persons ({result['counts']['positive']} {result['positive_class']}, "
-        f"{result['counts']['negative']} {result.get('negative_class', 'other')}); differences are A − B",
-        f"{'':<13}{'A':>7}{'B':>7}{'A − B':>9}  {'95% CI':<18}  {'bootstrap 95% CI':<18}  p",
-        f"{'AUC':<13}{number(auc['auc_a']):>7}{number(auc['auc_b']):>7}{auc['difference']:>+9.3f}  "
-        f"{interval(auc['ci']):<18}  {interval(ci['auc']):<18}  {p(auc['p_value'])} (DeLong)",
-    ]
-    for key in ("sensitivity", "specificity"):
-        test = result[key]
-        diff = "n/a" if test["difference"] is None else f"{test['difference']:+.3f}"
-        lines.append(
-            f"{key:<13}{number(test['rate_a']):>7}{number(test['rate_b']):>7}{diff:>9}  {'':<18}  "
-            f"{interval(ci[key]):<18}  {p(test['p_value'])} (McNemar, {test['method']}; "
-            f"{test['table']['only_a_right']} only A right, {test['table']['only_b_right']} only B right)"
-        )
-    notes = result["notes"] + ([auc["note"]] if auc.get("note") else [])
-    return "\n".join(lines + [f"note: {n}" for n in notes])

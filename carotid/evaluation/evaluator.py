@@ -28,6 +28,8 @@ from carotid.evaluation.seen import seen_warning
 from carotid.evaluation.subgroups import format_subgroups, subgroup_report
 from carotid.model.file import ModelFile
 
+NEAR_TIE = 1e-6  # a probability this close to the threshold is reported as a near-tie
+
 
 def compute_report(
     preds: FramePredictions,
@@ -132,6 +134,7 @@ def compute_report(
     }
     report["warnings"] += _model_warnings(report, persons, model_file)
     report["warnings"] += _data_warnings(report, preds, persons, model_file, context)
+    report["warnings"] += _near_ties(persons, positive, threshold)
     if person_level:
         _without_image_level(report)
     return report, persons
@@ -209,6 +212,21 @@ def _data_warnings(
     if lost:
         warnings.append(f"{len(lost)} person(s) have no decodable frame and are not evaluated: {', '.join(lost[:5])}")
     return warnings
+
+
+def _near_ties(persons: PersonPredictions, positive: int, threshold: float | None) -> list[str]:
+    """Persons whose probability lies within NEAR_TIE of the threshold: their verdict turns on digits a
+    rounded table would not show (person_predictions.csv holds every digit)."""
+    if threshold is None:
+        return []
+    near = np.flatnonzero(np.abs(persons.probs[:, positive] - threshold) <= NEAR_TIE)
+    if not len(near):
+        return []
+    shown = ", ".join(f"{persons.person_ids[i]} ({float(persons.probs[i, positive])!r})" for i in near[:5])
+    return [
+        f"{plural(len(near), 'person')} within {NEAR_TIE:g} of the threshold {threshold!r}: {shown}; their verdicts "
+        "turn on digits beyond the 6th (person_predictions.csv holds every digit)"
+    ]
 
 
 def _without_image_level(report: dict) -> None:

@@ -307,4 +307,6 @@ def _frame_cells(preds: FramePredictions, class_names: list[str], threshold: flo
 
 
 def _decimals(row: np.ndarray) -> list[str]:
-    return [f"{value:.6f}" for value in row]
+    """Every digit (repr: the shortest text that reads back as the same number), so the metrics recomputed
+    from the CSV equal the page's, near-ties at the threshold included."""
+    return [repr(float(value)) for value in row]

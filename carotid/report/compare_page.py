@@ -1,6 +1,7 @@
-"""The files `carotid.compare` writes beside compare.json: roc_overlay.png (both sides' person-level ROC
-curves on the same persons, each with the 95% band of the person bootstrap) and compare.html (one
-self-contained page: what was compared, the overlaid ROC, the paired tests, the notes)."""
+"""The files `carotid.compare` writes beside compare.json: the overlaid person-level ROC (each with the 95%
+band of the person bootstrap), precision–recall and decision curves of every model on the same persons (each
+with a CSV of its numbers, and under figures/ as SVG, PDF and 300-dpi PNG), the tables under tables/ (CSV,
+LaTeX, Markdown), and compare.html: one self-contained page."""
 
 from __future__ import annotations
 
@@ -12,115 +13,178 @@ import numpy as np
 
 from carotid.core.files import atomic_write_text
 from carotid.evaluation.bootstrap import roc_band
-from carotid.evaluation.compare import Side, interval, number, p
+from carotid.evaluation.compare import Side
+from carotid.evaluation.comparison import auc_cell, proportion, test_cell
+from carotid.evaluation.curves import decision_curve, precision_recall
 from carotid.report.page import document, image, table
-from carotid.report.plots import new_figure, save_figure
+from carotid.report.paper import csv_text, save_figure_set, write_table_set
+from carotid.report.plots import new_figure
 
 BAND_RESAMPLES = 1000  # person resamples behind each ROC band (at most --bootstrap)
+COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:grey")
+FIGURES = ("roc_overlay", "pr_overlay", "decision_curve")
 
 
-def side_name(letter: str, side: Side) -> str:
-    """'A: RUN/eval_test_best' (or the reader's name for a reader study)."""
-    reader = (side.reader or {}).get("column") or (side.reader or {}).get("name")
-    where = f"{side.folder.parent.name}/{side.folder.name}"
-    return f"{letter}: {where}" + (f" (reader {reader})" if reader else "")
+def _counts(result: dict) -> str:
+    c = result["counts"]
+    return f"{c['positive']} {result['positive_class']}, {c['negative']} {result['negative_class']}"
 
 
-def plot_roc_overlay(a: Side, b: Side, path: Path, *, n_resamples: int, seed: int) -> None:
-    """Both sides' person ROC curves on one axes (the same persons), each with its bootstrap band."""
-    from sklearn.metrics import roc_auc_score, roc_curve
+def plot_overlays(result: dict, sides: list[Side], out: Path, *, n_resamples: int, seed: int) -> None:
+    """roc_overlay, pr_overlay and decision_curve (.png and .csv, and figures/) of every model."""
+    from sklearn.metrics import roc_curve
 
-    y_pos = a.truth == a.positive_class
-    strata = y_pos.astype(int)
-    fig, axes = new_figure(1, 1, figsize=(6, 6), squeeze=False)
-    ax = axes[0][0]
-    for (letter, side), colour in zip((("A", a), ("B", b)), ("tab:blue", "tab:orange")):
-        band = roc_band(np.arange(len(y_pos)), y_pos, side.score, strata, n_resamples=n_resamples, seed=seed)
+    y_pos = sides[0].truth == sides[0].positive_class
+    names = [m["name"] for m in result["models"]]
+    figs = {name: new_figure(1, 1, figsize=(6.5, 6), squeeze=False) for name in FIGURES}
+    axes = {name: fig[1][0][0] for name, fig in figs.items()}
+    rows = {name: [] for name in FIGURES}
+    for name, side, colour, row in zip(names, sides, COLOURS * 4, result["models"]):
+        band = roc_band(np.arange(len(y_pos)), y_pos, side.score, y_pos.astype(int), n_resamples=n_resamples, seed=seed)
         if band:
-            ax.fill_between(band["fpr"], band["low"], band["high"], color=colour, alpha=0.15)
-        fpr, tpr, _ = roc_curve(y_pos, side.score)
-        ax.plot(fpr, tpr, color=colour, label=f"{side_name(letter, side)} (AUC {roc_auc_score(y_pos, side.score):.3f})")
-        if side.threshold is not None:  # the side's own operating point
-            sensitivity, specificity = side.call[y_pos].mean(), (~side.call[~y_pos]).mean()
-            ax.plot(1 - specificity, sensitivity, "o", color=colour, markeredgecolor="black")
-    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
-    negative = next(c for c in a.class_names if c != a.positive_class)
-    ax.set(
-        title=f"ROC per person, the same {len(y_pos)} persons: {int(y_pos.sum())} {a.positive_class}, "
-        f"{int((~y_pos).sum())} {negative}\nshaded: 95% band ({n_resamples} person resamples); dot: threshold",
-        xlabel="1 - specificity (false-positive rate)",
-        ylabel=f"sensitivity (true-positive rate, {a.positive_class} positive)",
-        xlim=(0, 1),
-        ylim=(0, 1.02),
+            axes["roc_overlay"].fill_between(band["fpr"], band["low"], band["high"], color=colour, alpha=0.12)
+        fpr, tpr, cut = roc_curve(y_pos, side.score)
+        axes["roc_overlay"].plot(fpr, tpr, color=colour, label=f"{name} (AUC {row['auc']:.3f})")
+        if side.threshold is not None:
+            axes["roc_overlay"].plot(1 - row["specificity"], row["sensitivity"], "o", color=colour, mec="black")
+        rows["roc_overlay"] += [[name, f, t, c] for f, t, c in zip(fpr, tpr, cut)]
+        pr = precision_recall(y_pos, side.score)
+        axes["pr_overlay"].step(pr["recall"], pr["precision"], where="post", color=colour)
+        axes["pr_overlay"].lines[-1].set_label(f"{name} (AP {pr['average_precision']:.3f})")
+        rows["pr_overlay"] += [[name, r, p, t] for r, p, t in zip(pr["recall"], pr["precision"], pr["thresholds"])]
+        curve = decision_curve(y_pos, side.score)
+        axes["decision_curve"].plot(curve["threshold"], curve["model"], color=colour, label=name)
+        rows["decision_curve"] += [[name, t, b] for t, b in zip(curve["threshold"], curve["model"])]
+    curve = decision_curve(y_pos, sides[0].score)
+    axes["decision_curve"].plot(curve["threshold"], curve["treat_all"], color="black", linestyle=":", label="treat all")
+    axes["decision_curve"].axhline(0, color="grey", linestyle="--", linewidth=1, label="treat none")
+    rows["decision_curve"] += [["treat all", t, b] for t, b in zip(curve["threshold"], curve["treat_all"])]
+    prevalence = float(y_pos.mean())
+    axes["roc_overlay"].plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
+    axes["pr_overlay"].axhline(
+        prevalence, color="grey", linestyle="--", linewidth=1, label=f"prevalence {prevalence:.3f}"
     )
-    ax.title.set_fontsize(9)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=8, frameon=False)
-    save_figure(fig, path)
+    who = f"the same {result['n_persons']} persons ({_counts(result)})"
+    titles = {
+        "roc_overlay": (
+            f"ROC per person, {who}\nshaded: 95% band ({n_resamples} person resamples); dot: threshold",
+            "1 - specificity",
+            f"sensitivity ({result['positive_class']} positive)",
+        ),
+        "pr_overlay": (f"Precision–recall per person, {who}", "recall (sensitivity)", "precision (PPV)"),
+        "decision_curve": (f"Decision curve per person, {who}", "threshold probability", "net benefit"),
+    }
+    for name, (title, xlabel, ylabel) in titles.items():
+        ax = axes[name]
+        ax.set(title=title, xlabel=xlabel, ylabel=ylabel, xlim=(0, 1))
+        ax.set_ylim((-0.05, max(prevalence, 0.05) * 1.1) if name == "decision_curve" else (0, 1.02))
+        ax.title.set_fontsize(9)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=8, frameon=False)
+        save_figure_set(figs[name][0], out / f"{name}.png")
+    header = {
+        "roc_overlay": ["model", "false_positive_rate", "true_positive_rate", "threshold"],
+        "pr_overlay": ["model", "recall", "precision", "threshold"],
+        "decision_curve": ["model", "threshold_probability", "net_benefit"],
+    }
+    for name in FIGURES:
+        atomic_write_text(out / f"{name}.csv", csv_text(header[name], [[_exact(v) for v in r] for r in rows[name]]))
 
 
-def build_compare_page(result: dict, a: Side, b: Side, out: Path) -> str:
-    auc, boot = result["auc"], result["bootstrap_ci"]
-    names = [side_name("A", a), side_name("B", b)]
-    title = "carotid — comparison of two evaluations"
+def _exact(value):
+    """Numbers written with repr (round-trips exactly), None as an empty cell."""
+    return "" if value is None else (repr(float(value)) if isinstance(value, (float, np.floating)) else value)
+
+
+def model_table(result: dict) -> tuple[list[str], list[list]]:
+    header = ["model", "AUC [95% CI]", "sensitivity", "specificity", "PPV", "NPV", "Brier", "calibration slope"]
     rows = [
-        [
-            "AUC",
-            number(auc["auc_a"]),
-            number(auc["auc_b"]),
-            f"{auc['difference']:+.3f}",
-            interval(auc["ci"]),
-            interval(boot["auc"]),
-            f"{p(auc['p_value'])} (DeLong)",
-        ]
+        [m["name"], auc_cell(m), *(proportion(m, k) for k in ("sensitivity", "specificity", "ppv", "npv"))]
+        + [_three(m["brier"]), _three(m["calibration_slope"])]
+        for m in result["models"]
     ]
-    for key in ("sensitivity", "specificity"):
-        test = result[key]
+    return header, rows
+
+
+def description_table(result: dict) -> tuple[list[str], list[list]]:
+    header = ["model", "backbone", "person model", "image size", "initial weights", "epochs", "best epoch", "threshold"]
+    rows = []
+    for m in result["models"]:
+        d = m["description"]
         rows.append(
-            [
-                key,
-                number(test["rate_a"]),
-                number(test["rate_b"]),
-                "n/a" if test["difference"] is None else f"{test['difference']:+.3f}",
-                "n/a (McNemar test)",
-                interval(boot[key]),
-                f"{p(test['p_value'])} (McNemar, {test['method']}; {test['table']['only_a_right']} only A right, "
-                f"{test['table']['only_b_right']} only B right)",
-            ]
+            [m["name"], d["backbone"], d["person_model"], d["image_size"], d["weights"], d["epochs"], d["best_epoch"]]
+            + [_three(d["threshold"])]
         )
-    sides = [
-        [letter, name, str(side.folder), "n/a (scores only)" if side.threshold is None else f"{side.threshold:.3f}"]
-        for letter, name, side in (("A", names[0], a), ("B", names[1], b))
+    return header, [["n/a" if c is None else c for c in r] for r in rows]
+
+
+def pair_table(result: dict) -> tuple[list[str], list[list]]:
+    header = ["A vs B", "AUC A − B [DeLong 95% CI]", "DeLong", "sensitivity McNemar", "specificity McNemar"]
+    rows = []
+    for pair in result["pairs"]:
+        auc = pair["auc"]
+        ci = auc["ci"]
+        diff = f"{auc['difference']:+.3f}" + (f" [{ci['low']:+.3f}, {ci['high']:+.3f}]" if ci else "")
+        rows.append(
+            [f"{pair['a']} vs {pair['b']}", diff, test_cell(auc)]
+            + [test_cell(pair["sensitivity"]), test_cell(pair["specificity"])]
+        )
+    return header, rows
+
+
+def _three(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def build_compare_page(result: dict, out: Path) -> str:
+    title = f"carotid — comparison of {len(result['models'])} models"
+    method = result["method"]
+    notes = result["notes"] + [
+        f"{pair['a']} vs {pair['b']}: {pair['auc']['note']}" for pair in result["pairs"] if pair["auc"].get("note")
     ]
-    counts = result["counts"]
-    head = (
-        f"{result['n_persons']} persons, the same for both: {counts['positive']} {result['positive_class']} "
-        f"(positive), {counts['negative']} {result['negative_class']}; every difference is A − B, per person."
+    notes += [f"{m['name']}: {n}" for m in result["models"] for n in m["notes"]]
+    figures = "".join(
+        f'<h3>{label}</h3>{image(out / f"{name}.png", label)}<p class="sub">numbers: {name}.csv; '
+        f"figures/{name}.svg, .pdf, .png (300 dpi)</p>"
+        for name, label in (
+            ("roc_overlay", "ROC per person"),
+            ("pr_overlay", "Precision–recall per person"),
+            ("decision_curve", "Decision curve (net benefit) per person"),
+        )
     )
-    method = boot["method"]
-    notes = result["notes"] + ([auc["note"]] if auc.get("note") else [])
     body = [
-        f"<h1>{escape(title)}</h1><p class='sub'>{escape(' · '.join(names))}</p>",
-        '<h2 id="sides">What is compared</h2>' + table(["", "name", "evaluation folder", "threshold"], sides),
-        f"<p>{escape(head)}</p>",
-        '<h2 id="roc">ROC per person</h2>' + image(out / "roc_overlay.png", "overlaid ROC curves"),
-        '<h2 id="tests">Paired tests</h2>'
-        + table(["metric", "A", "B", "A − B", "DeLong 95% CI", "bootstrap 95% CI", "p"], rows)
-        + f"<p class='sub'>{escape(str(method['resamples']))} paired person resamples stratified by "
-        f"{escape(method['stratified_by'])}, seed {method['seed']}; sensitivity and specificity at each side's own "
-        "threshold.</p>",
+        f"<h1>{escape(title)}</h1><p class='sub'>{escape(' · '.join(m['name'] for m in result['models']))}</p>",
+        f"<p>{escape(str(result['n_persons']))} persons, the same for every model: {escape(_counts(result))} "
+        f"(positive: {escape(result['positive_class'])}).</p>",
+        '<h2 id="models">What is compared</h2>' + table(*description_table(result)),
+        '<h2 id="metrics">Each model at its own threshold</h2>'
+        + table(*model_table(result))
+        + f"<p class='sub'>AUC: {escape(method['auc_ci'])}. Sensitivity, specificity, PPV and NPV: "
+        f"{escape(method['proportion_ci'])} (count in brackets). Tables: tables/compare_models.csv, .tex, .md.</p>",
+        '<h2 id="tests">Pairwise tests</h2>'
+        + table(*pair_table(result))
+        + f"<p class='sub'>{escape(method['auc_test'])}; {escape(method['rate_test'])}; p-values adjusted by "
+        f"{escape(method['adjustment'])}. A test whose standard error is 0 is not estimable.</p>",
+        '<h2 id="curves">Curves</h2>' + figures,
         "".join(f'<div class="warn">{escape(n)}</div>' for n in notes),
         '<h2 id="provenance">Provenance</h2>'
         + table(
             ["what", "value"],
-            [["compare.json", str(out / "compare.json")], ["written", time.strftime("%Y-%m-%d %H:%M:%S %z")]],
+            [["compare.json", str(out / "compare.json")], ["written", time.strftime("%Y-%m-%d %H:%M:%S %z")]]
+            + [[m["name"], m["description"]["folder"]] for m in result["models"]],
         ),
     ]
     return document(title, body)
 
 
-def write_compare_page(result: dict, a: Side, b: Side, out: Path, *, n_resamples: int, seed: int) -> Path:
-    """roc_overlay.png and compare.html in `out`; returns the page's path."""
-    plot_roc_overlay(a, b, out / "roc_overlay.png", n_resamples=min(n_resamples, BAND_RESAMPLES), seed=seed)
+def write_compare_page(result: dict, sides: list[Side], out: Path, *, n_resamples: int, seed: int) -> Path:
+    """The figures, tables and compare.html in `out`; returns the page's path."""
+    plot_overlays(result, sides, out, n_resamples=min(n_resamples, BAND_RESAMPLES), seed=seed)
+    for stem, (header, rows), caption in (
+        ("compare_models", model_table(result), "Each model at its own threshold (95% CIs)"),
+        ("compare_description", description_table(result), "The models compared"),
+        ("compare_tests", pair_table(result), "Pairwise tests, Holm-adjusted p-values"),
+    ):
+        write_table_set(out, stem, header, rows, caption)
     path = out / "compare.html"
-    atomic_write_text(path, build_compare_page(result, a, b, out))
+    atomic_write_text(path, build_compare_page(result, out))
     return path

@@ -15,6 +15,7 @@ import time
 from html import escape
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from carotid.core.files import atomic_write_text
@@ -25,6 +26,7 @@ from carotid.evaluation.intervals import describe as describe_intervals
 from carotid.evaluation.records import read_cv_metrics
 from carotid.evaluation.registry import table_metrics
 from carotid.report.checklist import cv_checklist
+from carotid.report.figures import figures_section, person_figures
 from carotid.report.outputs import roc_bands
 from carotid.report.page import (
     calibration_table,
@@ -65,6 +67,10 @@ def write_cv_figures(
         cv_dir / "reliability_diagram.png",
         binary=len(class_names) == 2,
     )
+    record = {"class_names": class_names, "positive_class": class_names[positive], "ci": pooled["ci"]}
+    counts = np.bincount(persons.labels, minlength=len(class_names))
+    who = "out of fold: " + ", ".join(f"{n} {name}" for name, n in zip(class_names, counts))
+    person_figures(cv_dir, record, persons.labels, persons.probs, who=who)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,6 +275,7 @@ def build_cv_report(cv_dir: Path) -> str:
         section_out_of_fold(cv_dir, metrics),
         section_folds(metrics),
         section_calibration(cv_dir, metrics),
+        figures_section(cv_dir),
         section_ensemble(cv_dir, metrics),
         section_data(cv_dir, metrics, plan),
         persons_table(oof_rows, "oof_person_predictions.csv", "Per person, out of fold"),

@@ -21,6 +21,7 @@ from carotid.evaluation.intervals import describe as describe_intervals
 from carotid.evaluation.records import read_metrics
 from carotid.evaluation.registry import table_metrics
 from carotid.report.checklist import checklist
+from carotid.report.figures import figures_section
 from carotid.report.heatmaps import file_name
 from carotid.report.page import (
     attention_line,
@@ -156,7 +157,7 @@ def section_figures(eval_dir: Path, metrics: dict) -> str:
             parts.append(table(["calibration", "value"], scalars) if scalars else "")
             numbers = escape(json.dumps(calibration, indent=1, ensure_ascii=False))
             parts.append(f"<details><summary>all calibration numbers</summary><pre>{numbers}</pre></details>")
-    return "".join(parts)
+    return "".join(parts) + figures_section(eval_dir, skip=("calibration_curve",))
 
 
 def section_persons(eval_dir: Path) -> str:

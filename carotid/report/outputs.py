@@ -21,6 +21,7 @@ from carotid.evaluation.inference import FramePredictions, PersonPredictions, ru
 from carotid.evaluation.records import write_metrics
 from carotid.evaluation.subgroups import subgroup_records
 from carotid.model.file import ModelFile
+from carotid.report.figures import person_figures
 from carotid.report.gallery import write_person_figures
 from carotid.report.html import write_report
 from carotid.report.plots import fonts_note, plot_confusion, plot_reliability, plot_roc
@@ -137,6 +138,8 @@ def write_evaluation(
         positive,
     )
     levels = _plot_curves(report, preds, persons, positive, out_dir)
+    counts = ", ".join(f"{n} {name}" for name, n in report["counts"].get("persons", {}).items())
+    person_figures(out_dir, report, persons.labels, persons.probs, who=f"{report['split']}: {counts}")
     if report["subgroups"]:
         records = subgroup_records(report["subgroups"])
         write_records(EvalDir(out_dir).subgroups, records, list(records[0]))

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from carotid.core.files import atomic_write_bytes
+from carotid.report.paper import save_figure_set
 
 # Fonts with Chinese glyphs, most common first: Debian/Ubuntu (fonts-noto-cjk, fonts-wqy-*), macOS, Windows.
 CJK_FAMILIES = (
@@ -112,8 +113,12 @@ def _number(value) -> float | None:
     return number if np.isfinite(number) else None
 
 
-def save_figure(fig, path: str | Path) -> None:
-    """Render in memory, then write atomically like every other file of a run."""
+def save_figure(fig, path: str | Path, *, paper: bool = False) -> None:
+    """Render in memory, then write atomically like every other file of a run. `paper`: also as SVG, PDF and
+    a 300-dpi PNG under figures/ beside it (`carotid.report.paper`)."""
+    if paper:
+        save_figure_set(fig, Path(path))
+        return
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
     _pyplot().close(fig)
@@ -193,7 +198,7 @@ def plot_curves(rows: list[dict], monitor: str, path: str | Path, best_epoch: in
     for ax in (loss_ax, metric_ax):
         if ax.lines:
             ax.legend(loc="best", fontsize=8)
-    save_figure(fig, path)
+    save_figure(fig, path, paper=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,7 +267,7 @@ def plot_roc(
         ax.title.set_fontsize(10)
         if len(ax.lines) > 1 or band:
             ax.legend(loc="lower right", fontsize=8)
-    save_figure(fig, path)
+    save_figure(fig, path, paper=True)
 
 
 def plot_confusion(
@@ -295,7 +300,7 @@ def plot_confusion(
             yticklabels=class_names,
         )
         ax.title.set_fontsize(10)
-    save_figure(fig, path)
+    save_figure(fig, path, paper=True)
 
 
 def plot_reliability(
@@ -326,7 +331,7 @@ def plot_reliability(
         )
         # Below the axes: inside, the legend would hide the part of the curve it overlaps.
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=8, ncol=2, frameon=False)
-    save_figure(fig, path)
+    save_figure(fig, path, paper=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,103 @@
+"""What a paper takes from a page's folder: every figure also as SVG, PDF and a 300-dpi PNG under figures/,
+and the main tables as CSV, LaTeX (booktabs) and Markdown under tables/. The page itself keeps its screen PNG
+beside it. Every file is rendered in memory and written atomically, like every other file of a run."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from carotid.core.files import atomic_write_bytes, atomic_write_text
+
+FIGURES, TABLES = "figures", "tables"
+PRINT_DPI, SCREEN_DPI = 300, 120
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+
+
+def save_figure_set(fig, screen_png: Path) -> None:
+    """`screen_png` (for the page) and figures/<stem>.svg, .pdf and .png (300 dpi) in its folder."""
+    from matplotlib import pyplot as plt
+
+    figures = screen_png.parent / FIGURES
+    figures.mkdir(exist_ok=True)
+    for path, fmt, dpi in (
+        (screen_png, "png", SCREEN_DPI),
+        (figures / f"{screen_png.stem}.png", "png", PRINT_DPI),
+        (figures / f"{screen_png.stem}.svg", "svg", None),
+        (figures / f"{screen_png.stem}.pdf", "pdf", None),
+    ):
+        buffer = io.BytesIO()
+        # svg.hashsalt and a fixed PDF date keep the files identical from run to run.
+        metadata = {"Date": None} if fmt == "svg" else ({"CreationDate": None} if fmt == "pdf" else None)
+        fig.savefig(buffer, format=fmt, dpi=dpi, bbox_inches="tight", metadata=metadata)
+        atomic_write_bytes(path, buffer.getvalue())
+    plt.close(fig)
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+
+
+def latex_table(header: list[str], rows: list[list], caption: str) -> str:
+    """A booktabs tabular inside a table float; first column left-aligned, the others too (cells hold CIs)."""
+    columns = "l" * len(header)
+    lines = [
+        r"% needs \usepackage{booktabs}",
+        r"\begin{table}[ht]",
+        r"\centering",
+        rf"\caption{{{latex_escape(caption)}}}",
+        rf"\begin{{tabular}}{{{columns}}}",
+        r"\toprule",
+        " & ".join(latex_escape(h) for h in header) + r" \\",
+        r"\midrule",
+        *(" & ".join(latex_escape(c) for c in row) + r" \\" for row in rows),
+        r"\bottomrule",
+        r"\end{tabular}",
+        r"\end{table}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    def cell(value) -> str:
+        return str(value).replace("|", r"\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(header: list[str], rows: list[list]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_table_set(folder: Path, stem: str, header: list[str], rows: list[list], caption: str) -> list[Path]:
+    """tables/<stem>.csv, .tex and .md in `folder`; returns their paths."""
+    tables = folder / TABLES
+    tables.mkdir(exist_ok=True)
+    written = []
+    for suffix, text in (
+        ("csv", csv_text(header, rows)),
+        ("tex", latex_table(header, rows, caption)),
+        ("md", markdown_table(header, rows)),
+    ):
+        path = tables / f"{stem}.{suffix}"
+        atomic_write_text(path, text)
+        written.append(path)
+    return written

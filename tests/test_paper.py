@@ -1,0 +1,83 @@
+"""What a paper takes from an evaluation folder: every metric recomputed from the written CSVs equals the page's
+exactly, the precision–recall / decision / calibration curves with their CSVs, the figures as SVG, PDF and
+300-dpi PNG, near-ties at the threshold reported, and the page in Chromium."""
+
+from __future__ import annotations
+
+import csv
+import xml.etree.ElementTree as ET
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from carotid.core.run_dir import RunDir
+from carotid.evaluation.curves import decision_curve
+from carotid.evaluation.evaluator import _near_ties
+from tests.browser import find_chromium, open_page
+from tests.conftest import read_json
+
+
+def _rows(path):
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_person_metrics_recomputed_from_the_csv_equal_metrics_json_exactly(trained_run):
+    folder = RunDir(trained_run).evaluation().path
+    metrics = read_json(folder / "metrics.json")
+    positive, threshold = metrics["positive_class"], metrics["threshold"]
+    rows = _rows(folder / "person_predictions.csv")
+    y = np.array([r["true_label"] == positive for r in rows])
+    p = np.array([float(r[f"prob_{positive}"]) for r in rows])
+    call = p >= threshold
+    assert [r["predicted_label"] == positive for r in rows] == call.tolist()
+    tp, fn, tn, fp = (int(v) for v in ((call & y).sum(), (~call & y).sum(), (~call & ~y).sum(), (call & ~y).sum()))
+    person = metrics["person"]
+    assert person["sensitivity"] == tp / (tp + fn) and person["specificity"] == tn / (tn + fp)
+    assert person["accuracy"] == (tp + tn) / len(y)
+    assert person["auc"] == roc_auc_score(y, p)  # equal, not approximately: the CSV holds every digit
+    frames = _rows(folder / "predictions.csv")
+    frame_p = np.array([float(r[f"prob_{positive}"]) for r in frames])
+    assert metrics["image"]["auc"] == roc_auc_score([r["true_label"] == positive for r in frames], frame_p)
+    # The Wilson interval of the sensitivity is of this very count, and says so.
+    interval = metrics["ci"]["person"]["sensitivity"]
+    assert (interval["successes"], interval["total"]) == (tp, tp + fn)
+    assert metrics["ci"]["method"]["by_metric"]["person"]["sensitivity"] == "Wilson score interval"
+    # The decision curve's CSV is the net benefit of these probabilities.
+    written = _rows(folder / "decision_curve.csv")
+    curve = decision_curve(y, p)
+    assert [float(r["net_benefit_model"]) for r in written] == curve["model"]
+    assert [float(r["net_benefit_treat_all"]) for r in written] == pytest.approx(curve["treat_all"], abs=0)
+
+
+def test_evaluation_writes_paper_figures_and_shows_them(trained_run):
+    folder = RunDir(trained_run).evaluation().path
+    for stem in ("roc_curve", "reliability_diagram", "confusion_matrix", "pr_curve", "decision_curve"):
+        assert (folder / f"{stem}.png").is_file(), stem
+        ET.parse(folder / "figures" / f"{stem}.svg")
+        assert (folder / "figures" / f"{stem}.pdf").read_bytes().startswith(b"%PDF-")
+        with Image.open(folder / "figures" / f"{stem}.png") as png:
+            assert round(png.info["dpi"][0]) == 300
+    assert (folder / "pr_curve.csv").is_file() and (folder / "calibration_curve.csv").is_file()
+    calibration = _rows(folder / "calibration_curve.csv")
+    assert sum(int(r["n"]) for r in calibration) == read_json(folder / "metrics.json")["n_persons"]
+    page = (folder / "report.html").read_text(encoding="utf-8")
+    assert "Decision curve (net benefit) per person" in page and "decision_curve.csv" in page
+    if find_chromium() is None:
+        return
+    report = open_page(folder / "report.html")
+    assert not report.exceptions and not report.failed
+    assert all(i["ok"] for i in report.images)
+
+
+def test_near_ties_at_the_threshold_are_reported():
+    persons = SimpleNamespace(
+        person_ids=np.array(["a", "b", "c"]), probs=np.array([[0.1, 0.9], [7.6e-8, 0.999999924], [1e-9, 0.999999999]])
+    )
+    warning = _near_ties(persons, 1, 0.9999999245)
+    assert len(warning) == 1 and warning[0].startswith("2 persons within 1e-06 of the threshold 0.9999999245")
+    assert "b (0.999999924)" in warning[0] and "a (" not in warning[0]
+    assert _near_ties(persons, 1, 0.5) == []
