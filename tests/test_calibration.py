@@ -281,6 +281,13 @@ def test_a_tiny_test_set_gives_one_calibration_line_not_one_per_failed_fit():
         "intercepts are undefined or unreliable here; Brier score and ECE are shown as measured"
     ]
     assert section["person"]["brier"] == pytest.approx(np.mean((probs[:, 1] - y) ** 2))
+    # A fit that converges on 6 persons is flagged by the same rule (no model kind is spared).
+    six = (
+        np.array([0, 0, 0, 1, 1, 1]),
+        np.array([[0.9, 0.1], [0.4, 0.6], [0.7, 0.3], [0.6, 0.4], [0.2, 0.8], [0.1, 0.9]]),
+    )
+    section, notes = calibration_section({"person": six}, ["normal", "plaque"], 1)
+    assert section["person"]["calibration_slope"] is not None and "6 persons are too few" in notes[0]
     many = (np.tile(y, 6), np.tile(probs, (6, 1)))  # 24 persons, still separated: each failed fit is named
     _, notes = calibration_section({"image": many, "person": many}, ["normal", "plaque"], 1)
     assert len(notes) >= 2 and all("separate the classes perfectly" in n for n in notes)

@@ -148,3 +148,17 @@ def test_net_benefit_equals_a_hand_computation():
     curve = decision_curve(y, score, np.array([0.25, 0.5]))
     assert curve["treat_all"] == pytest.approx([0.3 - 0.7 / 3, 0.3 - 0.7])
     assert curve["model"][1] == pytest.approx(2 / 10 - 2 / 10 * 1.0)  # pt 0.5: 0.9, 0.6 true; 0.7, 0.5 false
+
+
+def test_compare_methods_md_copies_compare_json(tmp_path):
+    folders, _, _ = three_models(tmp_path)
+    out = tmp_path / "cmp"
+    assert compare.main([*map(str, folders), "--out", str(out), "--bootstrap", "100"]) == 0
+    result, text = read_json(out / "compare.json"), (out / "methods.md").read_text(encoding="utf-8")
+    assert "The same 30 persons for every model: 10 plaque (positive) and 20 normal." in text
+    for m in result["models"]:
+        ci = m["auc_ci"]
+        assert f"{m['name']}: AUC {m['auc']:.3f} (95% CI {ci['low']:.3f}–{ci['high']:.3f})" in text
+    for pair in result["pairs"]:
+        auc = pair["auc"]
+        assert f"p = {auc['p_value']:.4f}, Holm-adjusted {auc['p_holm']:.4f}" in text

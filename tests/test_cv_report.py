@@ -47,6 +47,17 @@ def test_cv_ends_with_its_report_out_of_fold_result_first(cv_run):  # noqa: F811
     assert "2-fold cross-validation of the persons not in the test set" in ensemble_page  # not train/val/test ratios
     for k in (1, 2):
         assert file_sha256(cv_dir / f"fold_{k}" / "models" / "best_model.pth") in ensemble_page
+    folds_section = page[places[1] : places[2]]
+    for k in (1, 2):  # each fold's own report, linked and there
+        assert re.search(rf'<a href="(fold_{k}/[^"]*report\.html)">fold {k}</a>', folds_section)
+    first = [f["fold"] for f in metrics["per_fold"] if f["model_epoch"] == 1]
+    assert ("chose epoch 1" in folds_section) == bool(first)
+    # The paper's curves of the out-of-fold persons, with their numbers and methods.md.
+    for stem in ("pr_curve", "decision_curve", "calibration_curve"):
+        assert (cv_dir / f"{stem}.csv").is_file() and (cv_dir / "figures" / f"{stem}.svg").is_file()
+    methods = (cv_dir / "methods.md").read_text(encoding="utf-8")
+    assert f"AUC {auc:.3f} (95% CI {interval['low']:.3f}–{interval['high']:.3f})" in methods
+    assert "2-fold cross-validation by person" in methods
 
 
 def test_fold_runs_name_their_held_out_fold_and_the_startup_block_prints_once(cv_run):  # noqa: F811

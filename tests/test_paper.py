@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
@@ -81,3 +82,24 @@ def test_near_ties_at_the_threshold_are_reported():
     assert len(warning) == 1 and warning[0].startswith("2 persons within 1e-06 of the threshold 0.9999999245")
     assert "b (0.999999924)" in warning[0] and "a (" not in warning[0]
     assert _near_ties(persons, 1, 0.5) == []
+
+
+def test_methods_md_takes_its_numbers_from_the_run_files(trained_run):
+    folder = RunDir(trained_run).evaluation().path
+    text = (folder / "methods.md").read_text(encoding="utf-8")
+    metrics = read_json(folder / "metrics.json")
+    config = yaml.safe_load((trained_run / "config.yaml").read_text(encoding="utf-8"))
+    options = config["options"]
+    person, ci = metrics["person"], metrics["ci"]["person"]
+    assert f"AUC {person['auc']:.3f} (95% CI {ci['auc']['low']:.3f}–{ci['auc']['high']:.3f})" in text
+    sensitivity = ci["sensitivity"]
+    assert (
+        f"sensitivity {person['sensitivity']:.3f} (95% CI {sensitivity['low']:.3f}–{sensitivity['high']:.3f}, "
+        f"{sensitivity['successes']}/{sensitivity['total']})" in text
+    )
+    assert f"seed {options['seed']}" in text and f"{options['epochs']} epochs" in text and f"lr {options['lr']}" in text
+    assert f"threshold of {metrics['threshold']:.3f}" in text and "Wilson score interval" in text
+    assert f"torch {config['versions']['torch']}" in text
+    for split, counts in read_json(trained_run / "data_report.json")["splits"].items():
+        assert f"{split}: {sum(counts['persons'].values())} persons" in text
+    assert "## For the authors to write" in text

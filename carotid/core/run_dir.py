@@ -147,10 +147,13 @@ def create_run_dir(
     try:
         extra = {
             "class_names": class_names,
+            "initial_weights": initial_weights(options),
             "versions": software_versions(),
             "label_file_sha256": file_sha256(label_excel),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         } | (note or {})
+        if options.get("pretrained_weights"):  # `pretrained: false` beside a weights file would read as "random"
+            options = {k: v for k, v in options.items() if k != "pretrained"}
         write_run_config(RunDir(staging).config, options, extra)
         atomic_write_json(RunDir(staging).splits, splits)
         atomic_write_json(RunDir(staging).data_report, data_report)
@@ -224,6 +227,17 @@ def check_output_dir(out: Path, flag: str) -> None:
         )
 
 
+def initial_weights(options: dict[str, Any]) -> dict[str, Any]:
+    """Where a run's starting weights came from: a weights file (with its SHA-256 and size), the library's
+    download, or random initialisation."""
+    path = options.get("pretrained_weights")
+    if path and Path(path).is_file():
+        return {"source": "file", "file": str(path), "sha256": file_sha256(path), "bytes": Path(path).stat().st_size}
+    if options.get("pretrained"):
+        return {"source": "library download (ImageNet weights of torchvision or timm)"}
+    return {"source": "random initialisation"}
+
+
 def software_versions() -> dict[str, str]:
     # A module not loaded yet is asked through its package metadata: importing torchvision and scikit-learn
     # only to read their versions cost seconds at every start. (Loaded ones give their build tag, e.g. +cu130.)
@@ -232,6 +246,7 @@ def software_versions() -> dict[str, str]:
     for package, module in (
         ("torch", "torch"),
         ("torchvision", "torchvision"),
+        ("timm", "timm"),
         ("accelerate", "accelerate"),
         ("scikit-learn", "sklearn"),
     ):

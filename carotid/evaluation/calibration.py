@@ -192,7 +192,9 @@ def calibration_section(
         out[level], level_notes = calibration_metrics(y, probs, class_names, positive_index)
         notes += [f"{level}: {n}" for n in level_notes]
     persons = len(levels["person"][0]) if "person" in levels else None
-    if notes and persons is not None and persons < MIN_CALIBRATION_PERSONS:  # one line, not one per failed fit
+    # One rule for every model kind: a binary slope on too few persons is flagged whether its fit failed (one
+    # line, not one per failed fit) or converged to a wild value (a slope of 7.1 on 6 persons).
+    if len(class_names) == 2 and persons is not None and persons < MIN_CALIBRATION_PERSONS:
         notes = [
             f"{persons} persons are too few to judge calibration (at least {MIN_CALIBRATION_PERSONS} advised): "
             "its slope and intercepts are undefined or unreliable here; Brier score and ECE are shown as measured"

@@ -22,7 +22,6 @@ from carotid.evaluation.compare import (
     interval,
     mcnemar_test,
     negative_class,
-    number,
     p,
     paired_bootstrap,
 )
@@ -38,8 +37,7 @@ def description(side: Side) -> dict:
     metrics = side.metrics
     options, extra = _run_config(metrics.get("run_dir"))
     weights = options.get("pretrained_weights") or ("library default" if options.get("pretrained") else None)
-    provenance = extra.get("pretrained") or {}
-    sha = provenance.get("sha256") or extra.get("pretrained_weights_sha256")
+    sha = (extra.get("initial_weights") or {}).get("sha256")
     if weights and sha:
         weights = f"{Path(str(weights)).name} (SHA-256 {sha[:SHA_PREFIX]}…)"
     elif options and not weights:
@@ -207,7 +205,7 @@ def format_comparison(result: dict) -> str:
     for pair in result["pairs"]:
         auc = pair["auc"]
         lines.append(
-            f"{pair['a']} vs {pair['b']}: AUC {number(auc['difference'])} {interval(auc['ci'])} "
+            f"{pair['a']} vs {pair['b']}: AUC {auc['difference']:+.3f} {interval(auc['ci'])} "
             f"DeLong {test_cell(auc)}; sensitivity McNemar {test_cell(pair['sensitivity'])}; "
             f"specificity McNemar {test_cell(pair['specificity'])}"
         )

@@ -16,6 +16,7 @@ from carotid.evaluation.bootstrap import roc_band
 from carotid.evaluation.compare import Side
 from carotid.evaluation.comparison import auc_cell, proportion, test_cell
 from carotid.evaluation.curves import decision_curve, precision_recall
+from carotid.report.methods import compare_methods
 from carotid.report.page import document, image, table
 from carotid.report.paper import csv_text, save_figure_set, write_table_set
 from carotid.report.plots import new_figure
@@ -185,6 +186,7 @@ def write_compare_page(result: dict, sides: list[Side], out: Path, *, n_resample
         ("compare_tests", pair_table(result), "Pairwise tests, Holm-adjusted p-values"),
     ):
         write_table_set(out, stem, header, rows, caption)
+    atomic_write_text(out / "methods.md", compare_methods(result))
     path = out / "compare.html"
     atomic_write_text(path, build_compare_page(result, out))
     return path

@@ -27,6 +27,7 @@ from carotid.evaluation.records import read_cv_metrics
 from carotid.evaluation.registry import table_metrics
 from carotid.report.checklist import cv_checklist
 from carotid.report.figures import figures_section, person_figures
+from carotid.report.methods import interval_sentence, results_sentence, write_methods
 from carotid.report.outputs import roc_bands
 from carotid.report.page import (
     calibration_table,
@@ -126,7 +127,38 @@ def _mean_sd(values: list) -> str:
     return f"{statistics.fmean(values):.3f}{sd}"
 
 
-def section_folds(metrics: dict) -> str:
+def fold_links(cv_dir: Path, folds: list[dict]) -> str:
+    """A link to each fold's own report (its run page, else its test evaluation's)."""
+    links = []
+    for f in folds:
+        run = RunDir(cv_dir / f"fold_{f['fold']}")
+        page = run.report if run.report.is_file() else run.evaluation().report
+        if page.is_file():
+            href = escape(page.relative_to(cv_dir).as_posix())
+            links.append(f'<a href="{href}">fold {f["fold"]}</a>')
+    return f"<p>Each fold's report: {' · '.join(links)}</p>" if links else ""
+
+
+def fold_warnings(folds: list[dict]) -> str:
+    """A warning when folds kept their first epoch or chose their epoch on a saturated validation metric:
+    their model may be barely trained, or any of several epochs."""
+    first = [f["fold"] for f in folds if f.get("model_epoch") == 1]
+    saturated = [f["fold"] for f in folds if (f.get("best_epoch") or {}).get("saturated")]
+    lines = []
+    if first:
+        lines.append(
+            f"{plural(len(first), 'fold')} of {len(folds)} chose epoch 1 (folds {', '.join(map(str, first))}): "
+            "their validation metric never improved after the first epoch; look at their curves before trusting them"
+        )
+    if saturated:
+        lines.append(
+            f"{plural(len(saturated), 'fold')} of {len(folds)} chose the best epoch on a saturated validation metric "
+            f"(folds {', '.join(map(str, saturated))}): several epochs tied at the ceiling"
+        )
+    return "".join(f'<div class="warn">{escape(line)}</div>' for line in lines)
+
+
+def section_folds(metrics: dict, cv_dir: Path | None = None) -> str:
     """One column per fold, and their mean ± SD, per person then per image."""
     folds, binary = metrics["per_fold"], metrics.get("positive_class") is not None
     header = ["", *(f"fold {f['fold']}" for f in folds), "mean ± SD"]
@@ -152,7 +184,10 @@ def section_folds(metrics: dict) -> str:
             rows.append([f"{key} per {level}", *(number(f[level].get(key)) for f in folds), summary])
     return (
         "<h2 id=\"folds\">Per fold</h2><p>Each fold's held-out persons, evaluated with that fold's best model "
-        "(SD with ddof 1 over the folds where the metric is defined).</p>" + table(header, rows)
+        "(SD with ddof 1 over the folds where the metric is defined).</p>"
+        + fold_warnings(folds)
+        + table(header, rows)
+        + (fold_links(cv_dir, folds) if cv_dir else "")
     )
 
 
@@ -270,10 +305,19 @@ def build_cv_report(cv_dir: Path) -> str:
     items = cv_checklist(
         config.get("options") or {}, read_json(RunDir(cv_dir).data_report), metrics, plan, model, fold_models
     )
+    oof = metrics["out_of_fold"]
+    write_methods(  # beside the page, from the same files
+        cv_dir,
+        f"Methods — {metrics['folds']}-fold cross-validation",
+        items,
+        results_sentence(oof, f"Out of fold ({metrics['n_persons']} persons, each fold's own threshold)"),
+        config.get("versions"),
+        [interval_sentence((oof.get("ci") or {}).get("method"))],
+    )
     body = [
         f"<h1>{escape(title)}</h1><p class='sub'>{escape(sub)}</p>",
         section_out_of_fold(cv_dir, metrics),
-        section_folds(metrics),
+        section_folds(metrics, cv_dir),
         section_calibration(cv_dir, metrics),
         figures_section(cv_dir),
         section_ensemble(cv_dir, metrics),

@@ -23,6 +23,7 @@ from carotid.evaluation.registry import table_metrics
 from carotid.report.checklist import checklist
 from carotid.report.figures import figures_section
 from carotid.report.heatmaps import file_name
+from carotid.report.methods import interval_sentence, results_sentence, weights_sentence, write_methods
 from carotid.report.page import (
     attention_line,
     calibration_table,
@@ -302,12 +303,31 @@ def build_report(eval_dir: Path | None, run_dir: Path | None) -> str:
 
 
 def write_report(path: Path, eval_dir: Path | None = None, run_dir: Path | None = None) -> Path:
+    """report.html (and methods.md beside it, from the same files)."""
     page = build_report(eval_dir, run_dir)
+    write_report_methods(path.parent, eval_dir, run_dir)
     if run_dir is not None and path.parent.resolve() == Path(run_dir).resolve():  # the run's own page
         end = page.index("</p>", page.index("<h1>")) + len("</p>")  # after the title and its subtitle
         page = page[:end] + section_evaluations(Path(run_dir)) + page[end:]
     atomic_write_text(path, page)
     return path
+
+
+def write_report_methods(folder: Path, eval_dir: Path | None, run_dir: Path | None) -> None:
+    """methods.md of an evaluation (and its run): the checklist's filled items, the results, the software."""
+    metrics = read_metrics(EvalDir(eval_dir).metrics) if eval_dir and EvalDir(eval_dir).metrics.is_file() else {}
+    if not metrics:
+        return
+    run_dir = run_dir or (Path(metrics["run_dir"]) if metrics.get("run_dir") else None)
+    config = read_config(run_dir)
+    data_report = read_json(RunDir(run_dir).data_report) if run_dir else {}
+    model = read_model(metrics.get("model_file") or (str(RunDir(run_dir).best_model) if run_dir else None))
+    items = checklist(config.get("options", {}), data_report, metrics, model)
+    where = f"On the {_split_words(metrics['split'], metrics)} ({metrics['n_persons']} persons)"
+    method = (metrics.get("ci") or {}).get("method")
+    title = f"Methods — {_split_words(metrics['split'], metrics)}, {Path(str(metrics['model_file'])).name}"
+    extra = [weights_sentence(config.get("initial_weights")), interval_sentence(method)]
+    write_methods(folder, title, items, results_sentence(metrics, where), config.get("versions"), extra)
 
 
 def write_run_report(run_dir: Path) -> Path:
