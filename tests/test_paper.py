@@ -103,3 +103,18 @@ def test_methods_md_takes_its_numbers_from_the_run_files(trained_run):
     for split, counts in read_json(trained_run / "data_report.json")["splits"].items():
         assert f"{split}: {sum(counts['persons'].values())} persons" in text
     assert "## For the authors to write" in text
+
+
+def test_config_records_the_initial_weights_and_library_versions(trained_run, tmp_path):
+    from carotid.core.files import file_sha256
+    from carotid.core.run_dir import initial_weights
+
+    config = yaml.safe_load((trained_run / "config.yaml").read_text(encoding="utf-8"))
+    assert config["initial_weights"] == {"source": "random initialisation"}
+    assert {"torch", "torchvision", "timm"} <= set(config["versions"])
+    weights = tmp_path / "imagenet.safetensors"
+    weights.write_bytes(b"\x00" * 1234)
+    record = initial_weights({"pretrained": False, "pretrained_weights": str(weights)})
+    assert record == {"source": "file", "file": str(weights), "sha256": file_sha256(weights), "bytes": 1234}
+    text = (RunDir(trained_run).evaluation().path / "methods.md").read_text(encoding="utf-8")
+    assert "**Initial weights.** Random initialisation." in text
