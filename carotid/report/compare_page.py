@@ -11,14 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from carotid.core.files import atomic_write_text
+from carotid.core.files import atomic_write_text, write_table
 from carotid.evaluation.bootstrap import roc_band
 from carotid.evaluation.compare import Side
 from carotid.evaluation.comparison import auc_cell, proportion, test_cell
 from carotid.evaluation.curves import decision_curve, precision_recall
 from carotid.report.methods import compare_methods
 from carotid.report.page import document, image, table
-from carotid.report.paper import csv_text, save_figure_set, write_table_set
+from carotid.report.paper import save_figure_set, write_table_set
 from carotid.report.plots import new_figure
 
 BAND_RESAMPLES = 1000  # person resamples behind each ROC band (at most --bootstrap)
@@ -88,7 +88,7 @@ def plot_overlays(result: dict, sides: list[Side], out: Path, *, n_resamples: in
         "decision_curve": ["model", "threshold_probability", "net_benefit"],
     }
     for name in FIGURES:
-        atomic_write_text(out / f"{name}.csv", csv_text(header[name], [[_exact(v) for v in r] for r in rows[name]]))
+        write_table(out / f"{name}.csv", header[name], [[_exact(v) for v in r] for r in rows[name]])
 
 
 def _exact(value):

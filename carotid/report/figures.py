@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from carotid.core.files import atomic_write_text
+from carotid.core.files import write_table
 from carotid.evaluation.curves import calibration_curve, decision_curve, precision_recall
 from carotid.report.page import image
-from carotid.report.paper import csv_text, save_figure_set
+from carotid.report.paper import save_figure_set
 from carotid.report.plots import new_figure
 
 PERSON_FIGURES = {  # file stem → heading on the page
@@ -32,7 +32,7 @@ def exact(value):
 
 
 def _write_csv(path: Path, header: list[str], rows) -> None:
-    atomic_write_text(path, csv_text(header, [[exact(v) for v in row] for row in rows]))
+    write_table(path, header, [[exact(v) for v in row] for row in rows])
 
 
 def _finish(fig, ax, title: str, xlabel: str, ylabel: str, path: Path) -> None:

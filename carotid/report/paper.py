@@ -4,11 +4,10 @@ beside it. Every file is rendered in memory and written atomically, like every o
 
 from __future__ import annotations
 
-import csv
 import io
 from pathlib import Path
 
-from carotid.core.files import atomic_write_bytes, atomic_write_text
+from carotid.core.files import atomic_write_bytes, atomic_write_text, write_table
 
 FIGURES, TABLES = "figures", "tables"
 PRINT_DPI, SCREEN_DPI = 300, 120
@@ -79,21 +78,14 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def csv_text(header: list[str], rows: list[list]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def write_table_set(folder: Path, stem: str, header: list[str], rows: list[list], caption: str) -> list[Path]:
     """tables/<stem>.csv, .tex and .md in `folder`; returns their paths."""
     tables = folder / TABLES
     tables.mkdir(exist_ok=True)
     written = []
+    write_table(tables / f"{stem}.csv", header, rows)  # formula-like cells written as text
+    written.append(tables / f"{stem}.csv")
     for suffix, text in (
-        ("csv", csv_text(header, rows)),
         ("tex", latex_table(header, rows, caption)),
         ("md", markdown_table(header, rows)),
     ):
