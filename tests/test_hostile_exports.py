@@ -450,7 +450,7 @@ def test_compare_of_a_folder_with_itself_says_so(tmp_path, capsys):
     folder = tmp_path / "eval_test_best"
     folder.mkdir()
     assert refused(compare.main, [str(folder), str(tmp_path / "." / "eval_test_best")], capsys) == (
-        f"error: A and B are the same folder ({folder}): a model compared with itself differs by nothing — pass "
-        "two evaluation folders (e.g. RUN_A/eval_test_best RUN_B/eval_test_best)"
+        f"error: the same evaluation folder is given twice ({folder}): a model compared with itself differs by "
+        "nothing — pass different evaluation folders (e.g. RUN_A/eval_test_best RUN_B/eval_test_best)"
     )
     assert sorted(tmp_path.iterdir()) == [folder]
