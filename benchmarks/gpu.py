@@ -1,4 +1,5 @@
-"""The GPU rows, on whatever GPUs nvidia-smi shows, in one command (under 8 minutes on one H100 node):
+"""The GPU rows, on whatever GPUs nvidia-smi shows, in one command (sized for under 8 minutes on one H100 node;
+not yet run on a GPU):
 
     python -m benchmarks.gpu                 # run, append the rows to docs/benchmark-results.md and .csv
     python -m benchmarks.gpu --dry-run       # print what would run (any machine)
