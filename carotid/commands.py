@@ -237,6 +237,13 @@ class PredictOptions:
         help="Write FILE_heatmaps/<person>.png for every person: its N most decisive frames with Grad-CAM overlays "
         "(0 = none).",
     )
+    report: bool = opt(
+        False,
+        "Also write FILE_report.html: one self-contained page with each person's verdict, probability and "
+        "threshold, top frames, attention over the frame order (person models), heat maps (with --heatmaps) and "
+        "what the model was trained on.",
+        group="output",
+    )
     batch_size: int = like(EvaluateOptions, "batch_size", 64)
     num_workers: int | None = like(EvaluateOptions, "num_workers")
 

@@ -176,6 +176,16 @@ def predict(argv: Sequence[str] | None) -> int:
                 heatmap_dir=folder,
             )
             log(f"heat maps ({plural(args.heatmaps, 'frame')} per person): {folder}")
+        if args.report:
+            from carotid.report.predict_page import person_rows, write_predict_page
+
+            rows = person_rows(preds, persons, predicted, class_names, model_file.positive_index, threshold)
+            heatmap_dir = paths[0].with_name(f"{paths[0].stem}_heatmaps") if args.heatmaps else None
+            note = f"{plural(len(rows), 'person')}; person probability: {aggregation} of frames{threshold_note}"
+            page = write_predict_page(
+                paths[0].with_name(f"{paths[0].stem}_report.html"), rows, model_file, args.input, heatmap_dir, note
+            )
+            log(f"report: {page}")
     accelerator.wait_for_everyone()
     return 0
 
