@@ -27,7 +27,7 @@ from carotid.evaluation.records import read_cv_metrics
 from carotid.evaluation.registry import table_metrics
 from carotid.report.checklist import cv_checklist
 from carotid.report.figures import figures_section, person_figures
-from carotid.report.methods import interval_sentence, results_sentence, write_methods
+from carotid.report.methods import results_sentence, write_methods
 from carotid.report.outputs import roc_bands
 from carotid.report.page import (
     calibration_table,
@@ -312,7 +312,7 @@ def build_cv_report(cv_dir: Path) -> str:
         items,
         results_sentence(oof, f"Out of fold ({metrics['n_persons']} persons, each fold's own threshold)"),
         config.get("versions"),
-        [interval_sentence((oof.get("ci") or {}).get("method"))],
+        [],  # the intervals: in the metrics item already
     )
     body = [
         f"<h1>{escape(title)}</h1><p class='sub'>{escape(sub)}</p>",

@@ -23,7 +23,7 @@ from carotid.evaluation.registry import table_metrics
 from carotid.report.checklist import checklist
 from carotid.report.figures import figures_section
 from carotid.report.heatmaps import file_name
-from carotid.report.methods import interval_sentence, results_sentence, weights_sentence, write_methods
+from carotid.report.methods import results_sentence, weights_sentence, write_methods
 from carotid.report.page import (
     attention_line,
     calibration_table,
@@ -324,9 +324,8 @@ def write_report_methods(folder: Path, eval_dir: Path | None, run_dir: Path | No
     model = read_model(metrics.get("model_file") or (str(RunDir(run_dir).best_model) if run_dir else None))
     items = checklist(config.get("options", {}), data_report, metrics, model)
     where = f"On the {_split_words(metrics['split'], metrics)} ({metrics['n_persons']} persons)"
-    method = (metrics.get("ci") or {}).get("method")
     title = f"Methods — {_split_words(metrics['split'], metrics)}, {Path(str(metrics['model_file'])).name}"
-    extra = [weights_sentence(config.get("initial_weights")), interval_sentence(method)]
+    extra = [weights_sentence(config.get("initial_weights"))]  # the intervals: in the metrics item already
     write_methods(folder, title, items, results_sentence(metrics, where), config.get("versions"), extra)
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from carotid.core.files import atomic_write_text
-from carotid.evaluation.intervals import describe as describe_intervals
 from carotid.report.checklist import Item
 
 METHOD_TOPICS = (  # checklist topics that make the methods paragraph, in a paper's order
@@ -27,7 +26,10 @@ MISSING = "not recorded"
 
 def _sentence(text: str) -> str:
     text = text.strip()
-    return text[0].upper() + text[1:] + ("" if text.endswith(".") else ".")
+    first = text.split(" ", 1)[0]
+    if first.isalpha():  # not a name such as small_cnn or a split written as in the files
+        text = text[0].upper() + text[1:]
+    return text + ("" if text.endswith(".") else ".")
 
 
 def _interval(ci: dict | None) -> str:
@@ -67,7 +69,7 @@ def software_sentence(versions: dict | None) -> str:
         return f"Software versions: {MISSING}."
     listed = ", ".join(f"{name} {version}" for name, version in versions.items() if name != "git_commit")
     commit = versions.get("git_commit")
-    return f"Software: {listed}" + (f" (carotid commit {commit})" if commit else "") + "."
+    return f"{listed}" + (f" (carotid commit {commit})" if commit else "") + "."
 
 
 def methods_markdown(title: str, items: list[Item], results: str, extra: list[str], versions: dict | None) -> str:
@@ -108,10 +110,6 @@ def weights_sentence(weights: dict | None) -> str:
             f"{weights['bytes']} bytes)."
         )
     return f"**Initial weights.** {_sentence(weights['source'])}"
-
-
-def interval_sentence(method: dict | None) -> str:
-    return _sentence(describe_intervals(method))
 
 
 def compare_methods(result: dict) -> str:
