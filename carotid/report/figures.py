@@ -164,4 +164,6 @@ def figures_section(folder: Path, skip: tuple[str, ...] = ()) -> str:
             f"<h3>{heading}</h3>{image(folder / f'{stem}.png', heading)}<p class='sub'>numbers: {stem}.csv; "
             f"figures/{stem}.svg, .pdf, .png (300 dpi)</p>"
         )
-    return ('<h2 id="paper-figures">Precision–recall, decision curve, subgroups</h2>' + "".join(parts)) if parts else ""
+    if not parts:
+        return ""
+    return '<h2 id="paper-figures">Precision–recall, decision and calibration curves, subgroups</h2>' + "".join(parts)

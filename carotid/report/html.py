@@ -21,7 +21,7 @@ from carotid.evaluation.intervals import describe as describe_intervals
 from carotid.evaluation.records import read_metrics
 from carotid.evaluation.registry import table_metrics
 from carotid.report.checklist import checklist
-from carotid.report.figures import figures_section
+from carotid.report.figures import PERSON_FIGURES, figures_section
 from carotid.report.heatmaps import file_name
 from carotid.report.methods import results_sentence, weights_sentence, write_methods
 from carotid.report.page import (
@@ -148,6 +148,7 @@ def section_figures(eval_dir: Path, metrics: dict) -> str:
     parts += [image(EvalDir(eval_dir).roc, "ROC curve"), image(EvalDir(eval_dir).confusion, "confusion")]
     calibration = metrics.get("calibration")
     pictures = sorted({*eval_dir.glob("*calibration*.png"), *eval_dir.glob("*reliability*.png")})
+    pictures = [p for p in pictures if p.stem not in PERSON_FIGURES]  # shown with the paper's figures
     if calibration or pictures:
         parts.append('<h2 id="calibration">Calibration</h2>')
         parts += [image(p, "calibration") for p in pictures]
@@ -158,7 +159,7 @@ def section_figures(eval_dir: Path, metrics: dict) -> str:
             parts.append(table(["calibration", "value"], scalars) if scalars else "")
             numbers = escape(json.dumps(calibration, indent=1, ensure_ascii=False))
             parts.append(f"<details><summary>all calibration numbers</summary><pre>{numbers}</pre></details>")
-    return "".join(parts) + figures_section(eval_dir, skip=("calibration_curve",))
+    return "".join(parts) + figures_section(eval_dir)
 
 
 def section_persons(eval_dir: Path) -> str:
