@@ -122,7 +122,10 @@ class Loopback:
         raise RuntimeError(f"flower {name} did not open port {port} within {timeout:.0f} s")
 
     def _write_connection(self) -> None:
-        # `flwr config list` writes the default config.toml; the SuperLink connection is added to it.
+        # `flwr config list` writes the default config.toml; the SuperLink connection is added to it. A resumed
+        # run reuses this home with a new SuperLink port: start from a fresh file (a second [superlink.NAME]
+        # table would make it invalid TOML).
+        (self.home / "config.toml").unlink(missing_ok=True)
         subprocess.run(["flwr", "config", "list"], env=self.env, capture_output=True, check=False)
         lines = ["", f"[superlink.{CONNECTION}]", f'address = "127.0.0.1:{self.port}"']
         if self.certificates is None:
