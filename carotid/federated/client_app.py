@@ -25,10 +25,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from carotid.core.errors import UserError
-from carotid.core.runtime import build_accelerator
 from carotid.training.config import TrainConfig
 from carotid.training.local_round import evaluate_global, local_round
-from carotid.training.site import SITE_OPTIONS, open_site, site_options, summarize
+from carotid.training.site import SITE_OPTIONS, open_site, site_accelerator, site_options, summarize
 
 app = ClientApp()
 
@@ -57,17 +56,6 @@ def _site_cfg(msg: Message, context: Context) -> tuple[str, TrainConfig, dict]:
     return name, site_options(TrainConfig(**options), site), config
 
 
-def _accelerator(cfg: TrainConfig):
-    accelerator, _ = build_accelerator(
-        mixed_precision=cfg.mixed_precision,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        report_to=None,
-        dist_timeout_minutes=cfg.dist_timeout_minutes,
-        output_dir=cfg.output_dir,
-    )
-    return accelerator
-
-
 def _error_reply(msg: Message, context: Context, err: BaseException) -> Message:
     """The site's error in words, for the coordinator: a user's mistake as its `error:` line, anything else as its
     last line; the site's own paths in it are replaced by the names of their settings."""
@@ -94,7 +82,7 @@ def _numbers(metrics: dict) -> dict[str, float | int]:
 def describe(msg: Message, context: Context) -> Message:
     try:
         name, cfg, config = _site_cfg(msg, context)
-        manifest, _ = open_site(_accelerator(cfg), cfg, str(config["run-name"]))
+        manifest, _ = open_site(site_accelerator(cfg), cfg, str(config["run-name"]))
         summary = summarize(manifest)
     except Exception as err:  # noqa: BLE001 - every failure is answered, named by site, to the coordinator
         return _error_reply(msg, context, err)
@@ -107,7 +95,7 @@ def train(msg: Message, context: Context) -> Message:
     try:
         _, cfg, config = _site_cfg(msg, context)
         result = local_round(
-            _accelerator(cfg),
+            site_accelerator(cfg),
             cfg,
             str(config["run-name"]),
             msg.content["arrays"].to_torch_state_dict(),
@@ -132,7 +120,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     try:
         _, cfg, config = _site_cfg(msg, context)
         numbers = evaluate_global(
-            _accelerator(cfg),
+            site_accelerator(cfg),
             cfg,
             str(config["run-name"]),
             msg.content["arrays"].to_torch_state_dict(),

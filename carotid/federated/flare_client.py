@@ -30,10 +30,9 @@ from nvflare.app_common.app_constant import AlgorithmConstants
 from carotid.core.errors import UserError, run_cli
 from carotid.core.files import write_table
 from carotid.core.options import parse_options
-from carotid.core.runtime import build_accelerator
 from carotid.training.config import TRAIN_GROUPS, TrainConfig
 from carotid.training.local_round import evaluate_global, local_round
-from carotid.training.site import SITE_OPTIONS, open_site, site_options, site_run_dir
+from carotid.training.site import SITE_OPTIONS, open_site, site_accelerator, site_options, site_run_dir
 
 JOB_OPTIONS = "carotid_flare.json"  # the coordinator's options, shipped in the job beside this file
 TIMINGS = "flare_rounds.csv"  # the site's seconds per round: waiting for the global weights, scoring, training, sending
@@ -57,13 +56,7 @@ def site_settings(argv: Sequence[str]) -> dict:
 
 def run_site(cfg: TrainConfig, job: dict) -> None:
     """The Client API loop: receive the global weights, score them, train them, send them back."""
-    accelerator, _ = build_accelerator(
-        mixed_precision=cfg.mixed_precision,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        report_to=None,
-        dist_timeout_minutes=cfg.dist_timeout_minutes,
-        output_dir=cfg.output_dir,
-    )
+    accelerator = site_accelerator(cfg)
     if accelerator.num_processes > 1:
         # FLARE's Client API talks to one process; Flower's client (carotid.federate) trains over several.
         raise UserError("a FLARE site trains in one process here", "start the site's client without accelerate launch")

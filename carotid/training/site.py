@@ -16,7 +16,7 @@ from accelerate import Accelerator
 from carotid.core import run_dir as run_folder
 from carotid.core.errors import UserError
 from carotid.core.run_dir import RunDir
-from carotid.core.runtime import on_main
+from carotid.core.runtime import build_accelerator, on_main
 from carotid.data.manifest import SPLITS, DataManifest, check_classes_in_training
 from carotid.data.split import describe_groups, person_groups, split_persons
 from carotid.training.config import TrainConfig
@@ -116,3 +116,15 @@ def summarize(manifest: DataManifest) -> SiteSummary:
             persons[split][manifest.person_labels[person]] += 1
             frames[split] += len(manifest.frames[person])
     return SiteSummary(list(classes), manifest.positive_class, persons, frames)
+
+
+def site_accelerator(cfg: TrainConfig) -> Accelerator:
+    """The site's Accelerator for a round: its precision and accumulation, no tracker (nothing is logged off-site)."""
+    accelerator, _ = build_accelerator(
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        report_to=None,
+        dist_timeout_minutes=cfg.dist_timeout_minutes,
+        output_dir=cfg.output_dir,
+    )
+    return accelerator
