@@ -21,6 +21,7 @@ from carotid.core import run_dir as run_folder
 from carotid.core.errors import UserError
 from carotid.core.files import atomic_write_text, read_records, write_records
 from carotid.core.run_dir import RunDir
+from carotid.data.classes import positive_index
 from carotid.evaluation.selection import choose_on_validation
 from carotid.model.file import ModelFile
 from carotid.report.federated import ALL_SITES, federated_report  # ALL_SITES: the all-sites row's name
@@ -60,7 +61,8 @@ class Federation:
 
 def check_classes(summaries: dict[str, dict]) -> tuple[list[str], str | None]:
     """(the class names every site shares, the positive class), else a UserError naming the site that differs."""
-    (first, reference), *others = summaries.items()
+    # By site name, not by the order the sites answered: the same sites give the same message every time.
+    (first, reference), *others = sorted(summaries.items())
     for name, summary in others:
         for key, what in (("class_names", "classes"), ("positive_class", "positive class")):
             if summary[key] != reference[key]:
@@ -77,7 +79,7 @@ class CoordinatorRun:
     def __init__(self, fed_dir: Path, cfg: TrainConfig, class_names: list[str], positive: str | None, sites: dict):
         self.paths = RunDir(fed_dir)
         self.cfg, self.class_names = cfg, class_names
-        self.positive_index = class_names.index(positive) if positive in class_names else len(class_names) - 1
+        self.positive_index = positive_index(class_names, positive)
         self.monitor = choose_monitor(class_names, sites)
         self.contract = model_contract(cfg, class_names, self.monitor, self.positive_index)
         choice = choose_on_validation(
