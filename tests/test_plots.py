@@ -52,7 +52,7 @@ def test_every_figure_draws_chinese_class_names_without_missing_glyphs(tmp_path)
 
 def captured(monkeypatch) -> list:
     figures = []
-    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig))
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path, **_: figures.append(fig))
     return figures
 
 
