@@ -37,7 +37,7 @@ from carotid.model.file import ModelFile
 from carotid.training.config import TrainConfig
 from carotid.training.epoch import build_run_model, model_contract
 from carotid.training.local_round import LOCAL_STATE, local_keys
-from carotid.training.site import SITE_OPTIONS, site_run_dir
+from carotid.training.site import SITE_OPTIONS, check_site_settings, site_run_dir
 
 LAUNCHER = "carotid_site.py"  # the job's client script: runs carotid.federated.flare_client from the installed package
 LAUNCHER_CODE = (
@@ -63,9 +63,7 @@ def exclude_pattern(model: nn.Module, keep_local: str | None) -> str | None:
 
 def site_args(settings: Mapping[str, object]) -> str:
     """A site's own options as the client script's arguments."""
-    unknown = sorted(set(settings) - set(SITE_OPTIONS))
-    if unknown:
-        raise UserError(f"site options {unknown} are not a site's to set", f"use only {', '.join(SITE_OPTIONS)}")
+    check_site_settings(settings)
     words = []
     for name, value in settings.items():
         flag = name.replace("_", "-")

@@ -8,6 +8,7 @@ after the federated run, under the site's own output directory; it stays at the 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,13 +55,18 @@ class SiteSummary:
         return dataclasses.asdict(self)
 
 
-def site_options(cfg: TrainConfig, site: dict) -> TrainConfig:
-    """The coordinator's options with this site's own (SITE_OPTIONS) put in; anything else is refused."""
+def check_site_settings(site: Mapping[str, object]) -> None:
+    """A site's settings name only SITE_OPTIONS; anything else is the coordinator's and refused."""
     unknown = sorted(set(site) - set(SITE_OPTIONS))
     if unknown:
         raise UserError(
             f"site options {unknown} are not a site's to set", f"a site sets only {', '.join(SITE_OPTIONS)}"
         )
+
+
+def site_options(cfg: TrainConfig, site: dict) -> TrainConfig:
+    """The coordinator's options with this site's own (SITE_OPTIONS) put in; anything else is refused."""
+    check_site_settings(site)
     # The coordinator's starting weights arrive with every round: a site never loads weights of its own.
     return dataclasses.replace(cfg, **site, pretrained=False, pretrained_weights=None, load_model=None, resume=None)
 
