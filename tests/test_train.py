@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import openpyxl
 import pytest
+import tomllib
 import torch
 import torch.nn.functional as F
 import yaml
@@ -154,8 +155,12 @@ def test_two_process_ddp_run_and_its_model_reload_in_one_process(tmp_path, data_
 def test_console_scripts_are_installed():
     from importlib.metadata import entry_points
 
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]
+    # Every command module (carotid/<name>.py with a main) has its console script, named carotid-<name>.
+    commands = {p.stem for p in (REPO / "carotid").glob("*.py") if "\ndef main(" in p.read_text(encoding="utf-8")}
+    assert declared == {f"carotid-{name}": f"carotid.{name}:main" for name in commands}
     scripts = {e.name: e for e in entry_points(group="console_scripts") if e.name.startswith("carotid-")}
-    assert set(scripts) == {f"carotid-{name}" for name in ("train", "evaluate", "predict", "compare", "export", "demo")}
+    assert set(scripts) == set(declared), "reinstall (pip install -e .): the installed console scripts are stale"
     assert all(callable(e.load()) for e in scripts.values())
     path = shutil.which("carotid-train") or str(Path(sys.executable).parent / "carotid-train")
     result = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=120)
