@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import openpyxl
 import pytest
-import tomllib
 import torch
 import torch.nn.functional as F
 import yaml
@@ -155,6 +154,7 @@ def test_two_process_ddp_run_and_its_model_reload_in_one_process(tmp_path, data_
 def test_console_scripts_are_installed():
     from importlib.metadata import entry_points
 
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     declared = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]
     # Every command module (carotid/<name>.py with a main) has its console script, named carotid-<name>.
     commands = {p.stem for p in (REPO / "carotid").glob("*.py") if "\ndef main(" in p.read_text(encoding="utf-8")}
