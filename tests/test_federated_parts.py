@@ -137,3 +137,30 @@ def test_fedavg_averages_batchnorm_statistics_weighted_by_training_persons():
     load_global(model, averaged, {})  # what a site does with it: integer counters come back as integers
     assert model.bn1.num_batches_tracked.dtype == torch.int64 and int(model.bn1.num_batches_tracked) == 2
     assert torch.allclose(model.bn1.running_mean, expected, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loopback's longer start window: only on the pinned Flower
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_start_window_patch_refuses_another_flower_or_a_moved_constant_naming_the_version(monkeypatch):
+    pytest.importorskip("flwr")
+    from carotid.federated import patient
+
+    states = patient.check_patience_patch()  # the pinned flwr: the constant is where claim_task reads it
+    assert [s.__name__ for s in states] == list(patient.STATES)
+    assert all(getattr(s, patient.CONSTANT) == 30 for s in states)  # Flower's own value, not yet changed here
+
+    monkeypatch.setattr(patient, "installed_flower", lambda: "1.43.0")
+    with pytest.raises(UserError, match=r"flwr 1\.42\.0, found flwr 1\.43\.0") as raised:
+        patient.check_patience_patch()
+    assert "pip install 'flwr==1.42.0'" in raised.value.fix
+
+    monkeypatch.setattr(patient, "installed_flower", lambda: patient.FLOWER_VERSION)
+    monkeypatch.delattr(states[1], patient.CONSTANT)
+    with pytest.raises(UserError, match=r"flwr 1\.42\.0: flwr\.supercore\.corestate\.sql_corestate\.HEARTBEAT"):
+        patient.check_patience_patch()
+    # On the pinned Flower the wrapper runs Flower's own command.
+    said = run_module("carotid.federated.patient", "superlink", "--version")
+    assert said.returncode == 0 and "1.42.0" in said.stdout + said.stderr

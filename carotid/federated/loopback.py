@@ -206,3 +206,6 @@ def require_flower() -> None:
         raise UserError(
             "Flower is not installed", "install carotid[federated] (pip install 'carotid[federated]'; Python >= 3.11)"
         ) from None
+    from carotid.federated.patient import check_patience_patch
+
+    check_patience_patch()  # the pinned flwr, before any process starts
