@@ -291,3 +291,39 @@ def test_a_tiny_test_set_gives_one_calibration_line_not_one_per_failed_fit():
     many = (np.tile(y, 6), np.tile(probs, (6, 1)))  # 24 persons, still separated: each failed fit is named
     _, notes = calibration_section({"image": many, "person": many}, ["normal", "plaque"], 1)
     assert len(notes) >= 2 and all("separate the classes perfectly" in n for n in notes)
+
+
+def _untrained(kind: str) -> ModelFile:
+    """A frame model, an attention person model and a timm frame model, untrained (what is judged is the rule)."""
+    from carotid.model import canonical_arch
+    from carotid.model.person import PersonModel
+
+    torch.manual_seed(0)
+    arch = "convnext_atto" if kind == "timm" else "small_cnn"
+    network = PersonModel(arch, 2, 1, pooling="attention") if kind == "attention" else build_model(arch, 2, 1)
+    return ModelFile(
+        network.state_dict(), canonical_arch(arch), ["normal", "plaque"], 1, 32, {"mean": [0.5], "std": [0.25]},
+        positive_index=1, person_model="attention" if kind == "attention" else "frames", bag_size=4,
+    )  # fmt: skip
+
+
+def test_the_too_few_persons_calibration_warning_fires_for_every_model_kind_and_in_compare(data_dir, tmp_path):
+    from carotid import compare
+
+    root, label = data_dir
+    folders = []
+    for kind in ("frames", "attention", "timm"):
+        _untrained(kind).save(tmp_path / f"{kind}.pth")
+        out = tmp_path / kind / "eval_test_best"
+        argv = ["--model", str(tmp_path / f"{kind}.pth"), "--root-dir", str(root), "--label-excel", str(label)]
+        assert evaluate.main([*argv, "--out", str(out), "--num-workers", "0", "--bootstrap", "20"]) == 0
+        metrics = read_json(out / "metrics.json")
+        calibration = [w for w in metrics["warnings"] if w.startswith("calibration, ")]
+        assert calibration == [f"calibration, {metrics['n_persons']} persons are too few to judge calibration "
+                               "(at least 20 advised): its slope and intercepts are undefined or unreliable here; "
+                               "Brier score and ECE are shown as measured"], kind  # fmt: skip
+        folders.append(out)
+    assert compare.main([*map(str, folders), "--out", str(tmp_path / "compared"), "--bootstrap", "20"]) == 0
+    result = read_json(tmp_path / "compared" / "compare.json")
+    assert sum("too few to judge calibration" in n for n in result["notes"]) == 1
+    assert all(m["notes"] == [] for m in result["models"])

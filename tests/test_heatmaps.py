@@ -23,6 +23,7 @@ from carotid.report.heatmaps import (
     explained_class,
     file_name,
     group_persons,
+    write_montage,
 )
 from tests.conftest import read_json, run_module
 
@@ -61,20 +62,20 @@ def person(pid: str, true: int | None, predicted: int, frame_p: list[float]) -> 
     return PersonFrames(pid, np.arange(len(p)), probs, probs.mean(axis=0), predicted, true)
 
 
-def test_decisive_frames_explain_the_call_and_a_missed_positive_shows_what_missed_it():
+def test_decisive_frames_are_those_of_highest_p_positive_whatever_the_call():
     caught = person("a", 1, 1, [0.2, 0.9, 0.6, 0.95])
     missed = person("b", 1, 0, [0.2, 0.9, 0.1, 0.3])
     assert explained_class(caught, positive=1, binary=True) == 1
     assert decisive_frames(caught, 1, 2).tolist() == [3, 1]  # highest P(plaque) first
-    assert explained_class(missed, positive=1, binary=True) == 0
-    assert decisive_frames(missed, 0, 2).tolist() == [2, 0]  # the frames that drove the miss
+    assert explained_class(missed, positive=1, binary=True) == 1  # one class in every binary montage
+    assert decisive_frames(missed, 1, 2).tolist() == [1, 3]  # the frames that came closest to plaque
 
 
-def test_a_correctly_called_negative_is_explained_for_its_own_class_not_the_positive_one():
-    """Grad-CAM of the positive class on a true negative is a flat, uninformative map: show the 'normal' map."""
+def test_a_negative_persons_montage_is_in_the_positive_class_too_and_a_multiclass_one_in_its_call():
     normal = person("c", 0, 0, [0.1, 0.4, 0.05, 0.2])
-    assert explained_class(normal, positive=1, binary=True) == 0
-    assert decisive_frames(normal, 0, 2).tolist() == [2, 0]  # the frames most confidently normal
+    assert explained_class(normal, positive=1, binary=True) == 1
+    assert decisive_frames(normal, 1, 2).tolist() == [1, 3]
+    assert explained_class(normal, positive=1, binary=False) == 0  # multi-class: the class it was called
 
 
 def test_a_person_models_montage_shows_the_frames_of_highest_attention_first():
@@ -151,3 +152,61 @@ def test_evaluate_heatmaps_write_one_montage_per_person_and_the_gallery(nproc, t
         assert (out / row["strip"]).is_file() and (out / row["montage"]).is_file()
     assert read_json(out / "metrics.json")["n_persons"] == len(persons)
     assert (out / "report.html").is_file()
+
+
+def _montage_texts(renderer, who: PersonFrames, frames, tmp_path, monkeypatch) -> tuple[list[str], str]:
+    """(each panel's caption, the title) of the montage write_montage draws; the figure is captured, not saved."""
+    from carotid.report import heatmaps
+
+    figures = []
+    monkeypatch.setattr(heatmaps, "save_figure", lambda fig, path, **_: figures.append(fig))
+    names = renderer.model_file.class_names
+    write_montage(
+        renderer, who, frames, tmp_path / "m.png", n_frames=2, class_names=names, positive=1, threshold=0.5,
+        aggregation="mean",
+    )  # fmt: skip
+    (fig,) = figures
+    return [ax.get_title() for ax in fig.axes], fig._suptitle.get_text()
+
+
+def _tiff(path: Path, pages: int = 3) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (48, 48), dtype=np.uint8)) for _ in range(pages)]
+    images[0].save(path, save_all=True, append_images=images[1:])
+    return path
+
+
+def test_a_montage_speaks_of_the_positive_class_and_names_frames_by_file_from_1(trained_run, tmp_path, monkeypatch):
+    model_file = ModelFile.load(trained_run / "models" / "best_model.pth")
+    negative, positive = model_file.class_names
+    clip = _tiff(tmp_path / "clip.tif")
+    renderer = GradCamRenderer(model_file)
+    try:  # a person called negative, its frames 1 and 3 of a 3-page TIFF (numbers 0 and 2 in the CSVs)
+        captions, title = _montage_texts(
+            renderer, person("n", 0, 0, [0.3, 0.1]), [(str(clip), 0), (str(clip), 2)], tmp_path, monkeypatch
+        )
+    finally:
+        renderer.close()
+    assert [c.splitlines()[0] for c in captions] == ["clip.tif frame 1", "clip.tif frame 3"]
+    assert [c.splitlines()[1] for c in captions] == [f"P({positive}) 0.300", f"P({positive}) 0.100"]
+    assert f"person P({positive}) 0.200" in title and f"raised P({positive})" in title
+    assert f"P({negative})" not in title + "".join(captions)
+
+
+def test_a_blank_grad_cam_is_labelled_blank(data_dir, tmp_path, monkeypatch):
+    from carotid.report.heatmaps import blank_map
+
+    model_file = model_file_of("small_cnn", 1, 32)
+    model_file.state_dict["classifier.weight"].zero_()  # no pixel moves any logit: every map is constant
+    frames = [(str(p), 0) for p in sorted(data_dir[0].rglob("*.png"))[:2]]
+    renderer = GradCamRenderer(model_file)
+    try:
+        _, maps = renderer.maps(frames, 1)
+        captions, _ = _montage_texts(renderer, person("p", 1, 1, [0.6, 0.7]), frames, tmp_path, monkeypatch)
+    finally:
+        renderer.close()
+    assert all(blank_map(m) for m in maps)
+    assert all(c.endswith("Grad-CAM blank (constant map)") for c in captions)
+    assert not blank_map(np.linspace(0, 1, 16).reshape(4, 4))

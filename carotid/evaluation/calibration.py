@@ -175,6 +175,17 @@ def apply_temperature(logits: np.ndarray, temperature: float | None) -> np.ndarr
 # ---------------------------------------------------------------------------------------------
 
 
+def too_few_persons(persons: int | None) -> str | None:
+    """The one warning of a binary calibration judged on too few persons (evaluations, CVs, comparisons), whatever
+    the model kind; None when there are enough."""
+    if persons is None or persons >= MIN_CALIBRATION_PERSONS:
+        return None
+    return (
+        f"{persons} persons are too few to judge calibration (at least {MIN_CALIBRATION_PERSONS} advised): "
+        "its slope and intercepts are undefined or unreliable here; Brier score and ECE are shown as measured"
+    )
+
+
 def calibration_section(
     levels: dict[str, tuple[np.ndarray, np.ndarray]],
     class_names: list[str],
@@ -194,11 +205,9 @@ def calibration_section(
     persons = len(levels["person"][0]) if "person" in levels else None
     # One rule for every model kind: a binary slope on too few persons is flagged whether its fit failed (one
     # line, not one per failed fit) or converged to a wild value (a slope of 7.1 on 6 persons).
-    if len(class_names) == 2 and persons is not None and persons < MIN_CALIBRATION_PERSONS:
-        notes = [
-            f"{persons} persons are too few to judge calibration (at least {MIN_CALIBRATION_PERSONS} advised): "
-            "its slope and intercepts are undefined or unreliable here; Brier score and ECE are shown as measured"
-        ]
+    few = too_few_persons(persons) if len(class_names) == 2 else None
+    if few:
+        notes = [few]
     out["before_temperature"] = None
     if before is not None:
         out["before_temperature"] = {

@@ -15,7 +15,7 @@ import numpy as np
 from carotid.core.errors import UserError
 from carotid.core.run_dir import read_run_config
 from carotid.evaluation.bootstrap import _RankAUC, resample_counts
-from carotid.evaluation.calibration import logistic_recalibration
+from carotid.evaluation.calibration import logistic_recalibration, too_few_persons
 from carotid.evaluation.compare import (
     Side,
     delong,
@@ -132,6 +132,11 @@ def compare_models(
             }
         )
     holm_adjust(pairs)
+    few = too_few_persons(int(len(y_pos)))  # the evaluations' rule: one line, not one per model's failed fit
+    if few:
+        notes = [*notes, few]
+        for model in models:
+            model["notes"] = []
     return {
         "class_names": sides[0].class_names,
         "positive_class": sides[0].positive_class,

@@ -1,13 +1,15 @@
-"""Grad-CAM heat maps: per person, a montage of the frames that decided its result.
+"""Grad-CAM heat maps: per person, a montage of the frames its result rests on.
 
-Which frames and which class (`explained_class`, `decisive_frames`): always the person's predicted class, and
-the frames most confidently of it, with Grad-CAM for that class (each montage's title names the class): a
-person called positive shows where the model sees plaque, a missed positive (false negative) the frames that
-drove the negative call, and a correctly called negative where the model sees "normal" (the positive class's
-map would be uninformatively flat there). A person model (`--person-model attention|mean`) has no
-frame probabilities: its montage shows the frames with the highest attention first, each with its weight (a person
-whose attention is near uniform: frames spread over its sweep in order, and the title says no frame is preferred), and
-Grad-CAM explains each frame's embedding through the person head (`PersonFrameLogits`). Grad-CAM comes from the
+One class throughout a montage (`explained_class`): in a binary (screening) task always the positive class, named
+in the title — the person's P(positive), each frame's P(positive) and Grad-CAM for the positive class — so a
+montage of a negative person shows the frames that came closest to positive and what in them raised P(positive);
+in a multi-class task the person's predicted class. A frame model's montage shows the frames most in favour of
+that class (`decisive_frames`). A person model (`--person-model attention|mean`) has no frame probabilities: its
+montage shows the frames with the highest attention first, each with its weight (a person whose attention is near
+uniform: frames spread over its sweep in order, and the title says no frame is preferred), and Grad-CAM explains
+each frame's embedding through the person head (`PersonFrameLogits`). Each frame is captioned by its file and, in
+a multi-frame file, its 1-based frame number (`page.frame_name`). A map that is blank (constant: nothing in the
+frame moved the class's score) is said to be blank and the frame shown without an overlay. Grad-CAM comes from the
 `grad-cam` package (pytorch_grad_cam); the layer it hooks is chosen per architecture in `carotid.model.registry`.
 
 Montages are written by one process only (the caller's main process), one PNG per person.
@@ -24,14 +26,15 @@ import torch
 from torch import nn
 
 from carotid.data.decode import decode_frames
-from carotid.data.kinds import kind_by_name
 from carotid.data.transforms import eval_preset
 from carotid.evaluation.attention import person_uniform, uniform_sentence
 from carotid.model.file import ModelFile
 from carotid.model.gradcam import target_layer
+from carotid.report.page import frame_name
 from carotid.report.plots import new_figure, save_figure
 
 BATCH = 16  # frames per Grad-CAM pass: forward and backward of one batch
+BLANK_RANGE = 1e-6  # a map whose values span no more than this is blank (constant)
 
 
 @dataclass
@@ -81,8 +84,8 @@ def group_persons(
 
 
 def explained_class(person: PersonFrames, positive: int, binary: bool) -> int:
-    """The class a person's montage explains: the one it was called (`positive`/`binary` kept for callers)."""
-    return person.predicted
+    """The one class of a person's montage: the positive class in a binary task, else the class it was called."""
+    return positive if binary else person.predicted
 
 
 def decisive_frames(person: PersonFrames, target: int, n: int) -> np.ndarray:
@@ -107,10 +110,20 @@ def file_name(person_id: str, taken: set[str]) -> str:
     return name
 
 
-def frame_name(path: str, index: int) -> str:
-    """A frame as a caption: the file's name, with the frame number for a frame of a multi-frame file."""
-    kind = kind_by_name(path)
-    return Path(path).name if kind is not None and kind.single_frame else f"{Path(path).name} #{index}"
+def blank_map(cam: np.ndarray) -> bool:
+    """A Grad-CAM map that says nothing: constant (pytorch_grad_cam scales each map to [0, 1], so a map in which no
+    region moved the class's score comes back all zero)."""
+    return float(np.max(cam) - np.min(cam)) <= BLANK_RANGE
+
+
+def panel_caption(person: PersonFrames, k: int, frame: tuple[str, int], target: int, class_name: str, blank: bool):
+    """A montage panel's caption: the frame by its file (and 1-based frame number), its P(class) or its attention,
+    and 'Grad-CAM blank' where its map is."""
+    if person.attention is None:
+        weight = f"P({class_name}) {person.frame_probs[k, target]:.3f}"
+    else:
+        weight = f"attention {person.attention[k]:.3f}"
+    return f"{frame_name(*frame)}\n{weight}" + ("\nGrad-CAM blank (constant map)" if blank else "")
 
 
 class PersonFrameLogits(nn.Module):
@@ -190,8 +203,9 @@ def write_montage(
     threshold: float | None,
     aggregation: str,
 ) -> np.ndarray:
-    """One PNG: the person's n most decisive frames with their Grad-CAM overlay and probability, titled with
-    the person's aggregated result. Returns the positions of the frames shown."""
+    """One PNG: the person's n most decisive frames with their Grad-CAM overlay and P(class) or attention, titled
+    with the person's P(class) — one class throughout (`explained_class`). Returns the positions of the frames
+    shown."""
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
     binary = len(class_names) == 2
@@ -200,19 +214,13 @@ def write_montage(
     pixels, maps = renderer.maps([frames[person.rows[k]] for k in shown], target)
     fig, axes = new_figure(1, len(shown), figsize=(2.3 * len(shown), 3.0), squeeze=False)
     for ax, k, frame, cam in zip(axes[0], shown, pixels, maps):
-        rgb = np.repeat(frame, 3, axis=0) if frame.shape[0] == 1 else frame
-        ax.imshow(show_cam_on_image(rgb.transpose(1, 2, 0).astype(np.float32) / 255.0, cam, use_rgb=True))
-        weight = (
-            f"P({class_names[target]}) {person.frame_probs[k, target]:.3f}"
-            if person.attention is None
-            else f"attention {person.attention[k]:.3f}"
-        )
-        ax.set_title(f"frame {k + 1}/{len(person.rows)}\n{weight}")
-        ax.title.set_fontsize(8)
-        ax.set_xlabel(frame_name(*frames[person.rows[k]]), fontsize=6)
+        rgb = (np.repeat(frame, 3, axis=0) if frame.shape[0] == 1 else frame).transpose(1, 2, 0).astype(np.float32)
+        blank = blank_map(cam)  # drawn without an overlay: a flat colour would read as "everywhere" or "nowhere"
+        ax.imshow(rgb / 255.0 if blank else show_cam_on_image(rgb / 255.0, cam, use_rgb=True))
+        caption = panel_caption(person, k, frames[person.rows[k]], target, class_names[target], blank)
+        ax.set_title(caption, fontsize=7)
         ax.set_xticks([])
         ax.set_yticks([])
-    score = positive if binary else person.predicted
     rule = f", threshold {threshold:.3f}" if threshold is not None and binary else ""
     pooling = renderer.model_file.person_model
     pooled = f"{aggregation} of" if person.attention is None else f"{pooling} pooling of"
@@ -221,7 +229,7 @@ def write_montage(
         order = f"\n{uniform_sentence(pooling)}; frames shown in their order"
     fig.suptitle(
         f"{person.person_id}: {verdict(person, class_names, positive, binary)}\n"
-        f"person P({class_names[score]}) {person.person_prob[score]:.3f} = {pooled} "
+        f"person P({class_names[target]}) {person.person_prob[target]:.3f} = {pooled} "
         f"{len(person.rows)} frames{rule}; bright: regions that raised P({class_names[target]}) (Grad-CAM){order}",
         fontsize=9,
     )

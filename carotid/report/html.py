@@ -193,7 +193,7 @@ def section_failures(eval_dir: Path, pooling: str) -> str:
     return "".join(parts)
 
 
-def section_heatmaps(eval_dir: Path, failures: set[str], pooling: str) -> str:
+def section_heatmaps(eval_dir: Path, failures: set[str], pooling: str, positive: str | None = None) -> str:
     files = sorted(p for p in (eval_dir / "heatmaps").glob("*.png") if p.name not in failures)
     if not files:
         return ""
@@ -204,7 +204,8 @@ def section_heatmaps(eval_dir: Path, failures: set[str], pooling: str) -> str:
     person_of = {
         file_name(r["person_id"], taken): r["person_id"] for r in read_csv(EvalDir(eval_dir).person_predictions)
     }
-    which = "the frames of highest attention" if attention else "the frames that decided its result"
+    target = f"P({positive})" if positive else "P(the predicted class)"  # heatmaps.explained_class: one class
+    which = "the frames of highest attention" if attention else f"the frames of highest {target}"
     strips = " and its attention over the frame order (the montage's frames in red)" if attention else ""
 
     def person(p: Path) -> str:
@@ -214,7 +215,9 @@ def section_heatmaps(eval_dir: Path, failures: set[str], pooling: str) -> str:
         return line + strip + image(p, f"heat maps {p.stem}")
 
     return (
-        f'<h2 id="heatmaps">Heat maps</h2><p>Per person, {which}, with Grad-CAM{strips}.</p>'
+        f'<h2 id="heatmaps">Heat maps</h2><p>Per person, {escape(which)}, with Grad-CAM for {escape(target)}{strips}; '
+        "each frame named by its file and, in a multi-frame file, its frame number counted from 1. A blank map "
+        "(nothing in the frame moved the score) is labelled as such.</p>"
         + "".join(person(p) for p in files[:MAX_HEATMAPS])
         + more
     )
@@ -297,7 +300,7 @@ def build_report(eval_dir: Path | None, run_dir: Path | None) -> str:
     ]
     if eval_dir:
         body += [section_figures(eval_dir, metrics), section_persons(eval_dir), section_failures(eval_dir, pooling)]
-        body.append(section_heatmaps(eval_dir, failures, pooling))
+        body.append(section_heatmaps(eval_dir, failures, pooling, metrics.get("positive_class")))
     body += [section_checklist(config.get("options", {}), data_report, metrics, model)]
     body.append(section_provenance(config, metrics, model, run_dir))
     return document(title, body)

@@ -12,6 +12,7 @@ import yaml
 
 from carotid.core.files import file_sha256, read_table
 from carotid.core.run_dir import RunDir
+from carotid.data.kinds import kind_by_name
 from carotid.evaluation.attention import uniform_sentence
 from carotid.evaluation.registry import CALIBRATION_METRICS
 from carotid.model.file import ModelFile
@@ -75,20 +76,22 @@ def read_model(model_path: str | None) -> dict:
     return {k: getattr(model, k) for k in keys} | {"geometry": model.prep.describe(), "sha256": file_sha256(model_path)}
 
 
+def frame_name(path: str, frame: int | str) -> str:
+    """A frame in words, as every page and figure names it: the file's name, with the 1-based frame number for a
+    frame of a multi-frame file ('clip.dcm frame 104'; the CSVs' `frame` column counts from 0, as readers index)."""
+    kind = kind_by_name(path)
+    name = Path(path).name
+    return name if kind is not None and kind.single_frame else f"{name} frame {int(frame) + 1}"
+
+
 def read_attention(predictions_csv: Path) -> dict[str, list[tuple[str, float]]]:
     """A person model's attention from predictions.csv: {person ID: [(frame, weight)], highest weight first};
     {} for a frame model (its attention cells are empty) or an older file without the column."""
     persons: dict[str, list[tuple[str, float]]] = {}
-    rows = [r for r in read_csv(predictions_csv) if r.get("attention")]
-    files_of: dict[str, list[str]] = {}
-    for row in rows:
-        files_of.setdefault(row["person_id"], []).append(row["path"])
-    for row in rows:
-        name = Path(row["path"]).name
-        several = files_of[row["person_id"]].count(row["path"]) > 1  # frames of one multi-frame file
-        persons.setdefault(row["person_id"], []).append(
-            (f"{name} #{row['frame']}" if several else name, float(row["attention"]))
-        )
+    for row in read_csv(predictions_csv):
+        if row.get("attention"):
+            frame = frame_name(row["path"], row["frame"])
+            persons.setdefault(row["person_id"], []).append((frame, float(row["attention"])))
     return {p: sorted(frames, key=lambda f: -f[1]) for p, frames in persons.items()}
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from carotid.core.files import atomic_write_text
 from carotid.report.heatmaps import file_name
-from carotid.report.page import document, image, table
+from carotid.report.page import document, frame_name, image, table
 
 TOP_FRAMES = 3  # frames named per person
 
@@ -40,10 +40,6 @@ def trained_on(model_file) -> list[list[str]]:
     return [[k, v] for k, v in rows]
 
 
-def _frame_name(path: str, frame: int, several: bool) -> str:
-    return f"{Path(path).name} frame {int(frame) + 1}" if several else Path(path).name
-
-
 def person_rows(preds, persons, predicted, class_names, positive: int, threshold) -> list[dict]:
     """Per person: verdict, probability, and its top frames (with weight or probability) in frame order."""
     rows = []
@@ -52,8 +48,7 @@ def person_rows(preds, persons, predicted, class_names, positive: int, threshold
         mine = np.flatnonzero(ids == person)
         order = np.lexsort((frames[mine], paths[mine]))  # frame order: file, then frame number
         mine = mine[order]
-        counts = {p: int((paths[mine] == p).sum()) for p in set(paths[mine])}
-        names = [_frame_name(paths[j], frames[j], counts[paths[j]] > 1) for j in mine]
+        names = [frame_name(paths[j], frames[j]) for j in mine]
         if preds.person_level:
             weights, what = np.asarray(preds.attention)[mine], "attention"
         else:
