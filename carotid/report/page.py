@@ -127,9 +127,12 @@ def attention_line(
 
 def image(path: Path, alt: str) -> str:
     """An <img> whose PNG is embedded as a data URI; '' when the file does not exist."""
-    if not path.is_file():
-        return ""
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return png_image(path.read_bytes(), alt) if path.is_file() else ""
+
+
+def png_image(png: bytes, alt: str) -> str:
+    """An <img> of PNG bytes, embedded as a data URI."""
+    data = base64.b64encode(png).decode("ascii")
     return f'<img src="data:image/png;base64,{data}" alt="{escape(alt)}">'
 
 

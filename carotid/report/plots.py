@@ -119,10 +119,15 @@ def save_figure(fig, path: str | Path, *, paper: bool = False) -> None:
     if paper:
         save_figure_set(fig, Path(path))
         return
+    atomic_write_bytes(path, figure_png(fig))
+
+
+def figure_png(fig) -> bytes:
+    """The figure as a screen PNG (120 dpi), closed after: for a file, or embedded in a page as it is."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
     _pyplot().close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
 
 
 def new_figure(*args, **kwargs):

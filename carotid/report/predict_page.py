@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from carotid.core.files import atomic_write_text
+from carotid.evaluation.attention import person_uniform, uniform_sentence
+from carotid.report.attention import attention_png
 from carotid.report.heatmaps import file_name
-from carotid.report.page import document, frame_name, image, table
+from carotid.report.page import document, frame_name, image, png_image, table
 
 TOP_FRAMES = 3  # frames named per person
 
@@ -61,24 +63,27 @@ def person_rows(preds, persons, predicted, class_names, positive: int, threshold
                 "probability": float(persons.probs[i, positive]),
                 "threshold": threshold,
                 "top": [(names[t], float(weights[t])) for t in top],
+                "top_positions": top,
                 "what": what,
-                "sweep": list(zip(names, weights.tolist())) if preds.person_level else None,
+                "attention": weights if preds.person_level else None,  # in frame order
             }
         )
     return rows
 
 
-def attention_strip(sweep: list[tuple[str, float]]) -> str:
-    """The attention over the frame order as a row of bars (height ∝ weight), each titled with its frame."""
-    if not sweep:
+def attention_strip(row: dict, pooling: str) -> str:
+    """A person model's attention over the frame order: report.attention's strip (the run report's drawing, its
+    top frames in red), embedded; '' for a frame model."""
+    weights = row["attention"]
+    if weights is None:
         return ""
-    peak = max(w for _, w in sweep) or 1.0
-    bars = "".join(
-        f'<span title="{escape(name)}: {w:.3f}" style="display:inline-block;width:6px;margin-right:1px;'
-        f'height:{max(1, round(40 * w / peak))}px;background:#1f77b4;vertical-align:bottom"></span>'
-        for name, w in sweep
+    png = attention_png(
+        weights,
+        title=f"{row['person_id']}: attention over its {len(weights)} frames",
+        marked=row["top_positions"],
+        note=uniform_sentence(pooling) if person_uniform(weights) else None,
     )
-    return f"<div class='sub'>attention over the frame order ({len(sweep)} frames):</div><div>{bars}</div>"
+    return png_image(png, f"attention of {row['person_id']}")
 
 
 def build_predict_page(rows: list[dict], model_file, source: str, heatmap_dir: Path | None, note: str) -> str:
@@ -106,7 +111,7 @@ def build_predict_page(rows: list[dict], model_file, source: str, heatmap_dir: P
         )
         details.append(
             f"<h3>{escape(r['person_id'])}: {escape(r['verdict'])} (P({escape(positive)}) {r['probability']:.3f})</h3>"
-            + attention_strip(r["sweep"])
+            + attention_strip(r, model_file.person_model)
             + (montage or "<p class='sub'>no heat maps (pass --heatmaps N)</p>")
         )
     body = [
