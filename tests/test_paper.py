@@ -103,6 +103,15 @@ def test_methods_md_takes_its_numbers_from_the_run_files(trained_run):
     for split, counts in read_json(trained_run / "data_report.json")["splits"].items():
         assert f"{split}: {sum(counts['persons'].values())} persons" in text.lower()  # the first one capitalised
     assert "## For the authors to write" in text
+    # Plain words, each checked against the files: no "at most all frames", the numbers of metrics.json.
+    assert "at most all" not in text and "all frames of each person" in text and options["max_imgs_per_person"] is None
+    assert f"the {options['augment']} preset (--augment {options['augment']})" in text
+    assert f"{options['warmup_epochs']:g} warm-up epoch" in text and "None" not in text
+    calibration = metrics["calibration"]["person"]
+    assert f"Brier score {calibration['brier']:.3f}, ECE {calibration['ece']:.3f}" in text
+    few = [w for w in metrics["warnings"] if "too few to judge calibration" in w]
+    assert bool(few) == (f"{metrics['n_persons']} persons are too few to judge calibration" in text)
+    assert (folder / "calibration_curve.png").is_file() and "calibration_curve.png" in text
 
 
 def test_config_records_the_initial_weights_and_library_versions(trained_run, tmp_path):

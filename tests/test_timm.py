@@ -290,4 +290,5 @@ def test_the_report_checklist_names_the_starting_weights_file_and_the_fine_tunin
     text = initialisation(options | {"ema_decay": 0.998, "layer_decay": 0.75})
     assert text.startswith("the weights file convnext_atto.safetensors; fine-tuning: backbone frozen for 3 epoch(s)")
     assert "layer-wise LR decay 0.75" in text and "EMA of the weights (decay 0.998)" in text
-    assert initialisation({"pretrained": True}) == "downloaded ImageNet weights" and initialisation({}) == "random"
+    assert initialisation({"pretrained": True}) == "downloaded ImageNet weights"
+    assert initialisation({}) == "random weights"

@@ -142,8 +142,7 @@ def _method_items(o: dict, data_report: dict, metrics: dict | None, model: dict)
             f"{GREY if model.get('in_channels') == 1 else 'RGB (3 channels; grey frames copied into each)'}; "
             f"{model.get('geometry')}; scaled to [0, 1] and normalised with mean "
             f"{model.get('normalization', {}).get('mean')} and std {model.get('normalization', {}).get('std')}; "
-            f"at most {o.get('max_imgs_per_person') or 'all'} frames per person; training augmentation: "
-            f"{o.get('augment', 'n/a')}"
+            f"{frames_per_person(o)}; training augmentation: {augmentation(o)}"
             if model
             else None,
         ),
@@ -159,7 +158,7 @@ def _method_items(o: dict, data_report: dict, metrics: dict | None, model: dict)
             "Training details",
             "CLAIM: training approach, hyperparameters; TRIPOD+AI: model building, hyperparameter tuning",
             f"AdamW lr {o.get('lr')}, weight decay {o.get('weight_decay')}, {o.get('scheduler')} schedule "
-            f"({o.get('warmup_epochs')} warm-up epochs), {o.get('epochs')} epochs, batch {o.get('batch_size')} per "
+            f"({warmup(o)}), {o.get('epochs')} epochs, batch {o.get('batch_size')} per "
             f"process x {o.get('gradient_accumulation_steps')} accumulation, cross-entropy (label smoothing "
             f"{o.get('label_smoothing')}, class weights {o.get('class_weights')}), {early_stopping(o)}, "
             f"mixed precision {o.get('mixed_precision') or 'as set by the accelerate launch configuration'}"
@@ -177,15 +176,14 @@ def _result_items(o: dict, m: dict, model: dict) -> list[Item]:
             "Model selection and operating point",
             "CLAIM: model selection; TRIPOD+AI: model selection, threshold",
             f"best epoch by {model.get('monitor')} on the validation partition (epoch {model.get('epoch')}); "
-            f"{_threshold(m)}; person probability = "
-            f"{m.get('person_aggregation')} of its frames"
+            f"{_threshold(m)}; {person_probability(m)}"
             if model and m
             else None,
         ),
         Item(
             "Performance metrics with confidence intervals",
             "CLAIM: metrics, statistical measures of significance; TRIPOD+AI: performance measures, uncertainty",
-            f"AUC, accuracy, balanced accuracy, sensitivity, specificity, PPV, NPV, F1, per frame and per person, on "
+            f"AUC, accuracy, balanced accuracy, sensitivity, specificity, PPV, NPV, F1, {_levels(m)}, on "
             f"the {m.get('split')} partition; {describe_intervals(ci)}"
             if ci
             else ("metrics without CIs (--bootstrap 0)" if m else None),
@@ -194,7 +192,7 @@ def _result_items(o: dict, m: dict, model: dict) -> list[Item]:
         Item(
             "Calibration",
             "TRIPOD+AI: calibration; CLAIM: performance metrics",
-            "see the calibration section (reliability diagram and its numbers)" if m.get("calibration") else None,
+            calibration_words(m) if m.get("calibration") else None,
             "assess calibration (e.g. a reliability diagram) or state why not",
         ),
         Item(
@@ -299,6 +297,58 @@ def _cv_selection(
     )
 
 
+def frames_per_person(options: dict) -> str:
+    cap = options.get("max_imgs_per_person")
+    if cap:
+        return f"at most {cap} frames per person (--max-imgs-per-person), spread evenly over its sorted frames"
+    return "all frames of each person"
+
+
+def augmentation(options: dict) -> str:
+    augment = options.get("augment")
+    if not augment or augment == "none":
+        return "none"
+    return f"the {augment} preset (--augment {augment})"
+
+
+def warmup(options: dict) -> str:
+    epochs = options.get("warmup_epochs")
+    if not epochs:
+        return "no warm-up"
+    return f"{epochs:g} warm-up epoch{'' if epochs == 1 else 's'}" if isinstance(epochs, (int, float)) else str(epochs)
+
+
+def person_probability(metrics: dict) -> str:
+    """How a person's probability was made, in words: pooled frame probabilities, or a person model's pooling."""
+    model = metrics.get("person_model") or "frames"
+    if model != "frames":
+        return f"person probability from {model} pooling of its frames' embeddings (a person model)"
+    return f"person probability = {metrics.get('person_aggregation')} of its frames' probabilities"
+
+
+def _levels(metrics: dict) -> str:
+    if metrics.get("image", {}) is None:  # a person model: no probability per frame
+        return "per person (a person model gives no per-frame probability)"
+    return "per frame and per person"
+
+
+def calibration_words(metrics: dict) -> str:
+    """The person-level calibration numbers of metrics.json, and the too-few-persons warning when it fired."""
+    section = metrics["calibration"]
+    person = section.get("person") or {}
+    numbers = [
+        f"{label} {number(person[key])}"
+        for key, label in (("brier", "Brier score"), ("ece", "ECE"), ("calibration_slope", "calibration slope"))
+        if person.get(key) is not None
+    ]
+    words = f"per person: {', '.join(numbers)} (ECE over {section.get('binning')})"
+    persons = (metrics.get("counts") or {}).get("persons") or {}
+    if metrics.get("threshold") is not None and persons and all(persons.values()):  # figures.write_person_curves
+        words += "; calibration curve with a person-bootstrap band in calibration_curve.png"
+    few = [w.split(", ", 1)[1] for w in metrics.get("warnings", []) if "too few to judge calibration" in w]
+    return words + (f"; {few[0]}" if few else "")
+
+
 def initialisation(options: dict) -> str:
     """Where the run's starting weights came from, and the small-cohort fine-tuning it used, in words."""
     start = (
@@ -306,7 +356,7 @@ def initialisation(options: dict) -> str:
         if options.get("pretrained_weights")
         else "downloaded ImageNet weights"
         if options.get("pretrained")
-        else "random"
+        else "random weights"
     )
     tuning = [
         f"backbone frozen for {options['freeze_backbone_epochs']} epoch(s)"
