@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import html
 import json
 import re
@@ -14,6 +15,7 @@ from carotid.core.files import file_sha256
 from carotid.evaluation.inference import FramePredictions
 from carotid.evaluation.pooling import pooled_metrics
 from tests.browser import find_chromium, open_page
+from tests.latex import check_latex_table
 from tests.test_cv import cv_run  # noqa: F401  (the module-scoped 2-fold run)
 
 
@@ -58,6 +60,17 @@ def test_cv_ends_with_its_report_out_of_fold_result_first(cv_run):  # noqa: F811
     methods = (cv_dir / "methods.md").read_text(encoding="utf-8")
     assert f"AUC {auc:.3f} (95% CI {interval['low']:.3f}–{interval['high']:.3f})" in methods
     assert "2-fold cross-validation by person" in methods
+    # The folds' table under tables/: cv_metrics.json's numbers, every digit in the CSV, LaTeX that parses.
+    with (cv_dir / "tables" / "cv_folds.csv").open(encoding="utf-8") as handle:
+        table = list(csv.DictReader(handle))
+    assert [r["fold"] for r in table] == ["1", "2", "out of fold"]
+    for row, fold in zip(table, metrics["per_fold"] + [None]):
+        person = fold["person"] if fold else metrics["out_of_fold"]["person"]
+        for key in ("auc", "sensitivity", "specificity"):
+            assert (float(row[f"person {key}"]) if row[f"person {key}"] else None) == person[key]
+        assert row["threshold"] == (repr(fold["threshold"]) if fold else "")
+    assert len(check_latex_table(cv_dir / "tables" / "cv_folds.tex")) == 3
+    assert (cv_dir / "tables" / "cv_folds.md").read_text(encoding="utf-8").count("\n") == 5
 
 
 def test_fold_runs_name_their_held_out_fold_and_the_startup_block_prints_once(cv_run):  # noqa: F811

@@ -19,6 +19,7 @@ from carotid.evaluation.curves import decision_curve
 from carotid.evaluation.evaluator import _near_ties
 from tests.browser import find_chromium, open_page
 from tests.conftest import read_json
+from tests.latex import check_latex_table
 
 
 def _rows(path):
@@ -127,3 +128,24 @@ def test_config_records_the_initial_weights_and_library_versions(trained_run, tm
     assert record == {"source": "file", "file": str(weights), "sha256": file_sha256(weights), "bytes": 1234}
     text = (RunDir(trained_run).evaluation().path / "methods.md").read_text(encoding="utf-8")
     assert "**Initial weights.** Random initialisation." in text
+
+
+def test_the_metrics_table_is_written_as_csv_latex_and_markdown_with_metrics_json_numbers(trained_run):
+    folder = RunDir(trained_run).evaluation().path
+    metrics = read_json(folder / "metrics.json")
+    rows = _rows(folder / "tables" / "metrics.csv")
+    expected = {(key, level) for level in ("person", "image") for key in metrics[level]}
+    assert {(r["metric"], r["level"]) for r in rows} <= expected and len(rows) >= 16
+    for row in rows:  # every digit of metrics.json, and the interval's method as metrics.json names it
+        value = metrics[row["level"]][row["metric"]]
+        assert (float(row["value"]) if row["value"] else None) == value
+        interval = metrics["ci"][row["level"]].get(row["metric"])
+        assert (float(row["95% CI low"]) if row["95% CI low"] else None) == (interval or {}).get("low")
+    sensitivity = next(r for r in rows if (r["metric"], r["level"]) == ("sensitivity", "person"))
+    assert sensitivity["CI method"] == metrics["ci"]["method"]["by_metric"]["person"]["sensitivity"]
+    cells = check_latex_table(folder / "tables" / "metrics.tex")
+    assert [c[:3] for c in cells] == [
+        [r["metric"].replace("_", r"\_"), r["level"], f"{float(r['value']):.3f}" if r["value"] else "n/a"] for r in rows
+    ]
+    markdown = (folder / "tables" / "metrics.md").read_text(encoding="utf-8").splitlines()
+    assert len(markdown) == 2 + len(rows) and markdown[0].startswith("| metric | level | value |")

@@ -3,6 +3,8 @@ validation persons (`--operating-point`)."""
 
 from __future__ import annotations
 
+import csv
+
 import numpy as np
 import openpyxl
 import pytest
@@ -18,6 +20,7 @@ from carotid.evaluation.registry import parse_operating_point
 from carotid.evaluation.subgroups import MISSING, subgroup_report
 from carotid.training.config import parse_train_args
 from tests.conftest import read_json, write_xlsx
+from tests.latex import check_latex_table
 
 NAMES = ["normal", "plaque"]
 
@@ -105,6 +108,15 @@ def test_subgroup_column_end_to_end(trained_run, data_dir, tmp_path, capsys):
         assert sum(r["n_images"] for r in report["subgroups"][column]) == report["n_images"]
     assert all(r["small"] for r in report["subgroups"]["sex"])  # 3 test persons < 10
     assert (out / "subgroups.csv").read_text(encoding="utf-8").startswith("column,value,n_persons")
+    with (out / "tables" / "subgroups.csv").open(encoding="utf-8") as handle:  # the paper's table, the same numbers
+        table = list(csv.DictReader(handle))
+    written = [(r["column"], r["value"], int(r["persons"]), float(r["auc"]) if r["auc"] else None) for r in table]
+    assert written == [
+        (column, "" if row["value"] is None else str(row["value"]), row["n_persons"], row["person"].get("auc"))
+        for column, rows in report["subgroups"].items()
+        for row in rows
+    ]
+    assert len(check_latex_table(out / "tables" / "subgroups.tex")) == len(table)
     assert evaluate.main([*argv, "--subgroup-column", "device"]) == 2
     assert "'device' not found" in capsys.readouterr().err
 

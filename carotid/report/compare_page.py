@@ -18,7 +18,7 @@ from carotid.evaluation.comparison import auc_cell, proportion, test_cell
 from carotid.evaluation.curves import decision_curve, precision_recall
 from carotid.report.methods import compare_methods
 from carotid.report.page import document, image, table
-from carotid.report.paper import save_figure_set, write_table_set
+from carotid.report.paper import exact, save_figure_set, write_table_set
 from carotid.report.plots import new_figure
 
 BAND_RESAMPLES = 1000  # person resamples behind each ROC band (at most --bootstrap)
@@ -88,12 +88,7 @@ def plot_overlays(result: dict, sides: list[Side], out: Path, *, n_resamples: in
         "decision_curve": ["model", "threshold_probability", "net_benefit"],
     }
     for name in FIGURES:
-        write_table(out / f"{name}.csv", header[name], [[_exact(v) for v in r] for r in rows[name]])
-
-
-def _exact(value):
-    """Numbers written with repr (round-trips exactly), None as an empty cell."""
-    return "" if value is None else (repr(float(value)) if isinstance(value, (float, np.floating)) else value)
+        write_table(out / f"{name}.csv", header[name], [[exact(v) for v in r] for r in rows[name]])
 
 
 def model_table(result: dict) -> tuple[list[str], list[list]]:

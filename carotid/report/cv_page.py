@@ -46,6 +46,7 @@ from carotid.report.page import (
     with_ci,
 )
 from carotid.report.plots import plot_reliability, plot_roc
+from carotid.report.tables import write_cv_tables
 
 
 def write_cv_figures(
@@ -187,6 +188,7 @@ def section_folds(metrics: dict, cv_dir: Path | None = None) -> str:
         "(SD with ddof 1 over the folds where the metric is defined).</p>"
         + fold_warnings(folds)
         + table(header, rows)
+        + "<p class='sub'>Tables: tables/cv_folds.csv, .tex, .md (each fold and all out of fold).</p>"
         + (fold_links(cv_dir, folds) if cv_dir else "")
     )
 
@@ -330,6 +332,8 @@ def build_cv_report(cv_dir: Path) -> str:
 
 
 def write_cv_report(cv_dir: Path) -> Path:
+    """report.html, with methods.md and tables/cv_folds.* beside it, from the CV folder's files."""
+    write_cv_tables(cv_dir, read_cv_metrics(RunDir(cv_dir).cv_metrics))
     path = cv_dir / "report.html"
     atomic_write_text(path, build_cv_report(cv_dir))
     return path

@@ -13,7 +13,7 @@ import numpy as np
 from carotid.core.files import write_table
 from carotid.evaluation.curves import calibration_curve, decision_curve, precision_recall
 from carotid.report.page import image
-from carotid.report.paper import save_figure_set
+from carotid.report.paper import exact, save_figure_set
 from carotid.report.plots import new_figure
 
 PERSON_FIGURES = {  # file stem → heading on the page
@@ -22,13 +22,6 @@ PERSON_FIGURES = {  # file stem → heading on the page
     "calibration_curve": "Calibration curve per person",
     "forest_plot": "AUC per subgroup",
 }
-
-
-def exact(value):
-    """A number as repr writes it (reads back bit for bit), None as an empty cell."""
-    if value is None:
-        return ""
-    return repr(float(value)) if isinstance(value, (float, np.floating)) else value
 
 
 def _write_csv(path: Path, header: list[str], rows) -> None:

@@ -139,7 +139,9 @@ def section_metrics(metrics: dict) -> str:
     return (
         f'<h2 id="metrics">Metrics</h2><p>{escape(head)}</p>{cards}{warnings}'
         + table(["metric", "per image", "per person"], rows)
-        + f"<p class='sub'>{escape(ci)}</p>"
+        + f"<p class='sub'>{escape(ci)} Tables: tables/metrics.csv, .tex, .md"
+        + (", tables/subgroups.*" if metrics.get("subgroups") else "")
+        + ".</p>"
     )
 
 

@@ -1,5 +1,5 @@
 """An evaluation end to end (`evaluate_model`: inference on every process, the numbers, the files) and the
-files of an evaluation folder: metrics.json, the prediction tables, subgroups.csv, the figures
+files of an evaluation folder: metrics.json, the prediction tables, subgroups.csv, tables/, the figures
 (ROC with its bootstrap bands, reliability, confusion, heat maps, failure gallery) and report.html."""
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from carotid.report.figures import person_figures
 from carotid.report.gallery import write_person_figures
 from carotid.report.html import write_report
 from carotid.report.plots import fonts_note, plot_confusion, plot_reliability, plot_roc
+from carotid.report.tables import write_evaluation_tables
 
 
 def evaluate_model(
@@ -125,6 +126,7 @@ def write_evaluation(
     class_names, positive, threshold = report["class_names"], model_file.positive_index, report["threshold"]
     out_dir.mkdir(parents=True, exist_ok=True)
     write_metrics(EvalDir(out_dir).metrics, report)
+    write_evaluation_tables(out_dir, report)
     note = fonts_note(class_names)
     if note:
         log(f"warning: {note}")

@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import numpy as np
+
 from carotid.core.files import atomic_write_bytes, atomic_write_text, write_table
 
 FIGURES, TABLES = "figures", "tables"
@@ -52,6 +54,20 @@ def latex_escape(text: str) -> str:
     return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
 
 
+def shown(value) -> str:
+    """A cell as LaTeX and Markdown show it: a number with three decimals, a missing one as n/a."""
+    if value is None:
+        return "n/a"
+    return f"{value:.3f}" if isinstance(value, (float, np.floating)) else str(value)
+
+
+def exact(value):
+    """A cell as the CSV holds it: a number with every digit (repr reads back bit for bit), a missing one empty."""
+    if value is None:
+        return ""
+    return repr(float(value)) if isinstance(value, (float, np.floating)) else value
+
+
 def latex_table(header: list[str], rows: list[list], caption: str) -> str:
     """A booktabs tabular inside a table float; first column left-aligned, the others too (cells hold CIs)."""
     columns = "l" * len(header)
@@ -64,7 +80,7 @@ def latex_table(header: list[str], rows: list[list], caption: str) -> str:
         r"\toprule",
         " & ".join(latex_escape(h) for h in header) + r" \\",
         r"\midrule",
-        *(" & ".join(latex_escape(c) for c in row) + r" \\" for row in rows),
+        *(" & ".join(latex_escape(shown(c)) for c in row) + r" \\" for row in rows),
         r"\bottomrule",
         r"\end{tabular}",
         r"\end{table}",
@@ -77,16 +93,17 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
         return str(value).replace("|", r"\|").replace("\n", " ")
 
     lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(cell(shown(c)) for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
 def write_table_set(folder: Path, stem: str, header: list[str], rows: list[list], caption: str) -> list[Path]:
-    """tables/<stem>.csv, .tex and .md in `folder`; returns their paths."""
+    """tables/<stem>.csv, .tex and .md in `folder` from the same rows (numbers: every digit in the CSV, three
+    decimals in LaTeX and Markdown; None: empty, n/a); returns their paths."""
     tables = folder / TABLES
     tables.mkdir(exist_ok=True)
     written = []
-    write_table(tables / f"{stem}.csv", header, rows)  # formula-like cells written as text
+    write_table(tables / f"{stem}.csv", header, [[exact(c) for c in row] for row in rows])  # formulas as text
     written.append(tables / f"{stem}.csv")
     for suffix, text in (
         ("tex", latex_table(header, rows, caption)),
