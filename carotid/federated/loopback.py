@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from carotid.core.errors import UserError
+from carotid.federated.patient import check_patience_patch
 
 CONNECTION = "loopback"  # the SuperLink connection's name in $FLWR_HOME/config.toml
 APP_DIR = Path(__file__).parent / "app"  # the Flower app (pyproject.toml) that `flwr run` submits
@@ -206,6 +207,4 @@ def require_flower() -> None:
         raise UserError(
             "Flower is not installed", "install carotid[federated] (pip install 'carotid[federated]'; Python >= 3.11)"
         ) from None
-    from carotid.federated.patient import check_patience_patch
-
     check_patience_patch()  # the pinned flwr, before any process starts
