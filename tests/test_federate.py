@@ -91,10 +91,16 @@ def test_three_hospitals_train_resume_and_the_coordinator_never_holds_an_id_or_a
     (fed_dir,) = out.glob("fed_*")
     assert leftover_processes(str(tmp_path)) == []
 
-    again = federate(*site_args(sites, per_site), "--resume", str(fed_dir), "--rounds", "2")
+    # Resumed with hospC on 2 processes of its machine (its round under accelerate launch, DDP over gloo).
+    on_two = per_site | {"hospC": ["processes=2"]}
+    again = federate(*site_args(sites, on_two), "--resume", str(fed_dir), "--rounds", "2")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "resuming" in again.stdout and "round 2/2" in again.stdout and "round 1/" not in again.stdout
+    assert "hospC on 2 processes" in again.stdout
     assert leftover_processes(str(tmp_path)) == []
+    site_log = (out / "sites" / "hospC" / fed_dir.name / "train.log").read_text(encoding="utf-8")
+    assert "round 1: 1 local epoch(s) on 1 process(es)" in site_log
+    assert "round 2: 1 local epoch(s) on 2 process(es) (DDP over CPU processes)" in site_log
 
     for name in ("config.yaml", "metrics.csv", "train.log", "report.html", "models/best_model.pth"):
         assert (fed_dir / name).is_file(), name

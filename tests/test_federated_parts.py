@@ -30,12 +30,16 @@ def test_each_site_brings_its_own_folder_sheet_and_sheet_settings(two_sites):
     (root_a, label_a), (root_b, label_b) = two_sites
     cfg, given = parse_federate_args(
         ["--site", "hospA", str(root_a), str(label_a), "--site", "hospB", str(root_b), str(label_b),
-         "id-column=MRN", "header-row=2", "--rounds", "3", "--id-column", "ID"]
+         "id-column=MRN", "header-row=2", "processes=2", "--rounds", "3", "--id-column", "ID"]
     )  # fmt: skip
     sites = parse_sites(cfg)
     assert list(sites) == ["hospA", "hospB"] and cfg.rounds == 3 and "rounds" in given
     assert sites["hospA"]["id-column"] == "ID" and sites["hospB"]["id-column"] == "MRN"
     assert sites["hospB"]["header-row"] == 2 and sites["hospA"]["root-dir"] == str(root_a.resolve())
+    # Each site's processes (GPUs): --site-processes for all, processes=N for one.
+    assert (sites["hospA"]["processes"], sites["hospB"]["processes"]) == (1, 2)
+    cfg, _ = parse_federate_args(["--site", "hospA", str(root_a), str(label_a), "--site-processes", "4"])
+    assert parse_sites(cfg)["hospA"]["processes"] == 4
 
 
 @pytest.mark.parametrize(
@@ -45,6 +49,8 @@ def test_each_site_brings_its_own_folder_sheet_and_sheet_settings(two_sites):
         (["--site", "all", "ROOT", "LABEL"], "not a plain name"),
         (["--site", "hospA", "ROOT", "LABEL", "--site", "hospA", "ROOT", "LABEL"], "given twice"),
         (["--site", "hospA", "ROOT", "LABEL", "colour=red"], "not KEY=VALUE"),
+        (["--site", "hospA", "ROOT", "LABEL", "processes=0"], "processes=0 is not a whole number"),
+        (["--site", "hospA", "ROOT", "LABEL", "--site-processes", "0"], "--site-processes must be > 0"),
         (["--rounds", "2"], "no site given"),
     ],
 )

@@ -147,6 +147,12 @@ def test_flare_cli_mistakes_are_one_error_line_before_anything_is_written(tmp_pa
 def test_a_site_sets_only_its_own_options_as_client_arguments(tmp_path):
     settings = flare_client.site_settings(["--root-dir", "d", "--label-excel", "l.xlsx", "--id-column", "MRN"])
     assert settings == {"root_dir": "d", "label_excel": "l.xlsx", "id_column": "MRN"}
+    # The site's processes (GPUs) are its own too: from the job's site arguments back to the client.
+    words = flare_job.site_args({"root_dir": "d", "processes": 2}).split()
+    assert words == ["--root-dir", "d", "--processes", "2"]
+    assert flare_client.site_settings(words) == {"root_dir": "d", "processes": 2}
+    with pytest.raises(UserError, match="processes must be a whole number ≥ 1, not 0"):
+        flare_job.site_args({"root_dir": "d", "processes": 0})
     with pytest.raises(UserError, match="--lr are the coordinator's options, not a site's"):
         flare_client.site_settings(["--root-dir", "d", "--lr", "0.1"])
     with pytest.raises(UserError, match=r"site options \['lr'\] are not a site's to set"):

@@ -3,8 +3,10 @@
 A SuperNode is started with the site's settings, e.g.
 `flower-supernode ... --node-config 'site="hospA" root-dir="/data/us" label-excel="/data/labels.xlsx"
 output-dir="/data/carotid_sites" id-column="MRN"'`; the keys are carotid.train's option names of the options a
-site owns (`carotid.training.site.SITE_OPTIONS`, dashes for underscores) and `site`, the site's name. The
-coordinator's options arrive with each message. Three message types:
+site owns (`carotid.training.site.SITE_OPTIONS`, dashes for underscores), `site`, the site's name, and
+`processes`, how many processes (GPUs) of its machine the site trains on (1 by default; more runs each round under
+`accelerate launch`, `carotid.federated.site_round`). The coordinator's options arrive with each message. Three
+message types:
 
 - query: read the sheet and folders, make (or read back) the split, answer class names and counts;
 - train: one local round on the global weights; answer the new weights, counts and aggregate metrics;
@@ -25,13 +27,21 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from carotid.core.errors import UserError
+from carotid.federated.site_round import RoundTask, site_round
 from carotid.training.config import TrainConfig
-from carotid.training.local_round import evaluate_global, local_round
-from carotid.training.site import SITE_OPTIONS, open_site, site_accelerator, site_options, summarize
+from carotid.training.site import (
+    PROCESSES,
+    SITE_OPTIONS,
+    open_site,
+    site_accelerator,
+    site_options,
+    site_processes,
+    summarize,
+)
 
 app = ClientApp()
 
-FLAGS = {name.replace("_", "-"): name for name in SITE_OPTIONS}
+FLAGS = {name.replace("_", "-"): name for name in (*SITE_OPTIONS, PROCESSES)}
 
 
 def site_settings(node_config) -> tuple[str, dict]:
@@ -49,11 +59,12 @@ def site_settings(node_config) -> tuple[str, dict]:
     return name, {FLAGS[key]: value for key, value in settings.items()}
 
 
-def _site_cfg(msg: Message, context: Context) -> tuple[str, TrainConfig, dict]:
+def _site_cfg(msg: Message, context: Context) -> tuple[str, TrainConfig, dict, int]:
+    """(the site's name, its TrainConfig, the message's config, its processes)."""
     config = msg.content["config"]
     name, site = site_settings(context.node_config)
     options = json.loads(str(config["options"]))
-    return name, site_options(TrainConfig(**options), site), config
+    return name, site_options(TrainConfig(**options), site), config, site_processes(site)
 
 
 def _error_reply(msg: Message, context: Context, err: BaseException) -> Message:
@@ -81,29 +92,28 @@ def _numbers(metrics: dict) -> dict[str, float | int]:
 @app.query()
 def describe(msg: Message, context: Context) -> Message:
     try:
-        name, cfg, config = _site_cfg(msg, context)
+        name, cfg, config, processes = _site_cfg(msg, context)
         manifest, _ = open_site(site_accelerator(cfg), cfg, str(config["run-name"]))
         summary = summarize(manifest)
     except Exception as err:  # noqa: BLE001 - every failure is answered, named by site, to the coordinator
         return _error_reply(msg, context, err)
-    answer = {"name": name, "summary": json.dumps(summary.to_dict())}
+    answer = {"name": name, "summary": json.dumps(summary.to_dict()), "processes": processes}
     return Message(content=RecordDict({"site": ConfigRecord(answer)}), reply_to=msg)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     try:
-        _, cfg, config = _site_cfg(msg, context)
-        result = local_round(
-            site_accelerator(cfg),
-            cfg,
-            str(config["run-name"]),
-            msg.content["arrays"].to_torch_state_dict(),
+        _, cfg, config, processes = _site_cfg(msg, context)
+        task = RoundTask(
+            train=True,
             epochs=int(config["local-epochs"]),
             round_number=int(config["server-round"]),
             proximal_mu=float(config.get("proximal-mu", 0.0)),
             keep_local=str(config["keep-local"]) or None,
         )
+        weights = msg.content["arrays"].to_torch_state_dict()
+        _, result = site_round(cfg, str(config["run-name"]), weights, task, processes)
     except Exception as err:  # noqa: BLE001
         return _error_reply(msg, context, err)
     metrics = _numbers(result.metrics) | {
@@ -118,14 +128,10 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     try:
-        _, cfg, config = _site_cfg(msg, context)
-        numbers = evaluate_global(
-            site_accelerator(cfg),
-            cfg,
-            str(config["run-name"]),
-            msg.content["arrays"].to_torch_state_dict(),
-            keep_local=str(config["keep-local"]) or None,
-        )
+        _, cfg, config, processes = _site_cfg(msg, context)
+        task = RoundTask(evaluate=True, keep_local=str(config["keep-local"]) or None)
+        weights = msg.content["arrays"].to_torch_state_dict()
+        numbers, _ = site_round(cfg, str(config["run-name"]), weights, task, processes)
     except Exception as err:  # noqa: BLE001
         return _error_reply(msg, context, err)
     metrics = _numbers(numbers) | {"num-examples": numbers["val_persons"]}

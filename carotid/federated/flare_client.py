@@ -4,7 +4,10 @@ FLARE runs this file at each site (the job's `train_script`), with the site's ow
 
     python flare_client.py --root-dir /data/us --label-excel /data/labels.xlsx --output-dir /data/carotid_sites
         [--sheet S --header-row N --id-column C --label-column C --group-column C --max-imgs-per-person N
-         --cache ... --num-workers N]
+         --cache ... --num-workers N --processes N]
+
+`--processes N` (N > 1) trains and scores each round on N processes (GPUs) of the site's machine: the client
+stays one process for FLARE and runs the round under `accelerate launch` (`carotid.federated.site_round`).
 
 The coordinator's options (backbone, image size, batch size, …, the federated run's name, local epochs, FedBN)
 come in the job itself, as `carotid_flare.json` beside this file (`carotid.federated.flare_job` writes it). Each
@@ -21,6 +24,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import nvflare.client as flare
@@ -29,10 +33,18 @@ from nvflare.app_common.app_constant import AlgorithmConstants
 
 from carotid.core.errors import UserError, run_cli
 from carotid.core.files import write_table
-from carotid.core.options import parse_options
+from carotid.core.options import opt, parse_options
+from carotid.federated.site_round import RoundTask, site_round
 from carotid.training.config import TRAIN_GROUPS, TrainConfig
-from carotid.training.local_round import evaluate_global, local_round
-from carotid.training.site import SITE_OPTIONS, open_site, site_accelerator, site_options, site_run_dir
+from carotid.training.site import (
+    PROCESSES,
+    SITE_OPTIONS,
+    open_site,
+    site_accelerator,
+    site_options,
+    site_processes,
+    site_run_dir,
+)
 
 JOB_OPTIONS = "carotid_flare.json"  # the coordinator's options, shipped in the job beside this file
 TIMINGS = "flare_rounds.csv"  # the site's seconds per round: waiting for the global weights, scoring, training, sending
@@ -44,24 +56,35 @@ def read_job_options(folder: Path) -> tuple[TrainConfig, dict]:
     return TrainConfig(**job.pop("options")), job
 
 
+@dataclass
+class SiteArguments(TrainConfig):
+    processes: int = opt(1, "Processes (GPUs) of this machine the site trains each round on.", group="site")
+
+
 def site_settings(argv: Sequence[str]) -> dict:
-    """The site's own options (`carotid.training.site.SITE_OPTIONS`) from the script's arguments."""
-    parsed, given = parse_options(TrainConfig, argv, "flare_client.py", __doc__.split("\n\n")[0], TRAIN_GROUPS)
-    other = sorted(given - set(SITE_OPTIONS))
+    """The site's own options (`carotid.training.site.SITE_OPTIONS`, and its processes) from the script's
+    arguments."""
+    groups = TRAIN_GROUPS | {"site": "site"}
+    parsed, given = parse_options(SiteArguments, argv, "flare_client.py", __doc__.split("\n\n")[0], groups)
+    other = sorted(given - {*SITE_OPTIONS, PROCESSES})
     if other:
         flags = ", ".join("--" + name.replace("_", "-") for name in other)
         raise UserError(f"{flags} are the coordinator's options, not a site's", "set them in the FLARE job")
     return {name: getattr(parsed, name) for name in given}
 
 
-def run_site(cfg: TrainConfig, job: dict) -> None:
+def run_site(cfg: TrainConfig, job: dict, processes: int = 1) -> None:
     """The Client API loop: receive the global weights, score them, train them, send them back."""
     accelerator = site_accelerator(cfg)
     if accelerator.num_processes > 1:
-        # FLARE's Client API talks to one process; Flower's client (carotid.federate) trains over several.
-        raise UserError("a FLARE site trains in one process here", "start the site's client without accelerate launch")
+        # FLARE's Client API talks to one process, which launches the round's processes itself.
+        raise UserError(
+            "a FLARE site's client is one process", "start it without accelerate launch; give it --processes N instead"
+        )
     run_name, keep_local = job["run_name"], job["keep_local"]
     manifest, _ = open_site(accelerator, cfg, run_name)  # a bad sheet or no frames stop this site before round 1
+    if processes > 1:
+        print(f"this site trains each round on {processes} processes (accelerate launch)", flush=True)
     if list(manifest.class_names) != list(job["class_names"]):
         raise UserError(
             f"this site's classes {manifest.class_names} differ from the job's {job['class_names']}",
@@ -72,18 +95,17 @@ def run_site(cfg: TrainConfig, job: dict) -> None:
     while flare.is_running():  # waits for the next task: the other sites, the aggregation, the transport
         incoming = flare.receive()
         received = time.perf_counter()
-        scores = evaluate_global(accelerator, cfg, run_name, incoming.params, keep_local=keep_local)
+        scoring = RoundTask(evaluate=True, keep_local=keep_local)
+        scores, _ = site_round(cfg, run_name, incoming.params, scoring, processes)
         scored = time.perf_counter()
-        result = local_round(
-            accelerator,
-            cfg,
-            run_name,
-            incoming.params,
+        task = RoundTask(
+            train=True,
             epochs=job["local_epochs"],
             round_number=incoming.current_round + 1,
             proximal_mu=float((incoming.meta or {}).get(AlgorithmConstants.FEDPROX_MU) or 0.0),
             keep_local=keep_local,
         )
+        _, result = site_round(cfg, run_name, incoming.params, task, processes)
         trained = time.perf_counter()
         metrics = {f"global_{k}": v for k, v in scores.items() if k in ("val_person_auc", "val_loss")}
         metrics |= {f"local_{k}": v for k, v in result.metrics.items() if k != "val_persons"}
@@ -108,7 +130,7 @@ def _main(argv: Sequence[str] | None, job_folder: Path) -> int:
     flare.init()
     coordinator, job = read_job_options(job_folder)
     site = site_settings(sys.argv[1:] if argv is None else argv)
-    run_site(site_options(coordinator, site), job)
+    run_site(site_options(coordinator, site), job, site_processes(site))
     return 0
 
 

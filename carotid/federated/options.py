@@ -14,7 +14,8 @@ from carotid.core.options import opt, parse_options
 from carotid.training.config import TRAIN_GROUPS, TrainConfig
 
 # The sheet and data settings a --site may give for itself (KEY=VALUE); the same flags given once apply to all.
-SITE_KEYS = ("sheet", "header-row", "id-column", "label-column", "group-column", "max-imgs-per-person")
+SITE_KEYS = ("sheet", "header-row", "id-column", "label-column", "group-column", "max-imgs-per-person", "processes")
+WHOLE_NUMBERS = ("header-row", "max-imgs-per-person", "processes")
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SEPARATOR = "\x1f"  # joins a --site's words into one argparse value
 
@@ -47,10 +48,16 @@ class FederateConfig(TrainConfig):
         group="federated",
     )
     round_timeout_minutes: float = opt(30.0, "How long a round waits for the sites' answers.", group="federated")
+    site_processes: int = opt(
+        1,
+        "Processes (GPUs) each site trains on: more than 1 runs each site's round under accelerate launch "
+        "(DDP over its GPUs, or CPU processes over gloo without one). A --site may set its own as processes=N.",
+        group="federated",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("rounds", "local_epochs", "round_timeout_minutes"):
+        for name in ("rounds", "local_epochs", "round_timeout_minutes", "site_processes"):
             if getattr(self, name) <= 0:
                 raise UserError(f"--{name.replace('_', '-')} must be > 0", "give a positive number")
         if self.fedprox_mu < 0:
@@ -88,13 +95,16 @@ def parse_sites(cfg: FederateConfig) -> dict[str, dict]:
             key, _, value = item.partition("=")
             if key not in SITE_KEYS or not value:
                 raise UserError(f"site {name}: {item!r} is not KEY=VALUE", f"KEY is one of {', '.join(SITE_KEYS)}")
-            settings[key] = int(value) if key in ("header-row", "max-imgs-per-person") else value
+            if key in WHOLE_NUMBERS and not (value.isdigit() and (key != "processes" or int(value) >= 1)):
+                raise UserError(f"site {name}: {key}={value} is not a whole number", f"e.g. {key}=2")
+            settings[key] = int(value) if key in WHOLE_NUMBERS else value
         sites[name] = settings
     return sites
 
 
 def _shared_settings(cfg: FederateConfig) -> dict:
-    values = {key: getattr(cfg, key.replace("-", "_")) for key in SITE_KEYS}
+    values = {key: getattr(cfg, key.replace("-", "_"), None) for key in SITE_KEYS}
+    values["processes"] = cfg.site_processes
     values |= {"cache": cfg.cache, "cache-dir": cfg.cache_dir, "num-workers": cfg.num_workers}
     values["strict-matching"] = cfg.strict_matching
     return {k: v for k, v in values.items() if v is not None}

@@ -93,7 +93,7 @@ def coordinate(grid: Grid, run_config) -> None:
         say(f"run directory: {run.paths.path}", run)
     say(
         f"{fed.strategy}: {fed.rounds} rounds of {fed.local_epochs} local epoch(s) at {len(names)} sites "
-        f"({', '.join(n for n, _ in names.values())}); at least {fed.min_sites} must answer each round",
+        f"({', '.join(_site_label(n, s) for n, s in names.values())}); at least {fed.min_sites} must answer each round",
         run,
     )
     strategy = make_strategy(fed)
@@ -101,6 +101,11 @@ def coordinate(grid: Grid, run_config) -> None:
         weights = one_round(grid, strategy, run, fed, base, names, round_number, weights)
     report = run.write_report(fed.strategy)
     say(f"done: {fed.rounds} rounds; models in {run.paths.models}; report: {report}", run)
+
+
+def _site_label(name: str, summary: dict) -> str:
+    processes = int(summary.get("processes", 1))
+    return f"{name} on {processes} processes" if processes > 1 else name
 
 
 def make_strategy(fed: Federation) -> FedAvg:
@@ -159,7 +164,9 @@ def describe_sites(grid: Grid, fed: Federation, base: dict) -> dict[int, tuple[s
         if "error" in answer:
             errors.append(f"site {answer.get('name') or node}: {answer['error']}")
             continue
-        sites[node] = (str(answer["name"]), json.loads(str(answer["summary"])))
+        # How many processes (GPUs) the site trains on: shown at the start, kept in config.yaml with its counts.
+        summary = json.loads(str(answer["summary"])) | {"processes": int(answer.get("processes", 1))}
+        sites[node] = (str(answer["name"]), summary)
     if errors:
         raise UserError("; ".join(errors))
     seen = [name for name, _ in sites.values()]

@@ -42,7 +42,7 @@ from carotid.core.runtime import RunLog, StopSignal
 from carotid.data.manifest import DataManifest
 from carotid.training.config import TrainConfig
 from carotid.training.epoch import build_run_model
-from carotid.training.fit import choose_monitor, run_datasets
+from carotid.training.fit import DISTRIBUTION, choose_monitor, run_datasets
 from carotid.training.site import open_site
 from carotid.training.trainer import Trainer
 
@@ -139,6 +139,11 @@ def local_round(
     """
     manifest, run_dir = open_site(accelerator, cfg, run_name)
     round_dir = RunDir(run_dir).path / "rounds" / f"round_{round_number:03d}"
+    kind = accelerator.distributed_type.value
+    RunLog(accelerator, RunDir(run_dir).log)(
+        f"round {round_number}: {epochs} local epoch(s) on {accelerator.num_processes} process(es) "
+        f"({DISTRIBUTION.get(kind, kind)}), device: {accelerator.device}"
+    )
     trainer, model_keys = _trainer(
         accelerator, _round_options(cfg, epochs), manifest, run_dir, round_dir, global_weights, keep_local
     )

@@ -40,6 +40,8 @@ SITE_OPTIONS = (
     "num_workers",
     "output_dir",
 )
+# How many processes (GPUs) of its own machine a site trains on: its machine's setting, not a carotid.train option.
+PROCESSES = "processes"
 
 
 @dataclass(frozen=True)
@@ -56,19 +58,34 @@ class SiteSummary:
 
 
 def check_site_settings(site: Mapping[str, object]) -> None:
-    """A site's settings name only SITE_OPTIONS; anything else is the coordinator's and refused."""
-    unknown = sorted(set(site) - set(SITE_OPTIONS))
+    """A site's settings name only SITE_OPTIONS and PROCESSES; anything else is the coordinator's and refused."""
+    unknown = sorted(set(site) - {*SITE_OPTIONS, PROCESSES})
     if unknown:
         raise UserError(
-            f"site options {unknown} are not a site's to set", f"a site sets only {', '.join(SITE_OPTIONS)}"
+            f"site options {unknown} are not a site's to set",
+            f"a site sets only {', '.join(SITE_OPTIONS)} and {PROCESSES}",
         )
+    site_processes(site)
+
+
+def site_processes(site: Mapping[str, object]) -> int:
+    """The site's processes (1 unless set): a whole number ≥ 1, else a UserError."""
+    value = site.get(PROCESSES, 1)
+    try:
+        number = int(str(value))
+    except ValueError:
+        number = 0
+    if number < 1 or isinstance(value, float) or isinstance(value, bool):
+        raise UserError(f"a site's {PROCESSES} must be a whole number ≥ 1, not {value!r}", f"e.g. {PROCESSES}=2")
+    return number
 
 
 def site_options(cfg: TrainConfig, site: dict) -> TrainConfig:
     """The coordinator's options with this site's own (SITE_OPTIONS) put in; anything else is refused."""
     check_site_settings(site)
+    own = {k: v for k, v in site.items() if k != PROCESSES}
     # The coordinator's starting weights arrive with every round: a site never loads weights of its own.
-    return dataclasses.replace(cfg, **site, pretrained=False, pretrained_weights=None, load_model=None, resume=None)
+    return dataclasses.replace(cfg, **own, pretrained=False, pretrained_weights=None, load_model=None, resume=None)
 
 
 def site_run_dir(cfg: TrainConfig, run_name: str) -> Path:
