@@ -229,4 +229,4 @@ def test_compare_writes_an_overlaid_roc_and_a_page_naming_both_classes(tmp_path,
     report = open_page(out / "compare.html")
     assert report.title == "carotid — comparison of 2 models"
     assert not report.exceptions and not report.failed and not report.blanks, report.blanks
-    assert len(report.images) == 3 and all(i["ok"] and i["width"] > 400 for i in report.images)
+    assert len(report.images) == 4 and all(i["ok"] and i["width"] > 400 for i in report.images)  # 4 curves

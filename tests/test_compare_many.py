@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from carotid import compare
-from carotid.evaluation.curves import decision_curve, net_benefit
+from carotid.evaluation.curves import calibration_curve, decision_curve, net_benefit
 from tests.browser import find_chromium, open_page
 from tests.conftest import read_json
 from tests.test_compare import write_eval
@@ -80,7 +80,17 @@ def test_three_models_one_table_holm_adjusted_and_paper_files(tmp_path, capsys):
     tp, fp = int(((scores["strong"] >= 0.2) & y).sum()), int(((scores["strong"] >= 0.2) & ~y).sum())
     assert float(rows[0]["net_benefit"]) == pytest.approx(tp / 30 - fp / 30 * 0.2 / 0.8, abs=1e-15)
 
-    for stem in ("roc_overlay", "pr_overlay", "decision_curve"):
+    # The calibration curve of every model, with its band: the CSV is each model's curve recomputed.
+    with (out / "calibration_curve.csv").open(encoding="utf-8") as handle:
+        written = list(csv.DictReader(handle))
+    for name, key in zip(names, scores):
+        curve = calibration_curve(y, scores[key], n_resamples=200, seed=42)
+        mine = [r for r in written if r["model"] == name]
+        assert [float(r["observed"]) for r in mine] == curve["observed"]
+        assert [float(r["low"]) if r["low"] else None for r in mine] == curve["low"]
+    assert any(r["low"] for r in written)  # a band, not only points
+
+    for stem in ("roc_overlay", "pr_overlay", "decision_curve", "calibration_curve"):
         ET.parse(out / "figures" / f"{stem}.svg")  # well-formed XML
         pdf = (out / "figures" / f"{stem}.pdf").read_bytes()
         assert pdf.startswith(b"%PDF-") and pdf.rstrip().endswith(b"%%EOF")
@@ -105,12 +115,13 @@ def test_three_models_one_table_holm_adjusted_and_paper_files(tmp_path, capsys):
 
     page = html.unescape((out / "compare.html").read_text(encoding="utf-8"))
     assert "comparison of 3 models" in page and "Holm" in page and "强 model" in page
+    assert "Calibration curve per person (95% band)" in page
     assert re.search(r"Clopper–Pearson", page)
     if find_chromium() is None:
         return
     report = open_page(out / "compare.html")
     assert not report.exceptions and not report.failed and not report.blanks, report.blanks
-    assert len(report.images) == 3 and all(i["ok"] for i in report.images)
+    assert len(report.images) == 4 and all(i["ok"] for i in report.images)  # ROC, PR, decision, calibration
     assert report.title == "carotid — comparison of 3 models" and len(report.screenshot) > 10_000
 
 

@@ -1,7 +1,7 @@
 """The files `carotid.compare` writes beside compare.json: the overlaid person-level ROC (each with the 95%
-band of the person bootstrap), precision–recall and decision curves of every model on the same persons (each
-with a CSV of its numbers, and under figures/ as SVG, PDF and 300-dpi PNG), the tables under tables/ (CSV,
-LaTeX, Markdown), and compare.html: one self-contained page."""
+band of the person bootstrap), precision–recall, decision and calibration curves (each model's with its 95% band)
+of every model on the same persons (each with a CSV of its numbers, and under figures/ as SVG, PDF and 300-dpi
+PNG), the tables under tables/ (CSV, LaTeX, Markdown), and compare.html: one self-contained page."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from carotid.core.files import atomic_write_text, write_table
 from carotid.evaluation.bootstrap import roc_band
 from carotid.evaluation.compare import Side
 from carotid.evaluation.comparison import auc_cell, proportion, test_cell
-from carotid.evaluation.curves import decision_curve, precision_recall
+from carotid.evaluation.curves import calibration_curve, decision_curve, precision_recall
 from carotid.report.methods import compare_methods
 from carotid.report.page import document, image, table
 from carotid.report.paper import exact, save_figure_set, write_table_set
@@ -91,6 +91,40 @@ def plot_overlays(result: dict, sides: list[Side], out: Path, *, n_resamples: in
         write_table(out / f"{name}.csv", header[name], [[exact(v) for v in r] for r in rows[name]])
 
 
+def plot_calibration_overlay(result: dict, sides: list[Side], out: Path, *, n_resamples: int, seed: int) -> bool:
+    """calibration_curve (.png, .csv, figures/): each model's observed share per bin of its P(positive) with the
+    95% band of the person bootstrap (figures.write_person_curves' curve, one per model); readers give calls, not
+    probabilities, and are left out. False when no model has probabilities."""
+    y_pos = sides[0].truth == sides[0].positive_class
+    curves = [
+        (row["name"], colour, calibration_curve(y_pos, side.score, n_resamples=n_resamples, seed=seed))
+        for row, side, colour in zip(result["models"], sides, COLOURS * 4)
+        if side.reader is None
+    ]
+    if not curves:
+        return False
+    fig, ax = new_figure(figsize=(6.5, 6))
+    rows = []
+    for name, colour, cal in curves:
+        banded = [i for i, low in enumerate(cal["low"]) if low is not None]
+        if banded:
+            x = [cal["mean_predicted"][i] for i in banded]
+            low, high = [cal["low"][i] for i in banded], [cal["high"][i] for i in banded]
+            ax.fill_between(x, low, high, color=colour, alpha=0.12)
+        ax.plot(cal["mean_predicted"], cal["observed"], "o-", color=colour, label=name)
+        rows += [[name, *values] for values in zip(*cal.values())]
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect calibration")
+    who = f"the same {result['n_persons']} persons ({_counts(result)})"
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel=f"predicted P({result['positive_class']})")
+    ax.set(ylabel=f"observed share {result['positive_class']}")
+    ax.set_title(f"Calibration per person, {who}\nshaded: 95% band ({n_resamples} person resamples)", fontsize=9)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=8, frameon=False)
+    save_figure_set(fig, out / "calibration_curve.png")
+    header = ["model", "bin_low", "bin_high", "n", "mean_predicted", "observed", "low", "high"]
+    write_table(out / "calibration_curve.csv", header, [[exact(v) for v in r] for r in rows])
+    return True
+
+
 def model_table(result: dict) -> tuple[list[str], list[list]]:
     header = ["model", "AUC [95% CI]", "sensitivity", "specificity", "PPV", "NPV", "Brier", "calibration slope"]
     rows = [
@@ -145,7 +179,9 @@ def build_compare_page(result: dict, out: Path) -> str:
             ("roc_overlay", "ROC per person"),
             ("pr_overlay", "Precision–recall per person"),
             ("decision_curve", "Decision curve (net benefit) per person"),
+            ("calibration_curve", "Calibration curve per person (95% band)"),
         )
+        if (out / f"{name}.png").is_file()
     )
     body = [
         f"<h1>{escape(title)}</h1><p class='sub'>{escape(' · '.join(m['name'] for m in result['models']))}</p>",
@@ -175,6 +211,7 @@ def build_compare_page(result: dict, out: Path) -> str:
 def write_compare_page(result: dict, sides: list[Side], out: Path, *, n_resamples: int, seed: int) -> Path:
     """The figures, tables and compare.html in `out`; returns the page's path."""
     plot_overlays(result, sides, out, n_resamples=min(n_resamples, BAND_RESAMPLES), seed=seed)
+    plot_calibration_overlay(result, sides, out, n_resamples=min(n_resamples, BAND_RESAMPLES), seed=seed)
     for stem, (header, rows), caption in (
         ("compare_models", model_table(result), "Each model at its own threshold (95% CIs)"),
         ("compare_description", description_table(result), "The models compared"),
