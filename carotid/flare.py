@@ -9,7 +9,9 @@ carotid.train option; --site with its own sheet settings as KEY=VALUE). The coor
 OUT/flare_YYYYMMDD_HHMMSS/ holds config.yaml, models/final_model.pth (an ordinary carotid model file), the job
 (job/) and FLARE's workspace and logs (simulation/); each site's own files are in OUT/sites/NAME/flare_…/ (with
 FedBN also the site's own model, models/site_model.pth). `--export DIR` writes the job folder instead, for
-`nvflare job submit -j DIR/flare_…` on a FLARE deployment (docs/FEDERATED.md).
+`nvflare job submit -j DIR/flare_…` on a FLARE deployment (docs/FEDERATED.md). `--resume OUT/flare_…` (with the
+same --site arguments; --rounds to extend) continues after the last round FLARE's server finished, from its
+global model, with the run's own options.
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ NOT_HERE = {  # options of carotid.train / carotid.federate that a FLARE run has
     "demo": "make demo sites with python -m carotid.demo --sites 3",
     "min_sites": "a FLARE run waits for every site; use carotid.federate (Flower) to go on without one",
     "round_timeout_minutes": "use carotid.federate (Flower) for round timeouts",
-    "resume": "start the run again (a FLARE simulation does not resume)",
 }
+# With --resume the run's own options apply; besides these, only a site's own settings may be given.
+RESUME_TAKES = {"site", "resume", "rounds", "site_processes"}
 
 
 @dataclass
@@ -90,10 +93,11 @@ def run(cfg: FlareConfig, given: set[str]) -> Path:
     import yaml
 
     from carotid.federated import flare_job
-    from carotid.training.site import site_options
 
     for name in sorted(given & set(NOT_HERE)):
         raise UserError(f"--{name.replace('_', '-')} is not an option of carotid-flare", NOT_HERE[name])
+    if cfg.resume:
+        return resume(cfg, given)
     output_dir, run_name = Path(cfg.output_dir).resolve(), time.strftime("flare_%Y%m%d_%H%M%S")
     run_dir = output_dir / run_name
     if run_dir.exists():
@@ -119,15 +123,76 @@ def run(cfg: FlareConfig, given: set[str]) -> Path:
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
     print(f"sites: {', '.join(sites)}; FLARE's workspace and logs: {run_dir / 'simulation'}", flush=True)
     simulation = flare_job.simulate(recipe, run_dir / "job", list(sites), run_dir / "simulation", cfg.rounds)
+    save_models(run_dir, train_cfg, classes, sites, simulation, cfg.rounds, cfg.keep_local)
+    return run_dir
+
+
+def save_models(run_dir: Path, train_cfg, classes: list[str], sites: dict, simulation: Path, rounds: int, keep_local):
+    """models/final_model.pth from the server's last global model; with FedBN each site's own model at the site."""
+    from carotid.federated import flare_job
+    from carotid.training.site import site_options
+
     weights = flare_job.global_weights(simulation)
-    model = flare_job.save_model(run_dir / "models" / "final_model.pth", train_cfg, classes, weights, cfg.rounds)
-    print(f"the global model after {cfg.rounds} rounds: {model}")
-    if cfg.keep_local == "norm":
+    model = flare_job.save_model(run_dir / "models" / "final_model.pth", train_cfg, classes, weights, rounds)
+    print(f"the global model after {rounds} rounds: {model}")
+    if keep_local == "norm":
         for name, site in sites.items():
-            own = weights | flare_job.site_norm_layers(site_options(train_cfg, site), run_name)
-            path = Path(site["output_dir"]) / run_name / "models" / "site_model.pth"
+            own = weights | flare_job.site_norm_layers(site_options(train_cfg, site), run_dir.name)
+            path = Path(site["output_dir"]) / run_dir.name / "models" / "site_model.pth"
             print(f"{name}'s own model (the global weights with its norm layers): "
-                  f"{flare_job.save_model(path, train_cfg, classes, own, cfg.rounds)}")  # fmt: skip
+                  f"{flare_job.save_model(path, train_cfg, classes, own, rounds)}")  # fmt: skip
+
+
+def resume(cfg: FlareConfig, given: set[str]) -> Path:
+    """Continue OUT/flare_… after the last round FLARE's server finished, from its global model, with the run's
+    own options (config.yaml) and `--rounds` (to extend); the sites' folders and split are the run's."""
+    import yaml
+
+    from carotid.federated import flare_job
+    from carotid.training.config import TrainConfig
+    from carotid.training.site import SITE_OPTIONS
+
+    run_dir = Path(cfg.resume).resolve()
+    if not (run_dir / "config.yaml").is_file() or not (run_dir / "job").is_dir():
+        raise UserError(f"{cfg.resume} is not a carotid-flare run folder", "pass OUT/flare_YYYYMMDD_HHMMSS to --resume")
+    own = set(SITE_OPTIONS) - {"root_dir", "label_excel", "output_dir"}
+    for name in sorted(given - RESUME_TAKES - own):
+        raise UserError(
+            f"--{name.replace('_', '-')} cannot change a resumed run: its own options (config.yaml) apply",
+            "give only --resume, the same --site arguments, --rounds (to extend) and the sites' own settings",
+        )
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    fed = saved["federated"]
+    rounds = cfg.rounds if "rounds" in given else int(fed["rounds"])
+    sites = {
+        name: {key.replace("-", "_"): value for key, value in settings.items()}
+        | {"output_dir": str(run_dir.parent / "sites" / name)}
+        for name, settings in parse_sites(cfg).items()
+    }
+    if sorted(sites) != sorted(saved["sites"]):
+        raise UserError(f"the run had sites {sorted(saved['sites'])}, not {sorted(sites)}", "give the run's own --site")
+    classes = site_classes(sites)
+    if classes != saved["class_names"]:
+        raise UserError(f"the sites' classes are {classes}, the run's {saved['class_names']}", "give its own sites")
+    last = flare_job.last_global_model(run_dir)
+    if last is None:
+        raise UserError(f"{run_dir.name} finished no round", "start the run again without --resume")
+    done, checkpoint = last
+    if done >= rounds:
+        raise UserError(f"{run_dir.name} has finished {done} of {rounds} rounds", f"give --rounds N with N > {done}")
+    train_cfg = TrainConfig(**saved["options"])
+    recipe = flare_job.build_recipe(
+        train_cfg, classes, sites, run_dir / "job", run_name=run_dir.name, rounds=rounds - done,
+        local_epochs=fed["local_epochs"], keep_local=fed["keep_local"], fedprox_mu=fed["fedprox_mu"],
+        initial_ckpt=checkpoint, start_round=done,
+    )  # fmt: skip
+    saved["federated"]["rounds"] = rounds
+    saved.setdefault("resumed", []).append({"after_round": done, "time": time.strftime("%Y-%m-%d %H:%M:%S")})
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved, allow_unicode=True), encoding="utf-8")
+    workspace = run_dir / f"simulation_from_round_{done}"
+    print(f"resuming {run_dir.name} after round {done} of {rounds}; FLARE's workspace and logs: {workspace}")
+    simulation = flare_job.simulate(recipe, run_dir / "job", list(sites), workspace, rounds - done)
+    save_models(run_dir, train_cfg, classes, sites, simulation, rounds, fed["keep_local"])
     return run_dir
 
 

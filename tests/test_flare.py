@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 pytest.importorskip("nvflare")
 
@@ -128,6 +129,8 @@ def test_flare_cli_mistakes_are_one_error_line_before_anything_is_written(tmp_pa
     )
     assert flare_cli.main([*argv, "--min-sites", "1"]) == 2
     assert "error: --min-sites is not an option of carotid-flare" in capsys.readouterr().err
+    assert flare_cli.main([*site_argv(sites), "--resume", str(tmp_path)]) == 2
+    assert f"error: {tmp_path} is not a carotid-flare run folder — pass OUT/flare_" in capsys.readouterr().err
     # A site whose sheet names other classes: the run stops before round 1, naming the site and both sets.
     other = tmp_path / "other.xlsx"
     rows = [
@@ -164,18 +167,35 @@ def test_a_site_sets_only_its_own_options_as_client_arguments(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow  # FLARE's simulator, 2 sites x 2 rounds: about 2 minutes on two cores
-def test_flare_cli_runs_fedavg_in_the_simulator_to_a_carotid_model_file_and_no_person_leaves_a_site(
+@pytest.mark.slow  # FLARE's simulator, 2 sites x (1 round, then 1 more resumed): about 3 minutes on two cores
+def test_flare_cli_runs_and_resumes_fedavg_in_the_simulator_to_a_carotid_model_file_and_no_person_leaves_a_site(
     tmp_path, site_processes, capsys
 ):
     sites, test_dir = demo_sites(tmp_path)
     out = tmp_path / "out"
-    argv = [*site_argv(sites), "--rounds", "2", "--local-epochs", "1", "--model", "small_cnn", *TRAIN_ARGV]
+    argv = [*site_argv(sites), "--rounds", "1", "--local-epochs", "1", "--model", "small_cnn", *TRAIN_ARGV]
     assert flare_cli.main([*argv, "--output-dir", str(out)]) == 0
     (run_dir,) = out.glob("flare_*")
-    simulation = run_dir / "simulation" / run_dir.name
+    first = run_dir / "simulation" / run_dir.name
+    assert flare_job.last_global_model(run_dir) == (1, first / flare_job.GLOBAL_MODEL)
+    capsys.readouterr()
+
+    # Resumed with one more round: FLARE's server starts from round 1's global model and counts on from it.
+    with pytest.raises(UserError, match=r"--lr cannot change a resumed run"):
+        flare_cli.run(*flare_cli.parse_flare_args([*site_argv(sites), "--resume", str(run_dir), "--lr", "0.1"]))
+    with pytest.raises(UserError, match=r"has finished 1 of 1 rounds — give --rounds N with N > 1"):
+        flare_cli.run(*flare_cli.parse_flare_args([*site_argv(sites), "--resume", str(run_dir)]))
+    assert flare_cli.main([*site_argv(sites), "--resume", str(run_dir), "--rounds", "2"]) == 0
+    said = capsys.readouterr().out
+    simulation = run_dir / "simulation_from_round_1" / run_dir.name
     model_path = run_dir / "models" / "final_model.pth"
-    assert f"the global model after 2 rounds: {model_path}" in capsys.readouterr().out
+    assert f"resuming {run_dir.name} after round 1 of 2" in said
+    assert f"the global model after 2 rounds: {model_path}" in said
+    server_log = (simulation / "server" / "log.txt").read_text(encoding="utf-8")
+    assert f"Loading checkpoint from {first / flare_job.GLOBAL_MODEL}" in server_log
+    assert re.findall(r"Round (\d+) started\.", server_log) == ["1"]  # FLARE counts from 0: the 2nd round
+    assert flare_job.last_global_model(run_dir) == (2, simulation / flare_job.GLOBAL_MODEL)
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["federated"]["rounds"] == 2
 
     cfg = coordinator()
     start = flare_job.initial_model(json.loads(json.dumps(vars(cfg))), CLASSES, cfg.seed).state_dict()
@@ -183,9 +203,11 @@ def test_flare_cli_runs_fedavg_in_the_simulator_to_a_carotid_model_file_and_no_p
     assert set(weights) == set(start) and all(not torch.equal(weights[k], start[k]) for k in start)
     model = ModelFile.load(model_path)
     assert model.class_names == CLASSES and all(torch.equal(model.state_dict[k], weights[k]) for k in weights)
-    for name in sites:  # each site trained both rounds on its own split, in its own folder
+    for name in sites:  # each site trained both rounds on its own split, in its own folder, each round once
         site_dir = out / "sites" / name / run_dir.name
         assert (site_dir / "splits.json").is_file()
+        log = (site_dir / "train.log").read_text(encoding="utf-8")
+        assert log.count("round 1: 1 local epoch(s)") == 1 and log.count("round 2: 1 local epoch(s)") == 1
         assert (site_dir / "rounds" / "round_001" / "metrics.csv").is_file()
         assert (site_dir / "rounds" / "round_002" / "metrics.csv").is_file()
         timings = read_records(site_dir / flare_client.TIMINGS)
@@ -195,7 +217,8 @@ def test_flare_cli_runs_fedavg_in_the_simulator_to_a_carotid_model_file_and_no_p
     # workspace, the coordinator's config.yaml or the model file's options.
     persons = [p for s in sites.values() for p in read_labels(s["label_excel"]).labels]
     tokens = [*persons, *(s["root_dir"] for s in sites.values())]
-    texts = [*text_files(simulation / "server"), (run_dir / "config.yaml", (run_dir / "config.yaml").read_text())]
+    texts = [*text_files(first / "server"), *text_files(simulation / "server")]
+    texts.append((run_dir / "config.yaml", (run_dir / "config.yaml").read_text()))
     texts.append((model_path, json.dumps(model.config)))
     leaked = [
         (path.name, token)

@@ -32,7 +32,7 @@ from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.app_constant import AlgorithmConstants
 
 from carotid.core.errors import UserError, run_cli
-from carotid.core.files import write_table
+from carotid.core.files import read_table_rows, write_table
 from carotid.core.options import opt, parse_options
 from carotid.federated.site_round import RoundTask, site_round
 from carotid.training.config import TRAIN_GROUPS, TrainConfig
@@ -90,7 +90,10 @@ def run_site(cfg: TrainConfig, job: dict, processes: int = 1) -> None:
             f"this site's classes {manifest.class_names} differ from the job's {job['class_names']}",
             "give every site the same class names in its label column",
         )
-    timings = []  # per round, at the site: what the round spent where (benchmarks/federated_round.py reads it)
+    # Per round, at the site: what the round spent where (benchmarks/federated_round.py reads it); a resumed run
+    # keeps the rows of the rounds before it.
+    timings_file = site_run_dir(cfg, run_name) / TIMINGS
+    timings = read_table_rows(timings_file)[1:] if timings_file.is_file() else []
     clock = time.perf_counter()
     while flare.is_running():  # waits for the next task: the other sites, the aggregation, the transport
         incoming = flare.receive()
@@ -120,10 +123,9 @@ def run_site(cfg: TrainConfig, job: dict, processes: int = 1) -> None:
         sent = time.perf_counter()
         seconds = [received - clock, scored - received, trained - scored, sent - trained]
         clock = sent
+        timings = [row for row in timings if int(row[0]) < incoming.current_round + 1]
         timings.append([incoming.current_round + 1, *(f"{x:.3f}" for x in seconds)])
-        write_table(
-            site_run_dir(cfg, run_name) / TIMINGS, ["round", "receive_s", "evaluate_s", "train_s", "send_s"], timings
-        )
+        write_table(timings_file, ["round", "receive_s", "evaluate_s", "train_s", "send_s"], timings)
 
 
 def _main(argv: Sequence[str] | None, job_folder: Path) -> int:

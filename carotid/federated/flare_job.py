@@ -9,6 +9,11 @@ keys, so the server never averages them, and the sites keep their own (the local
 `simulate` runs the job in FLARE's simulator (`SimEnv`, one process per site); `export` writes the job folder a
 real FLARE deployment submits (`nvflare job submit -j JOB_DIR`). `global_weights` reads the server's last global
 model from a finished simulation, `site_norm_layers` a FedBN site's own norm layers.
+
+Resume: FLARE's server saves its global model after every round (`FL_global_model.pt`, with the round in its
+`meta_props`); `last_global_model` finds the latest one of a run, and `build_recipe(initial_ckpt=…, start_round=…)`
+makes the job that continues from it: FLARE's persistor starts from that checkpoint and its FedAvg controller
+counts rounds from `start_round` (which the recipes do not expose: `_StartRound` passes it on).
 """
 
 from __future__ import annotations
@@ -48,6 +53,25 @@ LAUNCHER_CODE = (
 GLOBAL_MODEL = Path("server", "simulate_job", "app_server", "FL_global_model.pt")  # in a simulation's folder
 
 
+class _StartRound:
+    """FLARE's FedAvg controller counts rounds from `start_round` (a resumed run); its recipes do not expose it."""
+
+    def __init__(self, *, start_round: int = 0, **kwargs):
+        self._carotid_start_round = start_round  # set first: the recipe builds its controller in __init__
+        super().__init__(**kwargs)
+
+    def _get_controller_kwargs(self) -> dict:
+        return {**super()._get_controller_kwargs(), "start_round": self._carotid_start_round}
+
+
+class FedAvgJob(_StartRound, FedAvgRecipe):
+    """FLARE's PyTorch FedAvgRecipe that may start at a later round."""
+
+
+class FedProxJob(_StartRound, FedProxRecipe):
+    """FLARE's PyTorch FedProxRecipe that may start at a later round."""
+
+
 def initial_model(options: dict, class_names: list[str], seed: int) -> nn.Module:
     """The run's model with the coordinator's starting weights (FLARE's persistor calls this, by its path)."""
     cfg = TrainConfig(**options)
@@ -85,9 +109,13 @@ def build_recipe(
     local_epochs: int,
     keep_local: str | None = None,
     fedprox_mu: float = 0.0,
+    initial_ckpt: Path | None = None,
+    start_round: int = 0,
 ) -> FedAvgRecipe:
     """The FLARE job: `sites` maps each FLARE client name to its own options (root_dir, label_excel, output_dir,
-    sheet settings); `cfg` holds the coordinator's options; job_dir receives the job's carotid_flare.json."""
+    sheet settings); `cfg` holds the coordinator's options; job_dir receives the job's carotid_flare.json.
+    A resumed run: `rounds` more rounds from the global model `initial_ckpt` (an absolute path where the server
+    runs), numbered from `start_round` + 1."""
     job_dir.mkdir(parents=True, exist_ok=True)
     (job_dir / LAUNCHER).write_text(LAUNCHER_CODE, encoding="utf-8")
     options = {k: v for k, v in vars(cfg).items() if k not in SITE_OPTIONS}
@@ -111,9 +139,11 @@ def build_recipe(
         "exclude_vars": exclude_pattern(initial_model(options, class_names, cfg.seed), keep_local),
         "key_metric": "global_val_person_auc",
         "key_metric_mode": "max",
+        "initial_ckpt": str(initial_ckpt) if initial_ckpt else None,
+        "start_round": start_round,
     }
     with _in_job_dir(job_dir):
-        recipe = FedProxRecipe(**common, fedprox_mu=fedprox_mu) if fedprox_mu > 0 else FedAvgRecipe(**common)
+        recipe = FedProxJob(**common, fedprox_mu=fedprox_mu) if fedprox_mu > 0 else FedAvgJob(**common)
         set_per_site_config(recipe, {name: {"train_args": site_args(settings)} for name, settings in sites.items()})
         recipe.add_client_file(JOB_OPTIONS)
     # carotid is installed at each site (pip install 'carotid[flare]'), not copied into the job's custom/ folder;
@@ -169,7 +199,8 @@ def check_finished(simulation: Path, sites: list[str], rounds: int) -> None:
         failures += [f"{site}: {line}" for line in re.findall(r"(?m)\berror: .*$", text)[:1]]
     raise UserError(
         f"the FLARE job stopped after {started} of {rounds} rounds" + (": " + "; ".join(failures) if failures else ""),
-        f"fix the site's data or options; FLARE's logs are in {simulation}",
+        f"fix the site's data or options, then continue after the last finished round with --resume; FLARE's logs "
+        f"are in {simulation}",
     )
 
 
@@ -177,6 +208,17 @@ def global_weights(simulation: Path) -> dict[str, torch.Tensor]:
     """The server's last global weights of a finished simulation (a FedBN run's norm layers: the starting ones)."""
     saved = safe_torch_load(simulation / GLOBAL_MODEL, "FLARE's global model")
     return dict(saved["model"])
+
+
+def last_global_model(run_dir: Path) -> tuple[int, Path] | None:
+    """(the last round FLARE's server finished, its global model file) over every simulation of a run (a resumed
+    run has one per start); None before the first round finished."""
+    found = []
+    for path in Path(run_dir).glob(f"simulation*/*/{GLOBAL_MODEL.as_posix()}"):
+        meta = safe_torch_load(path, "FLARE's global model").get("meta_props") or {}
+        if isinstance(meta.get("current_round"), int):
+            found.append((meta["current_round"] + 1, path))  # FLARE counts rounds from 0
+    return max(found, key=lambda item: item[0]) if found else None
 
 
 def site_norm_layers(site_cfg: TrainConfig, run_name: str) -> dict[str, torch.Tensor]:
