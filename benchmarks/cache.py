@@ -20,9 +20,9 @@ def images_per_second(loader) -> float:
 
 def run(opts: Options) -> list:
     from carotid.core.runtime import build_accelerator
-    from carotid.data.labels import read_labels
     from carotid.data.loaders import frame_dataset, make_loader
     from carotid.data.manifest import collect_persons
+    from carotid.data.sheet.labels import read_labels
 
     root, label = training_dataset(opts)
     items = collect_persons(str(root), read_labels(str(label)), None).frames_of()

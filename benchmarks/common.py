@@ -280,8 +280,8 @@ def training_commands(opts: Options, augment: str = "ultrasound") -> dict[str, l
     import json
 
     from benchmarks.handwritten import handwritten_model
-    from carotid.data.labels import read_labels
     from carotid.data.manifest import collect_persons
+    from carotid.data.sheet.labels import read_labels
     from carotid.data.split import split_persons
     from carotid.model.registry import build_model
 
@@ -319,7 +319,7 @@ def make_trainer(model_name: str, image_size: int, accelerator, person_model: st
     """Model, AdamW and the training preset, prepared as carotid.training.trainer prepares them."""
     import torch
 
-    from carotid.data.transforms import train_preset
+    from carotid.data.frames.transforms import train_preset
     from carotid.model.person import PersonModel
     from carotid.model.registry import build_model
     from carotid.training.optim import make_optimizer

@@ -1,5 +1,5 @@
 """Decode rates per file kind: frames/s per core (CPU seconds of this process, so a decoder's own threads
-count) through carotid.data.decode.decode_frames at the training size, as the cache build decodes: the same
+count) through carotid.data.frames.decode.decode_frames at the training size, as the cache build decodes: the same
 grey frames as separate Pillow JPEG files, as a multi-frame DICOM of JPEG-baseline frames, one of
 JPEG-lossless frames and an mp4 cine loop. Each kind is a row against the JPEG files (ratio = its rate over
 theirs)."""
@@ -134,8 +134,8 @@ def make_format_files(folder: Path, count: int, width: int = 800) -> dict[str, t
     lossless = [jpeg_lossless(frame) for frame in frames]
     write_dicom(folder / "baseline.dcm", frames, jpegs, JPEGBaseline8Bit)
     write_dicom(folder / "lossless.dcm", frames, lossless, JPEGLosslessSV1)
-    from carotid.data.decode import decode_frame
-    from carotid.data.preprocessing import Preprocessing
+    from carotid.data.frames.decode import decode_frame
+    from carotid.data.frames.preprocessing import Preprocessing
 
     exact = decode_frame(str(folder / "lossless.dcm"), 0, Preprocessing(width, 1, "letterbox", "none"))[0][0]
     top = (width - width * 3 // 4) // 2
@@ -152,8 +152,8 @@ def make_format_files(folder: Path, count: int, width: int = 800) -> dict[str, t
 
 def decode_rates(folder: Path, count: int, image_size: int, width: int = 800, repeats: int = 3) -> dict[str, float]:
     """Frames per CPU-second of each kind, best of `repeats` after a warm-up."""
-    from carotid.data.decode import decode_frames
-    from carotid.data.preprocessing import Preprocessing
+    from carotid.data.frames.decode import decode_frames
+    from carotid.data.frames.preprocessing import Preprocessing
 
     prep = Preprocessing(image_size, 1, "letterbox", "auto")
     rates = {}

@@ -204,8 +204,8 @@ def main(argv=None) -> int:
 
 def run_rows(args, found: list[str]) -> int:
     from carotid.core.runtime import build_accelerator
-    from carotid.data.labels import read_labels
     from carotid.data.manifest import collect_persons
+    from carotid.data.sheet.labels import read_labels
 
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="carotid-gpu-bench-"))

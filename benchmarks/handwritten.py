@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     from accelerate.utils import set_seed
     from PIL import Image
 
-    from carotid.data.transforms import NORMALIZATION, eval_preset, train_preset
+    from carotid.data.frames.transforms import NORMALIZATION, eval_preset, train_preset
 
     parser = argparse.ArgumentParser(description="A hand-written Accelerate loop (the benchmarks' reference).")
     add = parser.add_argument

@@ -18,7 +18,7 @@ TITLE = "start-up to the first batch, 200k frames against 1k"
 STARTUP = r"""
 import json, sys, time
 START = time.perf_counter()
-from carotid.data.labels import read_labels
+from carotid.data.sheet.labels import read_labels
 from carotid.data.manifest import collect_persons
 from carotid.data.split import split_persons
 from carotid.data.loaders import frame_dataset, make_loader

@@ -21,7 +21,7 @@ from carotid.core.errors import run_cli
 from carotid.core.text import plural
 
 if TYPE_CHECKING:
-    from carotid.data.discovery import Frame
+    from carotid.data.frames.frame import Frame
     from carotid.evaluation.plan import EvalPlan
 
 

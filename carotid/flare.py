@@ -66,7 +66,7 @@ def parse_flare_args(argv: Sequence[str]) -> tuple[FlareConfig, set[str]]:
 
 def site_classes(sites: dict[str, dict]) -> list[str]:
     """The class names every site's sheet agrees on (read as carotid.train reads them), else the error."""
-    from carotid.data.labels import read_labels
+    from carotid.data.sheet.labels import read_labels
 
     found = {}
     for name, site in sites.items():

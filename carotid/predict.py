@@ -2,7 +2,7 @@
 
     python -m carotid.predict --model RUN/models/best_model.pth --input DIR|FILE [--out predictions.csv]
 
---input is read as one of three layouts (`--layout` forces one; see `carotid.data.layout`): a root of
+--input is read as one of three layouts (`--layout` forces one; see `carotid.data.folders.layout`): a root of
 person folders, one person's folder, or images each on its own; persons are never merged by a guess.
 Also under `accelerate launch`; unreadable images are reported and skipped.
 """
@@ -105,8 +105,8 @@ def predict(argv: Sequence[str] | None) -> int:
     args = parse_predict_args(argv)
     paths = output_paths(args)
     from carotid.core.runtime import RunLog, build_accelerator, on_main
-    from carotid.data.discovery import Frame
-    from carotid.data.layout import find_input_frames
+    from carotid.data.folders.layout import find_input_frames
+    from carotid.data.frames.frame import Frame
     from carotid.evaluation.attention import uniform_warning
     from carotid.evaluation.inference import decision_threshold, run_inference
     from carotid.evaluation.seen import seen_persons, seen_warning

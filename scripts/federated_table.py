@@ -29,7 +29,7 @@ from carotid import train as train_cli
 from carotid.core.files import read_records, write_table
 from carotid.data.demo import write_label_excel
 from carotid.data.demo_sites import make_demo_sites
-from carotid.data.labels import read_labels
+from carotid.data.sheet.labels import read_labels
 from carotid.federated import flare_job
 from carotid.training.config import TrainConfig
 from carotid.training.site import site_options

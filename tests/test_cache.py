@@ -18,11 +18,12 @@ from accelerate import Accelerator
 from PIL import Image
 from torch.utils.data import default_collate
 
-from carotid.data import cache, cache_index
-from carotid.data.decode import load_frame
-from carotid.data.labels import read_labels
+from carotid.data.cache import dataset as cache
+from carotid.data.cache import index as cache_index
+from carotid.data.frames.decode import load_frame
 from carotid.data.loaders import FrameDataset
 from carotid.data.manifest import collect_persons
+from carotid.data.sheet.labels import read_labels
 from tests.conftest import FAST, make_data, only_run_dir, run_module, subprocess_env
 
 
@@ -126,8 +127,10 @@ def test_frames_that_fail_to_decode_are_left_out_aligned(tmp_path, data):
 
 SLOW_BUILD = """
 import sys, time
-from carotid.data import cache, cache_build, discovery, loaders, manifest
-from carotid.data.labels import read_labels
+from carotid.data import loaders, manifest
+from carotid.data.cache import build as cache_build
+from carotid.data.cache import dataset as cache
+from carotid.data.sheet.labels import read_labels
 cache_build.SHARD_BYTES = 4 * 32 * 32  # commit every 4 frames
 decode = cache_build.decode_frames
 def slow(path, indices, prep):
@@ -193,8 +196,8 @@ def test_racing_builders_build_once(tmp_path, data):
 
 def test_evaluation_is_identical_cached_and_uncached(tmp_path, data):
     from carotid.core.predict import predict_loader
+    from carotid.data.frames.transforms import NORMALIZATION, eval_preset
     from carotid.data.loaders import frame_dataset, make_loader
-    from carotid.data.transforms import NORMALIZATION, eval_preset
     from carotid.model.registry import build_model
 
     torch.manual_seed(0)

@@ -13,7 +13,7 @@ from sklearn.linear_model import LogisticRegression
 
 from carotid import evaluate, predict
 from carotid.core.errors import UserError
-from carotid.data.transforms import NORMALIZATION
+from carotid.data.frames.transforms import NORMALIZATION
 from carotid.evaluation.calibration import (
     apply_temperature,
     calibration_metrics,

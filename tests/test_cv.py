@@ -215,7 +215,7 @@ def test_group_column_keeps_groups_together_in_plain_split_and_is_checked(tmp_pa
     make_demo_data(root, persons=16, frames=2, size=32, seed=2)
     rows = [["id", "label", "patient"]]
     persons = sorted(p.name for p in root.iterdir() if p.is_dir())
-    from carotid.data.labels import read_labels
+    from carotid.data.sheet.labels import read_labels
 
     demo = read_labels(root / "label.xlsx").labels
     rows += [[p, demo[p], f"pt{i // 2}"] for i, p in enumerate(persons)]

@@ -10,11 +10,12 @@ import pytest
 from PIL import Image
 
 from carotid.core.errors import UserError
-from carotid.data.decode import load_frame
-from carotid.data.discovery import Frame, discover_frames, spread_evenly
-from carotid.data.labels import read_labels
+from carotid.data.folders.discovery import discover_frames, spread_evenly
+from carotid.data.frames.decode import load_frame
+from carotid.data.frames.frame import Frame
 from carotid.data.loaders import FrameDataset
 from carotid.data.manifest import collect_persons
+from carotid.data.sheet.labels import read_labels
 from carotid.data.split import split_persons
 from tests.conftest import write_xlsx
 

@@ -15,14 +15,14 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
 from carotid.core.errors import UserError
-from carotid.data import check
-from carotid.data.decode import COLOUR, LOW_RANGE, OK, decode_frame, decode_frames, load_frame
-from carotid.data.discovery import Frame
-from carotid.data.kinds import BY_NAME
-from carotid.data.labels import read_labels
+from carotid.data.folders import readable
+from carotid.data.frames.decode import COLOUR, LOW_RANGE, OK, decode_frame, decode_frames, load_frame
+from carotid.data.frames.frame import Frame
+from carotid.data.frames.kinds import BY_NAME
+from carotid.data.frames.preprocessing import Preprocessing
 from carotid.data.loaders import FrameDataset
 from carotid.data.manifest import collect_persons
-from carotid.data.preprocessing import Preprocessing
+from carotid.data.sheet.labels import read_labels
 from carotid.model.file import ModelFile
 from tests.conftest import FAST, only_run_dir, read_json, train_in_process, write_xlsx
 
@@ -292,7 +292,7 @@ def test_a_frame_that_fails_in_training_is_listed_with_its_reason(tmp_path, monk
     person = sorted(p for p in root.iterdir() if p.is_dir())[0]
     good = sorted(person.glob("*.png"))[0].read_bytes()
     (person / "truncated.png").write_bytes(good[: len(good) // 2])  # a valid header, the pixels cut off
-    monkeypatch.setattr(check, "SAMPLE", 0)  # as in a large dataset, where the start-up sample missed it
+    monkeypatch.setattr(readable, "SAMPLE", 0)  # as in a large dataset, where the start-up sample missed it
     output = tmp_path / "out"
     args = ["--root-dir", str(root), "--label-excel", str(label), "--output-dir", str(output), "--epochs", "1"]
     ratios = ["--train-ratio", "0.5", "--val-ratio", "0.25", "--test-ratio", "0.25"]

@@ -8,7 +8,7 @@ from PIL import Image
 
 from carotid import demo as demo_cli
 from carotid.core.files import read_records
-from carotid.data.labels import read_labels
+from carotid.data.sheet.labels import read_labels
 from carotid.training.config import TrainConfig
 from carotid.training.fit import read_data
 

@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from carotid import evaluate, predict
-from carotid.data.labels import OLE2_MAGIC
-from carotid.data.transforms import NORMALIZATION
+from carotid.data.frames.transforms import NORMALIZATION
+from carotid.data.sheet.labels import OLE2_MAGIC
 from carotid.model.registry import SmallCNN
 from tests.conftest import FAST, make_data, only_run_dir, subprocess_env, train_in_process, write_xlsx
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from carotid import evaluate
-from carotid.data.labels import read_labels
-from carotid.data.transforms import NORMALIZATION
+from carotid.data.frames.transforms import NORMALIZATION
+from carotid.data.sheet.labels import read_labels
 from carotid.evaluation.evaluator import compute_report, format_table
 from carotid.evaluation.inference import FramePredictions
 from carotid.model.file import ModelFile

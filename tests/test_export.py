@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from carotid import export
-from carotid.data.decode import load_frame
+from carotid.data.frames.decode import load_frame
 from carotid.model.export import DeployableModel
 from carotid.model.file import ModelFile
 from carotid.model.person import PersonModel

@@ -19,7 +19,7 @@ from carotid.core.errors import UserError
 from carotid.core.files import read_records
 from carotid.data.demo import write_label_excel
 from carotid.data.demo_sites import make_demo_sites
-from carotid.data.labels import read_labels
+from carotid.data.sheet.labels import read_labels
 from carotid.federated import flare_client, flare_job
 from carotid.model.file import ModelFile
 from carotid.training.config import TrainConfig

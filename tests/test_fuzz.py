@@ -35,7 +35,7 @@ from hypothesis import strategies as st
 
 from carotid.core.errors import UserError
 from carotid.data.classes import MISSING_MARKS, ZERO_WIDTH
-from carotid.data.labels import EXCEL_ERRORS, read_labels
+from carotid.data.sheet.labels import EXCEL_ERRORS, read_labels
 from carotid.data.split import split_persons
 
 # 100 examples each keep the file under ~15 s; CAROTID_FUZZ_EXAMPLES=2000 fuzzes longer.

@@ -19,9 +19,9 @@ from pydicom.data import get_testdata_file
 
 from carotid.core.errors import UserError
 from carotid.core.files import read_table, write_table
-from carotid.data.labels import read_labels
-from carotid.data.layout import find_input_frames
+from carotid.data.folders.layout import find_input_frames
 from carotid.data.manifest import collect_persons
+from carotid.data.sheet.labels import read_labels
 from carotid.data.split import cv_splits, person_groups, split_persons
 from tests.conftest import FAST, module_command, subprocess_env, train_in_process, write_xlsx
 

@@ -19,11 +19,11 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from carotid.core.errors import UserError, run_cli
-from carotid.data.decode import decode_frames
-from carotid.data.labels import read_labels
-from carotid.data.layout import find_input_frames
+from carotid.data.folders.layout import find_input_frames
+from carotid.data.frames.decode import decode_frames
+from carotid.data.frames.preprocessing import Preprocessing
 from carotid.data.manifest import collect_persons
-from carotid.data.preprocessing import Preprocessing
+from carotid.data.sheet.labels import read_labels
 from carotid.data.split import person_groups, split_persons
 from tests.conftest import FAST, make_data, only_run_dir, read_json, train_in_process, write_xlsx
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from carotid.core.errors import UserError
-from carotid.data.labels import normalize_id, read_labels
+from carotid.data.sheet.labels import normalize_id, read_labels
 from tests.conftest import write_xlsx
 
 

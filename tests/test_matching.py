@@ -19,10 +19,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from carotid.core.errors import UserError
-from carotid.data.discovery import discover_frames
-from carotid.data.labels import read_labels
+from carotid.data.folders.discovery import discover_frames
+from carotid.data.folders.matching import id_key, match_ids
 from carotid.data.manifest import collect_persons
-from carotid.data.matching import id_key, match_ids
+from carotid.data.sheet.labels import read_labels
 from tests.conftest import FAST, only_run_dir, read_json, train_in_process, write_xlsx
 
 QUICK = [*FAST, "--epochs", "1", "--no-test", "--train-ratio", "0.5", "--val-ratio", "0.25", "--test-ratio", "0.25"]

@@ -10,8 +10,8 @@ import torch
 from accelerate import Accelerator
 
 from carotid.core.runtime import cpu_has_native_bf16
+from carotid.data.frames.transforms import train_preset
 from carotid.data.manifest import DataManifest
-from carotid.data.transforms import train_preset
 from carotid.model.registry import build_model
 from carotid.training.engine import EpochProgress, train_one_epoch
 from carotid.training.epoch import person_class_weights

@@ -22,9 +22,9 @@ import yaml
 from PIL import Image
 
 from carotid.core.errors import UserError
-from carotid.data import sheet_xml
-from carotid.data.labels import read_labels
 from carotid.data.manifest import collect_persons, data_block
+from carotid.data.sheet import raw_xml
+from carotid.data.sheet.labels import read_labels
 from tests.conftest import FAST, make_data, only_run_dir, train_in_process, write_xlsx
 
 
@@ -247,7 +247,7 @@ def test_every_start_up_warning_is_in_data_report_json(tmp_path, capsys):
 
 @pytest.mark.parametrize("block", [1, 7, 64, 2**20])
 def test_merged_ranges_are_cut_out_and_collected_whatever_the_block_size(monkeypatch, block):
-    monkeypatch.setattr(sheet_xml, "BLOCK", block)
+    monkeypatch.setattr(raw_xml, "BLOCK", block)
     refs = [f"B{2 * i + 2}:B{2 * i + 3}" for i in range(40)]
     merges = "".join(f'<mergeCell ref="{r}"/>' for r in refs)
     head, tail = (
@@ -260,7 +260,7 @@ def test_merged_ranges_are_cut_out_and_collected_whatever_the_block_size(monkeyp
         (f'{head}<mergeCells count="0"/>{tail}', []),
         (head + tail, []),
     ):
-        stream = sheet_xml.WithoutMergeCells(io.BytesIO(xml.encode()))
+        stream = raw_xml.WithoutMergeCells(io.BytesIO(xml.encode()))
         read = b"".join(iter(functools.partial(stream.read, 5), b""))
         assert read.decode() == head + tail and stream.refs == wanted
 

@@ -17,8 +17,8 @@ import pytest
 from openpyxl.styles import Font
 
 from carotid.core.errors import UserError
-from carotid.data import sheet as sheet_module
-from carotid.data.labels import read_labels
+from carotid.data.sheet import workbook as sheet_module
+from carotid.data.sheet.labels import read_labels
 from tests.conftest import write_xlsx
 
 

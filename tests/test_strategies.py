@@ -29,7 +29,7 @@ from accelerate.utils import DeepSpeedPlugin
 from carotid.core.errors import UserError
 from carotid.core.predict import predict_loader
 from carotid.core.runtime import set_deepspeed_clipping
-from carotid.data.transforms import NORMALIZATION, eval_preset
+from carotid.data.frames.transforms import NORMALIZATION, eval_preset
 from carotid.model.file import ModelFile
 from carotid.model.registry import build_model
 from carotid.training.engine import EpochProgress, train_one_epoch

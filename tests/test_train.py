@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from carotid.data.decode import load_frame
+from carotid.data.frames.decode import load_frame
 from carotid.model.registry import build_model
 from tests.conftest import FAST, load_model, make_data, only_run_dir, read_json, run_module, train_in_process
 

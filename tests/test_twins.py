@@ -1,4 +1,4 @@
-"""carotid.data.twins: equal content found by a prefix signature and a whole-file hash, cached between runs by
+"""carotid.data.folders.twins: equal content found by a prefix signature and a whole-file hash, cached between runs by
 path, size, mtime and inode, and never trusted over the file as it is now."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 
-from carotid.data import twins
+from carotid.data.folders import twins
 
 
 def keys_of(root, names):

@@ -18,7 +18,7 @@ import yaml
 
 from carotid import evaluate, predict
 from carotid.core import files
-from carotid.data.transforms import NORMALIZATION
+from carotid.data.frames.transforms import NORMALIZATION
 from carotid.model.file import FORMAT, FORMAT_VERSION
 from carotid.model.registry import SmallCNN
 from tests.conftest import FAST, make_data, train_in_process

@@ -1,6 +1,7 @@
 """The options machinery of every CLI: a dataclass declares each option once, with its default, help,
 choices and group; argparse (and, for training, YAML) are built from it, and checks live in the
-dataclass's `__post_init__`. The schemas themselves are in `carotid.training.config`.
+dataclass's `__post_init__`. The schemas themselves are in `carotid.training.config` (with its option
+groups) and `carotid.commands`.
 
 Imports nothing heavy (no torch, numpy or sklearn), so `--help` and argument errors answer at once.
 """

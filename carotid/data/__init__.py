@@ -1,8 +1,9 @@
-"""From the label sheet and the person folders to batches of frames.
+"""From the label sheet and the person folders to batches of frames, in rooms by concern.
 
-`labels` reads the sheet, `discovery` finds each person's frame files and their frame counts, `manifest`
-matches both and keeps the run's view of its data, `check` proves frames readable (a bounded sample at
-start-up, every other frame when first decoded) and reports it, `split` assigns persons to splits,
-`decode` turns a file into frames (`dicom` for DICOM) with the `preprocessing` (crop, resize, channels),
-`cache` keeps decoded frames, `loaders` builds datasets and loaders, `transforms` normalises and augments.
+`sheet` reads the label sheet (`labels` is its entry point), `folders` finds each person's frame files and
+checks the folders (`discovery`, `matching`, `audit`, `readable` proves frames readable), `frames` turns a
+file into model input (`kinds` per file kind, `decode`, `preprocessing`, `transforms`), `cache` keeps decoded
+frames. Shared here: `classes` (what a label cell means), `manifest` (sheet rows matched with person folders,
+the run's view of its data), `split` (persons to splits), `loaders` and `bags` (datasets and batches), `demo`.
+The rooms' order is an import-linter contract in pyproject.toml.
 """

@@ -11,18 +11,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler, WeightedRandomSampler
 
-from carotid.data.cache import cached_dataset
-from carotid.data.decode import decode_frame, decode_frames
-from carotid.data.discovery import Frame
-from carotid.data.kinds import kind_by_name
-from carotid.data.preprocessing import DEFAULT_CROP, DEFAULT_RESIZE, Preprocessing
+from carotid.data.cache.dataset import cached_dataset
+from carotid.data.frames.decode import decode_frame, decode_frames
+from carotid.data.frames.frame import Frame
+from carotid.data.frames.kinds import kind_by_name
+from carotid.data.frames.preprocessing import DEFAULT_CROP, DEFAULT_RESIZE, Preprocessing
 
 
 class FrameDataset(Dataset):
     """(uint8 frame tensor (C, S, S), class index, sample index, status) per frame.
 
     Frames stay uint8 until they reach the training device, where transforms.py augments and
-    normalises whole batches. `status` is the decoder's flags (carotid.data.decode: OK, COLOUR,
+    normalises whole batches. `status` is the decoder's flags (carotid.data.frames.decode: OK, COLOUR,
     LOW_RANGE); a frame that cannot be decoded comes back as zeros with status 0."""
 
     def __init__(

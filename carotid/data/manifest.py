@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 
 from carotid.core.errors import UserError
 from carotid.core.text import printable
-from carotid.data import audit, check, folder_checks
-from carotid.data.boilerplate import without_boilerplate
 from carotid.data.classes import positive_index
-from carotid.data.discovery import Frame, count_frames, discover_frames, spread_evenly
-from carotid.data.kinds import FRAME_SUFFIXES
-from carotid.data.labels import LabelTable
-from carotid.data.matching import Matching, explain_unmatched, match_ids
+from carotid.data.folders import audit, checks, readable
+from carotid.data.folders.boilerplate import without_boilerplate
+from carotid.data.folders.discovery import count_frames, discover_frames, spread_evenly
+from carotid.data.folders.matching import Matching, explain_unmatched, match_ids
+from carotid.data.frames.frame import Frame
+from carotid.data.frames.kinds import FRAME_SUFFIXES
+from carotid.data.sheet.labels import LabelTable
 
 SPLITS = ("train", "val", "test")
 
@@ -89,14 +90,14 @@ def collect_persons(
     strict_matching: bool = False,
     sample: int | None = None,
 ) -> DataManifest:
-    """Match folders with sheet rows (carotid.data.matching), count and cap each person's frames, and check
+    """Match folders with sheet rows (carotid.data.folders.matching), count and cap each person's frames, and check
     a bounded sample of them.
 
     A person's ID is their folder's name (trimmed). `persons` restricts the result to those IDs (e.g. one
     split of a finished run); `strict_matching` makes any sheet row without a folder, or folder without a
     row, an error. Files are opened only for their header where they may hold several frames; `sample`
-    frames are decoded (0: none; default carotid.data.check.SAMPLE), every other frame is proven when it is
-    first decoded and reported then (carotid.data.check)."""
+    frames are decoded (0: none; default carotid.data.folders.readable.SAMPLE), every other frame is proven when it is
+    first decoded and reported then (carotid.data.folders.readable)."""
     unhandled: list[str] = []
     special: list[str] = []  # frame names that are no regular file: never opened
     found = discover_frames(root_dir, unhandled, special)
@@ -108,17 +109,17 @@ def collect_persons(
     folder_of = {person: folder for folder, person in person_of.items()}
     wanted = _wanted(sorted(sheet_id_of), persons)
     files_of = {p: found[folder_of[p]] for p in wanted}
-    folder_checks.check_nested(files_of, matching, root_dir)
+    checks.check_nested(files_of, matching, root_dir)
     counted = count_frames(root_dir, (f for p in wanted for f in files_of[p]))
     all_frames = {p: counted.frames_of(files_of[p]) for p in wanted}
     # A folder with no frame (empty, or only a DICOMDIR, a README, a DICOM without its preamble) is left out.
     no_images = [p for p in wanted if not all_frames[p]]
-    folder_checks.check_modalities(no_images, files_of, counted)
+    checks.check_modalities(no_images, files_of, counted)
     if len(no_images) == len(wanted):
         raise _no_frames(wanted, root_dir, folder_of[wanted[0]])
     capped = {p: spread_evenly(all_frames[p], max_imgs_per_person) for p in wanted if all_frames[p]}
-    sample = check.SAMPLE if sample is None else sample
-    checked = check.check_sample(root_dir, capped, sample) if sample else None
+    sample = readable.SAMPLE if sample is None else sample
+    checked = readable.check_sample(root_dir, capped, sample) if sample else None
     failed = checked.failed if checked else {}
     frames = _readable(capped, failed, files_of, counted.unreadable)
     unreadable = audit.unreadable_list(counted, failed)

@@ -16,11 +16,11 @@ from accelerate import Accelerator
 
 from carotid.core.files import write_table
 from carotid.core.predict import predict_loader
-from carotid.data.check import dataset_decoding
-from carotid.data.decode import SEEN
-from carotid.data.discovery import Frame
+from carotid.data.folders.readable import dataset_decoding
+from carotid.data.frames.decode import SEEN
+from carotid.data.frames.frame import Frame
+from carotid.data.frames.transforms import eval_preset
 from carotid.data.loaders import frame_dataset, make_loader, stop_workers, stop_workers_at_exit
-from carotid.data.transforms import eval_preset
 from carotid.evaluation.aggregation import aggregate_persons, person_labels
 from carotid.evaluation.attention import AttentionSpread, attention_spread
 from carotid.evaluation.calibration import apply_temperature

@@ -11,10 +11,10 @@ from pathlib import Path
 from carotid.core.errors import UserError
 from carotid.core.files import file_sha256
 from carotid.core.run_dir import RunDir, read_run_config, read_splits
-from carotid.data.check import startup_lines
-from carotid.data.discovery import Frame
-from carotid.data.labels import read_labels, read_person_columns
+from carotid.data.folders.readable import startup_lines
+from carotid.data.frames.frame import Frame
 from carotid.data.manifest import collect_persons, data_block
+from carotid.data.sheet.labels import read_labels, read_person_columns
 from carotid.evaluation.registry import CI_METHODS, DEFAULT_BOOTSTRAP, DEFAULT_SEED
 
 DATA_OPTIONS = (

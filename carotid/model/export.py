@@ -30,10 +30,10 @@ from torch import nn
 import carotid
 from carotid.core.errors import UserError
 from carotid.core.files import atomic_write_bytes
-from carotid.data.decode import decode_frames
-from carotid.data.discovery import frames_below, spread_evenly
-from carotid.data.preprocessing import channel_conversion
-from carotid.data.transforms import eval_preset
+from carotid.data.folders.discovery import frames_below, spread_evenly
+from carotid.data.frames.decode import decode_frames
+from carotid.data.frames.preprocessing import channel_conversion
+from carotid.data.frames.transforms import eval_preset
 from carotid.model.file import ModelFile
 
 FORMATS = ("onnx", "torchscript")

@@ -20,7 +20,7 @@ from torch import nn
 
 from carotid.core.errors import UserError
 from carotid.core.files import atomic_torch_save, safe_torch_load
-from carotid.data.preprocessing import (
+from carotid.data.frames.preprocessing import (
     LEGACY_PREPROCESSING,
     RESIZE_MODES,
     Preprocessing,

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from carotid.data.decode import decode_frames
-from carotid.data.transforms import eval_preset
+from carotid.data.frames.decode import decode_frames
+from carotid.data.frames.transforms import eval_preset
 from carotid.evaluation.attention import person_uniform, uniform_sentence
 from carotid.model.file import ModelFile
 from carotid.model.gradcam import target_layer

@@ -14,7 +14,7 @@ from accelerate import Accelerator
 from carotid.core.errors import UserError
 from carotid.core.files import write_records
 from carotid.core.run_dir import EvalDir
-from carotid.data.discovery import Frame
+from carotid.data.frames.frame import Frame
 from carotid.evaluation.bootstrap import roc_band
 from carotid.evaluation.evaluator import compute_report, format_table
 from carotid.evaluation.inference import FramePredictions, PersonPredictions, run_inference, write_prediction_tables

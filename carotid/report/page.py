@@ -12,7 +12,7 @@ import yaml
 
 from carotid.core.files import file_sha256, read_table
 from carotid.core.run_dir import RunDir
-from carotid.data.kinds import kind_by_name
+from carotid.data.frames.kinds import kind_by_name
 from carotid.evaluation.attention import uniform_sentence
 from carotid.evaluation.registry import CALIBRATION_METRICS
 from carotid.model.file import ModelFile

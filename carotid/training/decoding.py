@@ -1,7 +1,7 @@
 """What the loaders said about each frame of a training run: gathered over the ranks, then written into
 data_report.json ("decoding", with each failure's reason) and summed up on the console per split.
 
-The datasets return a decode status per frame (`carotid.data.decode` flags, 0 = not decodable); the
+The datasets return a decode status per frame (`carotid.data.frames.decode` flags, 0 = not decodable); the
 training loop records the statuses of the frames it drew, validation those of every frame it read.
 """
 
@@ -17,9 +17,9 @@ from accelerate import Accelerator
 from carotid.core.files import atomic_write_json
 from carotid.core.run_dir import RunDir
 from carotid.core.text import plural
-from carotid.data.check import dataset_decoding, summary_line
-from carotid.data.decode import SEEN
-from carotid.data.preprocessing import Preprocessing
+from carotid.data.folders.readable import dataset_decoding, summary_line
+from carotid.data.frames.decode import SEEN
+from carotid.data.frames.preprocessing import Preprocessing
 
 
 def gather_statuses(

@@ -15,7 +15,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from carotid.core.predict import input_dtype
-from carotid.data.decode import SEEN
+from carotid.data.frames.decode import SEEN
 
 SYNC_EVERY = 8  # batches between the cross-rank checks for a stop request or a non-finite loss
 

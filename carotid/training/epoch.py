@@ -18,9 +18,9 @@ from carotid.core.predict import predict_loader
 from carotid.core.run_dir import RunDir
 from carotid.core.runtime import RunLog, StopSignal
 from carotid.data.bags import BagDataset, make_bag_loader, persons_per_step
+from carotid.data.frames.transforms import NORMALIZATION
 from carotid.data.loaders import make_loader
 from carotid.data.manifest import DataManifest
-from carotid.data.transforms import NORMALIZATION
 from carotid.evaluation.metrics import epoch_metrics
 from carotid.evaluation.person_inference import predict_persons
 from carotid.evaluation.registry import EPOCH_LINE, PERSON_COLUMNS, lower_is_better
@@ -125,7 +125,7 @@ def validate(
     model, loader, accelerator, preset, dataset, positive_index, aggregation, channels_last
 ) -> tuple[dict, ValidationOutput, np.ndarray]:
     """val_* numbers of the metrics row, the validation frames' outputs for choosing the threshold, and every
-    frame's decode status (carotid.data.check)."""
+    frame's decode status (carotid.data.folders.readable)."""
     # Loaded here, after the first epoch; its per-epoch numbers are numpy (no scikit-learn import, ~1.2 s).
 
     out = predict_loader(model, loader, accelerator, preset, channels_last=channels_last, desc="validate")

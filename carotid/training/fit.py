@@ -19,11 +19,11 @@ from carotid.core.errors import StopTraining, UserError, disk_full_error
 from carotid.core.run_dir import RunDir
 from carotid.core.runtime import RunLog, StopSignal, on_main
 from carotid.core.text import plural
-from carotid.data.check import startup_lines
 from carotid.data.demo import make_demo_data
-from carotid.data.labels import LabelTable, read_labels
+from carotid.data.folders.readable import startup_lines
 from carotid.data.loaders import frame_dataset
 from carotid.data.manifest import SPLITS, DataManifest, check_classes_in_training, collect_persons, data_block
+from carotid.data.sheet.labels import LabelTable, read_labels
 from carotid.evaluation.registry import person_monitor
 from carotid.training.checkpoints import disk_full
 from carotid.training.config import TrainConfig

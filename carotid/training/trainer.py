@@ -25,10 +25,10 @@ from carotid.core.run_dir import RunDir
 from carotid.core.runtime import RunLog, StopSignal, on_main
 from carotid.core.text import plural
 from carotid.core.trackers import start_tracker, tracker_of
+from carotid.data.frames.preprocessing import Preprocessing
+from carotid.data.frames.transforms import NORMALIZATION, eval_preset, train_preset
 from carotid.data.loaders import EpochSeeds, stop_workers, stop_workers_at_exit
 from carotid.data.manifest import DataManifest
-from carotid.data.preprocessing import Preprocessing
-from carotid.data.transforms import NORMALIZATION, eval_preset, train_preset
 from carotid.evaluation.records import ValidationChoice
 from carotid.evaluation.registry import METRIC_COLUMNS
 from carotid.evaluation.selection import ValidationOutput, best_epoch_record, choose_on_validation, next_best, no_best
@@ -96,7 +96,7 @@ class Trainer:
             "last_choice": no_choice,  # the final model's threshold, temperature and operating points
         }
         self.progress = EpochProgress()
-        # Each frame's decode status as the loaders last returned it (carotid.data.check), for data_report.json.
+        # Each frame's decode status as the loaders last returned it (data.folders.readable), for data_report.json.
         self.train_status = torch.zeros(len(train_set), dtype=torch.uint8, device=accelerator.device)
         self.val_status: np.ndarray | None = None
 

@@ -9,10 +9,10 @@ import os
 from collections import defaultdict
 
 from carotid.core.text import is_utf8, plural, printable
-from carotid.data import twins
-from carotid.data.boilerplate import boilerplate_warning, split_boilerplate
-from carotid.data.discovery import FrameCounts, bounded_map
-from carotid.data.kinds import is_archive
+from carotid.data.folders import twins
+from carotid.data.folders.boilerplate import boilerplate_warning, split_boilerplate
+from carotid.data.folders.discovery import FrameCounts, bounded_map
+from carotid.data.frames.kinds import is_archive
 
 DOMINANT_SHARE = 0.2  # a person holding ≥ 20% of the frames, and ≥ 3x an even share, is named
 DOMINANT_FACTOR = 3
@@ -125,7 +125,7 @@ def shared_files(
 
     One stat per file (in chunks on the reader threads: they hide network-file-system latency; ~3 µs a file
     here, PERFORMANCE.md); contents are compared only for distinct files whose size another one shares
-    (carotid.data.twins: a prefix signature, the whole file only where that is shared, both cached between
+    (carotid.data.folders.twins: a prefix signature, the whole file only where that is shared, both cached between
     runs). Memory: one entry per distinct file (its first path, no copies), lists only where sizes collide."""
     chunks = [(p, files[i : i + chunk]) for p, files in files_of.items() for i in range(0, len(files), chunk)]
     owner: dict[tuple, tuple[str, str]] = {}  # (device, inode) → its first (person, file)

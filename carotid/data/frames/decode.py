@@ -1,4 +1,4 @@
-"""Turning a file into frames: a file's frames (read by its kind, carotid.data.kinds) → uint8 model input.
+"""Turning a file into frames: a file's frames (read by its kind, carotid.data.frames.kinds) → uint8 model input.
 
 A frame is one 2-D image; a PNG/JPEG/BMP holds one, a TIFF one per page, a DICOM one per frame and a
 video one per decoded picture. Every kind is read into a `Source` (uint8 grey or RGB, intensities already
@@ -15,8 +15,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from carotid.data.kinds import Source, kind_of
-from carotid.data.preprocessing import DEFAULT_CROP, DEFAULT_RESIZE, Preprocessing
+from carotid.data.frames.kinds import Source, kind_of
+from carotid.data.frames.preprocessing import DEFAULT_CROP, DEFAULT_RESIZE, Preprocessing
 
 DECODE_VERSION = 3  # bump when the pixels of any kind change: the frame cache then decodes afresh
 # 3: NaN/infinite pixels make a frame unreadable (were black); DICOM holding fewer frames than claimed: those held

@@ -1,4 +1,4 @@
-"""Where the decoded-frame cache lives and what it holds (see `carotid.data.cache` for its guarantees).
+"""Where the decoded-frame cache lives and what it holds (see `carotid.data.cache.dataset` for its guarantees).
 
 Owns the cache folder's name and lock, and the index: `index.json` names every cached frame's shard and
 row with the size and mtime of the file it came from, and replacing it atomically is a build's commit point.
@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from carotid.core.files import atomic_write_bytes
-from carotid.data.decode import DECODE_VERSION
-from carotid.data.discovery import Frame
-from carotid.data.preprocessing import Preprocessing
+from carotid.data.frames.decode import DECODE_VERSION
+from carotid.data.frames.frame import Frame
+from carotid.data.frames.preprocessing import Preprocessing
 
 FORMAT, VERSION = "carotid-frame-cache", 2  # 2: frames keyed by file and frame number, with their flags
 

@@ -1,6 +1,6 @@
-"""Building the decoded-frame cache (see `carotid.data.cache` for its layout and guarantees).
+"""Building the decoded-frame cache (see `carotid.data.cache.dataset` for its layout and guarantees).
 
-Owns the build (the folder, lock and index are `carotid.data.cache_index`): stale frames are
+Owns the build (the folder, lock and index are `carotid.data.cache.index`): stale frames are
 decoded in worker processes that pwrite into a new shard, which is fsynced and renamed before the index
 is replaced atomically. A worker task is whole files, so a cine loop is read once for all its frames.
 """
@@ -17,7 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from carotid.core.errors import UserError
-from carotid.data.cache_index import (
+from carotid.data.cache.index import (
     INDEX,
     LOCK,
     check_shards,
@@ -28,9 +28,9 @@ from carotid.data.cache_index import (
     stale,
     stat_key,
 )
-from carotid.data.decode import decode_frames
-from carotid.data.discovery import Frame
-from carotid.data.preprocessing import Preprocessing
+from carotid.data.frames.decode import decode_frames
+from carotid.data.frames.frame import Frame
+from carotid.data.frames.preprocessing import Preprocessing
 
 SHARD_BYTES = 1 << 30  # a build commits after each shard, so a kill loses at most this much work
 CHUNK = 32  # frames per worker task: large enough to hide the task overhead, small enough for a smooth bar

@@ -28,8 +28,8 @@ from torch.utils.data import Dataset, default_collate
 
 from carotid.core.errors import UserError
 from carotid.core.text import plural
-from carotid.data.cache_build import relative_paths, update_cache
-from carotid.data.cache_index import (
+from carotid.data.cache.build import relative_paths, update_cache
+from carotid.data.cache.index import (
     cache_folder,
     dataset_root,
     default_cache_dir,
@@ -38,8 +38,8 @@ from carotid.data.cache_index import (
     read_index,
     shard_path,
 )
-from carotid.data.discovery import Frame
-from carotid.data.preprocessing import DEFAULT_CROP, DEFAULT_RESIZE, Preprocessing
+from carotid.data.frames.frame import Frame
+from carotid.data.frames.preprocessing import DEFAULT_CROP, DEFAULT_RESIZE, Preprocessing
 
 # ---------------------------------------------------------------------------------------------
 # The dataset

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from carotid.data.kinds.base import FileKind, Probe, Source, has_dicom_preamble, scale_to_uint8
+from carotid.data.frames.kinds.base import FileKind, Probe, Source, has_dicom_preamble, scale_to_uint8
 
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 # Ultrasound Image Storage, Ultrasound Multi-frame Image Storage (and their retired forms): US without Modality.

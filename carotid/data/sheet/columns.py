@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from carotid.core.errors import UserError
-from carotid.data.sheet import Sheet
+from carotid.data.sheet.workbook import Sheet
 
 HEADER_SCAN_ROWS = 20  # non-empty rows searched for the header row
 

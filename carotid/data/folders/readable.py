@@ -4,7 +4,7 @@ At start-up `check_sample` decodes a bounded sample (SAMPLE frames spread evenly
 frame of a small dataset) through the real decoder: a broken decoder set-up or a dataset of colour or
 crushed frames shows before training, at a cost that does not grow with the dataset. Every other frame
 is proven when it is first decoded (cache build, training, evaluation): the datasets return a status
-per frame (`carotid.data.decode` flags, 0 = not decodable) and `decode_summary` turns the statuses a
+per frame (`carotid.data.frames.decode` flags, 0 = not decodable) and `decode_summary` turns the statuses a
 run gathered into the lists of data_report.json and metrics.json, with each failure's reason.
 """
 
@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from carotid.core.text import plural
-from carotid.data.decode import COLOUR, LOW_RANGE, OK, SEEN, decode_frames
-from carotid.data.discovery import Frame, spread_evenly
-from carotid.data.preprocessing import Preprocessing
+from carotid.data.folders.discovery import spread_evenly
+from carotid.data.frames.decode import COLOUR, LOW_RANGE, OK, SEEN, decode_frames
+from carotid.data.frames.frame import Frame
+from carotid.data.frames.preprocessing import Preprocessing
 
 SAMPLE = 64  # frames decoded at start-up: every frame of a small dataset, a fixed cost for a large one
 REASONS_MAX = 200  # failures whose reason is found by decoding them again; the rest are listed without one

@@ -1,5 +1,5 @@
 """Which files have the same content, reading as little as possible (the mechanism of the shared-files check,
-carotid.data.audit, which decides what a group of equal files means).
+carotid.data.folders.audit, which decides what a group of equal files means).
 
 Files are compared only within a size (the caller groups them by their stat), by a cheap signature first —
 the SHA-256 of their first 8 KiB — and whole only where that signature is shared. Each digest is kept
@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from carotid.core.files import atomic_write_text
-from carotid.data.cache_index import default_cache_dir
-from carotid.data.discovery import bounded_map
+from carotid.data.cache.index import default_cache_dir
+from carotid.data.folders.discovery import bounded_map
 
 HEAD_BYTES = 1 << 13  # the cheap signature: the hash of a file's first 8 KiB
 HEAD_HEX, WHOLE_HEX = 16, 32  # digests kept (64 bits filter candidates; 128 bits decide equality)

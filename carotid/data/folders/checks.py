@@ -7,8 +7,8 @@ import os
 
 from carotid.core.errors import UserError
 from carotid.core.text import printable
-from carotid.data.discovery import FrameCounts
-from carotid.data.matching import Matching, nested_person_folder
+from carotid.data.folders.discovery import FrameCounts
+from carotid.data.folders.matching import Matching, nested_person_folder
 
 
 def check_modalities(no_images: list[str], files_of: dict[str, list[str]], counted: FrameCounts) -> None:

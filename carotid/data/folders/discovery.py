@@ -1,9 +1,9 @@
 """Finding each person's frames: one sub-folder of --root-dir per person, frame files anywhere below it.
 
-`Frame` is the record every later stage passes on: the file, the frame's number inside it, the person
-and the label. The walk only lists names; `count_frames` then reads the header of the files that may
-hold several frames (TIFF, DICOM, video, and suffix-less files that may be DICOM), a bounded number at
-a time, and nothing else: single-image files are proven readable when they are first decoded.
+Each frame found is a `Frame` (carotid.data.frames.frame). The walk only lists names; `count_frames` then
+reads the header of the files that may hold several frames (TIFF, DICOM, video, and suffix-less files that
+may be DICOM), a bounded number at a time, and nothing else: single-image files are proven readable when
+they are first decoded.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from carotid.core.errors import UserError
-from carotid.data.decode import describe_error
-from carotid.data.kinds import (
+from carotid.data.frames.decode import describe_error
+from carotid.data.frames.kinds import (
     BY_SUFFIX,
     FRAME_SUFFIXES,
     KINDS,
@@ -28,16 +28,6 @@ from carotid.data.kinds import (
     kind_of,
     may_sniff,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """One 2-D image of a person: `index` numbers the frames of a multi-frame file (0 for a single image)."""
-
-    path: str  # absolute path of the file
-    person_id: str
-    label: int  # class index (0 where unlabelled, as in predict)
-    index: int = 0
 
 
 def is_image_name(name: str) -> bool:
@@ -152,7 +142,7 @@ def discover_frames(
 ) -> dict[str, list[str]]:
     """{folder name: sorted frame-file paths relative to root_dir} for every sub-folder of root_dir.
 
-    Names are kept exactly as on disk: '3006' and '3006 ' are two folders (carotid.data.matching refuses them)."""
+    Names are kept exactly as on disk: '3006' and '3006 ' are two folders (folders.matching refuses them)."""
     root = Path(root_dir)
     if not root.exists():
         raise UserError(f"root dir not found: {root}", "check the --root-dir path")

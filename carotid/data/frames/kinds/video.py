@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from carotid.data.kinds.base import FileKind, Probe, Source
+from carotid.data.frames.kinds.base import FileKind, Probe, Source
 
 
 class VideoKind(FileKind):

@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
-from carotid.data.kinds.base import FileKind, Probe, Source, bit_range, check_finite, scale_to_uint8
+from carotid.data.frames.kinds.base import FileKind, Probe, Source, bit_range, check_finite, scale_to_uint8
 
 
 class ImageKind(FileKind):

@@ -72,8 +72,8 @@ def preprocessing_of(saved: dict | None) -> dict:
     return {**LEGACY_PREPROCESSING, **(saved or {})}
 
 
-# How a decoded frame of any kind becomes the model's channels (carotid.data.decode and the readers in
-# carotid.data.kinds do exactly this): the parameters a deployment needs to prepare the same input.
+# How a decoded frame of any kind becomes the model's channels (carotid.data.frames.decode and the readers in
+# carotid.data.frames.kinds do exactly this): the parameters a deployment needs to prepare the same input.
 RGB_TO_GREY = {
     "words": "luma of ITU-R 601-2 as Pillow's Image.convert('L') computes it, in fixed point",
     "weights": [0.299, 0.587, 0.114],

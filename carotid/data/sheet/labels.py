@@ -2,9 +2,9 @@
 
 Every choice made without a flag (sheet, header row, columns, class spellings, positive class) is recorded
 in `LabelTable.choices` with its reason, and made only when it is unambiguous; otherwise a UserError lists
-the candidates and the flag that chooses. Reading the workbook itself is `carotid.data.sheet`; the header row
-and which columns are the ID and the label, `carotid.data.columns`; cells that cannot be read as meant (merged,
-hidden, blank, formulas), `carotid.data.sheet_checks`; what a label cell means, `carotid.data.classes`.
+the candidates and the flag that chooses. Reading the workbook itself is `carotid.data.sheet.workbook`; the header row
+and which columns are the ID and the label, `carotid.data.sheet.columns`; cells that cannot be read as meant (merged,
+hidden, blank, formulas), `carotid.data.sheet.checks`; what a label cell means, `carotid.data.classes`.
 """
 
 from __future__ import annotations
@@ -27,15 +27,15 @@ from carotid.data.classes import (
     normalize_label,
     sorted_classes,
 )
-from carotid.data.columns import choose_columns, find_header_row, recognised_header, wanted_column
-from carotid.data.sheet import OLE2_MAGIC, cell_at, read_sheet
-from carotid.data.sheet_checks import (
+from carotid.data.sheet.checks import (
     empty_sheet_error,
     hidden_rows_used,
     refuse_blank_id_column,
     refuse_merged_cells,
     refuse_uncached_formulas,
 )
+from carotid.data.sheet.columns import choose_columns, find_header_row, recognised_header, wanted_column
+from carotid.data.sheet.workbook import OLE2_MAGIC, cell_at, read_sheet
 
 __all__ = ["OLE2_MAGIC", "EXCEL_ERRORS", "LabelTable", "normalize_id", "normalize_label", "read_labels"]
 
@@ -64,7 +64,7 @@ class LabelTable:
         return {name: i for i, name in enumerate(self.class_names)}
 
 
-normalize_id = cell_text  # an ID is matched as text; carotid.data.matching compares IDs with folder names
+normalize_id = cell_text  # an ID is matched as text; carotid.data.folders.matching compares IDs with folder names
 
 
 def read_labels(

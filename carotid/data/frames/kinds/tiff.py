@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from PIL import Image
 
-from carotid.data.kinds.base import Probe
-from carotid.data.kinds.image import ImageKind
+from carotid.data.frames.kinds.base import Probe
+from carotid.data.frames.kinds.image import ImageKind
 
 
 class TiffKind(ImageKind):

@@ -10,7 +10,7 @@ from openpyxl.utils import range_boundaries
 
 from carotid.core.errors import UserError
 from carotid.data.classes import cell_text, normalize_label
-from carotid.data.sheet import Sheet, cell_at, cell_name, formula_cells
+from carotid.data.sheet.workbook import Sheet, cell_at, cell_name, formula_cells
 
 EXAMPLES = 3  # IDs or ranges shown in a message
 

@@ -17,7 +17,7 @@ from openpyxl.utils import get_column_letter, range_boundaries
 from openpyxl.worksheet._reader import WorkSheetParser
 
 from carotid.core.errors import UserError
-from carotid.data import sheet_xml
+from carotid.data.sheet import raw_xml
 
 MAX_ROWS = 100_000  # non-empty rows; a label sheet has one per person
 MAX_COLUMNS = 500  # columns read; a value further right is an error, not silently dropped
@@ -164,7 +164,7 @@ def read_sheet(path: str | Path, wanted: str | None = None) -> Sheet:
         part = worksheet._worksheet_path  # read-only sheets name their zip part only here
         with zipfile.ZipFile(path) as archive:
             _check_part_sizes(path, archive, (part,))
-            has_formulas = sheet_xml.has_formulas(archive, part)
+            has_formulas = raw_xml.has_formulas(archive, part)
         layout: dict = {}
         rows = _bounded_rows(worksheet, name, path, layout)
         filled = _filled_sheets(workbook, path, name) if not rows and wanted is None else []
@@ -198,12 +198,12 @@ def _sparse_rows(worksheet, layout: dict | None = None):
 
     openpyxl's iter_rows pads every row to the sheet's width, 16,384 cells for rows styled out to column XFD
     (a MemoryError on a 1 MB file), so rows are taken, sparse, from the parser iter_rows itself uses, fed the
-    XML less its merged ranges (carotid.data.sheet_xml). `layout` receives, once the rows are read, the
+    XML less its merged ranges (carotid.data.sheet.raw_xml). `layout` receives, once the rows are read, the
     hidden rows (from the parser's row attributes) and the merged ranges spanning several rows."""
 
     workbook = worksheet.parent
     with worksheet._get_source() as raw:
-        source = sheet_xml.WithoutMergeCells(raw)
+        source = raw_xml.WithoutMergeCells(raw)
         parser = WorkSheetParser(
             source,
             worksheet._shared_strings,

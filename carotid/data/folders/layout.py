@@ -15,8 +15,8 @@ from pathlib import Path
 
 from carotid.core.errors import UserError
 from carotid.core.text import printable
-from carotid.data.audit import modality_warning, special_warning
-from carotid.data.discovery import count_frames, discover_frames, frames_below, is_frame_file
+from carotid.data.folders.audit import modality_warning, special_warning
+from carotid.data.folders.discovery import count_frames, discover_frames, frames_below, is_frame_file
 
 
 def detect_layout(folder: Path) -> str:

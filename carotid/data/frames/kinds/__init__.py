@@ -8,11 +8,11 @@ reports ask this registry and branch only on a kind's properties (`single_frame`
 
 from __future__ import annotations
 
-from carotid.data.kinds.base import FileKind, Probe, Source
-from carotid.data.kinds.dicom import DicomKind
-from carotid.data.kinds.image import ImageKind
-from carotid.data.kinds.tiff import TiffKind
-from carotid.data.kinds.video import VideoKind
+from carotid.data.frames.kinds.base import FileKind, Probe, Source
+from carotid.data.frames.kinds.dicom import DicomKind
+from carotid.data.frames.kinds.image import ImageKind
+from carotid.data.frames.kinds.tiff import TiffKind
+from carotid.data.frames.kinds.video import VideoKind
 
 KINDS: list[FileKind] = [ImageKind(), TiffKind(), DicomKind(), VideoKind()]
 
