@@ -44,6 +44,11 @@ def test_cv_ends_with_its_report_out_of_fold_result_first(cv_run):  # noqa: F811
     assert "2-fold cross-validation by person" in checklist and "each person its own group" in checklist
     assert "the best epoch by val_auc on that fold's validation persons" in checklist
     assert "convert('L'), weights 0.299, 0.587, 0.114" in checklist and "the same in all 2 folds" in checklist
+    oof_calibration = metrics["out_of_fold"]["calibration"]["person"]  # the calibration row: cv_metrics.json's
+    assert f"Brier score {oof_calibration['brier']:.3f}, ECE {oof_calibration['ece']:.3f}" in checklist
+    few = any("too few to judge calibration" in w for w in metrics["out_of_fold"]["warnings"])
+    assert few == (f"{metrics['n_persons']} persons are too few to judge calibration" in checklist)
+    assert "person probability = mean of its frames' probabilities" in checklist
     ensemble_page = (cv_dir / "eval_test_ensemble" / "report.html").read_text(encoding="utf-8")
     assert "test split, ensemble of the 2 fold models" in ensemble_page and "small_cnn" in ensemble_page
     assert "2-fold cross-validation of the persons not in the test set" in ensemble_page  # not train/val/test ratios

@@ -341,6 +341,9 @@ def test_cross_validation_of_an_attention_model_pools_its_person_probabilities(t
     assert metrics["n_persons"] == len(oof) == sum(map(sum, matrix)), "each held-out person once, as a person"
     assert metrics["test_ensemble"]["image"] is None
     assert "not applicable" in (cv_dir / "report.html").read_text(encoding="utf-8")
+    methods = (cv_dir / "methods.md").read_text(encoding="utf-8")  # the CV's checklist rows, a person model's words
+    assert "person probability from attention pooling of its frames' embeddings" in methods
+    assert "per person (a person model gives no per-frame probability)" in methods and "of its frames'" in methods
 
 
 @pytest.mark.slow

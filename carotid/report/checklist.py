@@ -192,7 +192,9 @@ def _result_items(o: dict, m: dict, model: dict) -> list[Item]:
         Item(
             "Calibration",
             "TRIPOD+AI: calibration; CLAIM: performance metrics",
-            calibration_words(m) if m.get("calibration") else None,
+            calibration_words(m, _curve_drawn(m.get("threshold") is not None, (m.get("counts") or {}).get("persons")))
+            if m.get("calibration")
+            else None,
             "assess calibration (e.g. a reliability diagram) or state why not",
         ),
         Item(
@@ -240,11 +242,11 @@ def cv_checklist(
         "Counts per partition and class": counts,
         "Model selection and operating point": selection,
         "Performance metrics with confidence intervals": "AUC, accuracy, balanced accuracy, sensitivity, "
-        "specificity, PPV, NPV, F1, per frame and per person: out of fold (pooled over the held-out folds) and on "
+        f"specificity, PPV, NPV, F1, {_levels(oof)}: out of fold (pooled over the held-out folds) and on "
         "the test persons (fold ensemble), with mean ± SD over folds; "
         + (describe_intervals(ci) if ci else "no CIs (--bootstrap 0)"),
-        "Calibration": "the pooled out-of-fold probabilities: reliability diagram, Brier score, ECE, calibration "
-        "slope and intercept (calibration section)"
+        "Calibration": "the pooled out-of-fold probabilities, "
+        + calibration_words(oof, _curve_drawn(metrics.get("positive_class") is not None, _oof_persons(oof, classes)))
         if oof.get("calibration")
         else None,
         "Failure analysis": "each fold's most wrong held-out persons, with frame probabilities and Grad-CAM "
@@ -257,6 +259,10 @@ def cv_checklist(
         if item.topic == "Preprocessing" and item.text:
             item.text += f"; the same in all {k} folds"
     return items
+
+
+def _oof_persons(oof: dict, classes: list[str]) -> dict[str, int]:
+    return _matrix_counts(oof["person"].get("confusion_matrix"), classes)
 
 
 def _cv_counts(metrics: dict, classes: list[str], k: int, folds: list[dict], ensemble: dict | None) -> str:
@@ -293,8 +299,13 @@ def _cv_selection(
             if ensemble
             else ""
         )
-        + f"; person probability = {metrics['person_aggregation']} of its frames"
+        + f"; {person_probability(_cv_result(metrics, model))}"
     )
+
+
+def _cv_result(metrics: dict, model: dict) -> dict:
+    """What person_probability reads, for a CV: its person model from the fold model file."""
+    return {"person_model": model.get("person_model"), "person_aggregation": metrics["person_aggregation"]}
 
 
 def frames_per_person(options: dict) -> str:
@@ -332,9 +343,10 @@ def _levels(metrics: dict) -> str:
     return "per frame and per person"
 
 
-def calibration_words(metrics: dict) -> str:
-    """The person-level calibration numbers of metrics.json, and the too-few-persons warning when it fired."""
-    section = metrics["calibration"]
+def calibration_words(result: dict, curve: bool) -> str:
+    """The person-level calibration numbers of a result (metrics.json, or cv_metrics.json's out of fold) and the
+    too-few-persons warning when it fired; `curve`: calibration_curve.png was drawn beside it."""
+    section = result["calibration"]
     person = section.get("person") or {}
     numbers = [
         f"{label} {number(person[key])}"
@@ -342,11 +354,15 @@ def calibration_words(metrics: dict) -> str:
         if person.get(key) is not None
     ]
     words = f"per person: {', '.join(numbers)} (ECE over {section.get('binning')})"
-    persons = (metrics.get("counts") or {}).get("persons") or {}
-    if metrics.get("threshold") is not None and persons and all(persons.values()):  # figures.write_person_curves
+    if curve:
         words += "; calibration curve with a person-bootstrap band in calibration_curve.png"
-    few = [w.split(", ", 1)[1] for w in metrics.get("warnings", []) if "too few to judge calibration" in w]
+    few = [w.split(", ", 1)[1] for w in result.get("warnings", []) if "too few to judge calibration" in w]
     return words + (f"; {few[0]}" if few else "")
+
+
+def _curve_drawn(binary: bool, persons_per_class: dict) -> bool:
+    """figures.write_person_curves draws the curves of a binary result whose persons hold both classes."""
+    return binary and bool(persons_per_class) and all(persons_per_class.values())
 
 
 def initialisation(options: dict) -> str:

@@ -72,6 +72,7 @@ def read_model(model_path: str | None) -> dict:
         "epoch",
         "monitor",
         "aggregation",
+        "person_model",
     )
     return {k: getattr(model, k) for k in keys} | {"geometry": model.prep.describe(), "sha256": file_sha256(model_path)}
 
