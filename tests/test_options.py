@@ -12,6 +12,7 @@ from accelerate import Accelerator
 from carotid.core.runtime import cpu_has_native_bf16
 from carotid.data.frames.transforms import train_preset
 from carotid.data.manifest import DataManifest
+from carotid.model.person import PersonModel
 from carotid.model.registry import build_model
 from carotid.training.engine import EpochProgress, train_one_epoch
 from carotid.training.epoch import person_class_weights
@@ -119,13 +120,22 @@ def test_bf16_on_a_cpu_without_native_bf16_warns_and_trains_in_fp32(data_dir, tm
     assert "no native bf16" in out and "training in fp32 instead" in out and "mixed precision: no" in out
 
 
-def test_a_bf16_training_step_runs_under_accelerate_autocast():
+def bf16_batches(person_model: bool) -> list[tuple]:
+    """Two steps of 8 frames: frames carrying their labels, or 4 persons of 2 frames each (a `bag` per frame)."""
+    frames = torch.randint(0, 255, (8, 1, 32, 32), dtype=torch.uint8)
+    status = torch.ones(8, dtype=torch.bool)
+    if person_model:
+        return [(frames, torch.tensor([0, 1, 0, 1]), torch.arange(8), status, torch.arange(4).repeat_interleave(2))] * 2
+    return [(frames, torch.tensor([0, 1] * 4), torch.arange(8), status)] * 2
+
+
+@pytest.mark.parametrize("person_model", [False, True], ids=["frames", "attention"])
+def test_a_bf16_training_step_runs_under_accelerate_autocast(person_model):
     reset_accelerate()
     accelerator = Accelerator(cpu=True, mixed_precision="bf16")
-    model = build_model("small_cnn", 2, 1)
+    model = PersonModel("small_cnn", 2, 1, "attention") if person_model else build_model("small_cnn", 2, 1)
     optimizer = make_optimizer(model, 1e-3, 0.0)
-    frames = torch.randint(0, 255, (8, 1, 32, 32), dtype=torch.uint8)
-    batches = [(frames, torch.tensor([0, 1] * 4), torch.arange(8), torch.ones(8, dtype=torch.bool))] * 2
+    batches = bf16_batches(person_model)
     model, optimizer = accelerator.prepare(model, optimizer)
     before = [p.detach().clone() for p in model.parameters()]
     end = train_one_epoch(
@@ -138,6 +148,9 @@ def test_a_bf16_training_step_runs_under_accelerate_autocast():
         epochs=1,
         progress=EpochProgress(),
     )
-    assert end.stop is None and math.isfinite(end.progress.loss_sum) and end.progress.seen == 16
+    # seen counts the loss's items: 16 frames, or 8 persons
+    assert (
+        end.stop is None and math.isfinite(end.progress.loss_sum) and end.progress.seen == (8 if person_model else 16)
+    )
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     reset_accelerate()

@@ -131,7 +131,12 @@ def test_sigterm_stops_all_ranks_at_a_step_and_the_run_resumes(small_data, tmp_p
     assert load_model(run_dir / "models" / "final_model.pth")["epoch"] == 3
 
 
-def test_gradient_accumulation_2_x_b_matches_batch_2b(tmp_path):
+@pytest.mark.parametrize(
+    "person_model, big_batch",
+    # A person model's --batch-size counts frames: 16 frames = 4 persons of 4 frames a step, 8 = 2 (at least 2).
+    [("frames", "8"), ("attention", "16")],
+)
+def test_gradient_accumulation_2_x_b_matches_batch_2b(tmp_path, person_model, big_batch):
     root, label = make_data(tmp_path / "frames", persons=10, frames=4, size=40)
     base = [
         "--root-dir",
@@ -151,20 +156,21 @@ def test_gradient_accumulation_2_x_b_matches_batch_2b(tmp_path):
         "0",
         *FAST,
     ]
-    assert train_in_process(*base, "--batch-size", "8", "--output-dir", str(tmp_path / "big")) == 0
-    assert (
-        train_in_process(
-            *base, "--batch-size", "4", "--gradient-accumulation-steps", "2", "--output-dir", str(tmp_path / "acc")
-        )
-        == 0
-    )
+    base += ["--person-model", person_model] + (["--bag-size", "4"] if person_model != "frames" else [])
+    assert train_in_process(*base, "--batch-size", big_batch, "--output-dir", str(tmp_path / "big")) == 0
+    small_batch = str(int(big_batch) // 2)
+    acc = ["--batch-size", small_batch, "--gradient-accumulation-steps", "2", "--output-dir", str(tmp_path / "acc")]
+    assert train_in_process(*base, *acc) == 0
     big, acc = only_run_dir(tmp_path / "big"), only_run_dir(tmp_path / "acc")
     for a, b in zip(rows(big), rows(acc)):
         assert float(a["lr"]) == float(b["lr"]), "the schedule counts optimizer steps, not micro-batches"
         for key in ("train_loss", "val_loss"):
             assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-4, abs=1e-5)
     wa, wb = (load_model(r / "models" / "final_model.pth")["state_dict"] for r in (big, acc))
-    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+    # The attention score's bias shifts every score of a person alike, which the softmax cancels: its gradient is
+    # zero up to rounding, and AdamW's normalised step moves it by that rounding noise (4e-4 measured).
+    compared = [k for k in wa if k != "attention_w.bias"]
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in compared)
 
 
 def test_resume_with_more_epochs_stretches_the_schedule(small_data, tmp_path, capsys):

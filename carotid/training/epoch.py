@@ -5,7 +5,6 @@ the finiteness check on (sharded) weights, the messages a stopped run ends with,
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from carotid.data.loaders import make_loader
 from carotid.data.manifest import DataManifest
 from carotid.evaluation.metrics import epoch_metrics
 from carotid.evaluation.person_inference import predict_persons
-from carotid.evaluation.registry import EPOCH_LINE, PERSON_COLUMNS, lower_is_better
+from carotid.evaluation.registry import EPOCH_LINE, PERSON_COLUMNS
 from carotid.evaluation.selection import ValidationOutput
 from carotid.model import canonical_arch
 from carotid.model.person import PersonModel
@@ -174,14 +173,6 @@ def person_class_weights(manifest: DataManifest) -> torch.Tensor:
         [manifest.person_labels[p] for p in manifest.splits["train"]], minlength=len(manifest.class_names)
     )
     return torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32)
-
-
-def better(value: float | None, best: float | None, monitor: str) -> bool:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return False
-    if best is None:
-        return True
-    return value < best if lower_is_better(monitor) else value > best
 
 
 def epoch_line(row: dict, monitor: str, improved: bool, ema: bool = False) -> str:
