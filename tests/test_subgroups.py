@@ -12,7 +12,8 @@ import pytest
 from carotid import evaluate
 from carotid.commands import parse_evaluate_args
 from carotid.core.errors import UserError
-from carotid.data.sheet.labels import read_labels, read_person_columns
+from carotid.data.sheet.labels import read_labels
+from carotid.data.sheet.person_columns import read_person_columns
 from carotid.evaluation.aggregation import aggregate_persons, person_labels
 from carotid.evaluation.metrics import classification_metrics, metrics_at_threshold, youden_threshold
 from carotid.evaluation.operating_points import choose_operating_points

@@ -18,12 +18,12 @@ from carotid.core.errors import UserError
 
 # Dropped before comparing: a zero-width space pasted with a label is invisible in Excel.
 ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
-# What people type for "not known" (compared case-insensitively): blank, not a class. '无' ("none") is a
-# missing mark too, except beside '有' ("present"), where it is the negative half of the pair.
+# What people type for "not known" (compared case-insensitively): blank, not a class. '无' ("none") and '-' are
+# missing marks too, except beside '有' ("present") and '+', where each is the negative half of the pair.
 MISSING_MARKS = frozenset(
     {"na", "n/a", "n.a.", "nan", "null", "-", "--", "—", "?", "空", "未知", "不详", "缺失", "无", "unknown"}
 )
-NONE_MARK, PRESENT_MARK = "无", "有"
+NEGATIVE_HALF = {"无": "有", "-": "+"}  # mark → the mark beside which it is the negative class
 # A label not decided yet (a recheck, a pending report): the person is unlabelled, not a class of their own.
 UNDECIDED_MARKS = frozenset(
     {"pending", "recheck", "re-check", "tbd", "to be determined", "undetermined", "indeterminate", "uncertain"}
@@ -35,11 +35,11 @@ NO_ANSWERS = frozenset({"no", "n", "否", "无", "阴性", "阴", "-", "\u2212",
 # Clinically negative and positive labels (compared after casefold, spaces and punctuation dropped).
 NEGATIVE_LABELS = frozenset(
     {"negative", "neg", "normal", "no", "n", "false", "0", "healthy", "control", "benign", "absent", "noplaque"}
-    | {"阴性", "阴", "正常", "无", "否", "良性", "无斑块", "未见斑块", "健康", "对照"}
+    | {"阴性", "阴", "正常", "无", "否", "良性", "无斑块", "未见斑块", "健康", "对照", "-", "\u2212"}
 )
 POSITIVE_LABELS = frozenset(
     {"positive", "pos", "abnormal", "yes", "y", "true", "1", "plaque", "disease", "malignant", "present", "stenosis"}
-    | {"阳性", "阳", "有", "是", "斑块", "有斑块", "异常", "恶性", "狭窄", "病变"}
+    | {"阳性", "阳", "有", "是", "斑块", "有斑块", "异常", "恶性", "狭窄", "病变", "+"}
 )
 EXCEL_ERRORS = frozenset(
     {"#NULL!", "#DIV/0!", "#VALUE!", "#REF!", "#NAME?", "#NUM!", "#N/A", "#GETTING_DATA", "#SPILL!", "#CALC!"}
@@ -75,9 +75,10 @@ def normalize_label(value: Any) -> str | None:
     return text or None
 
 
-def is_missing_mark(text: str, present_in_column: bool) -> bool:
+def is_missing_mark(text: str, column: set[str]) -> bool:
+    """A blank, given the column's other (case-folded) values: '-' beside '+' is a class, not a blank."""
     key = text.casefold()
-    return key in MISSING_MARKS and not (key == NONE_MARK and present_in_column)
+    return key in MISSING_MARKS and NEGATIVE_HALF.get(key) not in column
 
 
 def is_undecided(text: str) -> bool:
@@ -127,7 +128,8 @@ def sorted_classes(names: set[str]) -> list[str]:
 
 
 def _meaning_key(name: str) -> str:
-    return re.sub(r"[\s_\-.()（）]+", "", unicodedata.normalize("NFKC", name).casefold())
+    text = unicodedata.normalize("NFKC", name).casefold()
+    return re.sub(r"[\s_\-.()（）]+", "", text) or text.strip()  # a bare '-' stays '-' (the negative of '+')
 
 
 # A label that negates another one: 非X, 无X, 不X, non-X, no X, not X, X-negative, X阴性 is the negative of X.

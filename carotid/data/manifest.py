@@ -16,7 +16,8 @@ from carotid.data.classes import positive_index
 from carotid.data.folders import audit, checks, readable
 from carotid.data.folders.boilerplate import without_boilerplate
 from carotid.data.folders.discovery import count_frames, discover_frames, spread_evenly
-from carotid.data.folders.matching import Matching, explain_unmatched, match_ids
+from carotid.data.folders.matching import Matching, match_ids
+from carotid.data.folders.overlap import LEFT_OUT_WHAT, check_overlap, matching_warnings
 from carotid.data.frames.frame import Frame
 from carotid.data.frames.kinds import FRAME_SUFFIXES
 from carotid.data.sheet.labels import LabelTable
@@ -75,13 +76,6 @@ class DataManifest:
         return {"persons": persons, "images": images}
 
 
-LEFT_OUT_WARNING = 0.10  # share of sheet rows or folders left out above which it is a warning, not a note
-LEFT_OUT_WHAT = {  # the words of that warning, per kind of left-out person in data_report.json
-    "persons_without_folder": "sheet rows have no person folder",
-    "folders_without_label": "person folders have no labelled sheet row",
-}
-
-
 def collect_persons(
     root_dir: str,
     table: LabelTable,
@@ -102,7 +96,7 @@ def collect_persons(
     special: list[str] = []  # frame names that are no regular file: never opened
     found = discover_frames(root_dir, unhandled, special)
     matching = match_ids(table.labels, found, str(root_dir))
-    _check_overlap(matching, table, root_dir, strict_matching)
+    overlap = check_overlap(matching, found, str(root_dir), table.id_column, table.class_names, strict_matching)
     # The person ID: the folder's name as a person reads it (macOS folder names are NFD, sheets NFC).
     person_of = {folder: unicodedata.normalize("NFC", folder).strip() for folder in matching.folders.values()}
     sheet_id_of = {person_of[folder]: sheet_id for sheet_id, folder in matching.folders.items()}
@@ -140,7 +134,11 @@ def collect_persons(
         "start_up_check": checked.as_dict() if checked else None,
         "unreadable_images": unreadable,
         # Every start-up warning about the data, as printed.
-        "warnings": table.warnings + _matching_warnings(matching) + audit.special_warning(special) + file_warnings,
+        "warnings": table.warnings
+        + overlap
+        + matching_warnings(matching)
+        + audit.special_warning(special)
+        + file_warnings,
         "not_regular_files": _first(special),
     }
     return DataManifest(
@@ -213,45 +211,6 @@ def _report(root_dir: str, table: LabelTable, person_labels: dict, found: dict, 
         "persons_without_folder": _first(matching.rows_without_folder),
         "folders_without_label": _first(matching.folders_without_row),
     }
-
-
-def _check_overlap(matching: Matching, table: LabelTable, root_dir: str, strict: bool) -> None:
-    if not matching.folders:
-        sheet_ids, folders = sorted(table.labels), sorted(matching.folders_without_row)
-        raise UserError(
-            f"none of the {len(sheet_ids)} person IDs in column '{table.id_column}' of the label sheet matches a "
-            f"folder in {root_dir} (sheet: {', '.join(sheet_ids[:3])}…; folders: {', '.join(folders[:3])}…)",
-            "name each person's folder by their ID in the sheet (or pick the ID column with --id-column)",
-        )
-    left_out = len(matching.rows_without_folder) + len(matching.folders_without_row)
-    if strict and left_out:
-        raise UserError(
-            f"--strict-matching: {len(matching.rows_without_folder)} sheet row(s) have no folder "
-            f"(e.g. {matching.rows_without_folder[:3]}) and {len(matching.folders_without_row)} folder(s) have no "
-            f"row (e.g. {matching.folders_without_row[:3]})",
-            "add the missing rows or folders, or drop --strict-matching to train on the matched persons",
-        )
-
-
-def _matching_warnings(matching: Matching) -> list[str]:
-    warnings_ = []
-    rows = len(matching.folders) + len(matching.rows_without_folder)
-    folders = len(matching.folders) + len(matching.folders_without_row)
-    for left, total, what in (
-        (matching.rows_without_folder, rows, LEFT_OUT_WHAT["persons_without_folder"]),
-        (matching.folders_without_row, folders, LEFT_OUT_WHAT["folders_without_label"]),
-    ):
-        if left and len(left) > LEFT_OUT_WARNING * total:
-            warnings_.append(
-                f"{len(left)} of {total} {what} and are left out (e.g. {', '.join(map(repr, left[:3]))}); "
-                "--strict-matching makes this an error"
-            )
-    if matching.ambiguous:
-        warnings_.append(
-            f"{len(matching.ambiguous)} numeric ID(s) match several zero-padded folders and are left out "
-            f"(e.g. {matching.ambiguous[0]!r}): rename the folders"
-        )
-    return warnings_ + explain_unmatched(matching)
 
 
 def check_classes_in_training(manifest: DataManifest) -> None:

@@ -14,7 +14,8 @@ from carotid.core.run_dir import RunDir, read_run_config, read_splits
 from carotid.data.folders.readable import startup_lines
 from carotid.data.frames.frame import Frame
 from carotid.data.manifest import collect_persons, data_block
-from carotid.data.sheet.labels import read_labels, read_person_columns
+from carotid.data.sheet.labels import read_labels
+from carotid.data.sheet.person_columns import read_person_columns
 from carotid.evaluation.registry import CI_METHODS, DEFAULT_BOOTSTRAP, DEFAULT_SEED
 
 DATA_OPTIONS = (

@@ -9,7 +9,6 @@ hidden, blank, formulas), `carotid.data.sheet.checks`; what a label cell means, 
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,6 @@ from typing import Any
 from carotid.core.errors import UserError
 from carotid.data.classes import (
     EXCEL_ERRORS,
-    PRESENT_MARK,
     cell_text,
     choose_positive,
     is_missing_mark,
@@ -35,6 +33,7 @@ from carotid.data.sheet.checks import (
     refuse_uncached_formulas,
 )
 from carotid.data.sheet.columns import choose_columns, find_header_row, recognised_header, wanted_column
+from carotid.data.sheet.label_values import is_totals_row, refuse_measurement, totals_note
 from carotid.data.sheet.workbook import OLE2_MAGIC, cell_at, read_sheet
 
 __all__ = ["OLE2_MAGIC", "EXCEL_ERRORS", "LabelTable", "normalize_id", "normalize_label", "read_labels"]
@@ -99,6 +98,7 @@ def read_labels(
     refuse_blank_id_column(path, data.name, body, headers, id_idx, label_idx)
     rows = _label_rows(path, body, id_idx, label_idx, known_classes)
     rows.warnings += hidden_rows_used(data, rows.first_row)
+    refuse_measurement(path, str(headers[label_idx]), rows.labels)
     class_names = sorted_classes(set(rows.labels.values()))
     if len(class_names) < min_classes:
         found = f"only '{class_names[0]}'" if class_names else "no labels"
@@ -154,9 +154,11 @@ def _label_rows(
     """Each person's label (class spellings merged), repeated rows merged, conflicting ones refused."""
     cells = [(n, cell_at(row, id_idx), cell_at(row, label_idx)) for n, row in body]
     texts = [(n, cell_text(i), normalize_label(lab)) for n, i, lab in cells]
-    present = any(t is not None and t.casefold() == PRESENT_MARK for _, _, t in texts)
-    missing = [t for _, _, t in texts if t is not None and is_missing_mark(t, present)]
-    texts = [(n, p, None if t is None or is_missing_mark(t, present) else t) for n, p, t in texts]
+    totals = [(n, p) for n, p, _ in texts if p is not None and is_totals_row(p)]  # '合计' with a count beside it
+    texts = [(n, p, t) for n, p, t in texts if (n, p) not in totals]
+    column = {t.casefold() for _, _, t in texts if t is not None}
+    missing = [t for _, _, t in texts if t is not None and is_missing_mark(t, column)]
+    texts = [(n, p, None if t is None or is_missing_mark(t, column) else t) for n, p, t in texts]
     undecided = Counter(t for _, p, t in texts if p is not None and t is not None and is_undecided(t))
     texts = [(n, p, None if t is not None and is_undecided(t) else t) for n, p, t in texts]
     names, warnings = merge_spellings([t for _, p, t in texts if p is not None and t], known_classes)
@@ -191,15 +193,19 @@ def _label_rows(
             f"{sum(undecided.values())} person(s) have an undecided label ({listed}): left out as unlabelled, not "
             "a class; give them their class in the sheet when it is decided"
         )
-    notes = _cell_notes(cells, missing) + [
-        text
-        for count, text in (
-            (no_id, f"{no_id} row(s) have a label but no ID and were skipped"),
-            (no_label, f"{no_label} person(s) have no label and were skipped"),
-            (repeated, f"{repeated} repeated row(s) with the same label were merged"),
-        )
-        if count
-    ]
+    notes = (
+        totals_note(totals)
+        + _cell_notes(cells, missing)
+        + [
+            text
+            for count, text in (
+                (no_id, f"{no_id} row(s) have a label but no ID and were skipped"),
+                (no_label, f"{no_label} person(s) have no label and were skipped"),
+                (repeated, f"{repeated} repeated row(s) with the same label were merged"),
+            )
+            if count
+        ]
+    )
     return _Rows(labels, first_row, notes, warnings)
 
 
@@ -260,54 +266,3 @@ def _is_excel_error(value: Any) -> bool:
 
 def _long(number: float) -> bool:
     return abs(number) >= 10**EXCEL_DIGITS
-
-
-def read_person_columns(
-    path: str | Path, sheet: str, id_header: str, columns: list[str]
-) -> tuple[dict[str, dict[str, str | None]], list[str]]:
-    """({column: {person ID: cell text or None}}, notes): extra columns of the label sheet (a subgroup such
-    as hospital or sex, a reader's call), for the persons of the ID column that read_labels chose.
-
-    The header row is the first row holding the ID header and every wanted header, so this does not
-    depend on how read_labels found its header row. Cells are read as IDs are (normalize_id)."""
-
-    def key(text: Any) -> str:
-        return re.sub(r"[\s_\-.]+", "", str(text).strip().lower()) if text is not None else ""
-
-    rows = [row for _, row in read_sheet(Path(path), sheet).rows]
-    wanted = [key(c) for c in columns]
-    id_key = key(id_header)
-    header_number = next(
-        (i for i, row in enumerate(rows) if {id_key, *wanted} <= {key(normalize_id(h)) for h in row}), None
-    )
-    if header_number is None:
-        id_row = next((row for row in rows if id_key in {key(normalize_id(h)) for h in row}), [])
-        shown = ", ".join(repr(str(normalize_id(h))) for h in id_row if normalize_id(h) is not None) or "(none)"
-        missing = [c for c, k in zip(columns, wanted) if k not in {key(normalize_id(h)) for h in id_row}]
-        raise UserError(
-            f"column(s) {', '.join(map(repr, missing))} not found in sheet '{sheet}' of {path}; "
-            f"the headers are {shown}",
-            "pass the header of a column of the label sheet",
-        )
-    keys = [key(normalize_id(h)) for h in rows[header_number]]
-    id_idx = keys.index(id_key)
-    out: dict[str, dict[str, str | None]] = {c: {} for c in columns}
-    conflicts: list[str] = []
-    for row_number, row in enumerate(rows[header_number + 1 :], start=header_number + 2):
-        person = normalize_id(cell_at(row, id_idx))
-        if person is None:
-            continue
-        for column, k in zip(columns, wanted):
-            value = normalize_id(cell_at(row, keys.index(k)))
-            seen = out[column].get(person)
-            if seen is not None and value is not None and seen != value:
-                conflicts.append(f"'{person}' has {column} '{seen}' and '{value}' (row {row_number})")
-            if seen is None:
-                out[column][person] = value
-    if conflicts:
-        raise UserError(
-            f"repeated persons with different values in {path}: {'; '.join(conflicts[:3])}", "keep one row per person"
-        )
-    return out, [
-        f"sheet '{sheet}': column '{c}' read for {sum(v is not None for v in out[c].values())} persons" for c in columns
-    ]
