@@ -19,8 +19,11 @@ import torch
 
 from carotid.data.demo import make_demo_data
 
-# Fast training options used across the suite.
+# Fast training options used across the suite. No tracker: TensorBoard, the default, has its own tests
+# (test_options, test_cv, test_train), and the others would each import and write it for nothing.
 FAST = [
+    "--report-to",
+    "none",
     "--model",
     "small_cnn",
     "--image-size",
@@ -129,6 +132,18 @@ def load_model(path: Path) -> dict:
 
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def tensorboard_scalars(run_dir: Path, tag: str) -> list[int]:
+    """The steps (epochs) at which RUN/tensorboard's event files hold `tag`, read by TensorBoard's own loader."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    steps = []
+    for path in sorted((run_dir / "tensorboard").rglob("events.out.tfevents.*")):
+        steps += [
+            event.step for event in EventFileLoader(str(path)).Load() for v in event.summary.value if v.tag == tag
+        ]
+    return steps
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,15 @@ from sklearn.metrics import roc_auc_score
 from carotid.core.errors import UserError
 from carotid.data.demo import make_demo_data
 from carotid.data.split import cv_splits, person_groups, split_persons
-from tests.conftest import FAST, module_command, run_module, subprocess_env, train_in_process, write_xlsx
+from tests.conftest import (
+    FAST,
+    module_command,
+    run_module,
+    subprocess_env,
+    tensorboard_scalars,
+    train_in_process,
+    write_xlsx,
+)
 
 # ---------------------------------------------------------------------------------------------
 # The fold plan
@@ -150,7 +158,7 @@ def cv_run(tmp_path_factory):
     root, label = data(tmp_path_factory.mktemp("cvdata") / "frames")
     (root / "1001" / "scan.gif").write_bytes(b"GIF89a")  # not read: a start-up warning (see data_report.json)
     output = tmp_path_factory.mktemp("cv")
-    assert train_in_process(*cv_args(root, label, output, "--epochs", "2")) == 0
+    assert train_in_process(*cv_args(root, label, output, "--epochs", "2", "--report-to", "tensorboard")) == 0
     return only_cv_dir(output), root, label
 
 
@@ -187,6 +195,14 @@ def test_cv_directory_holds_each_person_once_out_of_fold_and_pooled_metrics(cv_r
     said = {line.split(" warning: ", 1)[1] for line in startup.splitlines() if " warning: " in line}
     assert any("look like images but are not read" in w for w in said)
     assert said <= set(json.loads((cv_dir / "data_report.json").read_text())["warnings"])
+
+
+def test_each_fold_has_its_own_tracker_records(cv_run):
+    """A fold's tracker is closed before the next fold starts its own (Accelerate keeps every tracker it was
+    given): each fold's TensorBoard files hold that fold's epochs, once."""
+    cv_dir, _, _ = cv_run
+    for k in (1, 2):
+        assert tensorboard_scalars(cv_dir / f"fold_{k}", "val_loss") == [1, 2], f"fold_{k}"
 
 
 def test_test_ensemble_is_the_mean_of_the_fold_models(cv_run, tmp_path):

@@ -17,7 +17,7 @@ from carotid.model.registry import build_model
 from carotid.training.engine import EpochProgress, train_one_epoch
 from carotid.training.epoch import person_class_weights
 from carotid.training.optim import lr_factor, make_optimizer, make_scheduler
-from tests.conftest import FAST, only_run_dir, reset_accelerate, train_in_process
+from tests.conftest import FAST, only_run_dir, reset_accelerate, tensorboard_scalars, train_in_process
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero():
@@ -63,7 +63,7 @@ def test_class_weights_use_persons_not_frames():
     assert person_class_weights(manifest).tolist() == pytest.approx([4 / 6, 4 / 2])
 
 
-def test_early_stopping_plateau_tensorboard_and_curves(data_dir, tmp_path, capsys):
+def test_early_stopping_plateau_the_default_tensorboard_and_curves(data_dir, tmp_path, capsys):
     root, label = data_dir
     status = train_in_process(
         "--root-dir",
@@ -75,15 +75,13 @@ def test_early_stopping_plateau_tensorboard_and_curves(data_dir, tmp_path, capsy
         "--epochs",
         "6",
         "--no-test",
-        "--report-to",
-        "tensorboard",
         "--scheduler",
         "plateau",
         "--early-stopping-patience",
         "1",
         "--monitor",
         "val_accuracy",
-        *FAST[:-4],
+        *("--model", "small_cnn", "--image-size", "32", "--batch-size", "8", "--num-workers", "0"),  # no --report-to
         "--lr",
         "1e-12",
     )
@@ -91,8 +89,10 @@ def test_early_stopping_plateau_tensorboard_and_curves(data_dir, tmp_path, capsy
     run_dir = only_run_dir(tmp_path)
     lines = (run_dir / "metrics.csv").read_text().strip().splitlines()
     assert len(lines) == 1 + 2, "val_accuracy cannot improve at lr 1e-12: stop after 1 + patience epochs"
-    assert "early stopping" in capsys.readouterr().out
-    assert list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
+    out = capsys.readouterr().out
+    assert "early stopping" in out
+    assert f"tracker tensorboard: event files in {run_dir / 'tensorboard'}" in out
+    assert tensorboard_scalars(run_dir, "val_accuracy") == [1, 2], "the default tracker has each epoch once"
     assert (run_dir / "curves.png").stat().st_size > 1000
 
 

@@ -18,7 +18,16 @@ import yaml
 
 from carotid.data.frames.decode import load_frame
 from carotid.model.registry import build_model
-from tests.conftest import FAST, load_model, make_data, only_run_dir, read_json, run_module, train_in_process
+from tests.conftest import (
+    FAST,
+    load_model,
+    make_data,
+    only_run_dir,
+    read_json,
+    run_module,
+    tensorboard_scalars,
+    train_in_process,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_FILES = [
@@ -57,6 +66,7 @@ def test_single_process_run_directory_is_complete(trained_run, data_dir):
     assert trained_run.name.startswith("train_") and len(trained_run.name) == len("train_YYYYMMDD_HHMMSS")
     for name in RUN_FILES:
         assert (trained_run / name).is_file(), name
+    assert not (trained_run / "tensorboard").exists(), "--report-to none: no tracker files"
     assert list((trained_run / "checkpoints").glob("checkpoint-*"))
     splits = read_json(trained_run / "splits.json")
     persons = [p for s in ("train", "val", "test") for p in splits[s]]
@@ -137,6 +147,8 @@ def test_two_process_ddp_run_and_its_model_reload_in_one_process(tmp_path, data_
         "--class-weights",
         "auto",
         *FAST,
+        "--report-to",  # a tracker under DDP: closing it must leave the process group to the test evaluation
+        "tensorboard",
         nproc=2,
         extra_launch=["--config_file", str(REPO / "configs/accelerate/cpu_ddp.yaml")],
     )
@@ -145,6 +157,7 @@ def test_two_process_ddp_run_and_its_model_reload_in_one_process(tmp_path, data_
     run_dir = only_run_dir(tmp_path)
     for name in RUN_FILES:
         assert (run_dir / name).is_file(), name
+    assert tensorboard_scalars(run_dir, "val_loss") == [1], "the main process alone writes the tracker's records"
     final = load_model(run_dir / "models" / "final_model.pth")
     logged = float(read_rows(run_dir / "metrics.csv")[0]["val_loss"])
     # The DDP-trained weights, loaded in one process, give the validation loss the 2-process run logged.

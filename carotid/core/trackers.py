@@ -31,7 +31,7 @@ TRACKERS = {
     "trackio": "trackio",
 }
 CHOICES = (*TRACKERS, "none")
-EXTRAS = {"tensorboard": "carotid[tensorboard]", "mlflow": "carotid[mlflow]"}
+EXTRAS = {"mlflow": "carotid[mlflow]"}  # TensorBoard, the default, is a dependency of carotid itself
 PROJECT = "carotid"  # MLflow's experiment, Aim's repository, … ; TensorBoard's folder keeps its name
 
 
@@ -62,6 +62,17 @@ def start_tracker(accelerator: Accelerator, cfg, run_dir: Path) -> str:
     options = {k: v for k, v in dataclasses.asdict(cfg).items() if isinstance(v, (int, float, str, bool))}
     accelerator.init_trackers(project, config=options, init_kwargs=init_kwargs)
     return where
+
+
+def end_tracker(accelerator: Accelerator) -> None:
+    """Close the run's trackers (event files flushed, the MLflow run FINISHED) and forget them.
+
+    Not `accelerator.end_training()`: that also destroys the process group, which the test evaluation after
+    training and the next fold of a cross-validation still use; and Accelerate appends the trackers of each
+    `init_trackers`, so a fold would log into the closed trackers of the folds before it."""
+    for tracker in accelerator.trackers:
+        tracker.finish()
+    accelerator.trackers = []
 
 
 def _mlflow_store(run_dir: Path) -> str:

@@ -20,12 +20,12 @@ class RunOptions:
     checkpoint_every_steps: int = opt(
         0, "Also checkpoint every N optimizer steps inside an epoch (0 = end of epoch only).", group="run"
     )
-    report_to: str | None = opt(
-        None,
-        "Experiment tracker, through Accelerate: tensorboard (event files in RUN/tensorboard/), mlflow (a file "
-        "store in RUN/mlruns/ unless MLFLOW_TRACKING_URI is set), wandb, aim, comet_ml, clearml, dvclive, swanlab, "
-        "trackio, or none (default: none). Each needs its package (pip install 'carotid[tensorboard]', "
-        "'carotid[mlflow]').",
+    report_to: str = opt(
+        "tensorboard",
+        "Experiment tracker, through Accelerate: tensorboard (the default: event files in RUN/tensorboard/), mlflow "
+        "(a file store in RUN/mlruns/ unless MLFLOW_TRACKING_URI is set), wandb, aim, comet_ml, clearml, dvclive, "
+        "swanlab, trackio, or none (metrics.csv, curves.png and train.log are written either way). TensorBoard "
+        "comes with carotid; the others need their package (pip install 'carotid[mlflow]', wandb, …).",
         choices=TRACKER_CHOICES,
         group="run",
     )

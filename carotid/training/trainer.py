@@ -24,7 +24,7 @@ from carotid.core.files import write_records
 from carotid.core.run_dir import RunDir
 from carotid.core.runtime import RunLog, StopSignal, on_main
 from carotid.core.text import plural
-from carotid.core.trackers import start_tracker, tracker_of
+from carotid.core.trackers import end_tracker, start_tracker, tracker_of
 from carotid.data.frames.preprocessing import Preprocessing
 from carotid.data.frames.transforms import NORMALIZATION, eval_preset, train_preset
 from carotid.data.loaders import EpochSeeds, stop_workers, stop_workers_at_exit
@@ -381,7 +381,7 @@ class Trainer:
         if best.get("message"):
             self.log(f"{'warning' if best['saturated'] else 'note'}: {best['message']}")
         if tracker_of(self.cfg.report_to):
-            self.accelerator.end_training()
+            end_tracker(self.accelerator)
         if self.cfg.test and self.manifest.splits["test"]:
             test_report = evaluate_test(self.accelerator, self.cfg, self.manifest, self.run_dir, self.log)
         if self.accelerator.is_main_process:
