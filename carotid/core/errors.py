@@ -108,6 +108,33 @@ def disk_full_error(err: BaseException) -> OSError | None:
     return None
 
 
+def _full_stdout() -> str | None:
+    """Where standard output goes, when that is what is full: /dev/full, or a file on a full disk."""
+    try:
+        target = os.readlink(f"/proc/self/fd/{sys.stdout.fileno()}")
+        full = target == "/dev/full" or (os.path.isfile(target) and os.statvfs(target).f_bavail == 0)
+    except (OSError, ValueError, AttributeError):  # not Linux, or stdout is no file (a test's capture)
+        return None
+    if full:
+        _silence_stdout()  # the unwritten output would fail again at exit
+    return target if full else None
+
+
+def _full_message(err: OSError) -> str:
+    """A full disk, or (no file named) a standard output that cannot take the output: `> /dev/full`."""
+    target = None if err.filename else _full_stdout()
+    if target == "/dev/full":
+        return (
+            f"error: standard output cannot be written ({err.strerror}: it goes to {target}) — send it to a "
+            "terminal, a file on a disk with space or /dev/null, and run the command again"
+        )
+    where = f" writing {err.filename or target}" if err.filename or target else ""
+    return (
+        f"error: the disk is full ({err.strerror}{where}) — free space on it and run the command again; "
+        "files written before are complete (each is written whole or not at all)"
+    )
+
+
 def _silence_stdout() -> None:
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -124,6 +151,7 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
         with warnings.catch_warnings():  # the routing below ends with the command (in-process callers, tests)
             console.route_warnings()
             status = main(argv) or 0
+            sys.stdout.flush()  # a stdout that cannot take the output (> /dev/full) fails here, not at exit
     except UserError as err:
         if _is_main_rank():
             print(f"error: {err}", file=sys.stderr, flush=True)
@@ -143,13 +171,7 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
             raise
         err = full
         if _is_main_rank():
-            where = f" writing {err.filename}" if err.filename else ""
-            print(
-                f"error: the disk is full ({err.strerror}{where}) — free space on it and run the command again; "
-                "files written before are complete (each is written whole or not at all)",
-                file=sys.stderr,
-                flush=True,
-            )
+            print(_full_message(err), file=sys.stderr, flush=True)
         status = 2
     except KeyboardInterrupt:
         # Whatever was being written is written atomically (carotid.core.files), and a new run directory is

@@ -76,6 +76,14 @@ def resolve_resume(path: str | Path) -> tuple[Path, Path | None]:
             "pass output/train_YYYYMMDD_HHMMSS or one of its checkpoints/checkpoint-* folders",
         )
     checkpoints = list_checkpoints(path)
+    models = sorted(RunDir(path).models.glob("*_model.pth"))
+    if not checkpoints and models:  # a checkpoint is written before the first model file: these were deleted
+        raise UserError(
+            f"--resume {path}: its checkpoints/ folder holds no checkpoint, yet the run has trained "
+            f"({', '.join('models/' + m.name for m in models)}); resuming would start again at epoch 1 and replace "
+            "its models",
+            f"restore its checkpoints/ folder, or start a new run from its model: --load-model {models[0]}",
+        )
     remove_leftovers(path)  # a killed run may have left half-written temp files; its real files are whole
     return path, (checkpoints[-1] if checkpoints else None)
 

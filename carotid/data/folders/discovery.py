@@ -24,6 +24,7 @@ from carotid.data.frames.kinds import (
     KINDS,
     is_archive,
     is_unhandled,
+    kind_by_content,
     kind_by_name,
     kind_of,
     may_sniff,
@@ -226,6 +227,8 @@ def _probe(path: str):
     content); the reason as text when the header cannot be read."""
     try:
         kind = kind_by_name(path) or next((k for k in KINDS if k.sniff(path)), None)
+        if kind is not None:  # a PNG named .dcm is probed as the image it is
+            kind = kind_by_content(path) or kind
         return None if kind is None else kind.probe(path)
     except Exception as err:  # noqa: BLE001 - a damaged header is reported, not fatal
         return describe_error(err)

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from carotid.data.frames.kinds import Source, kind_of
+from carotid.data.frames.kinds import Source, kind_by_content, kind_of
 from carotid.data.frames.preprocessing import DEFAULT_CROP, DEFAULT_RESIZE, Preprocessing
 
 DECODE_VERSION = 3  # bump when the pixels of any kind change: the frame cache then decodes afresh
@@ -28,14 +28,39 @@ LOW_RANGE_LEVELS = 16  # a frame using ≤ 16 of 256 grey levels is near-constan
 
 
 def read_frames(path: str, indices: Sequence[int], draft_size: int | None = None) -> Iterator[Source | Exception]:
-    """One Source (or the exception that stopped it) per index, in order; the file is opened once."""
+    """One Source (or the exception that stopped it) per index, in order; the file is opened once. A file that
+    its named kind cannot open is read as the kind its content says, if another (a DICOM named .jpg)."""
+    if not indices:
+        return
+    kind = kind_of(path)
+    first, rest = _opened(kind, path, indices, draft_size)
+    if isinstance(first, Exception) and kind is not None:
+        actual = kind_by_content(path)
+        if actual is not None and actual is not kind:
+            first, rest = _opened(actual, path, indices, draft_size)
+    if first is None:
+        return
+    yield first
+    done = 1
     try:
-        kind = kind_of(path)
+        for source in rest:
+            yield source
+            done += 1
+    except Exception as err:  # noqa: BLE001 - the file broke off: every frame not read fails with this reason
+        yield from (err for _ in indices[done:])
+
+
+def _opened(
+    kind, path: str, indices: Sequence[int], draft_size: int | None
+) -> tuple[Source | Exception | None, Iterator]:
+    """(the first frame, or the reason opening failed; the rest): the file is opened here."""
+    try:
         if kind is None:
             raise ValueError(f"not a frame file kind: {os.path.basename(path)}")
-        yield from kind.read(path, indices, draft_size)
+        sources = iter(kind.read(path, indices, draft_size))
+        return next(sources, None), sources
     except Exception as err:  # noqa: BLE001 - opening failed: every requested frame fails with this reason
-        yield from (err for _ in indices)
+        return err, iter([err] * (len(indices) - 1))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -103,6 +103,23 @@ def _check_part_sizes(path: Path, archive: zipfile.ZipFile, parts: tuple[str, ..
             )
 
 
+STRICT_NAMESPACE = b"http://purl.oclc.org/ooxml/"  # Strict Open XML's namespaces (ISO 29500 Strict)
+
+
+def _refuse_strict(path: Path, archive: zipfile.ZipFile) -> None:
+    """Excel's 'Strict Open XML Spreadsheet' (.xlsx too): openpyxl sees no sheet in it."""
+    try:
+        with archive.open("_rels/.rels") as rels:
+            strict = STRICT_NAMESPACE in rels.read(MAX_PART_BYTES)
+    except KeyError:
+        return
+    if strict:
+        raise UserError(
+            f"{path} is saved as 'Strict Open XML Spreadsheet', which cannot be read here",
+            "open it in Excel and save it as 'Excel Workbook (*.xlsx)' (File > Save As)",
+        )
+
+
 def _corrupt(path: Path, err: BaseException) -> UserError:
     what = type(err).__name__ if isinstance(err, (zipfile.BadZipFile, KeyError, OSError, EOFError)) else str(err)
     return UserError(f"{path} cannot be read as .xlsx ({what})", "the file is corrupt: save it again from Excel")
@@ -115,6 +132,7 @@ def open_workbook(path: Path, data_only: bool = True):
     try:
         with zipfile.ZipFile(path) as archive:
             _check_part_sizes(path, archive, SHARED_PARTS)
+            _refuse_strict(path, archive)
         return openpyxl.load_workbook(path, read_only=True, data_only=data_only)
     except UserError:
         raise

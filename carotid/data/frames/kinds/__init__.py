@@ -28,7 +28,25 @@ UNHANDLED_DOUBLE_SUFFIXES = (".dcm.gz", ".nii.gz")
 # Archives are never opened: a person's folder left zipped is reported, not read.
 ARCHIVE_SUFFIXES = frozenset({"zip", "rar", "7z", "tar", "tgz", "gz", "bz2", "xz"})
 
-__all__ = ["BY_NAME", "FRAME_SUFFIXES", "KINDS", "FileKind", "Probe", "Source", "kind_by_name", "kind_of"]
+__all__ = [
+    "BY_NAME",
+    "FRAME_SUFFIXES",
+    "KINDS",
+    "FileKind",
+    "Probe",
+    "Source",
+    "kind_by_content",
+    "kind_by_name",
+    "kind_of",
+]
+# The first bytes of each kind's files (DICOM: 'DICM' after the 128-byte preamble), for a file named as another kind.
+MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "image"),
+    (b"\xff\xd8\xff", "image"),
+    (b"BM", "image"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+)
 
 
 def suffix_of(name: str) -> str:
@@ -63,3 +81,16 @@ def kind_of(path: str) -> FileKind | None:
     if kind is None and may_sniff(path):
         kind = next((k for k in KINDS if k.sniff(path)), None)
     return kind
+
+
+def kind_by_content(path: str) -> FileKind | None:
+    """The kind a file's first bytes say, whatever its name (a DICOM named .jpg, a PNG named .dcm); None when they
+    say nothing known. Asked where the named kind cannot read a file, and of the files whose header is probed."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(132)
+    except OSError:
+        return None
+    if head[128:132] == b"DICM":
+        return BY_NAME["dicom"]
+    return next((BY_NAME[name] for magic, name in MAGIC if head.startswith(magic)), None)

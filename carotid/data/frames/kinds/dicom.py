@@ -97,7 +97,10 @@ def frame_bytes(ds) -> int | None:
     bits = int(ds.get("BitsAllocated") or 0)
     if bits < 8:
         return None
-    return int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel") or 1) * bits // 8
+    samples = int(ds.get("SamplesPerPixel") or 1)
+    if samples == 3 and ds.get("PhotometricInterpretation") == "YBR_FULL_422":
+        samples = 2  # chroma subsampled 4:2:2: Y Y Cb Cr for each two pixels (PS3.3 C.7.6.3.1.2)
+    return int(ds.Rows) * int(ds.Columns) * samples * bits // 8
 
 
 def frames_held(ds, claimed: int, length: int | None) -> int:

@@ -1,0 +1,113 @@
+"""Hostile but realistic inputs, round 4 (issue 32), the rest of case 19: a resumed run whose checkpoints were
+deleted, standard output on a full device, a Strict Open XML workbook, YBR_FULL_422 DICOM frames, and files
+named as another kind (a DICOM named .jpg, a PNG named .dcm). Real files in tmp_path, pydicom's own samples."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.data import get_testdata_file
+
+from carotid.core.errors import UserError
+from carotid.data.folders.discovery import count_frames
+from carotid.data.frames.decode import decode_frames
+from carotid.data.frames.kinds.dicom import dicom_frames
+from carotid.data.frames.preprocessing import Preprocessing
+from carotid.data.sheet.labels import read_labels
+from tests.conftest import module_command, subprocess_env, train_in_process, write_xlsx
+
+
+def sample_file(name: str) -> str:
+    return get_testdata_file(name, download=False)
+
+
+def test_resume_of_a_run_whose_checkpoints_were_deleted_says_so_and_keeps_its_models(trained_run, tmp_path, capsys):
+    run = tmp_path / trained_run.name
+    shutil.copytree(trained_run, run)
+    shutil.rmtree(run / "checkpoints")
+    best = (run / "models" / "best_model.pth").read_bytes()
+    assert train_in_process("--resume", str(run)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        f"error: --resume {run}: its checkpoints/ folder holds no checkpoint, yet the run has trained "
+        "(models/best_model.pth, models/final_model.pth); resuming would start again at epoch 1 and replace its "
+        f"models — restore its checkpoints/ folder, or start a new run from its model: --load-model "
+        f"{run / 'models' / 'best_model.pth'}"
+    )
+    assert (run / "models" / "best_model.pth").read_bytes() == best and not (run / "checkpoints").exists()
+
+
+def test_standard_output_on_a_full_device_is_not_called_a_full_disk(tmp_path):
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    command = module_command("carotid.demo", "--out", str(tmp_path / "demo"), "--persons", "4", "--frames", "2")
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True, env=subprocess_env())
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
+    assert result.stderr.strip() == (
+        "error: standard output cannot be written (No space left on device: it goes to /dev/full) — send it to a "
+        "terminal, a file on a disk with space or /dev/null, and run the command again"
+    )
+
+
+def test_a_strict_open_xml_workbook_is_named_as_such_with_the_fix(tmp_path):
+    plain = write_xlsx(tmp_path / "plain.xlsx", [["ID", "label"], ["1", "a"], ["2", "b"]])
+    strict = tmp_path / "strict.xlsx"
+    # What Excel's "Strict Open XML Spreadsheet" changes: the transitional namespaces become ISO 29500 Strict's.
+    namespaces = {
+        b"http://schemas.openxmlformats.org/spreadsheetml/2006/main": b"http://purl.oclc.org/ooxml/spreadsheetml/main",
+        b"http://schemas.openxmlformats.org/officeDocument/2006/relationships": (
+            b"http://purl.oclc.org/ooxml/officeDocument/relationships"
+        ),
+    }
+    with zipfile.ZipFile(plain) as source, zipfile.ZipFile(strict, "w") as target:
+        for item in source.infolist():
+            data = source.read(item)
+            for old, new in namespaces.items():
+                data = data.replace(old, new)
+            target.writestr(item, data)
+    with pytest.raises(UserError) as raised:
+        read_labels(strict)
+    assert str(raised.value) == (
+        f"{strict} is saved as 'Strict Open XML Spreadsheet', which cannot be read here — open it in Excel and "
+        "save it as 'Excel Workbook (*.xlsx)' (File > Save As)"
+    )
+    assert read_labels(plain).class_names == ["a", "b"]
+
+
+@pytest.mark.parametrize("name", ["SC_ybr_full_422_uncompressed.dcm", "examples_ybr_color.dcm"])
+def test_ybr_full_422_frames_are_decoded_as_pydicom_decodes_them(name):
+    ds = pydicom.dcmread(sample_file(name))
+    assert ds.PhotometricInterpretation == "YBR_FULL_422"
+    expected = ds.pixel_array[0] if ds.get("NumberOfFrames", 1) > 1 else ds.pixel_array
+    (source,) = list(dicom_frames(sample_file(name), [0]))
+    assert not isinstance(source, Exception), source
+    # pydicom gives RGB; JPEG frames may differ by the decoder's rounding (Pillow's libjpeg-turbo here).
+    assert source.pixels.shape == expected.shape and np.abs(source.pixels.astype(int) - expected).max() <= 4
+    grey_and_colour = decode_frames(sample_file(name), [0], Preprocessing(32, 3))
+    assert isinstance(grey_and_colour[0], tuple) and grey_and_colour[0][0].shape == (3, 32, 32)
+
+
+def test_a_dicom_named_jpg_and_a_png_named_dcm_are_read_by_their_content(tmp_path):
+    person = tmp_path / "root" / "1001"
+    person.mkdir(parents=True)
+    shutil.copy(sample_file("examples_rgb_color.dcm"), person / "scan.jpg")
+    grey = np.random.default_rng(0).integers(0, 256, (20, 24), dtype=np.uint8)
+    Image.fromarray(grey).save(person / "capture.png")
+    (person / "capture.png").rename(person / "capture.dcm")
+    counts = count_frames(str(tmp_path / "root"), ["1001/capture.dcm", "1001/scan.jpg"])
+    assert not counts.unreadable and not counts.not_images and counts.files_by_kind["image"] == 2
+    prep = Preprocessing(24, 1, resize="stretch", crop="none")
+    (png,) = decode_frames(str(person / "capture.dcm"), [0], prep)
+    assert isinstance(png, tuple) and np.abs(png[0][0].astype(int) - np.asarray(Image.fromarray(grey).resize(
+        (24, 24), Image.Resampling.BILINEAR)).astype(int)).max() <= 1  # fmt: skip
+    (dicom,) = decode_frames(str(person / "scan.jpg"), [0], prep)
+    (named_right,) = decode_frames(sample_file("examples_rgb_color.dcm"), [0], prep)
+    assert isinstance(dicom, tuple) and np.array_equal(dicom[0], named_right[0])
