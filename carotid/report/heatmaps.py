@@ -212,7 +212,8 @@ def write_montage(
     target = explained_class(person, positive, binary)
     shown = decisive_frames(person, target, n_frames)
     pixels, maps = renderer.maps([frames[person.rows[k]] for k in shown], target)
-    fig, axes = new_figure(1, len(shown), figsize=(2.3 * len(shown), 3.0), squeeze=False)
+    # constrained layout: the two-line title and the three-line captions never overlap
+    fig, axes = new_figure(1, len(shown), figsize=(2.3 * len(shown), 3.4), squeeze=False, layout="constrained")
     for ax, k, frame, cam in zip(axes[0], shown, pixels, maps):
         rgb = (np.repeat(frame, 3, axis=0) if frame.shape[0] == 1 else frame).transpose(1, 2, 0).astype(np.float32)
         blank = blank_map(cam)  # drawn without an overlay: a flat colour would read as "everywhere" or "nowhere"
