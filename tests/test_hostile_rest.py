@@ -20,6 +20,7 @@ from carotid.data.folders.discovery import count_frames
 from carotid.data.frames.decode import decode_frames
 from carotid.data.frames.kinds.dicom import dicom_frames
 from carotid.data.frames.preprocessing import Preprocessing
+from carotid.data.manifest import collect_persons
 from carotid.data.sheet.labels import read_labels
 from tests.conftest import module_command, subprocess_env, train_in_process, write_xlsx
 
@@ -111,3 +112,30 @@ def test_a_dicom_named_jpg_and_a_png_named_dcm_are_read_by_their_content(tmp_pat
     (dicom,) = decode_frames(str(person / "scan.jpg"), [0], prep)
     (named_right,) = decode_frames(sample_file("examples_rgb_color.dcm"), [0], prep)
     assert isinstance(dicom, tuple) and np.array_equal(dicom[0], named_right[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. A DICOM whose PatientID is another person of the sheet
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_dicom_naming_another_person_of_the_sheet_is_warned_with_both(tmp_path):
+    root = tmp_path / "root"
+    persons = {str(1001 + k): "ab"[k % 2] for k in range(6)}
+    for k, person in enumerate(persons):
+        scan = pydicom.dcmread(sample_file("examples_rgb_color.dcm"))  # an ultrasound frame
+        scan.PatientID = person if k != 0 else "1004"  # 1001's folder holds 1004's study
+        (root / person).mkdir(parents=True)
+        scan.save_as(root / person / "us.dcm")
+    hospital = pydicom.dcmread(sample_file("examples_rgb_color.dcm"))
+    hospital.PatientID = "H-778812"  # a hospital number: names no one of the sheet
+    hospital.save_as(root / "1002" / "us2.dcm")
+    label = write_xlsx(tmp_path / "label.xlsx", [["patient_id", "label"]] + [[p, c] for p, c in persons.items()])
+    manifest = collect_persons(str(root), read_labels(label), None)
+    (warning,) = [w for w in manifest.report["warnings"] if "PatientID" in w]
+    assert warning == (
+        "1 DICOM file(s) name another person of the sheet in their header (e.g. 1001/us.dcm in 1001's folder has "
+        "PatientID '1004', the sheet's 1004): they are trained as the folder's person — move each to its person's "
+        "folder, or correct the PatientID if the folder is right"
+    )
+    assert len(manifest.frames["1001"]) == 1 and len(manifest.frames["1002"]) == 2

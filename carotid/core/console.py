@@ -1,5 +1,6 @@
-"""The console's own lines for what libraries say: Python warnings (Pillow's DecompressionBombWarning,
-pydicom's, scikit-learn's, ours) become `warning: …` lines, each said once with its source and counted,
+"""The console's own lines for what libraries say: Python warnings (Pillow's, pydicom's and openpyxl's in the
+tool's words with the file, carotid.core.library_words; others with their source) become `warning: …` lines,
+each said once and counted,
 and the console streams never fail on a file name that is not UTF-8 (written with its bytes as \\xNN)."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import os
 import sys
 import warnings
 
+from carotid.core.library_words import in_our_words
 from carotid.core.text import ESCAPE
 
 _said: dict[tuple, list] = {}  # (category, file, line) → [times, text]; one entry per place that warns
@@ -27,7 +29,8 @@ def _show(message, category, filename, lineno, file=None, line=None) -> None:
     if key in _said:
         _said[key][0] += 1
         return
-    text = f"{message} ({category.__name__}, {_source(filename)})"
+    source = _source(filename)
+    text = in_our_words(str(message), source) or f"{message} ({category.__name__}, {source})"
     _said[key] = [1, text]
     rank = os.environ.get("RANK", "0")
     where = "" if rank == "0" else f" [process {rank}]"

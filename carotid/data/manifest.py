@@ -18,6 +18,7 @@ from carotid.data.folders.boilerplate import without_boilerplate
 from carotid.data.folders.discovery import count_frames, discover_frames, spread_evenly
 from carotid.data.folders.matching import Matching, match_ids
 from carotid.data.folders.overlap import LEFT_OUT_WHAT, check_overlap, matching_warnings
+from carotid.data.folders.patient_ids import other_person_warning
 from carotid.data.frames.frame import Frame
 from carotid.data.frames.kinds import FRAME_SUFFIXES
 from carotid.data.sheet.labels import LabelTable
@@ -122,6 +123,7 @@ def collect_persons(
         root_dir, found, files_of, frames, counted, in_wanted, unreadable, max_imgs_per_person
     )
     frames = without_boilerplate(frames, findings["boilerplate_files"])
+    file_warnings += other_person_warning(files_of, sheet_id_of, list(table.labels), counted.patient_ids)
     person_labels = {p: table.class_index[table.labels[sheet_id_of[p]]] for p in frames}
     report = _report(root_dir, table, person_labels, found, matching) | {
         "persons_without_images": _first(no_images),

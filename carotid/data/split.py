@@ -65,8 +65,17 @@ def _split_off(ids: list[str], labels: list[int], size: int, seed: int, notes: l
     return [p for i, p in enumerate(ids) if i not in out], [p for i, p in enumerate(ids) if i in out]
 
 
-def _group_folds(ids: list[str], labels: list[int], groups: list[str], k: int, seed: int, notes: list[str], what: str):
-    """The K folds (lists of person IDs) of StratifiedGroupKFold, with its warnings turned into notes."""
+def _group_folds(
+    ids: list[str],
+    labels: list[int],
+    groups: list[str],
+    k: int,
+    seed: int,
+    notes: list[str],
+    what: str,
+    class_names: list[str] | None = None,
+):
+    """The K folds (lists of person IDs) of StratifiedGroupKFold; what its warnings say, said in our words."""
     from sklearn.model_selection import StratifiedGroupKFold
 
     n_groups = len(set(groups))
@@ -80,15 +89,39 @@ def _group_folds(ids: list[str], labels: list[int], groups: list[str], k: int, s
         try:
             folds = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(ids, labels, groups)
             held_out = [sorted(ids[i] for i in test) for _, test in folds]
-        except ValueError as err:  # every class has fewer persons than folds: stratifying is impossible
-            notes.append(f"{what}: folds not stratified by label ({err})")
+        except ValueError:  # every class has fewer persons than folds: stratifying is impossible
+            notes.append(
+                f"{what}: every class has fewer persons (or groups of persons) than the {k} folds: the folds are not "
+                "stratified by label and some lack a class"
+            )
             from sklearn.model_selection import GroupKFold
 
             held_out = [sorted(ids[i] for i in test) for _, test in GroupKFold(n_splits=k).split(ids, labels, groups)]
-    notes += [f"{what}: {w.message}" for w in caught if issubclass(w.category, UserWarning)]
+    if caught:  # scikit-learn's "least populated class" warning, said with the classes and what it means
+        notes += _few_per_class(labels, groups, k, what, class_names)
     if any(not fold for fold in held_out):
         raise UserError(f"{what}: a fold came out empty", "add persons, or lower --folds")
     return held_out
+
+
+def _few_per_class(labels: list[int], groups: list[str], k: int, what: str, names: list[str] | None) -> list[str]:
+    units = {label: len({g for lab, g in zip(labels, groups) if lab == label}) for label in set(labels)}
+    few = sorted((n, label) for label, n in units.items() if n < k)
+    if not few:
+        return []
+    if what != "cross-validation" or names is None:
+        return [
+            f"{what} split: {len(few)} class(es) have fewer persons (or groups of persons) than the {k} group folds "
+            "it is drawn from: the split may hold none of them"
+        ]
+    shown = ", ".join(f"'{names[label]}' ({n})" for n, label in few)
+    fewest = few[0][0]
+    return [
+        f"{what}: {k} folds, but fewer persons (or groups of persons) than folds in class {shown}: {k - fewest} "
+        "fold(s) hold none of that class, so their AUC, sensitivity or specificity cannot be computed and the "
+        f"mean over folds counts only the folds that have them — add persons of that class, or use --folds "
+        f"{max(fewest, 2)}"
+    ]
 
 
 def _split_off_groups(
@@ -212,6 +245,7 @@ def cv_splits(
     test_ratio: float,
     seed: int,
     groups: dict[str, str] | None = None,
+    class_names: list[str] | None = None,
 ) -> tuple[dict, list[str]]:
     """Cross-validation plan: the test persons held out first, the rest in `folds` label-stratified folds
     (StratifiedGroupKFold; each person, or group, its own unit without groups), and inside each fold's
@@ -227,7 +261,8 @@ def cv_splits(
         rest, test = _split_off_groups(ids, labels, [groups[p] for p in ids], test_ratio, seed, notes, "test")
     rest = sorted(rest)
     units = [groups[p] for p in rest] if groups is not None else rest
-    held_out = _group_folds(rest, [person_labels[p] for p in rest], units, folds, seed, notes, "cross-validation")
+    rest_labels = [person_labels[p] for p in rest]
+    held_out = _group_folds(rest, rest_labels, units, folds, seed, notes, "cross-validation", class_names)
     plan = []
     for k, fold in enumerate(held_out, start=1):
         taken = set(fold)

@@ -175,8 +175,15 @@ def format_cv_table(metrics: dict, binary: bool) -> str:
             spread = metrics["fold_mean_sd"][level][key]
             folds = "n/a" if spread["mean"] is None else f"{spread['mean']:.3f}"
             folds += f" ± {spread['sd']:.3f}" if spread["sd"] is not None else ""
+            if spread["mean"] is not None and spread["n_folds"] < len(metrics["per_fold"]):
+                folds += f" ({spread['n_folds']}/{len(metrics['per_fold'])})"
             cells += [f"{cell:<28}", f"{folds:<20}"]
         lines.append(f"{key:<20}" + "".join(cells).rstrip())
+    if any(f"/{len(metrics['per_fold'])})" in line for line in lines[1:]):
+        lines.append(
+            f"(n/{len(metrics['per_fold'])}): the mean over the n folds where the metric is defined (a fold without "
+            "a class has no AUC, sensitivity or specificity)"
+        )
     return "\n".join(lines)
 
 

@@ -88,9 +88,8 @@ def prepare(cfg: TrainConfig, cv_dir: Path | None) -> tuple[DataManifest, dict, 
         return manifest, plan, [], root_dir, label_excel
     manifest, table, root_dir, label_excel = read_data(cfg)
     groups = person_groups(sorted(manifest.person_labels), table.groups, manifest.report["persons_sharing_files"])
-    plan, notes = cv_splits(
-        manifest.person_labels, cfg.folds, cfg.train_ratio, cfg.val_ratio, cfg.test_ratio, cfg.seed, groups
-    )
+    shares = (cfg.train_ratio, cfg.val_ratio, cfg.test_ratio)
+    plan, notes = cv_splits(manifest.person_labels, cfg.folds, *shares, cfg.seed, groups, manifest.class_names)
     if groups is not None:
         notes.insert(0, describe_groups(groups, cfg.group_column))
     plan["method"] = (

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from carotid.core.errors import UserError
+from carotid.core.library_words import reading
 from carotid.data.frames.decode import describe_error
 from carotid.data.frames.kinds import (
     BY_SUFFIX,
@@ -198,6 +199,7 @@ class FrameCounts:
     dicom_files_with_region: int = 0
     other_modality: dict[str, str] = field(default_factory=dict)  # DICOM of another modality (CT, MR, …): left out
     frames_by_modality: Counter = field(default_factory=Counter)  # DICOM frames per header Modality
+    patient_ids: dict[str, str] = field(default_factory=dict)  # DICOM files' header PatientID
 
     def frames_of(self, files: Iterable[str]) -> list[tuple[str, int]]:
         """(file, frame number) of every frame of `files`, in order; unreadable and non-image files left out."""
@@ -229,7 +231,8 @@ def _probe(path: str):
         kind = kind_by_name(path) or next((k for k in KINDS if k.sniff(path)), None)
         if kind is not None:  # a PNG named .dcm is probed as the image it is
             kind = kind_by_content(path) or kind
-        return None if kind is None else kind.probe(path)
+        with reading(path):  # a library's warning meanwhile names this file
+            return None if kind is None else kind.probe(path)
     except Exception as err:  # noqa: BLE001 - a damaged header is reported, not fatal
         return describe_error(err)
 
@@ -266,6 +269,8 @@ def count_frames(root_dir: str, files: Iterable[str]) -> FrameCounts:
         else:
             if found.kind == "dicom":
                 result.frames_by_modality[found.modality or "not named"] += found.frames
+                if found.patient_id is not None:
+                    result.patient_ids[rel] = found.patient_id
             result.files_by_kind[found.kind] += 1
             result.frames_by_kind[found.kind] += found.frames
             if found.frames != 1:

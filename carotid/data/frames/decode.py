@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from PIL import Image
 
+from carotid.core.library_words import reading
 from carotid.data.frames.kinds import Source, kind_by_content, kind_of
 from carotid.data.frames.preprocessing import DEFAULT_CROP, DEFAULT_RESIZE, Preprocessing
 
@@ -129,14 +130,15 @@ def describe_error(err: BaseException) -> str:
 def decode_frames(path: str, indices: Sequence[int], prep: Preprocessing) -> list[tuple[np.ndarray, int] | str]:
     """(uint8 (C, S, S), flags) or the reason it failed, per index, reading the file once."""
     results: list[tuple[np.ndarray, int] | str] = []
-    for source in read_frames(path, indices, prep.draft_size()):
-        if isinstance(source, Exception):
-            results.append(describe_error(source))
-            continue
-        try:
-            results.append(preprocess(source, prep))
-        except Exception as err:  # noqa: BLE001 - a frame that cannot be preprocessed is reported, not fatal
-            results.append(describe_error(err))
+    with reading(path):  # a library's warning meanwhile names this file
+        for source in read_frames(path, indices, prep.draft_size()):
+            if isinstance(source, Exception):
+                results.append(describe_error(source))
+                continue
+            try:
+                results.append(preprocess(source, prep))
+            except Exception as err:  # noqa: BLE001 - a frame that cannot be preprocessed is reported, not fatal
+                results.append(describe_error(err))
     return results
 
 

@@ -17,6 +17,7 @@ from openpyxl.utils import get_column_letter, range_boundaries
 from openpyxl.worksheet._reader import WorkSheetParser
 
 from carotid.core.errors import UserError
+from carotid.core.library_words import reading
 from carotid.data.sheet import raw_xml
 
 MAX_ROWS = 100_000  # non-empty rows; a label sheet has one per person
@@ -174,7 +175,11 @@ def choose_sheet(workbook, wanted: str | None, path: Path) -> tuple[str, str]:
 
 def read_sheet(path: str | Path, wanted: str | None = None) -> Sheet:
     """The chosen sheet's non-empty rows, bounded by MAX_ROWS, MAX_COLUMNS and MAX_CELL_CHARS."""
-    path = Path(path)
+    with reading(path):  # openpyxl's warnings meanwhile name this file
+        return _read_sheet(Path(path), wanted)
+
+
+def _read_sheet(path: Path, wanted: str | None) -> Sheet:
     workbook = open_workbook(path)
     try:
         name, reason = choose_sheet(workbook, wanted, path)

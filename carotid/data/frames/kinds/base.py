@@ -25,6 +25,7 @@ class Probe:
     region: bool = False  # names an ultrasound imaging region (used by --crop auto)
     claimed: int | None = None  # the header's frame count where the file holds fewer (`frames` are those found)
     modality: str | None = None  # DICOM: the header's Modality ("US", "CT", …), or from the SOP class
+    patient_id: str | None = None  # DICOM: the header's PatientID, where it has one
 
 
 @dataclass

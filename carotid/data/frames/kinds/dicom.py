@@ -76,7 +76,8 @@ def probe_dicom(path: str) -> Probe | None:
         element = pydicom.dcmread(path, defer_size=1024, force=True).get_item(0x7FE00010, keep_deferred=True)
         held = frames_held(ds, claimed, None if element is None else element.length)
     region = imaging_region(ds) is not None
-    return Probe("dicom", held, colour, region, claimed if held != claimed else None, modality(ds))
+    patient = str(ds.get("PatientID") or "").strip() or None
+    return Probe("dicom", held, colour, region, claimed if held != claimed else None, modality(ds), patient)
 
 
 def modality(ds) -> str | None:
