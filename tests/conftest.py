@@ -179,6 +179,39 @@ def trained_run(tmp_path_factory, data_dir) -> Path:
     return only_run_dir(output)
 
 
+def cv_data(root: Path, persons: int = 16, frames: int = 3) -> tuple[Path, Path]:
+    """The persons of the cross-validation tests: 16 x 3 frames of 32 px."""
+    label = make_demo_data(root, persons=persons, frames=frames, size=32, seed=1)
+    return root, label
+
+
+def cv_args(root: Path, label: Path, output: Path, *extra: str) -> list[str]:
+    """A 2-fold cross-validation of `root` with FAST options, after a 25% test split."""
+    return [
+        *("--root-dir", str(root), "--label-excel", str(label), "--output-dir", str(output), "--folds", "2"),
+        *("--train-ratio", "0.5", "--val-ratio", "0.25", "--test-ratio", "0.25", "--augment", "none"),
+        *FAST,
+        *extra,
+    ]
+
+
+def only_cv_dir(output: Path) -> Path:
+    found = sorted(output.glob("cv_*"))
+    assert len(found) == 1, found
+    return found[0]
+
+
+@pytest.fixture(scope="session")
+def cv_run(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """One finished 2-fold, 2-epoch cross-validation (with TensorBoard records), read by test_cv and test_cv_report:
+    (CV folder, root dir, label file)."""
+    root, label = cv_data(tmp_path_factory.mktemp("cvdata") / "frames")
+    (root / "1001" / "scan.gif").write_bytes(b"GIF89a")  # not read: a start-up warning (see data_report.json)
+    output = tmp_path_factory.mktemp("cv")
+    assert train_in_process(*cv_args(root, label, output, "--epochs", "2", "--report-to", "tensorboard")) == 0
+    return only_cv_dir(output), root, label
+
+
 def reset_accelerate() -> None:
     """Forget Accelerate's process-wide singletons, so the next in-process run starts fresh."""
     from accelerate.state import AcceleratorState, GradientState, PartialState

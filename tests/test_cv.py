@@ -21,7 +21,10 @@ from carotid.data.demo import make_demo_data
 from carotid.data.split import cv_splits, person_groups, split_persons
 from tests.conftest import (
     FAST,
+    cv_args,
+    cv_data,
     module_command,
+    only_cv_dir,
     run_module,
     subprocess_env,
     tensorboard_scalars,
@@ -114,52 +117,9 @@ def test_plain_split_keeps_groups_whole():
 # ---------------------------------------------------------------------------------------------
 
 
-def data(root: Path, persons: int = 16, frames: int = 3) -> tuple[Path, Path]:
-    label = make_demo_data(root, persons=persons, frames=frames, size=32, seed=1)
-    return root, label
-
-
-def cv_args(root: Path, label: Path, output: Path, *extra: str) -> list[str]:
-    return [
-        "--root-dir",
-        str(root),
-        "--label-excel",
-        str(label),
-        "--output-dir",
-        str(output),
-        "--folds",
-        "2",
-        "--train-ratio",
-        "0.5",
-        "--val-ratio",
-        "0.25",
-        "--test-ratio",
-        "0.25",
-        "--augment",
-        "none",
-        *FAST,
-        *extra,
-    ]
-
-
-def only_cv_dir(output: Path) -> Path:
-    found = sorted(output.glob("cv_*"))
-    assert len(found) == 1, found
-    return found[0]
-
-
 def read_csv(path: Path) -> list[dict[str, str]]:
     with path.open(newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
-
-
-@pytest.fixture(scope="module")
-def cv_run(tmp_path_factory):
-    root, label = data(tmp_path_factory.mktemp("cvdata") / "frames")
-    (root / "1001" / "scan.gif").write_bytes(b"GIF89a")  # not read: a start-up warning (see data_report.json)
-    output = tmp_path_factory.mktemp("cv")
-    assert train_in_process(*cv_args(root, label, output, "--epochs", "2", "--report-to", "tensorboard")) == 0
-    return only_cv_dir(output), root, label
 
 
 def test_cv_directory_holds_each_person_once_out_of_fold_and_pooled_metrics(cv_run):
@@ -328,7 +288,7 @@ def relabel(label: Path, names: dict[str, str]) -> Path:
 @pytest.mark.parametrize("positive, negative", [("斑块", "正常"), ("心脏", "非心脏")])
 def test_cv_headline_uses_the_positive_class_the_folds_trained_with(tmp_path, positive, negative):
     # 斑块 sorts before 正常 and 心脏 before 非心脏: the last class in sorted order is the negative one.
-    root, label = data(tmp_path / "frames")
+    root, label = cv_data(tmp_path / "frames")
     relabel(label, {"plaque": positive, "normal": negative})
     assert train_in_process(*cv_args(root, label, tmp_path / "out", "--epochs", "1")) == 0
     cv_dir = only_cv_dir(tmp_path / "out")

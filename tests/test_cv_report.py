@@ -16,10 +16,9 @@ from carotid.evaluation.inference import FramePredictions
 from carotid.evaluation.pooling import pooled_metrics
 from tests.browser import find_chromium, open_page
 from tests.latex import check_latex_table
-from tests.test_cv import cv_run  # noqa: F401  (the module-scoped 2-fold run)
 
 
-def test_cv_ends_with_its_report_out_of_fold_result_first(cv_run):  # noqa: F811
+def test_cv_ends_with_its_report_out_of_fold_result_first(cv_run):
     cv_dir = cv_run[0]
     log = (cv_dir / "cv.log").read_text(encoding="utf-8").splitlines()
     assert log[-1].endswith(f"report: {cv_dir / 'report.html'}")
@@ -78,7 +77,7 @@ def test_cv_ends_with_its_report_out_of_fold_result_first(cv_run):  # noqa: F811
     assert (cv_dir / "tables" / "cv_folds.md").read_text(encoding="utf-8").count("\n") == 5
 
 
-def test_fold_runs_name_their_held_out_fold_and_the_startup_block_prints_once(cv_run):  # noqa: F811
+def test_fold_runs_name_their_held_out_fold_and_the_startup_block_prints_once(cv_run):
     cv_dir = cv_run[0]
     cv_log = (cv_dir / "cv.log").read_text(encoding="utf-8")
     assert cv_log.count("label sheet:") == 1
@@ -117,7 +116,7 @@ def test_pooled_warnings_say_which_threshold_they_belong_to():
     assert out["person"]["at_threshold_0.5"]["npv"] is None
 
 
-def test_cv_report_opens_in_headless_chromium_with_no_empty_table_or_blank_field(cv_run, tmp_path):  # noqa: F811
+def test_cv_report_opens_in_headless_chromium_with_no_empty_table_or_blank_field(cv_run, tmp_path):
     if find_chromium() is None:
         pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
     cv_dir = cv_run[0]
