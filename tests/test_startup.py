@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -87,33 +88,36 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_the_first_batch_comes_before_scipy_sklearn_and_matplotlib_load(tmp_path):
-    """They are needed after the first epoch (validation metrics, calibration, curves): a plain run's
-    first batch does not wait for their ~2-3 s of imports (docs/PERFORMANCE.md, figure g)."""
-    root, label = make_data(tmp_path / "data", persons=6, frames=2, size=32)
+@pytest.fixture(scope="module")
+def probed_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """One 1-epoch carotid.train process under `-X importtime` whose first optimizer step says which libraries
+    were loaded by then: both tests below read it (one process instead of two)."""
+    folder = tmp_path_factory.mktemp("probed")
+    root, label = make_data(folder / "data", persons=6, frames=2, size=32)
     result = subprocess.run(
-        [sys.executable, "-c", FIRST_STEP_PROBE, "--root-dir", str(root), "--label-excel", str(label)]
-        + [*FAST, "--epochs", "1", "--no-test", "--output-dir", str(tmp_path / "out")],
+        [sys.executable, "-X", "importtime", "-c", FIRST_STEP_PROBE, "--root-dir", str(root), "--label-excel"]
+        + [str(label), *FAST, "--epochs", "1", "--no-test", "--output-dir", str(folder / "out")],
         capture_output=True,
         text=True,
         timeout=300,
         env=subprocess_env(),
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    return result, folder / "out"
+
+
+def test_the_first_batch_comes_before_scipy_sklearn_and_matplotlib_load(probed_run):
+    """They are needed after the first epoch (validation metrics, calibration, curves): a plain run's
+    first batch does not wait for their ~2-3 s of imports (docs/PERFORMANCE.md, figure g)."""
+    result, _ = probed_run
     assert "loaded before the first batch: none" in result.stderr, result.stderr[-3000:]
 
 
-def test_a_plain_run_never_imports_deepspeed(tmp_path):
+def test_a_plain_run_never_imports_deepspeed(probed_run):
     """Saving best_model.pth of a one-process run takes the model's weights without Accelerate's unwrap_model,
     which imports DeepSpeed (and through it mlflow) whenever it is installed: 2-3 s on a CPU
     (docs/PERFORMANCE.md, the profile of the whole run)."""
-    root, label = make_data(tmp_path / "data", persons=6, frames=2, size=32)
-    out = tmp_path / "out"
-    result = run_with_importtime(
-        "carotid.train", "--root-dir", str(root), "--label-excel", str(label), *FAST, "--epochs", "1", "--no-test",
-        "--output-dir", str(out),
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+    result, out = probed_run
     assert sorted(out.glob("*/models/best_model.pth")), "the run saved no best model"
     loaded = imported_modules(result.stderr)
     assert "torch" in loaded and "deepspeed" not in loaded and "mlflow" not in loaded
