@@ -68,3 +68,35 @@ def test_five_folds_with_three_persons_of_a_class_say_so_and_the_mean_says_over_
     assert "(n/5): the mean over the n folds where the metric is defined (a fold without a class has no AUC, " \
         "sensitivity or specificity)" in out  # fmt: skip
     assert "least populated" not in captured.out + captured.err and "Warning" not in captured.err
+
+
+def test_openpyxl_and_pydicom_warnings_name_the_file_being_read(tmp_path, capsys):
+    """Their warnings as the libraries raise them (from their own files), while the tool reads a user's file."""
+    import warnings
+
+    import openpyxl
+    import pydicom
+
+    from carotid.core.errors import run_cli
+    from carotid.core.library_words import reading
+
+    said = [
+        (openpyxl.__file__, "Data Validation extension is not supported and will be removed", "label.xlsx"),
+        (pydicom.__file__, "Invalid value for VR UI: '1.2.840.abc'", "1001/us.dcm"),
+    ]
+
+    def command(argv):
+        for library_file, message, name in said:
+            with reading(tmp_path / name):
+                warnings.warn_explicit(message, UserWarning, library_file, 1)
+        return 0
+
+    assert run_cli(command, []) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"warning: {tmp_path / 'label.xlsx'}: it holds an Excel feature that is not read (data validation, "
+        "conditional formatting, a defined name) — nothing: the cells' values are read as they are",
+        f"warning: {tmp_path / '1001/us.dcm'}: its header breaks the DICOM standard in a way pydicom reads past "
+        "('Invalid value for VR UI: '1.2.840.abc''); the frames are read as stored — nothing if its frames look "
+        "right in the report; otherwise re-export the study from the scanner or PACS",
+    ]
