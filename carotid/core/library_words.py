@@ -20,8 +20,8 @@ KNOWN: list[tuple[str, str, str, str]] = [
     (
         "PIL",
         r"(Possibly )?[Cc]orrupt EXIF data",
-        "its EXIF metadata (orientation, camera data) is damaged and was ignored: the pixels are read as stored",
-        "nothing, unless the image looks rotated in the report; re-export it from the scanner to be sure",
+        "its EXIF metadata (orientation, camera data) is damaged and is ignored",
+        "nothing, unless the report lists the file as unreadable or shows it rotated: then re-export it",
     ),
     (
         "PIL",
