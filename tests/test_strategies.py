@@ -162,12 +162,11 @@ def all_runs(strategy_data, tmp_path_factory):
         wrapper = ["--probe-finiteness"]
         if name == "ddp":
             wrapper += ["--slow-rank-after-load-state", str(SLOW_RANK_SECONDS)]
+        # --no-test: the straight run's test evaluation is what test_the_test_split_is_evaluated_under_every_strategy
+        # checks; the resume's would write the same files again (an evaluation and its 7 figure sets).
+        resume = ["--resume", str(epoch_1), "--dist-timeout-minutes", "2", "--no-test"]
         # A hang (ranks disagreeing about the collective best_model.pth rewrite) ends at the timeout.
-        resume_output = run(
-            launch_command(config, *wrapper, "--resume", str(epoch_1), "--dist-timeout-minutes", "2"),
-            timeout=240,
-            fresh=copy_for_resume,
-        )
+        resume_output = run(launch_command(config, *wrapper, *resume), timeout=240, fresh=copy_for_resume)
         made[name] = StrategyRuns(name, run_dir, resumed_dir, resume_output, time.perf_counter() - clock)
         print(f"\n{name}: 2-epoch run + resume took {made[name].seconds:.0f} s")
         return made[name]
@@ -311,6 +310,7 @@ def attention_runs(strategy_data, tmp_path_factory):
             args = ["--root-dir", str(root), "--label-excel", str(label), "--output-dir", str(output), "--epochs", "2"]
             args += [*FAST, "--batch-size", "6", "--bag-size", "3", "--person-model", "attention"]
             args += ["--attention-dropout", "0.25", "--mask-top-frames", "1"]  # training-only stabilisers
+            args += ["--no-test"]  # training and validation are compared; test_person_model evaluates such a model
             run(launch_command(STRATEGIES[name][0], *args), fresh=lambda: shutil.rmtree(output, ignore_errors=True))
             made[name] = only_run_dir(output)
         return made[name]
