@@ -57,7 +57,7 @@ def test_the_same_batch_size_gives_frame_and_person_models_the_same_steps_as_pri
 
 def test_too_few_steps_for_a_person_model_is_warned_with_the_figures_and_the_fix(runs):
     warning = (
-        f"warning: 6 optimizer steps in all; person models need about {PERSON_MODEL_STEPS} to learn reliably — "
+        f"warning: 6 optimizer steps in all; person models need at least about {PERSON_MODEL_STEPS} to learn — "
         "use a smaller --batch-size or more --epochs"
     )
     for kind, run_dir in runs.items():
