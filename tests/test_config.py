@@ -11,6 +11,7 @@ import yaml
 from carotid.commands import EvaluateOptions, PredictOptions
 from carotid.core.errors import UserError
 from carotid.core.options import build_parser
+from carotid.core.trackers import tracker_of
 from carotid.training.config import TRAIN_GROUPS, TrainConfig, parse_train_args, train_yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,6 +48,14 @@ def test_mixed_precision_no_unquoted_in_yaml_is_the_choice_no(tmp_path):
     path.write_text("mixed_precision: no\n")  # YAML 1.1: false
     cfg, _ = parse_train_args(["--config", str(path)])
     assert cfg.mixed_precision == "no"
+
+
+def test_a_config_yaml_from_before_tensorboard_was_the_default_still_means_no_tracker(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("report_to: null\n")  # what every run's config.yaml said while the default was no tracker
+    cfg, _ = parse_train_args(["--config", str(path)])
+    assert tracker_of(cfg.report_to) is None
+    assert parse_train_args([])[0].report_to == "tensorboard"
 
 
 @pytest.mark.parametrize(
