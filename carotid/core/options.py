@@ -111,6 +111,8 @@ def _coerce_one(schema: type, name: str, value: Any, source: str) -> Any:
     if value is None:
         if optional:
             return None
+        if "none" in ({f.name: f for f in dataclasses.fields(schema)}[name].metadata["choices"] or ()):
+            return "none"  # an empty value of an option that has a 'none' choice (report_to: null in old runs)
         raise UserError(f"{where} cannot be empty", f"give a {base.__name__} or remove the key")
     if base is bool:
         if not isinstance(value, bool):

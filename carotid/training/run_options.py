@@ -20,7 +20,7 @@ class RunOptions:
     checkpoint_every_steps: int = opt(
         0, "Also checkpoint every N optimizer steps inside an epoch (0 = end of epoch only).", group="run"
     )
-    report_to: str | None = opt(  # None: a config.yaml written before TensorBoard was the default (no tracker)
+    report_to: str = opt(
         "tensorboard",
         "Experiment tracker, through Accelerate: tensorboard (the default: event files in RUN/tensorboard/), mlflow "
         "(a file store in RUN/mlruns/ unless MLFLOW_TRACKING_URI is set), wandb, aim, comet_ml, clearml, dvclive, "
