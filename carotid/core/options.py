@@ -82,6 +82,10 @@ def _type_hints(schema: type) -> dict[str, Any]:
     return typing.get_type_hints(schema)
 
 
+def _choices(schema: type, name: str) -> Sequence[Any] | None:
+    return {f.name: f for f in dataclasses.fields(schema)}[name].metadata["choices"]
+
+
 def field_type(schema: type, name: str) -> tuple[type, bool]:
     """(base type, whether None is allowed) of a schema field; a `list[X]` field gives X."""
     hint = _type_hints(schema)[name]
@@ -111,7 +115,7 @@ def _coerce_one(schema: type, name: str, value: Any, source: str) -> Any:
     if value is None:
         if optional:
             return None
-        if "none" in ({f.name: f for f in dataclasses.fields(schema)}[name].metadata["choices"] or ()):
+        if "none" in (_choices(schema, name) or ()):
             return "none"  # an empty value of an option that has a 'none' choice (report_to: null in old runs)
         raise UserError(f"{where} cannot be empty", f"give a {base.__name__} or remove the key")
     if base is bool:
@@ -127,7 +131,7 @@ def _coerce_one(schema: type, name: str, value: Any, source: str) -> Any:
         if out is None:
             raise UserError(f"{where} must be a number, got {value!r}", "write a number such as 1.0e-4")
     else:
-        choices = {f.name: f for f in dataclasses.fields(schema)}[name].metadata["choices"]
+        choices = _choices(schema, name)
         # YAML 1.1 reads an unquoted no/off (yes/on) as false (true): `mixed_precision: no`, as Accelerate's own
         # configs write it, means the choice 'no'.
         if isinstance(value, bool) and choices is not None and ("yes" if value else "no") in choices:
@@ -140,7 +144,7 @@ def _coerce_one(schema: type, name: str, value: Any, source: str) -> Any:
         if not isinstance(value, (str, int, float)):
             raise UserError(f"{where} must be text, got {value!r}", "write a single value")
         out = str(value)
-    choices = {f.name: f for f in dataclasses.fields(schema)}[name].metadata["choices"]
+    choices = _choices(schema, name)
     if choices is not None and out not in choices:
         raise UserError(
             f"{where} is {value!r}, not one of {', '.join(map(str, choices))}", "use one of the listed values"
