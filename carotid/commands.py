@@ -166,8 +166,12 @@ class EvaluateOptions:
         check_header_row(self.header_row)
         check_threshold(self.threshold)
         check_operating_points(self.operating_point)
-        if len(set(self.subgroup_column)) != len(self.subgroup_column):
-            raise UserError(f"--subgroup-column repeats a column: {self.subgroup_column}", "give each column once")
+        check_subgroup_columns(self.subgroup_column)
+
+
+def check_subgroup_columns(columns: list[str]) -> None:
+    if len(set(columns)) != len(columns):
+        raise UserError(f"--subgroup-column repeats a column: {columns}", "give each column once")
 
 
 EVALUATE_GROUPS = {
@@ -290,6 +294,20 @@ class CompareOptions:
         "Compare on the persons every folder holds when their person sets differ (default: refuse).",
         group="what",
     )
+    subgroup_column: list[str] = like(
+        EvaluateOptions,
+        "subgroup_column",
+        help="A column of the label sheet (e.g. hospital, sex): each model's AUC per value of it, in a forest plot "
+        "(default: the columns the evaluations were given).",
+        group="what",
+    )
+    subgroup_min_persons: int = like(EvaluateOptions, "subgroup_min_persons", 10, group="what")
+    label_excel: str | None = opt(
+        None,
+        "The label sheet holding the subgroup columns (default: the one the evaluations recorded).",
+        group="what",
+        metavar="FILE",
+    )
     out: str | None = opt(
         None,
         "Folder for compare.json and compare.html (default: compare/ beside the first evaluation, numbered "
@@ -307,7 +325,8 @@ class CompareOptions:
     seed: int = like(TrainConfig, "seed", DEFAULT_SEED, help="Seed of the bootstrap.", group="output")
 
     def __post_init__(self) -> None:
-        check_positive(self, "bootstrap")
+        check_positive(self, "bootstrap", "subgroup_min_persons")
+        check_subgroup_columns(self.subgroup_column)
         if len(self.evaluations) < 2:
             raise UserError(
                 f"carotid-compare needs two or more evaluation folders, got {len(self.evaluations)}",

@@ -7,7 +7,8 @@
 One table of every model at its own threshold (AUC with its person-bootstrap CI; sensitivity, specificity,
 PPV and NPV with Clopper–Pearson CIs; Brier score; calibration slope), pairwise DeLong tests of the AUCs and
 McNemar tests of sensitivity and specificity with Holm-adjusted p-values, the overlaid ROC, precision–recall
-and decision curves, into DIR/compare.json and the page DIR/compare.html (DIR: --out, else compare/ beside
+and decision curves, and with subgroups (--subgroup-column, or those the evaluations recorded) a forest plot of
+every model's AUC per subgroup, into DIR/compare.json and the page DIR/compare.html (DIR: --out, else compare/ beside
 the first evaluation).
 """
 
@@ -36,6 +37,7 @@ def compare(argv: Sequence[str] | None) -> int:
     from carotid.core.run_dir import check_output_dir, check_writable
     from carotid.evaluation.compare import align, read_side
     from carotid.evaluation.comparison import compare_models, default_names, format_comparison
+    from carotid.evaluation.subgroups import comparison_subgroups
     from carotid.report.compare_page import write_compare_page
 
     folders = [Path(folder).resolve() for folder in args.evaluations]
@@ -50,12 +52,24 @@ def compare(argv: Sequence[str] | None) -> int:
     out = Path(args.out) if args.out else default_out(args.evaluations[0])
     check_output_dir(out, "--out")
     names = args.name or default_names(sides)
-    result = compare_models(sides, names, notes, bootstrap=args.bootstrap, seed=args.seed)
+    subgroups = comparison_subgroups(
+        sides,
+        names,
+        args.subgroup_column,
+        args.label_excel,
+        min_persons=args.subgroup_min_persons,
+        bootstrap=args.bootstrap,
+        seed=args.seed,
+    )
+    result = compare_models(sides, names, notes, bootstrap=args.bootstrap, seed=args.seed) | {"subgroups": subgroups}
     check_writable(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "compare.json", result)
     page = write_compare_page(result, sides, out, n_resamples=args.bootstrap, seed=args.seed)
     print(format_comparison(result))
+    if subgroups:
+        print(f"subgroups: {', '.join(subgroups['columns'])} ({subgroups['chosen_by']}) of {subgroups['label_excel']}")
+        print("\n".join([f"  {n}" for n in subgroups["read"]] + [f"warning: {n}" for n in subgroups["notes"]]))
     print(f"comparison written to {out}: compare.json, tables/, figures/; page: {page}")
     return 0
 

@@ -9,7 +9,7 @@ import numpy as np
 import openpyxl
 import pytest
 
-from carotid import evaluate
+from carotid import compare, evaluate
 from carotid.commands import parse_evaluate_args
 from carotid.core.errors import UserError
 from carotid.data.sheet.labels import read_labels
@@ -120,6 +120,24 @@ def test_subgroup_column_end_to_end(trained_run, data_dir, tmp_path, capsys):
     assert len(check_latex_table(out / "tables" / "subgroups.tex")) == len(table)
     assert evaluate.main([*argv, "--subgroup-column", "device"]) == 2
     assert "'device' not found" in capsys.readouterr().err
+
+    # carotid-compare takes the columns the evaluations recorded from the same sheet: with the same resamples
+    # and seed, each model's AUC and interval per subgroup are its evaluation's own forest plot's numbers.
+    final = tmp_path / "final"
+    argv = ["--run-dir", str(trained_run), "--label-excel", str(study), "--out", str(final), "--model", "final"]
+    argv += ["--num-workers", "0", "--bootstrap", "50"]
+    assert evaluate.main([*argv, "--subgroup-column", "医院", "--subgroup-column", "sex"]) == 0
+    assert compare.main([str(out), str(final), "--out", str(tmp_path / "cmp"), "--bootstrap", "50"]) == 0
+    assert "subgroups: 医院, sex (the columns the evaluations recorded)" in capsys.readouterr().out
+    with (tmp_path / "cmp" / "forest_plot.csv").open(encoding="utf-8") as handle:
+        compared = list(csv.DictReader(handle))
+    for folder in (out, final):
+        with (folder / "forest_plot.csv").open(encoding="utf-8") as handle:
+            own = list(csv.DictReader(handle))
+        names = list(dict.fromkeys(r["model"] for r in compared))
+        mine = [r for r in compared if r["model"] == names[[out, final].index(folder)]]
+        keys = ("column", "value", "n_persons", "auc", "auc_low", "auc_high")
+        assert [[r[k] for k in keys] for r in mine] == [[r[k] for k in keys] for r in own] and own
 
 
 # ---------------------------------------------------------------------------------------------

@@ -185,7 +185,10 @@ def proportion(row: dict, key: str) -> str:
 
 
 def auc_cell(row: dict) -> str:
+    """'0.912 [0.850, 0.960]'; n/a where the AUC is undefined (persons of one class)."""
     ci = row["auc_ci"]
+    if row["auc"] is None:
+        return "n/a"
     return f"{row['auc']:.3f}" + (f" [{ci['low']:.3f}, {ci['high']:.3f}]" if ci else "")
 
 

@@ -1,7 +1,8 @@
 """The files `carotid.compare` writes beside compare.json: the overlaid person-level ROC (each with the 95%
 band of the person bootstrap), precision–recall, decision and calibration curves (each model's with its 95% band)
-of every model on the same persons (each with a CSV of its numbers, and under figures/ as SVG, PDF and 300-dpi
-PNG), the tables under tables/ (CSV, LaTeX, Markdown), and compare.html: one self-contained page."""
+of every model on the same persons, with subgroups the forest plot of every model's AUC per subgroup (each with a
+CSV of its numbers, and under figures/ as SVG, PDF and 300-dpi PNG), the tables under tables/ (CSV, LaTeX,
+Markdown), and compare.html: one self-contained page."""
 
 from __future__ import annotations
 
@@ -16,13 +17,13 @@ from carotid.evaluation.bootstrap import roc_band
 from carotid.evaluation.compare import Side
 from carotid.evaluation.comparison import auc_cell, proportion, test_cell
 from carotid.evaluation.curves import calibration_curve, decision_curve, precision_recall
+from carotid.report.figures import COLOURS, write_forest_plot
 from carotid.report.methods import compare_methods
 from carotid.report.page import document, image, table
 from carotid.report.paper import exact, save_figure_set, write_table_set
 from carotid.report.plots import new_figure
 
 BAND_RESAMPLES = 1000  # person resamples behind each ROC band (at most --bootstrap)
-COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:grey")
 FIGURES = ("roc_overlay", "pr_overlay", "decision_curve")
 
 
@@ -161,8 +162,47 @@ def pair_table(result: dict) -> tuple[list[str], list[list]]:
     return header, rows
 
 
+def subgroup_table(result: dict) -> tuple[list[str], list[list]]:
+    """One row per subgroup value: its persons, whether it is small, and each model's AUC [95% CI]."""
+    subgroups = result["subgroups"]
+    names = list(subgroups["by_model"])
+    header = ["column", "value", "persons", "small", *(f"{name}: AUC [95% CI]" for name in names)]
+    first = subgroups["by_model"][names[0]]
+    rows = []
+    for column, values in first.items():
+        for i, row in enumerate(values):
+            counts = row["counts"]["persons"]
+            cells = [column, row["value"], f"{row['n_persons']} ({', '.join(f'{n} {c}' for c, n in counts.items())})"]
+            cells.append("yes" if row["small"] else "no")
+            for name in names:
+                mine = subgroups["by_model"][name][column][i]
+                cells.append(auc_cell({"auc": mine["person"]["auc"], "auc_ci": mine["ci"]["person"]["auc"]}))
+            rows.append(cells)
+    return header, rows
+
+
 def _three(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
+
+
+def section_subgroups(result: dict, out: Path) -> str:
+    """The forest plot of every model's AUC per subgroup and its table; empty without subgroups."""
+    subgroups = result.get("subgroups")
+    if not subgroups:
+        return ""
+    label = "AUC per subgroup (95% CI)"
+    return (
+        '<h2 id="subgroups">Subgroups</h2>'
+        + f"<p>By {escape(', '.join(subgroups['columns']))} of {escape(subgroups['label_excel'])}: each model's "
+        f"person AUC with its 95% CI ({escape(result['method']['auc_ci'])}, within each subgroup). A subgroup "
+        f"with fewer than {subgroups['min_persons']} persons or of one class is small: its interval is too wide "
+        "to read as a difference.</p>"
+        + (image(out / "forest_plot.png", label) if (out / "forest_plot.png").is_file() else "")
+        + "<p class='sub'>numbers: forest_plot.csv; figures/forest_plot.svg, .pdf, .png (300 dpi)</p>"
+        + table(*subgroup_table(result))
+        + f"<p class='sub'>Tables: tables/compare_subgroups.csv, .tex, .md. {escape('; '.join(subgroups['read']))}.</p>"
+        + "".join(f'<div class="warn">{escape(n)}</div>' for n in subgroups["notes"])
+    )
 
 
 def build_compare_page(result: dict, out: Path) -> str:
@@ -197,6 +237,7 @@ def build_compare_page(result: dict, out: Path) -> str:
         + f"<p class='sub'>{escape(method['auc_test'])}; {escape(method['rate_test'])}; p-values adjusted by "
         f"{escape(method['adjustment'])}. A test whose standard error is 0 is not estimable.</p>",
         '<h2 id="curves">Curves</h2>' + figures,
+        section_subgroups(result, out),
         "".join(f'<div class="warn">{escape(n)}</div>' for n in notes),
         '<h2 id="provenance">Provenance</h2>'
         + table(
@@ -218,6 +259,11 @@ def write_compare_page(result: dict, sides: list[Side], out: Path, *, n_resample
         ("compare_tests", pair_table(result), "Pairwise tests, Holm-adjusted p-values"),
     ):
         write_table_set(out, stem, header, rows, caption)
+    if result.get("subgroups"):
+        who = f"the same {result['n_persons']} persons ({_counts(result)})"
+        write_forest_plot(result["subgroups"]["by_model"], out, who=who)
+        header, rows = subgroup_table(result)
+        write_table_set(out, "compare_subgroups", header, rows, "Each model's person AUC by subgroup (95% CIs)")
     atomic_write_text(out / "methods.md", compare_methods(result))
     path = out / "compare.html"
     atomic_write_text(path, build_compare_page(result, out))

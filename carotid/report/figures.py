@@ -16,6 +16,7 @@ from carotid.report.page import image
 from carotid.report.paper import exact, save_figure_set
 from carotid.report.plots import new_figure
 
+COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:grey")
 PERSON_FIGURES = {  # file stem → heading on the page
     "pr_curve": "Precision–recall per person",
     "decision_curve": "Decision curve (net benefit) per person",
@@ -101,28 +102,45 @@ def write_person_curves(
     return ["pr_curve", "decision_curve", "calibration_curve"]
 
 
-def write_forest_plot(subgroups: dict | None, out: Path, *, who: str) -> list[str]:
-    """forest_plot (.png, .csv, figures/): person AUC with its CI per subgroup value; [] without subgroups."""
+def forest_rows(subgroups: dict | None, model: str = "") -> list[list]:
+    """[model, column, value, persons, AUC, CI low, CI high] per subgroup value of one result's subgroups."""
     rows = []
     for column, values in (subgroups or {}).items():
         for row in values:
             auc = (row.get("person") or {}).get("auc")
             ci = ((row.get("ci") or {}).get("person") or {}).get("auc") or {}
-            rows.append([column, row.get("value"), row.get("n_persons"), auc, ci.get("low"), ci.get("high")])
+            rows.append([model, column, row.get("value"), row.get("n_persons"), auc, ci.get("low"), ci.get("high")])
+    return rows
+
+
+def write_forest_plot(results: dict[str, dict | None], out: Path, *, who: str) -> list[str]:
+    """forest_plot (.png, .csv, figures/): person AUC with its CI per subgroup value, one marker per result of
+    `results` ({model name: its subgroups}; one unnamed result for an evaluation); [] without subgroups."""
+    rows = [row for name, subgroups in results.items() for row in forest_rows(subgroups, name)]
     if not rows:
         return []
-    fig, ax = new_figure(figsize=(6, 1.2 + 0.4 * len(rows)))
-    for y, (*_, auc, low, high) in enumerate(rows):
-        if auc is not None:
-            ax.plot([auc], [y], "s", color="tab:blue")
-        if low is not None:
-            ax.plot([low, high], [y, y], color="tab:blue")
-    ax.set_yticks(range(len(rows)), [f"{c} = {v} ({n} persons)" for c, v, n, *_ in rows])
-    ax.invert_yaxis()
+    groups = list(dict.fromkeys((column, value, n) for _, column, value, n, *_ in rows))
+    models = list(results)
+    step = 0.7 / len(models)  # the models' markers side by side within their subgroup's row
+    fig, ax = new_figure(figsize=(6, 1.2 + 0.25 * len(groups) * (1 + len(models))))
+    for k, name in enumerate(models):
+        shift, colour = (k - (len(models) - 1) / 2) * step, COLOURS[k % len(COLOURS)]
+        mine = [(groups.index((c, v, n)), auc, low, high) for m, c, v, n, auc, low, high in rows if m == name]
+        for y, auc, low, high in mine:
+            if low is not None:
+                ax.plot([low, high], [y + shift] * 2, color=colour)
+            if auc is not None:
+                ax.plot([auc], [y + shift], "s", color=colour)
+        if name:  # a comparison's legend names each model, in the colours of its other figures
+            ax.plot([], [], "s-", color=colour, label=name)
+    ax.set_yticks(range(len(groups)), [f"{c} = {v} ({n} persons)" for c, v, n in groups])
+    ax.set_ylim(len(groups) - 0.5, -0.5)
     ax.axvline(0.5, color="grey", linestyle="--", linewidth=1, label="chance")
     ax.set(xlim=(0, 1.02))
     _finish(fig, ax, f"AUC per subgroup (95% CI), {who}", "person AUC", "", out / "forest_plot.png")
-    _write_csv(out / "forest_plot.csv", ["column", "value", "n_persons", "auc", "auc_low", "auc_high"], rows)
+    header = ["column", "value", "n_persons", "auc", "auc_low", "auc_high"]
+    named = any(models)  # a comparison's CSV names the model of each row
+    _write_csv(out / "forest_plot.csv", ["model", *header] if named else header, [r if named else r[1:] for r in rows])
     return ["forest_plot"]
 
 
@@ -144,7 +162,7 @@ def person_figures(folder: Path, report: dict, persons_labels: np.ndarray, perso
         n_resamples=min(int(method.get("resamples") or 200), 1000),
         seed=int(method.get("seed") or 0),
     )
-    write_forest_plot(report.get("subgroups"), folder, who=who)
+    write_forest_plot({"": report.get("subgroups")}, folder, who=who)
 
 
 def figures_section(folder: Path, skip: tuple[str, ...] = ()) -> str:
