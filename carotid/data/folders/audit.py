@@ -6,7 +6,9 @@ texts (data_report.json "warnings", printed as `warning:` lines) and what it fou
 from __future__ import annotations
 
 import os
+import time
 from collections import defaultdict
+from collections.abc import Iterator
 
 from carotid.core.text import is_utf8, plural, printable
 from carotid.data.folders import twins
@@ -105,6 +107,27 @@ def unreadable_list(counted: FrameCounts, failed: dict) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 
 
+# A stat slower than this (a network file system's round trip) is worth the reader threads; a local one
+# (~2 µs) is not: there the threads add only the hand-offs of the interpreter's lock (200,000 files on
+# 2 cores: 0.58 s on 8 threads against 0.37 s in one, PERFORMANCE.md).
+SLOW_STAT_S = 20e-6
+
+
+def _all_stats(root_fd: int, chunks: list[tuple[str, list[str]]]) -> Iterator[list]:
+    """Each chunk's stats, in order: the first in this thread, timed; the rest in this thread too where
+    that was fast, on the reader threads where it was not."""
+    if not chunks:
+        return
+    started = time.perf_counter()
+    first = _stats(root_fd, chunks[0][1])
+    yield first
+    if time.perf_counter() - started < SLOW_STAT_S * len(first):
+        for _, part in chunks[1:]:
+            yield _stats(root_fd, part)
+    else:
+        yield from bounded_map(lambda c: _stats(root_fd, c[1]), chunks[1:])
+
+
 def _stats(root_fd: int, part: list[str]) -> list:
     # Relative to an open root folder: the kernel then resolves only the file's own path (~30% less time
     # a file than a full path, PERFORMANCE.md).
@@ -123,8 +146,8 @@ def shared_files(
     """[[(person, file), ...], ...]: one list per file reached from several persons (a linked folder or file, a
     hard link) or per content held by several persons' files (identical copies).
 
-    One stat per file (in chunks on the reader threads: they hide network-file-system latency; ~3 µs a file
-    here, PERFORMANCE.md); contents are compared only for distinct files whose size another one shares
+    One stat per file (in chunks; on the reader threads where a stat is slow, as on a network file system:
+    they hide its latency; ~2 µs a file on a local disk, PERFORMANCE.md); contents are compared only for distinct files whose size another one shares
     (carotid.data.folders.twins: a prefix signature, the whole file only where that is shared, both cached between
     runs). Memory: one entry per distinct file (its first path, no copies), lists only where sizes collide."""
     chunks = [(p, files[i : i + chunk]) for p, files in files_of.items() for i in range(0, len(files), chunk)]
@@ -134,7 +157,7 @@ def shared_files(
     same_size: dict[int, list] = {}  # sizes held by several distinct files: (inode key, mtime) of each
     root_fd = os.open(root_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
-        for (person, part), stats in zip(chunks, bounded_map(lambda c: _stats(root_fd, c[1]), chunks)):
+        for (person, part), stats in zip(chunks, _all_stats(root_fd, chunks)):
             for rel, stat in zip(part, stats):
                 if stat is None:
                     continue
@@ -142,9 +165,12 @@ def shared_files(
                 first = owner.get(key)
                 if first is None:
                     owner[key] = (person, rel)
-                    other = first_of_size.setdefault(stat.st_size, (key, stat.st_mtime_ns))
-                    if other[0] != key:
-                        same_size.setdefault(stat.st_size, [other]).append((key, stat.st_mtime_ns))
+                    size = stat.st_size
+                    other = first_of_size.get(size)
+                    if other is None:
+                        first_of_size[size] = (key, stat.st_mtime_ns)
+                    else:
+                        same_size.setdefault(size, [other]).append((key, stat.st_mtime_ns))
                 elif first[0] != person:
                     linked.setdefault(key, {first[0]: first[1]}).setdefault(person, rel)
     finally:
@@ -230,6 +256,8 @@ def dominant_warning(frames: dict[str, list], cap: int | None) -> list[str]:
 
 
 def non_utf8_warning(names: list[str]) -> list[str]:
+    if all(map(str.isascii, names)):  # the common case, in one pass without a Python call a name
+        return []
     bad = sorted({n for n in names if not is_utf8(n)})
     if not bad:
         return []

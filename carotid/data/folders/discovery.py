@@ -23,6 +23,7 @@ from carotid.data.frames.kinds import (
     BY_SUFFIX,
     FRAME_SUFFIXES,
     KINDS,
+    FileKind,
     is_archive,
     is_unhandled,
     kind_by_content,
@@ -95,7 +96,8 @@ def _walk(
                 elif entry.is_symlink() and _follows(entry.is_dir):  # a linked sub-folder: followed once (below)
                     folders.append(name)
                 elif name.rpartition(".")[2].lower() in BY_SUFFIX or may_sniff(name):
-                    if _follows(entry.is_file):  # a regular file or a link to one; no stat for a plain file
+                    # A regular file, or a link to one; no stat for a plain file
+                    if entry.is_file(follow_symlinks=False) or _follows(entry.is_file):
                         names.append(name)  # a name that says nothing is decided by content (count_frames)
                     else:  # a FIFO, a device, a socket or a link loop: opening it could block for ever
                         special.append(prefix + name)
@@ -203,11 +205,17 @@ class FrameCounts:
 
     def frames_of(self, files: Iterable[str]) -> list[tuple[str, int]]:
         """(file, frame number) of every frame of `files`, in order; unreadable and non-image files left out."""
+        if not (self.unreadable or self.skipped or self.other_modality or self.counts):
+            return [(rel, 0) for rel in files]  # single-image files only: the common case, kept to one pass
         out: list[tuple[str, int]] = []
         for rel in files:
             if rel in self.unreadable or rel in self.skipped or rel in self.other_modality:
                 continue
-            out += [(rel, k) for k in range(self.counts.get(rel, 1))]
+            frames = self.counts.get(rel, 1)
+            if frames == 1:
+                out.append((rel, 0))
+            else:
+                out += [(rel, k) for k in range(frames)]
         return out
 
 
@@ -246,13 +254,24 @@ def count_frames(root_dir: str, files: Iterable[str]) -> FrameCounts:
     """Frames per file for `files` (relative to root_dir); single-image files are counted without opening."""
     result = FrameCounts()
     to_probe = []
+    single: Counter = Counter()
+    kinds: dict[str, FileKind | None] = {}  # by the text after a file name's last dot
     for rel in files:
-        kind = kind_by_name(rel)
+        # The kind depends only on the suffix: asked once per distinct suffix, not once per file (at
+        # 100,000s of files the per-file lookup was a visible part of start-up, PERFORMANCE.md).
+        _, dot, tail = rel.rpartition(".")
+        if not dot or "/" in tail:  # no dot in the file's own name: no suffix
+            kind = None
+        elif tail in kinds:
+            kind = kinds[tail]
+        else:
+            kind = kinds[tail] = kind_by_name(rel)
         if kind is not None and kind.single_frame:
-            result.files_by_kind[kind.name] += 1
-            result.frames_by_kind[kind.name] += 1
+            single[kind.name] += 1
         else:
             to_probe.append(rel)
+    result.files_by_kind.update(single)
+    result.frames_by_kind.update(single)
     # Threads hide file-system latency (NFS); header parsing itself holds the GIL.
     for rel, found in zip(to_probe, bounded_map(_probe, (os.path.join(root_dir, r) for r in to_probe))):
         if isinstance(found, str):

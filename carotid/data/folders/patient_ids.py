@@ -13,12 +13,16 @@ def other_person_warning(
 ) -> list[str]:
     """The warning on files in a person's folder whose PatientID is another sheet ID (person → their files,
     person → their sheet ID, every sheet ID, file → its header's PatientID)."""
+    if not patient_ids:  # no DICOM header named anyone (image files only): nothing to compare
+        return []
     by_key = {id_key(sheet_id): sheet_id for sheet_id in sheet_ids}
     found = []
     for person, files in sorted(files_of.items()):
         own = id_key(sheet_id_of[person])
         for rel in files:
-            other = by_key.get(id_key(patient_ids.get(rel, "")))
+            if rel not in patient_ids:
+                continue
+            other = by_key.get(id_key(patient_ids[rel]))
             if other is not None and id_key(other) != own:
                 found.append(
                     f"{printable(rel)} in {person}'s folder has PatientID '{patient_ids[rel]}', the sheet's {other}"
