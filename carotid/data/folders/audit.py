@@ -147,9 +147,10 @@ def shared_files(
     hard link) or per content held by several persons' files (identical copies).
 
     One stat per file (in chunks; on the reader threads where a stat is slow, as on a network file system:
-    they hide its latency; ~2 µs a file on a local disk, PERFORMANCE.md); contents are compared only for distinct files whose size another one shares
-    (carotid.data.folders.twins: a prefix signature, the whole file only where that is shared, both cached between
-    runs). Memory: one entry per distinct file (its first path, no copies), lists only where sizes collide."""
+    they hide its latency; ~2 µs a file on a local disk, PERFORMANCE.md); contents are compared only for
+    distinct files whose size another one shares (carotid.data.folders.twins: a prefix signature, the whole
+    file only where that is shared, both cached between runs). Memory: one entry per distinct file (its
+    first path, no copies), lists only where sizes collide."""
     chunks = [(p, files[i : i + chunk]) for p, files in files_of.items() for i in range(0, len(files), chunk)]
     owner: dict[tuple, tuple[str, str]] = {}  # (device, inode) → its first (person, file)
     linked: dict[tuple, dict[str, str]] = {}  # inodes reached from several persons: {person: file}
