@@ -16,6 +16,7 @@ from carotid.training.config import (
     check_non_negative,
     check_operating_points,
     check_positive,
+    check_subgroup_columns,
     check_threshold,
 )
 
@@ -122,15 +123,13 @@ class EvaluateOptions:
         "metrics at it; OUT/model.pth stores them (default: the model file's operating points).",
         group="study",
     )
-    subgroup_column: list[str] = opt(
-        [],
-        "A column of the label sheet (e.g. hospital, sex, age band): the metrics per value of it, with CIs.",
+    subgroup_column: list[str] = like(
+        TrainConfig,
+        "subgroup_column",
+        help="A column of the label sheet (e.g. hospital, sex, age band): the metrics per value of it, with CIs.",
         group="study",
-        metavar="COL",
     )
-    subgroup_min_persons: int = opt(
-        10, "Subgroups with fewer persons (or one class only) are listed but marked as too small.", group="study"
-    )
+    subgroup_min_persons: int = like(TrainConfig, "subgroup_min_persons", 10, group="study")
     reader_column: str | None = opt(
         None,
         "A column of the label sheet holding a reader's call (class name or 0/1) or score (probability or any "
@@ -167,11 +166,6 @@ class EvaluateOptions:
         check_threshold(self.threshold)
         check_operating_points(self.operating_point)
         check_subgroup_columns(self.subgroup_column)
-
-
-def check_subgroup_columns(columns: list[str]) -> None:
-    if len(set(columns)) != len(columns):
-        raise UserError(f"--subgroup-column repeats a column: {columns}", "give each column once")
 
 
 EVALUATE_GROUPS = {

@@ -207,8 +207,14 @@ def cv_run(tmp_path_factory) -> tuple[Path, Path, Path]:
     (CV folder, root dir, label file)."""
     root, label = cv_data(tmp_path_factory.mktemp("cvdata") / "frames")
     (root / "1001" / "scan.gif").write_bytes(b"GIF89a")  # not read: a start-up warning (see data_report.json)
+    book = openpyxl.load_workbook(label)  # a hospital per person: the subgroups of every fold and out of fold
+    rows = [list(r) for r in book.active.iter_rows(values_only=True)]
+    write_xlsx(
+        label, [rows[0] + ["医院"]] + [r + [f"H{i // 2 % 2}"] for i, r in enumerate(rows[1:])], book.active.title
+    )
     output = tmp_path_factory.mktemp("cv")
-    assert train_in_process(*cv_args(root, label, output, "--epochs", "2", "--report-to", "tensorboard")) == 0
+    extra = ("--epochs", "2", "--report-to", "tensorboard", "--subgroup-column", "医院")
+    assert train_in_process(*cv_args(root, label, output, *extra)) == 0
     return only_cv_dir(output), root, label
 
 

@@ -8,8 +8,10 @@ import json
 import re
 
 import numpy as np
+import openpyxl
 import pytest
 from PIL import Image
+from sklearn.metrics import roc_auc_score
 
 from carotid.core.files import file_sha256
 from carotid.evaluation.inference import FramePredictions
@@ -131,3 +133,35 @@ def test_cv_report_opens_in_headless_chromium_with_no_empty_table_or_blank_field
     ensemble = open_page(cv_dir / "eval_test_ensemble" / "report.html")  # was: blank subtitle, empty table, "-"
     assert ensemble.title == "carotid — test split, ensemble of the 2 fold models"
     assert not ensemble.blanks, ensemble.blanks
+
+
+def test_cv_page_has_the_out_of_fold_auc_per_subgroup_recomputed_from_its_files(cv_run):
+    """--subgroup-column: each fold's evaluation and the pooled out-of-fold persons get a forest plot whose CSV
+    is the AUC of the persons of each value, recomputed here from oof_person_predictions.csv and the sheet."""
+    cv_dir, _, label = cv_run
+    sheet = openpyxl.load_workbook(label).active
+    hospital = {str(r[0]): r[2] for r in sheet.iter_rows(min_row=2, values_only=True)}
+    with (cv_dir / "oof_person_predictions.csv").open(encoding="utf-8") as handle:
+        persons = list(csv.DictReader(handle))
+    with (cv_dir / "forest_plot.csv").open(encoding="utf-8") as handle:
+        forest = list(csv.DictReader(handle))
+    assert [(r["column"], r["value"]) for r in forest] == [("医院", "H0"), ("医院", "H1")]
+    for row in forest:
+        mine = [p for p in persons if hospital[p["person_id"]] == row["value"]]
+        y = [p["true_label"] == "plaque" for p in mine]
+        assert int(row["n_persons"]) == len(mine)
+        if len(set(y)) == 2:
+            assert float(row["auc"]) == roc_auc_score(y, [float(p["prob_plaque"]) for p in mine])
+        else:
+            assert row["auc"] == ""
+    assert sum(int(r["n_persons"]) for r in forest) == len(persons) and any(r["auc"] for r in forest)
+    oof = json.loads((cv_dir / "cv_metrics.json").read_text(encoding="utf-8"))["out_of_fold"]
+    assert [r["person"]["auc"] for r in oof["subgroups"]["医院"]] == [
+        float(r["auc"]) if r["auc"] else None for r in forest
+    ]
+    for stem in ("svg", "pdf", "png"):
+        assert (cv_dir / "figures" / f"forest_plot.{stem}").is_file()
+    page = html.unescape((cv_dir / "report.html").read_text(encoding="utf-8"))
+    assert "<h3>AUC per subgroup</h3>" in page and "numbers: forest_plot.csv" in page
+    for k in (1, 2):  # each fold's test evaluation: its own subgroups
+        assert (cv_dir / f"fold_{k}" / "eval_test_best" / "forest_plot.csv").is_file()

@@ -20,7 +20,7 @@ from carotid.evaluation.operating_points import choose_operating_points
 from carotid.evaluation.registry import parse_operating_point
 from carotid.evaluation.subgroups import MISSING, subgroup_report
 from carotid.training.config import parse_train_args
-from tests.conftest import read_json, write_xlsx
+from tests.conftest import read_json, train_in_process, write_xlsx
 from tests.latex import check_latex_table
 
 NAMES = ["normal", "plaque"]
@@ -195,3 +195,13 @@ def test_operating_points_from_a_yaml_config(tmp_path):
     assert "operating_point" in given
     cfg, _ = parse_train_args(["--config", str(config), "--operating-point", "specificity=0.8"])
     assert cfg.operating_point == ["specificity=0.8"]  # the command line replaces the file's list
+
+
+def test_train_refuses_a_subgroup_column_the_sheet_lacks_before_anything_is_written(data_dir, tmp_path, capsys):
+    root, label = data_dir
+    out = tmp_path / "out"
+    argv = ["--root-dir", str(root), "--label-excel", str(label), "--output-dir", str(out), "--folds", "2"]
+    assert train_in_process(*argv, "--subgroup-column", "device") == 2
+    assert "'device' not found" in capsys.readouterr().err and not list(out.glob("*_*"))
+    assert train_in_process(*argv, "--subgroup-column", "device", "--subgroup-column", "device") == 2
+    assert "repeats a column" in capsys.readouterr().err

@@ -43,6 +43,7 @@ class DataManifest:
     splits: dict[str, list[str]] = field(default_factory=dict)
     report: dict = field(default_factory=dict)
     positive_class: str | None = None  # binary tasks: the class counted as positive (LabelTable.choices says why)
+    person_columns: dict[str, dict[str, str | None]] = field(default_factory=dict)  # --subgroup-column's values
 
     @property
     def positive_index(self) -> int:

@@ -222,36 +222,57 @@ def compare_subgroups(
     bootstrap: int,
     seed: int,
 ) -> dict[str, dict]:
-    """{model name: {column: rows}}: each model's person AUC with its person-bootstrap CI per subgroup value,
-    in subgroup_report's rows (trimmed to the AUC), so that the forest plot reads one shape. With the same
-    seed and resamples, a model's intervals are its own evaluation's (the same persons drawn)."""
+    """{model name: {column: rows}}: each model's person AUC with its person-bootstrap CI per subgroup value.
+    With the same seed and resamples, a model's intervals are its own evaluation's (the same persons drawn)."""
     y = (sides[0].truth == sides[0].positive_class).astype(int)
-    out = {}
-    for name, side in zip(names, sides):
-        probs = np.c_[1.0 - side.score, side.score]
-        persons = (side.person_ids, y, probs)
-        report = subgroup_report(
+    return {
+        name: subgroup_aucs(
             values,
-            persons,  # one row per person: the frames are the persons
-            persons,
-            class_names=[negative_class(side), side.positive_class],  # the columns of probs
-            positive_index=1,
-            threshold=0.5 if side.threshold is None else side.threshold,
-            aggregation="mean",
+            (side.person_ids, y, np.c_[1.0 - side.score, side.score]),
+            [negative_class(side), side.positive_class],  # the columns of the probabilities
+            1,
+            min_persons=min_persons,
             bootstrap=bootstrap,
             seed=seed,
-            min_persons=min_persons,
         )
-        out[name] = {
-            column: [
-                {k: row[k] for k in ("value", "n_persons", "small")}
-                | {
-                    "counts": {"persons": row["counts"]["persons"]},
-                    "person": {"auc": row["person"].get("auc")},
-                    "ci": {"person": {"auc": ((row["ci"] or {}).get("person") or {}).get("auc")}},
-                }
-                for row in rows
-            ]
-            for column, rows in report.items()
-        }
-    return out
+        for name, side in zip(names, sides)
+    }
+
+
+def subgroup_aucs(
+    columns: dict[str, dict[str, str | None]],
+    persons: tuple[np.ndarray, np.ndarray, np.ndarray],
+    class_names: list[str],
+    positive_index: int,
+    *,
+    min_persons: int,
+    bootstrap: int,
+    seed: int,
+) -> dict:
+    """{column: rows}: subgroup_report's rows of `persons` (IDs, labels, probabilities) trimmed to the person AUC
+    and its CI, what a forest plot shows where no one threshold holds for every person (a comparison's models,
+    a cross-validation's folds)."""
+    report = subgroup_report(
+        columns,
+        persons,  # one row per person: the frames are the persons
+        persons,
+        class_names=class_names,
+        positive_index=positive_index,
+        threshold=0.5,  # the metrics at a threshold are computed, then left out
+        aggregation="mean",
+        bootstrap=bootstrap,
+        seed=seed,
+        min_persons=min_persons,
+    )
+    return {
+        column: [
+            {key: row[key] for key in ("value", "n_persons", "small")}
+            | {
+                "counts": {"persons": row["counts"]["persons"]},
+                "person": {"auc": row["person"].get("auc")},
+                "ci": {"person": {"auc": ((row["ci"] or {}).get("person") or {}).get("auc")}},
+            }
+            for row in rows
+        ]
+        for column, rows in report.items()
+    }

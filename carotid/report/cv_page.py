@@ -70,6 +70,7 @@ def write_cv_figures(
         binary=len(class_names) == 2,
     )
     record = {"class_names": class_names, "positive_class": class_names[positive], "ci": pooled["ci"]}
+    record["subgroups"] = pooled.get("subgroups")  # the out-of-fold AUC per subgroup: the forest plot
     counts = np.bincount(persons.labels, minlength=len(class_names))
     who = "out of fold: " + ", ".join(f"{n} {name}" for name, n in zip(class_names, counts))
     person_figures(cv_dir, record, persons.labels, persons.probs, who=who)

@@ -70,8 +70,10 @@ class TrainConfig(RunOptions, ModelOptions, DataOptions):
             "lr_step_epochs",
             "dist_timeout_minutes",
             "bag_size",
+            "subgroup_min_persons",
         )
         check_header_row(self.header_row)
+        check_subgroup_columns(self.subgroup_column)
         if self.image_size < 16:
             raise UserError(f"--image-size must be at least 16, got {self.image_size}", "use e.g. 224")
         if self.crop not in ("auto", "none"):
@@ -166,6 +168,11 @@ def check_non_negative(cfg: Any, *names: str) -> None:
     for name in names:
         if getattr(cfg, name) is not None and getattr(cfg, name) < 0:
             raise UserError(f"{flag(name)} must be ≥ 0, got {getattr(cfg, name)}", f"pass {flag(name)} 0 or more")
+
+
+def check_subgroup_columns(columns: list[str]) -> None:
+    if len(set(columns)) != len(columns):
+        raise UserError(f"--subgroup-column repeats a column: {columns}", "give each column once")
 
 
 def check_header_row(row: int | None) -> None:

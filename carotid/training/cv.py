@@ -42,6 +42,7 @@ from carotid.evaluation.pooling import (
     write_oof_persons,
 )
 from carotid.evaluation.records import CV_METRICS_SCHEMA, CVMetricsRecord, write_cv_metrics
+from carotid.evaluation.subgroups import subgroup_aucs
 from carotid.model.file import ModelFile
 from carotid.report.cv_page import write_cv_figures, write_cv_report
 from carotid.report.outputs import write_evaluation
@@ -243,6 +244,17 @@ def summarise(
         seed=cfg.seed,
     )
     write_oof_persons(cv_dir / "oof_person_predictions.csv", folds, class_names)
+    if cfg.subgroup_column:  # the pooled persons' AUC per value (each fold has its own threshold: AUC only)
+        pooled["subgroups"] = subgroup_aucs(
+            {column: manifest.person_columns[column] for column in cfg.subgroup_column},
+            (persons.person_ids, persons.labels, persons.probs),
+            class_names,
+            positive,
+            min_persons=cfg.subgroup_min_persons,
+            bootstrap=cfg.bootstrap,
+            seed=cfg.seed,
+        )
+        pooled["subgroup_min_persons"] = cfg.subgroup_min_persons
     binary = len(class_names) == 2
     reports = [report for _, report in evaluations]
     metrics: CVMetricsRecord = {

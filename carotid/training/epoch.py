@@ -263,4 +263,6 @@ def evaluate_test(accelerator: Accelerator, cfg: TrainConfig, manifest: DataMani
         cache_dir=cfg.cache_dir,
         log=log,
         context=context,
+        subgroups={column: manifest.person_columns[column] for column in cfg.subgroup_column},
+        subgroup_min_persons=cfg.subgroup_min_persons,
     )

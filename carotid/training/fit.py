@@ -24,6 +24,7 @@ from carotid.data.folders.readable import startup_lines
 from carotid.data.loaders import frame_dataset
 from carotid.data.manifest import SPLITS, DataManifest, check_classes_in_training, collect_persons, data_block
 from carotid.data.sheet.labels import LabelTable, read_labels
+from carotid.data.sheet.person_columns import read_person_columns
 from carotid.evaluation.registry import person_monitor
 from carotid.training.checkpoints import disk_full
 from carotid.training.config import TrainConfig
@@ -70,6 +71,9 @@ def read_data(
     manifest = collect_persons(
         root_dir, table, cfg.max_imgs_per_person, persons=persons, strict_matching=cfg.strict_matching
     )
+    if cfg.subgroup_column:  # read now: a column the sheet lacks is an error before any training
+        columns, _ = read_person_columns(label_excel, table.sheet, table.id_column, cfg.subgroup_column)
+        manifest = dataclasses.replace(manifest, person_columns=columns)
     return manifest, table, str(Path(root_dir).resolve()), str(Path(label_excel).resolve())
 
 

@@ -44,6 +44,16 @@ class RunOptions:
         choices=CI_METHODS,
         group="run",
     )
+    subgroup_column: list[str] = opt(
+        [],
+        "A column of the label sheet (e.g. hospital, sex, age band): the test metrics per value of it, with CIs "
+        "(a cross-validation: also the out-of-fold AUC per value), and a forest plot.",
+        group="run",
+        metavar="COL",
+    )
+    subgroup_min_persons: int = opt(
+        10, "Subgroups with fewer persons (or one class only) are listed but marked as too small.", group="run"
+    )
     person_aggregation: str = opt(
         "mean", "How frame probabilities become a person's probability.", choices=AGGREGATIONS, group="run"
     )
