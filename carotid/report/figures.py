@@ -103,13 +103,15 @@ def write_person_curves(
 
 
 def forest_rows(subgroups: dict | None, model: str = "") -> list[list]:
-    """[model, column, value, persons, AUC, CI low, CI high] per subgroup value of one result's subgroups."""
+    """[model, column, value, persons, small, AUC, CI low, CI high] per subgroup value of one result's subgroups
+    (small: fewer persons than the result's minimum, or one class)."""
     rows = []
     for column, values in (subgroups or {}).items():
         for row in values:
             auc = (row.get("person") or {}).get("auc")
             ci = ((row.get("ci") or {}).get("person") or {}).get("auc") or {}
-            rows.append([model, column, row.get("value"), row.get("n_persons"), auc, ci.get("low"), ci.get("high")])
+            cells = [column, row.get("value"), row.get("n_persons"), bool(row.get("small"))]
+            rows.append([model, *cells, auc, ci.get("low"), ci.get("high")])
     return rows
 
 
@@ -119,13 +121,13 @@ def write_forest_plot(results: dict[str, dict | None], out: Path, *, who: str) -
     rows = [row for name, subgroups in results.items() for row in forest_rows(subgroups, name)]
     if not rows:
         return []
-    groups = list(dict.fromkeys((column, value, n) for _, column, value, n, *_ in rows))
+    groups = list(dict.fromkeys((column, value, n, small) for _, column, value, n, small, *_ in rows))
     models = list(results)
     step = 0.7 / len(models)  # the models' markers side by side within their subgroup's row
     fig, ax = new_figure(figsize=(6, 1.2 + 0.25 * len(groups) * (1 + len(models))))
     for k, name in enumerate(models):
         shift, colour = (k - (len(models) - 1) / 2) * step, COLOURS[k % len(COLOURS)]
-        mine = [(groups.index((c, v, n)), auc, low, high) for m, c, v, n, auc, low, high in rows if m == name]
+        mine = [(groups.index(tuple(group)), auc, low, high) for m, *group, auc, low, high in rows if m == name]
         for y, auc, low, high in mine:
             if low is not None:
                 ax.plot([low, high], [y + shift] * 2, color=colour)
@@ -133,12 +135,12 @@ def write_forest_plot(results: dict[str, dict | None], out: Path, *, who: str) -
                 ax.plot([auc], [y + shift], "s", color=colour)
         if name:  # a comparison's legend names each model, in the colours of its other figures
             ax.plot([], [], "s-", color=colour, label=name)
-    ax.set_yticks(range(len(groups)), [f"{c} = {v} ({n} persons)" for c, v, n in groups])
+    ax.set_yticks(range(len(groups)), [f"{c} = {v} ({n} persons{', small' if s else ''})" for c, v, n, s in groups])
     ax.set_ylim(len(groups) - 0.5, -0.5)
     ax.axvline(0.5, color="grey", linestyle="--", linewidth=1, label="chance")
     ax.set(xlim=(0, 1.02))
     _finish(fig, ax, f"AUC per subgroup (95% CI), {who}", "person AUC", "", out / "forest_plot.png")
-    header = ["column", "value", "n_persons", "auc", "auc_low", "auc_high"]
+    header = ["column", "value", "n_persons", "small", "auc", "auc_low", "auc_high"]
     named = any(models)  # a comparison's CSV names the model of each row
     _write_csv(out / "forest_plot.csv", ["model", *header] if named else header, [r if named else r[1:] for r in rows])
     return ["forest_plot"]

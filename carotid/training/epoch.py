@@ -244,7 +244,8 @@ def evaluate_test(accelerator: Accelerator, cfg: TrainConfig, manifest: DataMani
 
     context = {
         "run_dir": str(run_dir),
-        "data": {"root_dir": cfg.root_dir, "label_excel": cfg.label_excel},
+        "data": {"root_dir": cfg.root_dir, "label_excel": cfg.label_excel}
+        | {key: getattr(cfg, key) for key in ("sheet", "header_row", "id_column", "label_column")},
         "persons": manifest.splits["test"],
     }
     return evaluate_model(
