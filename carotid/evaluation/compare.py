@@ -20,7 +20,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import norm, rankdata
 
 from carotid.core.errors import UserError
 from carotid.core.files import read_table
@@ -144,6 +143,10 @@ def _subset(side: Side, persons: np.ndarray) -> Side:
 
 def delong(y_pos: np.ndarray, score_a: np.ndarray, score_b: np.ndarray, level: float = 0.95) -> dict:
     """AUCs, their difference A − B with its DeLong standard error, normal CI, z and two-sided p."""
+    # Here, not at the top: evaluation.subgroups imports this module, and training reaches it before its first
+    # batch, which must not wait for SciPy (tests/test_startup.py).
+    from scipy.stats import norm, rankdata
+
     y_pos = np.asarray(y_pos, dtype=bool)
     m, n = int(y_pos.sum()), int((~y_pos).sum())
     if m < 1 or n < 1:
