@@ -161,6 +161,9 @@ def test_cv_page_has_the_out_of_fold_auc_per_subgroup_recomputed_from_its_files(
     ]
     for stem in ("svg", "pdf", "png"):
         assert (cv_dir / "figures" / f"forest_plot.{stem}").is_file()
+    table = check_latex_table(cv_dir / "tables" / "subgroups.tex")  # the paper's table: the same AUCs
+    assert [row[:2] for row in table] == [["医院", "H0"], ["医院", "H1"]]
+    assert [row[-1].split(" ")[0] for row in table] == [f"{float(r['auc']):.3f}" if r["auc"] else "n/a" for r in forest]
     page = html.unescape((cv_dir / "report.html").read_text(encoding="utf-8"))
     assert "<h3>AUC per subgroup</h3>" in page and "numbers: forest_plot.csv" in page
     for k in (1, 2):  # each fold's test evaluation: its own subgroups

@@ -22,6 +22,7 @@ from carotid.report.methods import compare_methods
 from carotid.report.page import document, image, table
 from carotid.report.paper import exact, save_figure_set, write_table_set
 from carotid.report.plots import new_figure
+from carotid.report.tables import forest_table
 
 BAND_RESAMPLES = 1000  # person resamples behind each ROC band (at most --bootstrap)
 FIGURES = ("roc_overlay", "pr_overlay", "decision_curve")
@@ -163,22 +164,7 @@ def pair_table(result: dict) -> tuple[list[str], list[list]]:
 
 
 def subgroup_table(result: dict) -> tuple[list[str], list[list]]:
-    """One row per subgroup value: its persons, whether it is small, and each model's AUC [95% CI]."""
-    subgroups = result["subgroups"]
-    names = list(subgroups["by_model"])
-    header = ["column", "value", "persons", "small", *(f"{name}: AUC [95% CI]" for name in names)]
-    first = subgroups["by_model"][names[0]]
-    rows = []
-    for column, values in first.items():
-        for i, row in enumerate(values):
-            counts = row["counts"]["persons"]
-            cells = [column, row["value"], f"{row['n_persons']} ({', '.join(f'{n} {c}' for c, n in counts.items())})"]
-            cells.append("yes" if row["small"] else "no")
-            for name in names:
-                mine = subgroups["by_model"][name][column][i]
-                cells.append(auc_cell({"auc": mine["person"]["auc"], "auc_ci": mine["ci"]["person"]["auc"]}))
-            rows.append(cells)
-    return header, rows
+    return forest_table(result["subgroups"]["by_model"])
 
 
 def _three(value) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from carotid.evaluation.comparison import auc_cell
 from carotid.evaluation.registry import BOOTSTRAP_METRICS, table_metrics
 from carotid.report.paper import write_table_set
 
@@ -55,6 +56,30 @@ def write_evaluation_tables(folder: Path, metrics: dict) -> list[Path]:
     return written
 
 
+def forest_table(results: dict[str, dict]) -> tuple[list[str], list[list]]:
+    """The forest plot's table: one row per subgroup value, its persons per class, whether it is small, and each
+    result's person AUC [95% CI] ({model name: its subgroups}; one unnamed result for an evaluation or a CV)."""
+    names = list(results)
+    header = [
+        "column",
+        "value",
+        "persons",
+        "small",
+        *(f"{name}: AUC [95% CI]" if name else "AUC [95% CI]" for name in names),
+    ]
+    rows = []
+    for column, values in results[names[0]].items():
+        for i, row in enumerate(values):
+            counts = row["counts"]["persons"]
+            cells = [column, row["value"], f"{row['n_persons']} ({', '.join(f'{n} {c}' for c, n in counts.items())})"]
+            cells.append("yes" if row["small"] else "no")
+            for name in names:
+                mine = results[name][column][i]
+                cells.append(auc_cell({"auc": mine["person"]["auc"], "auc_ci": mine["ci"]["person"]["auc"]}))
+            rows.append(cells)
+    return header, rows
+
+
 def cv_fold_rows(metrics: dict) -> tuple[list[str], list[list]]:
     """One row per fold (its held-out persons, best epoch, threshold and person metrics) and the pooled
     out-of-fold persons."""
@@ -73,6 +98,12 @@ def cv_fold_rows(metrics: dict) -> tuple[list[str], list[list]]:
 
 
 def write_cv_tables(folder: Path, metrics: dict) -> list[Path]:
+    """tables/cv_folds.* and, with subgroups, tables/subgroups.* (the out-of-fold AUC per value)."""
     header, rows = cv_fold_rows(metrics)
     caption = f"{metrics['folds']}-fold cross-validation: each fold's held-out persons and all out of fold"
-    return write_table_set(folder, "cv_folds", header, rows, caption)
+    written = write_table_set(folder, "cv_folds", header, rows, caption)
+    if metrics["out_of_fold"].get("subgroups"):
+        header, rows = forest_table({"": metrics["out_of_fold"]["subgroups"]})
+        caption = f"Out-of-fold person AUC by subgroup ({metrics['n_persons']} persons, 95% CIs)"
+        written += write_table_set(folder, "subgroups", header, rows, caption)
+    return written
