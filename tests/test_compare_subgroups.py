@@ -94,6 +94,11 @@ def test_compare_draws_every_models_auc_per_subgroup_from_the_recorded_sheet(tmp
     assert '<h2 id="subgroups">Subgroups</h2>' in page and "forest_plot.csv" in page and "北院" in page
     assert "data:image/png;base64," in page.split('id="subgroups"')[1]
     assert read_json(out / "compare.json")["subgroups"]["by_model"][names[2]]["hospital"][0]["value"] == "south"
+    methods = (out / "methods.md").read_text(encoding="utf-8")
+    assert (
+        "**Subgroups.** Each model's person AUC per value of hospital (columns of the label sheet labels.xlsx)"
+        in methods
+    )
     if find_chromium() is None:
         return
     report = open_page(out / "compare.html")

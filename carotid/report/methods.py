@@ -146,6 +146,15 @@ def compare_methods(result: dict) -> str:
             else f"p = {auc['p_value']:.4f}, Holm-adjusted {auc['p_holm']:.4f}"
         )
         lines.append(f"{pair['a']} vs {pair['b']}: AUC difference {auc['difference']:+.3f} (DeLong, {p}).")
+    subgroups = result.get("subgroups")
+    if subgroups:
+        lines += [
+            "",
+            f"**Subgroups.** Each model's person AUC per value of {', '.join(subgroups['columns'])} (columns of "
+            f"the label sheet {Path(subgroups['label_excel']).name}), with the {method['auc_ci']} interval within "
+            f"each subgroup; subgroups of fewer than {subgroups['min_persons']} persons or of one class are marked "
+            "small (tables/compare_subgroups, forest_plot.csv).",
+        ]
     return "\n".join(lines) + "\n"
 
 
