@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,8 +47,10 @@ def tracker_of(report_to: str | None) -> str | None:
     return report_to
 
 
-def start_tracker(accelerator: Accelerator, cfg, run_dir: Path) -> str:
-    """Start the tracker with the scalar options as its hyperparameters; returns where its records go, in words."""
+def prepare_tracker(accelerator: Accelerator, cfg, run_dir: Path) -> tuple[str, Callable[[], None]]:
+    """(where the tracker's records go, in words; the call that starts it with the scalar options as its
+    hyperparameters). Training starts it after its first optimizer step: the first batch does not wait for
+    the tracker's import and files (TensorBoard: ~0.1 s, PERFORMANCE.md, the first step)."""
     tracker = tracker_of(cfg.report_to)
     accelerator.project_configuration.logging_dir = str(run_dir)
     where = f"{tracker}: its own settings (login, server)"
@@ -60,8 +63,7 @@ def start_tracker(accelerator: Accelerator, cfg, run_dir: Path) -> str:
         where = _mlflow_store(run_dir)
         init_kwargs = {"mlflow": {"run_name": run_dir.name}}
     options = {k: v for k, v in dataclasses.asdict(cfg).items() if isinstance(v, (int, float, str, bool))}
-    accelerator.init_trackers(project, config=options, init_kwargs=init_kwargs)
-    return where
+    return where, lambda: accelerator.init_trackers(project, config=options, init_kwargs=init_kwargs)
 
 
 def end_tracker(accelerator: Accelerator) -> None:

@@ -12,6 +12,7 @@ epoch-end checkpoint rewrites best_model.pth if the kill came before it was writ
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from carotid.core.files import write_records
 from carotid.core.run_dir import RunDir
 from carotid.core.runtime import RunLog, StopSignal, on_main
 from carotid.core.text import plural
-from carotid.core.trackers import end_tracker, start_tracker, tracker_of
+from carotid.core.trackers import end_tracker, prepare_tracker, tracker_of
 from carotid.data.frames.preprocessing import Preprocessing
 from carotid.data.frames.transforms import NORMALIZATION, eval_preset, train_preset
 from carotid.data.loaders import EpochSeeds, stop_workers, stop_workers_at_exit
@@ -96,6 +97,7 @@ class Trainer:
             "last_choice": no_choice,  # the final model's threshold, temperature and operating points
         }
         self.progress = EpochProgress()
+        self.start_tracker: Callable[[], None] | None = None  # set by fit; called once by tracker_started
         # Each frame's decode status as the loaders last returned it (data.folders.readable), for data_report.json.
         self.train_status = torch.zeros(len(train_set), dtype=torch.uint8, device=accelerator.device)
         self.val_status: np.ndarray | None = None
@@ -232,7 +234,8 @@ class Trainer:
         if self.accelerator.is_main_process:
             write_records(self.paths.metrics_csv, self.state["rows"], list(METRIC_COLUMNS))
         if tracker_of(self.cfg.report_to):
-            self.log(f"tracker {start_tracker(self.accelerator, self.cfg, self.run_dir)}")
+            where, self.start_tracker = prepare_tracker(self.accelerator, self.cfg, self.run_dir)
+            self.log(f"tracker {where}")
         # Checked before each epoch and after the last one too: a signal during a short last epoch (fewer
         # batches than the loop's own check interval) stops the run before the final model and the test.
         while not self.stop_agreed(stop):
@@ -326,11 +329,19 @@ class Trainer:
     def optimizer_stepped(self) -> bool:
         """Advance the LR schedule by one optimizer step; True when a mid-epoch checkpoint is due."""
         self.state["global_step"] += 1
+        self.tracker_started()
         self.tuning.stepped(self.state["global_step"])
         if self.cfg.scheduler != "plateau":
             self.scheduler.step()
         every = self.cfg.checkpoint_every_steps
         return bool(every) and self.state["global_step"] % every == 0
+
+    def tracker_started(self) -> None:
+        """Starts the tracker the first time it is called (after the first optimizer step, or before the first
+        metrics are logged where a resumed epoch had no step left)."""
+        if self.start_tracker is not None:
+            start, self.start_tracker = self.start_tracker, None
+            start()
 
     def end_epoch(self, row: dict, val_out: ValidationOutput | None) -> None:
         cfg, state, best, monitor = self.cfg, self.state, self.state["best"], self.monitor
@@ -356,6 +367,7 @@ class Trainer:
         if self.accelerator.is_main_process:
             write_records(self.paths.metrics_csv, state["rows"], list(METRIC_COLUMNS))
         self.log(epoch_line(row, monitor, improved, ema=self.tuning.ema is not None))
+        self.tracker_started()
         self.accelerator.log(
             {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "epoch"}, step=row["epoch"]
         )

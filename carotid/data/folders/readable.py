@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from carotid.core.text import plural
-from carotid.data.folders.discovery import spread_evenly
+from carotid.data.folders.discovery import bounded_map, spread_evenly
 from carotid.data.frames.decode import COLOUR, LOW_RANGE, OK, SEEN, decode_frames
 from carotid.data.frames.frame import Frame
 from carotid.data.frames.preprocessing import Preprocessing
@@ -50,8 +50,14 @@ def check_sample(root_dir: str, frames: dict[str, list[tuple[str, int]]], size: 
     for rel, index in spread_evenly(everything, size):
         by_file[rel].append(index)
     result = SampleCheck()
-    for rel, indices in by_file.items():
-        for index, outcome in zip(indices, decode_frames(os.path.join(root_dir, rel), indices, CHECK_PREPROCESSING)):
+    files = list(by_file.items())
+    # On the reader threads, one file each: the decoders release the interpreter's lock, so the sample costs the
+    # first batch a fraction of its decoding time on a multi-core machine (PERFORMANCE.md, the first step).
+    decoded = bounded_map(
+        lambda item: decode_frames(os.path.join(root_dir, item[0]), item[1], CHECK_PREPROCESSING), files, _workers()
+    )
+    for (rel, indices), outcomes in zip(files, decoded):
+        for index, outcome in zip(indices, outcomes):
             result.checked += 1
             if isinstance(outcome, str):
                 result.failed[(rel, index)] = outcome
@@ -59,6 +65,11 @@ def check_sample(root_dir: str, frames: dict[str, list[tuple[str, int]]], size: 
                 result.colour += bool(outcome[1] & COLOUR)
                 result.low_range += bool(outcome[1] & LOW_RANGE)
     return result
+
+
+def _workers() -> int:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(8, cpus))
 
 
 def failure_reason(frame: Frame, prep: Preprocessing) -> str:
