@@ -44,7 +44,7 @@ class Options:
     def quick_options(cls, work: Path) -> Options:
         # 3 persons a class, so that both classes are in the training split
         return cls(
-            work, True, pairs=1, image_size=32, batch_size=8, epochs=2, num_workers=0, persons=6, frames=4,
+            work, True, pairs=1, image_size=32, batch_size=8, epochs=1, num_workers=0, persons=6, frames=4,
             startup_files=(200, 400), predict_frames=64,
         )  # fmt: skip
 

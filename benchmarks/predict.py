@@ -14,9 +14,10 @@ TITLE = "predict on 10k frames vs a hand-written inference loop"
 
 
 def model_file(opts: Options, root: Path, label: Path, env: dict) -> Path:
-    """A model file of carotid.train (one epoch on the training dataset)."""
+    """A model file of carotid.train on the training dataset: the whole-run comparison's when it ran (same model
+    and size; the weights do not change the speed), else one epoch trained here."""
     out = opts.work / "predict-model"
-    found = sorted(out.glob("*/models/best_model.pth"))
+    found = sorted(out.glob("*/models/best_model.pth")) or sorted((opts.work / "runs").glob("*/models/best_model.pth"))
     if not found:
         command = [
             sys.executable, "-m", "carotid.train", "--root-dir", str(root), "--label-excel", str(label),

@@ -198,6 +198,8 @@ def _wanted(matched: list[str], persons: list[str] | None) -> list[str]:
 
 def _readable(capped: dict, failed: dict, files_of: dict, unreadable: dict) -> dict[str, list[tuple[str, int]]]:
     """Each person's frames less those the start-up check failed; a person with none left is an error."""
+    if not failed:  # every sampled frame decoded (the usual case): no list is filtered
+        return capped
     frames: dict[str, list[tuple[str, int]]] = {}
     for person, person_frames in capped.items():
         readable = [f for f in person_frames if f not in failed]

@@ -180,8 +180,9 @@ def nested_person_folder(files_of: dict[str, list[str]], rows_without_folder: li
     if not wanted:
         return None
     for files in files_of.values():
-        for rel in files:
-            parts = rel.split("/")[:-1]  # the person's folder, the folders below it; not the file name
+        # Each folder once, in the order its first file comes (the answer depends on the folder alone).
+        for folder in dict.fromkeys(rel.rpartition("/")[0] for rel in files):
+            parts = folder.split("/")  # the person's folder, the folders below it; not the file name
             for depth in range(1, len(parts)):
                 sheet_id = wanted.get(id_key(parts[depth]))
                 if sheet_id is not None:
