@@ -21,6 +21,10 @@ AGGREGATIONS = ("mean", "median", "max")
 POOLINGS = ("attention", "mean")
 PERSON_MODELS = ("frames", *POOLINGS)
 
+# How the encoder turns its last feature map into one embedding per frame (--global-pool; recorded in a model
+# file): the architecture's own average, or the maximum over the map (a small finding is not averaged away).
+GLOBAL_POOLS = ("avg", "max")
+
 # torchvision architectures: a bare name here means torchvision's model.
 TORCHVISION = (
     "resnet18",

@@ -28,7 +28,7 @@ from carotid.data.frames.preprocessing import (
     parse_box,
     preprocessing_of,
 )
-from carotid.model import AGGREGATIONS, PERSON_MODELS, split_arch
+from carotid.model import AGGREGATIONS, GLOBAL_POOLS, PERSON_MODELS, split_arch
 from carotid.model.person import PersonModel
 from carotid.model.registry import build_model, check_arch, check_fits, load_matching, strip_prefixes
 
@@ -36,8 +36,9 @@ FORMAT = "carotid-model"
 # 1: the aggregation was stored as 'person_aggregation'; 2: no temperature or operating points; 3: no
 # 'preprocessing' (stretch, no crop). Files from version 3 on may hold a temperature or a preprocessing,
 # which an older carotid would silently ignore, so those refuse them. 4: no 'person_model' (frame-level only);
-# from 5 on a file may hold a person-level model, which an older carotid would build as a frame-level one.
-FORMAT_VERSION = 5
+# from 5 on a file may hold a person-level model, which an older carotid would build as a frame-level one. 5: no
+# 'global_pool' (the architecture's average); from 6 on it may be "max", which an older carotid would build as avg.
+FORMAT_VERSION = 6
 REQUIRED = ("state_dict", "arch", "num_classes", "class_names", "in_channels", "image_size", "normalization")
 
 
@@ -57,6 +58,7 @@ class ModelFile:
     aggregation: str = "mean"  # frame probabilities → person probability (carotid.model.AGGREGATIONS)
     person_model: str = "frames"  # PERSON_MODELS: a frame classifier, or a person model and its pooling
     bag_size: int | None = None  # person models: frames sampled per person per training step
+    global_pool: str = "avg"  # GLOBAL_POOLS: how the encoder pools its last feature map (no weights of its own)
     threshold: float | None = None  # binary: positive ⇔ P(positive) ≥ threshold; None for multi-class models
     threshold_source: str | None = None  # how the threshold was chosen, in words
     temperature: float | None = None  # probabilities are softmax(logits / temperature); None = not calibrated
@@ -169,6 +171,7 @@ class ModelFile:
             aggregation=data.get("aggregation", data.get("person_aggregation", "mean")),
             person_model=data.get("person_model", "frames"),
             bag_size=data.get("bag_size"),
+            global_pool=data.get("global_pool", "avg"),
             threshold=None if data.get("threshold") is None else float(data["threshold"]),
             threshold_source=data.get("threshold_source"),
             temperature=None if data.get("temperature") is None else float(data["temperature"]),
@@ -196,11 +199,10 @@ class ModelFile:
 
     def skeleton(self) -> nn.Module:
         """The untrained module this file's weights belong to: the architecture, or a PersonModel around it."""
+        common = {"image_size": self.image_size, "global_pool": self.global_pool}
         if self.person_level:
-            return PersonModel(
-                self.arch, self.num_classes, self.in_channels, pooling=self.person_model, image_size=self.image_size
-            )
-        return build_model(self.arch, self.num_classes, self.in_channels, image_size=self.image_size)
+            return PersonModel(self.arch, self.num_classes, self.in_channels, pooling=self.person_model, **common)
+        return build_model(self.arch, self.num_classes, self.in_channels, **common)
 
     def build_model(self) -> nn.Module:
         """The model with these weights, in eval mode, on the CPU: a frame classifier or a PersonModel."""
@@ -249,6 +251,8 @@ def _network_problem(data: dict[str, Any]) -> str | None:
         isinstance(norm.get(k), (list, tuple)) and len(norm[k]) == data["in_channels"] for k in ("mean", "std")
     ):
         return f"'normalization' is {norm!r}"
+    if data.get("global_pool", "avg") not in GLOBAL_POOLS:
+        return f"'global_pool' is {data['global_pool']!r}"
     return None
 
 

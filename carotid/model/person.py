@@ -44,6 +44,7 @@ class PersonModel(nn.Module):
         pretrained: bool = False,
         image_size: int | None = None,
         drop_path: float | None = None,
+        global_pool: str = "avg",
         attention_dropout: float = 0.0,
         mask_top_frames: int = 0,
     ):
@@ -52,7 +53,9 @@ class PersonModel(nn.Module):
             raise ValueError(f"unknown pooling {pooling!r}; one of {POOLINGS}")
         self.pooling, self.mask_top_frames = pooling, mask_top_frames
         # Local starting weights load into the encoder afterwards: carotid.model.weights.load_pretrained(model, ...).
-        self.encoder, dim = build_encoder(arch, in_channels, pretrained, image_size=image_size, drop_path=drop_path)
+        self.encoder, dim = build_encoder(
+            arch, in_channels, pretrained, image_size=image_size, drop_path=drop_path, global_pool=global_pool
+        )
         self.embedding_size = dim
         if pooling == "attention":
             self.attention_v = nn.Linear(dim, ATTENTION_HIDDEN)

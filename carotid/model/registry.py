@@ -27,7 +27,7 @@ class SmallCNN(nn.Module):
     GroupNorm instead of BatchNorm: statistics do not depend on the batch, which suits the small
     per-device batches of ultrasound work and makes gradient accumulation exactly equal to a big batch."""
 
-    def __init__(self, num_classes: int = 1000, in_channels: int = 3, width: int = 32):
+    def __init__(self, num_classes: int = 1000, in_channels: int = 3, width: int = 32, global_pool: str = "avg"):
         super().__init__()
         layers: list[nn.Module] = []
         channels = in_channels
@@ -39,7 +39,7 @@ class SmallCNN(nn.Module):
             ]
             channels = out
         self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = nn.AdaptiveMaxPool2d(1) if global_pool == "max" else nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(channels, num_classes) if num_classes else nn.Identity()
         self.num_features = channels
 
@@ -104,18 +104,20 @@ def build_model(
     *,
     image_size: int | None = None,
     drop_path: float | None = None,
+    global_pool: str = "avg",
 ) -> nn.Module:
     """A fresh classifier; ImageNet weights only when `pretrained` (a download). Local weights: carotid.model.weights.
 
-    `image_size` matters to timm models of a fixed input size (ViTs, Swin), `drop_path` to those with DropPath."""
+    `image_size` matters to timm models of a fixed input size (ViTs, Swin), `drop_path` to those with DropPath;
+    `global_pool` (GLOBAL_POOLS) is how the last feature map becomes one vector."""
     check_arch(arch)
     library, bare = split_arch(arch)
     if library == "carotid":
-        return SmallCNN(num_classes=num_classes, in_channels=in_channels)
+        return SmallCNN(num_classes=num_classes, in_channels=in_channels, global_pool=global_pool)
     if library == "timm":
-        return _timm_model(bare, num_classes, in_channels, pretrained, image_size, drop_path)
+        return _timm_model(bare, num_classes, in_channels, pretrained, image_size, drop_path, global_pool)
     _refuse_drop_path(arch, drop_path)
-    model = _torchvision_model(bare, pretrained)
+    model = _torchvision_model(bare, pretrained, global_pool)
     conv, head = _first_conv_and_last_linear(model)
     _adapt_first_conv(model, conv, in_channels, pretrained=pretrained)
     head_module: nn.Linear = model.get_submodule(head)
@@ -130,6 +132,7 @@ def build_encoder(
     *,
     image_size: int | None = None,
     drop_path: float | None = None,
+    global_pool: str = "avg",
 ) -> tuple[nn.Module, int]:
     """(a frame encoder: (N, C, S, S) → (N, dim) pooled features, dim): the classifier without its last linear layer.
 
@@ -137,13 +140,13 @@ def build_encoder(
     check_arch(arch)
     library, bare = split_arch(arch)
     if library == "carotid":
-        model = SmallCNN(num_classes=0, in_channels=in_channels)
+        model = SmallCNN(num_classes=0, in_channels=in_channels, global_pool=global_pool)
         return model, model.num_features
     if library == "timm":
-        model = _timm_model(bare, 0, in_channels, pretrained, image_size, drop_path)
+        model = _timm_model(bare, 0, in_channels, pretrained, image_size, drop_path, global_pool)
         return model, int(getattr(model, "head_hidden_size", None) or model.num_features)
     _refuse_drop_path(arch, drop_path)
-    model = _torchvision_model(bare, pretrained)
+    model = _torchvision_model(bare, pretrained, global_pool)
     conv, head = _first_conv_and_last_linear(model)
     _adapt_first_conv(model, conv, in_channels, pretrained=pretrained)
     dim = model.get_submodule(head).in_features
@@ -152,10 +155,18 @@ def build_encoder(
 
 
 def _timm_model(
-    name: str, num_classes: int, in_channels: int, pretrained: bool, image_size: int | None, drop_path: float | None
+    name: str,
+    num_classes: int,
+    in_channels: int,
+    pretrained: bool,
+    image_size: int | None,
+    drop_path: float | None,
+    global_pool: str = "avg",
 ) -> nn.Module:
     timm = _timm()
     kwargs: dict = {"num_classes": num_classes, "in_chans": in_channels}
+    if global_pool != "avg":  # timm's own global_pool argument (its CNNs and ViTs take "max")
+        kwargs["global_pool"] = global_pool
     if image_size and timm.get_pretrained_cfg(name) is not None and timm.get_pretrained_cfg(name).fixed_input_size:
         kwargs["img_size"] = image_size  # position embeddings and windows are sized for the run's frames
     if drop_path:
@@ -166,6 +177,13 @@ def _timm_model(
         raise UserError(
             f"timm's {name} cannot be built with {', '.join(k for k in kwargs if k in str(err)) or kwargs} ({err})",
             "drop --drop-path (this architecture has no stochastic depth)" if drop_path else "pick another --model",
+        ) from None
+    except (AssertionError, ValueError, NotImplementedError) as err:
+        if global_pool == "avg":
+            raise
+        raise UserError(
+            f"timm's {name} has no global pooling '{global_pool}' ({type(err).__name__}: {err})",
+            "use --global-pool avg or pick another --model",
         ) from None
     except Exception as err:
         if not pretrained:
@@ -187,18 +205,27 @@ def _refuse_drop_path(arch: str, drop_path: float | None) -> None:
         )
 
 
-def _torchvision_model(name: str, pretrained: bool) -> nn.Module:
+def _torchvision_model(name: str, pretrained: bool, global_pool: str = "avg") -> nn.Module:
     import torchvision  # ~2 s to import (it loads torch._dynamo): only for the architectures that need it
 
-    if not pretrained:
-        return torchvision.models.get_model(name, weights=None)
     try:
-        return torchvision.models.get_model(name, weights="DEFAULT")
-    except Exception as err:  # noqa: BLE001 - URLError, OSError, hash mismatch…
+        model = torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None)
+    except Exception as err:  # URLError, OSError, a hash mismatch…
+        if not pretrained:
+            raise
         raise UserError(
             f"could not download ImageNet weights for {name} ({type(err).__name__}: {err})",
             "offline? download the torchvision .pth elsewhere and pass --pretrained-weights FILE",
         ) from None
+    if global_pool == "max":
+        # Only an `avgpool` layer can be swapped; densenet and mobilenet pool inside their forward code.
+        if not isinstance(getattr(model, "avgpool", None), nn.AdaptiveAvgPool2d):
+            raise UserError(
+                f"--global-pool max: torchvision's {name} pools its features inside its own code, not in a layer",
+                f"use timm's model (--model timm/{name}) or --global-pool avg",
+            )
+        model.avgpool = nn.AdaptiveMaxPool2d(model.avgpool.output_size)
+    return model
 
 
 def _first_conv_and_last_linear(model: nn.Module) -> tuple[str, str]:

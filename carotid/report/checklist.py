@@ -149,8 +149,10 @@ def _method_items(o: dict, data_report: dict, metrics: dict | None, model: dict)
         Item(
             "Model",
             "CLAIM: model description, initialisation; TRIPOD+AI: model type and building",
-            f"{model.get('arch')}, {len(model.get('class_names', []))} classes {model.get('class_names')}; "
-            f"initialised from {initialisation(o)}" + (f" (then {o['load_model']})" if o.get("load_model") else "")
+            f"{model.get('arch')}, {len(model.get('class_names', []))} classes {model.get('class_names')}"
+            + (", global max pooling of its last feature map" if o.get("global_pool") == "max" else "")
+            + f"; initialised from {initialisation(o)}"
+            + (f" (then {o['load_model']})" if o.get("load_model") else "")
             if model
             else None,
         ),

@@ -38,7 +38,7 @@ from carotid.training.steps import drops_last
 def build_run_model(cfg: TrainConfig, class_names: list[str]) -> tuple[torch.nn.Module, list[str]]:
     """(the run's fresh model, what --pretrained-weights loaded): a frame classifier or a PersonModel around the
     --model encoder, from --pretrained/--pretrained-weights, then --load-model."""
-    common = {"image_size": cfg.image_size, "drop_path": cfg.drop_path}
+    common = {"image_size": cfg.image_size, "drop_path": cfg.drop_path, "global_pool": cfg.global_pool}
     if cfg.person_model == "frames":
         model = build_model(cfg.model, len(class_names), cfg.in_channels, cfg.pretrained, **common)
     else:
@@ -115,6 +115,7 @@ def model_contract(cfg: TrainConfig, class_names: list[str], monitor: str, posit
         "aggregation": cfg.person_aggregation if cfg.person_model == "frames" else "mean",
         "person_model": cfg.person_model,
         "bag_size": cfg.bag_size if cfg.person_model != "frames" else None,
+        "global_pool": cfg.global_pool,
         "monitor": monitor,
         "config": dataclasses.asdict(cfg),
     }

@@ -121,6 +121,8 @@ def describe_setup(accelerator: Accelerator, cfg: TrainConfig, log: RunLog, plan
             f"brings up to {plural(cfg.bag_size, 'frame')} (--bag-size) drawn at random per epoch, all of a step's "
             "persons encoded together; validation and test pool all of each person's frames"
         )
+    if cfg.global_pool != "avg":
+        log(f"encoder pooling: --global-pool {cfg.global_pool} over the last feature map of each frame")
 
 
 def describe_splits(manifest: DataManifest, log: RunLog) -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from carotid.core.options import opt
 from carotid.evaluation.registry import MONITORS
-from carotid.model import MODEL_HELP, PERSON_MODELS
+from carotid.model import GLOBAL_POOLS, MODEL_HELP, PERSON_MODELS
 
 
 @dataclass
@@ -50,6 +50,14 @@ class ModelOptions:
     ema_decay: float = opt(0.998, "--ema: decay per optimizer step (warmed up over the first steps).", group="model")
     drop_path: float | None = opt(
         None, "Stochastic depth rate (e.g. 0.1) for timm architectures that have drop-path layers.", group="model"
+    )
+    global_pool: str = opt(
+        "avg",
+        "How the encoder turns its last feature map into one vector per frame: avg = the architecture's own "
+        "average; max = the strongest response anywhere in the frame, so that a finding a few pixels wide (a "
+        "small plaque) is not averaged away (docs/EVALUATION.md has the measurements). Recorded in the model file.",
+        choices=GLOBAL_POOLS,
+        group="model",
     )
     load_model: str | None = opt(
         None,
