@@ -91,17 +91,22 @@ def _walk(
                 name = entry.name
                 if name[0] == ".":  # hidden, including macOS "._frame.png" companions
                     continue
-                if entry.is_dir(follow_symlinks=False):
+                framed = name.rpartition(".")[2].lower() in BY_SUFFIX or may_sniff(name)
+                if entry.is_file(follow_symlinks=False):  # a regular file (most entries): one test, no stat
+                    if framed:
+                        names.append(name)  # a name that says nothing is decided by content (count_frames)
+                    elif is_unhandled(name) or is_archive(name):  # named in data_report.json (archives apart)
+                        unhandled.append(prefix + name)
+                elif entry.is_dir(follow_symlinks=False):
                     folders.append(name)
                 elif entry.is_symlink() and _follows(entry.is_dir):  # a linked sub-folder: followed once (below)
                     folders.append(name)
-                elif name.rpartition(".")[2].lower() in BY_SUFFIX or may_sniff(name):
-                    # A regular file, or a link to one; no stat for a plain file
-                    if entry.is_file(follow_symlinks=False) or _follows(entry.is_file):
-                        names.append(name)  # a name that says nothing is decided by content (count_frames)
+                elif framed:
+                    if _follows(entry.is_file):  # a link to a regular file
+                        names.append(name)
                     else:  # a FIFO, a device, a socket or a link loop: opening it could block for ever
                         special.append(prefix + name)
-                elif is_unhandled(name) or is_archive(name):  # named in data_report.json (archives apart)
+                elif is_unhandled(name) or is_archive(name):
                     unhandled.append(prefix + name)
     except PermissionError:
         raise _unreadable_folder(folder) from None
