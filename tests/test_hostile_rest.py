@@ -15,14 +15,25 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
+from carotid import evaluate
 from carotid.core.errors import UserError
 from carotid.data.folders.discovery import count_frames
+from carotid.data.folders.readable import startup_lines
 from carotid.data.frames.decode import decode_frames
 from carotid.data.frames.kinds.dicom import dicom_frames
 from carotid.data.frames.preprocessing import Preprocessing
 from carotid.data.manifest import collect_persons
 from carotid.data.sheet.labels import read_labels
-from tests.conftest import module_command, subprocess_env, train_in_process, write_xlsx
+from tests.conftest import (
+    FAST,
+    make_data,
+    module_command,
+    only_run_dir,
+    read_json,
+    subprocess_env,
+    train_in_process,
+    write_xlsx,
+)
 
 
 def sample_file(name: str) -> str:
@@ -104,7 +115,10 @@ def test_a_dicom_named_jpg_and_a_png_named_dcm_are_read_by_their_content(tmp_pat
     Image.fromarray(grey).save(person / "capture.png")
     (person / "capture.png").rename(person / "capture.dcm")
     counts = count_frames(str(tmp_path / "root"), ["1001/capture.dcm", "1001/scan.jpg"])
-    assert not counts.unreadable and not counts.not_images and counts.files_by_kind["image"] == 2
+    assert not counts.unreadable and not counts.not_images
+    assert counts.files_by_kind == {"image": 1, "dicom": 1} and counts.misnamed == {
+        "1001/capture.dcm": "png", "1001/scan.jpg": "dcm"
+    }  # fmt: skip
     prep = Preprocessing(24, 1, resize="stretch", crop="none")
     (png,) = decode_frames(str(person / "capture.dcm"), [0], prep)
     assert isinstance(png, tuple) and np.abs(png[0][0].astype(int) - np.asarray(Image.fromarray(grey).resize(
@@ -112,6 +126,65 @@ def test_a_dicom_named_jpg_and_a_png_named_dcm_are_read_by_their_content(tmp_pat
     (dicom,) = decode_frames(str(person / "scan.jpg"), [0], prep)
     (named_right,) = decode_frames(sample_file("examples_rgb_color.dcm"), [0], prep)
     assert isinstance(dicom, tuple) and np.array_equal(dicom[0], named_right[0])
+
+
+def misnamed_data(tmp_path: Path) -> tuple[Path, Path, int]:
+    """8 persons of 2 PNG frames; 1001 also holds an ultrasound cine loop named .jpg, 1002 a PNG named .dcm.
+    Returns (root, label, the cine loop's NumberOfFrames)."""
+    root, label = make_data(tmp_path / "data", persons=8, frames=2, size=32)
+    cine = sample_file("examples_ybr_color.dcm")  # a JPEG-baseline ultrasound cine loop
+    shutil.copy(cine, next(root.glob("1001*")) / "cine_003.jpg")
+    grey = np.random.default_rng(1).integers(0, 256, (24, 32), dtype=np.uint8)
+    Image.fromarray(grey).save(next(root.glob("1002*")) / "capture.dcm", format="PNG")
+    return root, label, int(pydicom.dcmread(cine, stop_before_pixels=True).NumberOfFrames)
+
+
+def test_a_cine_loop_named_jpg_gives_every_frame_and_misnamed_files_are_noted(tmp_path):
+    root, label, cine_frames = misnamed_data(tmp_path)
+    manifest = collect_persons(str(root), read_labels(label), None)
+    report = manifest.report
+    assert cine_frames == 30 and len(manifest.frames["1001"]) == 2 + cine_frames
+    assert sorted(index for path, index in manifest.frames["1001"] if path.endswith(".jpg")) == list(range(30))
+    assert report["frames_by_kind"] == {"image": 8 * 2 + 1, "dicom": cine_frames}
+    assert report["images_used"] == 8 * 2 + 1 + cine_frames
+    assert report["files_read_by_content"] == {
+        "count": 2,
+        "first": [
+            {"path": "1001/cine_003.jpg", "content": "DICOM", "rename_to": ".dcm"},
+            {"path": "1002/capture.dcm", "content": "PNG", "rename_to": ".png"},
+        ],
+    }
+    lines = startup_lines(report, in_channels=1)
+    assert lines[0].startswith(f"frames: {8 * 2 + 1 + cine_frames} in 18 files (dicom: 30 frames in 1 file, ")
+    assert lines[-1] == (
+        "note: 2 files read by their content, not their name (e.g. 1001/cine_003.jpg is a DICOM file; all listed "
+        'in data_report.json "files_read_by_content") — rename them (e.g. to cine_003.dcm) so that other tools '
+        "read them too"
+    )
+
+
+@pytest.mark.slow
+def test_training_and_evaluation_use_every_frame_of_a_cine_loop_named_jpg(tmp_path, capsys):
+    root, label, cine_frames = misnamed_data(tmp_path)
+    common = ["--root-dir", str(root), "--label-excel", str(label)]
+    assert train_in_process(*common, "--output-dir", str(tmp_path / "out"), "--epochs", "1", *FAST) == 0
+    printed = capsys.readouterr().out
+    run = only_run_dir(tmp_path / "out")
+    report = read_json(run / "data_report.json")
+    total = 8 * 2 + 1 + cine_frames
+    assert report["images_used"] == total and report["frames_by_kind"]["dicom"] == cine_frames
+    assert f"frames: {total} in 18 files (dicom: {cine_frames} frames in 1 file, " in printed
+    assert "note: 2 files read by their content, not their name (e.g. 1001/cine_003.jpg is a DICOM file" in printed
+    model = run / "models" / "best_model.pth"
+    out = tmp_path / "external"
+    argv = [*common, "--model", str(model), "--out", str(out), "--num-workers", "0", "--batch-size", "8"]
+    assert evaluate.main([*argv, "--bootstrap", "50"]) == 0
+    printed = capsys.readouterr().out
+    metrics = read_json(out / "metrics.json")
+    assert metrics["n_images"] == total and not metrics["unreadable_images"]
+    assert "note: 2 files read by their content, not their name" in printed
+    predictions = (out / "predictions.csv").read_text(encoding="utf-8")
+    assert predictions.count("cine_003.jpg") == cine_frames
 
 
 # ---------------------------------------------------------------------------------------------

@@ -82,7 +82,9 @@ def frame_name(path: str, frame: int | str) -> str:
     frame of a multi-frame file ('clip.dcm frame 104'; the CSVs' `frame` column counts from 0, as readers index)."""
     kind = kind_by_name(path)
     name = Path(path).name
-    return name if kind is not None and kind.single_frame else f"{name} frame {int(frame) + 1}"
+    # A single image's only frame is the file; frames past the first are a cine loop named as an image (.jpg).
+    single = kind is not None and kind.single_frame and str(frame).strip() in ("", "0")
+    return name if single else f"{name} frame {int(frame) + 1}"
 
 
 def read_attention(predictions_csv: Path) -> dict[str, list[tuple[str, float]]]:

@@ -18,6 +18,7 @@ from carotid.data.frames.kinds import is_archive
 
 DOMINANT_SHARE = 0.2  # a person holding ≥ 20% of the frames, and ≥ 3x an even share, is named
 DOMINANT_FACTOR = 3
+CONTENT_NAMES = {"dcm": "DICOM", "png": "PNG", "jpg": "JPEG", "bmp": "BMP", "tif": "TIFF"}  # by the right suffix
 
 
 def audit_files(
@@ -87,6 +88,13 @@ def files_report(counted: FrameCounts) -> dict:
         "dicom_files_with_ultrasound_region": counted.dicom_files_with_region,
         "frames_by_modality": dict(counted.frames_by_modality),
         "other_modality_dicom": [{"path": rel, "modality": m} for rel, m in sorted(counted.other_modality.items())],
+        "files_read_by_content": {
+            "count": len(counted.misnamed),
+            "first": [
+                {"path": rel, "content": CONTENT_NAMES.get(suffix, suffix.upper()), "rename_to": f".{suffix}"}
+                for rel, suffix in sorted(counted.misnamed.items())[:20]
+            ],
+        },
     }
 
 

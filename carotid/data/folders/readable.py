@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from carotid.core.text import plural
+from carotid.core.text import plural, printable
 from carotid.data.folders.discovery import bounded_map, spread_evenly
 from carotid.data.frames.decode import COLOUR, LOW_RANGE, OK, SEEN, decode_frames
 from carotid.data.frames.frame import Frame
@@ -145,6 +145,7 @@ def startup_lines(report: dict, in_channels: int) -> list[str]:
             f"note: {report['dicom_files_with_ultrasound_region']} DICOM file(s) name an ultrasound imaging region: "
             "--crop auto uses it"
         )
+    lines += misnamed_lines(report)
     unhandled = report.get("unhandled_files") or {"count": 0}
     if unhandled["count"]:
         lines.append(
@@ -152,6 +153,23 @@ def startup_lines(report: dict, in_channels: int) -> list[str]:
             f"{', '.join(unhandled['first'][:3])} (listed in data_report.json)"
         )
     return lines
+
+
+def misnamed_lines(report: dict) -> list[str]:
+    """A note on files read as another kind than their name says (a DICOM named .jpg): others' tools go by the name."""
+    misnamed = report.get("files_read_by_content") or {"count": 0}
+    if not misnamed["count"]:
+        return []
+    first, many = misnamed["first"][0], misnamed["count"] > 1
+    path = first["path"]
+    renamed = path.rpartition("/")[2].rpartition(".")[0] + first["rename_to"]
+    listed = '; all listed in data_report.json "files_read_by_content"' if many else ""
+    its, it = ("their", "them") if many else ("its", "it")
+    return [
+        f"note: {plural(misnamed['count'], 'file')} read by {its} content, not {its} name (e.g. {printable(path)} "
+        f"is a {first['content']} file{listed}) — rename {it} (e.g. to {printable(renamed)}) so that other tools "
+        f"read {it} too"
+    ]
 
 
 def summary_line(split: str, summary: dict) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from carotid.core.library_words import reading
-from carotid.data.frames.kinds import Source, kind_by_content, kind_of
+from carotid.data.frames.kinds import Source, kind_of, reading_kind
 from carotid.data.frames.preprocessing import DEFAULT_CROP, DEFAULT_RESIZE, Preprocessing
 
 DECODE_VERSION = 3  # bump when the pixels of any kind change: the frame cache then decodes afresh
@@ -29,16 +29,17 @@ LOW_RANGE_LEVELS = 16  # a frame using ≤ 16 of 256 grey levels is near-constan
 
 
 def read_frames(path: str, indices: Sequence[int], draft_size: int | None = None) -> Iterator[Source | Exception]:
-    """One Source (or the exception that stopped it) per index, in order; the file is opened once. A file that
-    its named kind cannot open is read as the kind its content says, if another (a DICOM named .jpg)."""
+    """One Source (or the exception that stopped it) per index, in order; the file is opened once. A file is read
+    as the kind its content says (a DICOM named .jpg: as DICOM, all its frames), else as its name says; where
+    that kind cannot open it, as the other."""
     if not indices:
         return
-    kind = kind_of(path)
+    kind = reading_kind(path)
     first, rest = _opened(kind, path, indices, draft_size)
     if isinstance(first, Exception) and kind is not None:
-        actual = kind_by_content(path)
-        if actual is not None and actual is not kind:
-            first, rest = _opened(actual, path, indices, draft_size)
+        named = kind_of(path)
+        if named is not None and named is not kind:
+            first, rest = _opened(named, path, indices, draft_size)
     if first is None:
         return
     yield first

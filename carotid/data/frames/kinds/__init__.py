@@ -8,6 +8,8 @@ reports ask this registry and branch only on a kind's properties (`single_frame`
 
 from __future__ import annotations
 
+import os
+
 from carotid.data.frames.kinds.base import FileKind, Probe, Source
 from carotid.data.frames.kinds.dicom import DicomKind
 from carotid.data.frames.kinds.image import ImageKind
@@ -35,18 +37,22 @@ __all__ = [
     "FileKind",
     "Probe",
     "Source",
+    "content_of",
     "kind_by_content",
     "kind_by_name",
     "kind_of",
+    "reading_kind",
 ]
-# The first bytes of each kind's files (DICOM: 'DICM' after the 128-byte preamble), for a file named as another kind.
+# The first bytes of each kind's files (DICOM: 'DICM' after the 128-byte preamble), for a file named as another kind,
+# with the suffix that names that content.
 MAGIC = (
-    (b"\x89PNG\r\n\x1a\n", "image"),
-    (b"\xff\xd8\xff", "image"),
-    (b"BM", "image"),
-    (b"II*\x00", "tiff"),
-    (b"MM\x00*", "tiff"),
+    (b"\x89PNG\r\n\x1a\n", "image", "png"),
+    (b"\xff\xd8\xff", "image", "jpg"),
+    (b"BM", "image", "bmp"),
+    (b"II*\x00", "tiff", "tif"),
+    (b"MM\x00*", "tiff", "tif"),
 )
+HEAD_BYTES = 132  # enough for every magic above and the DICOM preamble
 
 
 def suffix_of(name: str) -> str:
@@ -76,21 +82,38 @@ def is_archive(name: str) -> bool:
 
 
 def kind_of(path: str) -> FileKind | None:
-    """The kind of a file: by its suffix, else by content for a name that says nothing; None if not frames."""
+    """The kind a file's name says: by its suffix, else by content for a name that says nothing; None if not frames."""
     kind = kind_by_name(path)
     if kind is None and may_sniff(path):
         kind = next((k for k in KINDS if k.sniff(path)), None)
     return kind
 
 
-def kind_by_content(path: str) -> FileKind | None:
-    """The kind a file's first bytes say, whatever its name (a DICOM named .jpg, a PNG named .dcm); None when they
-    say nothing known. Asked where the named kind cannot read a file, and of the files whose header is probed."""
+def reading_kind(path: str) -> FileKind | None:
+    """The kind a frame file is read as, everywhere (its frame count, its frames): what its first bytes say, else
+    what its name says; None for a file that is no frame file by name (`kind_of`). A cine loop named .jpg is thus
+    counted and read as the DICOM it is, never as one image."""
+    named = kind_of(path)
+    return None if named is None else kind_by_content(path) or named
+
+
+def content_of(path: str) -> tuple[FileKind, str] | None:
+    """(kind, suffix) that a file's first bytes say, whatever its name; None when they say nothing known."""
     try:
-        with open(path, "rb") as handle:
-            head = handle.read(132)
+        # os-level: at start-up this runs once per image file; never blocking (a FIFO is never waited on)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        try:
+            head = os.read(fd, HEAD_BYTES)
+        finally:
+            os.close(fd)
     except OSError:
         return None
     if head[128:132] == b"DICM":
-        return BY_NAME["dicom"]
-    return next((BY_NAME[name] for magic, name in MAGIC if head.startswith(magic)), None)
+        return BY_NAME["dicom"], "dcm"
+    return next(((BY_NAME[name], suffix) for magic, name, suffix in MAGIC if head.startswith(magic)), None)
+
+
+def kind_by_content(path: str) -> FileKind | None:
+    """The kind a file's first bytes say (a DICOM named .jpg, a PNG named .dcm); None when they say nothing known."""
+    found = content_of(path)
+    return None if found is None else found[0]
