@@ -18,6 +18,7 @@ from pydicom.data import get_testdata_file
 from carotid import evaluate
 from carotid.core.errors import UserError
 from carotid.data.folders.discovery import count_frames
+from carotid.data.folders.layout import find_input_frames
 from carotid.data.folders.readable import startup_lines
 from carotid.data.frames.decode import decode_frames
 from carotid.data.frames.kinds.dicom import dicom_frames
@@ -161,6 +162,15 @@ def test_a_cine_loop_named_jpg_gives_every_frame_and_misnamed_files_are_noted(tm
         'in data_report.json "files_read_by_content") — rename them (e.g. to cine_003.dcm) so that other tools '
         "read them too"
     )
+
+
+def test_predict_input_gives_every_frame_of_a_cine_loop_named_jpg_and_says_so(tmp_path):
+    root, _, cine_frames = misnamed_data(tmp_path)
+    layout, frames, unreadable, warnings = find_input_frames(root, "auto")
+    assert layout == "persons" and not unreadable
+    cine = [index for path, index in frames["1001"] if path.endswith("cine_003.jpg")]
+    assert cine == list(range(cine_frames)) and len(frames["1002"]) == 3
+    assert warnings[-1].startswith("2 files read by their content, not their name (e.g. 1001/cine_003.jpg is a ")
 
 
 @pytest.mark.slow

@@ -88,13 +88,18 @@ def files_report(counted: FrameCounts) -> dict:
         "dicom_files_with_ultrasound_region": counted.dicom_files_with_region,
         "frames_by_modality": dict(counted.frames_by_modality),
         "other_modality_dicom": [{"path": rel, "modality": m} for rel, m in sorted(counted.other_modality.items())],
-        "files_read_by_content": {
-            "count": len(counted.misnamed),
-            "first": [
-                {"path": rel, "content": CONTENT_NAMES.get(suffix, suffix.upper()), "rename_to": f".{suffix}"}
-                for rel, suffix in sorted(counted.misnamed.items())[:20]
-            ],
-        },
+        "files_read_by_content": misnamed_report(counted),
+    }
+
+
+def misnamed_report(counted: FrameCounts) -> dict:
+    """data_report.json's files read as another kind than their name says, with the suffix to rename each to."""
+    return {
+        "count": len(counted.misnamed),
+        "first": [
+            {"path": rel, "content": CONTENT_NAMES.get(suffix, suffix.upper()), "rename_to": f".{suffix}"}
+            for rel, suffix in sorted(counted.misnamed.items())[:20]
+        ],
     }
 
 

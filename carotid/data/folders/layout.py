@@ -15,8 +15,9 @@ from pathlib import Path
 
 from carotid.core.errors import UserError
 from carotid.core.text import printable
-from carotid.data.folders.audit import modality_warning, special_warning
+from carotid.data.folders.audit import misnamed_report, modality_warning, special_warning
 from carotid.data.folders.discovery import count_frames, discover_frames, frames_below, is_frame_file
+from carotid.data.folders.readable import misnamed_note
 
 
 def detect_layout(folder: Path) -> str:
@@ -114,6 +115,7 @@ def find_input_frames(source: Path, layout: str) -> tuple[str, dict[str, list[tu
     }
     frames = {person: fs for person, fs in frames.items() if fs}
     warnings += special_warning(special) + modality_warning(counted, "not predicted")
+    warnings += misnamed_note(misnamed_report(counted))
     if not frames and counted.other_modality:
         rel, modality = next(iter(sorted(counted.other_modality.items())))
         raise UserError(

@@ -145,7 +145,7 @@ def startup_lines(report: dict, in_channels: int) -> list[str]:
             f"note: {report['dicom_files_with_ultrasound_region']} DICOM file(s) name an ultrasound imaging region: "
             "--crop auto uses it"
         )
-    lines += misnamed_lines(report)
+    lines += [f"note: {note}" for note in misnamed_note(report.get("files_read_by_content"))]
     unhandled = report.get("unhandled_files") or {"count": 0}
     if unhandled["count"]:
         lines.append(
@@ -155,10 +155,10 @@ def startup_lines(report: dict, in_channels: int) -> list[str]:
     return lines
 
 
-def misnamed_lines(report: dict) -> list[str]:
-    """A note on files read as another kind than their name says (a DICOM named .jpg): others' tools go by the name."""
-    misnamed = report.get("files_read_by_content") or {"count": 0}
-    if not misnamed["count"]:
+def misnamed_note(misnamed: dict | None) -> list[str]:
+    """The note on files read as another kind than their name says (a DICOM named .jpg; data_report.json
+    "files_read_by_content"): others' tools go by the name."""
+    if not misnamed or not misnamed["count"]:
         return []
     first, many = misnamed["first"][0], misnamed["count"] > 1
     path = first["path"]
@@ -166,7 +166,7 @@ def misnamed_lines(report: dict) -> list[str]:
     listed = '; all listed in data_report.json "files_read_by_content"' if many else ""
     its, it = ("their", "them") if many else ("its", "it")
     return [
-        f"note: {plural(misnamed['count'], 'file')} read by {its} content, not {its} name (e.g. {printable(path)} "
+        f"{plural(misnamed['count'], 'file')} read by {its} content, not {its} name (e.g. {printable(path)} "
         f"is a {first['content']} file{listed}) — rename {it} (e.g. to {printable(renamed)}) so that other tools "
         f"read {it} too"
     ]
