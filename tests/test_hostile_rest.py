@@ -17,7 +17,7 @@ from pydicom.data import get_testdata_file
 
 from carotid import evaluate
 from carotid.core.errors import UserError
-from carotid.data.folders.discovery import count_frames
+from carotid.data.folders.frame_counts import count_frames
 from carotid.data.folders.layout import find_input_frames
 from carotid.data.folders.readable import startup_lines
 from carotid.data.frames.decode import decode_frames

@@ -16,7 +16,8 @@ from carotid.core.text import printable
 from carotid.data.classes import positive_index
 from carotid.data.folders import audit, checks, readable
 from carotid.data.folders.boilerplate import without_boilerplate
-from carotid.data.folders.discovery import count_frames, discover_frames, spread_evenly
+from carotid.data.folders.discovery import discover_frames, spread_evenly
+from carotid.data.folders.frame_counts import count_frames
 from carotid.data.folders.matching import Matching, match_ids
 from carotid.data.folders.overlap import LEFT_OUT_WHAT, check_overlap, matching_warnings
 from carotid.data.folders.patient_ids import other_person_warning

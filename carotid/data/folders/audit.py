@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from carotid.core.text import is_utf8, plural, printable
 from carotid.data.folders import twins
 from carotid.data.folders.boilerplate import boilerplate_warning, split_boilerplate
-from carotid.data.folders.discovery import FrameCounts, bounded_map
+from carotid.data.folders.discovery import bounded_map
+from carotid.data.folders.frame_counts import FrameCounts
 from carotid.data.frames.kinds import is_archive
 
 DOMINANT_SHARE = 0.2  # a person holding ≥ 20% of the frames, and ≥ 3x an even share, is named

@@ -7,7 +7,7 @@ import os
 
 from carotid.core.errors import UserError
 from carotid.core.text import printable
-from carotid.data.folders.discovery import FrameCounts
+from carotid.data.folders.frame_counts import FrameCounts
 from carotid.data.folders.matching import Matching, nested_person_folder
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from carotid.core.errors import UserError
 from carotid.core.text import printable
 from carotid.data.folders.audit import misnamed_report, modality_warning, special_warning
-from carotid.data.folders.discovery import count_frames, discover_frames, frames_below, is_frame_file
+from carotid.data.folders.discovery import discover_frames, frames_below, is_frame_file
+from carotid.data.folders.frame_counts import count_frames
 from carotid.data.folders.readable import misnamed_note
 
 
