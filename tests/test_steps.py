@@ -3,16 +3,19 @@ config.yaml records, what the run really makes, and the warning when a person mo
 
 from __future__ import annotations
 
+import csv
 import re
 
+import numpy as np
 import pytest
 import yaml
 from accelerate.data_loader import BatchSamplerShard
+from PIL import Image
 from torch.utils.data import BatchSampler
 
 from carotid.data.bags import persons_per_step
 from carotid.training.steps import PERSON_MODEL_STEPS, micro_batches
-from tests.conftest import FAST, make_data, only_run_dir, read_json, train_in_process
+from tests.conftest import FAST, make_data, only_run_dir, read_json, train_in_process, write_xlsx
 
 STEPS_LINE = re.compile(r"steps: (\d+) optimizer steps per epoch x (\d+) epochs? = (\d+) in all")
 
@@ -88,3 +91,57 @@ def test_a_person_model_step_holds_the_persons_of_about_batch_size_frames_and_ne
     assert persons_per_step(32, 16, [6, 10] * 10) == 4  # 8 frames a person
     assert persons_per_step(32, 4, [6, 10] * 10) == 8  # at most --bag-size 4 frames a person
     assert persons_per_step(8, 16, [8] * 10) == 2  # 1 person's frames would make the batch: 2 instead
+
+
+# ---------------------------------------------------------------------------------------------
+# Whether a run learned at all (carotid.training.chance)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_chance_loss_is_the_entropy_of_what_the_loss_sees():
+    import math
+
+    from carotid.training.chance import chance_loss
+
+    assert chance_loss([60, 60]) == pytest.approx(math.log(2))
+    assert chance_loss([30, 90]) == pytest.approx(-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)))
+    # Class weights that balance the classes make the best constant output 1/2 again; smoothing keeps it there.
+    assert chance_loss([30, 90], [2.0, 2 / 3]) == pytest.approx(math.log(2))
+    # Smoothing moves the targets' mean towards 1/K: (1 - 0.1) x 0.25 + 0.05 = 0.275.
+    assert chance_loss([30, 90], label_smoothing=0.1) == pytest.approx(
+        -(0.275 * math.log(0.275) + 0.725 * math.log(0.725))
+    )
+
+
+def _noise_or_bright_frames(root, bright_plaque: bool) -> list[str]:
+    """12 persons x 3 frames of noise; with `bright_plaque` a plaque person's frames are brighter (easy to learn)."""
+    rng = np.random.default_rng(0)
+    rows = [["ID", "label"]]
+    for i in range(12):
+        (root / f"P{i}").mkdir(parents=True)
+        for k in range(3):
+            noise = rng.integers(0, 128, (32, 32)) + (127 if bright_plaque and i % 2 else 0)
+            Image.fromarray(noise.astype(np.uint8)).save(root / f"P{i}" / f"f{k}.png")
+        rows.append([f"P{i}", "plaque" if i % 2 else "normal"])
+    write_xlsx(root / "label.xlsx", rows)
+    return ["--root-dir", str(root), "--label-excel", str(root / "label.xlsx")]
+
+
+@pytest.mark.parametrize("learnable", [False, True])
+def test_a_run_whose_loss_stays_at_chance_is_told_it_has_not_learned(tmp_path, capsys, learnable):
+    """Frames that carry no sign of their label: the loss cannot leave the chance loss, and the run says so at its
+    end. Frames whose brightness gives the label away: the loss falls, and nothing is said."""
+    args = _noise_or_bright_frames(tmp_path / "data", bright_plaque=learnable)
+    args += [*FAST, "--epochs", "3", "--no-test", "--output-dir", str(tmp_path / "out")]
+    assert train_in_process(*args, "--lr", "1e-2" if learnable else "1e-5") == 0
+    said = re.search(
+        r"warning: the training loss ended at ([0-9.]+) after 3 epochs, near the ([0-9.]+) of a model",
+        capsys.readouterr().out,
+    )
+    rows = list(csv.DictReader((only_run_dir(tmp_path / "out") / "metrics.csv").open(encoding="utf-8")))
+    if learnable:
+        assert said is None and float(rows[-1]["train_loss"]) < 0.3
+    else:
+        assert said, "no warning"
+        last, chance = map(float, said.groups())
+        assert last == pytest.approx(float(rows[-1]["train_loss"]), abs=1e-3) and 0.6 < chance <= 0.694

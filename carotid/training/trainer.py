@@ -37,6 +37,7 @@ from carotid.model.file import ModelFile
 from carotid.report.html import write_run_report
 from carotid.report.plots import plot_curves  # matplotlib only once there is something to draw
 from carotid.training import checkpoints
+from carotid.training.chance import chance_loss, not_learned_warning, training_counts
 from carotid.training.config import TrainConfig
 from carotid.training.decoding import gather_statuses, report_decoding
 from carotid.training.engine import EpochProgress, reduce_progress, train_one_epoch
@@ -374,6 +375,18 @@ class Trainer:
         if state["stopped_early"]:
             self.log(f"early stopping: {monitor} has not improved for {plural(best['bad_epochs'], 'epoch')}")
 
+    def say_if_not_learned(self) -> None:
+        """The warning when the last epoch's training loss is still near the loss of a model that learned nothing."""
+        rows, person_model = self.state["rows"], self.cfg.person_model != "frames"
+        if not rows:
+            return
+        counts = training_counts(self.manifest, person_model, self.cfg.balanced_sampler)
+        weights = self.class_weights.tolist() if self.class_weights is not None else None
+        chance = chance_loss(counts, weights, self.cfg.label_smoothing)
+        warning = not_learned_warning(rows[-1].get("train_loss"), chance, rows[-1]["epoch"], person_model)
+        if warning:
+            self.log(warning)
+
     def finish(self) -> dict | None:
         """final_model.pth and curves.png; then the test split, evaluated with best_model.pth; then report.html.
 
@@ -392,6 +405,7 @@ class Trainer:
         self.log(f"best {self.monitor}: {value} (epoch {best['epoch']}); models in {self.run_dir / 'models'}")
         if best.get("message"):
             self.log(f"{'warning' if best['saturated'] else 'note'}: {best['message']}")
+        self.say_if_not_learned()
         if tracker_of(self.cfg.report_to):
             end_tracker(self.accelerator)
         if self.cfg.test and self.manifest.splits["test"]:
