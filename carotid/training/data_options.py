@@ -104,8 +104,10 @@ class DataOptions:
     )
     augment: str = opt(
         "ultrasound",
-        "Training augmentation: mild affine + brightness/contrast + flip, or none.",
-        choices=("ultrasound", "none"),
+        "Training augmentation: ultrasound = mild affine (rotation, shift, scale) + brightness/contrast + left-right "
+        "flip; flip = the same without the affine (no resampling: a finding a few pixels wide at a small "
+        "--image-size stays sharp); none.",
+        choices=("ultrasound", "flip", "none"),
         group="data",
     )
     num_workers: int | None = opt(
