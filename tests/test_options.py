@@ -154,3 +154,20 @@ def test_a_bf16_training_step_runs_under_accelerate_autocast(person_model):
     )
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     reset_accelerate()
+
+
+def test_the_flip_preset_never_resamples_a_frame():
+    """--augment flip: a one-pixel finding stays one pixel, where it was or mirrored; the ultrasound preset's
+    affine spreads it over its neighbours."""
+    torch.manual_seed(0)
+    frames = torch.zeros(64, 1, 32, 32, dtype=torch.uint8)
+    frames[:, 0, 9, 5] = 200
+    flip, ultrasound = train_preset("flip", 1), train_preset("ultrasound", 1)
+    out = flip(frames)
+    background = out.amin(dim=(1, 2, 3), keepdim=True)
+    lit = (out > background + 1e-6).flatten(1)
+    assert (lit.sum(dim=1) == 1).all()
+    where = lit.float().argmax(dim=1)
+    assert set(where.tolist()) <= {9 * 32 + 5, 9 * 32 + 26} and len(set(where.tolist())) == 2  # both sides drawn
+    spread = ultrasound(frames)
+    assert ((spread > spread.amin(dim=(1, 2, 3), keepdim=True) + 1e-6).flatten(1).sum(dim=1) > 1).any()
