@@ -143,14 +143,19 @@ def _contents(root_dir: str, files: list[str]) -> Iterator:
     """`content_of` each file, in order, 256 files a chunk: the first chunk in this thread, timed; the rest in
     this thread too where that was fast, on the reader threads where it was not."""
     chunks = [files[i : i + 256] for i in range(0, len(files), 256)]
-
-    def read(chunk: list[str]) -> list:
-        return [content_of(os.path.join(root_dir, rel)) for rel in chunk]
-
     if not chunks:
         return
-    started = time.perf_counter()
-    yield from read(chunks[0])
-    fast = time.perf_counter() - started < SLOW_READ_S * len(chunks[0])
-    for found in map(read, chunks[1:]) if fast else bounded_map(read, chunks[1:]):
-        yield from found
+    # Opened relative to the open root folder: 0.32 against 0.45 CPU s for 200,000 files here (PERFORMANCE.md).
+    root_fd = os.open(root_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+
+    def read(chunk: list[str]) -> list:
+        return [content_of(rel, root_fd) for rel in chunk]
+
+    try:
+        started = time.perf_counter()
+        yield from read(chunks[0])
+        fast = time.perf_counter() - started < SLOW_READ_S * len(chunks[0])
+        for found in map(read, chunks[1:]) if fast else bounded_map(read, chunks[1:]):
+            yield from found
+    finally:
+        os.close(root_fd)

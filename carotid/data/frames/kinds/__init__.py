@@ -53,6 +53,9 @@ MAGIC = (
     (b"MM\x00*", "tiff", "tif"),
 )
 HEAD_BYTES = 132  # enough for every magic above and the DICOM preamble
+# By their first two bytes (no two magics share them): one lookup a file at start-up, not a scan of MAGIC.
+_MAGIC_BY_START = {magic[:2]: (magic, (BY_NAME[name], suffix)) for magic, name, suffix in MAGIC}
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
 
 
 def suffix_of(name: str) -> str:
@@ -97,11 +100,12 @@ def reading_kind(path: str) -> FileKind | None:
     return None if named is None else kind_by_content(path) or named
 
 
-def content_of(path: str) -> tuple[FileKind, str] | None:
-    """(kind, suffix) that a file's first bytes say, whatever its name; None when they say nothing known."""
+def content_of(path: str, dir_fd: int | None = None) -> tuple[FileKind, str] | None:
+    """(kind, suffix) that a file's first bytes say, whatever its name; None when they say nothing known.
+    `dir_fd`: an open folder that a relative `path` is below (the kernel then resolves only the rest)."""
     try:
         # os-level: at start-up this runs once per image file; never blocking (a FIFO is never waited on)
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        fd = os.open(path, _OPEN_FLAGS, dir_fd=dir_fd)
         try:
             head = os.read(fd, HEAD_BYTES)
         finally:
@@ -110,7 +114,8 @@ def content_of(path: str) -> tuple[FileKind, str] | None:
         return None
     if head[128:132] == b"DICM":
         return BY_NAME["dicom"], "dcm"
-    return next(((BY_NAME[name], suffix) for magic, name, suffix in MAGIC if head.startswith(magic)), None)
+    magic, found = _MAGIC_BY_START.get(head[:2], (None, None))
+    return found if magic is not None and head.startswith(magic) else None
 
 
 def kind_by_content(path: str) -> FileKind | None:
