@@ -1,5 +1,5 @@
 """Which files have the same content, reading as little as possible (the mechanism of the shared-files check,
-carotid.data.folders.audit, which decides what a group of equal files means).
+carotid.data.folders.sharing; carotid.data.folders.audit decides what a group of equal files means).
 
 Files are compared only within a size (the caller groups them by their stat), by a cheap signature first —
 the SHA-256 of their first 8 KiB — and whole only where that signature is shared. Each digest is kept
