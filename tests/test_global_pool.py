@@ -103,7 +103,7 @@ def test_a_max_pooled_run_says_so_records_it_and_exports_to_onnx_with_the_same_o
     args += [*FAST, "--epochs", "1", "--global-pool", "max", "--bootstrap", "0"]
     assert train_in_process(*args) == 0
     run_dir = only_run_dir(tmp_path / "out")
-    assert "encoder pooling: --global-pool max" in (run_dir / "train.log").read_text(encoding="utf-8")
+    assert "encoder pooling: max over each frame" in (run_dir / "train.log").read_text(encoding="utf-8")
     assert yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))["options"]["global_pool"] == "max"
     model_path = run_dir / "models" / "best_model.pth"
     model_file = ModelFile.load(model_path)
@@ -120,3 +120,33 @@ def test_a_max_pooled_run_says_so_records_it_and_exports_to_onnx_with_the_same_o
     with torch.no_grad():
         torch_probs = torch.softmax(model_file.build_model()(inputs), dim=1).numpy()
     np.testing.assert_allclose(onnx_probs, torch_probs, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "flags, pool",
+    [
+        ([], "avg"),  # a frame model: its architecture's own pooling
+        (["--person-model", "attention"], "max"),  # a person model from random weights: measured
+        (["--person-model", "mean"], "max"),
+        (["--person-model", "attention", "--model", "resnet18", "--pretrained"], "avg"),  # weights learned under avg
+        (["--person-model", "attention", "--global-pool", "avg"], "avg"),
+    ],
+)
+def test_auto_pools_by_the_maximum_for_a_person_model_from_random_weights(flags, pool):
+    from carotid.training.config import parse_train_args
+
+    assert parse_train_args(["--demo", *flags])[0].global_pool == pool
+
+
+def test_a_resumed_run_from_before_the_option_keeps_average_pooling(tmp_path):
+    """Its checkpoints were trained with the average: auto must not turn a resumed attention run into max."""
+    import dataclasses
+
+    from carotid.train import merge_resume
+    from carotid.training.config import parse_train_args
+
+    old, _ = parse_train_args(["--demo", "--person-model", "attention"])
+    options = {k: v for k, v in dataclasses.asdict(old).items() if k != "global_pool"}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"options": options}), encoding="utf-8")
+    cfg, given = parse_train_args(["--resume", str(tmp_path)])
+    assert merge_resume(cfg, given, tmp_path).global_pool == "avg"

@@ -37,6 +37,9 @@ class TrainConfig(RunOptions, ModelOptions, DataOptions):
         self.check_splits()
         self.check_numbers()
         self.check_choices()
+        if self.global_pool == "auto":
+            from_scratch = not (self.pretrained or self.pretrained_weights)
+            self.global_pool = "max" if self.person_model != "frames" and from_scratch else "avg"
 
     def check_splits(self) -> None:
         """The split ratios (each in [0, 1], summing to 1, a training share) and --folds."""

@@ -121,8 +121,11 @@ def describe_setup(accelerator: Accelerator, cfg: TrainConfig, log: RunLog, plan
             f"brings up to {plural(cfg.bag_size, 'frame')} (--bag-size) drawn at random per epoch, all of a step's "
             "persons encoded together; validation and test pool all of each person's frames"
         )
-    if cfg.global_pool != "avg":
-        log(f"encoder pooling: --global-pool {cfg.global_pool} over the last feature map of each frame")
+    if cfg.global_pool != "avg" or cfg.person_model != "frames":
+        log(
+            f"encoder pooling: {cfg.global_pool} over each frame's last feature map (--global-pool; by default max "
+            "for a person model whose encoder starts from random weights, avg otherwise)"
+        )
 
 
 def describe_splits(manifest: DataManifest, log: RunLog) -> None:

@@ -52,11 +52,13 @@ class ModelOptions:
         None, "Stochastic depth rate (e.g. 0.1) for timm architectures that have drop-path layers.", group="model"
     )
     global_pool: str = opt(
-        "avg",
+        "auto",
         "How the encoder turns its last feature map into one vector per frame: avg = the architecture's own "
         "average; max = the strongest response anywhere in the frame, so that a finding a few pixels wide (a "
-        "small plaque) is not averaged away (docs/EVALUATION.md has the measurements). Recorded in the model file.",
-        choices=GLOBAL_POOLS,
+        "small plaque) is not averaged away; auto = max for a person model whose encoder starts from random "
+        "weights (measured in docs/EVALUATION.md), avg otherwise (pretrained weights were learned under their "
+        "architecture's average). Recorded in the model file.",
+        choices=("auto", *GLOBAL_POOLS),
         group="model",
     )
     load_model: str | None = opt(
