@@ -1,16 +1,17 @@
 """Frame model against person models on sparse-finding demo data: the table in docs/EVALUATION.md.
 
-For each data seed (a demo data set: persons of 6–10 frames, the plaque in 2 frames of each plaque person) and
-each training seed (--seed: the split and the weights), the same `carotid.train` command is run once per
---person-model (frames, mean, attention), then `carotid.evaluate` on the test persons. Per run it reports the
+For each data seed (a demo data set: persons of 6–10 frames of --frame-size px, the plaque in 2 frames of each
+plaque person) and each training seed (--seed: the split and the weights), the same `carotid.train` command is run
+once per --person-model (frames, mean, attention), then `carotid.evaluate` on the test persons. Per run it reports the
 person AUC with its 95% person-bootstrap interval (a frame model: mean and max of its frame probabilities),
 the optimizer steps taken (the last checkpoint's step), and for a person model the share of positive test
 persons whose highest-attention frame shows the plaque (findings.csv). Results go to OUT/results.csv, one row
 per run; a run already there is skipped, so an interrupted measurement continues.
 
-    nice -n 10 python scripts/measure_person_models.py --out runs_p30 --label after   # the 5 x 2 table
-    PYTHONPATH=<older checkout> python scripts/measure_person_models.py --out runs_p30 --label before
-    python scripts/measure_person_models.py --out runs_p30 --table                  # the Markdown table
+    nice -n 10 python scripts/measure_person_models.py --out runs_p30b --label after  # the 5 x 2 table
+    nice -n 10 python scripts/measure_person_models.py --out runs_p30 --frame-size 64 --label after  # the first
+    PYTHONPATH=<older checkout> python scripts/measure_person_models.py --out runs_p30b --label before
+    python scripts/measure_person_models.py --out runs_p30b --table                  # the Markdown table
 
 Extra flags for every run go after `--`: ... --label dropout -- --attention-dropout 0.25
 """
@@ -30,12 +31,12 @@ KINDS = ("frames", "mean", "attention")
 FIELDS = ["label", "data_seed", "train_seed", "kind", "aggregation", "auc", "low", "high", "steps", "top_frame"]
 
 
-def make_data(root: Path, seed: int, persons: int) -> Path:
+def make_data(root: Path, seed: int, persons: int, size: int) -> Path:
     from carotid.data.demo import make_demo_data
 
     data = root / f"data_{seed}"
     if not (data / "label.xlsx").exists():
-        make_demo_data(data, persons, 10, 64, seed, finding_frames=2, min_frames=6)
+        make_demo_data(data, persons, 10, size, seed, finding_frames=2, min_frames=6)
     return data
 
 
@@ -125,7 +126,7 @@ def measure(args) -> None:
         with open(results, newline="") as f:
             done = {(r["label"], r["data_seed"], r["train_seed"], r["kind"]) for r in csv.DictReader(f)}
     for data_seed in args.data_seeds:
-        data = make_data(args.out, data_seed, args.persons)
+        data = make_data(args.out, data_seed, args.persons, args.frame_size)
         for train_seed in args.train_seeds:
             for kind in args.kinds:
                 if (args.label, str(data_seed), str(train_seed), kind) in done:
@@ -179,6 +180,12 @@ def main(argv=None) -> int:
     parser.add_argument("--train-seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     parser.add_argument("--persons", type=int, default=200, help="Persons per demo data set.")
+    parser.add_argument(
+        "--frame-size",
+        type=int,
+        default=128,
+        help="Width of the demo frames made (the demo's own 128; the first table used 64). Training is at 32 px.",
+    )
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=32, help="The same --batch-size for every model.")
     parser.add_argument("--table", action="store_true", help="Print the Markdown table of OUT/results.csv.")
