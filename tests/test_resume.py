@@ -169,8 +169,11 @@ def test_gradient_accumulation_2_x_b_matches_batch_2b(tmp_path, person_model, bi
     wa, wb = (load_model(r / "models" / "final_model.pth")["state_dict"] for r in (big, acc))
     # The attention score's bias shifts every score of a person alike, which the softmax cancels: its gradient is
     # zero up to rounding, and AdamW's normalised step moves it by that rounding noise (4e-4 measured).
+    # The rest agree to float rounding: within 1e-5 with average pooling, 1.7e-5 measured (attention_v.weight) with
+    # the max pooling a person model's encoder has by default, whose gradient runs through one place per channel;
+    # 5e-5 is 5% of one step at --lr 1e-3, far below what one differing micro-batch would move.
     compared = [k for k in wa if k != "attention_w.bias"]
-    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in compared)
+    assert all(torch.allclose(wa[k], wb[k], atol=5e-5) for k in compared)
 
 
 def test_resume_with_more_epochs_stretches_the_schedule(small_data, tmp_path, capsys):
