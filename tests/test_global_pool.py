@@ -15,21 +15,12 @@ from carotid.model.file import ModelFile
 from carotid.model.person import PersonModel
 from carotid.model.registry import build_model
 from tests.conftest import FAST, make_data, only_run_dir, train_in_process
+from tests.test_person_model import _model_file
 
 
 def _save(model, tmp_path, person_model: str = "frames", global_pool: str = "max") -> ModelFile:
-    model_file = ModelFile(
-        state_dict=model.state_dict(),
-        arch="small_cnn",
-        class_names=["normal", "plaque"],
-        in_channels=1,
-        image_size=32,
-        normalization={"mean": [0.449], "std": [0.226]},
-        positive_index=1,
-        person_model=person_model,
-        bag_size=4 if person_model != "frames" else None,
-        global_pool=global_pool,
-    )
+    model_file = _model_file(model, person_model)
+    model_file.global_pool = global_pool
     model_file.save(tmp_path / "m.pth")
     return model_file
 
