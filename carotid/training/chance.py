@@ -3,8 +3,8 @@
 A model that outputs the training class shares whatever the frame (or person) — it has learned nothing —
 reaches the entropy of those shares: ln 2 = 0.693 for two balanced classes. A run whose training loss ends near
 that value has not learned, whatever its validation numbers say on a handful of persons: on the sparse-finding
-demo data, attention runs stuck on that plateau for all their epochs ended at 0.62–0.70 (test person AUC
-0.45–0.65), runs that learned at 0.05–0.37 (docs/EVALUATION.md). The warning fires above STUCK_FRACTION of the
+demo data, attention runs stuck on that plateau for all their epochs ended at 0.62–0.67 (test person AUC
+0.46–0.65), runs that learned at 0.03–0.37 (docs/EVALUATION.md). The warning fires above STUCK_FRACTION of the
 chance loss, between the two.
 
 The chance loss follows the loss the run minimises: the class shares its sampler shows (equal under
