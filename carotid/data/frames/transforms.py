@@ -39,10 +39,13 @@ class UltrasoundTrainPreset(EvalPreset):
     flip (scan direction differs between operators), brightness and contrast (gain). No colour jitter:
     B-mode is gray, and the speckle texture is left alone (no blur or noise)."""
 
+    affine = True
+
     def __init__(self, mean: list[float], std: list[float]):
         super().__init__(mean, std)
+        moves = [K.RandomAffine(degrees=7.0, translate=(0.05, 0.05), scale=(0.9, 1.1), p=0.8)] if self.affine else []
         self.augment = K.AugmentationSequential(
-            K.RandomAffine(degrees=7.0, translate=(0.05, 0.05), scale=(0.9, 1.1), p=0.8),
+            *moves,
             K.RandomHorizontalFlip(p=0.5),
             K.RandomBrightness(brightness=(0.85, 1.15), p=0.8),
             K.RandomContrast(contrast=(0.85, 1.15), p=0.8),
@@ -57,13 +60,7 @@ class FlipGainPreset(UltrasoundTrainPreset):
     --image-size stays as sharp as in the frame (docs/EVALUATION.md measured the affine slowing person models
     at 32 px)."""
 
-    def __init__(self, mean: list[float], std: list[float]):
-        super().__init__(mean, std)
-        self.augment = K.AugmentationSequential(
-            K.RandomHorizontalFlip(p=0.5),
-            K.RandomBrightness(brightness=(0.85, 1.15), p=0.8),
-            K.RandomContrast(contrast=(0.85, 1.15), p=0.8),
-        )
+    affine = False
 
 
 def train_preset(name: str, in_channels: int) -> EvalPreset:
