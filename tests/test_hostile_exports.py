@@ -346,6 +346,16 @@ def test_yes_no_spelled_two_ways_is_two_classes_with_the_spellings_named(tmp_pat
     assert "labels 'N' (2), 'No' (1) are one class 'N' (they spell one yes/no answer)" in table.warnings
 
 
+def test_chinese_yes_no_spelled_three_ways_is_two_classes_with_the_spellings_named(tmp_path):
+    answers = ["有", "无", "是", "否", "有", "无", "阳性", "阴性"]
+    rows = [["患者编号", "斑块"]] + [[f"p{k}", a] for k, a in enumerate(answers)]
+    table = read_labels(str(write_xlsx(tmp_path / "label.xlsx", rows)))
+    assert table.class_names == ["无", "有"] and table.positive_class == "有"
+    assert [table.labels[f"p{k}"] for k in range(8)] == ["有", "无"] * 4
+    assert "labels '有' (2), '是' (1), '阳性' (1) are one class '有' (they spell one yes/no answer)" in table.warnings
+    assert "labels '无' (2), '否' (1), '阴性' (1) are one class '无' (they spell one yes/no answer)" in table.warnings
+
+
 def test_undecided_labels_leave_their_persons_out_and_the_study_binary(tmp_path):
     labels = ["plaque", "normal", "待定", "plaque", "pending", "normal", "复查", "recheck", "?", "N/A"]
     rows = [["patient_id", "label"]] + [[f"p{k}", label] for k, label in enumerate(labels)]
@@ -356,6 +366,8 @@ def test_undecided_labels_leave_their_persons_out_and_the_study_binary(tmp_path)
         "4 person(s) have an undecided label ('待定' (1), 'pending' (1), '复查' (1), 'recheck' (1)): left out as "
         "unlabelled, not a class; give them their class in the sheet when it is decided"
     )
+    # '?' and 'N/A' are missing-value marks, not undecided answers: blank, counted and said.
+    assert "2 label cell(s) hold a missing-value mark ('?', 'N/A') and count as blank" in table.notes
 
 
 # ---------------------------------------------------------------------------------------------
