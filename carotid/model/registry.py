@@ -218,7 +218,7 @@ def _torchvision_model(name: str, pretrained: bool, global_pool: str = "avg") ->
             "offline? download the torchvision .pth elsewhere and pass --pretrained-weights FILE",
         ) from None
     if global_pool == "max":
-        # Only an `avgpool` layer can be swapped; densenet and mobilenet pool inside their forward code.
+        # Only an `avgpool` layer can be swapped; densenet and mobilenet_v2 pool inside their forward code.
         if not isinstance(getattr(model, "avgpool", None), nn.AdaptiveAvgPool2d):
             raise UserError(
                 f"--global-pool max: torchvision's {name} pools its features inside its own code, not in a layer",

@@ -30,6 +30,7 @@ from carotid.model.registry import build_model
 from carotid.model.weights import load_initial_weights, load_pretrained
 from carotid.report.outputs import evaluate_model
 from carotid.training import checkpoints
+from carotid.training.chance import training_counts
 from carotid.training.config import TrainConfig
 from carotid.training.engine import EpochProgress
 from carotid.training.steps import drops_last
@@ -170,9 +171,7 @@ def person_class_weights(manifest: DataManifest) -> torch.Tensor:
     """Loss weights n_persons / (n_classes x n_persons_of_class) over the training split.
 
     Persons, not frames: a class whose persons happen to have many frames is not a common class."""
-    counts = np.bincount(
-        [manifest.person_labels[p] for p in manifest.splits["train"]], minlength=len(manifest.class_names)
-    )
+    counts = np.asarray(training_counts(manifest, person_model=True, balanced=False))
     return torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32)
 
 
