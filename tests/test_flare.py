@@ -23,8 +23,8 @@ from carotid.data.sheet.labels import read_labels
 from carotid.federated import flare_client, flare_job
 from carotid.model.file import ModelFile
 from carotid.training.config import TrainConfig
-from carotid.training.local_round import norm_keys
-from carotid.training.site import site_options
+from carotid.training.local_round import evaluate_global, norm_keys
+from carotid.training.site import site_accelerator, site_options
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = "fed_20260101_000000"
@@ -77,10 +77,10 @@ def text_files(folder: Path):
 # ---------------------------------------------------------------------------------------------
 
 
-def site_argv(sites: dict[str, dict]) -> list[str]:
+def site_argv(sites: dict[str, dict], extra: dict[str, list[str]] | None = None) -> list[str]:
     argv = []
     for name, site in sites.items():
-        argv += ["--site", name, site["root_dir"], site["label_excel"]]
+        argv += ["--site", name, site["root_dir"], site["label_excel"], *(extra or {}).get(name, [])]
     return argv
 
 
@@ -167,7 +167,7 @@ def test_a_site_sets_only_its_own_options_as_client_arguments(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow  # FLARE's simulator, 2 sites x (1 round, then 1 more resumed): about 3 minutes on two cores
+@pytest.mark.slow  # FLARE's simulator, 2 sites x (1 round, then 1 more resumed, one site on 2 processes): ~2 min
 def test_flare_cli_runs_and_resumes_fedavg_in_the_simulator_to_a_carotid_model_file_and_no_person_leaves_a_site(
     tmp_path, site_processes, capsys
 ):
@@ -180,12 +180,14 @@ def test_flare_cli_runs_and_resumes_fedavg_in_the_simulator_to_a_carotid_model_f
     assert flare_job.last_global_model(run_dir) == (1, first / flare_job.GLOBAL_MODEL)
     capsys.readouterr()
 
-    # Resumed with one more round: FLARE's server starts from round 1's global model and counts on from it.
+    # Resumed with one more round: FLARE's server starts from round 1's global model and counts on from it; site_2
+    # now trains and scores on 2 processes of its machine (its client launches them: DDP over gloo on the CPU).
     with pytest.raises(UserError, match=r"--lr cannot change a resumed run"):
         flare_cli.run(*flare_cli.parse_flare_args([*site_argv(sites), "--resume", str(run_dir), "--lr", "0.1"]))
     with pytest.raises(UserError, match=r"has finished 1 of 1 rounds — give --rounds N with N > 1"):
         flare_cli.run(*flare_cli.parse_flare_args([*site_argv(sites), "--resume", str(run_dir)]))
-    assert flare_cli.main([*site_argv(sites), "--resume", str(run_dir), "--rounds", "2"]) == 0
+    on_two = site_argv(sites, {"site_2": ["processes=2"]})
+    assert flare_cli.main([*on_two, "--resume", str(run_dir), "--rounds", "2"]) == 0
     said = capsys.readouterr().out
     simulation = run_dir / "simulation_from_round_1" / run_dir.name
     model_path = run_dir / "models" / "final_model.pth"
@@ -195,6 +197,9 @@ def test_flare_cli_runs_and_resumes_fedavg_in_the_simulator_to_a_carotid_model_f
     assert f"Loading checkpoint from {first / flare_job.GLOBAL_MODEL}" in server_log
     assert re.findall(r"Round (\d+) started\.", server_log) == ["1"]  # FLARE counts from 0: the 2nd round
     assert flare_job.last_global_model(run_dir) == (2, simulation / flare_job.GLOBAL_MODEL)
+    said_at = {name: (simulation / name / "log.txt").read_text(encoding="utf-8") for name in sites}
+    assert "this site trains each round on 2 processes" in said_at["site_2"]
+    assert "this site trains each round on" not in said_at["site_1"]
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["federated"]["rounds"] == 2
 
     cfg = coordinator()
@@ -203,15 +208,28 @@ def test_flare_cli_runs_and_resumes_fedavg_in_the_simulator_to_a_carotid_model_f
     assert set(weights) == set(start) and all(not torch.equal(weights[k], start[k]) for k in start)
     model = ModelFile.load(model_path)
     assert model.class_names == CLASSES and all(torch.equal(model.state_dict[k], weights[k]) for k in weights)
-    for name in sites:  # each site trained both rounds on its own split, in its own folder, each round once
+    run_cfg = TrainConfig(**yaml.safe_load((run_dir / "config.yaml").read_text())["options"])
+    round_1 = flare_job.global_weights(first)
+    for name, site in sites.items():  # each site trained both rounds on its own split, in its own folder, once each
         site_dir = out / "sites" / name / run_dir.name
         assert (site_dir / "splits.json").is_file()
         log = (site_dir / "train.log").read_text(encoding="utf-8")
-        assert log.count("round 1: 1 local epoch(s)") == 1 and log.count("round 2: 1 local epoch(s)") == 1
+        assert log.count("round 1: 1 local epoch(s) on 1 process(es)") == 1
+        on = "2 process(es) (DDP over CPU processes)" if name == "site_2" else "1 process(es)"
+        assert log.count(f"round 2: 1 local epoch(s) on {on}") == 1
         assert (site_dir / "rounds" / "round_001" / "metrics.csv").is_file()
         assert (site_dir / "rounds" / "round_002" / "metrics.csv").is_file()
         timings = read_records(site_dir / flare_client.TIMINGS)
         assert [row["round"] for row in timings] == ["1", "2"] and all(float(row["train_s"]) > 0 for row in timings)
+        # What the site sent for round 2 (its score of round 1's global weights; site_2's from 2 processes) is what
+        # one process scores on the same validation persons.
+        own = site_options(run_cfg, {**site, "output_dir": str(out / "sites" / name)})
+        alone = evaluate_global(site_accelerator(own), own, run_dir.name, round_1)
+        assert float(timings[1]["val_persons"]) == alone["val_persons"] > 0
+        assert float(timings[1]["global_val_loss"]) == pytest.approx(alone["val_loss"], rel=1e-5)
+        auc = alone["val_person_auc"]  # None where the site's validation persons are of one class (sent as NaN)
+        auc = float("nan") if auc is None else auc
+        assert float(timings[1]["global_val_person_auc"]) == pytest.approx(auc, nan_ok=True)
 
     # Nothing of a site's persons reaches the coordinator: no person ID and no folder of a site in FLARE's server
     # workspace, the coordinator's config.yaml or the model file's options.

@@ -47,7 +47,10 @@ from carotid.training.site import (
 )
 
 JOB_OPTIONS = "carotid_flare.json"  # the coordinator's options, shipped in the job beside this file
-TIMINGS = "flare_rounds.csv"  # the site's seconds per round: waiting for the global weights, scoring, training, sending
+# The site's rounds, at the site: seconds waiting for the global weights, scoring, training, sending, and the
+# numbers it sent (what left the site, for the hospital to see)
+TIMINGS = "flare_rounds.csv"
+SECONDS = ["receive_s", "evaluate_s", "train_s", "send_s"]
 
 
 def read_job_options(folder: Path) -> tuple[TrainConfig, dict]:
@@ -90,8 +93,8 @@ def run_site(cfg: TrainConfig, job: dict, processes: int = 1) -> None:
             f"this site's classes {manifest.class_names} differ from the job's {job['class_names']}",
             "give every site the same class names in its label column",
         )
-    # Per round, at the site: what the round spent where (benchmarks/federated_round.py reads it); a resumed run
-    # keeps the rows of the rounds before it.
+    # Per round, at the site: what the round spent where (benchmarks/federated_round.py reads it) and what it sent;
+    # a resumed run keeps the rows of the rounds before it.
     timings_file = site_run_dir(cfg, run_name) / TIMINGS
     timings = read_table_rows(timings_file)[1:] if timings_file.is_file() else []
     clock = time.perf_counter()
@@ -113,19 +116,20 @@ def run_site(cfg: TrainConfig, job: dict, processes: int = 1) -> None:
         metrics = {f"global_{k}": v for k, v in scores.items() if k in ("val_person_auc", "val_loss")}
         metrics |= {f"local_{k}": v for k, v in result.metrics.items() if k != "val_persons"}
         metrics |= {"val_persons": scores["val_persons"], "train_persons": result.train_persons}
+        sent = {k: float("nan") if v is None else float(v) for k, v in metrics.items()}
         flare.send(
             FLModel(
                 params=result.weights,
-                metrics={k: float("nan") if v is None else float(v) for k, v in metrics.items()},
+                metrics=sent,
                 meta={"NUM_STEPS_CURRENT_ROUND": result.train_persons},  # FedAvg's weight: training persons
             )
         )
-        sent = time.perf_counter()
-        seconds = [received - clock, scored - received, trained - scored, sent - trained]
-        clock = sent
+        done = time.perf_counter()
+        seconds = [received - clock, scored - received, trained - scored, done - trained]
+        clock = done
         timings = [row for row in timings if int(row[0]) < incoming.current_round + 1]
-        timings.append([incoming.current_round + 1, *(f"{x:.3f}" for x in seconds)])
-        write_table(timings_file, ["round", "receive_s", "evaluate_s", "train_s", "send_s"], timings)
+        timings.append([incoming.current_round + 1, *(f"{x:.3f}" for x in seconds), *sent.values()])
+        write_table(timings_file, ["round", *SECONDS, *sent], timings)
 
 
 def _main(argv: Sequence[str] | None, job_folder: Path) -> int:
