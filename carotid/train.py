@@ -54,6 +54,7 @@ def merge_resume(cfg: TrainConfig, given: set[str], run_dir: Path) -> TrainConfi
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     merged = {k: v for k, v in saved.items() if k in fields}
     merged.setdefault("global_pool", "avg")  # a run from before --global-pool pooled by its architecture's average
+    merged.setdefault("stratified_steps", False)  # and one from before --stratified-steps shuffled its persons plainly
     for name in sorted(given):
         ours = getattr(cfg, name)
         if name in RESUMABLE_CHANGES:

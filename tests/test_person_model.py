@@ -28,6 +28,28 @@ def _bags(sizes: list[int]) -> torch.Tensor:
     return torch.cat([torch.full((n,), b, dtype=torch.long) for b, n in enumerate(sizes)])
 
 
+def _steps(sampler, persons_per_step: int) -> list[list[int]]:
+    order = [person for person, _ in sampler]
+    return [order[i : i + persons_per_step] for i in range(0, len(order), persons_per_step)]
+
+
+def test_stratified_steps_hold_every_class_and_each_person_once_an_epoch():
+    from carotid.data.bags import BagSampler
+
+    labels = [0] * 72 + [1] * 48  # 120 training persons, 60/40; a step of 4 persons
+    single_class = {True: 0, False: 0}
+    for stratified in (True, False):
+        for epoch in range(5):
+            sampler = BagSampler(labels, generator=torch.Generator().manual_seed(epoch), stratified=stratified)
+            steps = _steps(sampler, 4)
+            assert sorted(p for step in steps for p in step) == list(range(120))  # each person once
+            single_class[stratified] += sum(len({labels[p] for p in step}) == 1 for step in steps)
+    assert single_class[True] == 0
+    assert single_class[False] > 5  # a plain shuffle: about one step in 7 is all one class
+    balanced = BagSampler(labels, balanced=True, generator=torch.Generator().manual_seed(0), stratified=True)
+    assert all(len({labels[p] for p in step}) == 2 for step in _steps(balanced, 4)[:-1])
+
+
 @pytest.mark.parametrize("pooling", ["attention", "mean"])
 def test_attention_sums_to_one_over_each_persons_frames(pooling):
     torch.manual_seed(0)
@@ -173,9 +195,9 @@ def attention_run(tmp_path_factory):
 def test_attention_run_writes_a_person_model_and_its_attention(attention_run):
     model_file = ModelFile.load(attention_run / "models" / "best_model.pth")
     assert (model_file.person_model, model_file.bag_size) == ("attention", 3)
-    assert "batch: 2 persons per step per process (--batch-size 6 frames / 3 frames per training person" in (
-        attention_run / "train.log"
-    ).read_text(encoding="utf-8")
+    log = (attention_run / "train.log").read_text(encoding="utf-8")
+    assert "batch: 2 persons per step per process (--batch-size 6 frames / 3 frames per training person" in log
+    assert "person order: each training step's persons dealt from every class in its share" in log
     header = (attention_run / "metrics.csv").read_text(encoding="utf-8").splitlines()
     rows = _csv(attention_run / "metrics.csv")
     assert len(header) == 3 and all(r["val_person_auc"] != "" and r["val_auc"] == "" for r in rows)

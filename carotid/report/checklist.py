@@ -164,6 +164,11 @@ def _method_items(o: dict, data_report: dict, metrics: dict | None, model: dict)
             f"process x {o.get('gradient_accumulation_steps')} accumulation, cross-entropy (label smoothing "
             f"{o.get('label_smoothing')}, class weights {o.get('class_weights')}), {early_stopping(o)}, "
             f"mixed precision {o.get('mixed_precision') or 'as set by the accelerate launch configuration'}"
+            + (
+                "; each step's persons drawn from both classes in their shares (stratified)"
+                if o.get("person_model", "frames") != "frames" and o.get("stratified_steps")
+                else ""
+            )
             if o
             else None,
         ),

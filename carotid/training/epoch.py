@@ -73,6 +73,7 @@ def run_loaders(cfg: TrainConfig, datasets: dict, num_processes: int, pin_memory
             num_workers=cfg.num_workers,
             seed=cfg.seed,
             balanced=cfg.balanced_sampler,
+            stratified=cfg.stratified_steps,
             drop_last=drops_last(len(bags), persons, num_processes),
             pin_memory=pin_memory,
         )

@@ -121,6 +121,8 @@ def describe_setup(accelerator: Accelerator, cfg: TrainConfig, log: RunLog, plan
             f"brings up to {plural(cfg.bag_size, 'frame')} (--bag-size) drawn at random per epoch, all of a step's "
             "persons encoded together; validation and test pool all of each person's frames"
         )
+        order = "from every class in its share" if cfg.stratified_steps else "in a plain shuffle"
+        log(f"person order: each training step's persons dealt {order} (--stratified-steps)")
     if cfg.global_pool != "avg" or cfg.person_model != "frames":
         log(
             f"encoder pooling: {cfg.global_pool} over each frame's last feature map (--global-pool; by default max "

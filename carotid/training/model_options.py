@@ -82,6 +82,13 @@ class ModelOptions:
         group="model",
         metavar="K",
     )
+    stratified_steps: bool = opt(
+        True,
+        "Person models: deal each training step's persons from every class in its share of the training persons "
+        "(each class shuffled, then interleaved), so a step of a few persons is never all one class; "
+        "--no-stratified-steps = a plain shuffle (slower to learn, see docs/EVALUATION.md).",
+        group="model",
+    )
     attention_dropout: float = opt(
         0.0,
         "--person-model attention, training only: dropout on the attention network's hidden units (CLAM uses "
