@@ -19,7 +19,7 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from carotid.core.errors import UserError, run_cli
-from carotid.data.folders import sharing
+from carotid.data.folders import file_cache
 from carotid.data.folders.layout import find_input_frames
 from carotid.data.frames.decode import decode_frames
 from carotid.data.frames.preprocessing import Preprocessing
@@ -109,7 +109,7 @@ def test_a_dicom_holding_fewer_frames_than_its_header_claims_gives_those_it_hold
 @pytest.mark.parametrize("network_latency", [False, True])  # the stats in this thread, or on the reader threads
 def test_persons_sharing_frame_files_are_warned_and_never_split_apart(tmp_path, monkeypatch, network_latency):
     if network_latency:  # every stat counts as slow, as on a network file system
-        monkeypatch.setattr(sharing, "SLOW_STAT_S", 0.0)
+        monkeypatch.setattr(file_cache, "SLOW_STAT_S", 0.0)
     persons = {str(1000 + k): "ab"[k % 2] for k in range(16)}
     root, label = tree(tmp_path, persons)
     shutil.rmtree(root / "1003")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 
-from carotid.data.folders import twins
+from carotid.data.folders import file_cache, twins
 
 
 def keys_of(root, names):
@@ -44,13 +44,13 @@ def test_a_second_start_reads_no_file_and_a_changed_file_is_read_again(tmp_path)
     for name in ("a.png", "b.png", "c.png"):
         write(root, name, body if name != "c.png" else os.urandom(20_000))
     names = ["a.png", "b.png", "c.png"]
-    first = twins.DigestCache.load(str(root), cache_dir)
+    first = file_cache.FileCache.load(str(root), cache_dir)
     assert groups_of(root, names, cache_dir, first) == [["a.png", "b.png"]]
     assert first.computed == 5  # three prefixes, then the two files that share theirs, whole
     saved = json.loads(next((cache_dir / "file-digests").glob("*.json")).read_text(encoding="utf-8"))
     assert sorted(saved["rel"]) == names and saved["root"] == os.path.realpath(root)
 
-    again = twins.DigestCache.load(str(root), cache_dir)
+    again = file_cache.FileCache.load(str(root), cache_dir)
     assert groups_of(root, names, cache_dir, again) == [["a.png", "b.png"]]
     assert again.computed == 0
 
@@ -58,7 +58,7 @@ def test_a_second_start_reads_no_file_and_a_changed_file_is_read_again(tmp_path)
     write(root, "c.png", body)
     st = os.stat(root / "c.png")
     os.utime(root / "c.png", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    third = twins.DigestCache.load(str(root), cache_dir)
+    third = file_cache.FileCache.load(str(root), cache_dir)
     assert groups_of(root, names, cache_dir, third) == [["a.png", "b.png", "c.png"]]
     assert third.computed == 2  # c.png's prefix and its whole content
 
@@ -72,13 +72,13 @@ def test_a_small_check_writes_no_cache_and_a_broken_cache_is_ignored(tmp_path):
     assert [sorted(k.rel for k in g) for g in found] == [["a.png", "b.png"]]
     assert not (cache_dir / "file-digests").exists()  # 4 reads: under CACHE_MIN_FILES
 
-    path = twins.DigestCache.load(str(root), cache_dir).path
+    path = file_cache.FileCache.load(str(root), cache_dir).path
     path.parent.mkdir(parents=True)
     path.write_text("{not json", encoding="utf-8")
     assert groups_of(root, ["a.png", "b.png"], cache_dir) == [["a.png", "b.png"]]
     # A cache of another root, or one whose entry does not match the file, gives nothing away either.
-    other = {"version": twins.CACHE_VERSION, "root": "/elsewhere", "rel": ["a.png"], "stat": [10, 0, 0]}
+    other = {"version": file_cache.CACHE_VERSION, "root": "/elsewhere", "rel": ["a.png"], "stat": [10, 0, 0]}
     path.write_text(json.dumps(other | {"head": ["x"], "whole": ["x"]}), encoding="utf-8")
-    assert twins.DigestCache.load(str(root), cache_dir).entries == {}
+    assert file_cache.FileCache.load(str(root), cache_dir).entries == {}
     path.write_text(json.dumps(other | {"root": os.path.realpath(root), "head": [], "whole": []}), encoding="utf-8")
-    assert twins.DigestCache.load(str(root), cache_dir).entries == {}  # columns of unequal length
+    assert file_cache.FileCache.load(str(root), cache_dir).entries == {}  # columns of unequal length

@@ -17,6 +17,7 @@ from carotid.data.classes import positive_index
 from carotid.data.folders import audit, checks, readable
 from carotid.data.folders.boilerplate import without_boilerplate
 from carotid.data.folders.discovery import discover_frames, spread_evenly
+from carotid.data.folders.file_cache import FileFacts
 from carotid.data.folders.frame_counts import count_frames
 from carotid.data.folders.matching import Matching, match_ids
 from carotid.data.folders.overlap import LEFT_OUT_WHAT, check_overlap, matching_warnings
@@ -127,7 +128,8 @@ def _collect(
     wanted = _wanted(sorted(sheet_id_of), persons)
     files_of = {p: found[folder_of[p]] for p in wanted}
     checks.check_nested(files_of, matching, root_dir)
-    counted = count_frames(root_dir, (f for p in wanted for f in files_of[p]))
+    facts = FileFacts.gather(root_dir, files_of)  # one stat a file, for the counts and the shared-files check
+    counted = count_frames(root_dir, (f for p in wanted for f in files_of[p]), facts)
     all_frames = {p: counted.frames_of(files_of[p]) for p in wanted}
     # A folder with no frame (empty, or only a DICOMDIR, a README, a DICOM without its preamble) is left out.
     no_images = [p for p in wanted if not all_frames[p]]
@@ -142,8 +144,9 @@ def _collect(
     unreadable = audit.unreadable_list(counted, failed)
     in_wanted = [u for u in unhandled if "/" not in u or u.split("/", 1)[0] in {folder_of[p] for p in wanted}]
     findings, file_warnings = audit.audit_files(
-        root_dir, found, files_of, frames, counted, in_wanted, unreadable, max_imgs_per_person
+        root_dir, found, files_of, frames, counted, in_wanted, unreadable, max_imgs_per_person, facts
     )
+    facts.save()  # what this start read of the files, for the next
     frames = without_boilerplate(frames, findings["boilerplate_files"])
     file_warnings += other_person_warning(files_of, sheet_id_of, list(table.labels), counted.patient_ids)
     person_labels = {p: table.class_index[table.labels[sheet_id_of[p]]] for p in frames}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from carotid.core.text import is_utf8, plural, printable
 from carotid.data.folders.boilerplate import boilerplate_warning, split_boilerplate
+from carotid.data.folders.file_cache import FileFacts
 from carotid.data.folders.frame_counts import FrameCounts
 from carotid.data.folders.sharing import linked_persons, shared_files, shared_warning
 from carotid.data.frames.kinds import is_archive
@@ -26,12 +27,15 @@ def audit_files(
     unhandled: list[str],
     unreadable: list[dict],
     cap: int | None = None,
+    facts: FileFacts | None = None,
 ) -> tuple[dict, list[str]]:
     """(data_report.json keys, warnings) of the checks below, for the persons in `files_of` (`unhandled`:
-    their image-like files not read and the archives, root-level ones included)."""
+    their image-like files not read and the archives, root-level ones included; `facts`: their stats, taken
+    once)."""
     archives, warnings = archive_warning(unhandled)
     unhandled = [u for u in unhandled if u not in archives]
-    boilerplate, copies = split_boilerplate(shared_files(root_dir, {p: files_of[p] for p in frames}), frames)
+    sharing = shared_files(root_dir, {p: files_of[p] for p in frames}, facts=facts)
+    boilerplate, copies = split_boilerplate(sharing, frames)
     shared = linked_persons(copies)
     if unreadable:
         warnings.insert(0, f"{plural(len(unreadable), 'unreadable image')} skipped (listed in data_report.json)")

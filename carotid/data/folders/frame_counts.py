@@ -17,8 +17,17 @@ from dataclasses import dataclass, field
 
 from carotid.core.library_words import reading
 from carotid.data.folders.discovery import bounded_map
+from carotid.data.folders.file_cache import FileFacts
 from carotid.data.frames.decode import describe_error
-from carotid.data.frames.kinds import FileKind, content_of, kind_by_name, reading_kind
+from carotid.data.frames.kinds import (
+    CONTENT_BY_SUFFIX,
+    FileKind,
+    content_in,
+    content_of,
+    head_of,
+    kind_by_name,
+    reading_kind,
+)
 
 
 @dataclass
@@ -71,34 +80,34 @@ def _probe(path: str):
 KEPT_MODALITIES = frozenset({"US", "IVUS", "OT", "SC", "XC", None})
 
 
-def count_frames(root_dir: str, files: Iterable[str]) -> FrameCounts:
-    """Frames per file for `files` (relative to root_dir); single-image files are counted without opening."""
+def count_frames(root_dir: str, files: Iterable[str], facts: FileFacts | None = None) -> FrameCounts:
+    """Frames per file for `files` (relative to root_dir). A file named as a single image is opened for its first
+    bytes only, and not at all where `facts` holds them from an earlier run on the file as it is now."""
     result = FrameCounts()
-    to_probe = []
-    single: Counter = Counter()
-    singles: list[tuple[str, FileKind]] = []
-    kinds: dict[str, FileKind | None] = {}  # by the text after a file name's last dot
+    to_probe: list[str] = []
+    singles: dict[FileKind, list[str]] = {}  # files named as single images, by their kind
+    target_of: dict[str, list[str]] = {}  # by the text after a file name's last dot: the list its files go to
     for rel in files:
         # The kind depends only on the suffix: asked once per distinct suffix, not once per file (at
         # 100,000s of files the per-file lookup was a visible part of start-up, PERFORMANCE.md).
         _, dot, tail = rel.rpartition(".")
         if not dot or "/" in tail:  # no dot in the file's own name: no suffix
-            kind = None
-        elif tail in kinds:
-            kind = kinds[tail]
-        else:
-            kind = kinds[tail] = kind_by_name(rel)
-        if kind is not None and kind.single_frame:
-            singles.append((rel, kind))
-        else:
             to_probe.append(rel)
+            continue
+        target = target_of.get(tail)
+        if target is None:
+            kind = kind_by_name(rel)
+            is_single = kind is not None and kind.single_frame
+            target = target_of[tail] = singles.setdefault(kind, []) if is_single else to_probe
+        target.append(rel)
     # A file named as a single image is still read by its content: a cine loop named .jpg is probed for its frames.
-    for (rel, kind), content in zip(singles, _contents(root_dir, [rel for rel, _ in singles])):
-        if content is not None and content[0] is not kind:
-            result.misnamed[rel] = content[1]
-            to_probe.append(rel)
-        else:
-            single[kind.name] += 1
+    misnamed = _misnamed(root_dir, singles, facts)
+    single = Counter({kind.name: len(rels) for kind, rels in singles.items()})
+    for rel in sorted(misnamed):
+        result.misnamed[rel] = misnamed[rel]
+        to_probe.append(rel)
+        single[kind_by_name(rel).name] -= 1
+    single = +single  # kinds all of whose files were another kind are not counted
     result.files_by_kind.update(single)
     result.frames_by_kind.update(single)
     # Threads hide file-system latency (NFS); header parsing itself holds the GIL.
@@ -139,9 +148,32 @@ def count_frames(root_dir: str, files: Iterable[str]) -> FrameCounts:
 SLOW_READ_S = 20e-6
 
 
+def _misnamed(root_dir: str, singles: dict[FileKind, list[str]], facts: FileFacts | None) -> dict[str, str]:
+    """{file: the suffix its first bytes say} of the files named as single images whose content is another kind:
+    as an earlier run read them where `facts` knows their group as it is now, else read (and kept in `facts`)."""
+    unknown, known = facts.known_kinds(frozenset(CONTENT_BY_SUFFIX)) if facts is not None else (None, {})
+    # Only what an earlier run can have kept: files named as single images (a hand-edited cache gives nothing away).
+    misnamed = {rel: code for rel, code in known.items() if getattr(kind_by_name(rel), "single_frame", False)}
+    if unknown is None:
+        missing = [(rel, kind) for kind, rels in singles.items() for rel in rels]
+    else:  # on a start after an unchanged one, no group is unknown: no file is opened
+        missing = [(rel, kind) for kind, rels in singles.items() for rel in rels if rel in unknown] if unknown else []
+    codes: dict[str, str | None] = {}  # the suffix its first bytes say, "" for the name's kind, None: not read
+    for (rel, kind), content in zip(missing, _contents(root_dir, [rel for rel, _ in missing])):
+        codes[rel] = None if content is UNREAD else "" if content is None or content[0] is kind else content[1]
+    if facts is not None:
+        facts.remember_kinds(codes)
+    misnamed.update((rel, code) for rel, code in codes.items() if code)
+    return misnamed
+
+
+UNREAD = object()  # a file whose first bytes could not be read (kept by no cache: read again next time)
+
+
 def _contents(root_dir: str, files: list[str]) -> Iterator:
-    """`content_of` each file, in order, 256 files a chunk: the first chunk in this thread, timed; the rest in
-    this thread too where that was fast, on the reader threads where it was not."""
+    """`content_in` each file's first bytes (UNREAD where it cannot be read), in order, 256 files a chunk: the
+    first chunk in this thread, timed; the rest in this thread too where that was fast, on the reader threads
+    where it was not."""
     chunks = [files[i : i + 256] for i in range(0, len(files), 256)]
     if not chunks:
         return
@@ -149,7 +181,8 @@ def _contents(root_dir: str, files: list[str]) -> Iterator:
     root_fd = os.open(root_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
 
     def read(chunk: list[str]) -> list:
-        return [content_of(rel, root_fd) for rel in chunk]
+        heads = [head_of(rel, root_fd) for rel in chunk]
+        return [UNREAD if head is None else content_in(head) for head in heads]
 
     try:
         started = time.perf_counter()

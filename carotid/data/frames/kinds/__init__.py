@@ -32,14 +32,17 @@ ARCHIVE_SUFFIXES = frozenset({"zip", "rar", "7z", "tar", "tgz", "gz", "bz2", "xz
 
 __all__ = [
     "BY_NAME",
+    "CONTENT_BY_SUFFIX",
     "FRAME_SUFFIXES",
     "KINDS",
     "FileKind",
     "Probe",
     "Source",
+    "content_in",
     "content_of",
     "kind_by_content",
     "kind_by_name",
+    "head_of",
     "kind_of",
     "reading_kind",
 ]
@@ -101,21 +104,38 @@ def reading_kind(path: str) -> FileKind | None:
 
 
 def content_of(path: str, dir_fd: int | None = None) -> tuple[FileKind, str] | None:
-    """(kind, suffix) that a file's first bytes say, whatever its name; None when they say nothing known.
-    `dir_fd`: an open folder that a relative `path` is below (the kernel then resolves only the rest)."""
+    """(kind, suffix) that a file's first bytes say, whatever its name; None when they say nothing known (or the
+    file cannot be read). `dir_fd`: an open folder that a relative `path` is below (the kernel then resolves only
+    the rest)."""
+    head = head_of(path, dir_fd)
+    return None if head is None else content_in(head)
+
+
+def head_of(path: str, dir_fd: int | None = None) -> bytes | None:
+    """A file's first HEAD_BYTES bytes; None when it cannot be read."""
     try:
         # os-level: at start-up this runs once per image file; never blocking (a FIFO is never waited on)
         fd = os.open(path, _OPEN_FLAGS, dir_fd=dir_fd)
         try:
-            head = os.read(fd, HEAD_BYTES)
+            return os.read(fd, HEAD_BYTES)
         finally:
             os.close(fd)
     except OSError:
         return None
+
+
+def content_in(head: bytes) -> tuple[FileKind, str] | None:
+    """(kind, suffix) that a file's first bytes say; None when they say nothing known."""
     if head[128:132] == b"DICM":
         return BY_NAME["dicom"], "dcm"
     magic, found = _MAGIC_BY_START.get(head[:2], (None, None))
     return found if magic is not None and head.startswith(magic) else None
+
+
+# What `content_in` can say, by its suffix (a file cache keeps the suffix).
+CONTENT_BY_SUFFIX: dict[str, tuple[FileKind, str]] = {
+    suffix: (BY_NAME[name], suffix) for _, name, suffix in (*MAGIC, (b"", "dicom", "dcm"))
+}
 
 
 def kind_by_content(path: str) -> FileKind | None:
