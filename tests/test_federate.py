@@ -4,17 +4,24 @@ run folder a user gets, what the coordinator never holds, the faults, resume and
 
 from __future__ import annotations
 
+import base64
 import csv
 import os
+import re
 import shutil
+import signal
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import openpyxl
 import pytest
 
+from carotid.core.errors import INTERRUPTED
 from carotid.data.demo import make_demo_data
-from tests.conftest import read_json, run_module, write_xlsx
+from carotid.training.site import hide_private, private_words
+from tests.conftest import module_command, read_json, run_module, subprocess_env, write_xlsx
 
 pytest.importorskip("flwr")
 pytestmark = pytest.mark.slow
@@ -55,6 +62,35 @@ def federate(*args: str) -> subprocess.CompletedProcess:
     return run_module("carotid.federate", *args, *FAST, timeout=TIMEOUT)
 
 
+def federate_until(line_start: str, errors: Path, *args: str) -> tuple[int, str, str]:
+    """carotid.federate until it shows a line starting with `line_start`, then Ctrl-C (SIGINT to it alone, so it
+    must stop the processes it started itself): (exit status, what it showed, its stderr)."""
+    command = module_command("carotid.federate", *args, *FAST)
+    with errors.open("w", encoding="utf-8") as stderr:
+        job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=subprocess_env())
+        too_long = threading.Timer(TIMEOUT, job.kill)
+        too_long.start()
+        shown = []
+        try:
+            for line in job.stdout:
+                shown.append(line)
+                if line.startswith(line_start):
+                    job.send_signal(signal.SIGINT)
+                    break
+            shown.append(job.communicate(timeout=120)[0])
+        finally:
+            too_long.cancel()
+    return job.returncode, "".join(shown), errors.read_text(encoding="utf-8")
+
+
+def no_leftover_processes(marker: str, seconds: float = 30) -> list[str]:
+    """leftover_processes, given the stopped processes a few seconds to exit."""
+    end = time.monotonic() + seconds
+    while (found := leftover_processes(marker)) and time.monotonic() < end:
+        time.sleep(1)
+    return found
+
+
 def leftover_processes(marker: str) -> list[str]:
     """Command lines of running processes that mention `marker` (a test's tmp_path)."""
     found = []
@@ -90,14 +126,22 @@ def test_three_hospitals_train_resume_and_the_coordinator_never_holds_an_id_or_a
     assert all(f"{name}: loss " in progress for name in sites) and "all sites: loss" in progress
     (fed_dir,) = out.glob("fed_*")
     assert leftover_processes(str(tmp_path)) == []
+    # The report: the per-round curves (an embedded picture) and a row per site and round.
+    report = (fed_dir / "report.html").read_text(encoding="utf-8")
+    picture = re.search(r'<img src="data:image/png;base64,([^"]+)"', report)
+    assert picture and base64.b64decode(picture.group(1)).startswith(b"\x89PNG")
+    assert all(f'<td class="n">1</td><td>{name}</td>' in report for name in (*sites, "all"))
 
-    # Resumed with hospC on 2 processes of its machine (its round under accelerate launch, DDP over gloo).
+    # Resumed with hospC on 2 processes of its machine (its round under accelerate launch, DDP over gloo) for 3
+    # rounds, and stopped with Ctrl-C once round 2 is done: every process it started stops with it.
     on_two = per_site | {"hospC": ["processes=2"]}
-    again = federate(*site_args(sites, on_two), "--resume", str(fed_dir), "--rounds", "2")
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert "resuming" in again.stdout and "round 2/2" in again.stdout and "round 1/" not in again.stdout
-    assert "hospC on 2 processes" in again.stdout
-    assert leftover_processes(str(tmp_path)) == []
+    resume = [*site_args(sites, on_two), "--resume", str(fed_dir), "--rounds", "3"]
+    status, shown, said = federate_until("round 2/3", tmp_path / "stderr.txt", *resume)
+    assert status == 130, shown[-3000:] + said[-3000:]
+    assert INTERRUPTED in said and "Traceback" not in said
+    assert "resuming" in shown and "round 2/3" in shown and "round 1/" not in shown and "round 3/" not in shown
+    assert "hospC on 2 processes" in shown
+    assert no_leftover_processes(str(tmp_path)) == []
     site_log = (out / "sites" / "hospC" / fed_dir.name / "train.log").read_text(encoding="utf-8")
     assert "round 1: 1 local epoch(s) on 1 process(es)" in site_log
     assert "round 2: 1 local epoch(s) on 2 process(es) (DDP over CPU processes)" in site_log
@@ -153,10 +197,23 @@ def test_a_hospital_that_fails_before_round_one_stops_the_run_under_its_name(tmp
     result = federate(*site_args(sites), "--rounds", "1", "--output-dir", str(out))
     assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "site hospB:" in errors[0], result.stderr[-3000:]
-    assert "Traceback" not in result.stderr
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert list(out.glob("fed_*")) == []  # no coordinator folder for a run that never started
     assert leftover_processes(str(tmp_path)) == []
+
+    # carotid.train's own line for the same data, under the site's name, with the site's path and every word that
+    # may name one of its persons hidden: its folder names (person IDs) reach neither the coordinator's console
+    # nor its Flower logs, only the site's own.
+    said = run_module("carotid.train", "--root-dir", str(data), "--label-excel", str(wrong), *FAST,
+                      "--output-dir", str(tmp_path / "train"))  # fmt: skip
+    (alone,) = [line for line in said.stderr.splitlines() if line.startswith("error: ")]
+    assert "HOSPB-PID" in alone
+    alone = alone.removeprefix("error: ").replace(str(data), "ROOT_DIR")
+    assert errors[0] == f"error: site hospB: {hide_private(alone, private_words(data, wrong))}"
+    (logs,) = out.glob("flower_fed_*/logs")
+    coordinator = [result.stdout, result.stderr] + [(logs / n).read_text() for n in ("superlink.log", "flwr_run.log")]
+    assert not any("HOSPB-PID" in text for text in coordinator)
+    assert "HOSPB-PID" in (logs / "supernode_hospB.log").read_text()
 
 
 def test_hospitals_whose_classes_differ_are_refused_before_round_one(tmp_path):

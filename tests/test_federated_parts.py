@@ -1,7 +1,11 @@
-"""The federated parts that need no running deployment: carotid-federate's option errors, the coordinator's
-numbers and files, and Flower's FedAvg over BatchNorm statistics (what a site then loads)."""
+"""The federated parts that need no running deployment: no framework import below the adapters, carotid-federate's
+option errors, the coordinator's numbers and files, and Flower's FedAvg over BatchNorm statistics (what a site then
+loads)."""
 
 from __future__ import annotations
+
+import ast
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +17,45 @@ from carotid.model.file import ModelFile
 from carotid.training.config import TrainConfig
 from carotid.training.epoch import build_run_model
 from carotid.training.local_round import load_global, norm_keys
-from tests.conftest import make_data, run_module
+from carotid.training.site import hide_private, private_words
+from tests.conftest import make_data, run_module, write_xlsx
+
+PACKAGE = Path(__file__).resolve().parents[1] / "carotid"
+FRAMEWORKS = ("flwr", "nvflare")
+
+
+def framework_imports(path: Path) -> list[str]:
+    """The Flower or FLARE modules a file imports (at any depth of its code)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+        found += [name for name in names if name.split(".")[0] in FRAMEWORKS]
+    return found
+
+
+def test_the_local_round_and_everything_below_the_adapters_import_neither_flower_nor_flare():
+    """Only carotid.federated (the adapters) and its CLIs import a framework; with the layers contract nothing the
+    training layer imports can, so the local round is framework-neutral."""
+    adapters = [PACKAGE / "federated", PACKAGE / "federate.py", PACKAGE / "flare.py"]
+    below = [p for p in PACKAGE.rglob("*.py") if not any(p == a or a in p.parents for a in adapters)]
+    assert PACKAGE / "training" / "local_round.py" in below
+    assert [f"{p.relative_to(PACKAGE)}: {m}" for p in below for m in framework_imports(p)] == []
+    # The scan sees the adapters' imports: Flower's in the ClientApp, FLARE's in its client.
+    assert "flwr.clientapp" in framework_imports(PACKAGE / "federated" / "client_app.py")
+    assert "nvflare.client" in framework_imports(PACKAGE / "federated" / "flare_client.py")
+
+
+def test_the_extras_pin_the_frameworks_tested_and_the_base_install_keeps_python_3_10():
+    from carotid.federated import patient
+
+    tomllib = pytest.importorskip("tomllib")  # Python ≥ 3.11
+    project = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert project["requires-python"] == ">=3.10"
+    extras = project["optional-dependencies"]
+    assert extras["federated"] == [f"flwr=={patient.FLOWER_VERSION}; python_version >= '3.11'"]
+    assert extras["flare"] == ["nvflare==2.9.0; python_version >= '3.10'"]
+
 
 # ---------------------------------------------------------------------------------------------
 # carotid-federate's options
@@ -67,6 +109,22 @@ def test_the_cli_refuses_train_only_options_with_the_fix(two_sites):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: --epochs is not an option of carotid-federate")
     assert "--local-epochs" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_sites_error_for_the_coordinator_hides_its_folder_names_and_id_like_sheet_values(tmp_path):
+    root = tmp_path / "frames"
+    for person in ("MRN-0042", "MRN-0043"):
+        (root / person).mkdir(parents=True)
+    rows = [["Study of 2024"], ["MRN", "Diagnosis", "Scan date"]]  # a title row above the headers
+    rows += [[f"MRN-00{40 + i}", "plaque" if i % 2 else "normal", f"2024-03-{10 + i}"] for i in range(6)]
+    label = write_xlsx(tmp_path / "labels.xlsx", rows)
+    words = private_words(root, label, header_row=2)
+    assert {"MRN-0042", "MRN-0045", "2024-03-15"} <= words and not {"plaque", "normal", "MRN", "Diagnosis"} & words
+    said = "person MRN-0042 (2024-03-12) has no frames in ROOT_DIR/MRN-0043; MRN-00420 is no ID; classes: plaque"
+    assert hide_private(said, words) == (
+        "person [private] ([private]) has no frames in ROOT_DIR/[private]; MRN-00420 is no ID; classes: plaque"
+    )
+    assert private_words(None, tmp_path / "missing.xlsx") == set()  # nothing readable: nothing to hide
 
 
 # ---------------------------------------------------------------------------------------------

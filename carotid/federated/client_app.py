@@ -13,13 +13,15 @@ message types:
 - evaluate: score the global weights on the site's validation persons.
 
 A user's mistake at the site (a bad sheet, no frames) is answered as `error` text in the reply, so the coordinator
-can name the site; the text is carotid's `error:` line, which names no person.
+can name the site; the text is carotid's `error:` line with the site's paths and every word that may name a person
+hidden (the site's console shows it whole).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 import traceback
 from pathlib import Path
 
@@ -32,7 +34,9 @@ from carotid.training.config import TrainConfig
 from carotid.training.site import (
     PROCESSES,
     SITE_OPTIONS,
+    hide_private,
     open_site,
+    private_words,
     site_accelerator,
     site_options,
     site_processes,
@@ -69,18 +73,25 @@ def _site_cfg(msg: Message, context: Context) -> tuple[str, TrainConfig, dict, i
 
 def _error_reply(msg: Message, context: Context, err: BaseException) -> Message:
     """The site's error in words, for the coordinator: a user's mistake as its `error:` line, anything else as its
-    last line; the site's own paths in it are replaced by the names of their settings."""
+    last line; the site's own paths in it are replaced by the names of their settings, and every word that may name
+    a person (a folder name of its root folder, a value of its sheet's ID-like columns) by [private]. The site's
+    own console has the whole line."""
     if isinstance(err, UserError):
         text = str(err)
+        print(f"error: {text}", file=sys.stderr, flush=True)
     else:
         last = traceback.format_exception_only(type(err), err)[-1].strip()
         text = f"{last} (the site's own log has the traceback)"
         traceback.print_exc()
+    config = context.node_config
     for key, placeholder in (("root-dir", "ROOT_DIR"), ("label-excel", "LABEL_EXCEL"), ("output-dir", "SITE_DIR")):
-        path = str(context.node_config.get(key, "") or "")
+        path = str(config.get(key, "") or "")
         if path:
             text = text.replace(str(Path(path).resolve()), placeholder).replace(path, placeholder)
-    name = str(context.node_config.get("site", ""))
+    header_row = config.get("header-row")
+    words = private_words(config.get("root-dir"), config.get("label-excel"), config.get("sheet"), header_row)
+    text = hide_private(text, words - {"ROOT_DIR", "LABEL_EXCEL", "SITE_DIR"})
+    name = str(config.get("site", ""))
     return Message(content=RecordDict({"site": ConfigRecord({"name": name, "error": text})}), reply_to=msg)
 
 

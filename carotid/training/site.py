@@ -2,14 +2,17 @@
 
 The folder is an ordinary carotid run directory (config.yaml, splits.json, data_report.json, train.log) named
 after the federated run, under the site's own output directory; it stays at the site. Only `SiteSummary`
-(class names and counts) is meant to leave it.
+(class names and counts) is meant to leave it, and a site's error only as `hide_private` words it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import zip_longest
 from pathlib import Path
 
 from accelerate import Accelerator
@@ -18,7 +21,9 @@ from carotid.core import run_dir as run_folder
 from carotid.core.errors import UserError
 from carotid.core.run_dir import RunDir
 from carotid.core.runtime import build_accelerator, on_main
+from carotid.data.classes import cell_text
 from carotid.data.manifest import SPLITS, DataManifest, check_classes_in_training
+from carotid.data.sheet.workbook import read_sheet
 from carotid.data.split import describe_groups, person_groups, split_persons
 from carotid.training.config import TrainConfig
 from carotid.training.fit import read_data, with_splits
@@ -42,6 +47,7 @@ SITE_OPTIONS = (
 )
 # How many processes (GPUs) of its own machine a site trains on: its machine's setting, not a carotid.train option.
 PROCESSES = "processes"
+PRIVATE = "[private]"  # what a site's error shows the coordinator instead of a word that may name a person
 
 
 @dataclass(frozen=True)
@@ -151,3 +157,33 @@ def site_accelerator(cfg: TrainConfig) -> Accelerator:
         output_dir=cfg.output_dir,
     )
     return accelerator
+
+
+def private_words(root_dir, label_excel, sheet: str | None = None, header_row: int | None = None) -> set[str]:
+    """What of a site may name a person: the names directly in its root folder (person folders, loose files) and
+    the values of each sheet column whose values are mostly distinct (IDs, dates, free text; not the header row,
+    nor a column of a few repeated values such as the classes). What cannot be read is left out: no message of
+    carotid's can quote it either."""
+    words: set[str] = set()
+    try:
+        words |= {entry.name for entry in os.scandir(root_dir)} if root_dir else set()
+    except OSError:
+        pass
+    try:
+        rows = read_sheet(label_excel, sheet).rows
+    except Exception:  # noqa: BLE001 - an unreadable sheet (often the site's error itself) has no value to hide
+        return words
+    header = header_row or (rows[0][0] if rows else 0)
+    for column in zip_longest(*(values for number, values in rows if number > header)):
+        texts = [text for text in map(cell_text, column) if text]
+        if 2 * len(set(texts)) > len(texts):
+            words |= set(texts)
+    return words
+
+
+def hide_private(text: str, words: set[str]) -> str:
+    """`text` with every one of `words` (as a whole word) shown as PRIVATE: a site's message for the coordinator."""
+    if not words:
+        return text
+    alternatives = "|".join(re.escape(word) for word in sorted(words, key=len, reverse=True))
+    return re.sub(rf"(?<!\w)(?:{alternatives})(?!\w)", PRIVATE, text)
