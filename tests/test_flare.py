@@ -89,7 +89,9 @@ TRAIN_ARGV = ["--image-size", "32", "--batch-size", "8", "--num-workers", "0", "
 
 def test_exported_fedbn_job_excludes_exactly_the_norm_layers_and_ships_carotid_options_not_carotid(tmp_path, capsys):
     sites, _ = demo_sites(tmp_path)
-    argv = [*site_argv(sites), "--rounds", "3", "--local-epochs", "2", "--keep-local", "norm"]
+    # FedBN and FedProx together, site_2 on 2 processes of its machine.
+    argv = [*site_argv(sites, {"site_2": ["processes=2"]}), "--rounds", "3", "--local-epochs", "2"]
+    argv += ["--keep-local", "norm", "--fedprox-mu", "0.05"]
     argv += ["--model", "mobilenet_v3_small", *TRAIN_ARGV, "--output-dir", str(tmp_path / "out")]
     assert flare_cli.main([*argv, "--export", str(tmp_path / "jobs")]) == 0
     (job,) = (tmp_path / "jobs").glob("flare_*")
@@ -102,7 +104,7 @@ def test_exported_fedbn_job_excludes_exactly_the_norm_layers_and_ships_carotid_o
     model = flare_job.initial_model(json.loads(json.dumps(vars(cfg))), CLASSES, cfg.seed)
     excluded = {k for k in model.state_dict() if pattern.search(k)}
     assert excluded == norm_keys(model) and any(k.endswith("running_var") for k in excluded)
-    assert controller["args"]["num_rounds"] == 3
+    assert controller["args"]["num_rounds"] == 3 and controller["args"]["fedprox_mu"] == 0.05
 
     for name, site in sites.items():
         app = job / f"app_{name}"
@@ -112,6 +114,7 @@ def test_exported_fedbn_job_excludes_exactly_the_norm_layers_and_ships_carotid_o
         given = flare_client.site_settings(command[script + 1 :])  # what the site's client will read
         own = {"root_dir": site["root_dir"], "label_excel": site["label_excel"]}
         assert {k: given[k] for k in own} == own and given["output_dir"] == str(tmp_path / "out" / "sites" / name)
+        assert given["processes"] == (2 if name == "site_2" else 1)
         assert (app / "custom" / "carotid_site.py").is_file() and not (app / "custom" / "carotid").exists()
         shipped = json.loads((app / "custom" / flare_client.JOB_OPTIONS).read_text(encoding="utf-8"))
         assert shipped["keep_local"] == "norm" and shipped["local_epochs"] == 2 and shipped["class_names"] == CLASSES
