@@ -203,6 +203,31 @@ def test_fedavg_averages_batchnorm_statistics_weighted_by_training_persons():
     assert torch.allclose(model.bn1.running_mean, expected, atol=1e-5)
 
 
+def test_under_fedbn_flowers_fedavg_averages_the_rest_and_the_global_weights_keep_their_norm_layers():
+    pytest.importorskip("flwr")
+    from flwr.app import ArrayRecord, MetricRecord, RecordDict
+    from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+    from carotid.federated.server_app import next_global
+
+    cfg = TrainConfig(model="resnet18", image_size=32)
+    model, _ = build_run_model(cfg, ["normal", "plaque"])
+    start, norms = model.state_dict(), norm_keys(model)
+    sent = []
+    for shift, persons in ((1.0, 30), (5.0, 10)):  # what a FedBN site sends: every layer but its norm layers
+        state = {k: v.clone() + shift if v.is_floating_point() else v.clone() for k, v in start.items()}
+        sent.append(RecordDict({"arrays": ArrayRecord({k: state[k] for k in set(state) - norms}),
+                                "metrics": MetricRecord({"num-examples": persons})}))  # fmt: skip
+    averaged = aggregate_arrayrecords(sent, "num-examples")
+    weights = next_global(start, averaged)
+    assert set(weights) == set(start) and all(torch.equal(weights[k], start[k]) for k in norms)
+    assert torch.allclose(weights["conv1.weight"], start["conv1.weight"] + (30 * 1.0 + 10 * 5.0) / 40, atol=1e-5)
+
+    own = {k: start[k] + 7.0 if start[k].is_floating_point() else start[k] for k in norms}  # a site's kept layers
+    load_global(model, weights, own)
+    assert torch.equal(model.bn1.running_mean, own["bn1.running_mean"])
+
+
 # ---------------------------------------------------------------------------------------------
 # The loopback's longer start window: only on the pinned Flower
 # ---------------------------------------------------------------------------------------------

@@ -222,12 +222,17 @@ def one_round(grid, strategy, run, fed, base, names, round_number, weights) -> d
             f"restart the missing sites, then continue with --resume {run.paths.path}",
         )
     arrays, _ = strategy.aggregate_train(round_number, trained)
-    # FedBN: the sites sent no norm layer; the global weights keep the others as they were.
-    weights = dict(weights) | arrays.to_torch_state_dict()
+    weights = next_global(weights, arrays)
     evaluate(grid, strategy, run, fed, base, names, round_number, weights, rows)
     total = run.end_round(round_number, rows, weights)
     say(progress_line(round_number, fed.rounds, rows, total), run)
     return weights
+
+
+def next_global(weights: dict[str, torch.Tensor], arrays: ArrayRecord) -> dict[str, torch.Tensor]:
+    """The averaged weights over the last global ones: under FedBN the sites sent no norm layer, and the global
+    weights keep the ones they had (the coordinator's initial norm layers)."""
+    return dict(weights) | arrays.to_torch_state_dict()
 
 
 def evaluate(grid, strategy, run, fed, base, names, round_number, weights, rows) -> None:
