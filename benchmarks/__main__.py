@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO, Options, Row, csv_text, machine, markdown
+from benchmarks.common import REPO, Options, Row, compile_checkout, csv_text, machine, markdown
 
 # In the order they run: the targets first, so that a run cut short still has them in its table.
 COMPARISONS = (
@@ -58,6 +58,7 @@ def run_all(names: list[str], opts: Options, write) -> tuple[list[Row], int]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch loads: these are the CPU rows (GPU: benchmarks.gpu)
+    compile_checkout()
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="carotid-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     opts = Options.quick_options(work) if args.quick else Options(work)
