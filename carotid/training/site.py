@@ -2,7 +2,7 @@
 
 The folder is an ordinary carotid run directory (config.yaml, splits.json, data_report.json, train.log) named
 after the federated run, under the site's own output directory; it stays at the site. Only `SiteSummary`
-(class names and counts) is meant to leave it, and a site's error only as `hide_private` words it.
+(class names and counts) is meant to leave it, and a site's error only as `hide_private` leaves it.
 """
 
 from __future__ import annotations
@@ -159,7 +159,9 @@ def site_accelerator(cfg: TrainConfig) -> Accelerator:
     return accelerator
 
 
-def private_words(root_dir, label_excel, sheet: str | None = None, header_row: int | None = None) -> set[str]:
+def private_words(
+    root_dir: str | Path | None, label_excel: str | Path | None, sheet: str | None = None, header_row: int | None = None
+) -> set[str]:
     """What of a site may name a person: the names directly in its root folder (person folders, loose files) and
     the values of each sheet column whose values are mostly distinct (IDs, dates, free text; not the header row,
     nor a column of a few repeated values such as the classes). What cannot be read is left out: no message of
