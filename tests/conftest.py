@@ -20,8 +20,12 @@ import torch
 from carotid.data.demo import make_demo_data
 
 # Fast training options used across the suite. No tracker: TensorBoard, the default, has its own tests
-# (test_options, test_cv, test_train), and the others would each import and write it for nothing.
+# (test_options, test_cv, test_train), and the others would each import and write it for nothing. A frame model:
+# the tests of the default person model (attention) name it after FAST (test_person_model, test_attention_truth,
+# test_strategies, test_resume, test_best_epoch, test_steps), and the demo and docs tests run it with no FAST.
 FAST = [
+    "--person-model",
+    "frames",
     "--report-to",
     "none",
     "--model",

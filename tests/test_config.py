@@ -88,7 +88,7 @@ def test_bad_yaml_is_a_user_error(tmp_path, text, message):
         ("--epochs two", "invalid int value: 'two'"),
         ("--root-dir -DATA", "expected one argument — a value starting with '-' is written --root-dir=-DATA"),
         ("--root-dir --epochs 3", "expected one argument — see carotid-train --help"),
-        ("--attention-dropout 0.25", "act on attention; --person-model is frames"),
+        ("--person-model frames --attention-dropout 0.25", "act on attention; --person-model is frames"),
         ("--person-model mean --mask-top-frames 1", "act on attention; --person-model is mean"),
         ("--person-model attention --attention-dropout 1", "--attention-dropout must be in"),
     ],

@@ -185,7 +185,7 @@ def test_fedavg_averages_batchnorm_statistics_weighted_by_training_persons():
     from flwr.app import ArrayRecord, MetricRecord, RecordDict
     from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords  # what FedAvg.aggregate_train calls
 
-    cfg = TrainConfig(model="resnet18", image_size=32)
+    cfg = TrainConfig(model="resnet18", image_size=32, person_model="frames")  # torchvision's own key names
     model, _ = build_run_model(cfg, ["normal", "plaque"])
     states = []
     for shift, persons in ((1.0, 30), (5.0, 10)):

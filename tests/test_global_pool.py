@@ -116,8 +116,9 @@ def test_a_max_pooled_run_says_so_records_it_and_exports_to_onnx_with_the_same_o
 @pytest.mark.parametrize(
     "flags, pool",
     [
-        ([], "avg"),  # a frame model: its architecture's own pooling
-        (["--person-model", "attention"], "max"),  # a person model from random weights: measured
+        (["--person-model", "frames"], "avg"),  # a frame model: its architecture's own pooling
+        ([], "max"),  # the default person model (attention) from random weights: measured
+        (["--person-model", "attention"], "max"),
         (["--person-model", "mean"], "max"),
         (["--person-model", "attention", "--model", "resnet18", "--pretrained"], "avg"),  # weights learned under avg
         (["--person-model", "attention", "--global-pool", "avg"], "avg"),

@@ -82,6 +82,7 @@ def test_early_stopping_plateau_the_default_tensorboard_and_curves(data_dir, tmp
         "--monitor",
         "val_accuracy",
         *("--model", "small_cnn", "--image-size", "32", "--batch-size", "8", "--num-workers", "0"),  # no --report-to
+        *("--person-model", "frames"),  # val_accuracy: a frame model's per-frame column
         "--lr",
         "1e-12",
     )

@@ -67,11 +67,12 @@ class ModelOptions:
         group="model",
     )
     person_model: str = opt(
-        "frames",
+        "attention",
+        "attention = a person-level model: the frame encoder's embeddings of a person's frames pooled by gated "
+        "attention (per-frame weights are an output), the loss on the person's label (the default: ahead of the "
+        "frame model on every measured run, docs/EVALUATION.md); mean = the same with the embeddings' mean; "
         "frames = a frame classifier trained with each frame labelled as its person, probabilities pooled by "
-        "--person-aggregation; attention = a person-level model: the frame encoder's embeddings of a person's frames "
-        "pooled by gated attention (per-frame weights are an output), the loss on the person's label; "
-        "mean = the same with the embeddings' mean.",
+        "--person-aggregation.",
         choices=PERSON_MODELS,
         group="model",
     )
