@@ -313,7 +313,9 @@ def training_commands(opts: Options, augment: str = "ultrasound") -> dict[str, l
     return {
         "hand-written": module_command("benchmarks.handwritten", common + hand, first_step_hook=True),
         "carotid.train": module_command(
-            "carotid.train", common + ["--no-test", "--output-dir", str(opts.work / "runs")], first_step_hook=True
+            "carotid.train",
+            common + ["--person-model", "frames", "--no-test", "--output-dir", str(opts.work / "runs")],  # as the loop
+            first_step_hook=True,
         ),
     }
 

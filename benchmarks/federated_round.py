@@ -75,6 +75,7 @@ def run(opts: Options) -> list:
     if not (data / "sites.csv").is_file():
         make_demo_sites(data, 2, persons, "noniid", 8, frames, 64, seed=0)
     argv = ["--rounds", str(rounds), "--local-epochs", "1", "--model", opts.model, "--image-size", "32"]
+    argv += ["--person-model", "frames"]  # the frame model the overhead row was first measured with
     argv += ["--batch-size", "8", "--num-workers", "0", "--output-dir", str(opts.work / "federated_run")]
     for name in ("site_1", "site_2"):
         argv += ["--site", name, str(data / name), str(data / name / "label.xlsx")]
