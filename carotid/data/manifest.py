@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import unicodedata
 from dataclasses import dataclass, field
+from itertools import chain, repeat
 
 from carotid.core.errors import UserError
 from carotid.core.memory import records_built
@@ -60,13 +61,18 @@ class DataManifest:
         # rel is never absolute (a path below root_dir): joining is a concatenation, ~5x cheaper than
         # os.path.join a file, which counts at 100,000s of frames (PERFORMANCE.md, start-up scaling).
         base = os.path.join(self.root_dir, "")
-        out, path, last = [], "", None
+        out: list[Frame] = []
         for p in persons:
-            label = self.person_labels[p]
-            for rel, index in self.frames[p]:
+            frames = self.frames[p]
+            if all(index == 0 for _, index in frames):  # one frame a file (the common case): no path shared
+                paths = [base + rel for rel, _ in frames]
+                out += map(Frame, paths, repeat(p), repeat(self.person_labels[p]))
+                continue
+            path, last = "", None
+            for rel, index in frames:
                 if rel != last:  # the frames of one file share its path string
                     path, last = base + rel, rel
-                out.append(Frame(path, p, label, index))
+                out.append(Frame(path, p, self.person_labels[p], index))
         return out
 
     def left_out_notes(self) -> list[str]:
@@ -129,7 +135,7 @@ def _collect(
     files_of = {p: found[folder_of[p]] for p in wanted}
     checks.check_nested(files_of, matching, root_dir)
     facts = FileFacts.gather(root_dir, files_of)  # one stat a file, for the counts and the shared-files check
-    counted = count_frames(root_dir, (f for p in wanted for f in files_of[p]), facts)
+    counted = count_frames(root_dir, chain.from_iterable(files_of[p] for p in wanted), facts)
     all_frames = {p: counted.frames_of(files_of[p]) for p in wanted}
     # A folder with no frame (empty, or only a DICOMDIR, a README, a DICOM without its preamble) is left out.
     no_images = [p for p in wanted if not all_frames[p]]

@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import repeat
 
 from carotid.core.library_words import reading
 from carotid.data.folders.discovery import bounded_map
@@ -51,7 +52,7 @@ class FrameCounts:
     def frames_of(self, files: Iterable[str]) -> list[tuple[str, int]]:
         """(file, frame number) of every frame of `files`, in order; unreadable and non-image files left out."""
         if not (self.unreadable or self.skipped or self.other_modality or self.counts):
-            return [(rel, 0) for rel in files]  # single-image files only: the common case, kept to one pass
+            return list(zip(files, repeat(0)))  # single-image files only: the common case, one pass in C
         out: list[tuple[str, int]] = []
         for rel in files:
             if rel in self.unreadable or rel in self.skipped or rel in self.other_modality:
