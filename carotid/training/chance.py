@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from carotid.core.text import plural
 from carotid.data.manifest import DataManifest
 
 STUCK_FRACTION = 0.85
@@ -59,8 +60,9 @@ def not_learned_warning(last_train_loss: float | None, chance: float, epochs: in
         if person_model
         else "train longer (--epochs), check --lr, or check that the labels can be seen in the frames"
     )
+    where = "near" if last_train_loss < chance else "at or above"
     return (
-        f"warning: the training loss ended at {last_train_loss:.3f} after {epochs} epochs, near the "
+        f"warning: the training loss ended at {last_train_loss:.3f} after {plural(epochs, 'epoch')}, {where} the "
         f"{chance:.3f} of a model that has learned nothing (it outputs the class shares): this model has not "
         f"learned, whatever its validation numbers say — {fix}"
     )
