@@ -152,7 +152,7 @@ class FileFacts:
 
     def remember_kinds(self, read: dict[str, str | None]) -> None:
         """Keeps what this run read of files' first bytes ({file: suffix, "" as named, None: could not be read})
-        for each group all of whose read files were read; a group with an unreadable file is read again next time."""
+        for each group it read; a group with a file that could not be read is not kept (read again next time)."""
         self.cache.kinds_read += len(read)
         for fingerprint, files in self.groups:
             self.cache.groups_seen.append(fingerprint)
