@@ -4,6 +4,7 @@
 # Usage: bash scripts/test.sh [--fast] [pytest arguments]
 #   --fast: skip the tests marked slow (multi-process launches, the browser, the benchmark): the quick loop of a
 #   developer (pytest -m "not slow"); CI runs everything. README.md gives the time each takes.
+# The tests run on two workers (CAROTID_TEST_WORKERS, below).
 # A second run with pyproject.toml unchanged skips the install (a stamp in the environment, see scripts/env.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,5 +30,18 @@ lint-imports --no-cache          # the layers (contract in pyproject.toml): noth
 if [ "${1:-}" = "--fast" ]; then
     shift
     set -- -m "not slow" "$@"
+fi
+# Two pytest workers (pytest-xdist, the dev extra): most tests wait on one process at a time, so two workers take
+# about half the time on two cores. A test file runs on one worker (--dist loadfile), which builds its module
+# fixtures (trained runs) once; the files go out in the order tests/conftest.py gives them (the long ones first),
+# and each worker takes its share of the cores.
+# CAROTID_TEST_WORKERS=1 runs the tests in one process (a debugger, -x with a single traceback), as does -n 0.
+WORKERS="${CAROTID_TEST_WORKERS:-2}"
+if [ "$WORKERS" -gt 1 ]; then
+    if python -c "import xdist" 2>/dev/null; then
+        set -- -n "$WORKERS" --dist loadfile --no-loadscope-reorder "$@"
+    else
+        echo "pytest-xdist is not installed: the tests run in one process (pip install pytest-xdist for two workers)"
+    fi
 fi
 python -m pytest "$@"

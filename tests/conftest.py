@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import openpyxl
@@ -18,6 +19,13 @@ import pytest
 import torch
 
 from carotid.data.demo import make_demo_data
+
+# pytest-xdist runs the suite on several workers (scripts/test.sh: two). Each takes its share of the cores for
+# torch's threads and for the processes it starts, so two workers do not spin two OpenMP threads each on two cores.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    torch.set_num_threads(max(1, torch.get_num_threads() // WORKERS))
+    os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
 
 # Fast training options used across the suite. No tracker: TensorBoard, the default, has its own tests
 # (test_options, test_cv, test_train), and the others would each import and write it for nothing. A frame model:
@@ -220,6 +228,15 @@ def cv_run(tmp_path_factory) -> tuple[Path, Path, Path]:
     extra = ("--epochs", "2", "--report-to", "tensorboard", "--subgroup-column", "医院")
     assert train_in_process(*cv_args(root, label, output, *extra)) == 0
     return only_cv_dir(output), root, label
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The files with the most slow tests (multi-process launches, minutes each) first, then by their number of
+    tests: pytest-xdist hands whole files to its workers in this order (scripts/test.sh), so a long file does not
+    start near the end while the other worker idles. A file's own tests keep their order."""
+    slow = Counter(item.path for item in items if item.get_closest_marker("slow"))
+    count = Counter(item.path for item in items)
+    items.sort(key=lambda item: (-slow[item.path], -count[item.path]))
 
 
 def reset_accelerate() -> None:
