@@ -266,7 +266,7 @@ def test_predict_writes_the_documented_unreadable_columns(trained_run, data_dir,
     assert documented and _header(tmp_path / "p_unreadable.csv") == documented[0]
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # scripts/demo.sh and its four printed commands, each a process of its own: about a minute
 def test_the_demo_prints_next_commands_that_work_as_printed_and_match_the_readme(tmp_path):
     """scripts/demo.sh (one epoch, no install) into tmp_path; then each printed next command, as printed."""
     env = subprocess_env(threads=2)

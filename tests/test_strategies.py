@@ -132,7 +132,8 @@ def strategy_data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def all_runs(strategy_data, tmp_path_factory):
-    """Runs made on first use and shared by every test of this module."""
+    """Runs made on first use and shared by every test of this module: a strategy's first test takes its two
+    launches of 2 processes (a 2-epoch run and its resume), over a minute on two cores."""
     made: dict[str, StrategyRuns] = {}
 
     def get(name: str) -> StrategyRuns:
