@@ -7,11 +7,12 @@ builds the FedAvg job (`carotid.federated.flare_job`: FedProx with --fedprox-mu,
 runs it in FLARE's simulator, each site's client a process of its own. The options are carotid.federate's (every
 carotid.train option; --site with its own sheet settings as KEY=VALUE). The coordinator's folder
 OUT/flare_YYYYMMDD_HHMMSS/ holds config.yaml, models/final_model.pth (an ordinary carotid model file), the job
-(job/) and FLARE's workspace and logs (simulation/); each site's own files are in OUT/sites/NAME/flare_…/ (with
-FedBN also the site's own model, models/site_model.pth). `--export DIR` writes the job folder instead, for
-`nvflare job submit -j DIR/flare_…` on a FLARE deployment (docs/FEDERATED.md). `--resume OUT/flare_…` (with the
-same --site arguments; --rounds to extend) continues after the last round FLARE's server finished, from its
-global model, with the run's own options.
+(job/) and FLARE's server workspace and log (simulation/); each site's own files are in OUT/sites/NAME/flare_…/
+(its FLARE log and app in flare_simulation/, which the simulator writes beside the server's and carotid moves to
+the site; with FedBN also the site's own model, models/site_model.pth). `--export DIR` writes the job folder
+instead, for `nvflare job submit -j DIR/flare_…` on a FLARE deployment (docs/FEDERATED.md). `--resume OUT/flare_…`
+(with the same --site arguments; --rounds to extend) continues after the last round FLARE's server finished, from
+its global model, with the run's own options.
 """
 
 from __future__ import annotations
@@ -121,10 +122,16 @@ def run(cfg: FlareConfig, given: set[str]) -> Path:
     options = {k: v for k, v in vars(train_cfg).items() if k not in ("root_dir", "label_excel")}
     config = {"options": options, "federated": federated, "class_names": classes, "sites": list(sites)}
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
-    print(f"sites: {', '.join(sites)}; FLARE's workspace and logs: {run_dir / 'simulation'}", flush=True)
-    simulation = flare_job.simulate(recipe, run_dir / "job", list(sites), run_dir / "simulation", cfg.rounds)
+    print(f"sites: {', '.join(sites)}; FLARE's server workspace and log: {run_dir / 'simulation'}", flush=True)
+    folders = site_folders(sites, run_name, "simulation")
+    simulation = flare_job.simulate(recipe, run_dir / "job", folders, run_dir / "simulation", cfg.rounds)
     save_models(run_dir, train_cfg, classes, sites, simulation, cfg.rounds, cfg.keep_local)
     return run_dir
+
+
+def site_folders(sites: dict, run_name: str, workspace: str) -> dict[str, Path]:
+    """Where each site's part of a simulation's workspace goes: OUT/sites/NAME/<run>/flare_<workspace>."""
+    return {name: Path(site["output_dir"]) / run_name / f"flare_{workspace}" for name, site in sites.items()}
 
 
 def save_models(run_dir: Path, train_cfg, classes: list[str], sites: dict, simulation: Path, rounds: int, keep_local):
@@ -190,8 +197,9 @@ def resume(cfg: FlareConfig, given: set[str]) -> Path:
     saved.setdefault("resumed", []).append({"after_round": done, "time": time.strftime("%Y-%m-%d %H:%M:%S")})
     (run_dir / "config.yaml").write_text(yaml.safe_dump(saved, allow_unicode=True), encoding="utf-8")
     workspace = run_dir / f"simulation_from_round_{done}"
-    print(f"resuming {run_dir.name} after round {done} of {rounds}; FLARE's workspace and logs: {workspace}")
-    simulation = flare_job.simulate(recipe, run_dir / "job", list(sites), workspace, rounds - done)
+    print(f"resuming {run_dir.name} after round {done} of {rounds}; FLARE's server workspace and log: {workspace}")
+    folders = site_folders(sites, run_dir.name, workspace.name)
+    simulation = flare_job.simulate(recipe, run_dir / "job", folders, workspace, rounds - done)
     save_models(run_dir, train_cfg, classes, sites, simulation, rounds, fed["keep_local"])
     return run_dir
 

@@ -122,7 +122,8 @@ def federate(method: str, folders: dict[str, Path], out: Path, args, seed: int) 
         cfg, ["normal", "plaque"], sites, out / "job", run_name=run, rounds=args.rounds,
         local_epochs=args.local_epochs, keep_local=keep_local, fedprox_mu=mu,
     )  # fmt: skip
-    simulation = flare_job.simulate(recipe, out / "job", list(sites), out / "flare", args.rounds)
+    folders = {name: Path(site["output_dir"]) / run / "flare_simulation" for name, site in sites.items()}
+    simulation = flare_job.simulate(recipe, out / "job", folders, out / "flare", args.rounds)
     weights = flare_job.global_weights(simulation)
     if keep_local is None:
         return {method: flare_job.save_model(out / "global.pth", cfg, ["normal", "plaque"], weights, args.rounds)}

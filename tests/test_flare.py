@@ -60,7 +60,8 @@ def site_processes(monkeypatch):
 def simulate(tmp_path, sites, cfg, classes=CLASSES, **federated) -> Path:
     job_dir = tmp_path / "job"
     recipe = flare_job.build_recipe(cfg, classes, sites, job_dir, run_name=RUN, **federated)
-    return flare_job.simulate(recipe, job_dir, list(sites), tmp_path / "flare", federated["rounds"])
+    folders = {name: Path(site["output_dir"]) / RUN / "flare_simulation" for name, site in sites.items()}
+    return flare_job.simulate(recipe, job_dir, folders, tmp_path / "flare", federated["rounds"])
 
 
 def text_files(folder: Path):
@@ -200,7 +201,11 @@ def test_flare_cli_runs_and_resumes_fedavg_in_the_simulator_to_a_carotid_model_f
     assert f"Loading checkpoint from {first / flare_job.GLOBAL_MODEL}" in server_log
     assert re.findall(r"Round (\d+) started\.", server_log) == ["1"]  # FLARE counts from 0: the 2nd round
     assert flare_job.last_global_model(run_dir) == (2, simulation / flare_job.GLOBAL_MODEL)
-    said_at = {name: (simulation / name / "log.txt").read_text(encoding="utf-8") for name in sites}
+    said_at = {  # each site's FLARE log, moved from the simulator's workspace to the site's own folder
+        name: (out / "sites" / name / run_dir.name / "flare_simulation_from_round_1" / "log.txt").read_text("utf-8")
+        for name in sites
+    }
+    assert not (simulation / "site_1").exists() and not (first / "site_2").exists()
     assert "this site trains each round on 2 processes" in said_at["site_2"]
     assert "this site trains each round on" not in said_at["site_1"]
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["federated"]["rounds"] == 2
@@ -234,12 +239,11 @@ def test_flare_cli_runs_and_resumes_fedavg_in_the_simulator_to_a_carotid_model_f
         auc = float("nan") if auc is None else auc
         assert float(timings[1]["global_val_person_auc"]) == pytest.approx(auc, nan_ok=True)
 
-    # Nothing of a site's persons reaches the coordinator: no person ID and no folder of a site in FLARE's server
-    # workspace, the coordinator's config.yaml or the model file's options.
+    # Nothing of a site's persons reaches the coordinator: no person ID and no folder of a site in any text file of
+    # the coordinator's folder (FLARE's server workspace, the job, config.yaml) or the model file's options.
     persons = [p for s in sites.values() for p in read_labels(s["label_excel"]).labels]
     tokens = [*persons, *(s["root_dir"] for s in sites.values())]
-    texts = [*text_files(first / "server"), *text_files(simulation / "server")]
-    texts.append((run_dir / "config.yaml", (run_dir / "config.yaml").read_text()))
+    texts = list(text_files(run_dir))
     texts.append((model_path, json.dumps(model.config)))
     leaked = [
         (path.name, token)

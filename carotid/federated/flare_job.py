@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -162,18 +163,34 @@ def _in_job_dir(job_dir: Path):
         os.chdir(before)
 
 
-def simulate(recipe: FedAvgRecipe, job_dir: Path, sites: list[str], workspace: Path, rounds: int) -> Path:
+def simulate(
+    recipe: FedAvgRecipe, job_dir: Path, site_folders: Mapping[str, Path], workspace: Path, rounds: int
+) -> Path:
     """Run the job in FLARE's simulator, one process per site; returns the simulation's folder. A site that
-    fails stops the run: a UserError with that site's `error:` line under its name."""
+    fails stops the run: a UserError with that site's `error:` line under its name. Each site's part of the
+    workspace then goes to its `site_folders` entry (`keep_at_sites`), finished or not."""
     workspace = workspace.resolve()
     simulation = workspace / recipe.name
     with _in_job_dir(job_dir):
         try:
-            recipe.run(SimEnv(clients=sites, workspace_root=str(workspace))).get_result(clean_up=False)
+            recipe.run(SimEnv(clients=list(site_folders), workspace_root=str(workspace))).get_result(clean_up=False)
         except RuntimeError:  # "Simulation failed with return code N": the sites' own lines say why
             pass
-    check_finished(simulation, sites, rounds)
+    try:
+        check_finished(simulation, list(site_folders), rounds)
+    finally:
+        keep_at_sites(simulation, site_folders)
     return simulation
+
+
+def keep_at_sites(simulation: Path, site_folders: Mapping[str, Path]) -> None:
+    """Move each site's part of the simulator's workspace (its FLARE logs, which carry its start-up lines, and its
+    app's config, which names its folder and sheet) out of the coordinator's folder into the site's own: in a real
+    deployment they never leave the site, and the simulator only runs every site on one machine."""
+    for site, folder in site_folders.items():
+        if (simulation / site).is_dir():
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(simulation / site), str(folder))
 
 
 def export(recipe: FedAvgRecipe, job_dir: Path, out: Path) -> Path:
@@ -199,8 +216,8 @@ def check_finished(simulation: Path, sites: list[str], rounds: int) -> None:
         failures += [f"{site}: {line}" for line in re.findall(r"(?m)\berror: .*$", text)[:1]]
     raise UserError(
         f"the FLARE job stopped after {started} of {rounds} rounds" + (": " + "; ".join(failures) if failures else ""),
-        f"fix the site's data or options, then continue after the last finished round with --resume; FLARE's logs "
-        f"are in {simulation}",
+        f"fix the site's data or options, then continue after the last finished round with --resume; FLARE's "
+        f"server log is in {simulation / 'server'}, each site's in its own folder (OUT/sites/NAME/…/flare_*)",
     )
 
 
