@@ -55,6 +55,8 @@ def test_a_jpeg_with_corrupt_exif_is_named_with_what_it_means(tmp_path, capsys):
     assert not [line for line in err if "Corrupt EXIF" in line or "UserWarning" in line], err
 
 
+# The case as a user meets it, five folds (the default): each fold trains, is evaluated and written with its
+# figures, so this takes about a minute on two cores (237 s at load average 6-8).
 @pytest.mark.slow
 def test_five_folds_with_three_persons_of_a_class_say_so_and_the_mean_says_over_how_many(tmp_path, capsys):
     root, label = tree(tmp_path, 3, 9)
