@@ -212,7 +212,7 @@ def test_under_fedbn_flowers_fedavg_averages_the_rest_and_the_global_weights_kee
 
     from carotid.federated.server_app import next_global
 
-    cfg = TrainConfig(model="resnet18", image_size=32)
+    cfg = TrainConfig(model="resnet18", image_size=32, person_model="frames")  # torchvision's own key names
     model, _ = build_run_model(cfg, ["normal", "plaque"])
     start, norms = model.state_dict(), norm_keys(model)
     sent = []

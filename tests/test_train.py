@@ -221,6 +221,12 @@ def test_load_model_mismatches_say_what_differs(trained_run, data_dir, tmp_path,
         "--load-model",
         best,
     ]
+    # A frame model's file under the default person model (attention): the error names both and the fix.
+    assert train_in_process(*args, "--model", "small_cnn") == 2
+    assert "is a --person-model frames model, this run is attention — pass --person-model frames" in (
+        capsys.readouterr().err
+    )
+    args += ["--person-model", "frames"]
     assert train_in_process(*args, "--model", "resnet18") == 2
     assert "is a 'small_cnn' model, this run is 'resnet18'" in capsys.readouterr().err
     three = make_data(tmp_path / "three", persons=6, frames=1, size=32)[0]
@@ -240,6 +246,8 @@ def test_load_model_mismatches_say_what_differs(trained_run, data_dir, tmp_path,
             best,
             "--model",
             "small_cnn",
+            "--person-model",
+            "frames",
         )
         == 2
     )
