@@ -18,9 +18,9 @@ from tests.conftest import make_data
 RUN = "fed_20260101_000000"
 
 
-def site_cfg(tmp_path, model: str = "small_cnn", persons: int = 12) -> TrainConfig:
+def site_cfg(tmp_path, model: str = "small_cnn", persons: int = 12, **options) -> TrainConfig:
     root, label = make_data(tmp_path / "hospital" / "frames", persons=persons, frames=3, size=40)
-    base = TrainConfig(model=model, image_size=32, batch_size=8, num_workers=0, lr=1e-3, seed=3)
+    base = TrainConfig(model=model, image_size=32, batch_size=8, num_workers=0, lr=1e-3, seed=3, **options)
     site = {"root_dir": str(root), "label_excel": str(label), "output_dir": str(tmp_path / "site")}
     return site_options(base, site)
 

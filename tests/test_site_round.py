@@ -19,8 +19,9 @@ pytestmark = pytest.mark.slow  # each launch of 2 CPU processes (gloo) takes 20-
 
 def test_a_site_on_two_processes_trains_the_same_persons_and_sends_the_weights_it_trained(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    # Without augmentation (random per process) 2 processes x 4 frames are the same steps as 1 process x 8.
-    cfg = dataclasses.replace(site_cfg(tmp_path, persons=16), augment="none", batch_size=8)
+    # Without augmentation (random per process) 2 processes x 4 frames are the same steps as 1 process x 8: a frame
+    # model (a person model's step takes whole persons, at least 2 a process: test_person_model covers its DDP run).
+    cfg = dataclasses.replace(site_cfg(tmp_path, persons=16, person_model="frames"), augment="none", batch_size=8)
     manifest, run_dir = open_site(accelerator(), cfg, RUN)
     start = start_weights(cfg, manifest.class_names)
     task = RoundTask(evaluate=True, train=True, epochs=2)
