@@ -165,7 +165,7 @@ def _method_items(o: dict, data_report: dict, metrics: dict | None, model: dict)
             f"{o.get('label_smoothing')}, class weights {o.get('class_weights')}), {early_stopping(o)}, "
             f"mixed precision {o.get('mixed_precision') or 'as set by the accelerate launch configuration'}"
             + (
-                "; each step's persons drawn from both classes in their shares (stratified)"
+                "; each step's persons drawn from every class in its share of the training persons (stratified)"
                 if o.get("person_model", "frames") != "frames" and o.get("stratified_steps")
                 else ""
             )
