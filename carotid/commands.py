@@ -97,6 +97,7 @@ class EvaluateOptions:
         help=f"Seed of the bootstrap (default: the run's seed, else {DEFAULT_SEED}).",
         group="output",
     )
+    paper_figures: bool = like(TrainConfig, "paper_figures", True, group="output")
     person_aggregation: str | None = like(
         TrainConfig,
         "person_aggregation",
@@ -317,6 +318,7 @@ class CompareOptions:
         group="output",
     )
     seed: int = like(TrainConfig, "seed", DEFAULT_SEED, help="Seed of the bootstrap.", group="output")
+    paper_figures: bool = like(TrainConfig, "paper_figures", True, group="output")
 
     def __post_init__(self) -> None:
         check_positive(self, "bootstrap", "subgroup_min_persons")

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from carotid.commands import parse_compare_args
+from carotid.commands import CompareOptions, parse_compare_args
 from carotid.core.errors import UserError, run_cli
 
 
@@ -33,6 +33,13 @@ def default_out(first_evaluation: str) -> Path:
 
 def compare(argv: Sequence[str] | None) -> int:
     args = parse_compare_args(argv)
+    from carotid.report.paper import paper_figures
+
+    with paper_figures(args.paper_figures):
+        return compare_with(args)
+
+
+def compare_with(args: CompareOptions) -> int:
     from carotid.core.files import atomic_write_json
     from carotid.core.run_dir import check_output_dir, check_writable
     from carotid.evaluation.compare import align, read_side
@@ -70,7 +77,8 @@ def compare(argv: Sequence[str] | None) -> int:
     if subgroups:
         print(f"subgroups: {', '.join(subgroups['columns'])} ({subgroups['chosen_by']}) of {subgroups['label_excel']}")
         print("\n".join([f"  {n}" for n in subgroups["read"]] + [f"warning: {n}" for n in subgroups["notes"]]))
-    print(f"comparison written to {out}: compare.json, tables/, figures/; page: {page}")
+    folders = "tables/, figures/" if args.paper_figures else "tables/"
+    print(f"comparison written to {out}: compare.json, {folders}; page: {page}")
     return 0
 
 

@@ -28,6 +28,13 @@ if TYPE_CHECKING:
 def evaluate(argv: Sequence[str] | None) -> int:
     args = parse_evaluate_args(argv)
     # The data layer (numpy, Pillow, openpyxl) loads after the arguments parse: --help answers without it.
+    from carotid.report.paper import paper_figures
+
+    with paper_figures(args.paper_figures):
+        return evaluate_with(args)
+
+
+def evaluate_with(args: EvaluateOptions) -> int:
     from carotid.evaluation.plan import collect_frames, plan_evaluation
     from carotid.evaluation.seen import seen_persons, seen_warning
 

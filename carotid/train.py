@@ -100,6 +100,7 @@ def train(cfg: TrainConfig, given: set[str] | frozenset = frozenset()) -> Path:
     from carotid.core import run_dir as run_folder
     from carotid.core.runtime import build_accelerator, match_deepspeed_clipping, on_main, strategy_warning
     from carotid.model.registry import check_arch
+    from carotid.report.paper import paper_figures
     from carotid.training import checkpoints
     from carotid.training.fit import fit_run
 
@@ -129,10 +130,12 @@ def train(cfg: TrainConfig, given: set[str] | frozenset = frozenset()) -> Path:
         # run's first batch.
         from carotid.training.cv import cross_validate
 
-        return cross_validate(accelerator, cfg, cv_dir=resume_run, notes=notes)
+        with paper_figures(cfg.paper_figures):
+            return cross_validate(accelerator, cfg, cv_dir=resume_run, notes=notes)
     manifest, root_dir, label_excel = on_main(accelerator, lambda: prepare_data(cfg, resume_run))
     cfg = dataclasses.replace(cfg, root_dir=root_dir, label_excel=label_excel)
-    return fit_run(accelerator, cfg, manifest, resume_run=resume_run, resume_from=resume_from, notes=notes)
+    with paper_figures(cfg.paper_figures):
+        return fit_run(accelerator, cfg, manifest, resume_run=resume_run, resume_from=resume_from, notes=notes)
 
 
 def _main(argv: Sequence[str] | None) -> int:

@@ -31,9 +31,12 @@ if WORKERS > 1:
 # (test_options, test_cv, test_train), and the others would each import and write it for nothing. A frame model:
 # the tests of the default person model (attention) name it after FAST (test_person_model, test_attention_truth,
 # test_strategies, test_resume, test_best_epoch, test_steps), and the demo and docs tests run it with no FAST.
+# No figures/ folder (SVG, PDF, 300-dpi PNG of each figure: a quarter of a small run's time): the two shared runs
+# that the paper's tests read write it (trained_run, cv_run).
 FAST = [
     "--person-model",
     "frames",
+    "--no-paper-figures",
     "--report-to",
     "none",
     "--model",
@@ -186,6 +189,7 @@ def trained_run(tmp_path_factory, data_dir) -> Path:
         "--test-ratio",
         "0.25",
         *FAST,
+        "--paper-figures",  # the run most tests read, with every file a run writes
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return only_run_dir(output)
@@ -225,7 +229,7 @@ def cv_run(tmp_path_factory) -> tuple[Path, Path, Path]:
         label, [rows[0] + ["医院"]] + [r + [f"H{i // 2 % 2}"] for i, r in enumerate(rows[1:])], book.active.title
     )
     output = tmp_path_factory.mktemp("cv")
-    extra = ("--epochs", "2", "--report-to", "tensorboard", "--subgroup-column", "医院")
+    extra = ("--epochs", "2", "--report-to", "tensorboard", "--subgroup-column", "医院", "--paper-figures")
     assert train_in_process(*cv_args(root, label, output, *extra)) == 0
     return only_cv_dir(output), root, label
 

@@ -75,6 +75,24 @@ def test_evaluation_writes_paper_figures_and_shows_them(trained_run):
     assert all(i["ok"] for i in report.images)
 
 
+def test_no_paper_figures_writes_the_screen_figures_only_and_the_page_names_no_figures_file(trained_run, tmp_path):
+    from carotid import evaluate
+
+    out = tmp_path / "eval"
+    assert evaluate.main(["--run-dir", str(trained_run), "--out", str(out), "--no-paper-figures"]) == 0
+    for stem in ("roc_curve", "reliability_diagram", "confusion_matrix", "pr_curve", "decision_curve"):
+        assert (out / f"{stem}.png").is_file(), stem
+    assert not (out / "figures").exists()
+    assert (out / "tables" / "metrics.csv").is_file()  # the tables are kept: they cost nothing to write
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "decision_curve.csv" in page and "figures/" not in page and "300 dpi" not in page
+    # The same numbers as the evaluation that wrote them
+    assert (
+        read_json(out / "metrics.json")["person"]
+        == read_json(RunDir(trained_run).evaluation().path / "metrics.json")["person"]
+    )
+
+
 def test_near_ties_at_the_threshold_are_reported():
     persons = SimpleNamespace(
         person_ids=np.array(["a", "b", "c"]), probs=np.array([[0.1, 0.9], [7.6e-8, 0.999999924], [1e-9, 0.999999999]])

@@ -20,7 +20,7 @@ from carotid.evaluation.curves import calibration_curve, decision_curve, precisi
 from carotid.report.figures import COLOURS, write_forest_plot
 from carotid.report.methods import compare_methods
 from carotid.report.page import document, image, table
-from carotid.report.paper import exact, save_figure_set, write_table_set
+from carotid.report.paper import exact, print_files, save_figure_set, write_table_set
 from carotid.report.plots import new_figure
 from carotid.report.tables import forest_table
 
@@ -184,7 +184,7 @@ def section_subgroups(result: dict, out: Path) -> str:
         f"with fewer than {subgroups['min_persons']} persons or of one class is small: its interval is too wide "
         "to read as a difference.</p>"
         + (image(out / "forest_plot.png", label) if (out / "forest_plot.png").is_file() else "")
-        + "<p class='sub'>numbers: forest_plot.csv; figures/forest_plot.svg, .pdf, .png (300 dpi)</p>"
+        + f"<p class='sub'>numbers: forest_plot.csv{print_files(out, 'forest_plot')}</p>"
         + table(*subgroup_table(result))
         + f"<p class='sub'>Tables: tables/compare_subgroups.csv, .tex, .md. {escape('; '.join(subgroups['read']))}.</p>"
         + "".join(f'<div class="warn">{escape(n)}</div>' for n in subgroups["notes"])
@@ -199,8 +199,8 @@ def build_compare_page(result: dict, out: Path) -> str:
     ]
     notes += [f"{m['name']}: {n}" for m in result["models"] for n in m["notes"]]
     figures = "".join(
-        f'<h3>{label}</h3>{image(out / f"{name}.png", label)}<p class="sub">numbers: {name}.csv; '
-        f"figures/{name}.svg, .pdf, .png (300 dpi)</p>"
+        f'<h3>{label}</h3>{image(out / f"{name}.png", label)}<p class="sub">numbers: {name}.csv'
+        f"{print_files(out, name)}</p>"
         for name, label in (
             ("roc_overlay", "ROC per person"),
             ("pr_overlay", "Precision–recall per person"),

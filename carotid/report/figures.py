@@ -13,7 +13,7 @@ import numpy as np
 from carotid.core.files import write_table
 from carotid.evaluation.curves import calibration_curve, decision_curve, precision_recall
 from carotid.report.page import image
-from carotid.report.paper import exact, save_figure_set
+from carotid.report.paper import exact, print_files, save_figure_set
 from carotid.report.plots import new_figure
 
 COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:grey")
@@ -174,8 +174,8 @@ def figures_section(folder: Path, skip: tuple[str, ...] = ()) -> str:
         if stem in skip or not (folder / f"{stem}.png").is_file():
             continue
         parts.append(
-            f"<h3>{heading}</h3>{image(folder / f'{stem}.png', heading)}<p class='sub'>numbers: {stem}.csv; "
-            f"figures/{stem}.svg, .pdf, .png (300 dpi)</p>"
+            f"<h3>{heading}</h3>{image(folder / f'{stem}.png', heading)}<p class='sub'>numbers: {stem}.csv"
+            f"{print_files(folder, stem)}</p>"
         )
     if not parts:
         return ""
