@@ -19,7 +19,7 @@ from carotid.evaluation.compare import delong, mcnemar_test
 from tests.browser import find_chromium, open_page
 from tests.conftest import read_json, write_xlsx
 
-QUICK = ["--num-workers", "0", "--batch-size", "8", "--bootstrap", "50"]
+QUICK = ["--num-workers", "0", "--batch-size", "8", "--bootstrap", "50", "--no-paper-figures"]
 
 
 def correlated_scores(n_pos: int, n_neg: int, seed: int = 0):

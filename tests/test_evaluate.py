@@ -20,7 +20,7 @@ from carotid.model.registry import build_model
 from carotid.report.outputs import write_evaluation
 from tests.conftest import load_model, read_json, run_module, write_xlsx
 
-QUICK = ["--num-workers", "0", "--batch-size", "8", "--bootstrap", "50"]
+QUICK = ["--num-workers", "0", "--batch-size", "8", "--bootstrap", "50", "--no-paper-figures"]
 LEVEL_KEYS = {
     "auc",
     "accuracy",

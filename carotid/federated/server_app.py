@@ -23,6 +23,7 @@ import time
 import torch
 import yaml
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, FedProx
 
@@ -197,11 +198,12 @@ def check_same_sites(saved: dict, names: dict[int, tuple[str, dict]]) -> None:
 def one_round(grid, strategy, run, fed, base, names, round_number, weights) -> dict[str, torch.Tensor]:
     timeout = fed.round_timeout_minutes * 60
     config = ConfigRecord(dict(base))
-    messages = strategy.configure_train(round_number, ArrayRecord(weights), config, grid)
+    messages = list(strategy.configure_train(round_number, ArrayRecord(weights), config, grid))
     rows = {name: {"status": "missing"} for name, _ in names.values()}
     trained = []
     for reply in grid.send_and_receive(messages, timeout=timeout):
-        name = names.get(reply.metadata.src_node_id, (f"node {reply.metadata.src_node_id}", None))[0]
+        node = replying_node(reply, messages)
+        name = names.get(node, (f"node {node}", None))[0]
         if reply.has_error() or "metrics" not in reply.content:
             rows[name] = {"status": "missing"}
             say(
@@ -238,9 +240,9 @@ def next_global(weights: dict[str, torch.Tensor], arrays: ArrayRecord) -> dict[s
 def evaluate(grid, strategy, run, fed, base, names, round_number, weights, rows) -> None:
     timeout = fed.round_timeout_minutes * 60
     config = ConfigRecord(dict(base))
-    messages = strategy.configure_evaluate(round_number, ArrayRecord(weights), config, grid)
+    messages = list(strategy.configure_evaluate(round_number, ArrayRecord(weights), config, grid))
     for reply in grid.send_and_receive(messages, timeout=timeout):
-        name = names.get(reply.metadata.src_node_id, (None,))[0]
+        name = names.get(replying_node(reply, messages), (None,))[0]
         if name is None or rows.get(name, {}).get("status") != "ok":
             continue
         if reply.has_error() or "metrics" not in reply.content:
@@ -250,6 +252,17 @@ def evaluate(grid, strategy, run, fed, base, names, round_number, weights, rows)
             continue
         numbers = dict(reply.content["metrics"])
         rows[name] |= {k: numbers.get(k) for k in ("val_persons", "val_person_auc", "val_loss")}
+
+
+def replying_node(reply: Message, sent: list[Message]) -> int:
+    """The node a reply stands for. A site that went away mid-round answers through the SuperLink: Flower writes
+    an error reply whose source is the SuperLink itself, so it is matched to the site by the message it answers
+    (without this, the round counted a fourth "site" and left the real one without its failure line)."""
+    node = reply.metadata.src_node_id
+    if node == SUPERLINK_NODE_ID:
+        to = {m.metadata.message_id: m.metadata.dst_node_id for m in sent}
+        node = to.get(reply.metadata.reply_to_message_id, node)
+    return node
 
 
 def _failure(reply: Message) -> str:
