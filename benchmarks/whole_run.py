@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 from benchmarks.common import (
@@ -47,10 +48,9 @@ def run(opts: Options) -> list[Row]:
             )
         )  # fmt: skip
         return rows
+    theirs_command, ours_command = timm_command(opts, Path(timm)), carotid_timm_command(opts)  # links made once
     timm_side, ours = interleaved(
-        opts.pairs,
-        lambda: timed_process(timm_command(opts, Path(timm)), env),
-        lambda: timed_process(carotid_timm_command(opts), env),
+        opts.pairs, lambda: timed_process(theirs_command, env), lambda: timed_process(ours_command, env)
     )
     what = f"timm's {TIMM_MODEL}, {TIMM_SIZE} px, {opts.epochs} epochs, {opts.persons * opts.frames} frames"
     return rows + pair_rows(what, "timm train.py", timm_side, ours, 1.0, "whole run vs timm, CPU s (workers included)")
@@ -93,8 +93,6 @@ def timm_command(opts: Options, script: Path) -> list[str]:
     """timm's train.py on the CPU as its README runs it, with carotid.train's batch, epochs, optimizer (AdamW,
     lr and weight decay), workers and seed; grey input (one channel), no mixed precision, no pretrained
     weights; its own augmentation (random resized crop, flip, colour jitter) decoded in the loader workers."""
-    import sys
-
     return [
         sys.executable, str(script), str(image_folder(opts)), "--model", TIMM_MODEL, "--num-classes", "2",
         "--input-size", "1", str(TIMM_SIZE), str(TIMM_SIZE), "--mean", "0.5", "--std", "0.5",
